@@ -1,0 +1,92 @@
+// Package hypervisor defines the interface that every VM backend (qemu, firecracker) implements.
+package hypervisor
+
+import (
+	"context"
+	"errors"
+	"net"
+)
+
+// ErrNotRunning is returned when an instance's process is gone.
+var ErrNotRunning = errors.New("hypervisor process is not running")
+
+// Spec describes one VM to boot. Paths are absolute.
+type Spec struct {
+	// ID is the VM's unique id (also used as the hypervisor's --id).
+	ID string
+	// Dir is the per-VM runtime directory for sockets, pid file and logs.
+	// It exists before Start is called.
+	Dir string
+	// Kernel is the ELF vmlinux; Initrd the initramfs.
+	Kernel string
+	Initrd string
+	// Cmdline is the complete kernel command line, less backend-specific
+	// additions (the backend may append, e.g. tsc_early_khz for qemu TCG).
+	Cmdline   string
+	VCPUs     int
+	MemoryMiB int
+	// Disks in guest order: the first becomes /dev/vda, the second /dev/vdb...
+	Disks []Disk
+	// NICs in guest order: the first becomes eth0.
+	NICs []NIC
+	// ConsoleLog is the file that receives the guest serial console.
+	ConsoleLog string
+	// AgentCID is the guest vsock context id (3 or more).
+	AgentCID uint32
+}
+
+// Disk is one virtio block device.
+type Disk struct {
+	ID       string
+	Path     string
+	ReadOnly bool
+	Root     bool
+}
+
+// NIC is one virtio network device backed by a host TAP.
+type NIC struct {
+	ID  string
+	TAP string
+	MAC string
+}
+
+// AgentPort is the vsock port the guest agent listens on.
+const AgentPort = 1024
+
+// AgentSerialName is the virtio-serial port name the guest agent uses when
+// vsock is not available (guest path /dev/virtio-ports/<name>).
+const AgentSerialName = "org.banger.agent"
+
+// Backend creates instances.
+type Backend interface {
+	// Name is "qemu" or "firecracker".
+	Name() string
+	// Available returns nil when the backend can run VMs on this host, or an
+	// error that says what is missing and how to fix it.
+	Available() error
+	// Start boots spec. The hypervisor process must not be tied to ctx: it
+	// lives on until Shutdown/Kill, and survives the daemon's death. ctx only
+	// bounds the start-up work (spawning, API configuration).
+	Start(ctx context.Context, spec Spec) (Instance, error)
+	// Attach adopts an instance started earlier (for example by a previous
+	// daemon) from the state in spec.Dir. It returns ErrNotRunning when the
+	// process is gone.
+	Attach(ctx context.Context, spec Spec) (Instance, error)
+}
+
+// Instance is one running hypervisor process.
+type Instance interface {
+	// PID is the hypervisor process id.
+	PID() int
+	// DialAgent opens a byte stream to the guest agent.
+	DialAgent(ctx context.Context) (net.Conn, error)
+	// Shutdown asks the guest to power off (ACPI power button or
+	// Ctrl-Alt-Del) and waits for the process to exit or ctx to end.
+	Shutdown(ctx context.Context) error
+	// Kill ends the process forcefully and waits for it to exit.
+	Kill() error
+	// Wait blocks until the process exits or ctx ends.
+	Wait(ctx context.Context) error
+	// Exited reports whether the process has exited.
+	Exited() bool
+}
