@@ -1,0 +1,355 @@
+package disk
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/banger/banger/internal/runner"
+	"golang.org/x/sys/unix"
+)
+
+// makeSparse writes a 64 MiB file with three data extents and holes between them.
+func makeSparse(t *testing.T, path string) []byte {
+	t.Helper()
+	const size = 64 << 20
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []struct{ off, n int64 }{{0, 4096}, {10 << 20, 1 << 20}, {size - 8192, 8192}} {
+		b := make([]byte, r.n)
+		rand.Read(b)
+		if _, err := f.WriteAt(b, r.off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func blocks(t *testing.T, path string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks
+}
+
+// tmpfsDir returns a fresh directory on tmpfs, or skips.
+func tmpfsDir(t *testing.T) string {
+	t.Helper()
+	var fs unix.Statfs_t
+	if err := unix.Statfs("/dev/shm", &fs); err != nil || fs.Type != unix.TMPFS_MAGIC {
+		t.Skip("/dev/shm is not tmpfs")
+	}
+	dir, err := os.MkdirTemp("/dev/shm", "banger-disk-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func TestCloneSparse(t *testing.T) {
+	diskDir := t.TempDir()
+	tests := []struct {
+		name     string
+		src, dst func(t *testing.T) string
+	}{
+		{"same-fs", func(*testing.T) string { return diskDir }, func(*testing.T) string { return diskDir }},
+		{"tmpfs", tmpfsDir, tmpfsDir},
+		{"disk-to-tmpfs", func(*testing.T) string { return diskDir }, tmpfsDir},
+		{"tmpfs-to-disk", tmpfsDir, func(*testing.T) string { return diskDir }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := filepath.Join(tt.src(t), tt.name+"-src.img")
+			dst := filepath.Join(tt.dst(t), tt.name+"-dst.img")
+			want := makeSparse(t, src)
+			method, err := Clone(src, dst)
+			if err != nil {
+				t.Fatalf("Clone(%s, %s): %v", src, dst, err)
+			}
+			t.Logf("method %s", method)
+			if method != Reflink && method != SparseCopy {
+				t.Errorf("Clone() method = %q, want reflink or sparse-copy", method)
+			}
+			got, err := os.ReadFile(dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("Clone(%s) content differs (len %d, want %d)", tt.name, len(got), len(want))
+			}
+			// 1 MiB + 12 KiB of data: allow filesystem slack but nothing near 64 MiB.
+			if b, sb := blocks(t, dst), blocks(t, src); method == SparseCopy && b > sb+256 {
+				t.Errorf("Clone(%s) dst uses %d blocks, want about %d (the source's)", tt.name, b, sb)
+			}
+			if fi, _ := os.Stat(dst); fi.Mode().Perm() != 0o640 {
+				t.Errorf("Clone(%s) dst mode = %o, want 640", tt.name, fi.Mode().Perm())
+			}
+			assertNoTemp(t, filepath.Dir(dst))
+		})
+	}
+}
+
+func assertNoTemp(t *testing.T, dir string) {
+	t.Helper()
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), ".tmp-") {
+			t.Errorf("temporary file %s left in %s", e.Name(), dir)
+		}
+	}
+}
+
+func TestCloneZeroBlocksBecomeHoles(t *testing.T) {
+	// A file with allocated zeros (no holes) copied by read/write keeps only real data.
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
+	b := make([]byte, 8<<20)
+	copy(b[4<<20:], "data")
+	if err := os.WriteFile(src, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in, _ := os.Open(src)
+	defer in.Close()
+	out, _ := os.Create(dst)
+	defer out.Close()
+	out.Truncate(int64(len(b)))
+	if err := copyRange(out, in, 0, int64(len(b))); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(dst)
+	if !bytes.Equal(got, b) {
+		t.Fatal("copyRange() content differs")
+	}
+	if n := blocks(t, dst); n > 1024 {
+		t.Errorf("copyRange() allocated %d blocks for 4 bytes of data, want holes elsewhere", n)
+	}
+}
+
+func TestCloneReplacesAndFails(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
+	os.WriteFile(src, []byte("new"), 0o600)
+	os.WriteFile(dst, []byte("old contents"), 0o600)
+	if _, err := Clone(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(dst); string(got) != "new" {
+		t.Errorf("Clone() over existing dst = %q, want %q", got, "new")
+	}
+	if _, err := Clone(filepath.Join(dir, "missing"), filepath.Join(dir, "x")); err == nil {
+		t.Error("Clone(missing) = nil, want an error")
+	}
+	if _, err := Clone(dir, filepath.Join(dir, "y")); err == nil {
+		t.Error("Clone(directory) = nil, want an error")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "x")); !os.IsNotExist(err) {
+		t.Errorf("failed Clone left dst behind: %v", err)
+	}
+	assertNoTemp(t, dir)
+}
+
+func TestCloneEmpty(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
+	os.WriteFile(src, nil, 0o600)
+	if _, err := Clone(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := Size(dst); n != 0 {
+		t.Errorf("Size(clone of empty) = %d, want 0", n)
+	}
+}
+
+func needTool(t *testing.T, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			if os.Getenv("BANGER_VM_TESTS") == "1" {
+				t.Fatalf("%s is missing: install e2fsprogs", n)
+			}
+			t.Skipf("%s is missing: install e2fsprogs", n)
+		}
+	}
+}
+
+func blockCount(t *testing.T, img string) int64 {
+	t.Helper()
+	out, err := exec.Command("dumpe2fs", "-h", img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dumpe2fs -h %s: %v: %s", img, err, out)
+	}
+	count := regexp.MustCompile(`(?m)^Block count:\s+(\d+)`).FindSubmatch(out)
+	size := regexp.MustCompile(`(?m)^Block size:\s+(\d+)`).FindSubmatch(out)
+	if count == nil || size == nil {
+		t.Fatalf("dumpe2fs -h %s: no block count/size in:\n%s", img, out)
+	}
+	c, _ := strconv.ParseInt(string(count[1]), 10, 64)
+	s, _ := strconv.ParseInt(string(size[1]), 10, 64)
+	return c * s
+}
+
+func TestGrow(t *testing.T) {
+	needTool(t, "mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs")
+	ctx := context.Background()
+	img := filepath.Join(t.TempDir(), "root.ext4")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-b", "4096", img, "32M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	if got := blockCount(t, img); got != 32<<20 {
+		t.Fatalf("fresh filesystem is %d bytes, want %d", got, 32<<20)
+	}
+	if err := Grow(ctx, runner.Exec{}, img, 96<<20); err != nil {
+		t.Fatal(err)
+	}
+	if got := blockCount(t, img); got != 96<<20 {
+		t.Errorf("after Grow(96M) filesystem is %d bytes, want %d", got, 96<<20)
+	}
+	if n, _ := Size(img); n != 96<<20 {
+		t.Errorf("Size() after Grow(96M) = %d, want %d", n, 96<<20)
+	}
+	// Same size is a no-op; smaller is refused with a usable suggestion.
+	if err := Grow(ctx, runner.Exec{}, img, 96<<20); err != nil {
+		t.Errorf("Grow(same size) = %v, want nil", err)
+	}
+	err := Grow(ctx, runner.Exec{}, img, 64<<20)
+	want := "disk size 64M is smaller than the image (96M): pick --disk-size 96M or more"
+	if err == nil || !strings.HasSuffix(err.Error(), want) {
+		t.Errorf("Grow(64M) = %v, want it to end %q", err, want)
+	}
+	if n, _ := Size(img); n != 96<<20 {
+		t.Errorf("refused shrink changed the size to %d", n)
+	}
+}
+
+// fsckRunner makes e2fsck exit with a chosen status and runs everything else.
+type fsckRunner struct{ status int }
+
+func (f fsckRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	if name == "e2fsck" {
+		return runner.Exec{}.Run(ctx, "sh", "-c", "echo e2fsck; exit "+strconv.Itoa(f.status))
+	}
+	if name == "resize2fs" {
+		return nil, nil
+	}
+	return runner.Exec{}.Run(ctx, name, args...)
+}
+
+func (f fsckRunner) RunPrivileged(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return f.Run(ctx, name, args...)
+}
+
+func TestGrowFsckStatus(t *testing.T) {
+	tests := []struct {
+		status int
+		ok     bool
+	}{{0, true}, {1, true}, {4, false}, {8, false}}
+	for _, tt := range tests {
+		img := filepath.Join(t.TempDir(), "img")
+		os.WriteFile(img, []byte("x"), 0o600)
+		err := Grow(context.Background(), fsckRunner{tt.status}, img, 1<<20)
+		if (err == nil) != tt.ok {
+			t.Errorf("Grow() with e2fsck exit %d = %v, want ok=%v", tt.status, err, tt.ok)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"1073741824", 1 << 30, true},
+		{"8G", 8 << 30, true},
+		{"8g", 8 << 30, true},
+		{"8GiB", 8 << 30, true},
+		{"8GB", 8 << 30, true},
+		{"512M", 512 << 20, true},
+		{"4K", 4096, true},
+		{"2T", 2 << 40, true},
+		{"1.5G", 3 << 29, true},
+		{" 16M ", 16 << 20, true},
+		{"0", 0, true},
+		{"", 0, false},
+		{"G", 0, false},
+		{"-1G", 0, false},
+		{"+1G", 0, false},
+		{"1.1", 0, false},
+		{"0.3K", 0, false},
+		{"1e9", 0, false},
+		{"8X", 0, false},
+		{"8iB", 0, false},
+		{"NaN", 0, false},
+		{"9999999T", 0, false},
+		{"9223372036854775807", 1<<63 - 1, true},
+	}
+	for _, tt := range tests {
+		got, err := ParseSize(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("ParseSize(%q) = %d, %v, want %d (ok=%v)", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestFormatSize(t *testing.T) {
+	tests := []struct {
+		in   int64
+		want string
+	}{
+		{8 << 30, "8G"},
+		{1536 << 20, "1536M"},
+		{4096, "4K"},
+		{2 << 40, "2T"},
+		{1000, "1000"},
+		{0, "0"},
+		{5<<30 + 1, "5.0G"},
+		{2<<30 + 300<<20 + 7, "2.3G"},
+	}
+	for _, tt := range tests {
+		if got := FormatSize(tt.in); got != tt.want {
+			t.Errorf("FormatSize(%d) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestRoundUpSize(t *testing.T) {
+	tests := []struct {
+		in   int64
+		want string
+	}{
+		{2 << 30, "2G"},
+		{2<<30 + 1, "3G"},
+		{300<<20 + 1, "301M"},
+		{1, "1K"},
+		{0, "0K"},
+	}
+	for _, tt := range tests {
+		if got := roundUpSize(tt.in); got != tt.want {
+			t.Errorf("roundUpSize(%d) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,235 @@
+package network
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/banger/banger/internal/netns"
+	"github.com/banger/banger/internal/runner"
+)
+
+// nsRunner runs every command inside a network namespace.
+type nsRunner struct {
+	ns string
+	r  runner.Runner
+}
+
+func (n nsRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return n.r.Run(ctx, "ip", append([]string{"netns", "exec", n.ns, name}, args...)...)
+}
+
+func (n nsRunner) RunPrivileged(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return n.r.RunPrivileged(ctx, "ip", append([]string{"netns", "exec", n.ns, name}, args...)...)
+}
+
+// testManager returns a Manager whose commands run in a fresh namespace.
+func testManager(t *testing.T) (*Manager, *netns.NS) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("BANGER_VM_TESTS") == "1" {
+			t.Fatal("network tests need root (BANGER_VM_TESTS=1 is set)")
+		}
+		t.Skip("network tests need root to create a network namespace")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Fatalf("iproute2 is missing: %v", err)
+	}
+	ns := netns.New(t)
+	return &Manager{R: nsRunner{ns: ns.Name, r: runner.Exec{}}, Subnet: netip.MustParsePrefix("10.77.3.0/24")}, ns
+}
+
+func ipOut(t *testing.T, ns *netns.NS, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"-n", ns.Name}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func TestEnsureBridgeIdempotent(t *testing.T) {
+	ctx := context.Background()
+	m, ns := testManager(t)
+	for i := range 2 {
+		if err := m.EnsureBridge(ctx); err != nil {
+			t.Fatalf("EnsureBridge() #%d: %v", i+1, err)
+		}
+	}
+	out := ipOut(t, ns, "-d", "addr", "show", "dev", DefaultBridge)
+	if !strings.Contains(out, "inet 10.77.3.1/24") || strings.Count(out, "inet ") != 1 {
+		t.Errorf("bridge addresses:\n%s\nwant exactly inet 10.77.3.1/24", out)
+	}
+	if !strings.Contains(out, "bridge") || !strings.Contains(out, ",UP") {
+		t.Errorf("bridge link:\n%s\nwant an UP bridge", out)
+	}
+
+	// A device of the bridge's name that is not a bridge is refused.
+	m2 := &Manager{R: m.R, Bridge: "notbr0"}
+	ipOut(t, ns, "tuntap", "add", "dev", "notbr0", "mode", "tun")
+	if err := m2.EnsureBridge(ctx); err == nil {
+		t.Error("EnsureBridge() over a tun device = nil, want an error")
+	}
+
+	if err := m.DeleteBridge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.DeleteBridge(ctx); err != nil {
+		t.Errorf("DeleteBridge() of a missing bridge = %v, want nil", err)
+	}
+}
+
+func TestTAPLifecycle(t *testing.T) {
+	ctx := context.Background()
+	m, ns := testManager(t)
+	if err := m.EnsureBridge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a, b := TAPName("0123456789abcdef"), TAPName("fedcba9876543210")
+	for i := range 2 {
+		if err := m.CreateTAP(ctx, a, 65534, 65534); err != nil {
+			t.Fatalf("CreateTAP(%s) #%d: %v", a, i+1, err)
+		}
+	}
+	if err := m.CreateTAP(ctx, b, -1, -1); err != nil {
+		t.Fatal(err)
+	}
+	out := ipOut(t, ns, "-d", "link", "show", "dev", a)
+	for _, want := range []string{"master " + DefaultBridge, "tun type tap", ",UP"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("tap %s:\n%s\nwant %q", a, out, want)
+		}
+	}
+	// Another owner is refused rather than silently reused.
+	if err := m.CreateTAP(ctx, a, 0, 0); err == nil {
+		t.Errorf("CreateTAP(%s, 0, 0) over a tap owned by 65534 = nil, want an error", a)
+	}
+	// A detached, down tap is re-attached and brought up.
+	ipOut(t, ns, "link", "set", "dev", a, "nomaster", "down")
+	if err := m.CreateTAP(ctx, a, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if out := ipOut(t, ns, "link", "show", "dev", a); !strings.Contains(out, "master "+DefaultBridge) || !strings.Contains(out, ",UP") {
+		t.Errorf("re-created tap %s:\n%s\nwant it UP on %s", a, out, DefaultBridge)
+	}
+
+	ipOut(t, ns, "tuntap", "add", "dev", "other-tap", "mode", "tap")
+	ipOut(t, ns, "tuntap", "add", "dev", TAPPrefix+"tun", "mode", "tun")
+	got, err := m.ListTAPs(ctx, TAPPrefix)
+	if want := []string{a, b}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("ListTAPs(%q) = %v, %v, want %v", TAPPrefix, got, err, want)
+	}
+	if all, _ := m.ListTAPs(ctx, ""); len(all) != 3 {
+		t.Errorf("ListTAPs(\"\") = %v, want 3 taps", all)
+	}
+
+	for i := range 2 {
+		if err := m.DeleteTAP(ctx, a); err != nil {
+			t.Fatalf("DeleteTAP(%s) #%d: %v", a, i+1, err)
+		}
+	}
+	if got, _ := m.ListTAPs(ctx, TAPPrefix); !slices.Equal(got, []string{b}) {
+		t.Errorf("ListTAPs() after delete = %v, want [%s]", got, b)
+	}
+	if err := m.CreateTAP(ctx, "a/b", -1, -1); err == nil {
+		t.Error("CreateTAP(a/b) = nil, want an invalid name error")
+	}
+}
+
+func TestTAPName(t *testing.T) {
+	tests := []struct{ id, want string }{
+		{"0123456789abcdef", "bgtap-012345678"},
+		{"abc", "bgtap-abc"},
+		{"", "bgtap-"},
+		{"a/b:c d.e", "bgtap-abcde"},
+		{"ünï-cødé_x", "bgtap-n-cd_x"},
+	}
+	for _, tt := range tests {
+		got := TAPName(tt.id)
+		if got != tt.want {
+			t.Errorf("TAPName(%q) = %q, want %q", tt.id, got, tt.want)
+		}
+		if len(got) > 15 {
+			t.Errorf("TAPName(%q) = %q is %d bytes, want <= 15", tt.id, got, len(got))
+		}
+	}
+}
+
+func TestMAC(t *testing.T) {
+	tests := []struct{ ip, want string }{
+		{"172.30.0.2", "02:ba:ac:1e:00:02"},
+		{"10.0.0.255", "02:ba:0a:00:00:ff"},
+		{"fd00::1:2", "02:ba:00:01:00:02"},
+	}
+	for _, tt := range tests {
+		if got := MAC(netip.MustParseAddr(tt.ip)); got != tt.want {
+			t.Errorf("MAC(%s) = %s, want %s", tt.ip, got, tt.want)
+		}
+	}
+}
+
+func TestNetmask(t *testing.T) {
+	tests := []struct{ prefix, want string }{
+		{"172.30.0.0/24", "255.255.255.0"},
+		{"10.0.0.0/8", "255.0.0.0"},
+		{"10.0.0.0/30", "255.255.255.252"},
+		{"10.0.0.0/20", "255.255.240.0"},
+		{"0.0.0.0/0", "0.0.0.0"},
+		{"10.0.0.1/32", "255.255.255.255"},
+		{"fd00::/64", ""},
+	}
+	for _, tt := range tests {
+		if got := Netmask(netip.MustParsePrefix(tt.prefix)); got != tt.want {
+			t.Errorf("Netmask(%s) = %q, want %q", tt.prefix, got, tt.want)
+		}
+	}
+}
+
+func TestManagerDefaults(t *testing.T) {
+	tests := []struct {
+		m          Manager
+		bridge, gw string
+	}{
+		{Manager{}, "banger0", "172.30.0.1"},
+		{Manager{Bridge: "br9", Subnet: netip.MustParsePrefix("10.1.2.77/24")}, "br9", "10.1.2.1"},
+	}
+	for _, tt := range tests {
+		if got := tt.m.BridgeName(); got != tt.bridge {
+			t.Errorf("%+v.BridgeName() = %s, want %s", tt.m, got, tt.bridge)
+		}
+		if got := tt.m.Gateway().String(); got != tt.gw {
+			t.Errorf("%+v.Gateway() = %s, want %s", tt.m, got, tt.gw)
+		}
+	}
+}
+
+func TestOwnerMatches(t *testing.T) {
+	names := func(id string) (string, error) {
+		if id == "1000" {
+			return "alice", nil
+		}
+		return "", errors.New("unknown")
+	}
+	tests := []struct {
+		field string
+		id    int
+		want  bool
+	}{
+		{"alice", 1000, true},
+		{"1000", 1000, true},
+		{"bob", 1000, false},
+		{"", 1000, false},
+		{"4242", 4242, true},
+		{"anything", -1, true},
+	}
+	for _, tt := range tests {
+		if got := ownerMatches(tt.field, tt.id, names); got != tt.want {
+			t.Errorf("ownerMatches(%q, %d) = %v, want %v", tt.field, tt.id, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,95 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Image is a guest image banger can boot.
+type Image struct {
+	Name      string
+	Rootfs    string
+	WorkSeed  string
+	Managed   bool // banger owns the files and deletes them with the image
+	CreatedAt time.Time
+}
+
+// UpsertImage inserts img or replaces the image of the same name. A zero CreatedAt is
+// set to now; replacing keeps the original creation time.
+func (s *Store) UpsertImage(ctx context.Context, img *Image) error {
+	if img.Name == "" {
+		return errors.New("saving image: name is empty")
+	}
+	if img.CreatedAt.IsZero() {
+		img.CreatedAt = time.Now().UTC()
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO images (name, rootfs, work_seed, managed, created_at)
+		VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT(name) DO UPDATE SET rootfs = excluded.rootfs, work_seed = excluded.work_seed,
+			managed = excluded.managed`,
+		img.Name, img.Rootfs, img.WorkSeed, img.Managed, formatTime(img.CreatedAt))
+	if err != nil {
+		return fmt.Errorf("saving image %s: %w", img.Name, err)
+	}
+	return nil
+}
+
+// GetImage returns the named image or an error wrapping ErrNotFound.
+func (s *Store) GetImage(ctx context.Context, name string) (*Image, error) {
+	imgs, err := s.queryImages(ctx, `SELECT name, rootfs, work_seed, managed, created_at FROM images WHERE name = ?`, name)
+	if err != nil {
+		return nil, fmt.Errorf("getting image %s: %w", name, err)
+	}
+	if len(imgs) == 0 {
+		return nil, fmt.Errorf("getting image %s: %w", name, ErrNotFound)
+	}
+	return &imgs[0], nil
+}
+
+// ListImages returns every image ordered by name.
+func (s *Store) ListImages(ctx context.Context) ([]Image, error) {
+	imgs, err := s.queryImages(ctx, `SELECT name, rootfs, work_seed, managed, created_at FROM images ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("listing images: %w", err)
+	}
+	return imgs, nil
+}
+
+// DeleteImage deletes the named image or returns an error wrapping ErrNotFound.
+func (s *Store) DeleteImage(ctx context.Context, name string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM images WHERE name = ?`, name)
+	if err != nil {
+		return fmt.Errorf("deleting image %s: %w", name, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("deleting image %s: %w", name, err)
+	} else if n == 0 {
+		return fmt.Errorf("deleting image %s: %w", name, ErrNotFound)
+	}
+	return nil
+}
+
+func (s *Store) queryImages(ctx context.Context, query string, args ...any) ([]Image, error) {
+	rows, err := s.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var imgs []Image
+	for rows.Next() {
+		var (
+			img     Image
+			created string
+		)
+		if err := rows.Scan(&img.Name, &img.Rootfs, &img.WorkSeed, &img.Managed, &created); err != nil {
+			return nil, err
+		}
+		if img.CreatedAt, err = parseTime(created); err != nil {
+			return nil, err
+		}
+		imgs = append(imgs, img)
+	}
+	return imgs, rows.Err()
+}

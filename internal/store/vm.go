@@ -1,0 +1,313 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// VM states.
+const (
+	StateCreating = "creating"
+	StateRunning  = "running"
+	StateStopped  = "stopped"
+	StateError    = "error"
+)
+
+// VM is one microVM's persisted state.
+type VM struct {
+	ID            string
+	Name          string
+	Image         string
+	State         string // StateCreating, StateRunning, StateStopped or StateError
+	Hypervisor    string
+	VCPUs         int
+	MemoryMiB     int
+	DiskSizeBytes int64
+	IP            string
+	MAC           string
+	TAP           string
+	PID           int
+	CID           uint32
+	NAT           bool
+	Dir           string // data dir holding the VM's disks
+	RuntimeDir    string
+	Error         string
+	CreatedAt     time.Time
+	UpdatedAt     time.Time
+}
+
+// MinCID is the lowest vsock context ID handed to guests (0-2 are reserved).
+const MinCID = 3
+
+const vmColumns = `id, name, image, state, hypervisor, vcpus, memory_mib, disk_size_bytes,
+	ip, mac, tap, pid, cid, nat, dir, runtime_dir, error, created_at, updated_at`
+
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// CreateVM inserts vm. An empty ID is filled with a random one, zero timestamps with now.
+// A duplicate name, IP, CID or TAP returns an error wrapping ErrExists.
+func (s *Store) CreateVM(ctx context.Context, vm *VM) error {
+	if err := prepareVM(vm); err != nil {
+		return fmt.Errorf("creating vm %s: %w", vm.Name, err)
+	}
+	if err := insertVM(ctx, s.db, vm); err != nil {
+		return fmt.Errorf("creating vm %s: %w", vm.Name, err)
+	}
+	return nil
+}
+
+// CreateVMWithLease inserts vm after picking, in the same transaction, the lowest free
+// host address of subnet (never the network, broadcast or gateway address) and the
+// lowest free CID; it fills vm.IP and vm.CID. Concurrent calls never share a lease.
+func (s *Store) CreateVMWithLease(ctx context.Context, vm *VM, subnet netip.Prefix, gateway netip.Addr) error {
+	if err := prepareVM(vm); err != nil {
+		return fmt.Errorf("creating vm %s: %w", vm.Name, err)
+	}
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		ip, err := allocateIP(ctx, tx, subnet, []netip.Addr{gateway})
+		if err != nil {
+			return err
+		}
+		cid, err := allocateCID(ctx, tx)
+		if err != nil {
+			return err
+		}
+		vm.IP, vm.CID = ip.String(), cid
+		return insertVM(ctx, tx, vm)
+	})
+	if err != nil {
+		return fmt.Errorf("creating vm %s: %w", vm.Name, err)
+	}
+	return nil
+}
+
+// AllocateIP returns the lowest host address of subnet that no VM uses and that is not
+// in reserved. The network and broadcast addresses are never returned. The answer is
+// only a suggestion: use CreateVMWithLease to allocate and insert atomically.
+func (s *Store) AllocateIP(ctx context.Context, subnet netip.Prefix, reserved []netip.Addr) (netip.Addr, error) {
+	ip, err := allocateIP(ctx, s.db, subnet, reserved)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("allocating address in %s: %w", subnet, err)
+	}
+	return ip, nil
+}
+
+func prepareVM(vm *VM) error {
+	if vm.Name == "" {
+		return errors.New("vm name is empty")
+	}
+	if vm.ID == "" {
+		id, err := newID()
+		if err != nil {
+			return err
+		}
+		vm.ID = id
+	}
+	now := time.Now().UTC()
+	if vm.CreatedAt.IsZero() {
+		vm.CreatedAt = now
+	}
+	if vm.UpdatedAt.IsZero() {
+		vm.UpdatedAt = vm.CreatedAt
+	}
+	if vm.State == "" {
+		vm.State = StateCreating
+	}
+	return nil
+}
+
+func insertVM(ctx context.Context, q querier, vm *VM) error {
+	_, err := q.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		vm.ID, vm.Name, vm.Image, vm.State, vm.Hypervisor, vm.VCPUs, vm.MemoryMiB, vm.DiskSizeBytes,
+		nullString(vm.IP), vm.MAC, nullString(vm.TAP), vm.PID, nullCID(vm.CID), vm.NAT,
+		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt))
+	return conflict(err)
+}
+
+func allocateIP(ctx context.Context, q querier, subnet netip.Prefix, reserved []netip.Addr) (netip.Addr, error) {
+	subnet = subnet.Masked()
+	if !subnet.IsValid() || !subnet.Addr().Is4() {
+		return netip.Addr{}, fmt.Errorf("subnet %s is not a valid IPv4 prefix", subnet)
+	}
+	if subnet.Bits() > 30 {
+		return netip.Addr{}, fmt.Errorf("subnet %s has no room for guests: use a /30 or larger: %w", subnet, ErrNoFreeAddress)
+	}
+	used := map[netip.Addr]bool{}
+	for _, a := range reserved {
+		used[a] = true
+	}
+	rows, err := q.QueryContext(ctx, `SELECT ip FROM vms WHERE ip IS NOT NULL`)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return netip.Addr{}, err
+		}
+		if a, err := netip.ParseAddr(s); err == nil {
+			used[a] = true
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return netip.Addr{}, err
+	}
+	rows.Close()
+	broadcast := lastAddr(subnet)
+	for a := subnet.Addr().Next(); a.IsValid() && a.Less(broadcast); a = a.Next() {
+		if !used[a] {
+			return a, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("subnet %s is full: delete unused VMs or configure a larger subnet: %w", subnet, ErrNoFreeAddress)
+}
+
+// lastAddr returns the highest address of an IPv4 prefix (its broadcast address).
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	host := 32 - p.Bits()
+	for i := 3; i >= 0 && host > 0; i-- {
+		n := min(host, 8)
+		b[i] |= byte(1<<n - 1)
+		host -= n
+	}
+	return netip.AddrFrom4(b)
+}
+
+func allocateCID(ctx context.Context, q querier) (uint32, error) {
+	rows, err := q.QueryContext(ctx, `SELECT cid FROM vms WHERE cid >= ? ORDER BY cid`, MinCID)
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	next := int64(MinCID)
+	for rows.Next() {
+		var cid int64
+		if err := rows.Scan(&cid); err != nil {
+			return 0, err
+		}
+		if cid > next {
+			break
+		}
+		next = cid + 1
+	}
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	if next > 1<<32-2 { // 0xFFFFFFFF is VMADDR_CID_ANY
+		return 0, fmt.Errorf("vsock context IDs exhausted: delete unused VMs: %w", ErrNoFreeAddress)
+	}
+	return uint32(next), nil
+}
+
+// GetVM returns the VM whose ID or name is nameOrID, else the only VM whose ID starts
+// with nameOrID. It returns an error wrapping ErrNotFound when none matches.
+func (s *Store) GetVM(ctx context.Context, nameOrID string) (*VM, error) {
+	vms, err := s.queryVMs(ctx, `SELECT `+vmColumns+` FROM vms WHERE id = ? OR name = ? ORDER BY id = ? DESC LIMIT 1`, nameOrID, nameOrID, nameOrID)
+	if err != nil {
+		return nil, fmt.Errorf("getting vm %s: %w", nameOrID, err)
+	}
+	if len(vms) == 0 && nameOrID != "" {
+		pattern := strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(nameOrID) + "%"
+		vms, err = s.queryVMs(ctx, `SELECT `+vmColumns+` FROM vms WHERE id LIKE ? ESCAPE '\' LIMIT 2`, pattern)
+		if err != nil {
+			return nil, fmt.Errorf("getting vm %s: %w", nameOrID, err)
+		}
+		if len(vms) > 1 {
+			return nil, fmt.Errorf("getting vm %s: id prefix is ambiguous: give more characters or the name", nameOrID)
+		}
+	}
+	if len(vms) == 0 {
+		return nil, fmt.Errorf("getting vm %s: %w", nameOrID, ErrNotFound)
+	}
+	return &vms[0], nil
+}
+
+// ListVMs returns every VM ordered by name.
+func (s *Store) ListVMs(ctx context.Context) ([]VM, error) {
+	vms, err := s.queryVMs(ctx, `SELECT `+vmColumns+` FROM vms ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("listing vms: %w", err)
+	}
+	return vms, nil
+}
+
+// UpdateVM writes every field of vm (found by ID) and sets vm.UpdatedAt to now.
+func (s *Store) UpdateVM(ctx context.Context, vm *VM) error {
+	updated := time.Now().UTC()
+	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name = ?, image = ?, state = ?, hypervisor = ?,
+		vcpus = ?, memory_mib = ?, disk_size_bytes = ?, ip = ?, mac = ?, tap = ?, pid = ?, cid = ?,
+		nat = ?, dir = ?, runtime_dir = ?, error = ?, updated_at = ? WHERE id = ?`,
+		vm.Name, vm.Image, vm.State, vm.Hypervisor, vm.VCPUs, vm.MemoryMiB, vm.DiskSizeBytes,
+		nullString(vm.IP), vm.MAC, nullString(vm.TAP), vm.PID, nullCID(vm.CID), vm.NAT,
+		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(updated), vm.ID)
+	if err != nil {
+		return fmt.Errorf("updating vm %s: %w", vm.Name, conflict(err))
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("updating vm %s: %w", vm.Name, err)
+	} else if n == 0 {
+		return fmt.Errorf("updating vm %s: %w", vm.Name, ErrNotFound)
+	}
+	vm.UpdatedAt = updated
+	return nil
+}
+
+// DeleteVM deletes the VM with this ID and its stage timings.
+func (s *Store) DeleteVM(ctx context.Context, id string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM vms WHERE id = ?`, id)
+	if err != nil {
+		return fmt.Errorf("deleting vm %s: %w", id, err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("deleting vm %s: %w", id, err)
+	} else if n == 0 {
+		return fmt.Errorf("deleting vm %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+func (s *Store) queryVMs(ctx context.Context, query string, args ...any) ([]VM, error) {
+	rows, err := s.db.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var vms []VM
+	for rows.Next() {
+		var (
+			vm               VM
+			ip, tap          sql.NullString
+			cid              sql.NullInt64
+			created, updated string
+		)
+		if err := rows.Scan(&vm.ID, &vm.Name, &vm.Image, &vm.State, &vm.Hypervisor, &vm.VCPUs,
+			&vm.MemoryMiB, &vm.DiskSizeBytes, &ip, &vm.MAC, &tap, &vm.PID, &cid, &vm.NAT,
+			&vm.Dir, &vm.RuntimeDir, &vm.Error, &created, &updated); err != nil {
+			return nil, err
+		}
+		vm.IP, vm.TAP, vm.CID = ip.String, tap.String, uint32(cid.Int64)
+		if vm.CreatedAt, err = parseTime(created); err != nil {
+			return nil, err
+		}
+		if vm.UpdatedAt, err = parseTime(updated); err != nil {
+			return nil, err
+		}
+		vms = append(vms, vm)
+	}
+	return vms, rows.Err()
+}
+
+func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
+
+func nullCID(c uint32) sql.NullInt64 { return sql.NullInt64{Int64: int64(c), Valid: c != 0} }
