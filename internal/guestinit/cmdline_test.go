@@ -1,0 +1,114 @@
+package guestinit
+
+import (
+	"encoding/binary"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseCmdline(t *testing.T) {
+	def := Cmdline{Root: "/dev/vda", FSType: "ext4", ReadOnly: true, Init: "/sbin/init", RootWait: DefaultRootWait}
+	with := func(f func(*Cmdline)) Cmdline { c := def; f(&c); return c }
+	tests := []struct {
+		in      string
+		want    Cmdline
+		wantErr string
+	}{
+		{"root=/dev/vda", def, ""},
+		{"console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw ip=10.0.0.2::10.0.0.1:255.255.255.0:vm:eth0:off:1.1.1.1\n",
+			with(func(c *Cmdline) { c.ReadOnly = false }), ""},
+		{"root=/dev/vdb rootfstype=ext2 rootflags=noatime,data=ordered ro init=/usr/bin/agent rootwait",
+			with(func(c *Cmdline) {
+				c.Root, c.FSType, c.Flags, c.Init = "/dev/vdb", "ext2", "noatime,data=ordered", "/usr/bin/agent"
+			}), ""},
+		{"root=/dev/vda rw ro", def, ""},
+		{"root=/dev/vdz root=/dev/vda", def, ""},
+		{"root=LABEL=rootfs rootwait=2.5", with(func(c *Cmdline) { c.Root, c.RootWait = "LABEL=rootfs", 2500*time.Millisecond }), ""},
+		{`root=UUID=0b4e-11 init="/sbin/my init"`, with(func(c *Cmdline) { c.Root, c.Init = "UUID=0b4e-11", "/sbin/my init" }), ""},
+		{"root=/dev/vda -- init=/bin/sh rw", def, ""},
+		{"console=ttyS0", Cmdline{}, "no root="},
+		{"root=vda", Cmdline{}, "root=vda is not"},
+		{"root=PARTUUID=1234", Cmdline{}, "is not a /dev/ path"},
+		{"root=LABEL=", Cmdline{}, "is empty"},
+		{"root=/dev/vda rootwait=soon", Cmdline{}, `rootwait="soon"`},
+		{"root=/dev/vda init=sbin/init", Cmdline{}, "not an absolute path"},
+		{"root=/dev/vda rootfstype=", Cmdline{}, "rootfstype= is empty"},
+	}
+	for _, tt := range tests {
+		got, err := ParseCmdline(tt.in)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("ParseCmdline(%q) = %v, want error containing %q", tt.in, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("ParseCmdline(%q) = %+v, %v, want %+v", tt.in, got, err, tt.want)
+		}
+	}
+}
+
+func TestSplitCmdline(t *testing.T) {
+	tests := []struct {
+		in   string
+		want []string
+	}{
+		{"", nil},
+		{"  a  b\tc\n", []string{"a", "b", "c"}},
+		{`a="x y" "b c" d=""`, []string{"a=x y", "b c", "d="}},
+	}
+	for _, tt := range tests {
+		if got := splitCmdline(tt.in); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("splitCmdline(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func superblock(label string, uuid [16]byte) []byte {
+	b := make([]byte, 2048)
+	binary.LittleEndian.PutUint16(b[1024+0x38:], 0xef53)
+	copy(b[1024+0x68:], uuid[:])
+	copy(b[1024+0x78:], label)
+	return b
+}
+
+func TestExt4Identity(t *testing.T) {
+	uuid := [16]byte{0x0b, 0x4e, 0x1f, 0x2a, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee}
+	tests := []struct {
+		name      string
+		in        []byte
+		label, id string
+		ok        bool
+	}{
+		{"labelled", superblock("rootfs", uuid), "rootfs", "0b4e1f2a-3344-5566-7788-99aabbccddee", true},
+		{"16-byte label", superblock("0123456789abcdef", uuid), "0123456789abcdef", "0b4e1f2a-3344-5566-7788-99aabbccddee", true},
+		{"no magic", make([]byte, 2048), "", "", false},
+		{"short", make([]byte, 100), "", "", false},
+	}
+	for _, tt := range tests {
+		label, id, ok := ext4Identity(tt.in)
+		if label != tt.label || id != tt.id || ok != tt.ok {
+			t.Errorf("ext4Identity(%s) = %q, %q, %v, want %q, %q, %v", tt.name, label, id, ok, tt.label, tt.id, tt.ok)
+		}
+	}
+}
+
+func TestMatchesRoot(t *testing.T) {
+	tests := []struct {
+		root, label, uuid string
+		want              bool
+	}{
+		{"LABEL=rootfs", "rootfs", "x", true},
+		{"LABEL=rootfs", "other", "x", false},
+		{"UUID=0B4E1F2A-3344-5566-7788-99AABBCCDDEE", "", "0b4e1f2a-3344-5566-7788-99aabbccddee", true},
+		{"UUID=0b4e1f2a", "", "0b4e1f2a-3344-5566-7788-99aabbccddee", false},
+		{"/dev/vda", "rootfs", "x", false},
+	}
+	for _, tt := range tests {
+		if got := matchesRoot(tt.root, tt.label, tt.uuid); got != tt.want {
+			t.Errorf("matchesRoot(%q, %q, %q) = %v, want %v", tt.root, tt.label, tt.uuid, got, tt.want)
+		}
+	}
+}
