@@ -1,0 +1,677 @@
+// Package firecracker runs microVMs with the Firecracker VMM through its HTTP API on a unix socket.
+package firecracker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/banger/banger/internal/hypervisor"
+	"golang.org/x/sys/unix"
+)
+
+// Files that Start makes in spec.Dir.
+const (
+	APISocketName   = "firecracker.sock"
+	VsockSocketName = "vsock.sock"
+	PIDFileName     = "firecracker.pid"
+	LogFileName     = "firecracker.log"
+	// ConsoleLogName is used when spec.ConsoleLog is empty.
+	ConsoleLogName = "console.log"
+)
+
+// Timeouts of Kill.
+const (
+	termGrace = 3 * time.Second
+	killGrace = 10 * time.Second
+)
+
+// Backend is the Firecracker hypervisor backend.
+type Backend struct {
+	// Binary is the path to firecracker; empty means look it up in PATH.
+	Binary string
+	// Log receives lifecycle events; nil means slog.Default().
+	Log *slog.Logger
+}
+
+var _ hypervisor.Backend = Backend{}
+
+// Name implements hypervisor.Backend.
+func (b Backend) Name() string { return "firecracker" }
+
+// Available implements hypervisor.Backend: it needs the firecracker binary
+// and hardware KVM.
+func (b Backend) Available() error {
+	var errs []error
+	if _, err := b.binary(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := hypervisor.KVMUsable(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return unavailableError(errs)
+}
+
+// unavailableError lists everything that keeps the backend from running.
+type unavailableError []error
+
+func (e unavailableError) Error() string {
+	msgs := make([]string, len(e))
+	for i, err := range e {
+		msgs[i] = err.Error()
+	}
+	return "firecracker backend unavailable: " + strings.Join(msgs, "; ")
+}
+
+func (e unavailableError) Unwrap() []error { return e }
+
+func (b Backend) binary() (string, error) {
+	if b.Binary == "" {
+		p, err := exec.LookPath("firecracker")
+		if err != nil {
+			return "", fmt.Errorf("firecracker not in PATH (install Firecracker, or put it in the runtime bundle)")
+		}
+		return p, nil
+	}
+	fi, err := os.Stat(b.Binary)
+	if err != nil {
+		return "", fmt.Errorf("firecracker binary %s: %w (fix the configured firecracker path)", b.Binary, err)
+	}
+	if !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 {
+		return "", fmt.Errorf("firecracker binary %s is not an executable file (fix the configured firecracker path)", b.Binary)
+	}
+	return b.Binary, nil
+}
+
+func (b Backend) log() *slog.Logger {
+	if b.Log != nil {
+		return b.Log
+	}
+	return slog.Default()
+}
+
+// paths are the files of one VM directory.
+type paths struct {
+	api, vsock, pid, log string
+}
+
+func pathsIn(dir string) paths {
+	return paths{
+		api:   filepath.Join(dir, APISocketName),
+		vsock: filepath.Join(dir, VsockSocketName),
+		pid:   filepath.Join(dir, PIDFileName),
+		log:   filepath.Join(dir, LogFileName),
+	}
+}
+
+// idRE is what Firecracker accepts as --id.
+var idRE = regexp.MustCompile(`^[A-Za-z0-9-]{1,64}$`)
+
+// maxSocketPath is the longest unix socket path Linux accepts.
+const maxSocketPath = len(unix.RawSockaddrUnix{}.Path) - 1
+
+func validate(spec hypervisor.Spec) error {
+	if !idRE.MatchString(spec.ID) {
+		return fmt.Errorf("id %q must be 1 to 64 letters, digits or hyphens", spec.ID)
+	}
+	if !filepath.IsAbs(spec.Dir) {
+		return fmt.Errorf("directory %q is not absolute", spec.Dir)
+	}
+	if fi, err := os.Stat(spec.Dir); err != nil || !fi.IsDir() {
+		return fmt.Errorf("directory %s does not exist", spec.Dir)
+	}
+	if p := pathsIn(spec.Dir).vsock; len(p) > maxSocketPath {
+		return fmt.Errorf("directory %s is too long for unix sockets (%d bytes, limit %d): use a shorter state directory", spec.Dir, len(p), maxSocketPath)
+	}
+	if spec.Kernel == "" {
+		return errors.New("no kernel")
+	}
+	if spec.VCPUs < 1 || spec.VCPUs > 32 {
+		return fmt.Errorf("%d vCPUs: firecracker supports 1 to 32", spec.VCPUs)
+	}
+	if spec.MemoryMiB < 1 {
+		return fmt.Errorf("%d MiB of memory", spec.MemoryMiB)
+	}
+	if spec.AgentCID < 3 {
+		return fmt.Errorf("agent CID %d: it must be 3 or more", spec.AgentCID)
+	}
+	seen := map[string]bool{}
+	for i, d := range spec.Disks {
+		if d.ID == "" || d.Path == "" {
+			return fmt.Errorf("disk %d needs an id and a path", i)
+		}
+		if seen[d.ID] {
+			return fmt.Errorf("disk id %s is used twice", d.ID)
+		}
+		seen[d.ID] = true
+		// Firecracker always attaches the root device as /dev/vda.
+		if d.Root && i != 0 {
+			return fmt.Errorf("root disk %s must be the first disk", d.ID)
+		}
+	}
+	seen = map[string]bool{}
+	for i, n := range spec.NICs {
+		if n.ID == "" || n.TAP == "" {
+			return fmt.Errorf("nic %d needs an id and a tap", i)
+		}
+		if seen[n.ID] {
+			return fmt.Errorf("nic id %s is used twice", n.ID)
+		}
+		seen[n.ID] = true
+	}
+	return nil
+}
+
+// Start implements hypervisor.Backend. The firecracker process is detached
+// from ctx and from the caller's session; ctx only bounds the configuration.
+func (b Backend) Start(ctx context.Context, spec hypervisor.Spec) (_ hypervisor.Instance, err error) {
+	t0 := time.Now()
+	if err := validate(spec); err != nil {
+		return nil, fmt.Errorf("firecracker: checking the spec of %s: %w", spec.ID, err)
+	}
+	bin, err := b.binary()
+	if err != nil {
+		return nil, fmt.Errorf("firecracker: starting %s: %w", spec.ID, err)
+	}
+	p := pathsIn(spec.Dir)
+	console := spec.ConsoleLog
+	if console == "" {
+		console = filepath.Join(spec.Dir, ConsoleLogName)
+	}
+
+	// Cleanups are registered as things are made and undone in reverse.
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	step := func(name string, fn func() error) error {
+		if err := fn(); err != nil {
+			return fmt.Errorf("firecracker: %s for %s: %w", name, spec.ID, err)
+		}
+		return nil
+	}
+
+	if err := step("clearing stale sockets", func() error {
+		if err := removeStaleSocket(p.api); err != nil {
+			return err
+		}
+		return removeStaleSocket(p.vsock)
+	}); err != nil {
+		return nil, err
+	}
+
+	var inst *instance
+	if err := step("spawning firecracker", func() error {
+		out, err := os.OpenFile(console, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("opening console log: %w", err)
+		}
+		defer out.Close()
+		cmd := exec.Command(bin, "--api-sock", p.api, "--id", spec.ID)
+		cmd.Dir = spec.Dir
+		cmd.Stdin = nil // /dev/null
+		cmd.Stdout = out
+		cmd.Stderr = out
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		inst = newInstance(b.log(), spec.ID, cmd.Process.Pid, p)
+		inst.proc = cmd.Process
+		go func() {
+			werr := cmd.Wait()
+			inst.log.Info("firecracker exited", "id", inst.id, "pid", inst.pid, "status", exitStatus(werr))
+			inst.markExited()
+		}()
+		undo = append(undo, func() {
+			inst.kill()
+			os.Remove(p.api)
+			os.Remove(p.vsock)
+		})
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+
+	if err := step("writing the pid file", func() error {
+		undo = append(undo, func() { os.Remove(p.pid) })
+		return writeFileAtomic(p.pid, []byte(strconv.Itoa(inst.pid)+"\n"))
+	}); err != nil {
+		return nil, err
+	}
+
+	if err := step("waiting for the api socket", func() error {
+		return inst.waitSocket(ctx, console)
+	}); err != nil {
+		return nil, err
+	}
+
+	c := inst.client
+	steps := []struct {
+		name string
+		fn   func() error
+	}{
+		{"configuring the logger", func() error {
+			// Firecracker opens the log file without creating it.
+			f, err := os.OpenFile(p.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+			if err != nil {
+				return err
+			}
+			f.Close()
+			return c.PutLogger(ctx, Logger{LogPath: p.log, Level: "Info", ShowLevel: true})
+		}},
+		{"configuring the machine", func() error {
+			return c.PutMachineConfig(ctx, MachineConfig{VCPUCount: spec.VCPUs, MemSizeMiB: spec.MemoryMiB, SMT: false})
+		}},
+		{"configuring the boot source", func() error {
+			return c.PutBootSource(ctx, BootSource{KernelImagePath: spec.Kernel, BootArgs: spec.Cmdline, InitrdPath: spec.Initrd})
+		}},
+		{"configuring drives", func() error {
+			for _, d := range spec.Disks {
+				if err := c.PutDrive(ctx, Drive{DriveID: d.ID, PathOnHost: d.Path, IsRootDevice: d.Root, IsReadOnly: d.ReadOnly}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+		{"configuring network interfaces", func() error {
+			for _, n := range spec.NICs {
+				if err := c.PutNetworkInterface(ctx, NetworkInterface{IfaceID: n.ID, HostDevName: n.TAP, GuestMAC: n.MAC}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+		{"configuring vsock", func() error {
+			return c.PutVsock(ctx, Vsock{GuestCID: spec.AgentCID, UDSPath: p.vsock})
+		}},
+		{"configuring entropy", func() error {
+			return c.PutEntropy(ctx, Entropy{})
+		}},
+		{"starting the instance", func() error {
+			return c.Action(ctx, InstanceStart)
+		}},
+	}
+	for _, s := range steps {
+		if err := step(s.name, s.fn); err != nil {
+			if inst.Exited() {
+				err = fmt.Errorf("%w (firecracker exited; console log %s says: %s)", err, console, tail(console, 500))
+			}
+			return nil, err
+		}
+	}
+	inst.log.Info("firecracker started", "id", spec.ID, "pid", inst.pid, "elapsed", time.Since(t0))
+	return inst, nil
+}
+
+// Attach implements hypervisor.Backend. It adopts the firecracker process
+// named by the pid file in spec.Dir when that process still runs with this
+// VM's API socket and answers on it.
+func (b Backend) Attach(ctx context.Context, spec hypervisor.Spec) (hypervisor.Instance, error) {
+	p := pathsIn(spec.Dir)
+	notRunning := func(why string) error {
+		return fmt.Errorf("firecracker: attaching to %s: %s: %w", spec.ID, why, hypervisor.ErrNotRunning)
+	}
+	data, err := os.ReadFile(p.pid)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, notRunning("no pid file")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("firecracker: attaching to %s: %w", spec.ID, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return nil, notRunning(fmt.Sprintf("pid file %s is corrupt", p.pid))
+	}
+	// Pin the process first, so that the checks below cannot be fooled by
+	// pid reuse.
+	pidfd, pidfdErr := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if pidfdErr != nil && errors.Is(pidfdErr, unix.ESRCH) {
+		return nil, notRunning(fmt.Sprintf("pid %d is gone", pid))
+	}
+	ok, why := isOurFirecracker(pid, p.api, b.Binary)
+	if !ok {
+		if pidfdErr == nil {
+			unix.Close(pidfd)
+		}
+		return nil, notRunning(why)
+	}
+	inst := newInstance(b.log(), spec.ID, pid, p)
+	if pidfdErr == nil {
+		inst.watchPidfd(pidfd)
+	} else {
+		go inst.pollProc()
+	}
+	info, err := inst.client.Instance(ctx)
+	if err != nil {
+		if inst.Exited() {
+			return nil, notRunning("it exited")
+		}
+		inst.close()
+		return nil, fmt.Errorf("firecracker: attaching to %s: pid %d runs but its api socket does not answer: %w (if it is hung, kill it: kill %d)", spec.ID, pid, err, pid)
+	}
+	if info.ID != spec.ID {
+		inst.close()
+		return nil, fmt.Errorf("firecracker: attaching to %s: the process on %s is instance %q", spec.ID, p.api, info.ID)
+	}
+	if info.State == StateNotStarted {
+		// A previous daemon died while configuring it; nobody can finish that.
+		inst.log.Warn("killing firecracker that was never started", "id", spec.ID, "pid", pid)
+		inst.Kill()
+		return nil, notRunning("it was never booted (killed it)")
+	}
+	inst.log.Info("attached to firecracker", "id", spec.ID, "pid", pid, "state", info.State)
+	return inst, nil
+}
+
+// isOurFirecracker checks /proc/<pid>/cmdline for a firecracker serving api.
+func isOurFirecracker(pid int, api, binary string) (bool, string) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(data) == 0 {
+		return false, fmt.Sprintf("pid %d is gone", pid)
+	}
+	args := strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
+	name := filepath.Base(args[0])
+	if name != "firecracker" && (binary == "" || name != filepath.Base(binary)) {
+		return false, fmt.Sprintf("pid %d is %s, not firecracker", pid, name)
+	}
+	for i := 1; i+1 < len(args); i++ {
+		if args[i] == "--api-sock" && args[i+1] == api {
+			return true, ""
+		}
+	}
+	return false, fmt.Sprintf("pid %d is another firecracker (not serving %s)", pid, api)
+}
+
+// removeStaleSocket removes path unless something answers on it.
+func removeStaleSocket(path string) error {
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err == nil {
+		c.Close()
+		return fmt.Errorf("socket %s is in use by a running process (stop that VM first, or remove the socket if nothing should run there)", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing stale socket: %w", err)
+	}
+	return nil
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// tail returns the last n bytes of a file, on one line.
+func tail(path string, n int64) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(unreadable: %v)", err)
+	}
+	if int64(len(data)) > n {
+		data = data[int64(len(data))-n:]
+	}
+	s := strings.Join(strings.Fields(string(bytes.ToValidUTF8(data, nil))), " ")
+	if s == "" {
+		return "(nothing)"
+	}
+	return s
+}
+
+func exitStatus(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
+}
+
+// instance is one firecracker process.
+type instance struct {
+	log    *slog.Logger
+	id     string
+	pid    int
+	paths  paths
+	client *Client
+
+	// proc is set when this process is our child.
+	proc *os.Process
+	// pidfd, when set, refers to the process (attached instances).
+	pidfd *os.File
+
+	done     chan struct{}
+	doneOnce sync.Once
+}
+
+var _ hypervisor.Instance = (*instance)(nil)
+
+func newInstance(log *slog.Logger, id string, pid int, p paths) *instance {
+	return &instance{log: log, id: id, pid: pid, paths: p, client: NewClient(p.api), done: make(chan struct{})}
+}
+
+// markExited records the exit and removes the sockets and pid file, unless
+// another process has taken the directory over since.
+func (i *instance) markExited() {
+	i.doneOnce.Do(func() {
+		if data, err := os.ReadFile(i.paths.pid); err == nil && strings.TrimSpace(string(data)) == strconv.Itoa(i.pid) {
+			os.Remove(i.paths.api)
+			os.Remove(i.paths.vsock)
+			os.Remove(i.paths.pid)
+		}
+		i.client.Close()
+		if i.pidfd != nil {
+			i.pidfd.Close()
+		}
+		close(i.done)
+	})
+}
+
+// close releases what the instance holds without touching the process.
+func (i *instance) close() {
+	i.client.Close()
+	if i.pidfd != nil {
+		i.pidfd.Close()
+	}
+}
+
+// watchPidfd waits for the exit of a process that is not our child through
+// the runtime's poller: a pidfd becomes readable when its process exits.
+func (i *instance) watchPidfd(fd int) {
+	f := os.NewFile(uintptr(fd), "pidfd")
+	i.pidfd = f
+	rc, err := f.SyscallConn()
+	if err != nil {
+		go i.pollProc()
+		return
+	}
+	go func() {
+		err := rc.Read(func(fd uintptr) bool {
+			n, _ := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
+			return n > 0
+		})
+		if err != nil && !errors.Is(err, os.ErrClosed) {
+			// Not pollable here: fall back to /proc.
+			i.pollProc()
+			return
+		}
+		if err == nil {
+			i.log.Info("firecracker exited", "id", i.id, "pid", i.pid)
+			i.markExited()
+		}
+	}()
+}
+
+// pollProc waits for the exit of a process that is not our child by
+// watching /proc.
+func (i *instance) pollProc() {
+	for alive(i.pid) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	i.log.Info("firecracker exited", "id", i.id, "pid", i.pid)
+	i.markExited()
+}
+
+// alive reports whether pid exists and is not a zombie.
+func alive(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	s := string(data)
+	if j := strings.LastIndexByte(s, ')'); j >= 0 && j+2 < len(s) {
+		return s[j+2] != 'Z'
+	}
+	return true
+}
+
+func (i *instance) signal(sig syscall.Signal) error {
+	switch {
+	case i.proc != nil:
+		return i.proc.Signal(sig)
+	case i.pidfd != nil:
+		rc, err := i.pidfd.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) { serr = unix.PidfdSendSignal(int(fd), sig, nil, 0) }); err != nil {
+			return err
+		}
+		return serr
+	default:
+		return syscall.Kill(i.pid, sig)
+	}
+}
+
+// PID implements hypervisor.Instance.
+func (i *instance) PID() int { return i.pid }
+
+// Exited implements hypervisor.Instance.
+func (i *instance) Exited() bool {
+	select {
+	case <-i.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Wait implements hypervisor.Instance.
+func (i *instance) Wait(ctx context.Context) error {
+	select {
+	case <-i.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for firecracker %s to exit: %w", i.id, ctx.Err())
+	}
+}
+
+// waitSocket waits until the API socket accepts connections, the process
+// exits, or ctx ends.
+func (i *instance) waitSocket(ctx context.Context, console string) error {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		c, err := net.Dial("unix", i.paths.api)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-i.done:
+			return fmt.Errorf("firecracker exited before serving %s; console log %s says: %s", i.paths.api, console, tail(console, 500))
+		case <-ctx.Done():
+			return fmt.Errorf("%s never accepted connections: %w", i.paths.api, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// DialAgent implements hypervisor.Instance over Firecracker's hybrid vsock.
+func (i *instance) DialAgent(ctx context.Context) (net.Conn, error) {
+	if i.Exited() {
+		return nil, fmt.Errorf("dialing the agent of %s: %w", i.id, hypervisor.ErrNotRunning)
+	}
+	return dialVsock(ctx, i.paths.vsock, hypervisor.AgentPort)
+}
+
+// Shutdown implements hypervisor.Instance: it sends Ctrl-Alt-Del, which makes
+// the guest reboot, which ends Firecracker.
+func (i *instance) Shutdown(ctx context.Context) error {
+	if i.Exited() {
+		return nil
+	}
+	if err := i.client.Action(ctx, SendCtrlAltDel); err != nil {
+		if i.Exited() {
+			return nil
+		}
+		return fmt.Errorf("firecracker: shutting down %s: %w", i.id, err)
+	}
+	select {
+	case <-i.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("firecracker: waiting for %s to shut down: %w (the guest ignored Ctrl-Alt-Del; kill the VM instead)", i.id, ctx.Err())
+	}
+}
+
+// Kill implements hypervisor.Instance: SIGTERM, then SIGKILL.
+func (i *instance) Kill() error {
+	if i.Exited() {
+		return nil
+	}
+	i.signal(syscall.SIGTERM)
+	select {
+	case <-i.done:
+		return nil
+	case <-time.After(termGrace):
+	}
+	i.log.Warn("firecracker ignored SIGTERM, killing it", "id", i.id, "pid", i.pid)
+	i.kill()
+	select {
+	case <-i.done:
+		return nil
+	case <-time.After(killGrace):
+		return fmt.Errorf("firecracker: killing %s: pid %d survived SIGKILL for %v", i.id, i.pid, killGrace)
+	}
+}
+
+// kill sends SIGKILL and waits a bounded time for the exit.
+func (i *instance) kill() {
+	if i.Exited() {
+		return
+	}
+	i.signal(syscall.SIGKILL)
+	select {
+	case <-i.done:
+	case <-time.After(killGrace):
+	}
+}
