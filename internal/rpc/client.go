@@ -1,0 +1,206 @@
+package rpc
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// APIError is an error answered by the daemon.
+type APIError struct {
+	Status int
+	Err    Error
+}
+
+func (e *APIError) Error() string { return e.Err.Message }
+
+// IsCode reports whether err is an APIError with the given code.
+func IsCode(err error, code string) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Err.Code == code
+}
+
+// Client talks to bangerd over its unix socket.
+type Client struct {
+	Socket string
+	http   *http.Client
+}
+
+// NewClient returns a client for the daemon listening on socket.
+func NewClient(socket string) *Client {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		DisableCompression: true,
+	}
+	return &Client{Socket: socket, http: &http.Client{Transport: tr}}
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, fmt.Errorf("encoding %s %s: %w", method, path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://bangerd"+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("calling bangerd at %s: %w", c.Socket, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		var e Error
+		b, _ := io.ReadAll(resp.Body)
+		if json.Unmarshal(b, &e) != nil || e.Message == "" {
+			e = Error{Message: fmt.Sprintf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b))), Code: CodeInternal}
+		}
+		return nil, &APIError{Status: resp.StatusCode, Err: e}
+	}
+	return resp, nil
+}
+
+func (c *Client) call(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.do(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decoding answer to %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+// stream reads NDJSON events, calling fn for each, and returns the final
+// "done" event's VM or the "error" event as an error.
+func (c *Client) stream(ctx context.Context, method, path string, in any, fn func(Event)) (*VM, error) {
+	resp, err := c.do(ctx, method, path, in)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		var ev Event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return nil, fmt.Errorf("decoding event from %s %s: %w", method, path, err)
+		}
+		if fn != nil {
+			fn(ev)
+		}
+		switch ev.Type {
+		case "done":
+			return ev.VM, nil
+		case "error":
+			return ev.VM, &APIError{Status: 500, Err: Error{Message: ev.Error, Code: ev.Code}}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading events from %s %s: %w", method, path, err)
+	}
+	return nil, fmt.Errorf("%s %s: bangerd closed the stream before finishing (see bangerd's log)", method, path)
+}
+
+// Status returns the daemon status.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	var s Status
+	return &s, c.call(ctx, "GET", "/v1/status", nil, &s)
+}
+
+// Shutdown asks the daemon to exit. Running VMs keep running.
+func (c *Client) Shutdown(ctx context.Context) error {
+	return c.call(ctx, "POST", "/v1/shutdown", nil, nil)
+}
+
+// ListVMs lists all VMs.
+func (c *Client) ListVMs(ctx context.Context) ([]VM, error) {
+	var vms []VM
+	return vms, c.call(ctx, "GET", "/v1/vms", nil, &vms)
+}
+
+// GetVM returns one VM by name or id.
+func (c *Client) GetVM(ctx context.Context, name string) (*VM, error) {
+	var vm VM
+	return &vm, c.call(ctx, "GET", "/v1/vms/"+url.PathEscape(name), nil, &vm)
+}
+
+// CreateVM creates a VM and streams progress to fn until it is ready.
+func (c *Client) CreateVM(ctx context.Context, req CreateRequest, fn func(Event)) (*VM, error) {
+	return c.stream(ctx, "POST", "/v1/vms", req, fn)
+}
+
+// StartVM boots a stopped VM and streams progress to fn until it is ready.
+func (c *Client) StartVM(ctx context.Context, name string, fn func(Event)) (*VM, error) {
+	return c.stream(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/start", nil, fn)
+}
+
+// StopVM stops a VM, keeping its disks.
+func (c *Client) StopVM(ctx context.Context, name string) (*VM, error) {
+	var vm VM
+	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/stop", nil, &vm)
+}
+
+// DeleteVM stops a VM if needed and removes it with its disks.
+func (c *Client) DeleteVM(ctx context.Context, name string) error {
+	return c.call(ctx, "DELETE", "/v1/vms/"+url.PathEscape(name), nil, nil)
+}
+
+// SetVM changes a VM's settings.
+func (c *Client) SetVM(ctx context.Context, name string, nat *bool) (*VM, error) {
+	var vm VM
+	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/set", map[string]any{"nat": nat}, &vm)
+}
+
+// SSHInfo returns what is needed to ssh into a VM.
+func (c *Client) SSHInfo(ctx context.Context, name string) (*SSHInfo, error) {
+	var s SSHInfo
+	return &s, c.call(ctx, "GET", "/v1/vms/"+url.PathEscape(name)+"/ssh", nil, &s)
+}
+
+// Logs copies a VM's serial console log to w.
+func (c *Client) Logs(ctx context.Context, name string, follow bool, w io.Writer) error {
+	path := "/v1/vms/" + url.PathEscape(name) + "/logs"
+	if follow {
+		path += "?follow=1"
+	}
+	resp, err := c.do(ctx, "GET", path, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(w, resp.Body)
+	if err != nil && ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// ListImages lists the images.
+func (c *Client) ListImages(ctx context.Context) ([]Image, error) {
+	var imgs []Image
+	return imgs, c.call(ctx, "GET", "/v1/images", nil, &imgs)
+}

@@ -1,0 +1,116 @@
+// Package rpc defines bangerd's API and the client that speaks it over the daemon's unix socket.
+package rpc
+
+import "time"
+
+// VM is the API view of one VM.
+type VM struct {
+	ID            string    `json:"id"`
+	Name          string    `json:"name"`
+	Image         string    `json:"image"`
+	State         string    `json:"state"`
+	Hypervisor    string    `json:"hypervisor"`
+	VCPUs         int       `json:"vcpus"`
+	MemoryMiB     int       `json:"memory_mib"`
+	DiskSizeBytes int64     `json:"disk_size_bytes"`
+	IP            string    `json:"ip"`
+	MAC           string    `json:"mac"`
+	TAP           string    `json:"tap,omitempty"`
+	PID           int       `json:"pid,omitempty"`
+	NAT           bool      `json:"nat"`
+	Dir           string    `json:"dir"`
+	ConsoleLog    string    `json:"console_log"`
+	Error         string    `json:"error,omitempty"`
+	CreatedAt     time.Time `json:"created_at"`
+	Stages        []Stage   `json:"stages,omitempty"`
+}
+
+// Stage is the duration of one step of a create or start.
+type Stage struct {
+	Name       string  `json:"name"`
+	DurationMS float64 `json:"duration_ms"`
+}
+
+// CreateRequest asks for a new VM.
+type CreateRequest struct {
+	Name      string `json:"name"`
+	Image     string `json:"image,omitempty"`
+	VCPUs     int    `json:"vcpus,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+	DiskSize  string `json:"disk_size,omitempty"`
+	NAT       bool   `json:"nat,omitempty"`
+	// NoWait returns as soon as the hypervisor is up.
+	NoWait bool `json:"no_wait,omitempty"`
+}
+
+// Event is one line of a streamed long operation (create, start).
+type Event struct {
+	// Type is "stage" (a stage began), "stage_done", "log", "done" or "error".
+	Type       string  `json:"type"`
+	Stage      string  `json:"stage,omitempty"`
+	Message    string  `json:"message,omitempty"`
+	DurationMS float64 `json:"duration_ms,omitempty"`
+	VM         *VM     `json:"vm,omitempty"`
+	Error      string  `json:"error,omitempty"`
+	Code       string  `json:"code,omitempty"`
+}
+
+// Result is the per-name outcome of a fan-out action (start, stop, delete, set).
+type Result struct {
+	Name  string `json:"name"`
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+	VM    *VM    `json:"vm,omitempty"`
+}
+
+// Status describes the daemon.
+type Status struct {
+	Version    string    `json:"version"`
+	PID        int       `json:"pid"`
+	StartedAt  time.Time `json:"started_at"`
+	Socket     string    `json:"socket"`
+	StateDir   string    `json:"state_dir"`
+	DataDir    string    `json:"data_dir"`
+	RuntimeDir string    `json:"runtime_dir"`
+	Hypervisor string    `json:"hypervisor"`
+	Bundle     string    `json:"bundle"`
+	VMs        int       `json:"vms"`
+	Running    int       `json:"running"`
+}
+
+// SSHInfo is what the CLI needs to run the system ssh against a VM.
+type SSHInfo struct {
+	Name       string `json:"name"`
+	IP         string `json:"ip"`
+	User       string `json:"user"`
+	KeyPath    string `json:"key_path"`
+	KnownHosts string `json:"known_hosts"`
+	HostAlias  string `json:"host_alias"`
+	State      string `json:"state"`
+}
+
+// Image is the API view of an image.
+type Image struct {
+	Name     string `json:"name"`
+	Rootfs   string `json:"rootfs"`
+	WorkSeed string `json:"work_seed"`
+	Default  bool   `json:"default"`
+	Managed  bool   `json:"managed"`
+	Size     int64  `json:"size_bytes"`
+}
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	Message string `json:"error"`
+	// Code is machine-readable: invalid, not_found, exists, unavailable, internal.
+	Code string `json:"code"`
+}
+
+// Error codes.
+const (
+	CodeInvalid     = "invalid"
+	CodeNotFound    = "not_found"
+	CodeExists      = "exists"
+	CodeUnavailable = "unavailable"
+	CodeInternal    = "internal"
+)
