@@ -1,0 +1,517 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/rpc"
+)
+
+// isolate points banger's paths and helpers at the test's own directories,
+// so no test can reach or start a real bangerd.
+func isolate(t *testing.T) string {
+	t.Helper()
+	dir := shortTempDir(t)
+	t.Setenv("XDG_STATE_HOME", filepath.Join(dir, "state"))
+	t.Setenv("XDG_RUNTIME_DIR", filepath.Join(dir, "run"))
+	t.Setenv("BANGER_SOCKET", "")
+	t.Setenv("BANGER_DAEMON", filepath.Join(dir, "no-bangerd"))
+	t.Setenv("BANGER_SSH", "")
+	t.Setenv("NO_COLOR", "1")
+	return dir
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+func run(t *testing.T, args ...string) result {
+	t.Helper()
+	return runIn(t, strings.NewReader(""), args...)
+}
+
+func runIn(t *testing.T, stdin *strings.Reader, args ...string) result {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	code := Run(ctx, args, stdin, &stdout, &stderr)
+	t.Logf("banger %s = %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, stdout.String(), stderr.String())
+	return result{code, stdout.String(), stderr.String()}
+}
+
+func TestCreateProgressPlain(t *testing.T) {
+	isolate(t)
+	f, sock := startFake(t)
+	r := run(t, "--socket", sock, "vm", "create", "--name", "testbox", "--memory", "2G", "--nat")
+	if r.code != 0 {
+		t.Fatalf("exit code = %d, want 0", r.code)
+	}
+	for _, want := range []string{"stage prepare...\n", "stage prepare done 0.4s\n", "stage boot...\n", "  kernel up\n", "stage boot done 3.1s\n"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q", want)
+		}
+	}
+	if !strings.HasPrefix(r.stdout, "testbox is ready (ip 172.30.0.2) in ") || !strings.HasSuffix(r.stdout, "s\nssh: banger vm ssh testbox\n") {
+		t.Errorf("stdout = %q, want the ready line and the ssh hint", r.stdout)
+	}
+	if strings.Contains(r.stderr, "starting bangerd") {
+		t.Errorf("stderr = %q, but bangerd was already running", r.stderr)
+	}
+	want := rpc.CreateRequest{Name: "testbox", MemoryMiB: 2048, NAT: true}
+	if len(f.creates) != 1 || f.creates[0] != want {
+		t.Errorf("create requests = %+v, want [%+v]", f.creates, want)
+	}
+}
+
+func TestCreatePositionalNameJSON(t *testing.T) {
+	isolate(t)
+	_, sock := startFake(t)
+	r := run(t, "--socket", sock, "vm", "create", "web", "--json")
+	if r.code != 0 {
+		t.Fatalf("exit code = %d, want 0", r.code)
+	}
+	var vm rpc.VM
+	if err := json.Unmarshal([]byte(r.stdout), &vm); err != nil {
+		t.Fatalf("stdout is not a VM as JSON: %v", err)
+	}
+	if vm.Name != "web" || vm.State != "running" || vm.IP != "172.30.0.2" {
+		t.Errorf("vm = %+v, want web running at 172.30.0.2", vm)
+	}
+	if !strings.Contains(r.stderr, "web is ready") {
+		t.Errorf("stderr = %q, want the ready line there when stdout is JSON", r.stderr)
+	}
+}
+
+func TestCreateFails(t *testing.T) {
+	isolate(t)
+	f, sock := startFake(t)
+	f.failBoot["bad"] = "guest did not answer within 300s"
+	r := run(t, "--socket", sock, "vm", "create", "bad")
+	if r.code != 1 {
+		t.Errorf("exit code = %d, want 1", r.code)
+	}
+	if !strings.Contains(r.stderr, "stage boot failed after") {
+		t.Errorf("stderr lacks the failed stage")
+	}
+	if !strings.Contains(r.stderr, "error: creating vm bad: guest did not answer within 300s") || !strings.Contains(r.stderr, "banger vm logs bad") {
+		t.Errorf("stderr lacks the error and the logs hint")
+	}
+	if n := strings.Count(r.stderr, "error:"); n != 1 {
+		t.Errorf("stderr has %d error lines, want 1", n)
+	}
+}
+
+func TestCreateInterrupted(t *testing.T) {
+	isolate(t)
+	f, sock := startFake(t)
+	f.hang["slow"] = true
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(300*time.Millisecond, cancel)
+	var stdout, stderr bytes.Buffer
+	code := Run(ctx, []string{"--socket", sock, "vm", "create", "slow"}, nil, &stdout, &stderr)
+	if code != exitInterrupted {
+		t.Errorf("exit code = %d, want %d", code, exitInterrupted)
+	}
+	for _, want := range []string{"stage boot...", "slow keeps booting in the background", "banger vm show slow", "banger vm delete --force slow"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr %q lacks %q", stderr.String(), want)
+		}
+	}
+	if strings.Contains(stderr.String(), "error:") {
+		t.Errorf("stderr %q has an error line, want only the interruption note", stderr.String())
+	}
+}
+
+func TestStopFanOut(t *testing.T) {
+	isolate(t)
+	f, sock := startFake(t)
+	f.add(rpc.VM{Name: "a", State: "running"})
+	f.add(rpc.VM{Name: "b", State: "running"})
+	f.delay["a"] = 200 * time.Millisecond // a finishes last but is reported first
+
+	r := run(t, "--socket", sock, "vm", "stop", "a", "missing", "b")
+	if r.code != 1 {
+		t.Errorf("exit code = %d, want 1", r.code)
+	}
+	if r.stdout != "a stopped\nb stopped\n" {
+		t.Errorf("stdout = %q, want a then b stopped", r.stdout)
+	}
+	if r.stderr != "error: stopping missing: vm \"missing\" not found\n" {
+		t.Errorf("stderr = %q, want one error line for missing", r.stderr)
+	}
+	for _, n := range []string{"a", "b"} {
+		if vm, _ := f.lookup(n); vm.State != "stopped" {
+			t.Errorf("vm %s state = %q, want stopped", n, vm.State)
+		}
+	}
+}
+
+func TestStopFanOutJSON(t *testing.T) {
+	isolate(t)
+	f, sock := startFake(t)
+	f.add(rpc.VM{Name: "a", State: "running"})
+	r := run(t, "--socket", sock, "vm", "stop", "--json", "a", "nope", "a")
+	if r.code != 1 {
+		t.Errorf("exit code = %d, want 1", r.code)
+	}
+	var res []rpc.Result
+	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil {
+		t.Fatalf("stdout is not []Result: %v", err)
+	}
+	if len(res) != 2 || res[0].Name != "a" || !res[0].OK || res[0].VM == nil || res[1].Name != "nope" || res[1].OK || res[1].Error == "" {
+		t.Errorf("results = %+v, want a ok and nope failed", res)
+	}
+}
+
+func TestDeleteNeedsForceWhenRunning(t *testing.T) {
+	isolate(t)
+	f, sock := startFake(t)
+	f.add(rpc.VM{Name: "up", State: "running"})
+	f.add(rpc.VM{Name: "down", State: "stopped"})
+	r := run(t, "--socket", sock, "vm", "rm", "up", "down")
+	if r.code != 1 || r.stdout != "down deleted\n" || !strings.Contains(r.stderr, "--force") {
+		t.Errorf("rm up down = %d %q %q, want 1, down deleted, and a --force hint", r.code, r.stdout, r.stderr)
+	}
+	r = run(t, "--socket", sock, "vm", "delete", "-f", "up")
+	if r.code != 0 || r.stdout != "up deleted\n" {
+		t.Errorf("delete -f up = %d %q, want 0 and up deleted", r.code, r.stdout)
+	}
+}
+
+func TestSet(t *testing.T) {
+	isolate(t)
+	f, sock := startFake(t)
+	f.add(rpc.VM{Name: "a", State: "running"})
+	if r := run(t, "--socket", sock, "vm", "set", "--nat", "a"); r.code != 0 || r.stdout != "a: nat on\n" {
+		t.Errorf("set --nat a = %d %q, want 0 and a: nat on", r.code, r.stdout)
+	}
+	if vm, _ := f.lookup("a"); !vm.NAT {
+		t.Errorf("vm a nat = false after set --nat")
+	}
+	if r := run(t, "--socket", sock, "vm", "set", "--no-nat", "a"); r.code != 0 || r.stdout != "a: nat off\n" {
+		t.Errorf("set --no-nat a = %d %q, want 0 and a: nat off", r.code, r.stdout)
+	}
+}
+
+func TestListAndShow(t *testing.T) {
+	isolate(t)
+	f, sock := startFake(t)
+	f.add(rpc.VM{Name: "box", State: "running", Image: "docker", IP: "172.30.0.9", VCPUs: 2, MemoryMiB: 1536, NAT: true,
+		Stages: []rpc.Stage{{Name: "boot", DurationMS: 1200}}})
+	r := run(t, "--socket", sock, "vm", "ls")
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 2 {
+		t.Fatalf("vm ls = %d %q, want a header and one row", r.code, r.stdout)
+	}
+	if got := strings.Fields(lines[0]); !slices.Equal(got, []string{"NAME", "STATE", "IMAGE", "IP", "VCPUS", "MEMORY", "NAT", "AGE"}) {
+		t.Errorf("header = %q", got)
+	}
+	if got := strings.Fields(lines[1]); !slices.Equal(got, []string{"box", "running", "docker", "172.30.0.9", "2", "1.5G", "on", "5m"}) {
+		t.Errorf("row = %q", got)
+	}
+	r = run(t, "--socket", sock, "vm", "show", "box")
+	for _, want := range []string{"state:", "running", "172.30.0.9", "boot", "1.2s"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("vm show lacks %q", want)
+		}
+	}
+	r = run(t, "--socket", sock, "vm", "show", "nope")
+	if r.code != 1 || !strings.Contains(r.stderr, `error: showing vm nope: vm "nope" not found`) {
+		t.Errorf("vm show nope = %d %q", r.code, r.stderr)
+	}
+}
+
+// fakeSSH writes a script that prints its arguments one per line and exits
+// with $FAKE_SSH_EXIT.
+func fakeSSH(t *testing.T, dir string) {
+	t.Helper()
+	p := filepath.Join(dir, "ssh")
+	script := "#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done\nexit ${FAKE_SSH_EXIT:-0}\n"
+	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("BANGER_SSH", p)
+}
+
+func TestSSHArgv(t *testing.T) {
+	dir := isolate(t)
+	fakeSSH(t, dir)
+	f, sock := startFake(t)
+	f.add(rpc.VM{Name: "box", State: "running", IP: "172.30.0.9"})
+	base := []string{"-i", "/b/id_ed25519", "-o", "IdentitiesOnly=yes", "-o", "UserKnownHostsFile=/s/known_hosts",
+		"-o", "StrictHostKeyChecking=yes", "-o", "HostKeyAlias=banger-box", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", "root@172.30.0.9"}
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"box"}, base},
+		{[]string{"box", "--", "uname", "-a"}, append(slices.Clone(base), "uname", "-a")},
+		{[]string{"box", "ls", "-la"}, append(slices.Clone(base), "ls", "-la")},
+	} {
+		r := run(t, append([]string{"--socket", sock, "vm", "ssh"}, tc.args...)...)
+		got := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
+		if r.code != 0 || !slices.Equal(got, tc.want) {
+			t.Errorf("vm ssh %q = %d, argv %q, want 0, %q", tc.args, r.code, got, tc.want)
+		}
+		if strings.Contains(r.stdout, "StrictHostKeyChecking=no") {
+			t.Errorf("vm ssh %q disables host key checking", tc.args)
+		}
+		interactive := len(tc.args) == 1
+		if got := strings.Contains(r.stderr, "box is still running. Stop it with: banger vm stop box"); got != interactive {
+			t.Errorf("vm ssh %q reminder = %v, want %v", tc.args, got, interactive)
+		}
+	}
+}
+
+func TestSSHExitCode(t *testing.T) {
+	dir := isolate(t)
+	fakeSSH(t, dir)
+	t.Setenv("FAKE_SSH_EXIT", "7")
+	f, sock := startFake(t)
+	f.add(rpc.VM{Name: "box", State: "running", IP: "172.30.0.9"})
+	r := run(t, "--socket", sock, "vm", "ssh", "box", "false")
+	if r.code != 7 || strings.Contains(r.stderr, "error:") {
+		t.Errorf("vm ssh box false = %d %q, want 7 and no error line", r.code, r.stderr)
+	}
+}
+
+func TestSSHNotRunning(t *testing.T) {
+	dir := isolate(t)
+	fakeSSH(t, dir)
+	f, sock := startFake(t)
+	f.add(rpc.VM{Name: "box", State: "stopped", IP: "172.30.0.9"})
+	r := run(t, "--socket", sock, "vm", "ssh", "box")
+	if r.code != 1 || !strings.Contains(r.stderr, "banger vm start box") || r.stdout != "" {
+		t.Errorf("vm ssh on a stopped vm = %d %q %q, want 1 and a start hint", r.code, r.stdout, r.stderr)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	isolate(t)
+	for _, args := range [][]string{
+		{"frobnicate"},
+		{"vm", "frobnicate"},
+		{"vm", "create"},
+		{"vm", "create", "a", "b"},
+		{"vm", "create", "a", "--name", "b"},
+		{"vm", "create", "a", "--memory", "lots"},
+		{"vm", "stop"},
+		{"vm", "show"},
+		{"vm", "show", "a", "b"},
+		{"vm", "set", "a"},
+		{"vm", "set", "--nat", "--no-nat", "a"},
+		{"vm", "ssh"},
+		{"vm", "list", "--bogus"},
+		{"daemon", "status", "extra"},
+	} {
+		r := run(t, args...)
+		if r.code != 2 {
+			t.Errorf("banger %q = %d, want 2", args, r.code)
+		}
+		if !strings.HasPrefix(r.stderr, "error: ") || strings.Count(r.stderr, "error:") != 1 || !strings.Contains(r.stderr, "--help' for usage") {
+			t.Errorf("banger %q stderr = %q, want one error line and a --help hint", args, r.stderr)
+		}
+	}
+}
+
+func TestUnknownCommandSuggests(t *testing.T) {
+	isolate(t)
+	r := run(t, "vm", "lst")
+	if r.code != 2 || !strings.Contains(r.stderr, `did you mean "list"?`) {
+		t.Errorf("vm lst = %d %q, want 2 and a suggestion", r.code, r.stderr)
+	}
+}
+
+func TestHelpHasExamples(t *testing.T) {
+	isolate(t)
+	for _, args := range [][]string{
+		{"--help"}, {"vm", "--help"}, {"vm", "create", "--help"}, {"vm", "ssh", "--help"},
+		{"vm", "stop", "-h"}, {"daemon", "stop", "--help"}, {"help", "vm", "list"}, {"vm"},
+	} {
+		r := run(t, args...)
+		if r.code != 0 || !strings.Contains(r.stdout, "Examples:") {
+			t.Errorf("banger %q = %d, want 0 and help with examples", args, r.code)
+		}
+	}
+}
+
+func TestDaemonStatusNotRunning(t *testing.T) {
+	dir := isolate(t)
+	r := run(t, "--socket", filepath.Join(dir, "none.sock"), "daemon", "status")
+	if r.code != 1 || !strings.Contains(r.stdout, "bangerd is not running") {
+		t.Errorf("daemon status = %d %q, want 1 and bangerd is not running", r.code, r.stdout)
+	}
+}
+
+func TestDaemonMissingBinary(t *testing.T) {
+	dir := isolate(t)
+	t.Setenv("BANGER_DAEMON", "")
+	t.Setenv("PATH", dir)
+	r := run(t, "--socket", filepath.Join(dir, "none.sock"), "vm", "list")
+	if r.code != 1 || !strings.Contains(r.stderr, "BANGER_DAEMON") {
+		t.Errorf("vm list without bangerd = %d %q, want 1 and how to point at bangerd", r.code, r.stderr)
+	}
+}
+
+func TestAutoStart(t *testing.T) {
+	dir := isolate(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("BANGER_DAEMON", exe)
+	t.Setenv("BANGER_FAKE_DAEMON", "1")
+	sock := filepath.Join(dir, "run", "banger", "bangerd.sock")
+	t.Cleanup(func() { run(t, "daemon", "stop") })
+
+	r := run(t, "vm", "list", "--json")
+	if r.code != 0 || strings.TrimSpace(r.stdout) != "[]" {
+		t.Fatalf("vm list = %d %q, want 0 and []", r.code, r.stdout)
+	}
+	if r.stderr != "starting bangerd...\n" {
+		t.Errorf("stderr = %q, want starting bangerd... once", r.stderr)
+	}
+	if _, err := os.Stat(sock); err != nil {
+		t.Errorf("socket: %v", err)
+	}
+	log, _ := os.ReadFile(filepath.Join(dir, "state", "banger", "bangerd.log"))
+	if !strings.Contains(string(log), "fake bangerd listening on "+sock) {
+		t.Errorf("bangerd log = %q, want the daemon's output", log)
+	}
+	if r := run(t, "daemon", "status"); r.code != 0 || !strings.Contains(r.stdout, "running") {
+		t.Errorf("daemon status = %d %q, want 0 and running", r.code, r.stdout)
+	}
+	if r := run(t, "daemon", "start"); r.code != 0 || !strings.Contains(r.stdout, "already running") {
+		t.Errorf("daemon start = %d %q, want 0 and already running", r.code, r.stdout)
+	}
+	if r := run(t, "daemon", "stop"); r.code != 0 || !strings.Contains(r.stdout, "bangerd stopped") {
+		t.Errorf("daemon stop = %d %q, want 0 and bangerd stopped", r.code, r.stdout)
+	}
+	if r := run(t, "daemon", "status"); r.code != 1 {
+		t.Errorf("daemon status after stop = %d, want 1", r.code)
+	}
+}
+
+func TestCompletion(t *testing.T) {
+	dir := isolate(t)
+	f, sock := startFake(t)
+	f.add(rpc.VM{Name: "web", State: "running"})
+	f.add(rpc.VM{Name: "db", State: "stopped"})
+	f.add(rpc.VM{Name: "worker", State: "running"})
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"vm", "stop", ""}, []string{"web", "worker"}},
+		{[]string{"vm", "stop", "web", "w"}, []string{"worker"}},
+		{[]string{"vm", "start", ""}, []string{"db"}},
+		{[]string{"vm", "show", "d"}, []string{"db"}},
+		{[]string{"vm", "show", "db", ""}, nil},
+	} {
+		r := run(t, append([]string{"__completeNoDesc", "--socket", sock}, tc.args...)...)
+		var got []string
+		for _, l := range strings.Split(r.stdout, "\n") {
+			if l != "" && !strings.HasPrefix(l, ":") {
+				got = append(got, l)
+			}
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("complete %q = %q, want %q", tc.args, got, tc.want)
+		}
+	}
+	// Completion never starts bangerd.
+	r := run(t, "__complete", "--socket", filepath.Join(dir, "none.sock"), "vm", "stop", "")
+	if strings.Contains(r.stderr, "starting bangerd") || r.code != 0 {
+		t.Errorf("completion without bangerd = %d %q, want 0 and no daemon start", r.code, r.stderr)
+	}
+}
+
+func TestLogsAndImages(t *testing.T) {
+	isolate(t)
+	f, sock := startFake(t)
+	f.add(rpc.VM{Name: "box", State: "running"})
+	if r := run(t, "--socket", sock, "vm", "logs", "box"); r.code != 0 || r.stdout != "console of box\n" {
+		t.Errorf("vm logs box = %d %q", r.code, r.stdout)
+	}
+	r := run(t, "--socket", sock, "image", "ls")
+	if r.code != 0 || !strings.Contains(r.stdout, "docker") || !strings.Contains(r.stdout, "minimal") {
+		t.Errorf("image ls = %d %q", r.code, r.stdout)
+	}
+}
+
+func TestProgressTTY(t *testing.T) {
+	t.Setenv("NO_COLOR", "1")
+	var buf bytes.Buffer
+	p := newProgress(&buf, true)
+	now := time.Unix(0, 0)
+	p.mu.Lock()
+	p.now = func() time.Time { return now }
+	p.mu.Unlock()
+	p.Event(rpc.Event{Type: "stage", Stage: "disks", Message: "preparing disks"})
+	p.Event(rpc.Event{Type: "stage_done", Stage: "disks", DurationMS: 412})
+	p.Event(rpc.Event{Type: "stage", Stage: "boot", Message: "booting"})
+	now = now.Add(2 * time.Second)
+	p.Close(failed)
+	out := buf.String()
+	for _, want := range []string{"⠋ preparing disks 0.0s", "\r\033[K✓ preparing disks 0.4s\n", "\r\033[K✗ booting 2.0s\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("progress output %q lacks %q", out, want)
+		}
+	}
+}
+
+func TestParseMiB(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    int
+		wantErr bool
+	}{
+		{"1024", 1024, false},
+		{"512M", 512, false},
+		{"512mib", 512, false},
+		{"1G", 1024, false},
+		{"1.5G", 1536, false},
+		{"2GiB", 2048, false},
+		{" 4gb ", 4096, false},
+		{"0", 0, true},
+		{"-1G", 0, true},
+		{"1.5", 0, true},
+		{"G", 0, true},
+		{"lots", 0, true},
+		{"1T", 0, true},
+	} {
+		got, err := parseMiB(tc.in)
+		if got != tc.want || (err != nil) != tc.wantErr {
+			t.Errorf("parseMiB(%q) = %d, %v, want %d, error %v", tc.in, got, err, tc.want, tc.wantErr)
+		}
+	}
+}
+
+func TestFormatting(t *testing.T) {
+	for _, tc := range []struct{ got, want string }{
+		{fmtDuration(412 * time.Millisecond), "0.4s"},
+		{fmtDuration(12340 * time.Millisecond), "12.3s"},
+		{fmtDuration(125 * time.Second), "2m05s"},
+		{fmtMiB(512), "512M"},
+		{fmtMiB(1024), "1G"},
+		{fmtMiB(1536), "1.5G"},
+		{fmtBytes(8 << 30), "8G"},
+		{fmtBytes(300 << 20), "300M"},
+		{fmtBytes(1536 << 20), "1.5G"},
+		{age(time.Now().Add(-90 * time.Minute)), "1h"},
+		{age(time.Now().Add(-72 * time.Hour)), "3d"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q, want %q", tc.got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,535 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/banger/banger/internal/rpc"
+)
+
+func (a *app) newVMCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "vm",
+		Aliases: []string{"vms"},
+		Short:   "Create, use and delete VMs",
+		Long:    "Create, use and delete VMs. Commands taking NAME accept a VM's name or its id, and complete VM names in your shell.",
+		Example: `  banger vm create testbox --memory 2G
+  banger vm ssh testbox
+  banger vm list
+  banger vm delete --force testbox`,
+		Args: subcommandArgs,
+		RunE: showHelp,
+	}
+	cmd.AddCommand(
+		a.newVMCreateCmd(), a.newVMListCmd(), a.newVMShowCmd(),
+		a.newVMStartCmd(), a.newVMStopCmd(), a.newVMDeleteCmd(), a.newVMSetCmd(),
+		a.newVMSSHCmd(), a.newVMLogsCmd(),
+	)
+	return cmd
+}
+
+func (a *app) newVMCreateCmd() *cobra.Command {
+	var (
+		req    rpc.CreateRequest
+		asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   "create NAME",
+		Short: "Create a VM and wait until it is ready for ssh",
+		Long: `Create a VM and boot it, showing each stage as it runs, then wait until
+the guest answers ssh. Without flags the VM gets the default image and the
+daemon's default CPU and memory sizes.
+
+The name may be given as an argument or with --name. If you press Ctrl-C
+while waiting, the VM keeps booting in the background.`,
+		Example: `  # A VM with the default image
+  banger vm create testbox
+
+  # Bigger, with internet access through NAT, printed as JSON
+  banger vm create --name build1 --vcpus 4 --memory 4G --disk-size 20G --nat --json
+
+  # The minimal image, without waiting for the guest
+  banger vm create tiny --image minimal --memory 512M --no-wait`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 1 {
+				return usagef(cmd, "vm create takes one NAME, got %d: %s", len(args), strings.Join(args, " "))
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				if req.Name != "" && req.Name != args[0] {
+					return usagef(cmd, "vm create got two names, %q and --name %q: give one", args[0], req.Name)
+				}
+				req.Name = args[0]
+			}
+			if req.Name == "" {
+				return usagef(cmd, "vm create needs a name, for example: banger vm create testbox")
+			}
+			if req.VCPUs < 0 {
+				return usagef(cmd, "--vcpus must be positive, got %d", req.VCPUs)
+			}
+			ctx := cmd.Context()
+			c, err := a.client(ctx)
+			if err != nil {
+				return err
+			}
+			return a.streamVM(ctx, req.Name, "creating", asJSON, req.NoWait, func(ctx context.Context, fn func(rpc.Event)) (*rpc.VM, error) {
+				return c.CreateVM(ctx, req, fn)
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.SortFlags = false
+	f.StringVar(&req.Name, "name", "", "the VM's name (or give it as the argument)")
+	f.StringVar(&req.Image, "image", "", "image to boot (see: banger image list); default: the default image")
+	f.IntVar(&req.VCPUs, "vcpus", 0, "number of virtual CPUs (default from bangerd's config)")
+	f.Var(mibValue{&req.MemoryMiB}, "memory", "memory: MiB or with a unit: 1024, 512M, 2G (default from bangerd's config)")
+	f.StringVar(&req.DiskSize, "disk-size", "", "grow the root disk to this size, for example 8G")
+	f.BoolVar(&req.NAT, "nat", false, "give the VM internet access through NAT")
+	f.BoolVar(&req.NoWait, "no-wait", false, "return once the VM boots, without waiting for ssh")
+	f.BoolVar(&asJSON, "json", false, "print the VM as JSON on stdout")
+	cmd.RegisterFlagCompletionFunc("image", a.completeImages)
+	cmd.RegisterFlagCompletionFunc("memory", cobra.FixedCompletions([]string{"512M", "1G", "2G", "4G", "8G"}, cobra.ShellCompDirectiveNoFileComp))
+	cmd.RegisterFlagCompletionFunc("disk-size", cobra.FixedCompletions([]string{"8G", "16G", "32G", "64G"}, cobra.ShellCompDirectiveNoFileComp))
+	return cmd
+}
+
+// streamVM runs a streamed create or start of one VM with live progress on
+// stderr, and reports the VM when it is ready.
+func (a *app) streamVM(ctx context.Context, name, doing string, asJSON, noWait bool, call func(context.Context, func(rpc.Event)) (*rpc.VM, error)) error {
+	start := time.Now()
+	p := newProgress(a.stderr, isTerminal(a.stderr))
+	vm, err := call(ctx, p.Event)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		p.Close(interrupted)
+		fmt.Fprintf(a.stderr, "\ninterrupted: %s keeps booting in the background (bangerd owns it).\n  check it:  banger vm show %s\n  delete it: banger vm delete --force %s\n", name, name, name)
+		return &exitError{code: exitInterrupted}
+	case err != nil:
+		p.Close(failed)
+		if vm != nil {
+			return fmt.Errorf("%s vm %s: %w\nits console log may say why: banger vm logs %s", doing, name, err, name)
+		}
+		return fmt.Errorf("%s vm %s: %w", doing, name, err)
+	}
+	p.Close(succeeded)
+	if vm == nil {
+		vm = &rpc.VM{Name: name}
+	}
+	out := a.stdout
+	if asJSON {
+		if err := printJSON(a.stdout, vm); err != nil {
+			return err
+		}
+		out = a.stderr
+	}
+	ip := ""
+	if vm.IP != "" {
+		ip = " (ip " + vm.IP + ")"
+	}
+	if noWait {
+		fmt.Fprintf(out, "%s is booting%s\ncheck: banger vm show %s\n", vm.Name, ip, vm.Name)
+		return nil
+	}
+	fmt.Fprintf(out, "%s is ready%s in %s\nssh: banger vm ssh %s\n", vm.Name, ip, fmtDuration(time.Since(start)), vm.Name)
+	return nil
+}
+
+func (a *app) newVMListCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List VMs",
+		Example: `  banger vm list
+  banger vm ls --json | jq -r '.[] | select(.state == "running") | .name'`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			c, err := a.client(ctx)
+			if err != nil {
+				return err
+			}
+			vms, err := c.ListVMs(ctx)
+			if err != nil {
+				return fmt.Errorf("listing vms: %w", err)
+			}
+			if vms == nil {
+				vms = []rpc.VM{}
+			}
+			slices.SortFunc(vms, func(x, y rpc.VM) int { return strings.Compare(x.Name, y.Name) })
+			if asJSON {
+				return printJSON(a.stdout, vms)
+			}
+			if len(vms) == 0 {
+				fmt.Fprintln(a.stderr, "No VMs yet. Create one with: banger vm create NAME")
+				return nil
+			}
+			tw := newTable(a.stdout)
+			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tIP\tVCPUS\tMEMORY\tNAT\tAGE")
+			for _, vm := range vms {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n",
+					vm.Name, orDash(vm.State), orDash(vm.Image), orDash(vm.IP), vm.VCPUs, fmtMiB(vm.MemoryMiB), onOff(vm.NAT), age(vm.CreatedAt))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VMs as a JSON array")
+	return cmd
+}
+
+func (a *app) newVMShowCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     "show NAME",
+		Aliases: []string{"inspect"},
+		Short:   "Show a VM's details",
+		Long:    "Show a VM's details: resources, network, files, and how long each stage of its last boot took.",
+		Example: `  banger vm show testbox
+  banger vm show testbox --json | jq -r .ip`,
+		Args:              oneNameArg,
+		ValidArgsFunction: a.completeVMs(1, nil),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.client(ctx)
+			if err != nil {
+				return err
+			}
+			vm, err := c.GetVM(ctx, args[0])
+			if err != nil {
+				return fmt.Errorf("showing vm %s: %w", args[0], err)
+			}
+			if asJSON {
+				return printJSON(a.stdout, vm)
+			}
+			return a.printVM(vm)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
+	return cmd
+}
+
+func (a *app) printVM(vm *rpc.VM) error {
+	tw := newTable(a.stdout)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s:\t%s\n", k, v) }
+	row("name", vm.Name)
+	row("id", orDash(vm.ID))
+	row("state", orDash(vm.State))
+	if vm.Error != "" {
+		row("error", vm.Error)
+	}
+	row("image", orDash(vm.Image))
+	row("hypervisor", orDash(vm.Hypervisor))
+	row("vcpus", fmt.Sprint(vm.VCPUs))
+	row("memory", fmtMiB(vm.MemoryMiB))
+	row("disk", fmtBytes(vm.DiskSizeBytes))
+	row("ip", orDash(vm.IP))
+	row("mac", orDash(vm.MAC))
+	if vm.TAP != "" {
+		row("tap", vm.TAP)
+	}
+	if vm.PID != 0 {
+		row("pid", fmt.Sprint(vm.PID))
+	}
+	row("nat", onOff(vm.NAT))
+	if vm.CreatedAt.IsZero() {
+		row("created", "-")
+	} else {
+		row("created", fmt.Sprintf("%s (%s ago)", vm.CreatedAt.Local().Format(time.DateTime), age(vm.CreatedAt)))
+	}
+	row("dir", orDash(vm.Dir))
+	row("console log", orDash(vm.ConsoleLog))
+	if len(vm.Stages) > 0 {
+		fmt.Fprintln(tw, "stages:\t")
+		var total time.Duration
+		for _, s := range vm.Stages {
+			d := msDuration(s.DurationMS)
+			total += d
+			fmt.Fprintf(tw, "  %s\t%s\n", s.Name, fmtDuration(d))
+		}
+		fmt.Fprintf(tw, "  total\t%s\n", fmtDuration(total))
+	}
+	return tw.Flush()
+}
+
+func (a *app) newVMStartCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "start NAME...",
+		Short: "Boot stopped VMs and wait until they are ready",
+		Long: `Boot stopped VMs and wait until they answer ssh. Several VMs start in
+parallel; one line per VM reports how it went, and banger exits 1 if any
+failed. With one VM, its boot stages are shown as they run.`,
+		Example: `  banger vm start testbox
+  banger vm start web db cache`,
+		Args:              nameArgs,
+		ValidArgsFunction: a.completeVMs(0, func(vm rpc.VM) bool { return vm.State != "running" }),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.client(ctx)
+			if err != nil {
+				return err
+			}
+			names := dedupe(args)
+			if len(names) == 1 && !asJSON {
+				return a.streamVM(ctx, names[0], "starting", false, false, func(ctx context.Context, fn func(rpc.Event)) (*rpc.VM, error) {
+					return c.StartVM(ctx, names[0], fn)
+				})
+			}
+			return a.fanOut(ctx, names, asJSON, fanAction{
+				verb: "starting",
+				call: func(ctx context.Context, name string) (*rpc.VM, error) { return c.StartVM(ctx, name, nil) },
+				ok: func(r rpc.Result) string {
+					if r.VM != nil && r.VM.IP != "" {
+						return fmt.Sprintf("%s started (ip %s)", r.Name, r.VM.IP)
+					}
+					return r.Name + " started"
+				},
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the per-VM results as JSON")
+	return cmd
+}
+
+func (a *app) newVMStopCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "stop NAME...",
+		Short: "Stop VMs, keeping their disks",
+		Long: `Stop VMs. Their disks stay, so "banger vm start" boots them again as they
+were. Several VMs stop in parallel; banger exits 1 if any failed.`,
+		Example: `  banger vm stop testbox
+  banger vm stop $(banger vm ls --json | jq -r '.[].name')`,
+		Args:              nameArgs,
+		ValidArgsFunction: a.completeVMs(0, func(vm rpc.VM) bool { return vm.State != "stopped" }),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.client(ctx)
+			if err != nil {
+				return err
+			}
+			return a.fanOut(ctx, args, asJSON, fanAction{
+				verb: "stopping",
+				call: c.StopVM,
+				ok:   func(r rpc.Result) string { return r.Name + " stopped" },
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the per-VM results as JSON")
+	return cmd
+}
+
+func (a *app) newVMDeleteCmd() *cobra.Command {
+	var asJSON, force bool
+	cmd := &cobra.Command{
+		Use:     "delete NAME...",
+		Aliases: []string{"rm"},
+		Short:   "Delete VMs and their disks",
+		Long: `Delete VMs with their disks. A running VM is only deleted with --force,
+which stops it first. Several VMs are deleted in parallel; banger exits 1 if
+any failed.`,
+		Example: `  banger vm delete testbox
+  banger vm rm -f web db`,
+		Args:              nameArgs,
+		ValidArgsFunction: a.completeVMs(0, nil),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.client(ctx)
+			if err != nil {
+				return err
+			}
+			return a.fanOut(ctx, args, asJSON, fanAction{
+				verb: "deleting",
+				call: func(ctx context.Context, name string) (*rpc.VM, error) {
+					if !force {
+						vm, err := c.GetVM(ctx, name)
+						if err != nil {
+							return nil, err
+						}
+						if vm.State == "running" {
+							return nil, fmt.Errorf("vm %s is running: stop it first (banger vm stop %s) or delete it anyway with --force", name, name)
+						}
+					}
+					return nil, c.DeleteVM(ctx, name)
+				},
+				ok: func(r rpc.Result) string { return r.Name + " deleted" },
+			})
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "delete running VMs too, stopping them first")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the per-VM results as JSON")
+	return cmd
+}
+
+func (a *app) newVMSetCmd() *cobra.Command {
+	var asJSON, nat, noNAT bool
+	cmd := &cobra.Command{
+		Use:   "set (--nat | --no-nat) NAME...",
+		Short: "Change VMs' settings",
+		Long:  "Change settings of existing VMs, running or not. NAT gives a VM internet access through the host.",
+		Example: `  banger vm set --nat testbox
+  banger vm set --no-nat web db`,
+		Args:              nameArgs,
+		ValidArgsFunction: a.completeVMs(0, nil),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if nat == noNAT {
+				return usagef(cmd, "vm set needs exactly one of --nat or --no-nat")
+			}
+			ctx := cmd.Context()
+			c, err := a.client(ctx)
+			if err != nil {
+				return err
+			}
+			return a.fanOut(ctx, args, asJSON, fanAction{
+				verb: "setting nat on",
+				call: func(ctx context.Context, name string) (*rpc.VM, error) { return c.SetVM(ctx, name, &nat) },
+				ok:   func(r rpc.Result) string { return fmt.Sprintf("%s: nat %s", r.Name, onOff(nat)) },
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&nat, "nat", false, "give the VMs internet access through NAT")
+	cmd.Flags().BoolVar(&noNAT, "no-nat", false, "remove the VMs' NAT")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the per-VM results as JSON")
+	return cmd
+}
+
+func (a *app) newVMLogsCmd() *cobra.Command {
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs NAME",
+		Short: "Print a VM's serial console",
+		Long:  "Print a VM's serial console: the kernel's and init's messages. With -f, keep printing as the VM writes more, until Ctrl-C.",
+		Example: `  banger vm logs testbox
+  banger vm logs -f testbox`,
+		Args:              oneNameArg,
+		ValidArgsFunction: a.completeVMs(1, nil),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.client(ctx)
+			if err != nil {
+				return err
+			}
+			if err := c.Logs(ctx, args[0], follow, a.stdout); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("reading console of vm %s: %w", args[0], err)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	return cmd
+}
+
+// fanAction is one action applied to many VMs.
+type fanAction struct {
+	verb string // for error lines: "stopping"
+	call func(ctx context.Context, name string) (*rpc.VM, error)
+	ok   func(rpc.Result) string
+}
+
+// fanOut runs act on every name concurrently and reports one line per name in
+// the order given: successes on stdout, failures on stderr. It fails with exit
+// code 1 if any name failed.
+func (a *app) fanOut(ctx context.Context, names []string, asJSON bool, act fanAction) error {
+	names = dedupe(names)
+	results := make([]rpc.Result, len(names))
+	done := make([]chan struct{}, len(names))
+	for i, name := range names {
+		done[i] = make(chan struct{})
+		go func() {
+			defer close(done[i])
+			vm, err := act.call(ctx, name)
+			if err != nil {
+				results[i] = rpc.Result{Name: name, Error: err.Error()}
+				return
+			}
+			results[i] = rpc.Result{Name: name, OK: true, VM: vm}
+		}()
+	}
+	nfailed := 0
+	for i := range names {
+		<-done[i]
+		r := results[i]
+		if !r.OK {
+			nfailed++
+		}
+		switch {
+		case asJSON:
+		case r.OK:
+			fmt.Fprintln(a.stdout, act.ok(r))
+		default:
+			fmt.Fprintf(a.stderr, "error: %s %s: %s\n", act.verb, r.Name, r.Error)
+		}
+	}
+	if asJSON {
+		if err := printJSON(a.stdout, results); err != nil {
+			return err
+		}
+	}
+	if ctx.Err() != nil {
+		fmt.Fprintln(a.stderr, "interrupted: bangerd carries on in the background; check with: banger vm list")
+		return &exitError{code: exitInterrupted}
+	}
+	if nfailed > 0 {
+		return &exitError{code: exitFailure}
+	}
+	return nil
+}
+
+// dedupe drops repeated names, keeping the first occurrence.
+func dedupe(names []string) []string {
+	seen := make(map[string]bool, len(names))
+	out := make([]string, 0, len(names))
+	for _, n := range names {
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// completeVMs completes VM names when bangerd already runs (completion never
+// starts it). max > 0 limits how many names the command takes; keep, if not
+// nil, selects the VMs worth offering.
+func (a *app) completeVMs(max int, keep func(rpc.VM) bool) cobra.CompletionFunc {
+	return func(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if max > 0 && len(args) >= max {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		ctx, cancel := context.WithTimeout(cmdContext(cmd), 2*time.Second)
+		defer cancel()
+		c, up, err := a.runningClient(ctx)
+		if err != nil || !up {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		vms, err := c.ListVMs(ctx)
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		var out []cobra.Completion
+		for _, vm := range vms {
+			if !strings.HasPrefix(vm.Name, toComplete) || slices.Contains(args, vm.Name) || (keep != nil && !keep(vm)) {
+				continue
+			}
+			out = append(out, cobra.CompletionWithDesc(vm.Name, vm.State))
+		}
+		return out, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
+func cmdContext(cmd *cobra.Command) context.Context {
+	if ctx := cmd.Context(); ctx != nil {
+		return ctx
+	}
+	return context.Background()
+}
