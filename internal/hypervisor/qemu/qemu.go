@@ -1,0 +1,406 @@
+// Package qemu runs microVMs with QEMU's microvm machine, under KVM when it works and TCG otherwise.
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/banger/banger/internal/hypervisor"
+	"github.com/banger/banger/internal/runner"
+)
+
+// DefaultBinary is the QEMU system emulator used when Backend.Binary is empty.
+const DefaultBinary = "qemu-system-x86_64"
+
+// TCGCmdline is appended to the kernel command line under TCG: without an
+// early TSC frequency the guest kernel hangs calibrating the TSC.
+const TCGCmdline = "tsc_early_khz=2000000"
+
+// Files in Spec.Dir that the backend owns.
+const (
+	PIDFile     = "qemu.pid"
+	QMPSocket   = "qmp.sock"
+	AgentSocket = "agent.sock"
+	LogFile     = "qemu.log"
+)
+
+// maxSocketPath is the longest path a unix socket address can hold.
+const maxSocketPath = 107
+
+// Backend runs VMs with QEMU. The zero value is ready to use.
+type Backend struct {
+	// Binary is the QEMU executable; empty means DefaultBinary.
+	Binary string
+	// Accel is "kvm", "tcg", or empty: kvm when hypervisor.KVMUsable
+	// reports nil, tcg otherwise.
+	Accel string
+	// Wrap is an argv prefix for the QEMU process, for example
+	// {"ip", "netns", "exec", name} so its TAPs are opened in a namespace.
+	Wrap []string
+	// Log receives debug records; nil means slog.Default().
+	Log *slog.Logger
+
+	// vsock overrides the /dev/vhost-vsock check (tests).
+	vsock func() bool
+}
+
+var _ hypervisor.Backend = (*Backend)(nil)
+
+// Name implements hypervisor.Backend.
+func (b *Backend) Name() string { return "qemu" }
+
+// Available implements hypervisor.Backend.
+func (b *Backend) Available() error {
+	if _, err := exec.LookPath(b.binary()); err != nil {
+		return fmt.Errorf("finding %s: %w (it is in the Debian package qemu-system-x86: run apt-get install qemu-system-x86)", b.binary(), err)
+	}
+	return nil
+}
+
+func (b *Backend) binary() string {
+	if b.Binary != "" {
+		return b.Binary
+	}
+	return DefaultBinary
+}
+
+func (b *Backend) log() *slog.Logger {
+	if b.Log != nil {
+		return b.Log
+	}
+	return slog.Default()
+}
+
+// accel resolves the accelerator.
+func (b *Backend) accel() string {
+	if b.Accel != "" {
+		return b.Accel
+	}
+	if hypervisor.KVMUsable() == nil {
+		return "kvm"
+	}
+	return "tcg"
+}
+
+// useVsock reports whether the agent channel is vhost-vsock rather than
+// virtio-serial.
+func (b *Backend) useVsock() bool {
+	if b.vsock != nil {
+		return b.vsock()
+	}
+	_, err := os.Stat("/dev/vhost-vsock")
+	return err == nil
+}
+
+// Command returns the QEMU argv for spec, starting with the binary and
+// without Wrap. QEMU daemonizes (-daemonize, -pidfile) once the machine is
+// built; a caller that wants it in the foreground drops those two options.
+func (b *Backend) Command(spec hypervisor.Spec) []string {
+	accel := b.accel()
+	cmdline := spec.Cmdline
+	if accel == "tcg" {
+		cmdline = strings.TrimSpace(cmdline + " " + TCGCmdline)
+	}
+	console := consolePath(spec)
+	argv := []string{
+		b.binary(),
+		"-name", opt(spec.ID),
+		"-accel", accel,
+		// Devices are described to the guest as ACPI nodes; the Debian cloud
+		// kernel cannot take them from the command line, so QEMU must not
+		// add virtio_mmio.device= parameters.
+		"-M", "microvm,pit=on,pic=on,rtc=on,acpi=on,auto-kernel-cmdline=off",
+	}
+	if accel == "kvm" {
+		argv = append(argv, "-cpu", "host")
+	}
+	argv = append(argv,
+		"-m", strconv.Itoa(spec.MemoryMiB),
+		"-smp", strconv.Itoa(spec.VCPUs),
+		"-nodefaults", "-no-user-config", "-display", "none",
+		// A guest reboot ends the VM. Linux resets through the keyboard
+		// controller (reboot=k, and the fallback after ACPI); without one
+		// it ends in a real-mode BIOS restart that QEMU never sees, and the
+		// guest boots again.
+		"-no-reboot", "-device", "i8042",
+		"-kernel", spec.Kernel,
+	)
+	if spec.Initrd != "" {
+		argv = append(argv, "-initrd", spec.Initrd)
+	}
+	argv = append(argv,
+		"-append", cmdline,
+		"-chardev", "file,id=con,path="+opt(console)+",append=on",
+		"-serial", "chardev:con",
+	)
+	for _, d := range spec.Disks {
+		// Host page cache with flushes passed through: fast under a
+		// mostly idle host, and what the guest fsyncs is on disk. Discard
+		// keeps sparse clones sparse.
+		drive := "id=" + d.ID + ",file=" + opt(d.Path) + ",format=raw,if=none,cache=writeback,aio=threads"
+		if d.ReadOnly {
+			drive += ",readonly=on"
+		} else {
+			drive += ",discard=unmap"
+		}
+		argv = append(argv, "-drive", drive, "-device", "virtio-blk-device,drive="+d.ID)
+	}
+	for _, n := range spec.NICs {
+		argv = append(argv,
+			"-netdev", "tap,id="+n.ID+",ifname="+opt(n.TAP)+",script=no,downscript=no",
+			"-device", "virtio-net-device,netdev="+n.ID+",mac="+n.MAC,
+		)
+	}
+	argv = append(argv,
+		"-object", "rng-random,filename=/dev/urandom,id=rng0",
+		"-device", "virtio-rng-device,rng=rng0",
+	)
+	if b.useVsock() {
+		argv = append(argv, "-device", "vhost-vsock-device,guest-cid="+strconv.FormatUint(uint64(spec.AgentCID), 10))
+	} else {
+		argv = append(argv,
+			"-device", "virtio-serial-device",
+			"-chardev", "socket,id=agent,path="+opt(filepath.Join(spec.Dir, AgentSocket))+",server=on,wait=off",
+			"-device", "virtserialport,chardev=agent,name="+hypervisor.AgentSerialName,
+		)
+	}
+	argv = append(argv,
+		"-chardev", qmpChardev(spec.Dir),
+		"-mon", "chardev=qmp,mode=control",
+		// After -daemonize QEMU's stderr goes to the -D file instead of
+		// /dev/null, so start-up and run-time errors are kept.
+		"-D", filepath.Join(spec.Dir, LogFile),
+		"-daemonize", "-pidfile", filepath.Join(spec.Dir, PIDFile),
+	)
+	return argv
+}
+
+// consolePath is where the guest console goes: spec.ConsoleLog, or
+// console.log in the runtime dir.
+func consolePath(spec hypervisor.Spec) string {
+	if spec.ConsoleLog != "" {
+		return spec.ConsoleLog
+	}
+	return filepath.Join(spec.Dir, "console.log")
+}
+
+func qmpChardev(dir string) string {
+	return "socket,id=qmp,path=" + opt(filepath.Join(dir, QMPSocket)) + ",server=on,wait=off"
+}
+
+// opt escapes a value inside a QEMU key=value option list.
+func opt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+var qemuID = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9._-]*$`)
+
+func validate(spec hypervisor.Spec) error {
+	var errs []error
+	if spec.ID == "" {
+		errs = append(errs, errors.New("empty id"))
+	}
+	if !filepath.IsAbs(spec.Dir) {
+		errs = append(errs, fmt.Errorf("runtime dir %q is not absolute", spec.Dir))
+	}
+	for _, name := range []string{QMPSocket, AgentSocket} {
+		if p := filepath.Join(spec.Dir, name); len(p) > maxSocketPath {
+			errs = append(errs, fmt.Errorf("socket path %s is longer than %d bytes (use a shorter runtime dir)", p, maxSocketPath))
+		}
+	}
+	if spec.Kernel == "" {
+		errs = append(errs, errors.New("no kernel"))
+	}
+	if spec.VCPUs < 1 || spec.MemoryMiB < 1 {
+		errs = append(errs, fmt.Errorf("%d vcpus and %d MiB memory: both must be positive", spec.VCPUs, spec.MemoryMiB))
+	}
+	for _, d := range spec.Disks {
+		if !qemuID.MatchString(d.ID) {
+			errs = append(errs, fmt.Errorf("disk id %q must be a letter followed by letters, digits, '.', '-' or '_'", d.ID))
+		}
+	}
+	for _, n := range spec.NICs {
+		if !qemuID.MatchString(n.ID) {
+			errs = append(errs, fmt.Errorf("nic id %q must be a letter followed by letters, digits, '.', '-' or '_'", n.ID))
+		}
+		if n.TAP == "" || n.MAC == "" {
+			errs = append(errs, fmt.Errorf("nic %s needs a tap and a mac", n.ID))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("checking spec of vm %s: %w", spec.ID, err)
+	}
+	return nil
+}
+
+// Start implements hypervisor.Backend. QEMU detaches from the caller: it
+// outlives ctx and the calling process.
+func (b *Backend) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.Instance, error) {
+	if err := validate(spec); err != nil {
+		return nil, err
+	}
+	if inst, err := b.find(spec); err == nil {
+		inst.w.close()
+		return nil, fmt.Errorf("starting vm %s: qemu already runs for it as pid %d (stop it first)", spec.ID, inst.pid)
+	}
+	for _, name := range []string{PIDFile, QMPSocket, AgentSocket} {
+		if err := os.Remove(filepath.Join(spec.Dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("removing stale %s of vm %s: %w", name, spec.ID, err)
+		}
+	}
+	logPath := filepath.Join(spec.Dir, LogFile)
+	var logOffset int64
+	if fi, err := os.Stat(logPath); err == nil {
+		logOffset = fi.Size()
+	}
+
+	argv := append(slices.Clone(b.Wrap), b.Command(spec)...)
+	b.log().Debug("starting qemu", "vm", spec.ID, "argv", argv)
+	t0 := time.Now()
+	if _, err := runner.Default.Run(ctx, argv[0], argv[1:]...); err != nil {
+		// QEMU writes its complaint to the -D log, not to stderr.
+		msg := tail(logPath, logOffset)
+		b.killStray(spec)
+		if msg != "" {
+			// QEMU's message says it all; the argv is in the debug log.
+			var exit *exec.ExitError
+			if errors.As(err, &exit) {
+				err = exit
+			}
+			return nil, fmt.Errorf("starting qemu for vm %s: %s: %w (fix the spec or the host, see %s)", spec.ID, msg, err, logPath)
+		}
+		return nil, fmt.Errorf("starting qemu for vm %s: %w (see %s)", spec.ID, err, logPath)
+	}
+	inst, st, err := b.adopt(ctx, spec)
+	if err == nil && !st.Running {
+		inst.w.close()
+		err = fmt.Errorf("vm state is %q, not running (see %s)", st.Status, consolePath(spec))
+	}
+	if err != nil {
+		b.killStray(spec)
+		return nil, fmt.Errorf("starting qemu for vm %s: %w", spec.ID, err)
+	}
+	b.log().Debug("qemu started", "vm", spec.ID, "pid", inst.pid, "took", time.Since(t0))
+	return inst, nil
+}
+
+// killStray ends a QEMU that a failed Start left behind.
+func (b *Backend) killStray(spec hypervisor.Spec) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	inst, err := b.find(spec)
+	if err != nil {
+		return
+	}
+	inst.signalKill()
+	inst.Wait(ctx)
+}
+
+// Attach implements hypervisor.Backend.
+func (b *Backend) Attach(ctx context.Context, spec hypervisor.Spec) (hypervisor.Instance, error) {
+	inst, _, err := b.adopt(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	return inst, nil
+}
+
+// adopt finds the QEMU of spec through its pid file and checks that its
+// monitor answers.
+func (b *Backend) adopt(ctx context.Context, spec hypervisor.Spec) (*instance, qmpStatus, error) {
+	inst, err := b.find(spec)
+	if err != nil {
+		return nil, qmpStatus{}, err
+	}
+	st, err := inst.status(ctx)
+	if err != nil {
+		if inst.Exited() {
+			return nil, st, fmt.Errorf("attaching to qemu of vm %s: %w", spec.ID, hypervisor.ErrNotRunning)
+		}
+		inst.w.close()
+		return nil, st, fmt.Errorf("attaching to qemu pid %d of vm %s: %w", inst.pid, spec.ID, err)
+	}
+	b.log().Debug("qemu monitor answers", "vm", spec.ID, "pid", inst.pid, "status", st.Status)
+	return inst, st, nil
+}
+
+// find reads the pid file and verifies that the process is the QEMU of spec.
+func (b *Backend) find(spec hypervisor.Spec) (*instance, error) {
+	pidPath := filepath.Join(spec.Dir, PIDFile)
+	data, err := os.ReadFile(pidPath)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("reading %s: %w", pidPath, hypervisor.ErrNotRunning)
+		}
+		return nil, fmt.Errorf("reading %s: %w", pidPath, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 0 {
+		return nil, fmt.Errorf("parsing %s: %q is not a pid: %w", pidPath, data, hypervisor.ErrNotRunning)
+	}
+	// The process handle comes first, so the check below is about the
+	// process it refers to even if the pid is reused later.
+	w, err := watch(pid)
+	if err != nil {
+		return nil, err
+	}
+	args, err := cmdline(pid)
+	if err != nil || !isOurs(args, spec) {
+		w.close()
+		return nil, fmt.Errorf("pid %d from %s is not the qemu of vm %s: %w", pid, pidPath, spec.ID, hypervisor.ErrNotRunning)
+	}
+	vsock := slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "vhost-vsock-device") })
+	return &instance{b: b, spec: spec, pid: pid, vsock: vsock, w: w}, nil
+}
+
+func cmdline(pid int) ([]string, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return nil, err
+	}
+	return strings.Split(strings.TrimRight(string(data), "\x00"), "\x00"), nil
+}
+
+// isOurs reports whether args is a QEMU command line for spec: the same name
+// and the same monitor socket.
+func isOurs(args []string, spec hypervisor.Spec) bool {
+	var name, qmp bool
+	want := qmpChardev(spec.Dir)
+	for i, a := range args {
+		if a == "-name" && i+1 < len(args) && args[i+1] == opt(spec.ID) {
+			name = true
+		}
+		if a == want {
+			qmp = true
+		}
+	}
+	return name && qmp
+}
+
+// tail returns what was appended to path after offset, trimmed to its last
+// 2000 bytes.
+func tail(path string, offset int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return ""
+	}
+	data, _ := io.ReadAll(f)
+	s := strings.TrimSpace(string(data))
+	if len(s) > 2000 {
+		s = s[len(s)-2000:]
+	}
+	return s
+}
