@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/banger/banger/internal/runner"
 )
@@ -33,6 +34,10 @@ type Manager struct {
 	R      runner.Runner // nil means runner.Default
 	Bridge string        // empty means DefaultBridge
 	Subnet netip.Prefix  // zero means DefaultSubnet; must be IPv4
+
+	// bridgeMu serializes EnsureBridge: its check-then-add must not race
+	// with a concurrent create.
+	bridgeMu sync.Mutex
 }
 
 func (m *Manager) runner() runner.Runner {
@@ -120,6 +125,8 @@ func (m *Manager) EnsureBridge(ctx context.Context) error {
 	if !subnet.Addr().Is4() || subnet.Bits() > 30 {
 		return fmt.Errorf("ensuring bridge %s: subnet %s is not an IPv4 /30 or larger: configure another subnet", br, subnet)
 	}
+	m.bridgeMu.Lock()
+	defer m.bridgeMu.Unlock()
 	r := m.runner()
 	l, err := m.getLink(ctx, br)
 	if err != nil {

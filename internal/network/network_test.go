@@ -192,18 +192,18 @@ func TestNetmask(t *testing.T) {
 
 func TestManagerDefaults(t *testing.T) {
 	tests := []struct {
-		m          Manager
+		m          *Manager
 		bridge, gw string
 	}{
-		{Manager{}, "banger0", "172.30.0.1"},
-		{Manager{Bridge: "br9", Subnet: netip.MustParsePrefix("10.1.2.77/24")}, "br9", "10.1.2.1"},
+		{&Manager{}, "banger0", "172.30.0.1"},
+		{&Manager{Bridge: "br9", Subnet: netip.MustParsePrefix("10.1.2.77/24")}, "br9", "10.1.2.1"},
 	}
 	for _, tt := range tests {
 		if got := tt.m.BridgeName(); got != tt.bridge {
-			t.Errorf("%+v.BridgeName() = %s, want %s", tt.m, got, tt.bridge)
+			t.Errorf("Manager{%q, %v}.BridgeName() = %s, want %s", tt.m.Bridge, tt.m.Subnet, got, tt.bridge)
 		}
 		if got := tt.m.Gateway().String(); got != tt.gw {
-			t.Errorf("%+v.Gateway() = %s, want %s", tt.m, got, tt.gw)
+			t.Errorf("Manager{%q, %v}.Gateway() = %s, want %s", tt.m.Bridge, tt.m.Subnet, got, tt.gw)
 		}
 	}
 }
