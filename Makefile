@@ -1,0 +1,66 @@
+# banger build, bundle and test entry points. See README.md.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+GO ?= go
+BUILD := build
+BIN := $(BUILD)/bin
+RUNTIME := $(BUILD)/runtime
+DIST := $(BUILD)/dist
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X github.com/banger/banger/internal/daemon.Version=$(VERSION) -X github.com/banger/banger/internal/cli.Version=$(VERSION)
+# Go test timeout for the whole suite (VM tests boot real guests under TCG).
+TEST_TIMEOUT ?= 75m
+BENCH_N ?= 5
+
+.PHONY: all build runtime-bundle dist test unit-test bench-create verify clean FORCE
+
+all: build
+
+build: $(BIN)/banger $(BIN)/bangerd $(RUNTIME)/banger-vsock-agent $(BIN)/banger-init
+
+$(BIN)/banger: FORCE
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/banger
+
+$(BIN)/bangerd: FORCE
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $@ ./cmd/bangerd
+
+# Guest binaries are static: they run inside Debian guests and the initramfs.
+$(RUNTIME)/banger-vsock-agent: FORCE
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $@ ./cmd/banger-vsock-agent
+
+$(BIN)/banger-init: FORCE
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $@ ./cmd/banger-init
+
+# Builds build/runtime from Debian packages and our Go code, or installs a
+# prebuilt bundle when RUNTIME_MANIFEST names a manifest.
+runtime-bundle: build
+ifdef RUNTIME_MANIFEST
+	$(BIN)/banger runtime install --manifest '$(RUNTIME_MANIFEST)' --out $(RUNTIME)
+else
+	$(BIN)/banger runtime build --out $(RUNTIME) --init $(BIN)/banger-init --agent $(RUNTIME)/banger-vsock-agent
+endif
+
+# Packs build/runtime (without its SSH key pair) into build/dist with a manifest.
+dist: runtime-bundle
+	$(BIN)/banger runtime dist --runtime $(RUNTIME) --out $(DIST)
+
+# The whole suite, VM tests included (they need root, qemu and the bundle).
+test: runtime-bundle
+	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) \
+		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+# Unit tests only: VM tests skip, saying how to enable them.
+unit-test:
+	$(GO) test ./...
+
+# Creates BENCH_N VMs to first SSH and prints medians and p90s per stage,
+# beside the same image booted by the bare hypervisor.
+bench-create: runtime-bundle
+	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) BANGER_BENCH_N=$(BENCH_N) \
+		$(GO) test -count=1 -timeout 60m -run '^TestBenchCreate$$' -v ./test/e2e
+
+clean:
+	rm -rf $(BUILD)
+
+FORCE:

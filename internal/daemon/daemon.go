@@ -1,0 +1,231 @@
+// Package daemon is bangerd: it owns VM state, hypervisor processes and host networking, and serves the API.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/banger/banger/internal/bundle"
+	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/hypervisor"
+	"github.com/banger/banger/internal/hypervisor/firecracker"
+	"github.com/banger/banger/internal/hypervisor/qemu"
+	"github.com/banger/banger/internal/network"
+	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/store"
+)
+
+// Version is bangerd's version, set at build time.
+var Version = "dev"
+
+// Options configure a Daemon.
+type Options struct {
+	Config config.Config
+	Paths  config.Paths
+	Log    *slog.Logger
+	Runner runner.Runner
+}
+
+// Daemon is one running bangerd.
+type Daemon struct {
+	cfg     config.Config
+	paths   config.Paths
+	log     *slog.Logger
+	r       runner.Runner
+	store   *store.Store
+	net     *network.Manager
+	started time.Time
+
+	backends map[string]hypervisor.Backend
+
+	// ctx is the daemon's own lifetime: long operations and watchers hang
+	// off it, never off an RPC request's context.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	instances map[string]hypervisor.Instance // by VM id
+	locks     map[string]*sync.Mutex         // by VM name
+	stopping  map[string]bool                // VM ids being stopped on purpose
+
+	shutdown chan struct{}
+}
+
+// New prepares a daemon: opens the store and takes the single-instance lock.
+func New(opts Options) (*Daemon, error) {
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	if opts.Runner == nil {
+		opts.Runner = runner.Default
+	}
+	for _, dir := range []string{opts.Paths.StateDir, opts.Paths.DataDir, opts.Paths.RuntimeDir} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("creating %s: %w", dir, err)
+		}
+	}
+	st, err := store.Open(opts.Paths.DB)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{
+		cfg:   opts.Config,
+		paths: opts.Paths,
+		log:   opts.Log,
+		r:     opts.Runner,
+		store: st,
+		net: &network.Manager{
+			R:      opts.Runner,
+			Bridge: opts.Config.Bridge,
+			Subnet: opts.Config.SubnetPrefix(),
+		},
+		backends: map[string]hypervisor.Backend{
+			"qemu":        &qemu.Backend{Binary: opts.Config.QEMUBinary, Log: opts.Log.With("backend", "qemu")},
+			"firecracker": &firecracker.Backend{Binary: opts.Config.FirecrackerBinary, Log: opts.Log.With("backend", "firecracker")},
+		},
+		instances: map[string]hypervisor.Instance{},
+		locks:     map[string]*sync.Mutex{},
+		stopping:  map[string]bool{},
+		shutdown:  make(chan struct{}),
+		started:   time.Now(),
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	return d, nil
+}
+
+// Serve reconciles state, then serves the API on the unix socket until ctx
+// ends or a client asks for shutdown. Running VMs are left running: the next
+// daemon adopts them.
+func (d *Daemon) Serve(ctx context.Context) error {
+	defer d.store.Close()
+	lock, err := lockFile(filepath.Join(d.paths.RuntimeDir, "bangerd.lock"))
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+
+	ln, err := listenSocket(d.paths.Socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(d.paths.Socket)
+
+	if err := d.reconcile(ctx); err != nil {
+		d.log.Error("reconciling state", "err", err)
+	}
+
+	srv := &http.Server{Handler: d.routes(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	d.log.Info("bangerd serving", "socket", d.paths.Socket, "version", Version, "pid", os.Getpid())
+
+	select {
+	case <-ctx.Done():
+	case <-d.shutdown:
+	case err := <-errc:
+		return fmt.Errorf("serving %s: %w", d.paths.Socket, err)
+	}
+	d.log.Info("bangerd stopping; running VMs keep running")
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	d.cancel()
+	d.wg.Wait()
+	return nil
+}
+
+// listenSocket listens on path with mode 0600, replacing a stale socket but
+// refusing to steal one that a live daemon answers on.
+func listenSocket(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("creating socket dir: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("bangerd is already running on %s: stop it with 'banger daemon stop'", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("removing stale socket %s: %w", path, err)
+	}
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("securing %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// lockFile takes an exclusive flock so two daemons never share a state dir.
+func lockFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening lock %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another bangerd holds %s: stop it with 'banger daemon stop'", path)
+	}
+	return f, nil
+}
+
+// vmLock returns the mutex that serializes operations on one VM name.
+func (d *Daemon) vmLock(name string) *sync.Mutex {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	l, ok := d.locks[name]
+	if !ok {
+		l = &sync.Mutex{}
+		d.locks[name] = l
+	}
+	return l
+}
+
+// loadBundle discovers and loads the runtime bundle.
+func (d *Daemon) loadBundle() (*bundle.Bundle, error) {
+	wd, _ := os.Getwd()
+	dir, warnings, err := bundle.Discover(bundle.DiscoverOptions{Explicit: d.cfg.RuntimeDir, Env: os.Getenv, WorkDir: wd})
+	for _, w := range warnings {
+		d.log.Warn(w)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return bundle.Load(dir)
+}
+
+// backendFor picks the hypervisor backend named in the config.
+func (d *Daemon) pickBackend() (hypervisor.Backend, error) {
+	switch d.cfg.Hypervisor {
+	case "qemu", "firecracker":
+		b := d.backends[d.cfg.Hypervisor]
+		if err := b.Available(); err != nil {
+			return nil, fmt.Errorf("hypervisor %s is not usable: %w", b.Name(), err)
+		}
+		return b, nil
+	}
+	fc := d.backends["firecracker"]
+	fcErr := fc.Available()
+	if fcErr == nil {
+		return fc, nil
+	}
+	q := d.backends["qemu"]
+	if err := q.Available(); err != nil {
+		return nil, fmt.Errorf("no usable hypervisor: firecracker: %v; qemu: %w", fcErr, err)
+	}
+	return q, nil
+}

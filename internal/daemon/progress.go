@@ -1,0 +1,71 @@
+package daemon
+
+import (
+	"sync"
+	"time"
+
+	"github.com/banger/banger/internal/rpc"
+)
+
+// progress collects the stages of a long operation and forwards events to
+// whoever is listening. Once finished, or once the listener is gone, events
+// are dropped: the operation itself goes on.
+type progress struct {
+	mu     sync.Mutex
+	emit   func(rpc.Event)
+	done   bool
+	timing []rpc.Stage
+}
+
+func newProgress(emit func(rpc.Event)) *progress { return &progress{emit: emit} }
+
+func (p *progress) send(ev rpc.Event) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.done || p.emit == nil {
+		return
+	}
+	p.emit(ev)
+}
+
+// run times fn as the named stage.
+func (p *progress) run(stage string, fn func() error) error {
+	p.send(rpc.Event{Type: "stage", Stage: stage})
+	start := time.Now()
+	err := fn()
+	ms := float64(time.Since(start)) / float64(time.Millisecond)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.timing = append(p.timing, rpc.Stage{Name: stage, DurationMS: ms})
+	p.mu.Unlock()
+	p.send(rpc.Event{Type: "stage_done", Stage: stage, DurationMS: ms})
+	return nil
+}
+
+func (p *progress) stages() []rpc.Stage {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]rpc.Stage(nil), p.timing...)
+}
+
+// finish sends the final event; later events are dropped.
+func (p *progress) finish(vm *rpc.VM, err error) {
+	ev := rpc.Event{Type: "done", VM: vm}
+	if err != nil {
+		code, _ := codeOf(err)
+		ev = rpc.Event{Type: "error", Error: err.Error(), Code: code, VM: vm}
+	}
+	p.send(ev)
+	p.mu.Lock()
+	p.done = true
+	p.mu.Unlock()
+}
+
+// detach stops forwarding events (the client went away).
+func (p *progress) detach() {
+	p.mu.Lock()
+	p.emit = nil
+	p.mu.Unlock()
+}

@@ -1,0 +1,596 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/banger/banger/internal/agent"
+	"github.com/banger/banger/internal/bundle"
+	"github.com/banger/banger/internal/disk"
+	"github.com/banger/banger/internal/hypervisor"
+	"github.com/banger/banger/internal/network"
+	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/store"
+)
+
+// VM states.
+const (
+	StateCreating = "creating"
+	StateStarting = "starting"
+	StateRunning  = "running"
+	StateStopping = "stopping"
+	StateStopped  = "stopped"
+	StateError    = "error"
+)
+
+// createPlan is a validated create request: everything that can be refused
+// is refused before anything is changed.
+type createPlan struct {
+	req      rpc.CreateRequest
+	bundle   *bundle.Bundle
+	image    *bundle.Image
+	backend  hypervisor.Backend
+	diskSize int64
+}
+
+func (d *Daemon) planCreate(ctx context.Context, req rpc.CreateRequest) (*createPlan, error) {
+	if err := ValidateName(req.Name); err != nil {
+		return nil, invalid("%w", err)
+	}
+	if vm, err := d.store.GetVM(ctx, req.Name); err == nil {
+		return nil, exists("a VM named %s already exists (%s): pick another name, or remove it with 'banger vm delete %s'", req.Name, vm.State, req.Name)
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	b, err := d.loadBundle()
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	if req.Image == "" {
+		req.Image = d.cfg.DefaultImage
+	}
+	if req.Image == "" {
+		req.Image = b.DefaultImage
+	}
+	img, err := b.Image(req.Image)
+	if err != nil {
+		return nil, invalid("%w", err)
+	}
+	if req.VCPUs == 0 {
+		req.VCPUs = d.cfg.VCPUs
+	}
+	if req.MemoryMiB == 0 {
+		req.MemoryMiB = d.cfg.MemoryMiB
+	}
+	be, err := d.pickBackend()
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	if err := ValidateShape(req.VCPUs, req.MemoryMiB, be.Name()); err != nil {
+		return nil, invalid("%w", err)
+	}
+	rootfs := b.Path(img.Rootfs)
+	imgSize, err := disk.Size(rootfs)
+	if err != nil {
+		return nil, unavailable(fmt.Errorf("image %s: %w (rebuild the bundle with 'make runtime-bundle')", img.Name, err))
+	}
+	p := &createPlan{req: req, bundle: b, image: img, backend: be, diskSize: imgSize}
+	if req.DiskSize != "" {
+		size, err := disk.ParseSize(req.DiskSize)
+		if err != nil {
+			return nil, invalid("invalid --disk-size %q: %w", req.DiskSize, err)
+		}
+		if size < imgSize {
+			return nil, invalid("disk size %s is smaller than image %s (%s): pick --disk-size %s or more", req.DiskSize, img.Name, disk.FormatSize(imgSize), disk.FormatSize(imgSize))
+		}
+		p.diskSize = size
+	}
+	return p, nil
+}
+
+func newID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (d *Daemon) vmDirs(id string) (data, rt string) {
+	return filepath.Join(d.paths.DataDir, "vms", id), filepath.Join(d.paths.RuntimeDir, "vms", id)
+}
+
+// create runs a planned create under the daemon's lifetime.
+func (d *Daemon) create(p *createPlan, pr *progress) (*store.VM, error) {
+	ctx := d.ctx
+	id := newID()
+	dataDir, rtDir := d.vmDirs(id)
+	vm := &store.VM{
+		ID:            id,
+		Name:          p.req.Name,
+		Image:         p.image.Name,
+		State:         StateCreating,
+		Hypervisor:    p.backend.Name(),
+		VCPUs:         p.req.VCPUs,
+		MemoryMiB:     p.req.MemoryMiB,
+		DiskSizeBytes: p.diskSize,
+		TAP:           network.TAPName(id),
+		NAT:           p.req.NAT,
+		Dir:           dataDir,
+		RuntimeDir:    rtDir,
+	}
+	if err := d.store.CreateVMWithLease(ctx, vm, d.net.Subnet, d.net.Gateway()); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return nil, exists("a VM named %s already exists: pick another name", vm.Name)
+		}
+		return nil, fmt.Errorf("recording VM %s: %w", vm.Name, err)
+	}
+	ip, _ := netip.ParseAddr(vm.IP)
+	vm.MAC = network.MAC(ip)
+
+	// Until the hypervisor runs, a failure undoes everything.
+	undo := func() {
+		d.net.DeleteTAP(context.Background(), vm.TAP)
+		os.RemoveAll(dataDir)
+		os.RemoveAll(rtDir)
+		d.store.DeleteVM(context.Background(), vm.ID)
+	}
+	err := pr.run("preparing disks", func() error {
+		if err := os.MkdirAll(dataDir, 0o700); err != nil {
+			return err
+		}
+		if _, err := disk.Clone(p.bundle.Path(p.image.Rootfs), filepath.Join(dataDir, "rootfs.ext4")); err != nil {
+			return err
+		}
+		if size, _ := disk.Size(filepath.Join(dataDir, "rootfs.ext4")); p.diskSize > size {
+			if err := disk.Grow(ctx, d.r, filepath.Join(dataDir, "rootfs.ext4"), p.diskSize); err != nil {
+				return err
+			}
+		}
+		_, err := disk.Clone(p.bundle.Path(p.image.WorkSeed), filepath.Join(dataDir, "work.ext4"))
+		return err
+	})
+	if err == nil {
+		err = d.store.UpdateVM(ctx, vm)
+	}
+	if err != nil {
+		undo()
+		return nil, err
+	}
+	if err := d.boot(ctx, vm, p.bundle, p.backend, pr, p.req.NoWait); err != nil {
+		if vm.PID == 0 {
+			undo()
+		}
+		return nil, err
+	}
+	return vm, nil
+}
+
+// spec builds the hypervisor spec of vm.
+func (d *Daemon) spec(vm *store.VM, b *bundle.Bundle) hypervisor.Spec {
+	s := hypervisor.Spec{
+		ID:         vm.ID,
+		Dir:        vm.RuntimeDir,
+		VCPUs:      vm.VCPUs,
+		MemoryMiB:  vm.MemoryMiB,
+		ConsoleLog: filepath.Join(vm.Dir, "console.log"),
+		AgentCID:   vm.CID,
+		Disks: []hypervisor.Disk{
+			{ID: "root", Path: filepath.Join(vm.Dir, "rootfs.ext4"), Root: true},
+			{ID: "work", Path: filepath.Join(vm.Dir, "work.ext4")},
+		},
+		NICs: []hypervisor.NIC{{ID: "eth0", TAP: vm.TAP, MAC: vm.MAC}},
+	}
+	if b != nil {
+		s.Kernel = b.Path(b.Kernel)
+		s.Initrd = b.Path(b.Initrd)
+		s.Cmdline = d.cmdline(vm, b)
+	}
+	return s
+}
+
+func (d *Daemon) cmdline(vm *store.VM, b *bundle.Bundle) string {
+	gw := d.net.Gateway()
+	ip := fmt.Sprintf("ip=%s::%s:%s:%s:eth0:off:%s", vm.IP, gw, network.Netmask(d.net.Subnet), vm.Name, gw)
+	return strings.TrimSpace(b.BootArgs + " root=/dev/vda rw " + ip)
+}
+
+// boot brings up vm's network device and hypervisor and waits for the guest.
+// On return with vm.PID != 0 the hypervisor was started; a readiness failure
+// then leaves the VM in the error state with its disks.
+func (d *Daemon) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hypervisor.Backend, pr *progress, noWait bool) error {
+	err := pr.run("network", func() error {
+		if err := d.net.EnsureBridge(ctx); err != nil {
+			return err
+		}
+		return d.net.CreateTAP(ctx, vm.TAP, os.Getuid(), os.Getgid())
+	})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(vm.RuntimeDir, 0o700); err != nil {
+		return fmt.Errorf("creating %s: %w", vm.RuntimeDir, err)
+	}
+	var inst hypervisor.Instance
+	err = pr.run("booting "+be.Name(), func() error {
+		var err error
+		sctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		inst, err = be.Start(sctx, d.spec(vm, b))
+		return err
+	})
+	if err != nil {
+		d.net.DeleteTAP(context.Background(), vm.TAP)
+		return err
+	}
+	vm.PID = inst.PID()
+	vm.State = StateStarting
+	vm.Hypervisor = be.Name()
+	vm.Error = ""
+	d.store.UpdateVM(ctx, vm)
+	d.mu.Lock()
+	d.instances[vm.ID] = inst
+	d.mu.Unlock()
+	d.watch(vm.ID, vm.Name, inst)
+
+	if noWait {
+		pr.finish(d.view(ctx, vm), nil)
+	}
+	if err := d.waitReady(ctx, vm, b, inst, pr); err != nil {
+		inst.Kill()
+		d.net.DeleteTAP(context.Background(), vm.TAP)
+		vm.State = StateError
+		vm.Error = err.Error()
+		d.store.UpdateVM(context.Background(), vm)
+		return fmt.Errorf("%w\n(the VM is kept in the error state: see its console with 'banger vm logs %s', remove it with 'banger vm delete %s')", err, vm.Name, vm.Name)
+	}
+	vm.State = StateRunning
+	if err := d.store.UpdateVM(ctx, vm); err != nil {
+		return err
+	}
+	for _, s := range pr.stages() {
+		d.store.RecordStage(ctx, vm.ID, s.Name, time.Duration(s.DurationMS*float64(time.Millisecond)))
+	}
+	return nil
+}
+
+// waitReady runs the readiness checks in order: agent health over the agent
+// channel (which also yields the SSH host keys to pin), then one SSH handshake
+// with the bundle key.
+func (d *Daemon) waitReady(ctx context.Context, vm *store.VM, b *bundle.Bundle, inst hypervisor.Instance, pr *progress) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(d.cfg.ReadyTimeoutSeconds)*time.Second)
+	defer cancel()
+	var h *agent.Health
+	err := pr.run("waiting for agent", func() error {
+		var err error
+		h, err = d.waitAgent(ctx, vm, inst)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if err := d.pinHostKeys(vm.Name, h.SSHHostKeys); err != nil {
+		return err
+	}
+	return pr.run("waiting for ssh", func() error {
+		return d.waitSSH(ctx, vm, b, h.SSHHostKeys, inst)
+	})
+}
+
+// instance returns vm's live hypervisor instance, adopting it when this
+// daemon has not seen it yet, or nil when it is not running.
+func (d *Daemon) instance(ctx context.Context, vm *store.VM) hypervisor.Instance {
+	d.mu.Lock()
+	inst := d.instances[vm.ID]
+	d.mu.Unlock()
+	if inst != nil && !inst.Exited() {
+		return inst
+	}
+	be, ok := d.backends[vm.Hypervisor]
+	if !ok || vm.PID == 0 {
+		return nil
+	}
+	inst, err := be.Attach(ctx, d.spec(vm, nil))
+	if err != nil {
+		return nil
+	}
+	d.mu.Lock()
+	d.instances[vm.ID] = inst
+	d.mu.Unlock()
+	d.watch(vm.ID, vm.Name, inst)
+	return inst
+}
+
+// watch marks a VM stopped when its hypervisor exits on its own (guest
+// poweroff, crash), unless banger is stopping it on purpose.
+func (d *Daemon) watch(id, name string, inst hypervisor.Instance) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		inst.Wait(d.ctx)
+		if d.ctx.Err() != nil {
+			return
+		}
+		l := d.vmLock(name)
+		l.Lock()
+		defer l.Unlock()
+		d.mu.Lock()
+		purposeful := d.stopping[id]
+		if d.instances[id] == inst {
+			delete(d.instances, id)
+		}
+		d.mu.Unlock()
+		if purposeful {
+			return
+		}
+		vm, err := d.store.GetVM(d.ctx, id)
+		if err != nil || vm.PID != inst.PID() {
+			return
+		}
+		if vm.State == StateRunning || vm.State == StateStarting {
+			d.log.Warn("hypervisor exited on its own; marking VM stopped", "vm", name, "pid", vm.PID)
+			d.net.DeleteTAP(d.ctx, vm.TAP)
+			vm.State = StateStopped
+			vm.PID = 0
+			d.store.UpdateVM(d.ctx, vm)
+		}
+	}()
+}
+
+// start boots a stopped VM.
+func (d *Daemon) start(name string, pr *progress) (*store.VM, error) {
+	ctx := d.ctx
+	l := d.vmLock(name)
+	l.Lock()
+	defer l.Unlock()
+	vm, err := d.getVM(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if inst := d.instance(ctx, vm); inst != nil && vm.State == StateRunning {
+		return vm, nil
+	}
+	if vm.State != StateStopped && vm.State != StateError {
+		return nil, invalid("VM %s is %s: wait for it to finish, or delete it", vm.Name, vm.State)
+	}
+	b, err := d.loadBundle()
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	be, ok := d.backends[vm.Hypervisor]
+	if !ok {
+		return nil, fmt.Errorf("VM %s uses unknown hypervisor %q", vm.Name, vm.Hypervisor)
+	}
+	if err := be.Available(); err != nil {
+		return nil, unavailable(fmt.Errorf("VM %s needs %s: %w", vm.Name, be.Name(), err))
+	}
+	if err := d.boot(ctx, vm, b, be, pr, false); err != nil {
+		return nil, err
+	}
+	return vm, nil
+}
+
+// stop shuts a VM down gracefully, keeping its disks.
+func (d *Daemon) stop(name string) (*store.VM, error) {
+	ctx := d.ctx
+	l := d.vmLock(name)
+	l.Lock()
+	defer l.Unlock()
+	vm, err := d.getVM(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	inst := d.instance(ctx, vm)
+	if inst == nil && vm.State == StateStopped {
+		return vm, nil
+	}
+	if inst != nil {
+		d.mu.Lock()
+		d.stopping[vm.ID] = true
+		d.mu.Unlock()
+		defer func() {
+			d.mu.Lock()
+			delete(d.stopping, vm.ID)
+			d.mu.Unlock()
+		}()
+		vm.State = StateStopping
+		d.store.UpdateVM(ctx, vm)
+		d.shutdownGuest(ctx, vm, inst)
+	}
+	if err := d.net.DeleteTAP(ctx, vm.TAP); err != nil {
+		d.log.Warn("removing tap", "tap", vm.TAP, "err", err)
+	}
+	vm.State = StateStopped
+	vm.PID = 0
+	return vm, d.store.UpdateVM(ctx, vm)
+}
+
+// shutdownGuest asks the guest agent to power off, then the hypervisor,
+// then kills the process.
+func (d *Daemon) shutdownGuest(ctx context.Context, vm *store.VM, inst hypervisor.Instance) {
+	actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	err := (&agent.Client{Dial: inst.DialAgent}).Shutdown(actx)
+	cancel()
+	if err == nil {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = inst.Wait(wctx)
+		cancel()
+		if err == nil && inst.Exited() {
+			return
+		}
+	}
+	d.log.Info("guest did not power off through the agent; asking the hypervisor", "vm", vm.Name, "err", err)
+	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	err = inst.Shutdown(sctx)
+	cancel()
+	if err == nil && inst.Exited() {
+		return
+	}
+	d.log.Warn("guest did not power off; killing the hypervisor", "vm", vm.Name, "err", err)
+	if err := inst.Kill(); err != nil {
+		d.log.Error("killing hypervisor", "vm", vm.Name, "err", err)
+	}
+}
+
+// remove kills a VM if needed and deletes its disks, device and record.
+func (d *Daemon) remove(name string) error {
+	ctx := d.ctx
+	l := d.vmLock(name)
+	l.Lock()
+	defer l.Unlock()
+	vm, err := d.getVM(ctx, name)
+	if err != nil {
+		return err
+	}
+	if inst := d.instance(ctx, vm); inst != nil {
+		d.mu.Lock()
+		d.stopping[vm.ID] = true
+		d.mu.Unlock()
+		defer func() {
+			d.mu.Lock()
+			delete(d.stopping, vm.ID)
+			d.mu.Unlock()
+		}()
+		if err := inst.Kill(); err != nil {
+			return fmt.Errorf("stopping VM %s: %w", vm.Name, err)
+		}
+	}
+	if err := d.net.DeleteTAP(ctx, vm.TAP); err != nil {
+		return fmt.Errorf("removing VM %s: %w", vm.Name, err)
+	}
+	if err := os.RemoveAll(vm.RuntimeDir); err != nil {
+		return fmt.Errorf("removing VM %s: %w", vm.Name, err)
+	}
+	if err := os.RemoveAll(vm.Dir); err != nil {
+		return fmt.Errorf("removing VM %s disks: %w", vm.Name, err)
+	}
+	d.unpinHostKeys(vm.Name)
+	d.mu.Lock()
+	delete(d.instances, vm.ID)
+	d.mu.Unlock()
+	return d.store.DeleteVM(ctx, vm.ID)
+}
+
+func (d *Daemon) getVM(ctx context.Context, name string) (*store.VM, error) {
+	vm, err := d.store.GetVM(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, notFound("no VM named %s: see 'banger vm list'", name)
+	}
+	return vm, err
+}
+
+// reconcile adopts hypervisors that survived a daemon restart and marks the
+// others stopped, keeping their disks.
+func (d *Daemon) reconcile(ctx context.Context) error {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	owned := map[string]bool{}
+	for i := range vms {
+		vm := &vms[i]
+		if vm.State == StateStopped || vm.State == StateError {
+			continue
+		}
+		be, ok := d.backends[vm.Hypervisor]
+		var inst hypervisor.Instance
+		if ok && vm.PID != 0 {
+			inst, err = be.Attach(ctx, d.spec(vm, nil))
+		}
+		if inst != nil && err == nil {
+			d.log.Info("adopted running VM", "vm", vm.Name, "pid", inst.PID())
+			d.mu.Lock()
+			d.instances[vm.ID] = inst
+			d.mu.Unlock()
+			d.watch(vm.ID, vm.Name, inst)
+			owned[vm.TAP] = true
+			if vm.State != StateRunning {
+				go d.resumeReadiness(vm.Name)
+			}
+			continue
+		}
+		d.log.Info("VM's hypervisor is gone; marking it stopped", "vm", vm.Name, "state", vm.State)
+		d.net.DeleteTAP(ctx, vm.TAP)
+		if vm.State == StateCreating {
+			vm.State = StateError
+			vm.Error = "bangerd stopped while this VM was being created"
+		} else {
+			vm.State = StateStopped
+		}
+		vm.PID = 0
+		if err := d.store.UpdateVM(ctx, vm); err != nil {
+			return err
+		}
+	}
+	taps, err := d.net.ListTAPs(ctx, network.TAPPrefix)
+	if err != nil {
+		d.log.Warn("listing tap devices", "err", err)
+		return nil
+	}
+	for _, t := range taps {
+		if !owned[t] {
+			d.log.Info("removing orphan tap device", "tap", t)
+			d.net.DeleteTAP(ctx, t)
+		}
+	}
+	return nil
+}
+
+// resumeReadiness finishes the readiness checks of a VM whose create or start
+// was interrupted by a daemon restart.
+func (d *Daemon) resumeReadiness(name string) {
+	l := d.vmLock(name)
+	l.Lock()
+	defer l.Unlock()
+	vm, err := d.getVM(d.ctx, name)
+	if err != nil {
+		return
+	}
+	inst := d.instance(d.ctx, vm)
+	b, err := d.loadBundle()
+	if inst == nil || err != nil {
+		return
+	}
+	if err := d.waitReady(d.ctx, vm, b, inst, newProgress(nil)); err != nil {
+		vm.State = StateError
+		vm.Error = err.Error()
+	} else {
+		vm.State = StateRunning
+	}
+	d.store.UpdateVM(d.ctx, vm)
+}
+
+// view converts a stored VM into its API form.
+func (d *Daemon) view(ctx context.Context, vm *store.VM) *rpc.VM {
+	v := &rpc.VM{
+		ID:            vm.ID,
+		Name:          vm.Name,
+		Image:         vm.Image,
+		State:         vm.State,
+		Hypervisor:    vm.Hypervisor,
+		VCPUs:         vm.VCPUs,
+		MemoryMiB:     vm.MemoryMiB,
+		DiskSizeBytes: vm.DiskSizeBytes,
+		IP:            vm.IP,
+		MAC:           vm.MAC,
+		TAP:           vm.TAP,
+		PID:           vm.PID,
+		NAT:           vm.NAT,
+		Dir:           vm.Dir,
+		ConsoleLog:    filepath.Join(vm.Dir, "console.log"),
+		Error:         vm.Error,
+		CreatedAt:     vm.CreatedAt,
+	}
+	if stages, err := d.store.StageDurations(ctx, vm.ID); err == nil {
+		for _, s := range stages {
+			v.Stages = append(v.Stages, rpc.Stage{Name: s.Stage, DurationMS: float64(s.Duration) / float64(time.Millisecond)})
+		}
+	}
+	return v
+}

@@ -1,0 +1,85 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/netns"
+)
+
+// TestBenchCreate is 'make bench-create': it runs BANGER_BENCH_N creates to
+// first SSH through the daemon, and as many bare qemu boots of the same image
+// in the same run, and prints medians and p90s. It never fails on timing.
+func TestBenchCreate(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("BANGER_BENCH_N"))
+	if n <= 0 {
+		t.Skip("benchmark: set BANGER_BENCH_N (make bench-create does)")
+	}
+	image := os.Getenv("BANGER_BENCH_IMAGE")
+	if image == "" {
+		image = "minimal"
+	}
+	_, runtime := requireVM(t)
+	e := newEnv(t)
+	stages := map[string][]float64{}
+	var order []string
+	var totals, bare []float64
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("bench%d", i)
+		start := time.Now()
+		vm := e.create(name, "--image", image)
+		totals = append(totals, ms(time.Since(start)))
+		for _, s := range vm.Stages {
+			if _, ok := stages[s.Name]; !ok {
+				order = append(order, s.Name)
+			}
+			stages[s.Name] = append(stages[s.Name], s.DurationMS)
+		}
+		e.must("vm", "delete", "--force", name)
+
+		ns, err := netns.Create("bgb-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, _ := bareBoot(t, ns, runtime, image)
+		ns.Close()
+		bare = append(bare, ms(d))
+		t.Logf("run %d: banger create %.0f ms, bare qemu %.0f ms", i+1, totals[i], bare[i])
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nbench-create: image %s, %d runs (QEMU microvm, TCG here)\n", image, n)
+	fmt.Fprintf(&b, "%-34s %10s %10s\n", "", "median ms", "p90 ms")
+	row := func(label string, xs []float64) {
+		fmt.Fprintf(&b, "%-34s %10.0f %10.0f\n", label, quantile(xs, 0.5), quantile(xs, 0.9))
+	}
+	row("banger vm create (to first SSH)", totals)
+	for _, s := range order {
+		row("  stage: "+s, stages[s])
+	}
+	row("bare qemu boot (to first SSH)", bare)
+	mt, mb := quantile(totals, 0.5), quantile(bare, 0.5)
+	fmt.Fprintf(&b, "banger overhead over bare boot: %+.0f ms median (ratio %.2fx)\n", mt-mb, mt/mb)
+	fmt.Print(b.String())
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// quantile returns the q-quantile of xs by linear interpolation.
+func quantile(xs []float64, q float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	pos := q * float64(len(s)-1)
+	lo := int(pos)
+	if lo+1 >= len(s) {
+		return s[lo]
+	}
+	return s[lo] + (pos-float64(lo))*(s[lo+1]-s[lo])
+}

@@ -1,0 +1,265 @@
+// Package e2e boots real VMs through the real bangerd and banger binaries, each test inside a network namespace it creates.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/netns"
+	"github.com/banger/banger/internal/rpc"
+)
+
+// requireVM skips (or, under BANGER_VM_TESTS=1, fails) when the host cannot
+// run the VM tests, and returns the bin and runtime dirs.
+func requireVM(t testing.TB) (bin, runtime string) {
+	t.Helper()
+	fail := t.Skipf
+	if os.Getenv("BANGER_VM_TESTS") == "1" {
+		fail = t.Fatalf
+	}
+	if os.Geteuid() != 0 {
+		fail("VM tests need root (for network namespaces and TAP devices); run 'make test' as root")
+	}
+	bin = os.Getenv("BANGER_BIN")
+	runtime = os.Getenv("BANGER_RUNTIME")
+	if bin == "" || runtime == "" {
+		fail("VM tests need BANGER_BIN and BANGER_RUNTIME; run them with 'make test', which builds both")
+	}
+	for _, f := range []string{filepath.Join(bin, "banger"), filepath.Join(bin, "bangerd"), filepath.Join(runtime, "bundle.json")} {
+		if _, err := os.Stat(f); err != nil {
+			fail("VM tests need %s: run 'make build runtime-bundle'", f)
+		}
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		fail("VM tests need qemu-system-x86_64: apt-get install qemu-system-x86")
+	}
+	return bin, runtime
+}
+
+// env is one daemon with its own state, inside its own network namespace.
+type env struct {
+	t       testing.TB
+	ns      *netns.NS
+	bin     string
+	runtime string
+	root    string
+	socket  string
+	daemon  *exec.Cmd
+	logPath string
+	extra   []string
+}
+
+func newEnv(t testing.TB) *env {
+	bin, runtime := requireVM(t)
+	ns := netns.New(t)
+	// Unix socket paths must stay short, so avoid t.TempDir's long names.
+	root, err := os.MkdirTemp("", "bgr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, ns: ns, bin: bin, runtime: runtime, root: root}
+	e.socket = filepath.Join(root, "run", "banger", "bangerd.sock")
+	e.logPath = filepath.Join(root, "bangerd.log")
+	t.Cleanup(func() {
+		e.cleanup()
+		if t.Failed() {
+			if b, err := os.ReadFile(e.logPath); err == nil {
+				t.Logf("bangerd log:\n%s", tail(string(b), 60))
+			}
+		}
+		os.RemoveAll(root)
+	})
+	e.startDaemon()
+	return e
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (e *env) environ() []string {
+	return append(os.Environ(),
+		"XDG_CONFIG_HOME="+filepath.Join(e.root, "config"),
+		"XDG_STATE_HOME="+filepath.Join(e.root, "state"),
+		"XDG_DATA_HOME="+filepath.Join(e.root, "data"),
+		"XDG_RUNTIME_DIR="+filepath.Join(e.root, "run"),
+		"BANGER_RUNTIME="+e.runtime,
+		"BANGER_SOCKET="+e.socket,
+		"BANGER_DAEMON="+filepath.Join(e.bin, "bangerd"),
+	)
+}
+
+// startDaemon runs bangerd inside the namespace and waits for its socket.
+func (e *env) startDaemon() {
+	e.t.Helper()
+	logf, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := e.ns.Command(context.Background(), filepath.Join(e.bin, "bangerd"), append([]string{"--socket", e.socket, "--log-level", "debug"}, e.extra...)...)
+	cmd.Env = e.environ()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		e.t.Fatalf("starting bangerd: %v", err)
+	}
+	e.daemon = cmd
+	go cmd.Wait()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("unix", e.socket); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b, _ := os.ReadFile(e.logPath)
+	e.t.Fatalf("bangerd did not come up on %s:\n%s", e.socket, b)
+}
+
+// killDaemon SIGKILLs bangerd (the ip netns exec wrapper execs it, so the
+// pid is bangerd's own).
+func (e *env) killDaemon() {
+	e.t.Helper()
+	if err := e.daemon.Process.Signal(syscall.SIGKILL); err != nil {
+		e.t.Fatalf("killing bangerd: %v", err)
+	}
+	for i := 0; i < 100; i++ {
+		if syscall.Kill(e.daemon.Process.Pid, 0) != nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.t.Fatalf("bangerd %d still alive after SIGKILL", e.daemon.Process.Pid)
+}
+
+func (e *env) cleanup() {
+	if e.daemon == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if vms, err := e.client().ListVMs(ctx); err == nil {
+		for _, vm := range vms {
+			if err := e.client().DeleteVM(ctx, vm.Name); err != nil {
+				e.t.Errorf("cleanup: deleting %s: %v", vm.Name, err)
+			}
+		}
+	}
+	e.client().Shutdown(ctx)
+	time.Sleep(200 * time.Millisecond)
+	// netns.New's cleanup kills whatever is left inside and removes the namespace.
+}
+
+func (e *env) client() *rpc.Client { return rpc.NewClient(e.socket) }
+
+// banger runs the CLI inside the namespace.
+func (e *env) banger(ctx context.Context, args ...string) (stdout, stderr string, err error) {
+	cmd := e.ns.Command(ctx, filepath.Join(e.bin, "banger"), args...)
+	cmd.Env = e.environ()
+	var o, s bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &s
+	err = cmd.Run()
+	return o.String(), s.String(), err
+}
+
+// must runs the CLI and fails the test on a non-zero exit.
+func (e *env) must(args ...string) string {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	out, errOut, err := e.banger(ctx, args...)
+	if err != nil {
+		e.t.Fatalf("banger %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, out, errOut)
+	}
+	return out
+}
+
+// create makes a VM and returns its API view.
+func (e *env) create(name string, args ...string) rpc.VM {
+	e.t.Helper()
+	out := e.must(append([]string{"vm", "create", "--name", name, "--json"}, args...)...)
+	var vm rpc.VM
+	if err := json.Unmarshal([]byte(out), &vm); err != nil {
+		e.t.Fatalf("decoding create output %q: %v", out, err)
+	}
+	if vm.State != "running" {
+		e.t.Fatalf("vm create %s: state = %q, want running", name, vm.State)
+	}
+	return vm
+}
+
+func (e *env) show(name string) (rpc.VM, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	vm, err := e.client().GetVM(ctx, name)
+	if err != nil {
+		return rpc.VM{}, err
+	}
+	return *vm, nil
+}
+
+// ssh runs a command in the guest through 'banger vm ssh'.
+func (e *env) ssh(name string, command ...string) string {
+	e.t.Helper()
+	return e.must(append([]string{"vm", "ssh", name, "--"}, command...)...)
+}
+
+// links lists the network devices in the namespace.
+func (e *env) links() []string {
+	out, err := exec.Command("ip", "-n", e.ns.Name, "-o", "link", "show").Output()
+	if err != nil {
+		e.t.Fatalf("listing links: %v", err)
+	}
+	var names []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 1 {
+			names = append(names, strings.SplitN(strings.TrimSuffix(f[1], ":"), "@", 2)[0])
+		}
+	}
+	return names
+}
+
+// hypervisorPIDs lists the qemu or firecracker processes in the namespace.
+func (e *env) hypervisorPIDs() []int {
+	var pids []int
+	for _, pid := range e.ns.PIDs() {
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err != nil {
+			continue
+		}
+		c := strings.TrimSpace(string(comm))
+		if strings.HasPrefix(c, "qemu-system") || c == "firecracker" {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+var errExit = errors.New("exit")

@@ -1,0 +1,185 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/rpc"
+)
+
+// TestLifecycle walks one VM through the whole lifecycle: create, ssh, bad
+// input that changes nothing, a daemon SIGKILL and adoption, stop and start
+// with /root intact, and a delete that leaves nothing behind.
+func TestLifecycle(t *testing.T) {
+	e := newEnv(t)
+	vm := e.create("box1", "--image", "minimal")
+	t.Logf("created box1 at %s, stages %+v", vm.IP, vm.Stages)
+
+	if got := strings.TrimSpace(e.ssh("box1", "hostname")); got != "box1" {
+		t.Fatalf("hostname in guest = %q, want box1", got)
+	}
+	e.ssh("box1", "sh", "-c", "'echo keep-me > /root/marker && sync'")
+
+	t.Run("bad input changes nothing", func(t *testing.T) {
+		before := e.links()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		for _, tc := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"vm", "create", "--name", "box1", "--image", "minimal"}, "already exists"},
+			{[]string{"vm", "create", "--name", "Bad_Name"}, "invalid VM name"},
+			{[]string{"vm", "create", "--name", "box2", "--image", "nope"}, "nope"},
+			{[]string{"vm", "create", "--name", "box2", "--image", "minimal", "--memory", "64"}, "too small"},
+			{[]string{"vm", "create", "--name", "box2", "--image", "minimal", "--disk-size", "1M"}, "smaller than image"},
+		} {
+			_, stderr, err := e.banger(ctx, tc.args...)
+			if err == nil || !strings.Contains(stderr, tc.want) {
+				t.Errorf("banger %s: err = %v, stderr = %q, want failure mentioning %q", strings.Join(tc.args, " "), err, stderr, tc.want)
+			}
+		}
+		vms, err := e.client().ListVMs(ctx)
+		if err != nil || len(vms) != 1 || vms[0].Name != "box1" || vms[0].State != "running" {
+			t.Fatalf("after bad creates: vms = %+v, err = %v; want only box1 running", vms, err)
+		}
+		if after := e.links(); strings.Join(after, ",") != strings.Join(before, ",") {
+			t.Errorf("links changed by refused creates: %v -> %v", before, after)
+		}
+		entries, _ := os.ReadDir(filepath.Join(e.root, "data", "banger", "vms"))
+		if len(entries) != 1 {
+			t.Errorf("VM data dirs after refused creates = %d, want 1", len(entries))
+		}
+		if got := strings.TrimSpace(e.ssh("box1", "cat", "/root/marker")); got != "keep-me" {
+			t.Errorf("box1 after refused duplicate: marker = %q", got)
+		}
+	})
+
+	t.Run("daemon SIGKILL keeps the VM", func(t *testing.T) {
+		pids := e.hypervisorPIDs()
+		e.killDaemon()
+		e.startDaemon()
+		got, err := e.show("box1")
+		if err != nil || got.State != "running" {
+			t.Fatalf("after restart: box1 = %+v, err = %v; want running", got, err)
+		}
+		if after := e.hypervisorPIDs(); len(after) != 1 || len(pids) != 1 || after[0] != pids[0] {
+			t.Fatalf("hypervisor pids before %v, after %v: want the same single process", pids, after)
+		}
+		if out := strings.TrimSpace(e.ssh("box1", "cat", "/root/marker")); out != "keep-me" {
+			t.Fatalf("ssh after daemon restart: marker = %q", out)
+		}
+	})
+
+	t.Run("stop keeps disks and start brings /root back", func(t *testing.T) {
+		e.must("vm", "stop", "box1")
+		got, _ := e.show("box1")
+		if got.State != "stopped" {
+			t.Fatalf("after stop: state = %q", got.State)
+		}
+		if len(e.hypervisorPIDs()) != 0 {
+			t.Fatalf("hypervisor still running after stop: %v", e.hypervisorPIDs())
+		}
+		if contains(e.links(), vm.TAP) {
+			t.Errorf("tap %s still present after stop", vm.TAP)
+		}
+		for _, f := range []string{"rootfs.ext4", "work.ext4"} {
+			if _, err := os.Stat(filepath.Join(vm.Dir, f)); err != nil {
+				t.Errorf("disk %s after stop: %v", f, err)
+			}
+		}
+		e.must("vm", "start", "box1")
+		if out := strings.TrimSpace(e.ssh("box1", "cat", "/root/marker")); out != "keep-me" {
+			t.Fatalf("after stop and start: marker = %q, want keep-me", out)
+		}
+	})
+
+	t.Run("delete leaves nothing", func(t *testing.T) {
+		got, _ := e.show("box1")
+		e.must("vm", "delete", "--force", "box1")
+		if contains(e.links(), got.TAP) {
+			t.Errorf("tap %s left after delete", got.TAP)
+		}
+		if pids := e.hypervisorPIDs(); len(pids) != 0 {
+			t.Errorf("hypervisor processes left after delete: %v", pids)
+		}
+		for _, dir := range []string{got.Dir, filepath.Join(e.root, "run", "banger", "vms", got.ID)} {
+			if _, err := os.Stat(dir); !os.IsNotExist(err) {
+				t.Errorf("%s left after delete (err %v)", dir, err)
+			}
+		}
+		if _, err := e.show("box1"); !rpc.IsCode(err, rpc.CodeNotFound) {
+			t.Errorf("show after delete: err = %v, want not_found", err)
+		}
+		if n := countRows(t, filepath.Join(e.root, "state", "banger", "banger.db"), got.ID); n != 0 {
+			t.Errorf("database rows mentioning %s after delete = %d, want 0", got.ID, n)
+		}
+	})
+}
+
+// TestConcurrentCreate creates two VMs at once; both must become ready.
+func TestConcurrentCreate(t *testing.T) {
+	e := newEnv(t)
+	var wg sync.WaitGroup
+	vms := make([]rpc.VM, 2)
+	for i, name := range []string{"par1", "par2"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			vms[i] = e.create(name, "--image", "minimal")
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	if vms[0].IP == vms[1].IP {
+		t.Fatalf("both VMs got %s", vms[0].IP)
+	}
+	for _, name := range []string{"par1", "par2"} {
+		if got := strings.TrimSpace(e.ssh(name, "hostname")); got != name {
+			t.Errorf("hostname of %s = %q", name, got)
+		}
+	}
+	e.must("vm", "delete", "--force", "par1", "par2")
+	if pids := e.hypervisorPIDs(); len(pids) != 0 {
+		t.Errorf("hypervisors left after fan-out delete: %v", pids)
+	}
+}
+
+// TestDefaultImage boots the default docker image through the daemon.
+func TestDefaultImage(t *testing.T) {
+	e := newEnv(t)
+	vm := e.create("dock")
+	t.Logf("docker image ready, stages %+v", vm.Stages)
+	out := e.ssh("dock", "sh", "-c", "'docker --version && tmux -V && git --version && curl --version | head -n 1'")
+	for _, want := range []string{"Docker version", "tmux", "git version", "curl"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("default image tools: output %q lacks %q", out, want)
+		}
+	}
+}
+
+// TestMissingBundle checks that a create without a runtime bundle fails with
+// a clear error and records nothing.
+func TestMissingBundle(t *testing.T) {
+	e := newEnv(t)
+	e.runtime = filepath.Join(e.root, "no-bundle")
+	e.client().Shutdown(context.Background())
+	time.Sleep(300 * time.Millisecond)
+	e.startDaemon()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, stderr, err := e.banger(ctx, "vm", "create", "--name", "nobundle")
+	if err == nil || !strings.Contains(stderr, "runtime-bundle") {
+		t.Fatalf("create without bundle: err = %v, stderr = %q; want an error telling to run make runtime-bundle", err, stderr)
+	}
+	if vms, _ := e.client().ListVMs(ctx); len(vms) != 0 {
+		t.Fatalf("VMs after refused create: %+v", vms)
+	}
+}
