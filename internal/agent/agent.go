@@ -1,0 +1,335 @@
+// Package agent is banger's guest agent (server, host client and guest network bootstrap) speaking line-delimited JSON over vsock or virtio-serial.
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/banger/banger/internal/hypervisor"
+)
+
+// Op names.
+const (
+	OpHealth   = "health"
+	OpShutdown = "shutdown"
+)
+
+// SerialPath is the udev path of the agent's virtio-serial port.
+const SerialPath = "/dev/virtio-ports/" + hypervisor.AgentSerialName
+
+// maxLine bounds one protocol line.
+const maxLine = 1 << 20
+
+// Request is one line from the host.
+type Request struct {
+	Op string `json:"op"`
+	// ID is echoed in the response when set, so a client can skip a stale
+	// answer left on a shared stream (virtio-serial) by an earlier request.
+	ID uint64 `json:"id,omitempty"`
+}
+
+// Response is one line from the guest.
+type Response struct {
+	OK          bool     `json:"ok"`
+	Error       string   `json:"error,omitempty"`
+	ID          uint64   `json:"id,omitempty"`
+	Hostname    string   `json:"hostname,omitempty"`
+	UptimeMS    int64    `json:"uptime_ms,omitempty"`
+	SSHHostKeys []string `json:"ssh_host_keys,omitempty"`
+}
+
+// Server answers agent requests inside the guest.
+type Server struct {
+	// Shutdown runs after a shutdown request has been answered.
+	// Default: Reboot.
+	Shutdown func()
+	// HostKeyGlob finds the SSH host public keys; default
+	// /etc/ssh/ssh_host_*_key.pub.
+	HostKeyGlob string
+	// Log receives diagnostics; default slog.Default().
+	Log *slog.Logger
+
+	once sync.Once
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.Default()
+	}
+	return s.Log
+}
+
+// Serve runs the default server until ctx ends; see Server.Serve.
+func Serve(ctx context.Context) error {
+	return (&Server{}).Serve(ctx)
+}
+
+// Serve listens on vsock port hypervisor.AgentPort (when the guest has
+// AF_VSOCK) and on the virtio-serial port (when it appears) until ctx ends.
+func (s *Server) Serve(ctx context.Context) error {
+	var wg sync.WaitGroup
+	ln, err := listenVsock(hypervisor.AgentPort)
+	if err != nil {
+		s.log().Info("vsock unavailable, serving virtio-serial only", "err", err)
+	} else {
+		s.log().Info("agent listening on vsock", "port", hypervisor.AgentPort)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.acceptLoop(ctx, ln)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.serialLoop(ctx)
+	}()
+	wg.Wait()
+	return nil
+}
+
+func (s *Server) acceptLoop(ctx context.Context, ln *vsockListener) {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	defer ln.Close()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			s.log().Warn("accepting vsock connection", "err", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		go func() {
+			defer c.Close()
+			stop := context.AfterFunc(ctx, func() { c.Close() })
+			defer stop()
+			if err := s.ServeConn(c); err != nil && ctx.Err() == nil {
+				s.log().Debug("serving vsock connection", "err", err)
+			}
+		}()
+	}
+}
+
+// serialLoop serves the virtio-serial port. A read returns EOF while no host
+// side is connected, so the port is reopened after a short pause.
+func (s *Server) serialLoop(ctx context.Context) {
+	announced := false
+	for ctx.Err() == nil {
+		path := findSerialPort()
+		if path == "" {
+			sleep(ctx, time.Second)
+			continue
+		}
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			s.log().Warn("opening agent serial port", "path", path, "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		if !announced {
+			s.log().Info("agent serving virtio-serial", "path", path)
+			announced = true
+		}
+		stop := context.AfterFunc(ctx, func() { f.Close() })
+		err = s.ServeConn(f)
+		stop()
+		f.Close()
+		if err != nil && ctx.Err() == nil {
+			s.log().Debug("serving serial port", "err", err)
+		}
+		sleep(ctx, 100*time.Millisecond)
+	}
+}
+
+// findSerialPort returns the agent's port device. Without udev (the minimal
+// image) the /dev/virtio-ports symlink does not exist, so sysfs is searched.
+func findSerialPort() string {
+	if _, err := os.Stat(SerialPath); err == nil {
+		return SerialPath
+	}
+	names, _ := filepath.Glob("/sys/class/virtio-ports/*/name")
+	for _, n := range names {
+		b, err := os.ReadFile(n)
+		if err != nil || strings.TrimSpace(string(b)) != hypervisor.AgentSerialName {
+			continue
+		}
+		dev := "/dev/" + filepath.Base(filepath.Dir(n))
+		if _, err := os.Stat(dev); err == nil {
+			return dev
+		}
+	}
+	return ""
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// ServeConn answers requests on rw until EOF. After answering a shutdown
+// request it runs s.Shutdown (once) and returns.
+func (s *Server) ServeConn(rw io.ReadWriter) error {
+	sc := bufio.NewScanner(rw)
+	sc.Buffer(make([]byte, 4096), maxLine)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue
+		}
+		var req Request
+		var resp Response
+		if err := json.Unmarshal([]byte(line), &req); err != nil {
+			resp = Response{Error: fmt.Sprintf("decoding request: %v", err)}
+		} else {
+			resp = s.handle(req)
+			resp.ID = req.ID
+		}
+		b, err := json.Marshal(resp)
+		if err != nil {
+			return fmt.Errorf("encoding agent response: %w", err)
+		}
+		if _, err := rw.Write(append(b, '\n')); err != nil {
+			return fmt.Errorf("writing agent response: %w", err)
+		}
+		if req.Op == OpShutdown && resp.OK {
+			s.once.Do(func() {
+				s.log().Info("shutdown requested by host")
+				fn := s.Shutdown
+				if fn == nil {
+					fn = Reboot
+				}
+				go fn()
+			})
+			return nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("reading agent request: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) handle(req Request) Response {
+	switch req.Op {
+	case OpHealth:
+		return s.health()
+	case OpShutdown:
+		return Response{OK: true}
+	default:
+		return Response{Error: fmt.Sprintf("unknown op %q: use %q or %q", req.Op, OpHealth, OpShutdown)}
+	}
+}
+
+func (s *Server) health() Response {
+	host, err := os.Hostname()
+	if err != nil {
+		return Response{Error: fmt.Sprintf("reading hostname: %v", err)}
+	}
+	glob := s.HostKeyGlob
+	if glob == "" {
+		glob = "/etc/ssh/ssh_host_*_key.pub"
+	}
+	paths, _ := filepath.Glob(glob)
+	sort.Strings(paths)
+	keys := []string{}
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		if k := strings.TrimSpace(string(b)); k != "" {
+			keys = append(keys, k)
+		}
+	}
+	return Response{OK: true, Hostname: host, UptimeMS: uptimeMS(), SSHHostKeys: keys}
+}
+
+func uptimeMS() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return ts.Sec*1000 + ts.Nsec/1e6
+}
+
+// Reboot syncs and reboots the guest; the hypervisor turns the reboot into
+// an exit. Under systemd it asks systemd, otherwise it signals every
+// process, syncs and calls reboot(2) itself.
+func Reboot() {
+	unix.Sync()
+	if systemdRunning() && os.Getpid() != 1 {
+		if out, err := exec.Command("systemctl", "reboot").CombinedOutput(); err == nil {
+			return
+		} else {
+			slog.Error("systemctl reboot failed, rebooting directly", "err", err, "output", strings.TrimSpace(string(out)))
+		}
+	}
+	killAll(2 * time.Second)
+	unix.Sync()
+	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
+		slog.Error("rebooting", "err", err)
+	}
+}
+
+func systemdRunning() bool {
+	fi, err := os.Stat("/run/systemd/system")
+	return err == nil && fi.IsDir()
+}
+
+// killAll sends SIGTERM to every other process, waits up to grace, then
+// sends SIGKILL. kill(-1) spares the caller (and PID 1).
+func killAll(grace time.Duration) {
+	if err := unix.Kill(-1, unix.SIGTERM); err != nil {
+		return // ESRCH: nothing left
+	}
+	deadline := time.Now().Add(grace)
+	for time.Now().Before(deadline) {
+		if !othersAlive() {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	unix.Kill(-1, unix.SIGKILL)
+}
+
+// othersAlive reports whether any user-space process other than this one
+// (and PID 1) is left.
+func othersAlive() bool {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	self := os.Getpid()
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil || pid == self || pid == 1 {
+			continue
+		}
+		// Kernel threads have an empty cmdline.
+		if b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil && len(b) > 0 {
+			// Zombies also have an empty cmdline, so anything here is alive.
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,159 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Health is the guest's answer to a health request.
+type Health struct {
+	OK          bool     `json:"ok"`
+	Hostname    string   `json:"hostname"`
+	UptimeMS    int64    `json:"uptime_ms"`
+	SSHHostKeys []string `json:"ssh_host_keys"`
+}
+
+// Client talks to a guest agent. Every call dials a fresh stream.
+type Client struct {
+	// Dial opens a byte stream to the agent (vsock, hybrid vsock or the
+	// virtio-serial socket).
+	Dial func(ctx context.Context) (net.Conn, error)
+}
+
+var nextID atomic.Uint64
+
+// Health asks the guest for its hostname, uptime and SSH host keys.
+func (c *Client) Health(ctx context.Context) (*Health, error) {
+	resp, err := c.call(ctx, OpHealth)
+	if err != nil {
+		return nil, err
+	}
+	keys := resp.SSHHostKeys
+	if keys == nil {
+		keys = []string{}
+	}
+	return &Health{OK: resp.OK, Hostname: resp.Hostname, UptimeMS: resp.UptimeMS, SSHHostKeys: keys}, nil
+}
+
+// Shutdown asks the guest to sync and reboot, which ends the VM. It returns
+// once the guest has acknowledged; the caller waits for the process to exit.
+func (c *Client) Shutdown(ctx context.Context) error {
+	_, err := c.call(ctx, OpShutdown)
+	return err
+}
+
+func (c *Client) call(ctx context.Context, op string) (*Response, error) {
+	if c.Dial == nil {
+		return nil, fmt.Errorf("agent %s: client has no Dial function", op)
+	}
+	conn, err := c.Dial(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("agent %s: dialing: %w", op, err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	id := nextID.Add(1)
+	b, _ := json.Marshal(Request{Op: op, ID: id})
+	if _, err := conn.Write(append(b, '\n')); err != nil {
+		return nil, fmt.Errorf("agent %s: writing request: %w", op, ctxErr(ctx, err))
+	}
+	sc := bufio.NewScanner(conn)
+	sc.Buffer(make([]byte, 4096), maxLine)
+	for sc.Scan() {
+		var resp Response
+		if err := json.Unmarshal(sc.Bytes(), &resp); err != nil {
+			continue // not ours: garbage left on a shared stream
+		}
+		if resp.ID != 0 && resp.ID != id {
+			continue // the late answer to an earlier request
+		}
+		if !resp.OK {
+			if resp.Error == "" {
+				resp.Error = "guest answered not ok"
+			}
+			return nil, fmt.Errorf("agent %s: %s", op, resp.Error)
+		}
+		return &resp, nil
+	}
+	err = sc.Err()
+	if err == nil {
+		err = errors.New("connection closed before an answer")
+	}
+	return nil, fmt.Errorf("agent %s: reading answer: %w", op, ctxErr(ctx, err))
+}
+
+// ctxErr prefers the context's error when the context ended the I/O.
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
+	return err
+}
+
+// DialHybridVsock connects to a guest vsock port through Firecracker's
+// hybrid vsock unix socket: it sends "CONNECT <port>\n" and expects
+// "OK <host port>\n" before the stream belongs to the guest.
+func DialHybridVsock(ctx context.Context, udsPath string, port uint32) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", udsPath)
+	if err != nil {
+		return nil, fmt.Errorf("dialing hybrid vsock %s: %w", udsPath, err)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	fail := func(err error) (net.Conn, error) {
+		stop()
+		conn.Close()
+		return nil, fmt.Errorf("connecting to vsock port %d through %s: %w", port, udsPath, ctxErr(ctx, err))
+	}
+	if _, err := fmt.Fprintf(conn, "CONNECT %d\n", port); err != nil {
+		return fail(err)
+	}
+	// Read byte by byte: whatever follows the line belongs to the guest.
+	var line []byte
+	buf := make([]byte, 1)
+	for {
+		n, err := conn.Read(buf)
+		if n == 1 {
+			if buf[0] == '\n' {
+				break
+			}
+			line = append(line, buf[0])
+			if len(line) > 64 {
+				return fail(fmt.Errorf("handshake answer too long: %q", line))
+			}
+			continue
+		}
+		if err != nil {
+			return fail(fmt.Errorf("reading handshake answer: %w", err))
+		}
+	}
+	f := strings.Fields(string(line))
+	if len(f) != 2 || f[0] != "OK" {
+		return fail(fmt.Errorf("handshake answer %q, want \"OK <port>\" (is the guest agent listening?)", line))
+	}
+	if _, err := strconv.ParseUint(f[1], 10, 32); err != nil {
+		return fail(fmt.Errorf("handshake answer %q: bad port", line))
+	}
+	if !stop() {
+		conn.Close()
+		return nil, fmt.Errorf("connecting to vsock port %d through %s: %w", port, udsPath, ctx.Err())
+	}
+	conn.SetDeadline(time.Time{})
+	return conn, nil
+}

@@ -1,0 +1,288 @@
+package rootfs
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/banger/banger/internal/runner"
+)
+
+// sshdConfig is the sshd drop-in shared by both kinds.
+const sshdConfig = `# Written by banger. Host keys are generated in the guest at first boot.
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+HostKey /etc/ssh/ssh_host_ed25519_key
+UseDNS no
+`
+
+const fstab = `# Written by banger: vda is the image, vdb the VM's own /root disk.
+/dev/vda / ext4 defaults 0 1
+/dev/vdb /root ext4 defaults,nofail 0 2
+`
+
+const hosts = `127.0.0.1	localhost
+::1		localhost ip6-localhost ip6-loopback
+ff02::1		ip6-allnodes
+ff02::2		ip6-allrouters
+`
+
+const resolvConf = "# Written at boot by banger-vsock-agent net-setup from the kernel ip= argument.\n"
+
+const netUnit = `[Unit]
+Description=banger guest network from the kernel ip= argument
+DefaultDependencies=no
+After=systemd-remount-fs.service
+Before=network-pre.target ssh.service banger-agent.service
+Wants=network-pre.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=` + AgentPath + ` net-setup
+
+[Install]
+WantedBy=multi-user.target
+`
+
+const agentUnit = `[Unit]
+Description=banger guest agent (vsock and virtio-serial)
+DefaultDependencies=no
+After=systemd-remount-fs.service banger-net.service ssh.service
+Conflicts=shutdown.target
+Before=shutdown.target
+
+[Service]
+Type=simple
+ExecStart=` + AgentPath + ` serve
+Restart=always
+RestartSec=1
+
+[Install]
+WantedBy=multi-user.target
+`
+
+// sshDropIn starts sshd early (before basic.target) once the network and
+// /root (which holds authorized_keys) are ready, generating the host key on
+// first boot. Only ed25519 is generated: RSA generation costs seconds under TCG.
+const sshDropIn = `# Written by banger.
+[Unit]
+DefaultDependencies=no
+After=systemd-remount-fs.service systemd-journald.socket banger-net.service root.mount
+Wants=banger-net.service
+Conflicts=shutdown.target
+Before=shutdown.target
+
+[Service]
+ExecStartPre=
+ExecStartPre=/bin/sh -c 'test -s /etc/ssh/ssh_host_ed25519_key || exec /usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key'
+`
+
+// masked units slow a TCG boot down and do nothing useful in a disposable VM.
+var masked = []string{
+	"apt-daily.timer", "apt-daily-upgrade.timer", "apt-daily.service", "apt-daily-upgrade.service",
+	"dpkg-db-backup.timer", "dpkg-db-backup.service",
+	"e2scrub_all.timer", "e2scrub_all.service", "e2scrub_reap.service",
+	"fstrim.timer", "man-db.timer", "systemd-timesyncd.service",
+	"getty@tty1.service", "systemd-logind.service", "systemd-pstore.service",
+	"ssh.socket",
+	// An empty machine-id makes every VM boot a "first boot", when systemd
+	// enables units by preset; these must stay off.
+	"systemd-networkd.service", "systemd-networkd.socket", "systemd-network-generator.service",
+	"systemd-networkd-wait-online.service", "systemd-firstboot.service",
+}
+
+// overlay is a tree of files to lay over the debootstrap tree.
+type overlay struct {
+	dir string
+}
+
+func (o overlay) write(rel string, mode os.FileMode, content string) error {
+	p := filepath.Join(o.dir, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(p, []byte(content), mode); err != nil {
+		return err
+	}
+	return os.Chmod(p, mode) // beat the umask
+}
+
+func (o overlay) symlink(rel, target string) error {
+	p := filepath.Join(o.dir, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	os.Remove(p)
+	return os.Symlink(target, p)
+}
+
+func (o overlay) copyFile(rel string, mode os.FileMode, src string) error {
+	p := filepath.Join(o.dir, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(p, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Chmod(p, mode)
+}
+
+// customize turns a copy of the debootstrap tree at root into a banger image.
+// Files are prepared as the calling user in an overlay and copied in as root
+// so that the image holds root-owned files even when banger is not root.
+func customize(ctx context.Context, r runner.Runner, opts Options, root string) error {
+	dir, err := os.MkdirTemp(opts.CacheDir, "overlay-")
+	if err != nil {
+		return fmt.Errorf("customizing rootfs: creating overlay: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return fmt.Errorf("customizing rootfs: %w", err)
+	}
+	o := overlay{dir: dir}
+	if err := fillOverlay(o, opts, root); err != nil {
+		return fmt.Errorf("customizing rootfs: %w", err)
+	}
+	if _, err := r.RunPrivileged(ctx, "cp", "-a", "--no-preserve=ownership", dir+"/.", root+"/"); err != nil {
+		return fmt.Errorf("customizing rootfs: copying overlay: %w", err)
+	}
+
+	// Host keys are made in the guest at first boot, never baked in.
+	ents, err := os.ReadDir(filepath.Join(root, "etc/ssh"))
+	if err != nil {
+		return fmt.Errorf("customizing rootfs: listing ssh host keys: %w", err)
+	}
+	var keys []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "ssh_host_") {
+			keys = append(keys, filepath.Join(root, "etc/ssh", e.Name()))
+		}
+	}
+	if len(keys) > 0 {
+		if _, err := r.RunPrivileged(ctx, "rm", append([]string{"-f", "--"}, keys...)...); err != nil {
+			return fmt.Errorf("customizing rootfs: removing ssh host keys: %w", err)
+		}
+	}
+	if _, err := r.RunPrivileged(ctx, "chroot", root, "passwd", "-l", "root"); err != nil {
+		return fmt.Errorf("customizing rootfs: locking root password: %w", err)
+	}
+	if opts.Modules != "" {
+		if err := installModules(ctx, r, opts.Modules, root); err != nil {
+			return fmt.Errorf("customizing rootfs: %w", err)
+		}
+	}
+	return nil
+}
+
+func fillOverlay(o overlay, opts Options, root string) error {
+	files := []struct {
+		rel, content string
+		mode         os.FileMode
+	}{
+		{"etc/ssh/sshd_config.d/banger.conf", sshdConfig, 0o644},
+		{"etc/fstab", fstab, 0o644},
+		{"etc/hostname", "", 0o644},
+		{"etc/hosts", hosts, 0o644},
+		{"etc/resolv.conf", resolvConf, 0o644},
+		// Each VM gets its own machine id at boot.
+		{"etc/machine-id", "", 0o444},
+	}
+	if opts.Kind == KindDocker {
+		files = append(files, []struct {
+			rel, content string
+			mode         os.FileMode
+		}{
+			{"etc/systemd/system/banger-net.service", netUnit, 0o644},
+			{"etc/systemd/system/banger-agent.service", agentUnit, 0o644},
+			{"etc/systemd/system/ssh.service.d/banger.conf", sshDropIn, 0o644},
+		}...)
+	}
+	for _, f := range files {
+		if err := o.write(f.rel, f.mode, f.content); err != nil {
+			return err
+		}
+	}
+	if err := o.copyFile(strings.TrimPrefix(AgentPath, "/"), 0o755, opts.Agent); err != nil {
+		return fmt.Errorf("installing agent: %w", err)
+	}
+
+	var links [][2]string // rel, target
+	switch opts.Kind {
+	case KindMinimal:
+		// /sbin is /usr/sbin in bookworm; the agent runs as init when
+		// invoked as "init".
+		links = append(links, [2]string{"usr/sbin/init", AgentPath})
+	case KindDocker:
+		wants := "etc/systemd/system/multi-user.target.wants/"
+		links = append(links,
+			[2]string{"etc/systemd/system/default.target", "/lib/systemd/system/multi-user.target"},
+			[2]string{wants + "banger-net.service", "/etc/systemd/system/banger-net.service"},
+			[2]string{wants + "banger-agent.service", "/etc/systemd/system/banger-agent.service"},
+			[2]string{wants + "ssh.service", "/lib/systemd/system/ssh.service"},
+			[2]string{wants + "docker.service", "/lib/systemd/system/docker.service"},
+			[2]string{wants + "containerd.service", "/lib/systemd/system/containerd.service"},
+			[2]string{"etc/systemd/system/sockets.target.wants/docker.socket", "/lib/systemd/system/docker.socket"},
+			// Keep the kernel's eth0 name: net-setup configures eth0.
+			[2]string{"etc/systemd/network/99-default.link", "/dev/null"},
+		)
+		for _, u := range masked {
+			links = append(links, [2]string{"etc/systemd/system/" + u, "/dev/null"})
+		}
+	}
+	for _, l := range links {
+		if t, err := os.Readlink(filepath.Join(root, l[0])); err == nil && t == l[1] {
+			continue
+		}
+		if err := o.symlink(l[0], l[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// installModules copies <kver> trees from dir to /usr/lib/modules and runs
+// depmod for each when the host has it.
+func installModules(ctx context.Context, r runner.Runner, dir, root string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("reading kernel modules %s: %w", dir, err)
+	}
+	dst := filepath.Join(root, "usr/lib/modules")
+	if _, err := r.RunPrivileged(ctx, "mkdir", "-p", dst); err != nil {
+		return fmt.Errorf("installing kernel modules: %w", err)
+	}
+	if _, err := r.RunPrivileged(ctx, "cp", "-a", "--no-preserve=ownership", dir+"/.", dst+"/"); err != nil {
+		return fmt.Errorf("installing kernel modules: %w", err)
+	}
+	depmod, err := findTool("depmod")
+	if err != nil {
+		return nil // the guest's kmod can run depmod itself
+	}
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		if _, err := r.RunPrivileged(ctx, depmod, "-b", root, e.Name()); err != nil {
+			return fmt.Errorf("running depmod for %s: %w", e.Name(), err)
+		}
+	}
+	return nil
+}
