@@ -32,7 +32,30 @@ type Config struct {
 	MemoryMiB    int    `toml:"memory_mib"`
 	// ReadyTimeoutSeconds bounds how long create/start wait for the guest.
 	ReadyTimeoutSeconds int `toml:"ready_timeout_seconds"`
+
+	// DNSListen are the addresses bangerd serves the .vm zone on; empty
+	// turns the DNS server off. The bridge address is added when
+	// DNSOnBridge is set, so guests resolve each other.
+	DNSListen   []string `toml:"dns_listen"`
+	DNSOnBridge bool     `toml:"dns_on_bridge"`
+	// DNSUpstreams are the resolvers names outside .vm are forwarded to
+	// ("ip:port"). Unset means the host's resolvers; an empty list turns
+	// forwarding off.
+	DNSUpstreams []string `toml:"dns_upstreams"`
+	// ResolvedSplitDNS routes ~vm queries from systemd-resolved to bangerd
+	// on hosts that run systemd-resolved.
+	ResolvedSplitDNS bool `toml:"resolved_split_dns"`
+	// TAPPoolSize idle TAP devices are kept ready for fast creates; 0 turns
+	// the pool off.
+	TAPPoolSize int `toml:"tap_pool_size"`
+
+	// dnsUpstreamsSet records whether dns_upstreams was given at all.
+	dnsUpstreamsSet bool
 }
+
+// DNSUpstreamsSet reports whether the config file set dns_upstreams (an
+// empty list then means no forwarding).
+func (c Config) DNSUpstreamsSet() bool { return c.dnsUpstreamsSet }
 
 // Defaults returns the built-in configuration.
 func Defaults() Config {
@@ -43,6 +66,10 @@ func Defaults() Config {
 		VCPUs:               2,
 		MemoryMiB:           1024,
 		ReadyTimeoutSeconds: 300,
+		DNSListen:           []string{"127.0.0.1:53"},
+		DNSOnBridge:         true,
+		ResolvedSplitDNS:    true,
+		TAPPoolSize:         2,
 	}
 }
 
@@ -59,6 +86,7 @@ func Load(path string) (Config, error) {
 	if err != nil {
 		return c, fmt.Errorf("reading config %s: %w", path, err)
 	}
+	c.dnsUpstreamsSet = md.IsDefined("dns_upstreams")
 	if und := md.Undecoded(); len(und) > 0 {
 		return c, fmt.Errorf("reading config %s: unknown key %q: remove it or check its spelling", path, und[0].String())
 	}
@@ -75,6 +103,9 @@ func (c Config) Validate() error {
 	p, err := netip.ParsePrefix(c.Subnet)
 	if err != nil || !p.Addr().Is4() || p.Bits() > 29 {
 		return fmt.Errorf("config: subnet %q is not an IPv4 prefix of /29 or larger (for example 172.30.0.0/24)", c.Subnet)
+	}
+	if c.TAPPoolSize < 0 || c.TAPPoolSize > 64 {
+		return fmt.Errorf("config: tap_pool_size %d must be 0 to 64", c.TAPPoolSize)
 	}
 	if c.Bridge == "" || len(c.Bridge) > 15 {
 		return fmt.Errorf("config: bridge %q must be 1 to 15 characters", c.Bridge)

@@ -16,9 +16,11 @@ import (
 
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/dns"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/firecracker"
 	"github.com/banger/banger/internal/hypervisor/qemu"
+	"github.com/banger/banger/internal/nat"
 	"github.com/banger/banger/internal/network"
 	"github.com/banger/banger/internal/runner"
 	"github.com/banger/banger/internal/store"
@@ -43,6 +45,9 @@ type Daemon struct {
 	r       runner.Runner
 	store   *store.Store
 	net     *network.Manager
+	nat     *nat.Manager
+	pool    *network.Pool
+	dns     *dns.Server
 	started time.Time
 
 	backends map[string]hypervisor.Backend
@@ -99,6 +104,8 @@ func New(opts Options) (*Daemon, error) {
 		shutdown:  make(chan struct{}),
 		started:   time.Now(),
 	}
+	d.nat = &nat.Manager{R: opts.Runner, Bridge: d.net.BridgeName(), Subnet: d.net.GuestSubnet(), Log: opts.Log.With("component", "nat")}
+	d.pool = &network.Pool{M: d.net, Size: opts.Config.TAPPoolSize, UID: os.Getuid(), GID: os.Getgid(), Log: opts.Log.With("component", "tap-pool")}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	return d, nil
 }
@@ -120,9 +127,16 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}
 	defer os.Remove(d.paths.Socket)
 
-	if err := d.reconcile(ctx); err != nil {
+	inUse, err := d.reconcile(ctx)
+	if err != nil {
 		d.log.Error("reconciling state", "err", err)
 	}
+	d.setupHost(ctx, inUse)
+	defer func() {
+		if d.dns != nil {
+			d.dns.Close()
+		}
+	}()
 
 	srv := &http.Server{Handler: d.routes(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
@@ -208,24 +222,7 @@ func (d *Daemon) loadBundle() (*bundle.Bundle, error) {
 	return bundle.Load(dir)
 }
 
-// backendFor picks the hypervisor backend named in the config.
+// pickBackend picks the hypervisor backend named in the config.
 func (d *Daemon) pickBackend() (hypervisor.Backend, error) {
-	switch d.cfg.Hypervisor {
-	case "qemu", "firecracker":
-		b := d.backends[d.cfg.Hypervisor]
-		if err := b.Available(); err != nil {
-			return nil, fmt.Errorf("hypervisor %s is not usable: %w", b.Name(), err)
-		}
-		return b, nil
-	}
-	fc := d.backends["firecracker"]
-	fcErr := fc.Available()
-	if fcErr == nil {
-		return fc, nil
-	}
-	q := d.backends["qemu"]
-	if err := q.Available(); err != nil {
-		return nil, fmt.Errorf("no usable hypervisor: firecracker: %v; qemu: %w", fcErr, err)
-	}
-	return q, nil
+	return hypervisor.Select(d.cfg.Hypervisor, d.backends["firecracker"], d.backends["qemu"])
 }

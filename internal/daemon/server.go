@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/disk"
+	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/store"
 )
@@ -230,8 +232,18 @@ func (d *Daemon) set(name string, nat *bool) (*store.VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	if nat != nil {
+	if nat != nil && *nat {
+		if err := doctor.RequireTools(doctor.OpNAT); err != nil {
+			return nil, unavailable(err)
+		}
+	}
+	if nat != nil && *nat != vm.NAT {
 		vm.NAT = *nat
+		if vm.State == StateRunning || vm.State == StateStarting {
+			if err := d.applyNAT(d.ctx, vm); err != nil {
+				return nil, fmt.Errorf("changing NAT of %s: %w", vm.Name, err)
+			}
+		}
 	}
 	return vm, d.store.UpdateVM(d.ctx, vm)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/disk"
+	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/network"
 	"github.com/banger/banger/internal/rpc"
@@ -73,6 +74,22 @@ func (d *Daemon) planCreate(ctx context.Context, req rpc.CreateRequest) (*create
 	be, err := d.pickBackend()
 	if err != nil {
 		return nil, unavailable(err)
+	}
+	// The same tool checks 'banger doctor' reports, so the two never disagree.
+	ops := []string{doctor.OpCreate}
+	if be.Name() == "qemu" {
+		ops = append(ops, doctor.OpQEMU)
+	}
+	if req.DiskSize != "" {
+		ops = append(ops, doctor.OpDiskSize)
+	}
+	if req.NAT {
+		ops = append(ops, doctor.OpNAT)
+	}
+	for _, op := range ops {
+		if err := doctor.RequireTools(op); err != nil {
+			return nil, unavailable(err)
+		}
 	}
 	if err := ValidateShape(req.VCPUs, req.MemoryMiB, be.Name()); err != nil {
 		return nil, invalid("%w", err)
@@ -136,7 +153,7 @@ func (d *Daemon) create(p *createPlan, pr *progress) (*store.VM, error) {
 
 	// Until the hypervisor runs, a failure undoes everything.
 	undo := func() {
-		d.net.DeleteTAP(context.Background(), vm.TAP)
+		d.releaseNetwork(context.Background(), vm)
 		os.RemoveAll(dataDir)
 		os.RemoveAll(rtDir)
 		d.store.DeleteVM(context.Background(), vm.ID)
@@ -209,9 +226,25 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 		if err := d.net.EnsureBridge(ctx); err != nil {
 			return err
 		}
-		return d.net.CreateTAP(ctx, vm.TAP, os.Getuid(), os.Getgid())
+		if tap := d.pool.Take(); tap != "" {
+			vm.TAP = tap
+			d.pool.Refill(d.ctx)
+		} else {
+			vm.TAP = network.TAPName(vm.ID)
+			if err := d.net.CreateTAP(ctx, vm.TAP, os.Getuid(), os.Getgid()); err != nil {
+				return err
+			}
+		}
+		if err := d.store.UpdateVM(ctx, vm); err != nil {
+			return err
+		}
+		if vm.NAT {
+			return d.applyNAT(ctx, vm)
+		}
+		return nil
 	})
 	if err != nil {
+		d.releaseNetwork(context.Background(), vm)
 		return err
 	}
 	if err := os.MkdirAll(vm.RuntimeDir, 0o700); err != nil {
@@ -226,7 +259,7 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 		return err
 	})
 	if err != nil {
-		d.net.DeleteTAP(context.Background(), vm.TAP)
+		d.releaseNetwork(context.Background(), vm)
 		return err
 	}
 	vm.PID = inst.PID()
@@ -244,7 +277,7 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 	}
 	if err := d.waitReady(ctx, vm, b, inst, pr); err != nil {
 		inst.Kill()
-		d.net.DeleteTAP(context.Background(), vm.TAP)
+		d.releaseNetwork(context.Background(), vm)
 		vm.State = StateError
 		vm.Error = err.Error()
 		d.store.UpdateVM(context.Background(), vm)
@@ -335,7 +368,7 @@ func (d *Daemon) watch(id, name string, inst hypervisor.Instance) {
 		}
 		if vm.State == StateRunning || vm.State == StateStarting {
 			d.log.Warn("hypervisor exited on its own; marking VM stopped", "vm", name, "pid", vm.PID)
-			d.net.DeleteTAP(d.ctx, vm.TAP)
+			d.releaseNetwork(d.ctx, vm)
 			vm.State = StateStopped
 			vm.PID = 0
 			d.store.UpdateVM(d.ctx, vm)
@@ -403,7 +436,7 @@ func (d *Daemon) stop(name string) (*store.VM, error) {
 		d.store.UpdateVM(ctx, vm)
 		d.shutdownGuest(ctx, vm, inst)
 	}
-	if err := d.net.DeleteTAP(ctx, vm.TAP); err != nil {
+	if err := d.releaseNetwork(ctx, vm); err != nil {
 		d.log.Warn("removing tap", "tap", vm.TAP, "err", err)
 	}
 	vm.State = StateStopped
@@ -461,7 +494,7 @@ func (d *Daemon) remove(name string) error {
 			return fmt.Errorf("stopping VM %s: %w", vm.Name, err)
 		}
 	}
-	if err := d.net.DeleteTAP(ctx, vm.TAP); err != nil {
+	if err := d.releaseNetwork(ctx, vm); err != nil {
 		return fmt.Errorf("removing VM %s: %w", vm.Name, err)
 	}
 	if err := os.RemoveAll(vm.RuntimeDir); err != nil {
@@ -487,10 +520,10 @@ func (d *Daemon) getVM(ctx context.Context, name string) (*store.VM, error) {
 
 // reconcile adopts hypervisors that survived a daemon restart and marks the
 // others stopped, keeping their disks.
-func (d *Daemon) reconcile(ctx context.Context) error {
+func (d *Daemon) reconcile(ctx context.Context) (map[string]bool, error) {
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	owned := map[string]bool{}
 	for i := range vms {
@@ -517,6 +550,7 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 		}
 		d.log.Info("VM's hypervisor is gone; marking it stopped", "vm", vm.Name, "state", vm.State)
 		d.net.DeleteTAP(ctx, vm.TAP)
+		d.nat.Disable(ctx, vm.ID)
 		if vm.State == StateCreating {
 			vm.State = StateError
 			vm.Error = "bangerd stopped while this VM was being created"
@@ -525,13 +559,13 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 		}
 		vm.PID = 0
 		if err := d.store.UpdateVM(ctx, vm); err != nil {
-			return err
+			return owned, err
 		}
 	}
 	taps, err := d.net.ListTAPs(ctx, network.TAPPrefix)
 	if err != nil {
 		d.log.Warn("listing tap devices", "err", err)
-		return nil
+		return owned, nil
 	}
 	for _, t := range taps {
 		if !owned[t] {
@@ -539,7 +573,7 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 			d.net.DeleteTAP(ctx, t)
 		}
 	}
-	return nil
+	return owned, nil
 }
 
 // resumeReadiness finishes the readiness checks of a VM whose create or start

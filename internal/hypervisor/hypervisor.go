@@ -4,6 +4,7 @@ package hypervisor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 )
 
@@ -89,4 +90,31 @@ type Instance interface {
 	Wait(ctx context.Context) error
 	// Exited reports whether the process has exited.
 	Exited() bool
+}
+
+// Select picks the backend for choice ("auto", "firecracker" or "qemu").
+// auto prefers firecracker when it is usable (binary present and hardware
+// KVM working) and falls back to qemu. The error says why none is usable.
+func Select(choice string, firecracker, qemu Backend) (Backend, error) {
+	switch choice {
+	case "firecracker", "qemu":
+		b := qemu
+		if choice == "firecracker" {
+			b = firecracker
+		}
+		if err := b.Available(); err != nil {
+			return nil, fmt.Errorf("hypervisor %s (from the config) is not usable: %w", choice, err)
+		}
+		return b, nil
+	case "auto", "":
+		fcErr := firecracker.Available()
+		if fcErr == nil {
+			return firecracker, nil
+		}
+		if err := qemu.Available(); err != nil {
+			return nil, fmt.Errorf("no usable hypervisor: %v; %w", fcErr, err)
+		}
+		return qemu, nil
+	}
+	return nil, fmt.Errorf("unknown hypervisor %q: use auto, firecracker or qemu", choice)
 }

@@ -60,7 +60,16 @@ type env struct {
 	extra   []string
 }
 
+// defaultConfig keeps the daemon's DNS forwarding inside the test: no
+// upstream resolvers unless a test names one in its namespaces.
+const defaultConfig = "dns_upstreams = []\n"
+
 func newEnv(t testing.TB) *env {
+	return newEnvConfig(t, defaultConfig)
+}
+
+// newEnvConfig starts a daemon with the given config.toml contents.
+func newEnvConfig(t testing.TB, config string) *env {
 	bin, runtime := requireVM(t)
 	ns := netns.New(t)
 	// Unix socket paths must stay short, so avoid t.TempDir's long names.
@@ -71,6 +80,12 @@ func newEnv(t testing.TB) *env {
 	e := &env{t: t, ns: ns, bin: bin, runtime: runtime, root: root}
 	e.socket = filepath.Join(root, "run", "banger", "bangerd.sock")
 	e.logPath = filepath.Join(root, "bangerd.log")
+	if err := os.MkdirAll(filepath.Join(root, "config", "banger"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "config", "banger", "config.toml"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		e.cleanup()
 		if t.Failed() {
@@ -165,6 +180,13 @@ func (e *env) cleanup() {
 	e.client().Shutdown(ctx)
 	time.Sleep(200 * time.Millisecond)
 	// netns.New's cleanup kills whatever is left inside and removes the namespace.
+}
+
+// with returns e reporting to t, for use inside subtests.
+func (e *env) with(t testing.TB) *env {
+	c := *e
+	c.t = t
+	return &c
 }
 
 func (e *env) client() *rpc.Client { return rpc.NewClient(e.socket) }

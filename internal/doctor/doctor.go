@@ -1,0 +1,318 @@
+// Package doctor checks the host for everything banger needs and says how to fix what is missing.
+package doctor
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	mdns "github.com/miekg/dns"
+
+	"github.com/banger/banger/internal/bundle"
+	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/dns"
+	"github.com/banger/banger/internal/hypervisor"
+	"github.com/banger/banger/internal/nat"
+	"github.com/banger/banger/internal/runner"
+)
+
+// Status is the outcome of one check.
+type Status string
+
+// Statuses.
+const (
+	OK   Status = "ok"
+	Warn Status = "warn"
+	Fail Status = "fail"
+)
+
+// Check is one line of the report.
+type Check struct {
+	Area   string `json:"area"`
+	Name   string `json:"name"`
+	Status Status `json:"status"`
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+	// Required marks what 'banger vm create' cannot do without.
+	Required bool `json:"required"`
+}
+
+// Report is the whole doctor run.
+type Report struct {
+	Checks []Check `json:"checks"`
+	// OK is false when a required check failed.
+	OK bool `json:"ok"`
+}
+
+// Inputs are what the checks look at.
+type Inputs struct {
+	Config      config.Config
+	Firecracker hypervisor.Backend
+	QEMU        hypervisor.Backend
+	R           runner.Runner
+	// Env and WorkDir feed runtime bundle discovery.
+	Env     func(string) string
+	WorkDir string
+}
+
+// Run performs every check.
+func Run(ctx context.Context, in Inputs) Report {
+	if in.R == nil {
+		in.R = runner.Default
+	}
+	if in.Env == nil {
+		in.Env = os.Getenv
+	}
+	var r Report
+	add := func(c Check) { r.Checks = append(r.Checks, c) }
+
+	add(checkBundle(in))
+	selected := checkHypervisors(ctx, in, add)
+	checkTools(selected, add)
+	add(checkPrivileges(ctx, in.R))
+	checkNetwork(ctx, in, add)
+	checkDNS(ctx, in, add)
+	checkImageBuild(add)
+
+	r.OK = true
+	for _, c := range r.Checks {
+		if c.Required && c.Status == Fail {
+			r.OK = false
+		}
+	}
+	return r
+}
+
+func checkBundle(in Inputs) Check {
+	c := Check{Area: "runtime", Name: "runtime bundle", Required: true}
+	dir, warnings, err := bundle.Discover(bundle.DiscoverOptions{Explicit: in.Config.RuntimeDir, Env: in.Env, WorkDir: in.WorkDir})
+	if err != nil {
+		c.Status, c.Detail, c.Fix = Fail, err.Error(), "run 'make runtime-bundle' in the banger checkout, or set BANGER_RUNTIME"
+		return c
+	}
+	b, err := bundle.Load(dir)
+	if err == nil {
+		err = b.Check()
+	}
+	if err != nil {
+		c.Status, c.Detail, c.Fix = Fail, err.Error(), "rebuild it with 'make runtime-bundle'"
+		return c
+	}
+	c.Status = OK
+	c.Detail = fmt.Sprintf("%s (kernel %s; images %s)", dir, b.KernelVersion, strings.Join(b.ImageNames(), ", "))
+	if len(warnings) > 0 {
+		c.Status = Warn
+		c.Detail += "; " + strings.Join(warnings, "; ")
+	}
+	return c
+}
+
+// checkHypervisors reports each backend and KVM, and returns the name of
+// the one 'vm create' would use ("" when none).
+func checkHypervisors(ctx context.Context, in Inputs, add func(Check)) string {
+	version := func(bin string, args ...string) string {
+		out, err := in.R.Run(ctx, bin, args...)
+		if err != nil {
+			return ""
+		}
+		return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	}
+	fc := Check{Area: "hypervisor", Name: "firecracker"}
+	if err := in.Firecracker.Available(); err != nil {
+		fc.Status, fc.Detail = Warn, err.Error()
+		fc.Fix = "optional: install firecracker on a host with hardware KVM; banger uses qemu otherwise"
+	} else {
+		fc.Status, fc.Detail = OK, version(firecrackerBinary(in.Config), "--version")
+	}
+	add(fc)
+
+	q := Check{Area: "hypervisor", Name: "qemu"}
+	if err := in.QEMU.Available(); err != nil {
+		q.Status, q.Detail, q.Fix = Warn, err.Error(), "apt-get install qemu-system-x86"
+	} else {
+		bin := in.Config.QEMUBinary
+		if bin == "" {
+			bin = "qemu-system-x86_64"
+		}
+		q.Status, q.Detail = OK, version(bin, "--version")
+	}
+	add(q)
+
+	k := Check{Area: "hypervisor", Name: "kvm"}
+	if err := hypervisor.KVMUsable(); err != nil {
+		k.Status, k.Detail = Warn, err.Error()
+		k.Fix = "guests run under QEMU's TCG software emulation (slower); enable VT-x/AMD-V or nested virtualization for KVM"
+	} else {
+		k.Status, k.Detail = OK, "hardware KVM works"
+	}
+	add(k)
+
+	sel := Check{Area: "hypervisor", Name: "selected", Required: true}
+	b, err := hypervisor.Select(in.Config.Hypervisor, in.Firecracker, in.QEMU)
+	if err != nil {
+		sel.Status, sel.Detail, sel.Fix = Fail, err.Error(), "apt-get install qemu-system-x86"
+		add(sel)
+		return ""
+	}
+	sel.Status = OK
+	sel.Detail = fmt.Sprintf("%s (config: hypervisor = %s)", b.Name(), in.Config.Hypervisor)
+	add(sel)
+	return b.Name()
+}
+
+func firecrackerBinary(c config.Config) string {
+	if c.FirecrackerBinary != "" {
+		return c.FirecrackerBinary
+	}
+	return "firecracker"
+}
+
+func checkTools(selected string, add func(Check)) {
+	for _, t := range Tools {
+		c := Check{Area: "tools", Name: t.Bin}
+		for _, f := range t.For {
+			if f == OpCreate || (f == OpQEMU && selected == "qemu") {
+				c.Required = true
+			}
+		}
+		path, err := LookPath(t.Bin)
+		if err == nil {
+			c.Status, c.Detail = OK, path
+		} else {
+			c.Status = Warn
+			if c.Required {
+				c.Status = Fail
+			}
+			c.Detail = fmt.Sprintf("not found; needed for %s", strings.Join(t.For, ", "))
+			c.Fix = "apt-get install " + t.Package
+		}
+		add(c)
+	}
+}
+
+func checkPrivileges(ctx context.Context, r runner.Runner) Check {
+	c := Check{Area: "privileges", Name: "sudo", Required: true}
+	if runner.IsRoot() {
+		c.Status, c.Detail = OK, "running as root"
+		return c
+	}
+	if _, err := r.Run(ctx, "sudo", "-n", "true"); err != nil {
+		c.Status, c.Detail = Fail, "sudo needs a password, so banger cannot create the bridge and TAP devices"
+		c.Fix = "run 'sudo -v' in this terminal (or configure passwordless sudo), then retry"
+		return c
+	}
+	c.Status, c.Detail = OK, "sudo -n works"
+	return c
+}
+
+func checkNetwork(ctx context.Context, in Inputs, add func(Check)) {
+	br := Check{Area: "network", Name: "bridge " + in.Config.Bridge}
+	out, err := in.R.Run(ctx, "ip", "-j", "addr", "show", "dev", in.Config.Bridge)
+	var links []struct {
+		OperState string `json:"operstate"`
+		AddrInfo  []struct {
+			Local     string `json:"local"`
+			PrefixLen int    `json:"prefixlen"`
+		} `json:"addr_info"`
+	}
+	if err != nil || json.Unmarshal(out, &links) != nil || len(links) == 0 {
+		br.Status, br.Detail = Warn, "not created yet"
+		br.Fix = "bangerd creates it when it starts (subnet " + in.Config.Subnet + ")"
+	} else {
+		var addrs []string
+		for _, a := range links[0].AddrInfo {
+			addrs = append(addrs, fmt.Sprintf("%s/%d", a.Local, a.PrefixLen))
+		}
+		br.Status, br.Detail = OK, fmt.Sprintf("%s, %s", strings.ToLower(links[0].OperState), strings.Join(addrs, " "))
+	}
+	add(br)
+
+	n := Check{Area: "network", Name: "nat (nftables)"}
+	if err := nat.Check(ctx, in.R); err != nil {
+		n.Status, n.Detail, n.Fix = Warn, err.Error(), "needed only for 'vm create --nat': apt-get install nftables"
+	} else if out, err := in.R.RunPrivileged(ctx, "nft", "list", "table", "ip", nat.DefaultTable); err == nil {
+		n.Status, n.Detail = OK, fmt.Sprintf("table ip %s present (%d NAT guests)", nat.DefaultTable, strings.Count(string(out), "masquerade"))
+	} else {
+		n.Status, n.Detail = OK, "nft works; banger's table is created when bangerd starts"
+	}
+	add(n)
+
+	f := Check{Area: "network", Name: "ip_forward"}
+	if on, err := nat.ForwardingEnabled(); err != nil {
+		f.Status, f.Detail = Warn, err.Error()
+	} else if on {
+		f.Status, f.Detail = OK, "net.ipv4.ip_forward = 1"
+	} else {
+		f.Status, f.Detail = OK, "net.ipv4.ip_forward = 0 (banger turns it on when the first NAT guest starts)"
+	}
+	add(f)
+}
+
+func checkDNS(ctx context.Context, in Inputs, add func(Check)) {
+	c := Check{Area: "dns", Name: "vm. zone"}
+	if len(in.Config.DNSListen) == 0 {
+		c.Status, c.Detail = Warn, "off (dns_listen is empty in the config)"
+		add(c)
+		return
+	}
+	addr := in.Config.DNSListen[0]
+	m := new(mdns.Msg)
+	m.SetQuestion("ns.vm.", mdns.TypeSOA)
+	cl := &mdns.Client{Timeout: time.Second}
+	if resp, _, err := cl.ExchangeContext(ctx, m, addr); err != nil {
+		c.Status, c.Detail, c.Fix = Warn, fmt.Sprintf("no answer from %s: %v", addr, err), "bangerd serves it while it runs: 'banger daemon start'"
+	} else {
+		c.Status, c.Detail = OK, fmt.Sprintf("bangerd answers on %s (%s)", addr, mdns.RcodeToString[resp.Rcode])
+	}
+	add(c)
+
+	s := Check{Area: "dns", Name: "host resolver"}
+	switch {
+	case !dns.ResolvedActive():
+		s.Status, s.Detail = OK, "systemd-resolved is not running; query bangerd directly (dig @"+hostOf(addr)+" testbox.vm) or add it to your resolver for the vm domain"
+	default:
+		out, err := in.R.Run(ctx, "resolvectl", "domain", in.Config.Bridge)
+		if err == nil && strings.Contains(string(out), "~vm") {
+			s.Status, s.Detail = OK, "systemd-resolved sends ~vm to bangerd on "+in.Config.Bridge
+		} else {
+			var fix []string
+			for _, argv := range dns.SplitDNSCommands(in.Config.Bridge, hostOf(addr)) {
+				fix = append(fix, strings.Join(argv, " "))
+			}
+			s.Status, s.Detail = Warn, "systemd-resolved runs but does not route ~vm to bangerd"
+			s.Fix = "bangerd does this at start when resolved_split_dns = true; by hand: " + strings.Join(fix, "; ")
+		}
+	}
+	add(s)
+}
+
+func hostOf(addr string) string {
+	h, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return h
+}
+
+func checkImageBuild(add func(Check)) {
+	c := Check{Area: "images", Name: "image build"}
+	missing := MissingTools(OpRuntimeBuild)
+	if len(missing) > 0 {
+		var pk []string
+		for _, t := range missing {
+			pk = append(pk, t.Package)
+		}
+		c.Status = Warn
+		c.Detail = "cannot build images: " + RequireTools(OpRuntimeBuild).Error()
+		c.Fix = "apt-get install " + strings.Join(pk, " ")
+	} else if !runner.IsRoot() {
+		c.Status, c.Detail = Warn, "debootstrap needs root: run 'sudo make runtime-bundle'"
+	} else {
+		c.Status, c.Detail = OK, "debootstrap, mkfs.ext4 and apt are present"
+	}
+	add(c)
+}
