@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Smoke test of the VM workflow in throwaway network namespaces: create, ssh, stop, delete (and NAT with --nat).
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: scripts/verify.sh [--nat] [--image NAME] [--keep-logs]
+
+Runs a private bangerd with its own state inside a network namespace this
+script creates, then: creates a VM, runs a command over ssh, stops it and
+deletes it, checking that nothing is left behind. Your own banger state and
+host network are not touched.
+
+  --nat         also check the guest's outbound access through NAT, against an
+                HTTP server in a second namespace that stands in for the
+                upstream network, and that banger's nftables rules are gone
+                afterwards (needs python3 for the upstream server)
+  --image NAME  image to boot (default: minimal)
+  --keep-logs   keep the daemon log and state directory for inspection
+
+Needs root, 'make build runtime-bundle', and the tools 'banger doctor' checks.
+EOF
+}
+
+nat=0
+image=minimal
+keep=0
+while (($#)); do
+  case $1 in
+    --nat) nat=1 ;;
+    --image) image=${2:?--image needs a name}; shift ;;
+    --keep-logs) keep=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "verify: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=$root/build/bin
+runtime=${BANGER_RUNTIME:-$root/build/runtime}
+if [[ $(id -u) -ne 0 ]]; then
+  echo "verify: needs root (it creates network namespaces): sudo $0 $*" >&2
+  exit 1
+fi
+for f in "$bin/banger" "$bin/bangerd" "$runtime/bundle.json"; do
+  [[ -e $f ]] || { echo "verify: $f is missing: run 'make build runtime-bundle'" >&2; exit 1; }
+done
+if ((nat)) && ! command -v python3 >/dev/null; then
+  echo "verify: --nat needs python3 for the upstream HTTP server: apt-get install python3" >&2
+  exit 1
+fi
+
+id=$$
+ns=bgv-$id
+up=bgu-$id
+state=$(mktemp -d /tmp/bgv.XXXXXX)
+sock=$state/run/banger/bangerd.sock
+
+step() { printf '\n== %s\n' "$*"; }
+fail() { echo "verify: FAILED: $*" >&2; exit 1; }
+
+cleanup() {
+  local rc=$?
+  for n in "$ns" "$up"; do
+    if ip netns list | grep -qw "$n"; then
+      for pid in $(ip netns pids "$n"); do kill -9 "$pid" 2>/dev/null || true; done
+      ip netns del "$n"
+    fi
+  done
+  if ((keep)) || ((rc != 0)); then
+    echo "verify: state and daemon log kept in $state" >&2
+  else
+    rm -rf "$state"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+
+ip netns add "$ns"
+ip -n "$ns" link set lo up
+mkdir -p "$state/config/banger"
+# Keep DNS forwarding inside the namespaces.
+echo 'dns_upstreams = []' >"$state/config/banger/config.toml"
+
+export XDG_CONFIG_HOME=$state/config XDG_STATE_HOME=$state/state XDG_DATA_HOME=$state/data
+export XDG_RUNTIME_DIR=$state/run BANGER_RUNTIME=$runtime BANGER_SOCKET=$sock
+inns() { ip netns exec "$ns" "$@"; }
+banger() { inns "$bin/banger" "$@"; }
+
+step "starting bangerd in namespace $ns"
+inns "$bin/bangerd" --socket "$sock" >>"$state/bangerd.log" 2>&1 &
+disown
+for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
+[[ -S $sock ]] || fail "bangerd did not start; see $state/bangerd.log"
+
+create_args=(vm create --name verify --image "$image")
+((nat)) && create_args+=(--nat)
+step "banger ${create_args[*]}"
+banger "${create_args[@]}"
+
+step "ssh"
+[[ $(banger vm ssh verify -- hostname) == verify ]] || fail "hostname in the guest is not verify"
+banger vm ssh verify -- uname -a
+
+if ((nat)); then
+  step "outbound NAT to an upstream namespace"
+  ip netns add "$up"
+  ip -n "$ns" link add vh type veth peer name vu netns "$up"
+  ip -n "$ns" addr add 192.0.2.2/24 dev vh
+  ip -n "$ns" link set vh up
+  ip -n "$ns" route add default via 192.0.2.1
+  ip -n "$up" link set lo up
+  ip -n "$up" addr add 192.0.2.1/24 dev vu
+  ip -n "$up" link set vu up
+  mkdir -p "$state/www" && echo hello-from-upstream >"$state/www/index.html"
+  ip netns exec "$up" python3 -m http.server 8080 --bind 192.0.2.1 --directory "$state/www" \
+    >"$state/upstream.log" 2>&1 &
+  disown
+  for _ in $(seq 50); do grep -q 'Serving HTTP' "$state/upstream.log" 2>/dev/null && break; sleep 0.1; done
+  out=$(banger vm ssh verify -- 'timeout 10 bash -c "exec 3<>/dev/tcp/192.0.2.1/8080 && printf \"GET / HTTP/1.0\r\n\r\n\" >&3 && cat <&3"')
+  grep -q hello-from-upstream <<<"$out" || fail "the guest could not fetch from the upstream namespace"
+  grep -q '^192.0.2.2 ' "$state/upstream.log" || fail "upstream did not see the host's masqueraded address"
+  echo "guest fetched the page; upstream saw 192.0.2.2 (masquerade)"
+  inns nft list table ip banger | grep -q 'vm:' || fail "no NAT rule in banger's nftables table"
+fi
+
+step "stop keeps the disks"
+banger vm stop verify
+[[ $(banger vm show verify --json | grep -o '"state": *"[a-z]*"') == *stopped* ]] || fail "VM is not stopped"
+
+step "delete leaves nothing"
+banger vm delete verify
+if banger vm show verify >/dev/null 2>&1; then fail "VM still listed after delete"; fi
+leftover=$(ip -n "$ns" -o link show | awk -F': ' '{print $2}' | grep -E '^(bgtap-|tap-)' | grep -v '^tap-pool-' || true)
+[[ -z $leftover ]] || fail "TAP devices left: $leftover"
+if pgrep -f "qemu-system.*$state" >/dev/null; then fail "hypervisor still running"; fi
+if ((nat)); then
+  if inns nft list table ip banger 2>/dev/null | grep -q 'vm:'; then fail "NAT rules left in banger's table"; fi
+  echo "no NAT rules left"
+fi
+echo "idle pool devices (reusable capacity, not leaks): $(ip -n "$ns" -o link show | awk -F': ' '{print $2}' | grep -c '^tap-pool-' || true)"
+
+step "verify: ok"
