@@ -175,7 +175,7 @@ func checkTools(selected string, add func(Check)) {
 	for _, t := range Tools {
 		c := Check{Area: "tools", Name: t.Bin}
 		for _, f := range t.For {
-			if f == OpCreate || (f == OpQEMU && selected == "qemu") {
+			if f == OpCreate || (f == OpQEMU && selected != "firecracker") {
 				c.Required = true
 			}
 		}

@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -181,5 +183,33 @@ func TestMissingBundle(t *testing.T) {
 	}
 	if vms, _ := e.client().ListVMs(ctx); len(vms) != 0 {
 		t.Fatalf("VMs after refused create: %+v", vms)
+	}
+}
+
+// TestDoctorWithoutQEMU runs the real banger doctor with a PATH that has
+// every host tool but qemu: it must name the package and exit non-zero.
+func TestDoctorWithoutQEMU(t *testing.T) {
+	bin := os.Getenv("BANGER_BIN")
+	if bin == "" {
+		if os.Getenv("BANGER_VM_TESTS") == "1" {
+			t.Fatal("BANGER_BIN is unset: run 'make test'")
+		}
+		t.Skip("needs BANGER_BIN (make test sets it)")
+	}
+	dir := t.TempDir()
+	for _, tool := range []string{"ip", "e2fsck", "resize2fs", "mkfs.ext4", "ssh", "nft", "debootstrap", "apt-get", "dpkg", "cp", "sudo", "sh"} {
+		if p, err := exec.LookPath(tool); err == nil {
+			os.Symlink(p, filepath.Join(dir, tool))
+		}
+	}
+	cmd := exec.Command(filepath.Join(bin, "banger"), "doctor")
+	cmd.Env = append(os.Environ(), "PATH="+dir, "XDG_CONFIG_HOME="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("banger doctor without qemu: err = %v, want exit status 1\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "apt-get install qemu-system-x86") || !strings.Contains(string(out), "FAIL") {
+		t.Fatalf("banger doctor without qemu does not name the package:\n%s", out)
 	}
 }

@@ -1,0 +1,89 @@
+package doctor
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/hypervisor"
+)
+
+// fakeBackend is a hypervisor whose availability the test sets.
+type fakeBackend struct {
+	name string
+	err  error
+}
+
+func (f fakeBackend) Name() string     { return f.name }
+func (f fakeBackend) Available() error { return f.err }
+func (f fakeBackend) Start(context.Context, hypervisor.Spec) (hypervisor.Instance, error) {
+	return nil, errors.New("fake")
+}
+func (f fakeBackend) Attach(context.Context, hypervisor.Spec) (hypervisor.Instance, error) {
+	return nil, errors.New("fake")
+}
+
+// withMissing makes LookPath fail for the named binaries.
+func withMissing(t *testing.T, missing ...string) {
+	old := LookPath
+	t.Cleanup(func() { LookPath = old })
+	LookPath = func(bin string) (string, error) {
+		for _, m := range missing {
+			if m == bin {
+				return "", exec.ErrNotFound
+			}
+		}
+		return "/usr/bin/" + bin, nil
+	}
+}
+
+func TestRequireTools(t *testing.T) {
+	for _, tc := range []struct {
+		op      string
+		missing []string
+		want    string // "" means nil
+	}{
+		{OpCreate, nil, ""},
+		{OpQEMU, []string{"qemu-system-x86_64"}, "run 'apt-get install qemu-system-x86'"},
+		{OpDiskSize, []string{"e2fsck", "resize2fs"}, "needs e2fsck, resize2fs, which is not installed: run 'apt-get install e2fsprogs'"},
+		{OpNAT, []string{"nft"}, "apt-get install nftables"},
+		{OpSSH, []string{"nft"}, ""},
+		{OpRuntimeBuild, []string{"debootstrap", "dpkg"}, "apt-get install debootstrap dpkg"},
+	} {
+		withMissing(t, tc.missing...)
+		err := RequireTools(tc.op)
+		if (err == nil) != (tc.want == "") || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("RequireTools(%q) with %v missing = %v, want %q", tc.op, tc.missing, err, tc.want)
+		}
+	}
+}
+
+func TestReportWithoutQEMU(t *testing.T) {
+	withMissing(t, "qemu-system-x86_64")
+	cfg := config.Defaults()
+	rep := Run(context.Background(), Inputs{
+		Config:      cfg,
+		Firecracker: fakeBackend{"firecracker", errors.New("firecracker not in PATH")},
+		QEMU:        fakeBackend{"qemu", errors.New("qemu-system-x86_64 not found: apt-get install qemu-system-x86")},
+		Env:         func(string) string { return "" },
+		WorkDir:     t.TempDir(),
+	})
+	if rep.OK {
+		t.Fatalf("report OK without qemu: %+v", rep)
+	}
+	var sawTool, sawSelected bool
+	for _, c := range rep.Checks {
+		if c.Name == "qemu-system-x86_64" {
+			sawTool = c.Status == Fail && c.Required && strings.Contains(c.Fix, "apt-get install qemu-system-x86")
+		}
+		if c.Name == "selected" {
+			sawSelected = c.Status == Fail
+		}
+	}
+	if !sawTool || !sawSelected {
+		t.Errorf("checks = %+v; want qemu-system-x86_64 and selected failing with the package named", rep.Checks)
+	}
+}
