@@ -11,6 +11,7 @@ import (
 
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/rootfs"
 	"github.com/banger/banger/internal/runner"
 )
@@ -87,6 +88,9 @@ needs root (or a warm sudo) and the debootstrap and e2fsprogs packages.`,
     --image minimal --mirror http://mirror.example/debian`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := doctor.RequireTools(doctor.OpRuntimeBuild); err != nil {
+				return err
+			}
 			for _, im := range images {
 				for _, k := range strings.Split(im, ",") {
 					k = strings.TrimSpace(k)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/rpc"
 )
 
@@ -55,11 +56,10 @@ func sshBinary() (string, error) {
 	if p := os.Getenv("BANGER_SSH"); p != "" {
 		return p, nil
 	}
-	p, err := exec.LookPath("ssh")
-	if err != nil {
-		return "", errors.New("ssh not found: install the OpenSSH client (apt-get install openssh-client)")
+	if err := doctor.RequireTools(doctor.OpSSH); err != nil {
+		return "", err
 	}
-	return p, nil
+	return exec.LookPath("ssh")
 }
 
 // sshCommandArgs returns ssh's arguments for info. The host key is always
