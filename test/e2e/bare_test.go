@@ -20,8 +20,8 @@ import (
 )
 
 // bareBoot boots image straight from the bundle with qemu, with no daemon,
-// inside ns, and returns the time from spawning qemu to an SSH session that
-// ran "uname -r", plus that command's output.
+// inside ns, and returns the time from spawning qemu to the first accepted
+// SSH login with the bundle key, plus the output of "uname -r" run over it.
 func bareBoot(t testing.TB, ns *netns.NS, runtime, image string) (time.Duration, string) {
 	t.Helper()
 	b, err := bundle.Load(runtime)
@@ -99,40 +99,47 @@ func bareBoot(t testing.TB, ns *netns.NS, runtime, image string) (time.Duration,
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	for {
-		out, err := sshRun(ctx, ns, "10.77.0.2:22", cfg, "uname -r")
+		// Short dial timeouts: while the guest has no network yet, a connect
+		// waits for ARP, and a long timeout would hide when sshd came up.
+		client, err := sshDial(ctx, ns, "10.77.0.2:22", cfg, 300*time.Millisecond)
 		if err == nil {
-			return time.Since(start), out
+			d := time.Since(start)
+			defer client.Close()
+			sess, err := client.NewSession()
+			if err != nil {
+				t.Fatalf("ssh session: %v", err)
+			}
+			defer sess.Close()
+			out, err := sess.CombinedOutput("uname -r")
+			if err != nil {
+				t.Fatalf("ssh uname -r: %v: %s", err, out)
+			}
+			return d, string(out)
 		}
 		if ctx.Err() != nil {
 			console, _ := os.ReadFile(spec.ConsoleLog)
 			t.Fatalf("bare boot of %s: no ssh: %v\nconsole:\n%s", image, err, tail(string(console), 40))
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-func sshRun(ctx context.Context, ns *netns.NS, addr string, cfg *ssh.ClientConfig, command string) (string, error) {
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+// sshDial opens an authenticated SSH connection from inside ns.
+func sshDial(ctx context.Context, ns *netns.NS, addr string, cfg *ssh.ClientConfig, dialTimeout time.Duration) (*ssh.Client, error) {
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	conn, err := ns.Dial(dctx, "tcp", addr)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
 	c, chans, reqs, err := ssh.NewClientConn(conn, addr, cfg)
 	if err != nil {
 		conn.Close()
-		return "", err
+		return nil, err
 	}
-	client := ssh.NewClient(c, chans, reqs)
-	defer client.Close()
-	sess, err := client.NewSession()
-	if err != nil {
-		return "", err
-	}
-	defer sess.Close()
-	out, err := sess.CombinedOutput(command)
-	return string(out), err
+	conn.SetDeadline(time.Time{})
+	return ssh.NewClient(c, chans, reqs), nil
 }
 
 func killPidfile(path string) {
