@@ -424,14 +424,7 @@ func (d *Daemon) stop(name string) (*store.VM, error) {
 		return vm, nil
 	}
 	if inst != nil {
-		d.mu.Lock()
-		d.stopping[vm.ID] = true
-		d.mu.Unlock()
-		defer func() {
-			d.mu.Lock()
-			delete(d.stopping, vm.ID)
-			d.mu.Unlock()
-		}()
+		defer d.markStopping(vm.ID)()
 		vm.State = StateStopping
 		d.store.UpdateVM(ctx, vm)
 		d.shutdownGuest(ctx, vm, inst)
@@ -442,6 +435,19 @@ func (d *Daemon) stop(name string) (*store.VM, error) {
 	vm.State = StateStopped
 	vm.PID = 0
 	return vm, d.store.UpdateVM(ctx, vm)
+}
+
+// markStopping tells the exit watcher that vm id is being stopped on
+// purpose, until the returned func is called.
+func (d *Daemon) markStopping(id string) func() {
+	d.mu.Lock()
+	d.stopping[id] = true
+	d.mu.Unlock()
+	return func() {
+		d.mu.Lock()
+		delete(d.stopping, id)
+		d.mu.Unlock()
+	}
 }
 
 // shutdownGuest asks the guest agent to power off, then the hypervisor,
@@ -482,14 +488,7 @@ func (d *Daemon) remove(name string) error {
 		return err
 	}
 	if inst := d.instance(ctx, vm); inst != nil {
-		d.mu.Lock()
-		d.stopping[vm.ID] = true
-		d.mu.Unlock()
-		defer func() {
-			d.mu.Lock()
-			delete(d.stopping, vm.ID)
-			d.mu.Unlock()
-		}()
+		defer d.markStopping(vm.ID)()
 		if err := inst.Kill(); err != nil {
 			return fmt.Errorf("stopping VM %s: %w", vm.Name, err)
 		}
