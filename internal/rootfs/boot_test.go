@@ -198,8 +198,12 @@ func bootAndCheck(t *testing.T, kind Kind, vmlinux, initrd, rootImg, work string
 			t.Errorf("guest report lacks %q", want)
 		}
 	}
-	if kind == KindDocker && !strings.Contains(out, "docker=active") {
-		t.Errorf("guest report lacks docker=active")
+	if kind == KindDocker {
+		for _, want := range []string{"docker=active", "container-ran"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("guest report lacks %q", want)
+			}
+		}
 	}
 
 	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -230,7 +234,9 @@ func sshScript(kind Kind) string {
 		`grep -q ' /root ' /proc/mounts && echo root-mounted; ls -a /root/.ssh; cat /proc/uptime; `
 	if kind == KindDocker {
 		s += `for i in $(seq 1 120); do systemctl is-active -q docker && break; sleep 1; done; echo docker=$(systemctl is-active docker); ` +
-			`systemctl is-system-running; systemd-analyze 2>/dev/null; systemctl --failed --no-legend; docker info --format '{{.ServerVersion}} {{.Driver}}' 2>&1`
+			`systemctl is-system-running; systemd-analyze 2>/dev/null; systemctl --failed --no-legend; docker info --format '{{.ServerVersion}} {{.Driver}}' 2>&1; ` +
+			`cd /usr/local/bin && tar c banger-vsock-agent | docker import - banger-smoke >/dev/null && docker run --rm banger-smoke /banger-vsock-agent help | head -1 && echo container-ran; ` +
+			`systemd-analyze blame --no-pager | head -25; systemd-analyze critical-chain --no-pager ssh.service banger-agent.service; journalctl -b -u docker -u containerd -u docker.socket --no-pager | tail -40`
 	} else {
 		s += `ps -N --ppid 2 -p 2 -o pid,comm`
 	}

@@ -82,13 +82,21 @@ ExecStartPre=
 ExecStartPre=/bin/sh -c 'test -s /etc/ssh/ssh_host_ed25519_key || exec /usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key'
 `
 
+// containerdDropIn starts containerd (and so docker) once SSH and the agent
+// are up, so that they do not compete for the vCPUs during a TCG boot.
+const containerdDropIn = `# Written by banger.
+[Unit]
+After=ssh.service banger-agent.service
+`
+
 // masked units slow a TCG boot down and do nothing useful in a disposable VM.
 var masked = []string{
 	"apt-daily.timer", "apt-daily-upgrade.timer", "apt-daily.service", "apt-daily-upgrade.service",
 	"dpkg-db-backup.timer", "dpkg-db-backup.service",
 	"e2scrub_all.timer", "e2scrub_all.service", "e2scrub_reap.service",
 	"fstrim.timer", "man-db.timer", "systemd-timesyncd.service",
-	"getty@tty1.service", "systemd-logind.service", "systemd-pstore.service",
+	"getty@tty1.service", "getty-static.service", "systemd-logind.service", "systemd-pstore.service",
+	"systemd-journal-flush.service", "sys-kernel-debug.mount", "sys-kernel-tracing.mount", "dev-hugepages.mount",
 	"ssh.socket",
 	// An empty machine-id makes every VM boot a "first boot", when systemd
 	// enables units by preset; these must stay off.
@@ -213,6 +221,7 @@ func fillOverlay(o overlay, opts Options, root string) error {
 			{"etc/systemd/system/banger-net.service", netUnit, 0o644},
 			{"etc/systemd/system/banger-agent.service", agentUnit, 0o644},
 			{"etc/systemd/system/ssh.service.d/banger.conf", sshDropIn, 0o644},
+			{"etc/systemd/system/containerd.service.d/banger.conf", containerdDropIn, 0o644},
 		}...)
 	}
 	for _, f := range files {
@@ -272,17 +281,31 @@ func installModules(ctx context.Context, r runner.Runner, dir, root string) erro
 	if _, err := r.RunPrivileged(ctx, "cp", "-a", "--no-preserve=ownership", dir+"/.", dst+"/"); err != nil {
 		return fmt.Errorf("installing kernel modules: %w", err)
 	}
-	depmod, err := findTool("depmod")
-	if err != nil {
-		return nil // the guest's kmod can run depmod itself
-	}
+	// modprobe needs modules.dep: use the host's depmod, else the image's own.
+	depmod, hostErr := findTool("depmod")
 	for _, e := range ents {
 		if !e.IsDir() {
 			continue
 		}
-		if _, err := r.RunPrivileged(ctx, depmod, "-b", root, e.Name()); err != nil {
+		var err error
+		switch {
+		case hostErr == nil:
+			_, err = r.RunPrivileged(ctx, depmod, "-b", root, e.Name())
+		case fileExists(filepath.Join(root, "usr/sbin/depmod")):
+			_, err = r.RunPrivileged(ctx, "chroot", root, "/usr/sbin/depmod", e.Name())
+		default:
+			continue // no kmod anywhere: modules stay unusable by name, as in the minimal image
+		}
+		if err != nil {
 			return fmt.Errorf("running depmod for %s: %w", e.Name(), err)
 		}
 	}
 	return nil
+}
+
+// fileExists reports whether p exists, without following a final symlink
+// (image symlinks are absolute and point into the image, not the host).
+func fileExists(p string) bool {
+	_, err := os.Lstat(p)
+	return err == nil
 }

@@ -128,6 +128,9 @@ func Packages(kind Kind) []string {
 			"systemd-sysv", "udev", "kmod", "openssh-server", "docker.io", "iptables",
 			"tmux", "git", "curl", "ca-certificates", "iproute2", "e2fsprogs",
 			"procps", "less",
+			// docker applies its AppArmor profile when the kernel has
+			// AppArmor (Debian's does), which needs apparmor_parser.
+			"apparmor",
 		}
 	}
 	sort.Strings(p)
@@ -149,6 +152,7 @@ func Build(ctx context.Context, r runner.Runner, opts Options, out string) error
 		return err
 	}
 	log := opts.Log.With("kind", string(opts.Kind))
+	removeStale(ctx, r, opts.CacheDir)
 	agentSum, err := fileSHA256(opts.Agent)
 	if err != nil {
 		return fmt.Errorf("building rootfs: hashing agent: %w", err)
@@ -169,6 +173,8 @@ func Build(ctx context.Context, r runner.Runner, opts Options, out string) error
 
 	if _, err := os.Stat(cached); err == nil {
 		log.Info("rootfs image cache hit", "image", cached)
+		now := time.Now()
+		os.Chtimes(cached, now, now) // most recently used: spared by pruneImages
 		return copySparse(ctx, r, cached, out)
 	}
 
@@ -215,6 +221,8 @@ func debootstrap(ctx context.Context, r runner.Runner, o Options, key string, lo
 	tree := filepath.Join(base, key)
 	if fi, err := os.Stat(tree); err == nil && fi.IsDir() {
 		log.Info("debootstrap cache hit", "tree", tree)
+		now := time.Now()
+		os.Chtimes(tree, now, now) // spared by removeStale
 		return tree, nil
 	}
 	if err := os.MkdirAll(base, 0o755); err != nil {
@@ -251,6 +259,10 @@ func debootstrap(ctx context.Context, r runner.Runner, o Options, key string, lo
 		return "", fmt.Errorf("cleaning debootstrap apt cache: %w", err)
 	}
 	if err := os.Rename(tmp, tree); err != nil {
+		if fi, serr := os.Stat(tree); serr == nil && fi.IsDir() {
+			log.Info("another build stored the same debootstrap tree first; using it", "tree", tree)
+			return tree, nil // the deferred cleanup removes ours
+		}
 		return "", fmt.Errorf("storing debootstrap tree: %w", err)
 	}
 	ok = true
@@ -305,19 +317,74 @@ func copySparse(ctx context.Context, r runner.Runner, src, out string) error {
 	return nil
 }
 
-// pruneImages removes older cached images of kind, keeping keep.
+// keepImages is how many cached images of one kind survive a prune.
+const keepImages = 2
+
+// pruneImages removes cached images of kind beyond the keepImages most
+// recently used, sparing keep and anything used in the last ten minutes
+// (another build may be about to copy it).
 func pruneImages(dir string, kind Kind, keep string, log *slog.Logger) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return
 	}
+	type img struct {
+		name string
+		mod  time.Time
+	}
+	var imgs []img
 	for _, e := range ents {
 		n := e.Name()
-		if n == keep || !strings.HasPrefix(n, string(kind)+"-") || !strings.HasSuffix(n, ".ext4") {
+		if !strings.HasPrefix(n, string(kind)+"-") || !strings.HasSuffix(n, ".ext4") {
 			continue
 		}
-		if err := os.Remove(filepath.Join(dir, n)); err == nil {
-			log.Info("pruned old cached image", "image", n)
+		if fi, err := e.Info(); err == nil {
+			imgs = append(imgs, img{n, fi.ModTime()})
+		}
+	}
+	sort.Slice(imgs, func(i, j int) bool { return imgs[i].mod.After(imgs[j].mod) })
+	for i, im := range imgs {
+		if i < keepImages || im.name == keep || time.Since(im.mod) < 10*time.Minute {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, im.name)); err == nil {
+			log.Info("pruned old cached image", "image", im.name)
+		}
+	}
+}
+
+// staleAfter is the age at which a build's leftovers (from a crash or a
+// kill) are certainly not in use by another build.
+const staleAfter = 6 * time.Hour
+
+// unusedTreeAge is the age at which an unused debootstrap tree (from an
+// older recipe) is deleted.
+const unusedTreeAge = 30 * 24 * time.Hour
+
+// removeStale deletes leftovers of builds that died (staging and overlay
+// directories, half-made debootstrap trees and images) and debootstrap trees
+// unused for unusedTreeAge.
+func removeStale(ctx context.Context, r runner.Runner, cacheDir string) {
+	trees, _ := filepath.Glob(filepath.Join(cacheDir, "debootstrap", "[0-9a-f]*"))
+	for _, p := range trees {
+		if fi, err := os.Stat(p); err == nil && fi.IsDir() && time.Since(fi.ModTime()) > unusedTreeAge {
+			removePrivileged(ctx, r, p)
+		}
+	}
+	var paths []string
+	for _, pat := range []string{"staging-*", "overlay-*", "debootstrap/.*.tmp-*", "images/.*.tmp"} {
+		m, _ := filepath.Glob(filepath.Join(cacheDir, pat))
+		paths = append(paths, m...)
+	}
+	for _, p := range paths {
+		fi, err := os.Lstat(p)
+		if err != nil || time.Since(fi.ModTime()) < staleAfter {
+			continue
+		}
+		if fi.IsDir() {
+			removePrivileged(ctx, r, p)
+		} else {
+			os.Remove(p)
 		}
 	}
 }
