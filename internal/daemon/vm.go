@@ -366,7 +366,7 @@ func (d *Daemon) watch(id, name string, inst hypervisor.Instance) {
 		if err != nil || vm.PID != inst.PID() {
 			return
 		}
-		if vm.State == StateRunning || vm.State == StateStarting {
+		if vm.State == StateRunning || vm.State == StateStarting || vm.State == StateStopping {
 			d.log.Warn("hypervisor exited on its own; marking VM stopped", "vm", name, "pid", vm.PID)
 			d.releaseNetwork(d.ctx, vm)
 			vm.State = StateStopped
@@ -542,7 +542,11 @@ func (d *Daemon) reconcile(ctx context.Context) (map[string]bool, error) {
 			d.mu.Unlock()
 			d.watch(vm.ID, vm.Name, inst)
 			owned[vm.TAP] = true
-			if vm.State != StateRunning {
+			switch vm.State {
+			case StateStopping:
+				// The previous daemon died mid-stop: finish the stop.
+				go d.stop(vm.Name)
+			case StateCreating, StateStarting:
 				go d.resumeReadiness(vm.Name)
 			}
 			continue
