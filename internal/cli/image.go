@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -21,8 +22,86 @@ func (a *app) newImageCmd() *cobra.Command {
 		Args:    subcommandArgs,
 		RunE:    showHelp,
 	}
-	cmd.AddCommand(a.newImageListCmd())
+	cmd.AddCommand(a.newImageListCmd(), a.newImageRegisterCmd(), a.newImageDeleteCmd())
 	return cmd
+}
+
+func (a *app) newImageRegisterCmd() *cobra.Command {
+	var req rpc.RegisterImageRequest
+	cmd := &cobra.Command{
+		Use:   "register --name NAME --rootfs PATH [--work-seed PATH]",
+		Short: "Register an existing ext4 rootfs as an image",
+		Long: `Register an ext4 root filesystem you built yourself as an image VMs can boot
+from. banger never changes or deletes the file: each VM boots a copy-on-write
+clone of it. Registering an existing name updates it; the default image does
+not change.
+
+The image must follow banger's guest contract (docs/architecture.md): the
+banger-vsock-agent service, sshd, and the network bootstrap from ip=. Without
+--work-seed, VMs get the bundle's default /root seed.`,
+		Example: `  banger image register --name local --rootfs /srv/images/rootfs.ext4
+  banger vm create --name try --image local`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			for _, p := range []*string{&req.Rootfs, &req.WorkSeed} {
+				if *p != "" {
+					abs, err := filepath.Abs(*p)
+					if err != nil {
+						return err
+					}
+					*p = abs
+				}
+			}
+			c, err := a.client(ctx)
+			if err != nil {
+				return err
+			}
+			img, err := c.RegisterImage(ctx, req)
+			if err != nil {
+				return fmt.Errorf("registering image %s: %w", req.Name, err)
+			}
+			fmt.Fprintf(a.stdout, "registered image %s (%s)\n", img.Name, img.Rootfs)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&req.Name, "name", "", "image name (required)")
+	cmd.Flags().StringVar(&req.Rootfs, "rootfs", "", "path to the ext4 root filesystem (required)")
+	cmd.Flags().StringVar(&req.WorkSeed, "work-seed", "", "path to an ext4 image seeding each VM's /root")
+	cmd.MarkFlagRequired("name")
+	cmd.MarkFlagRequired("rootfs")
+	return cmd
+}
+
+func (a *app) newImageDeleteCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:               "delete NAME",
+		Aliases:           []string{"rm"},
+		Short:             "Forget a registered image (its files are kept)",
+		Example:           `  banger image delete local`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeImageNames,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			c, err := a.client(ctx)
+			if err != nil {
+				return err
+			}
+			if err := c.DeleteImage(ctx, args[0]); err != nil {
+				return fmt.Errorf("deleting image %s: %w", args[0], err)
+			}
+			fmt.Fprintf(a.stdout, "image %s deleted\n", args[0])
+			return nil
+		},
+	}
+}
+
+// completeImageNames completes an image name argument.
+func (a *app) completeImageNames(cmd *cobra.Command, args []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	return a.completeImages(cmd, args, toComplete)
 }
 
 func (a *app) newImageListCmd() *cobra.Command {

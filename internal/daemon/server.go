@@ -29,6 +29,8 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("GET /v1/vms/{name}/ssh", d.handleSSH)
 	mux.HandleFunc("GET /v1/vms/{name}/logs", d.handleLogs)
 	mux.HandleFunc("GET /v1/images", d.handleImages)
+	mux.HandleFunc("POST /v1/images", d.handleRegisterImage)
+	mux.HandleFunc("DELETE /v1/images/{name}", d.handleDeleteImage)
 	return mux
 }
 
@@ -320,5 +322,39 @@ func (d *Daemon) handleImages(w http.ResponseWriter, r *http.Request) {
 		size, _ := disk.Size(b.Path(img.Rootfs))
 		out = append(out, rpc.Image{Name: img.Name, Rootfs: b.Path(img.Rootfs), WorkSeed: b.Path(img.WorkSeed), Default: img.Name == def, Managed: true, Size: size})
 	}
+	reg, err := d.store.ListImages(r.Context())
+	if err != nil {
+		d.writeErr(w, err)
+		return
+	}
+	for _, img := range reg {
+		size, _ := disk.Size(img.Rootfs)
+		out = append(out, rpc.Image{Name: img.Name, Rootfs: img.Rootfs, WorkSeed: img.WorkSeed, Default: img.Name == def, Size: size})
+	}
 	writeJSON(w, 200, out)
+}
+
+func (d *Daemon) handleRegisterImage(w http.ResponseWriter, r *http.Request) {
+	var req rpc.RegisterImageRequest
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		d.writeErr(w, invalid("decoding register request: %w", err))
+		return
+	}
+	img, err := d.registerImage(r.Context(), req)
+	if err != nil {
+		d.writeErr(w, err)
+		return
+	}
+	size, _ := disk.Size(img.Rootfs)
+	writeJSON(w, 200, rpc.Image{Name: img.Name, Rootfs: img.Rootfs, WorkSeed: img.WorkSeed, Size: size})
+}
+
+func (d *Daemon) handleDeleteImage(w http.ResponseWriter, r *http.Request) {
+	if err := d.deleteImage(r.Context(), r.PathValue("name")); err != nil {
+		d.writeErr(w, err)
+		return
+	}
+	writeJSON(w, 200, map[string]bool{"ok": true})
 }

@@ -37,7 +37,7 @@ const (
 type createPlan struct {
 	req      rpc.CreateRequest
 	bundle   *bundle.Bundle
-	image    *bundle.Image
+	image    *image
 	backend  hypervisor.Backend
 	diskSize int64
 }
@@ -61,7 +61,7 @@ func (d *Daemon) planCreate(ctx context.Context, req rpc.CreateRequest) (*create
 	if req.Image == "" {
 		req.Image = b.DefaultImage
 	}
-	img, err := b.Image(req.Image)
+	img, err := d.resolveImage(ctx, b, req.Image)
 	if err != nil {
 		return nil, invalid("%w", err)
 	}
@@ -94,8 +94,7 @@ func (d *Daemon) planCreate(ctx context.Context, req rpc.CreateRequest) (*create
 	if err := ValidateShape(req.VCPUs, req.MemoryMiB, be.Name()); err != nil {
 		return nil, invalid("%w", err)
 	}
-	rootfs := b.Path(img.Rootfs)
-	imgSize, err := disk.Size(rootfs)
+	imgSize, err := disk.Size(img.Rootfs)
 	if err != nil {
 		return nil, unavailable(fmt.Errorf("image %s: %w (rebuild the bundle with 'make runtime-bundle')", img.Name, err))
 	}
@@ -162,7 +161,7 @@ func (d *Daemon) create(p *createPlan, pr *progress) (*store.VM, error) {
 		if err := os.MkdirAll(dataDir, 0o700); err != nil {
 			return err
 		}
-		if _, err := disk.Clone(p.bundle.Path(p.image.Rootfs), filepath.Join(dataDir, "rootfs.ext4")); err != nil {
+		if _, err := disk.Clone(p.image.Rootfs, filepath.Join(dataDir, "rootfs.ext4")); err != nil {
 			return err
 		}
 		if size, _ := disk.Size(filepath.Join(dataDir, "rootfs.ext4")); p.diskSize > size {
@@ -170,7 +169,7 @@ func (d *Daemon) create(p *createPlan, pr *progress) (*store.VM, error) {
 				return err
 			}
 		}
-		_, err := disk.Clone(p.bundle.Path(p.image.WorkSeed), filepath.Join(dataDir, "work.ext4"))
+		_, err := disk.Clone(p.image.WorkSeed, filepath.Join(dataDir, "work.ext4"))
 		return err
 	})
 	if err == nil {

@@ -204,3 +204,14 @@ func (c *Client) ListImages(ctx context.Context) ([]Image, error) {
 	var imgs []Image
 	return imgs, c.call(ctx, "GET", "/v1/images", nil, &imgs)
 }
+
+// RegisterImage records an existing ext4 image; banger never changes its files.
+func (c *Client) RegisterImage(ctx context.Context, req RegisterImageRequest) (*Image, error) {
+	var img Image
+	return &img, c.call(ctx, "POST", "/v1/images", req, &img)
+}
+
+// DeleteImage forgets a registered image (its files are left alone).
+func (c *Client) DeleteImage(ctx context.Context, name string) error {
+	return c.call(ctx, "DELETE", "/v1/images/"+url.PathEscape(name), nil, nil)
+}

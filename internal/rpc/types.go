@@ -99,6 +99,13 @@ type Image struct {
 	Size     int64  `json:"size_bytes"`
 }
 
+// RegisterImageRequest records an existing ext4 image under a name.
+type RegisterImageRequest struct {
+	Name     string `json:"name"`
+	Rootfs   string `json:"rootfs"`
+	WorkSeed string `json:"work_seed,omitempty"`
+}
+
 // Error is the body of every non-2xx answer.
 type Error struct {
 	Message string `json:"error"`

@@ -101,6 +101,37 @@ func TestLifecycle(t *testing.T) {
 		}
 	})
 
+	t.Run("registered image boots", func(t *testing.T) {
+		e := e.with(t)
+		img := filepath.Join(e.root, "custom.ext4")
+		if out, err := exec.Command("cp", "--sparse=always", filepath.Join(e.runtime, "rootfs-minimal.ext4"), img).CombinedOutput(); err != nil {
+			t.Fatalf("copying image: %v: %s", err, out)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		for _, args := range [][]string{
+			{"image", "register", "--name", "custom", "--rootfs", "/etc/hostname"},
+			{"image", "register", "--name", "minimal", "--rootfs", img},
+		} {
+			if _, stderr, err := e.banger(ctx, args...); err == nil {
+				t.Errorf("banger %s succeeded, want refusal (stderr %q)", strings.Join(args, " "), stderr)
+			}
+		}
+		e.must("image", "register", "--name", "custom", "--rootfs", img)
+		if out := e.must("image", "list"); !strings.Contains(out, "custom") {
+			t.Fatalf("image list lacks custom:\n%s", out)
+		}
+		e.create("custom1", "--image", "custom")
+		if got := strings.TrimSpace(e.ssh("custom1", "hostname")); got != "custom1" {
+			t.Fatalf("hostname = %q", got)
+		}
+		e.must("vm", "delete", "--force", "custom1")
+		e.must("image", "delete", "custom")
+		if _, err := os.Stat(img); err != nil {
+			t.Fatalf("image delete removed the user's file: %v", err)
+		}
+	})
+
 	t.Run("delete leaves nothing", func(t *testing.T) {
 		got, _ := e.show("box1")
 		e.must("vm", "delete", "--force", "box1")
