@@ -1,4 +1,4 @@
-// Package dns is bangerd's DNS server: it answers the vm. zone from the daemon's VMs and forwards every other name to the host's resolvers.
+// Package dns is bangerd's DNS server, answering the .vm zone from the daemon's VMs and forwarding every other name to the host's resolvers.
 package dns
 
 import (
