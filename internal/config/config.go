@@ -49,6 +49,9 @@ type Config struct {
 	// the pool off.
 	TAPPoolSize int `toml:"tap_pool_size"`
 
+	// WebListenAddr is where bangerd serves its web UI; "" turns it off.
+	WebListenAddr string `toml:"web_listen_addr"`
+
 	// dnsUpstreamsSet records whether dns_upstreams was given at all.
 	dnsUpstreamsSet bool
 }
@@ -70,6 +73,7 @@ func Defaults() Config {
 		DNSOnBridge:         true,
 		ResolvedSplitDNS:    true,
 		TAPPoolSize:         2,
+		WebListenAddr:       "127.0.0.1:7777",
 	}
 }
 

@@ -22,8 +22,10 @@ import (
 	"github.com/banger/banger/internal/hypervisor/qemu"
 	"github.com/banger/banger/internal/nat"
 	"github.com/banger/banger/internal/network"
+	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/runner"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/web"
 )
 
 // Version is bangerd's version, set at build time.
@@ -141,6 +143,9 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	srv := &http.Server{Handler: d.routes(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	if web := d.startWeb(); web != nil {
+		defer web.Close()
+	}
 	d.log.Info("bangerd serving", "socket", d.paths.Socket, "version", Version, "pid", os.Getpid())
 
 	select {
@@ -156,6 +161,28 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	d.cancel()
 	d.wg.Wait()
 	return nil
+}
+
+// startWeb serves the web UI on cfg.WebListenAddr, through the daemon's own
+// API socket. A failure to listen is logged, not fatal.
+func (d *Daemon) startWeb() *http.Server {
+	if d.cfg.WebListenAddr == "" {
+		return nil
+	}
+	ui, err := web.New(rpc.NewClient(d.paths.Socket), web.Options{Log: d.log.With("component", "web"), Context: d.ctx})
+	if err != nil {
+		d.log.Error("web UI not started", "err", err)
+		return nil
+	}
+	ln, err := net.Listen("tcp", d.cfg.WebListenAddr)
+	if err != nil {
+		d.log.Warn("web UI not started: set web_listen_addr to a free address, or \"\" to turn it off", "err", err)
+		return nil
+	}
+	srv := &http.Server{Handler: ui.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	d.log.Info("web UI serving", "url", "http://"+ln.Addr().String())
+	return srv
 }
 
 // listenSocket listens on path with mode 0600, replacing a stale socket but

@@ -1,0 +1,768 @@
+package web
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/banger/banger/internal/rpc"
+)
+
+const testHost = "127.0.0.1:7777"
+
+// newTest returns a fake bangerd with two VMs and the UI's handler talking to it.
+func newTest(t *testing.T) (*fakeDaemon, *Server, http.Handler) {
+	t.Helper()
+	f, c := startFake(t)
+	f.add(rpc.VM{Name: "alpha", State: "running", Image: "docker", IP: "172.30.0.2", VCPUs: 2, MemoryMiB: 1024, NAT: true,
+		Stages: []rpc.Stage{{Name: "preparing disks", DurationMS: 300}, {Name: "waiting for ssh", DurationMS: 1100}}})
+	f.add(rpc.VM{Name: "beta", State: "stopped", Image: "minimal", IP: "172.30.0.3", VCPUs: 1, MemoryMiB: 512})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s, err := New(c, Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Context: ctx})
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return f, s, s.Handler()
+}
+
+// request is one request to the handler under test.
+type request struct {
+	method, target string
+	form           url.Values
+	json           bool
+	host           string
+	origin         *string // nil: same origin on POST
+	referer        string
+	cookies        []*http.Cookie
+}
+
+func do(t *testing.T, h http.Handler, q request) *httptest.ResponseRecorder {
+	t.Helper()
+	var body io.Reader
+	if q.form != nil {
+		body = strings.NewReader(q.form.Encode())
+	}
+	r := httptest.NewRequest(q.method, q.target, body)
+	r.Host = testHost
+	if q.host == "none" {
+		r.Host = ""
+	} else if q.host != "" {
+		r.Host = q.host
+	}
+	if q.form != nil {
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	if q.json {
+		r.Header.Set("Accept", "application/json")
+	} else {
+		r.Header.Set("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+	}
+	switch {
+	case q.origin != nil:
+		if *q.origin != "" {
+			r.Header.Set("Origin", *q.origin)
+		}
+	case q.method != http.MethodGet && q.method != http.MethodHead && q.referer == "":
+		r.Header.Set("Origin", "http://"+r.Host)
+	}
+	if q.referer != "" {
+		r.Header.Set("Referer", q.referer)
+	}
+	for _, c := range q.cookies {
+		r.AddCookie(c)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+func ptr(s string) *string { return &s }
+
+// flashOf decodes the flash cookie a response sets.
+func flashOf(t *testing.T, w *httptest.ResponseRecorder) *flash {
+	t.Helper()
+	for _, c := range w.Result().Cookies() {
+		if c.Name == flashCookie && c.MaxAge > 0 {
+			r := httptest.NewRequest("GET", "/", nil)
+			r.AddCookie(c)
+			return takeFlash(httptest.NewRecorder(), r)
+		}
+	}
+	return nil
+}
+
+func decode[T any](t *testing.T, w *httptest.ResponseRecorder) T {
+	t.Helper()
+	var v T
+	if ct := w.Header().Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("Content-Type = %q, want application/json; body %s", ct, w.Body)
+	}
+	if err := json.Unmarshal(w.Body.Bytes(), &v); err != nil {
+		t.Fatalf("decoding %s: %v", w.Body, err)
+	}
+	return v
+}
+
+func mustContain(t *testing.T, body string, wants ...string) {
+	t.Helper()
+	for _, s := range wants {
+		if !strings.Contains(body, s) {
+			t.Errorf("page lacks %q:\n%s", s, body)
+		}
+	}
+}
+
+func TestListPage(t *testing.T) {
+	_, _, h := newTest(t)
+	w := do(t, h, request{method: "GET", target: "/"})
+	if w.Code != 200 {
+		t.Fatalf("GET / = %d, want 200: %s", w.Code, w.Body)
+	}
+	body := w.Body.String()
+	mustContain(t, body,
+		`<a href="/vms/alpha">alpha</a>`, `badge-running">running`, `badge-stopped">stopped`,
+		"172.30.0.3", "512M", `action="/vms/alpha/stop"`, `action="/vms/beta/start"`,
+		`action="/vms/alpha/delete"`, `name="force"`, `<option value="minimal">minimal</option>`,
+		`action="/vms"`, `name="disk_size"`)
+	if strings.Index(body, "alpha") > strings.Index(body, "beta") {
+		t.Errorf("VMs not sorted by name")
+	}
+	for k, want := range map[string]string{
+		"X-Frame-Options": "DENY", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+		"Content-Type": "text/html; charset=utf-8",
+	} {
+		if got := w.Header().Get(k); got != want {
+			t.Errorf("header %s = %q, want %q", k, got, want)
+		}
+	}
+	if got := w.Header().Get("Content-Security-Policy"); !strings.Contains(got, "script-src 'self';") || strings.Contains(got, "unsafe") {
+		t.Errorf("CSP = %q, want script-src 'self' without unsafe-*", got)
+	}
+}
+
+func TestListJSON(t *testing.T) {
+	_, _, h := newTest(t)
+	w := do(t, h, request{method: "GET", target: "/", json: true})
+	vms := decode[[]rpc.VM](t, w)
+	var names []string
+	for _, vm := range vms {
+		names = append(names, vm.Name)
+	}
+	if !slices.Equal(names, []string{"alpha", "beta"}) {
+		t.Errorf("GET / JSON names = %v, want [alpha beta]", names)
+	}
+}
+
+func TestDaemonDownShowsError(t *testing.T) {
+	s, err := New(rpc.NewClient(filepath.Join(t.TempDir(), "none.sock")), Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := do(t, s.Handler(), request{method: "GET", target: "/"})
+	if w.Code != http.StatusBadGateway || !strings.Contains(w.Body.String(), "flash-error") || !strings.Contains(w.Body.String(), "listing vms") {
+		t.Errorf("GET / with bangerd down = %d, want 502 with the error in a flash box:\n%s", w.Code, w.Body)
+	}
+}
+
+// pollOp polls an operation's JSON until it is done.
+func pollOp(t *testing.T, h http.Handler, loc string) opView {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		w := do(t, h, request{method: "GET", target: loc, json: true})
+		if w.Code != 200 {
+			t.Fatalf("GET %s = %d: %s", loc, w.Code, w.Body)
+		}
+		v := decode[opView](t, w)
+		if v.Done {
+			return v
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("operation %s never finished: %+v", loc, v)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestCreateOp(t *testing.T) {
+	f, _, h := newTest(t)
+	gate := make(chan struct{})
+	f.gate = gate
+	// Over real HTTP on loopback, as a browser would.
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	cl := srv.Client()
+	cl.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	form := url.Values{"name": {"web1"}, "image": {"minimal"}, "vcpus": {"4"}, "memory": {"2G"}, "disk_size": {"16G"}, "nat": {"on"}}
+	req, _ := http.NewRequest("POST", srv.URL+"/vms", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", srv.URL)
+	resp, err := cl.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusSeeOther || !strings.HasPrefix(loc, "/ops/") {
+		t.Fatalf("POST /vms = %d Location %q, want 303 to /ops/ID", resp.StatusCode, loc)
+	}
+
+	// While it runs: the page refreshes itself without JS and is not cached.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err = cl.Get(srv.URL + loc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.Contains(string(b), "kernel up") {
+			mustContain(t, string(b), `<noscript><meta http-equiv="refresh" content="1"></noscript>`, `data-done="false"`,
+				`class="stage-done"><span class="stage-name">prepare</span> <span class="stage-time">0.4s`,
+				`class="stage-running"><span class="stage-name">boot`, `<script src="/static/app.js">`)
+			if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
+				t.Errorf("op page Cache-Control = %q, want no-store", cc)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("op page never showed the running boot:\n%s", b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	w := do(t, h, request{method: "GET", target: "/", json: false})
+	mustContain(t, w.Body.String(), "In progress", `href="`+loc+`"`, "Creating web1")
+
+	close(gate)
+	v := pollOp(t, h, loc)
+	if v.State != "done" || v.Error != "" || v.VM == nil || v.VM.State != "running" || v.VMURL != "/vms/web1" {
+		t.Errorf("finished op = %+v, want done with running vm web1", v)
+	}
+	want := []opStage{{Name: "prepare", State: "done", DurationMS: 400}, {Name: "boot", State: "done", DurationMS: 3100}}
+	if !slices.Equal(v.Stages, want) {
+		t.Errorf("op stages = %+v, want %+v", v.Stages, want)
+	}
+	if len(f.creates) != 1 || f.creates[0] != (rpc.CreateRequest{Name: "web1", Image: "minimal", VCPUs: 4, MemoryMiB: 2048, DiskSize: "16G", NAT: true}) {
+		t.Errorf("create requests = %+v", f.creates)
+	}
+	w = do(t, h, request{method: "GET", target: loc})
+	body := w.Body.String()
+	mustContain(t, body, `data-done="true"`, `href="/vms/web1"`)
+	if strings.Contains(body, "http-equiv") {
+		t.Errorf("finished op page still refreshes itself")
+	}
+}
+
+func TestCreateOpError(t *testing.T) {
+	_, _, h := newTest(t)
+	w := do(t, h, request{method: "POST", target: "/vms", form: url.Values{"name": {"alpha"}}, json: true})
+	if w.Code != http.StatusAccepted {
+		t.Fatalf("POST /vms JSON = %d, want 202: %s", w.Code, w.Body)
+	}
+	v := pollOp(t, h, decode[opView](t, w).URL)
+	if v.State != "error" || !strings.Contains(v.Error, `creating vm alpha: vm "alpha" already exists`) {
+		t.Errorf("op = %+v, want error naming the existing vm", v)
+	}
+	w = do(t, h, request{method: "GET", target: v.URL})
+	mustContain(t, w.Body.String(), `class="flash flash-error">creating vm alpha`)
+}
+
+func TestCreateFormErrors(t *testing.T) {
+	_, _, h := newTest(t)
+	for _, tc := range []struct {
+		form url.Values
+		want string
+	}{
+		{url.Values{"name": {" "}}, "needs a name"},
+		{url.Values{"name": {"x"}, "vcpus": {"-1"}}, "vCPUs must be a positive whole number"},
+		{url.Values{"name": {"x"}, "memory": {"lots"}}, `memory "lots" is not a size`},
+	} {
+		w := do(t, h, request{method: "POST", target: "/vms", form: tc.form})
+		fl := flashOf(t, w)
+		if w.Code != http.StatusSeeOther || w.Header().Get("Location") != "/" || fl == nil || fl.Kind != "error" || !strings.Contains(fl.Message, tc.want) {
+			t.Errorf("POST /vms %v = %d %q flash %+v, want 303 to / with %q", tc.form, w.Code, w.Header().Get("Location"), fl, tc.want)
+		}
+		w = do(t, h, request{method: "POST", target: "/vms", form: tc.form, json: true})
+		if w.Code != http.StatusBadRequest || !strings.Contains(decode[map[string]string](t, w)["error"], tc.want) {
+			t.Errorf("POST /vms %v JSON = %d %s, want 400 with %q", tc.form, w.Code, w.Body, tc.want)
+		}
+	}
+}
+
+func TestStartOp(t *testing.T) {
+	f, _, h := newTest(t)
+	w := do(t, h, request{method: "POST", target: "/vms/beta/start", form: url.Values{}})
+	loc := w.Header().Get("Location")
+	if w.Code != http.StatusSeeOther || !strings.HasPrefix(loc, "/ops/") {
+		t.Fatalf("POST start = %d %q, want 303 to /ops/ID", w.Code, loc)
+	}
+	if v := pollOp(t, h, loc); v.State != "done" || v.Kind != "start" || len(v.Stages) != 2 {
+		t.Errorf("start op = %+v", v)
+	}
+	if vm, _ := f.lookup("beta"); vm.State != "running" {
+		t.Errorf("beta state = %s, want running", vm.State)
+	}
+	w = do(t, h, request{method: "GET", target: "/ops/nosuchop"})
+	if w.Code != 404 || !strings.Contains(w.Body.String(), "operation nosuchop: not found") {
+		t.Errorf("GET unknown op = %d %s", w.Code, w.Body)
+	}
+}
+
+func TestStopDeleteNAT(t *testing.T) {
+	f, _, h := newTest(t)
+
+	w := do(t, h, request{method: "POST", target: "/vms/alpha/stop", form: url.Values{"back": {"/vms/alpha"}}})
+	fl := flashOf(t, w)
+	if w.Code != http.StatusSeeOther || w.Header().Get("Location") != "/vms/alpha" || fl == nil || *fl != (flash{"ok", "alpha stopped"}) {
+		t.Errorf("POST stop = %d %q flash %+v, want 303 back with alpha stopped", w.Code, w.Header().Get("Location"), fl)
+	}
+	// The next page shows the flash once.
+	w = do(t, h, request{method: "GET", target: "/", cookies: w.Result().Cookies()})
+	mustContain(t, w.Body.String(), `<div class="flash flash-ok" role="status">alpha stopped</div>`, `badge-stopped">stopped`)
+
+	f.add(rpc.VM{Name: "gamma", State: "running"})
+	w = do(t, h, request{method: "POST", target: "/vms/gamma/delete", form: url.Values{}})
+	if fl := flashOf(t, w); fl == nil || fl.Kind != "error" || !strings.Contains(fl.Message, `deleting vm gamma: vm gamma is running: stop it first, or tick "force"`) {
+		t.Errorf("delete of a running vm without force: flash %+v", fl)
+	}
+	if _, ok := f.lookup("gamma"); !ok {
+		t.Fatalf("gamma was deleted without force")
+	}
+	w = do(t, h, request{method: "POST", target: "/vms/gamma/delete", form: url.Values{"force": {"on"}, "back": {"/vms/gamma"}}})
+	if fl := flashOf(t, w); w.Header().Get("Location") != "/" || fl == nil || fl.Message != "gamma deleted" {
+		t.Errorf("forced delete = %q flash %+v, want 303 to / with gamma deleted", w.Header().Get("Location"), fl)
+	}
+	if _, ok := f.lookup("gamma"); ok {
+		t.Errorf("gamma survived a forced delete")
+	}
+	w = do(t, h, request{method: "POST", target: "/vms/beta/delete", form: url.Values{}, json: true})
+	if res := decode[actionResult](t, w); !res.OK || res.Message != "beta deleted" {
+		t.Errorf("JSON delete of stopped beta = %+v", res)
+	}
+	w = do(t, h, request{method: "POST", target: "/vms/nosuch/stop", form: url.Values{}, json: true})
+	if w.Code != 404 || !strings.Contains(w.Body.String(), `stopping vm nosuch: vm \"nosuch\" not found`) {
+		t.Errorf("stop of an unknown vm = %d %s, want 404", w.Code, w.Body)
+	}
+
+	w = do(t, h, request{method: "POST", target: "/vms/alpha/nat", form: url.Values{"nat": {"off"}, "back": {"//evil.example/"}}})
+	if fl := flashOf(t, w); w.Header().Get("Location") != "/" || fl == nil || fl.Message != "alpha: NAT off" {
+		t.Errorf("POST nat off = %q flash %+v, want 303 to / (not the foreign back) with NAT off", w.Header().Get("Location"), fl)
+	}
+	if vm, _ := f.lookup("alpha"); vm.NAT {
+		t.Errorf("alpha still has NAT")
+	}
+}
+
+func TestVMPage(t *testing.T) {
+	f, _, h := newTest(t)
+	var b strings.Builder
+	for i := range 300 {
+		fmt.Fprintf(&b, "line %d\r\n", i)
+	}
+	b.WriteString("\x1b[1;32mOK\x1b[0m <script>alert(1)</script>")
+	f.console = b.String()
+	w := do(t, h, request{method: "GET", target: "/vms/alpha"})
+	if w.Code != 200 {
+		t.Fatalf("GET /vms/alpha = %d: %s", w.Code, w.Body)
+	}
+	body := w.Body.String()
+	mustContain(t, body, `value="banger vm ssh alpha"`, "preparing disks", "1.1s", "total", "1.4s",
+		"(last 200 lines)", "OK &lt;script&gt;alert(1)&lt;/script&gt;", "line 101\n", `action="/vms/alpha/stop"`, `value="/vms/alpha"`)
+	if strings.Contains(body, "line 100\n") || strings.Contains(body, "\x1b") || strings.Contains(body, "\r") {
+		t.Errorf("console tail kept more than 200 lines or escape sequences")
+	}
+	w = do(t, h, request{method: "GET", target: "/vms/alpha", json: true})
+	j := decode[vmJSON](t, w)
+	if j.VM.Name != "alpha" || j.SSHCommand != "banger vm ssh alpha" || len(j.Console) != 200 {
+		t.Errorf("VM JSON = %+v", j)
+	}
+	w = do(t, h, request{method: "GET", target: "/vms/nosuch"})
+	if w.Code != 404 || !strings.Contains(w.Body.String(), "showing vm nosuch") {
+		t.Errorf("GET unknown vm = %d %s", w.Code, w.Body)
+	}
+}
+
+func TestHostCheck(t *testing.T) {
+	_, _, h := newTest(t)
+	for _, tc := range []struct {
+		host string
+		want int
+	}{
+		{"127.0.0.1:7777", 200}, {"localhost:7777", 200}, {"localhost", 200}, {"LOCALHOST.:80", 200},
+		{"[::1]:7777", 200}, {"[::1]", 200}, {"127.0.0.2:7777", 200},
+		{"evil.example", 421}, {"evil.example:7777", 421}, {"127.0.0.1.evil.example", 421},
+		{"localhost.evil.example", 421}, {"10.0.0.1:7777", 421}, {"none", 421}, {"[fe80::1%25lo]", 421},
+	} {
+		w := do(t, h, request{method: "GET", target: "/", host: tc.host})
+		if w.Code != tc.want {
+			t.Errorf("GET / with Host %q = %d, want %d", tc.host, w.Code, tc.want)
+		}
+		if tc.want == 421 && !strings.Contains(w.Body.String(), "answers only to 127.0.0.1, localhost or [::1]") {
+			t.Errorf("rejection of Host %q does not say why: %s", tc.host, w.Body)
+		}
+	}
+	// A foreign Host cannot change anything either.
+	w := do(t, h, request{method: "POST", target: "/vms/alpha/stop", host: "evil.example", origin: ptr("http://evil.example"), form: url.Values{}})
+	if w.Code != 421 {
+		t.Errorf("POST with Host evil.example = %d, want 421", w.Code)
+	}
+}
+
+func TestCSRF(t *testing.T) {
+	f, _, h := newTest(t)
+	for _, tc := range []struct {
+		name            string
+		origin, referer string
+		want            int
+	}{
+		{"foreign origin", "http://evil.example", "", 403},
+		{"other port", "http://127.0.0.1:8080", "", 403},
+		{"null origin", "null", "", 403},
+		{"foreign referer", "", "http://evil.example/page", 403},
+		{"no origin nor referer", "", "", 403},
+		{"foreign origin with same referer", "http://evil.example", "http://" + testHost + "/", 403},
+		{"same origin", "http://" + testHost, "", 303},
+		{"same referer", "", "http://" + testHost + "/vms/beta", 303},
+	} {
+		w := do(t, h, request{method: "POST", target: "/vms/beta/nat", form: url.Values{"nat": {"on"}}, origin: ptr(tc.origin), referer: tc.referer})
+		if w.Code != tc.want {
+			t.Errorf("%s: POST nat = %d, want %d: %s", tc.name, w.Code, tc.want, w.Body)
+		}
+		if tc.want == 403 {
+			if vm, _ := f.lookup("beta"); vm.NAT {
+				t.Fatalf("%s: the refused request changed beta", tc.name)
+			}
+			if !strings.Contains(w.Body.String(), "refusing POST /vms/beta/nat") {
+				t.Errorf("%s: refusal does not say why: %s", tc.name, w.Body)
+			}
+		}
+	}
+}
+
+func TestMethods(t *testing.T) {
+	_, _, h := newTest(t)
+	for _, tc := range []struct {
+		method, target string
+		want           int
+	}{
+		{"POST", "/", 405}, {"GET", "/vms/alpha/stop", 405}, {"GET", "/vms/alpha/start", 405},
+		{"GET", "/vms/alpha/delete", 405}, {"GET", "/vms/alpha/nat", 405}, {"GET", "/vms", 405},
+		{"GET", "/images/x/delete", 405}, {"POST", "/files", 405}, {"POST", "/ops/x", 405},
+		{"POST", "/vms/alpha", 405}, {"DELETE", "/vms/alpha", 405}, {"PUT", "/images", 405},
+		{"POST", "/static/app.css", 405}, {"GET", "/nosuch", 404}, {"GET", "/static/", 404},
+		{"GET", "/images", 200}, {"HEAD", "/", 200},
+	} {
+		w := do(t, h, request{method: tc.method, target: tc.target, form: url.Values{}})
+		if w.Code != tc.want {
+			t.Errorf("%s %s = %d, want %d", tc.method, tc.target, w.Code, tc.want)
+		}
+	}
+}
+
+func TestStatic(t *testing.T) {
+	_, _, h := newTest(t)
+	for _, tc := range []struct{ path, ctype, want string }{
+		{"/static/app.js", "text/javascript; charset=utf-8", "fetch(url"},
+		{"/static/app.css", "text/css; charset=utf-8", ".badge"},
+	} {
+		w := do(t, h, request{method: "GET", target: tc.path})
+		if w.Code != 200 || w.Header().Get("Content-Type") != tc.ctype || !strings.Contains(w.Body.String(), tc.want) {
+			t.Errorf("GET %s = %d %q, want 200 %q", tc.path, w.Code, w.Header().Get("Content-Type"), tc.ctype)
+		}
+	}
+}
+
+func TestFilePicker(t *testing.T) {
+	_, s, h := newTest(t)
+	dir := t.TempDir()
+	for _, p := range []string{"rootfs.ext4", "seed.IMG", "notes.txt", "sub/deep.ext4"} {
+		os.MkdirAll(filepath.Dir(filepath.Join(dir, p)), 0o755)
+		if err := os.WriteFile(filepath.Join(dir, p), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Symlink(filepath.Join(dir, "sub"), filepath.Join(dir, "link"))
+
+	w := do(t, h, request{method: "GET", target: "/files?" + url.Values{"dir": {dir}}.Encode(), json: true})
+	if w.Code != 200 {
+		t.Fatalf("GET /files = %d: %s", w.Code, w.Body)
+	}
+	v := decode[filesPage](t, w)
+	var got []string
+	for _, e := range v.Entries {
+		got = append(got, e.Name)
+	}
+	if want := []string{"link", "sub", "rootfs.ext4", "seed.IMG"}; !slices.Equal(got, want) || v.Dir != dir {
+		t.Errorf("picker of %s = %v in %s, want %v", dir, got, v.Dir, want)
+	}
+
+	// The HTML page carries the form's values through, and choosing fills the field.
+	q := url.Values{"dir": {dir + "//./"}, "field": {"work_seed"}, "name": {"mine"}, "rootfs": {"/a/r.ext4"}}
+	w = do(t, h, request{method: "GET", target: "/files?" + q.Encode()})
+	choose := "/images?" + url.Values{"name": {"mine"}, "rootfs": {"/a/r.ext4"}, "work_seed": {filepath.Join(dir, "seed.IMG")}}.Encode()
+	mustContain(t, w.Body.String(), "Choose the work seed", `href="`+strings.ReplaceAll(choose, "&", "&amp;")+`"`, "sub/</a>")
+
+	// Starting from the field's current value opens its directory.
+	q = url.Values{"field": {"rootfs"}, "rootfs": {filepath.Join(dir, "sub", "deep.ext4")}}
+	if v := decode[filesPage](t, do(t, h, request{method: "GET", target: "/files?" + q.Encode(), json: true})); v.Dir != filepath.Join(dir, "sub") {
+		t.Errorf("picker started in %s, want %s", v.Dir, filepath.Join(dir, "sub"))
+	}
+
+	s.FileRoot = dir
+	for _, tc := range []struct {
+		dir  string
+		code int
+		want string
+	}{
+		{"relative/dir", 400, "needs an absolute path"},
+		{dir + "/sub/../..", 400, `paths with \"..\" are refused`},
+		{"/etc", 400, "stays inside " + dir},
+		{dir + "/link", 200, ""},
+		{dir + "/nosuch", 404, "no such file or directory"},
+		{dir + "/notes.txt", 400, "not a directory"},
+	} {
+		w := do(t, h, request{method: "GET", target: "/files?" + url.Values{"dir": {tc.dir}}.Encode(), json: true})
+		if w.Code != tc.code || !strings.Contains(w.Body.String(), tc.want) {
+			t.Errorf("GET /files?dir=%s = %d %s, want %d with %q", tc.dir, w.Code, w.Body, tc.code, tc.want)
+		}
+	}
+	w = do(t, h, request{method: "GET", target: "/files?dir=relative"})
+	mustContain(t, w.Body.String(), `class="flash flash-error" role="alert">listing &#34;relative&#34;: the file picker needs an absolute path`)
+	// A symlink inside the root must not lead out of it.
+	os.Symlink("/etc", filepath.Join(dir, "out"))
+	w = do(t, h, request{method: "GET", target: "/files?" + url.Values{"dir": {dir + "/out"}}.Encode(), json: true})
+	if w.Code != 400 || !strings.Contains(w.Body.String(), "outside the file picker's root") {
+		t.Errorf("picker through a symlink out of the root = %d %s, want 400", w.Code, w.Body)
+	}
+}
+
+func TestImages(t *testing.T) {
+	f, _, h := newTest(t)
+	w := do(t, h, request{method: "GET", target: "/images?name=mine&rootfs=/x/r.ext4"})
+	mustContain(t, w.Body.String(), "/rt/rootfs-docker.ext4", `name="name" value="mine"`, `value="/x/r.ext4"`,
+		`formaction="/files" formmethod="get"`, `name="field" value="work_seed"`)
+	if strings.Contains(w.Body.String(), `action="/images/docker/delete"`) {
+		t.Errorf("a bundle image offers delete")
+	}
+	if imgs := decode[[]rpc.Image](t, do(t, h, request{method: "GET", target: "/images", json: true})); len(imgs) != 2 {
+		t.Errorf("images JSON = %+v", imgs)
+	}
+
+	w = do(t, h, request{method: "POST", target: "/images", form: url.Values{"name": {"mine"}, "rootfs": {"/x/./r.ext4"}, "work_seed": {"/x/s.ext4"}}})
+	if fl := flashOf(t, w); w.Header().Get("Location") != "/images" || fl == nil || fl.Message != "image mine registered" {
+		t.Errorf("register = %q flash %+v", w.Header().Get("Location"), fl)
+	}
+	if len(f.registers) != 1 || f.registers[0] != (rpc.RegisterImageRequest{Name: "mine", Rootfs: "/x/r.ext4", WorkSeed: "/x/s.ext4"}) {
+		t.Errorf("register requests = %+v", f.registers)
+	}
+	for _, tc := range []struct {
+		form url.Values
+		want string
+	}{
+		{url.Values{"name": {"rel"}, "rootfs": {"r.ext4"}}, "the rootfs path must be absolute"},
+		{url.Values{"name": {"bad"}, "rootfs": {"/x/r.qcow2"}}, "registering image bad: /x/r.qcow2 is not an ext4 image"},
+		{url.Values{"rootfs": {"/x/r.ext4"}}, "it needs a name"},
+	} {
+		w = do(t, h, request{method: "POST", target: "/images", form: tc.form})
+		fl := flashOf(t, w)
+		loc, _ := url.Parse(w.Header().Get("Location"))
+		if fl == nil || fl.Kind != "error" || !strings.Contains(fl.Message, tc.want) || loc.Query().Get("rootfs") != tc.form.Get("rootfs") {
+			t.Errorf("register %v = %s flash %+v, want %q and the values kept", tc.form, loc, fl, tc.want)
+		}
+	}
+
+	w = do(t, h, request{method: "GET", target: "/images"})
+	mustContain(t, w.Body.String(), `action="/images/mine/delete"`)
+	w = do(t, h, request{method: "POST", target: "/images/mine/delete", form: url.Values{}})
+	if fl := flashOf(t, w); fl == nil || fl.Kind != "ok" {
+		t.Errorf("delete image flash = %+v", fl)
+	}
+	if _, ok := f.images["mine"]; ok {
+		t.Errorf("image mine survived delete")
+	}
+	w = do(t, h, request{method: "POST", target: "/images/mine/delete", form: url.Values{}, json: true})
+	if w.Code != 404 {
+		t.Errorf("delete of an unknown image = %d, want 404", w.Code)
+	}
+}
+
+func TestTemplateErrors(t *testing.T) {
+	pages := fstest.MapFS{}
+	fs.WalkDir(templateFS, ".", func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			b, _ := templateFS.ReadFile(p)
+			pages[p] = &fstest.MapFile{Data: b}
+		}
+		return err
+	})
+	broken := fstest.MapFS{}
+	for k, v := range pages {
+		broken[k] = v
+	}
+	broken["templates/vm.html"] = &fstest.MapFile{Data: []byte(`{{define "content"}}{{if}}{{end}}`)}
+	if _, err := newServer(nil, Options{}, broken); err == nil || !strings.Contains(err.Error(), "parsing web template vm") {
+		t.Errorf("newServer with a template that does not parse = %v, want an error naming it", err)
+	}
+
+	// A template that parses but fails while rendering gives a clean 500.
+	pages["templates/vms.html"] = &fstest.MapFile{Data: []byte(`{{define "content"}}<p>half a page{{.NoSuchField}}{{end}}`)}
+	_, c := startFake(t)
+	s, err := newServer(c, Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}, pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := do(t, s.Handler(), request{method: "GET", target: "/"})
+	if w.Code != 500 || strings.Contains(w.Body.String(), "half a page") || !strings.Contains(w.Body.String(), "rendering the vms page failed") {
+		t.Errorf("GET / with a failing template = %d %q, want a clean 500", w.Code, w.Body)
+	}
+}
+
+func TestZeroServerWorks(t *testing.T) {
+	_, c := startFake(t)
+	s := &Server{Client: c}
+	if w := do(t, s.Handler(), request{method: "GET", target: "/images"}); w.Code != 200 {
+		t.Errorf("GET /images on a Server{} = %d, want 200: %s", w.Code, w.Body)
+	}
+}
+
+func TestLoopbackHost(t *testing.T) {
+	for _, tc := range []struct {
+		host string
+		want bool
+	}{
+		{"127.0.0.1", true}, {"127.0.0.1:1", true}, {"localhost", true}, {"LocalHost:7777", true},
+		{"localhost.", true}, {"[::1]:7777", true}, {"::1", true}, {"[::ffff:127.0.0.1]:80", true},
+		{"", false}, {"evil.example", false}, {"127.0.0.1.nip.io", false}, {"0.0.0.0:7777", false},
+		{"[::]:7777", false}, {"192.168.1.2", false}, {"localhost:7777:1", false},
+	} {
+		if got := loopbackHost(tc.host); got != tc.want {
+			t.Errorf("loopbackHost(%q) = %v, want %v", tc.host, got, tc.want)
+		}
+	}
+}
+
+func TestLocalPath(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"/vms/a", "/vms/a"}, {"/images?name=x", "/images?name=x"}, {"", "/"}, {"//evil.example/", "/"},
+		{"/\\evil.example", "/"}, {"http://evil.example/", "/"}, {"vms/a", "/"}, {"javascript:alert(1)", "/"},
+	} {
+		if got := localPath(tc.in, "/"); got != tc.want {
+			t.Errorf("localPath(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestWantsJSON(t *testing.T) {
+	for _, tc := range []struct {
+		accept string
+		want   bool
+	}{
+		{"application/json", true}, {"text/html, Application/JSON;q=0.9", true},
+		{"text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", false}, {"", false},
+		{"application/jsonx", false},
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Header.Set("Accept", tc.accept)
+		if got := wantsJSON(r); got != tc.want {
+			t.Errorf("wantsJSON(%q) = %v, want %v", tc.accept, got, tc.want)
+		}
+	}
+}
+
+func TestParseMiB(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int
+		ok   bool
+	}{
+		{"1024", 1024, true}, {"512M", 512, true}, {"2G", 2048, true}, {"1.5g", 1536, true},
+		{"0", 0, false}, {"1.5", 0, false}, {"lots", 0, false}, {"", 0, false},
+	} {
+		got, err := parseMiB(tc.in)
+		if got != tc.want || (err == nil) != tc.ok {
+			t.Errorf("parseMiB(%q) = %d, %v, want %d (ok %v)", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestCleanConsole(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"plain", "plain"}, {"\x1b[1;32mOK\x1b[0m done", "OK done"}, {"a\rb", "ab"},
+		{"\x1b]0;title\x07rest", "rest"}, {"tab\there", "tab\there"}, {"bad\xffbyte", "bad\uFFFDbyte"},
+		{"bell\x07\x00", "bell"}, {"c1\u009bx", "c1x"}, {"\x1bc reset", " reset"},
+	} {
+		if got := cleanConsole(tc.in); got != tc.want {
+			t.Errorf("cleanConsole(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestTailWriter(t *testing.T) {
+	for _, tc := range []struct {
+		writes []string
+		want   []string
+	}{
+		{[]string{"a\nb\nc\nd\n"}, []string{"b", "c", "d"}},
+		{[]string{"a\nb", "c\nd"}, []string{"a", "bc", "d"}},
+		{[]string{"one"}, []string{"one"}},
+		{[]string{"a\nb\nc\nd"}, []string{"b", "c", "d"}},
+		{[]string{"", "\n"}, []string{""}},
+	} {
+		tw := newTailWriter(3)
+		for _, s := range tc.writes {
+			tw.Write([]byte(s))
+		}
+		if got := tw.Lines(); !slices.Equal(got, tc.want) {
+			t.Errorf("tail(3) of %q = %q, want %q", tc.writes, got, tc.want)
+		}
+	}
+	tw := newTailWriter(2)
+	tw.Write([]byte(strings.Repeat("x", 10000) + "\n"))
+	if got := tw.Lines(); len(got) != 1 || len(got[0]) != 4096 {
+		t.Errorf("a 10000-byte line is kept as %d bytes, want 4096", len(got[0]))
+	}
+}
+
+func TestShellQuote(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"testbox", "testbox"}, {"a-b.c_1", "a-b.c_1"}, {"", "''"}, {"a b", "'a b'"}, {"it's", `'it'\''s'`}, {"$(x)", "'$(x)'"},
+	} {
+		if got := shellQuote(tc.in); got != tc.want {
+			t.Errorf("shellQuote(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestOpTablePrunes(t *testing.T) {
+	tbl := newOpTable()
+	first := tbl.add("create", "a")
+	tbl.finish(first, nil, nil)
+	running := tbl.add("start", "b")
+	for range opMax + 10 {
+		o := tbl.add("create", "x")
+		tbl.finish(o, nil, nil)
+	}
+	if len(tbl.ops) > opMax {
+		t.Errorf("op table holds %d ops, want at most %d", len(tbl.ops), opMax)
+	}
+	if _, ok := tbl.view(first.id); ok {
+		t.Errorf("the oldest finished op was kept")
+	}
+	if _, ok := tbl.view(running.id); !ok {
+		t.Errorf("a running op was pruned")
+	}
+}
