@@ -3,12 +3,18 @@ package daemon
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 
 	"github.com/banger/banger/internal/bundle"
+	"github.com/banger/banger/internal/disk"
+	"github.com/banger/banger/internal/doctor"
+	"github.com/banger/banger/internal/rootfs"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/store"
 )
@@ -64,6 +70,9 @@ func (d *Daemon) registerImage(ctx context.Context, req rpc.RegisterImageRequest
 			return nil, invalid("%s %s: %w", flag, path, err)
 		}
 	}
+	if old, err := d.store.GetImage(ctx, req.Name); err == nil && old.Managed {
+		return nil, exists("image %s was built by banger: delete it first with 'banger image delete %s'", req.Name, req.Name)
+	}
 	img := &store.Image{Name: req.Name, Rootfs: req.Rootfs, WorkSeed: req.WorkSeed}
 	if err := d.store.UpsertImage(ctx, img); err != nil {
 		return nil, err
@@ -105,5 +114,155 @@ func (d *Daemon) deleteImage(ctx context.Context, name string) error {
 		}
 		return notFound("no registered image named %s: see 'banger image list'", name)
 	}
-	return d.store.DeleteImage(ctx, name)
+	img, err := d.store.GetImage(ctx, name)
+	if err != nil {
+		return err
+	}
+	if err := d.store.DeleteImage(ctx, name); err != nil {
+		return err
+	}
+	if img.Managed {
+		// Built by banger: its files go with it. VMs keep their own clones.
+		return os.RemoveAll(filepath.Dir(img.Rootfs))
+	}
+	return nil
+}
+
+// buildImage builds a managed image with debootstrap under the data dir.
+func (d *Daemon) buildImage(req rpc.BuildImageRequest, pr *progress) (rpc.Event, error) {
+	ctx := d.ctx
+	img := &store.Image{Name: req.Name, Managed: true}
+	dir := filepath.Join(d.paths.DataDir, "images", req.Name)
+	b, err := d.loadBundle()
+	if err != nil {
+		return rpc.Event{}, unavailable(err)
+	}
+	opts := rootfs.Options{
+		Kind:     rootfs.Kind(req.Kind),
+		Agent:    b.Path(b.Agent),
+		Size:     req.Size,
+		CacheDir: d.cacheDir(),
+		Log:      slog.New(&progressHandler{pr: pr, next: d.log.Handler()}).With("image", req.Name),
+	}
+	if opts.Kind == rootfs.KindDocker {
+		opts.Modules = b.Path(b.Modules)
+	}
+	img.Rootfs = filepath.Join(dir, "rootfs.ext4")
+	err = pr.run("building "+req.Kind+" image", func() error {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		tmp := img.Rootfs + ".tmp"
+		defer os.Remove(tmp)
+		if err := rootfs.Build(ctx, d.r, opts, tmp); err != nil {
+			return err
+		}
+		return os.Rename(tmp, img.Rootfs)
+	})
+	if err == nil {
+		err = d.store.UpsertImage(ctx, img)
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return rpc.Event{}, fmt.Errorf("building image %s: %w", req.Name, err)
+	}
+	size, _ := disk.Size(img.Rootfs)
+	return rpc.Event{Image: &rpc.Image{Name: img.Name, Rootfs: img.Rootfs, Managed: true, Size: size}}, nil
+}
+
+// planBuild refuses a bad build request before anything is changed.
+func (d *Daemon) planBuild(ctx context.Context, req *rpc.BuildImageRequest) error {
+	if err := ValidateName(req.Name); err != nil {
+		return invalid("invalid image name %q: use lowercase letters, digits and hyphens", req.Name)
+	}
+	if req.Kind == "" {
+		req.Kind = string(rootfs.KindDocker)
+	}
+	if req.Kind != string(rootfs.KindDocker) && req.Kind != string(rootfs.KindMinimal) {
+		return invalid("invalid image kind %q: use docker or minimal", req.Kind)
+	}
+	if req.Size != "" {
+		if _, err := disk.ParseSize(req.Size); err != nil {
+			return invalid("invalid --size %q: %w", req.Size, err)
+		}
+	}
+	b, err := d.loadBundle()
+	if err != nil {
+		return unavailable(err)
+	}
+	if _, err := b.Image(req.Name); err == nil {
+		return exists("image %s comes with the runtime bundle: pick another name", req.Name)
+	}
+	if _, err := d.store.GetImage(ctx, req.Name); err == nil {
+		return exists("an image named %s already exists: delete it first with 'banger image delete %s'", req.Name, req.Name)
+	}
+	if err := doctor.RequireTools(doctor.OpRuntimeBuild); err != nil {
+		return unavailable(err)
+	}
+	return nil
+}
+
+func (d *Daemon) cacheDir() string {
+	if dir, err := rootfs.DefaultCacheDir(); err == nil {
+		return dir
+	}
+	return filepath.Join(d.paths.StateDir, "cache")
+}
+
+func (d *Daemon) handleBuildImage(w http.ResponseWriter, r *http.Request) {
+	var req rpc.BuildImageRequest
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		d.writeErr(w, invalid("decoding build request: %w", err))
+		return
+	}
+	l := d.vmLock("image:" + req.Name)
+	l.Lock()
+	if err := d.planBuild(r.Context(), &req); err != nil {
+		l.Unlock()
+		d.writeErr(w, err)
+		return
+	}
+	d.streamEvents(w, r, func(pr *progress) (rpc.Event, error) {
+		defer l.Unlock()
+		return d.buildImage(req, pr)
+	})
+}
+
+// progressHandler forwards info-level log records of a long operation to
+// its client as "log" events, and to the daemon's log.
+type progressHandler struct {
+	pr    *progress
+	next  slog.Handler
+	attrs []slog.Attr
+}
+
+func (h *progressHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelInfo || h.next.Enabled(ctx, l)
+}
+
+func (h *progressHandler) Handle(ctx context.Context, rec slog.Record) error {
+	if rec.Level >= slog.LevelInfo {
+		msg := rec.Message
+		rec.Attrs(func(a slog.Attr) bool {
+			if a.Key == "took" || a.Key == "kind" || a.Key == "err" {
+				msg += " " + a.String()
+			}
+			return true
+		})
+		h.pr.logf("%s", msg)
+	}
+	if h.next.Enabled(ctx, rec.Level) {
+		return h.next.WithAttrs(h.attrs).Handle(ctx, rec)
+	}
+	return nil
+}
+
+func (h *progressHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &progressHandler{pr: h.pr, next: h.next, attrs: append(append([]slog.Attr(nil), h.attrs...), attrs...)}
+}
+
+func (h *progressHandler) WithGroup(name string) slog.Handler {
+	return &progressHandler{pr: h.pr, next: h.next.WithGroup(name), attrs: h.attrs}
 }

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"fmt"
 	"sync"
 	"time"
 
@@ -52,15 +53,25 @@ func (p *progress) stages() []rpc.Stage {
 
 // finish sends the final event; later events are dropped.
 func (p *progress) finish(vm *rpc.VM, err error) {
-	ev := rpc.Event{Type: "done", VM: vm}
+	p.finishEvent(rpc.Event{VM: vm}, err)
+}
+
+// finishEvent sends done (its Type set here) or, on err, an error event.
+func (p *progress) finishEvent(done rpc.Event, err error) {
+	done.Type = "done"
 	if err != nil {
 		code, _ := codeOf(err)
-		ev = rpc.Event{Type: "error", Error: err.Error(), Code: code, VM: vm}
+		done.Type, done.Error, done.Code = "error", err.Error(), code
 	}
-	p.send(ev)
+	p.send(done)
 	p.mu.Lock()
 	p.done = true
 	p.mu.Unlock()
+}
+
+// logf sends a free-form progress line.
+func (p *progress) logf(format string, a ...any) {
+	p.send(rpc.Event{Type: "log", Message: fmt.Sprintf(format, a...)})
 }
 
 // detach stops forwarding events (the client went away).

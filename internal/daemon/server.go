@@ -30,6 +30,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("GET /v1/vms/{name}/logs", d.handleLogs)
 	mux.HandleFunc("GET /v1/images", d.handleImages)
 	mux.HandleFunc("POST /v1/images", d.handleRegisterImage)
+	mux.HandleFunc("POST /v1/images/build", d.handleBuildImage)
 	mux.HandleFunc("DELETE /v1/images/{name}", d.handleDeleteImage)
 	return mux
 }
@@ -109,10 +110,22 @@ func (d *Daemon) handleShow(w http.ResponseWriter, r *http.Request) {
 // stream runs op under the daemon's lifetime and forwards its events to the
 // client as NDJSON. If the client goes away, op carries on.
 func (d *Daemon) stream(w http.ResponseWriter, r *http.Request, op func(pr *progress) (*store.VM, error)) {
+	d.streamEvents(w, r, func(pr *progress) (rpc.Event, error) {
+		vm, err := op(pr)
+		var done rpc.Event
+		if vm != nil {
+			done.VM = d.view(d.ctx, vm)
+		}
+		return done, err
+	})
+}
+
+// streamEvents is stream for any operation: op returns the final event.
+func (d *Daemon) streamEvents(w http.ResponseWriter, r *http.Request, op func(pr *progress) (rpc.Event, error)) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(200)
 	flusher, _ := w.(http.Flusher)
-	events := make(chan rpc.Event, 64)
+	events := make(chan rpc.Event, 256)
 	pr := newProgress(func(ev rpc.Event) {
 		select {
 		case events <- ev:
@@ -122,12 +135,8 @@ func (d *Daemon) stream(w http.ResponseWriter, r *http.Request, op func(pr *prog
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
-		vm, err := op(pr)
-		var v *rpc.VM
-		if vm != nil {
-			v = d.view(d.ctx, vm)
-		}
-		pr.finish(v, err)
+		done, err := op(pr)
+		pr.finishEvent(done, err)
 		close(events)
 	}()
 	enc := json.NewEncoder(w)

@@ -97,6 +97,15 @@ func (c *Client) call(ctx context.Context, method, path string, in, out any) err
 // stream reads NDJSON events, calling fn for each, and returns the final
 // "done" event's VM or the "error" event as an error.
 func (c *Client) stream(ctx context.Context, method, path string, in any, fn func(Event)) (*VM, error) {
+	ev, err := c.streamEvents(ctx, method, path, in, fn)
+	if ev == nil {
+		return nil, err
+	}
+	return ev.VM, err
+}
+
+// streamEvents reads NDJSON events until the final one, which it returns.
+func (c *Client) streamEvents(ctx context.Context, method, path string, in any, fn func(Event)) (*Event, error) {
 	resp, err := c.do(ctx, method, path, in)
 	if err != nil {
 		return nil, err
@@ -114,9 +123,9 @@ func (c *Client) stream(ctx context.Context, method, path string, in any, fn fun
 		}
 		switch ev.Type {
 		case "done":
-			return ev.VM, nil
+			return &ev, nil
 		case "error":
-			return ev.VM, &APIError{Status: 500, Err: Error{Message: ev.Error, Code: ev.Code}}
+			return &ev, &APIError{Status: 500, Err: Error{Message: ev.Error, Code: ev.Code}}
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -214,4 +223,13 @@ func (c *Client) RegisterImage(ctx context.Context, req RegisterImageRequest) (*
 // DeleteImage forgets a registered image (its files are left alone).
 func (c *Client) DeleteImage(ctx context.Context, name string) error {
 	return c.call(ctx, "DELETE", "/v1/images/"+url.PathEscape(name), nil, nil)
+}
+
+// BuildImage builds a Debian image in bangerd and streams progress to fn.
+func (c *Client) BuildImage(ctx context.Context, req BuildImageRequest, fn func(Event)) (*Image, error) {
+	ev, err := c.streamEvents(ctx, "POST", "/v1/images/build", req, fn)
+	if ev == nil {
+		return nil, err
+	}
+	return ev.Image, err
 }

@@ -53,6 +53,8 @@ type Event struct {
 	VM         *VM     `json:"vm,omitempty"`
 	Error      string  `json:"error,omitempty"`
 	Code       string  `json:"code,omitempty"`
+	// Image is set on the final event of an image build.
+	Image *Image `json:"image,omitempty"`
 }
 
 // Result is the per-name outcome of a fan-out action (start, stop, delete, set).
@@ -104,6 +106,15 @@ type RegisterImageRequest struct {
 	Name     string `json:"name"`
 	Rootfs   string `json:"rootfs"`
 	WorkSeed string `json:"work_seed,omitempty"`
+}
+
+// BuildImageRequest asks bangerd to build a Debian image with debootstrap.
+type BuildImageRequest struct {
+	Name string `json:"name"`
+	// Kind is "docker" (systemd, sshd, docker, tmux, git, curl) or "minimal".
+	Kind string `json:"kind,omitempty"`
+	// Size is the image's filesystem size, e.g. "4G".
+	Size string `json:"size,omitempty"`
 }
 
 // Error is the body of every non-2xx answer.

@@ -132,6 +132,27 @@ func TestLifecycle(t *testing.T) {
 		}
 	})
 
+	t.Run("built image boots", func(t *testing.T) {
+		e := e.with(t)
+		out := e.must("image", "build", "--name", "built", "--kind", "minimal")
+		if !strings.Contains(out, "image built built") {
+			t.Fatalf("image build output: %q", out)
+		}
+		e.create("built1", "--image", "built")
+		if got := strings.TrimSpace(e.ssh("built1", "hostname")); got != "built1" {
+			t.Fatalf("hostname = %q", got)
+		}
+		e.must("vm", "delete", "--force", "built1")
+		dir := filepath.Join(e.root, "data", "banger", "images", "built")
+		if _, err := os.Stat(dir); err != nil {
+			t.Fatalf("built image dir: %v", err)
+		}
+		e.must("image", "delete", "built")
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Fatalf("built image files left after delete (err %v)", err)
+		}
+	})
+
 	t.Run("delete leaves nothing", func(t *testing.T) {
 		got, _ := e.show("box1")
 		e.must("vm", "delete", "--force", "box1")
