@@ -251,5 +251,22 @@ func (d *Daemon) loadBundle() (*bundle.Bundle, error) {
 
 // pickBackend picks the hypervisor backend named in the config.
 func (d *Daemon) pickBackend() (hypervisor.Backend, error) {
-	return hypervisor.Select(d.cfg.Hypervisor, d.backends["firecracker"], d.backends["qemu"])
+	fc, _ := d.backend("firecracker")
+	q, _ := d.backend("qemu")
+	return hypervisor.Select(d.cfg.Hypervisor, fc, q)
+}
+
+// backend returns the named hypervisor backend. Firecracker's binary is the
+// configured one, else the runtime bundle's, else the one in PATH.
+func (d *Daemon) backend(name string) (hypervisor.Backend, bool) {
+	be, ok := d.backends[name]
+	fc, isFC := be.(*firecracker.Backend)
+	if !isFC || d.cfg.FirecrackerBinary != "" {
+		return be, ok
+	}
+	c := *fc
+	if b, err := d.loadBundle(); err == nil && b.Firecracker != "" {
+		c.Binary = b.Path(b.Firecracker)
+	}
+	return &c, true
 }

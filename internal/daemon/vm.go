@@ -324,7 +324,7 @@ func (d *Daemon) instance(ctx context.Context, vm *store.VM) hypervisor.Instance
 	if inst != nil && !inst.Exited() {
 		return inst
 	}
-	be, ok := d.backends[vm.Hypervisor]
+	be, ok := d.backend(vm.Hypervisor)
 	if !ok || vm.PID == 0 {
 		return nil
 	}
@@ -395,7 +395,7 @@ func (d *Daemon) start(name string, pr *progress) (*store.VM, error) {
 	if err != nil {
 		return nil, unavailable(err)
 	}
-	be, ok := d.backends[vm.Hypervisor]
+	be, ok := d.backend(vm.Hypervisor)
 	if !ok {
 		return nil, fmt.Errorf("VM %s uses unknown hypervisor %q", vm.Name, vm.Hypervisor)
 	}
@@ -529,7 +529,7 @@ func (d *Daemon) reconcile(ctx context.Context) (map[string]bool, error) {
 		if vm.State == StateStopped || vm.State == StateError {
 			continue
 		}
-		be, ok := d.backends[vm.Hypervisor]
+		be, ok := d.backend(vm.Hypervisor)
 		var inst hypervisor.Instance
 		if ok && vm.PID != 0 {
 			inst, err = be.Attach(ctx, d.spec(vm, nil))
