@@ -36,63 +36,20 @@ while (($#)); do
   shift
 done
 
-root=$(cd "$(dirname "$0")/.." && pwd)
-bin=$root/build/bin
-runtime=${BANGER_RUNTIME:-$root/build/runtime}
-if [[ $(id -u) -ne 0 ]]; then
-  echo "verify: needs root (it creates network namespaces): sudo $0 $*" >&2
-  exit 1
-fi
-for f in "$bin/banger" "$bin/bangerd" "$runtime/bundle.json"; do
-  [[ -e $f ]] || { echo "verify: $f is missing: run 'make build runtime-bundle'" >&2; exit 1; }
-done
+keep_state=$keep
+# shellcheck source=lib/sandbox.sh
+source "$(dirname "$0")/lib/sandbox.sh"
 if ((nat)) && ! command -v python3 >/dev/null; then
   echo "verify: --nat needs python3 for the upstream HTTP server: apt-get install python3" >&2
   exit 1
 fi
-
-id=$$
-ns=bgv-$id
-up=bgu-$id
-state=$(mktemp -d /tmp/bgv.XXXXXX)
-sock=$state/run/banger/bangerd.sock
-
+up=bgu-$$
+extra_namespaces=("$up")
 step() { printf '\n== %s\n' "$*"; }
-fail() { echo "verify: FAILED: $*" >&2; exit 1; }
-
-cleanup() {
-  local rc=$?
-  for n in "$ns" "$up"; do
-    if ip netns list | grep -qw "$n"; then
-      for pid in $(ip netns pids "$n"); do kill -9 "$pid" 2>/dev/null || true; done
-      ip netns del "$n"
-    fi
-  done
-  if ((keep)) || ((rc != 0)); then
-    echo "verify: state and daemon log kept in $state" >&2
-  else
-    rm -rf "$state"
-  fi
-  exit $rc
-}
-trap cleanup EXIT
-
-ip netns add "$ns"
-ip -n "$ns" link set lo up
-mkdir -p "$state/config/banger"
-# Keep DNS forwarding inside the namespaces.
-echo 'dns_upstreams = []' >"$state/config/banger/config.toml"
-
-export XDG_CONFIG_HOME=$state/config XDG_STATE_HOME=$state/state XDG_DATA_HOME=$state/data
-export XDG_RUNTIME_DIR=$state/run BANGER_RUNTIME=$runtime BANGER_SOCKET=$sock
-inns() { ip netns exec "$ns" "$@"; }
-banger() { inns "$bin/banger" "$@"; }
+fail() { sandbox_fail "$@"; }
 
 step "starting bangerd in namespace $ns"
-inns "$bin/bangerd" --socket "$sock" >>"$state/bangerd.log" 2>&1 &
-disown
-for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.1; done
-[[ -S $sock ]] || fail "bangerd did not start; see $state/bangerd.log"
+sandbox_start
 
 create_args=(vm create --name verify --image "$image")
 ((nat)) && create_args+=(--nat)
@@ -122,7 +79,8 @@ if ((nat)); then
   grep -q hello-from-upstream <<<"$out" || fail "the guest could not fetch from the upstream namespace"
   grep -q '^192.0.2.2 ' "$state/upstream.log" || fail "upstream did not see the host's masqueraded address"
   echo "guest fetched the page; upstream saw 192.0.2.2 (masquerade)"
-  inns nft list table ip banger | grep -q 'vm:' || fail "no NAT rule in banger's nftables table"
+  rules=$(inns nft list table ip banger)
+  [[ $rules == *vm:* ]] || fail "no NAT rule in banger's nftables table"
 fi
 
 step "stop keeps the disks"
@@ -136,7 +94,8 @@ leftover=$(ip -n "$ns" -o link show | awk -F': ' '{print $2}' | grep -E '^(bgtap
 [[ -z $leftover ]] || fail "TAP devices left: $leftover"
 if pgrep -f "qemu-system.*$state" >/dev/null; then fail "hypervisor still running"; fi
 if ((nat)); then
-  if inns nft list table ip banger 2>/dev/null | grep -q 'vm:'; then fail "NAT rules left in banger's table"; fi
+  rules=$(inns nft list table ip banger 2>/dev/null || true)
+  [[ $rules != *vm:* ]] || fail "NAT rules left in banger's table"
   echo "no NAT rules left"
 fi
 echo "idle pool devices (reusable capacity, not leaks): $(ip -n "$ns" -o link show | awk -F': ' '{print $2}' | grep -c '^tap-pool-' || true)"
