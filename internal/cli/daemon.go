@@ -17,6 +17,7 @@ import (
 
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/units"
 )
 
 // daemonStartTimeout bounds how long banger waits for a bangerd it started.
@@ -225,7 +226,7 @@ func (a *app) newDaemonStatusCmd() *cobra.Command {
 			tw := newTable(a.stdout)
 			fmt.Fprintf(tw, "bangerd:\trunning (pid %d, version %s)\n", st.PID, st.Version)
 			if !st.StartedAt.IsZero() {
-				fmt.Fprintf(tw, "up:\t%s (since %s)\n", age(st.StartedAt), st.StartedAt.Local().Format(time.DateTime))
+				fmt.Fprintf(tw, "up:\t%s (since %s)\n", units.Age(st.StartedAt), st.StartedAt.Local().Format(time.DateTime))
 			}
 			fmt.Fprintf(tw, "socket:\t%s\n", orDash(st.Socket))
 			fmt.Fprintf(tw, "hypervisor:\t%s\n", orDash(st.Hypervisor))

@@ -1,16 +1,13 @@
 package cli
 
 import (
-	"fmt"
 	"io"
-	"math"
 	"os"
-	"strconv"
-	"strings"
 	"text/tabwriter"
-	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/banger/banger/internal/units"
 )
 
 // newTable returns a tabwriter for aligned columns.
@@ -28,99 +25,6 @@ func isTerminal(v any) bool {
 	return err == nil
 }
 
-// fmtDuration formats d for progress output: 0.4s, 12.3s, 2m05s.
-func fmtDuration(d time.Duration) string {
-	if d < time.Minute {
-		return fmt.Sprintf("%.1fs", d.Seconds())
-	}
-	d = d.Round(time.Second)
-	return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
-}
-
-// msDuration converts the API's float milliseconds.
-func msDuration(ms float64) time.Duration {
-	return time.Duration(ms * float64(time.Millisecond))
-}
-
-// age formats the time since t the way ps and docker do: 45s, 12m, 5h, 3d.
-func age(t time.Time) string {
-	if t.IsZero() {
-		return "-"
-	}
-	d := time.Since(t)
-	switch {
-	case d < time.Minute:
-		return fmt.Sprintf("%ds", max(0, int(d.Seconds())))
-	case d < time.Hour:
-		return fmt.Sprintf("%dm", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh", int(d.Hours()))
-	default:
-		return fmt.Sprintf("%dd", int(d.Hours()/24))
-	}
-}
-
-// fmtMiB formats a memory size in MiB as the user would type it: 512M, 1G, 1.5G.
-func fmtMiB(mib int) string {
-	switch {
-	case mib <= 0:
-		return "-"
-	case mib%1024 == 0:
-		return fmt.Sprintf("%dG", mib/1024)
-	case mib > 1024:
-		return strconv.FormatFloat(float64(mib)/1024, 'f', 1, 64) + "G"
-	default:
-		return fmt.Sprintf("%dM", mib)
-	}
-}
-
-// fmtBytes formats a byte count with binary units: 812M, 8.0G.
-func fmtBytes(n int64) string {
-	if n <= 0 {
-		return "-"
-	}
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%dB", n)
-	}
-	units := "KMGTPE"
-	v := float64(n)
-	i := -1
-	for v >= unit && i < len(units)-1 {
-		v /= unit
-		i++
-	}
-	if v >= 100 || v == math.Trunc(v) {
-		return fmt.Sprintf("%.0f%c", v, units[i])
-	}
-	return fmt.Sprintf("%.1f%c", v, units[i])
-}
-
-// parseMiB parses a memory size: plain numbers are MiB; M, MB, MiB, G, GB, GiB
-// suffixes (any case) are binary units.
-func parseMiB(s string) (int, error) {
-	t := strings.ToLower(strings.TrimSpace(s))
-	mult := 1.0
-	for _, u := range []struct {
-		suffix string
-		mult   float64
-	}{{"gib", 1024}, {"gb", 1024}, {"g", 1024}, {"mib", 1}, {"mb", 1}, {"m", 1}} {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
-			break
-		}
-	}
-	v, err := strconv.ParseFloat(t, 64)
-	if err != nil || t == "" || math.IsNaN(v) || math.IsInf(v, 0) {
-		return 0, fmt.Errorf("%q is not a size: use MiB (1024) or a unit (512M, 2G)", s)
-	}
-	mib := v * mult
-	if mib < 1 || mib != math.Trunc(mib) || mib > math.MaxInt32 {
-		return 0, fmt.Errorf("%q is not a whole positive number of MiB: use for example 512M or 2G", s)
-	}
-	return int(mib), nil
-}
-
 // mibValue is a pflag.Value for memory sizes.
 type mibValue struct{ mib *int }
 
@@ -128,11 +32,11 @@ func (v mibValue) String() string {
 	if v.mib == nil || *v.mib == 0 {
 		return ""
 	}
-	return fmtMiB(*v.mib)
+	return units.MiB(*v.mib)
 }
 
 func (v mibValue) Set(s string) error {
-	n, err := parseMiB(s)
+	n, err := units.ParseMiB(s)
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/units"
 )
 
 func (a *app) newImageCmd() *cobra.Command {
@@ -63,7 +64,7 @@ and network access to a Debian mirror.`,
 			if asJSON {
 				return printJSON(a.stdout, img)
 			}
-			fmt.Fprintf(a.stdout, "image %s built in %s (%s)\nuse it: banger vm create --name NAME --image %s\n", img.Name, fmtDuration(time.Since(start)), img.Rootfs, img.Name)
+			fmt.Fprintf(a.stdout, "image %s built in %s (%s)\nuse it: banger vm create --name NAME --image %s\n", img.Name, units.Duration(time.Since(start)), img.Rootfs, img.Name)
 			return nil
 		},
 	}
@@ -189,7 +190,7 @@ func (a *app) newImageListCmd() *cobra.Command {
 				if img.Default {
 					def = "*"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", img.Name, def, fmtBytes(img.Size), orDash(img.Rootfs))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", img.Name, def, units.Bytes(img.Size), orDash(img.Rootfs))
 			}
 			return tw.Flush()
 		},
@@ -213,7 +214,7 @@ func (a *app) completeImages(cmd *cobra.Command, _ []string, toComplete string) 
 	var out []cobra.Completion
 	for _, img := range imgs {
 		if strings.HasPrefix(img.Name, toComplete) {
-			desc := fmtBytes(img.Size)
+			desc := units.Bytes(img.Size)
 			if img.Default {
 				desc += ", default"
 			}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/units"
 )
 
 var spinnerFrames = []string{"⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"}
@@ -70,7 +71,7 @@ func (p *progress) spin() {
 
 // draw rewrites the live line; p.mu is held.
 func (p *progress) draw() {
-	fmt.Fprintf(p.w, "\r\033[K%s %s %s", p.paint("36", spinnerFrames[p.frame%len(spinnerFrames)]), p.label, p.paint("2", fmtDuration(p.now().Sub(p.stageStart))))
+	fmt.Fprintf(p.w, "\r\033[K%s %s %s", p.paint("36", spinnerFrames[p.frame%len(spinnerFrames)]), p.label, p.paint("2", units.Duration(p.now().Sub(p.stageStart))))
 	p.drawn = true
 }
 
@@ -112,7 +113,7 @@ func (p *progress) Event(ev rpc.Event) {
 		if p.stage == "" || (ev.Stage != "" && ev.Stage != p.stage) {
 			p.stage, p.label, p.stageStart = ev.Stage, ev.Stage, p.now()
 		}
-		p.finish(msDuration(ev.DurationMS), true)
+		p.finish(units.MS(ev.DurationMS), true)
 	case "log":
 		if ev.Message == "" {
 			return
@@ -140,13 +141,13 @@ func (p *progress) finish(d time.Duration, ok bool) {
 	p.clear()
 	switch {
 	case p.tty && ok:
-		fmt.Fprintf(p.w, "%s %s %s\n", p.paint("32", "✓"), p.label, p.paint("2", fmtDuration(d)))
+		fmt.Fprintf(p.w, "%s %s %s\n", p.paint("32", "✓"), p.label, p.paint("2", units.Duration(d)))
 	case p.tty:
-		fmt.Fprintf(p.w, "%s %s %s\n", p.paint("31", "✗"), p.label, p.paint("2", fmtDuration(d)))
+		fmt.Fprintf(p.w, "%s %s %s\n", p.paint("31", "✗"), p.label, p.paint("2", units.Duration(d)))
 	case ok:
-		fmt.Fprintf(p.w, "stage %s done %s\n", p.stage, fmtDuration(d))
+		fmt.Fprintf(p.w, "stage %s done %s\n", p.stage, units.Duration(d))
 	default:
-		fmt.Fprintf(p.w, "stage %s failed after %s\n", p.stage, fmtDuration(d))
+		fmt.Fprintf(p.w, "stage %s failed after %s\n", p.stage, units.Duration(d))
 	}
 	p.stage, p.label = "", ""
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/units"
 )
 
 func (a *app) newVMCmd() *cobra.Command {
@@ -137,7 +138,7 @@ func (a *app) streamVM(ctx context.Context, name, doing string, asJSON, noWait b
 		fmt.Fprintf(out, "%s is booting%s\ncheck: banger vm show %s\n", vm.Name, ip, vm.Name)
 		return nil
 	}
-	fmt.Fprintf(out, "%s is ready%s in %s\nssh: banger vm ssh %s\n", vm.Name, ip, fmtDuration(time.Since(start)), vm.Name)
+	fmt.Fprintf(out, "%s is ready%s in %s\nssh: banger vm ssh %s\n", vm.Name, ip, units.Duration(time.Since(start)), vm.Name)
 	return nil
 }
 
@@ -175,7 +176,7 @@ func (a *app) newVMListCmd() *cobra.Command {
 			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tIP\tVCPUS\tMEMORY\tNAT\tAGE")
 			for _, vm := range vms {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n",
-					vm.Name, orDash(vm.State), orDash(vm.Image), orDash(vm.IP), vm.VCPUs, fmtMiB(vm.MemoryMiB), onOff(vm.NAT), age(vm.CreatedAt))
+					vm.Name, orDash(vm.State), orDash(vm.Image), orDash(vm.IP), vm.VCPUs, units.MiB(vm.MemoryMiB), onOff(vm.NAT), units.Age(vm.CreatedAt))
 			}
 			return tw.Flush()
 		},
@@ -227,8 +228,8 @@ func (a *app) printVM(vm *rpc.VM) error {
 	row("image", orDash(vm.Image))
 	row("hypervisor", orDash(vm.Hypervisor))
 	row("vcpus", fmt.Sprint(vm.VCPUs))
-	row("memory", fmtMiB(vm.MemoryMiB))
-	row("disk", fmtBytes(vm.DiskSizeBytes))
+	row("memory", units.MiB(vm.MemoryMiB))
+	row("disk", units.Bytes(vm.DiskSizeBytes))
 	row("ip", orDash(vm.IP))
 	row("mac", orDash(vm.MAC))
 	if vm.TAP != "" {
@@ -241,7 +242,7 @@ func (a *app) printVM(vm *rpc.VM) error {
 	if vm.CreatedAt.IsZero() {
 		row("created", "-")
 	} else {
-		row("created", fmt.Sprintf("%s (%s ago)", vm.CreatedAt.Local().Format(time.DateTime), age(vm.CreatedAt)))
+		row("created", fmt.Sprintf("%s (%s ago)", vm.CreatedAt.Local().Format(time.DateTime), units.Age(vm.CreatedAt)))
 	}
 	row("dir", orDash(vm.Dir))
 	row("console log", orDash(vm.ConsoleLog))
@@ -249,11 +250,11 @@ func (a *app) printVM(vm *rpc.VM) error {
 		fmt.Fprintln(tw, "stages:\t")
 		var total time.Duration
 		for _, s := range vm.Stages {
-			d := msDuration(s.DurationMS)
+			d := units.MS(s.DurationMS)
 			total += d
-			fmt.Fprintf(tw, "  %s\t%s\n", s.Name, fmtDuration(d))
+			fmt.Fprintf(tw, "  %s\t%s\n", s.Name, units.Duration(d))
 		}
-		fmt.Fprintf(tw, "  total\t%s\n", fmtDuration(total))
+		fmt.Fprintf(tw, "  total\t%s\n", units.Duration(total))
 	}
 	return tw.Flush()
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/units"
 )
 
 // consoleLines is how much of the serial console the VM page shows.
@@ -139,7 +140,7 @@ func parseCreateForm(r *http.Request) (rpc.CreateRequest, error) {
 		req.VCPUs = n
 	}
 	if v := strings.TrimSpace(f.Get("memory")); v != "" {
-		n, err := parseMiB(v)
+		n, err := units.ParseMiB(v)
 		if err != nil {
 			return req, inputErrorf("creating vm %s: %v", req.Name, err)
 		}

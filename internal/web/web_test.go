@@ -683,22 +683,6 @@ func TestWantsJSON(t *testing.T) {
 	}
 }
 
-func TestParseMiB(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want int
-		ok   bool
-	}{
-		{"1024", 1024, true}, {"512M", 512, true}, {"2G", 2048, true}, {"1.5g", 1536, true},
-		{"0", 0, false}, {"1.5", 0, false}, {"lots", 0, false}, {"", 0, false},
-	} {
-		got, err := parseMiB(tc.in)
-		if got != tc.want || (err == nil) != tc.ok {
-			t.Errorf("parseMiB(%q) = %d, %v, want %d (ok %v)", tc.in, got, err, tc.want, tc.ok)
-		}
-	}
-}
-
 func TestCleanConsole(t *testing.T) {
 	for _, tc := range []struct{ in, want string }{
 		{"plain", "plain"}, {"\x1b[1;32mOK\x1b[0m done", "OK done"}, {"a\rb", "ab"},
