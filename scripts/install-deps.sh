@@ -4,6 +4,9 @@ set -euo pipefail
 
 packages=(make git ca-certificates qemu-system-x86 debootstrap e2fsprogs iproute2
   openssh-client nftables iptables dpkg-dev apt-utils)
+# npm fetches mise and opencode for the docker image from the npm registry.
+# NodeSource's nodejs ships its own npm and conflicts with Debian's package.
+command -v npm >/dev/null || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

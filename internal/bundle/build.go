@@ -45,7 +45,7 @@ var DefaultImages = []rootfs.Kind{rootfs.KindDocker, rootfs.KindMinimal}
 
 // imageDescriptions are the bundle.json descriptions of the known kinds.
 var imageDescriptions = map[rootfs.Kind]string{
-	rootfs.KindDocker:  "systemd, sshd, docker.io, tmux, git, curl and the agent",
+	rootfs.KindDocker:  "systemd, sshd, docker.io, tmux, git, curl, mise, an opencode server on port 4096 and the agent",
 	rootfs.KindMinimal: "sshd and the agent, with the agent as PID 1 (fast boots)",
 }
 

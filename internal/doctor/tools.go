@@ -38,6 +38,7 @@ var Tools = []Tool{
 	{"apt-get", "apt", []string{OpRuntimeBuild}},
 	{"dpkg", "dpkg", []string{OpRuntimeBuild}},
 	{"cp", "coreutils", []string{OpRuntimeBuild}},
+	{"npm", "npm", []string{OpRuntimeBuild}},
 }
 
 // LookPath finds binaries; tests replace it.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/banger/banger/internal/runner"
@@ -89,6 +91,44 @@ const containerdDropIn = `# Written by banger.
 After=ssh.service banger-agent.service
 `
 
+// opencodeUnit runs the opencode server on OpencodePort. It starts after
+// SSH and the agent, and at a lower priority, so that it never delays
+// banger's readiness path; under TCG it takes a while to come up.
+var opencodeUnit = fmt.Sprintf(`[Unit]
+Description=opencode server on port %[1]d
+After=banger-net.service banger-agent.service ssh.service
+Wants=banger-net.service
+# A binary that cannot run here (SIGILL on a CPU without SSE4.2) gives up
+# after five tries instead of restarting for ever.
+StartLimitIntervalSec=60
+StartLimitBurst=5
+
+[Service]
+Type=simple
+User=root
+Environment=HOME=/root
+# The binary is pinned by the image; it must not replace itself.
+Environment=OPENCODE_DISABLE_AUTOUPDATE=1
+WorkingDirectory=/root
+ExecStart=/usr/local/bin/opencode serve --port %[1]d --hostname 0.0.0.0
+Restart=on-failure
+RestartSec=2
+Nice=10
+
+[Install]
+WantedBy=multi-user.target
+`, OpencodePort)
+
+// miseBashrc is appended to the image's /etc/bash.bashrc, which every
+// interactive bash reads (login shells through /etc/profile). /root is
+// the VM's own disk, so root's dotfiles are not the place.
+const miseBashrc = `
+# Written by banger: mise for interactive shells.
+if [ -x /usr/local/bin/mise ]; then
+	eval "$(/usr/local/bin/mise activate bash)"
+fi
+`
+
 // masked units slow a TCG boot down and do nothing useful in a disposable VM.
 var masked = []string{
 	"apt-daily.timer", "apt-daily-upgrade.timer", "apt-daily.service", "apt-daily-upgrade.service",
@@ -153,6 +193,22 @@ func (o overlay) copyFile(rel string, mode os.FileMode, src string) error {
 	return os.Chmod(p, mode)
 }
 
+// linkOrCopy hard-links src (a cached binary on the same file system, saving
+// a copy of hundreds of megabytes) or else copies it, to rel.
+func (o overlay) linkOrCopy(rel string, mode os.FileMode, src string) error {
+	if fi, err := os.Stat(src); err == nil && fi.Mode().Perm() == mode {
+		p := filepath.Join(o.dir, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		os.Remove(p)
+		if os.Link(src, p) == nil {
+			return nil
+		}
+	}
+	return o.copyFile(rel, mode, src)
+}
+
 // customize turns a copy of the debootstrap tree at root into a banger image.
 // Files are prepared as the calling user in an overlay and copied in as root
 // so that the image holds root-owned files even when banger is not root.
@@ -166,7 +222,11 @@ func customize(ctx context.Context, r runner.Runner, opts Options, root string) 
 		return fmt.Errorf("customizing rootfs: %w", err)
 	}
 	o := overlay{dir: dir}
-	if err := fillOverlay(o, opts, root); err != nil {
+	bins, err := fetchTools(ctx, r, opts.CacheDir, toolsFor(opts.Kind), opts.Log)
+	if err != nil {
+		return fmt.Errorf("customizing rootfs: %w", err)
+	}
+	if err := fillOverlay(o, opts, root, bins); err != nil {
 		return fmt.Errorf("customizing rootfs: %w", err)
 	}
 	if _, err := r.RunPrivileged(ctx, "cp", "-a", "--no-preserve=ownership", dir+"/.", root+"/"); err != nil {
@@ -200,7 +260,9 @@ func customize(ctx context.Context, r runner.Runner, opts Options, root string) 
 	return nil
 }
 
-func fillOverlay(o overlay, opts Options, root string) error {
+// fillOverlay writes the image's files into o. bins maps tool names to
+// binaries installed as /usr/local/bin/<name>.
+func fillOverlay(o overlay, opts Options, root string, bins map[string]string) error {
 	files := []struct {
 		rel, content string
 		mode         os.FileMode
@@ -222,7 +284,18 @@ func fillOverlay(o overlay, opts Options, root string) error {
 			{"etc/systemd/system/banger-agent.service", agentUnit, 0o644},
 			{"etc/systemd/system/ssh.service.d/banger.conf", sshDropIn, 0o644},
 			{"etc/systemd/system/containerd.service.d/banger.conf", containerdDropIn, 0o644},
+			{"etc/systemd/system/opencode-server.service", opencodeUnit, 0o644},
 		}...)
+		bashrc, err := os.ReadFile(filepath.Join(root, "etc/bash.bashrc"))
+		if err != nil {
+			return fmt.Errorf("reading bash.bashrc: %w", err)
+		}
+		if !strings.Contains(string(bashrc), "mise activate") {
+			files = append(files, struct {
+				rel, content string
+				mode         os.FileMode
+			}{"etc/bash.bashrc", string(bashrc) + miseBashrc, 0o644})
+		}
 	}
 	for _, f := range files {
 		if err := o.write(f.rel, f.mode, f.content); err != nil {
@@ -231,6 +304,11 @@ func fillOverlay(o overlay, opts Options, root string) error {
 	}
 	if err := o.copyFile(strings.TrimPrefix(AgentPath, "/"), 0o755, opts.Agent); err != nil {
 		return fmt.Errorf("installing agent: %w", err)
+	}
+	for _, name := range slices.Sorted(maps.Keys(bins)) {
+		if err := o.linkOrCopy("usr/local/bin/"+name, 0o755, bins[name]); err != nil {
+			return fmt.Errorf("installing %s: %w", name, err)
+		}
 	}
 
 	var links [][2]string // rel, target
@@ -248,6 +326,7 @@ func fillOverlay(o overlay, opts Options, root string) error {
 			[2]string{wants + "ssh.service", "/lib/systemd/system/ssh.service"},
 			[2]string{wants + "docker.service", "/lib/systemd/system/docker.service"},
 			[2]string{wants + "containerd.service", "/lib/systemd/system/containerd.service"},
+			[2]string{wants + "opencode-server.service", "/etc/systemd/system/opencode-server.service"},
 			[2]string{"etc/systemd/system/sockets.target.wants/docker.socket", "/lib/systemd/system/docker.socket"},
 			// Keep the kernel's eth0 name: net-setup configures eth0.
 			[2]string{"etc/systemd/network/99-default.link", "/dev/null"},

@@ -60,7 +60,8 @@ type Options struct {
 	Mirror string
 	// Suite is the Debian suite; default DefaultSuite.
 	Suite string
-	// CacheDir holds the debootstrap trees and finished images, e.g. ~/.cache/banger.
+	// CacheDir holds the debootstrap trees, finished images and the npm
+	// tools' binaries (npm/), e.g. ~/.cache/banger.
 	CacheDir string
 	// Size is the mkfs.ext4 size; default "4G" for docker, "1G" for minimal.
 	Size string
@@ -167,6 +168,11 @@ func Build(ctx context.Context, r runner.Runner, opts Options, out string) error
 	ih := sha256.New()
 	fmt.Fprintf(ih, "recipe=%s\nkind=%s\nagent=%s\ncustomization=%s\nsize=%s\nmodules=%s\n",
 		rkey, opts.Kind, agentSum, customizationVersion, opts.Size, modSum)
+	// The minimal image has no tools: its key stays as it was. The docker
+	// image's key covers the tools and the files that set them up.
+	if tools := toolsFor(opts.Kind); len(tools) > 0 {
+		fmt.Fprintf(ih, "tools=%s\nextras=%x\n", toolsKey(tools), sha256.Sum256([]byte(opencodeUnit+miseBashrc)))
+	}
 	imgName := fmt.Sprintf("%s-%s.ext4", opts.Kind, hex.EncodeToString(ih.Sum(nil))[:24])
 	imgDir := filepath.Join(opts.CacheDir, "images")
 	cached := filepath.Join(imgDir, imgName)
@@ -362,8 +368,8 @@ const staleAfter = 6 * time.Hour
 const unusedTreeAge = 30 * 24 * time.Hour
 
 // removeStale deletes leftovers of builds that died (staging and overlay
-// directories, half-made debootstrap trees and images) and debootstrap trees
-// unused for unusedTreeAge.
+// directories, half-made debootstrap trees, images and npm fetches) and
+// debootstrap trees unused for unusedTreeAge.
 func removeStale(ctx context.Context, r runner.Runner, cacheDir string) {
 	trees, _ := filepath.Glob(filepath.Join(cacheDir, "debootstrap", "[0-9a-f]*"))
 	for _, p := range trees {
@@ -372,7 +378,7 @@ func removeStale(ctx context.Context, r runner.Runner, cacheDir string) {
 		}
 	}
 	var paths []string
-	for _, pat := range []string{"staging-*", "overlay-*", "debootstrap/.*.tmp-*", "images/.*.tmp"} {
+	for _, pat := range []string{"staging-*", "overlay-*", "debootstrap/.*.tmp-*", "images/.*.tmp", "npm/.tmp-*"} {
 		m, _ := filepath.Glob(filepath.Join(cacheDir, pat))
 		paths = append(paths, m...)
 	}

@@ -142,9 +142,21 @@ func TestBuildImages(t *testing.T) {
 					{"cat /etc/systemd/system/ssh.service.d/banger.conf", "ssh-keygen"},
 					{"stat /usr/sbin/dockerd", "Type: regular"},
 					{"stat /usr/lib/systemd/systemd", "Type: regular"},
+					{"stat /usr/local/bin/mise", "Type: regular    Mode:  0755"},
+					{"stat /usr/local/bin/opencode", "Type: regular    Mode:  0755"},
+					{"stat /etc/systemd/system/multi-user.target.wants/opencode-server.service", "Fast link dest: \"/etc/systemd/system/opencode-server.service\""},
+					{"cat /etc/systemd/system/opencode-server.service", "ExecStart=/usr/local/bin/opencode serve --port 4096 --hostname 0.0.0.0"},
+					{"cat /etc/systemd/system/opencode-server.service", "After=banger-net.service banger-agent.service ssh.service"},
+					{"cat /etc/bash.bashrc", "mise activate bash"},
+					// The Debian file is kept, not replaced.
+					{"cat /etc/bash.bashrc", "checkwinsize"},
 				}...)
 			} else {
-				checks = append(checks, struct{ req, want string }{"stat /usr/sbin/init", "Fast link dest: \"/usr/local/bin/banger-vsock-agent\""})
+				checks = append(checks, []struct{ req, want string }{
+					{"stat /usr/sbin/init", "Fast link dest: \"/usr/local/bin/banger-vsock-agent\""},
+					{"stat /usr/local/bin/mise", "not found"},
+					{"stat /usr/local/bin/opencode", "not found"},
+				}...)
 			}
 			for _, c := range checks {
 				if got := debugfs(t, out, c.req); !strings.Contains(got, c.want) {

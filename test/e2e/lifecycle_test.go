@@ -3,6 +3,9 @@ package e2e
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	mdns "github.com/miekg/dns"
 
 	"github.com/banger/banger/internal/rpc"
 )
@@ -206,16 +211,43 @@ func TestConcurrentCreate(t *testing.T) {
 	}
 }
 
-// TestDefaultImage boots the default docker image through the daemon.
+// TestDefaultImage boots the default docker image through the daemon and
+// reaches its opencode server from the host by name (dock.vm:4096).
 func TestDefaultImage(t *testing.T) {
 	e := newEnv(t)
 	vm := e.create("dock")
 	t.Logf("docker image ready, stages %+v", vm.Stages)
-	out := e.ssh("dock", "sh", "-c", "'docker --version && tmux -V && git --version && curl --version | head -n 1'")
-	for _, want := range []string{"Docker version", "tmux", "git version", "curl"} {
+	out := e.ssh("dock", "sh", "-c", "'docker --version && tmux -V && git --version && curl --version | head -n 1 && mise --version && opencode --version'")
+	for _, want := range []string{"Docker version", "tmux", "git version", "curl", "2026.", "1."} {
 		if !strings.Contains(out, want) {
 			t.Errorf("default image tools: output %q lacks %q", out, want)
 		}
+	}
+
+	// The host resolves dock.vm through bangerd and reaches port 4096.
+	r := query(t, e, "dock.vm", mdns.TypeA)
+	if len(r.Answer) != 1 {
+		t.Fatalf("dock.vm A = %v", r)
+	}
+	addr := net.JoinHostPort(r.Answer[0].(*mdns.A).A.String(), "4096")
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) { return e.ns.Dial(ctx, network, a) },
+	}}
+	start := time.Now()
+	for {
+		resp, err := client.Get("http://" + addr + "/global/health")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 && strings.Contains(string(body), "healthy") {
+				t.Logf("opencode on dock.vm:4096 answered %s, %v after ssh readiness", strings.TrimSpace(string(body)), time.Since(start).Round(time.Second))
+				break
+			}
+		}
+		if time.Since(start) > 4*time.Minute {
+			t.Fatalf("opencode on %s never answered: %v", addr, err)
+		}
+		time.Sleep(2 * time.Second)
 	}
 }
 

@@ -27,6 +27,11 @@ const DefaultBinary = "qemu-system-x86_64"
 // early TSC frequency the guest kernel hangs calibrating the TSC.
 const TCGCmdline = "tsc_early_khz=2000000"
 
+// TCGCPU is the CPU model under TCG. Guests need x86-64-v2 (SSE4.2, POPCNT:
+// the docker image's opencode dies on SIGILL without them), which QEMU's
+// default qemu64 lacks; "max" hangs the kernel's TSC calibration.
+const TCGCPU = "Nehalem"
+
 // Files in Spec.Dir that the backend owns.
 const (
 	PIDFile     = "qemu.pid"
@@ -124,6 +129,8 @@ func (b *Backend) Command(spec hypervisor.Spec) []string {
 	}
 	if accel == "kvm" {
 		argv = append(argv, "-cpu", "host")
+	} else {
+		argv = append(argv, "-cpu", TCGCPU)
 	}
 	argv = append(argv,
 		"-m", strconv.Itoa(spec.MemoryMiB),

@@ -62,7 +62,7 @@ func TestCommand(t *testing.T) {
 			b:    &Backend{Accel: "tcg", vsock: no},
 			spec: testSpec(),
 			want: [][]string{
-				{"qemu-system-x86_64", "-name", "vm1", "-accel", "tcg", "-M", "microvm,pit=on,pic=on,rtc=on,acpi=on,auto-kernel-cmdline=off", "-m", "1024", "-smp", "2"},
+				{"qemu-system-x86_64", "-name", "vm1", "-accel", "tcg", "-M", "microvm,pit=on,pic=on,rtc=on,acpi=on,auto-kernel-cmdline=off", "-cpu", "Nehalem", "-m", "1024", "-smp", "2"},
 				{"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-device", "i8042"},
 				{"-kernel", "/b/vmlinux", "-initrd", "/b/initrd.img", "-append", "console=ttyS0 root=/dev/vda rw tsc_early_khz=2000000"},
 				{"-chardev", "file,id=con,path=/var/lib/banger/vm1/console.log,append=on", "-serial", "chardev:con"},
@@ -73,7 +73,7 @@ func TestCommand(t *testing.T) {
 				{"-chardev", "socket,id=qmp,path=/run/banger/vm1/qmp.sock,server=on,wait=off", "-mon", "chardev=qmp,mode=control"},
 				{"-D", "/run/banger/vm1/qemu.log", "-daemonize", "-pidfile", "/run/banger/vm1/qemu.pid"},
 			},
-			not: []string{"-cpu", "vhost-vsock-device,guest-cid=7"},
+			not: []string{"host", "vhost-vsock-device,guest-cid=7"},
 		},
 		{
 			name: "kvm vsock",
