@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -205,7 +206,27 @@ func TestConcurrentCreate(t *testing.T) {
 			t.Errorf("hostname of %s = %q", name, got)
 		}
 	}
-	e.must("vm", "delete", "--force", "par1", "par2")
+
+	// --no-wait returns once the hypervisor runs; the daemon finishes the
+	// readiness checks on its own.
+	out := e.must("vm", "create", "--name", "later", "--image", "minimal", "--no-wait", "--json")
+	var vm rpc.VM
+	if err := json.Unmarshal([]byte(out), &vm); err != nil || vm.State != "starting" {
+		t.Fatalf("create --no-wait = %q (%v), want state starting", out, err)
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for vm.State != "running" {
+		if time.Now().After(deadline) {
+			t.Fatalf("VM created with --no-wait never became running: %+v", vm)
+		}
+		time.Sleep(250 * time.Millisecond)
+		vm, _ = e.show("later")
+	}
+	if got := strings.TrimSpace(e.ssh("later", "hostname")); got != "later" {
+		t.Errorf("hostname of later = %q", got)
+	}
+
+	e.must("vm", "delete", "--force", "par1", "par2", "later")
 	if pids := e.hypervisorPIDs(); len(pids) != 0 {
 		t.Errorf("hypervisors left after fan-out delete: %v", pids)
 	}
