@@ -65,7 +65,8 @@ type Daemon struct {
 	locks     map[string]*sync.Mutex         // by VM name
 	stopping  map[string]bool                // VM ids being stopped on purpose
 
-	shutdown chan struct{}
+	shutdown     chan struct{}
+	shutdownOnce sync.Once
 }
 
 // New prepares a daemon: opens the store and takes the single-instance lock.

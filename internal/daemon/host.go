@@ -13,6 +13,7 @@ import (
 // table, the TAP pool and the DNS server. Each part that fails is logged and
 // reported by 'banger doctor'; the daemon still serves.
 func (d *Daemon) setupHost(ctx context.Context, inUseTAPs map[string]bool) {
+	defer d.startDNS()
 	if err := d.net.EnsureBridge(ctx); err != nil {
 		d.log.Warn("bridge not ready; VMs cannot start until it is", "err", err)
 		return
@@ -20,13 +21,11 @@ func (d *Daemon) setupHost(ctx context.Context, inUseTAPs map[string]bool) {
 	if err := d.reconcileNAT(ctx); err != nil {
 		d.log.Warn("reconciling NAT rules", "err", err)
 	}
-	if d.pool.Size > 0 {
-		if err := d.pool.Adopt(ctx, inUseTAPs); err != nil {
-			d.log.Warn("adopting tap pool", "err", err)
-		}
-		d.pool.Refill(d.ctx)
+	// With the pool off, Adopt removes leftover pool devices.
+	if err := d.pool.Adopt(ctx, inUseTAPs); err != nil {
+		d.log.Warn("adopting tap pool", "err", err)
 	}
-	d.startDNS()
+	d.pool.Refill(d.ctx)
 }
 
 // reconcileNAT makes banger's nftables table hold exactly the rules of the
@@ -97,7 +96,7 @@ func (d *Daemon) startDNS() {
 		return
 	}
 	gw := d.net.Gateway().String()
-	if d.cfg.DNSOnBridge {
+	if d.cfg.DNSOnBridge && d.bridgeUp() {
 		port := "53"
 		if _, p, err := net.SplitHostPort(addrs[0]); err == nil {
 			port = p
@@ -122,6 +121,21 @@ func (d *Daemon) startDNS() {
 			}
 		}
 	}
+}
+
+// bridgeUp reports whether the bridge exists with its gateway address.
+func (d *Daemon) bridgeUp() bool {
+	ifc, err := net.InterfaceByName(d.net.BridgeName())
+	if err != nil {
+		return false
+	}
+	addrs, _ := ifc.Addrs()
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr() == d.net.Gateway() {
+			return true
+		}
+	}
+	return false
 }
 
 // lookupName answers <name>.vm with the VM's address.

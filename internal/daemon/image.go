@@ -55,6 +55,9 @@ func (d *Daemon) registerImage(ctx context.Context, req rpc.RegisterImageRequest
 	if err := ValidateName(req.Name); err != nil {
 		return nil, invalid("invalid image name %q: use lowercase letters, digits and hyphens", req.Name)
 	}
+	l := d.vmLock("image:" + req.Name)
+	l.Lock()
+	defer l.Unlock()
 	b, err := d.loadBundle()
 	if err != nil {
 		return nil, unavailable(err)
@@ -106,6 +109,9 @@ func checkExt4(path string) error {
 }
 
 func (d *Daemon) deleteImage(ctx context.Context, name string) error {
+	l := d.vmLock("image:" + name)
+	l.Lock()
+	defer l.Unlock()
 	if _, err := d.store.GetImage(ctx, name); errors.Is(err, store.ErrNotFound) {
 		if b, err := d.loadBundle(); err == nil {
 			if _, err := b.Image(name); err == nil {

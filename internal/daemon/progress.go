@@ -56,17 +56,29 @@ func (p *progress) finish(vm *rpc.VM, err error) {
 	p.finishEvent(rpc.Event{VM: vm}, err)
 }
 
-// finishEvent sends done (its Type set here) or, on err, an error event.
+// finishEvent sends done (its Type set here) or, on err, an error event;
+// later events are dropped.
 func (p *progress) finishEvent(done rpc.Event, err error) {
+	ev := finalEvent(done, err)
+	p.send(ev)
+	p.close()
+}
+
+// close drops every later event.
+func (p *progress) close() {
+	p.mu.Lock()
+	p.done = true
+	p.mu.Unlock()
+}
+
+// finalEvent turns an operation's outcome into its last event.
+func finalEvent(done rpc.Event, err error) rpc.Event {
 	done.Type = "done"
 	if err != nil {
 		code, _ := codeOf(err)
 		done.Type, done.Error, done.Code = "error", err.Error(), code
 	}
-	p.send(done)
-	p.mu.Lock()
-	p.done = true
-	p.mu.Unlock()
+	return done
 }
 
 // logf sends a free-form progress line.

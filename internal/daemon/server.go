@@ -78,11 +78,7 @@ func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request) {
 
 func (d *Daemon) handleShutdown(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, map[string]bool{"ok": true})
-	select {
-	case <-d.shutdown:
-	default:
-		close(d.shutdown)
-	}
+	d.shutdownOnce.Do(func() { close(d.shutdown) })
 }
 
 func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) {
@@ -132,11 +128,15 @@ func (d *Daemon) streamEvents(w http.ResponseWriter, r *http.Request, op func(pr
 		default:
 		}
 	})
+	// The last event goes through its own channel: progress events may be
+	// dropped for a slow reader, the outcome never is.
+	final := make(chan rpc.Event, 1)
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
 		done, err := op(pr)
-		pr.finishEvent(done, err)
+		pr.close()
+		final <- finalEvent(done, err)
 		close(events)
 	}()
 	enc := json.NewEncoder(w)
@@ -144,6 +144,7 @@ func (d *Daemon) streamEvents(w http.ResponseWriter, r *http.Request, op func(pr
 		select {
 		case ev, ok := <-events:
 			if !ok {
+				enc.Encode(<-final)
 				return
 			}
 			if enc.Encode(ev) != nil {
@@ -166,6 +167,10 @@ func (d *Daemon) handleCreate(w http.ResponseWriter, r *http.Request) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		d.writeErr(w, invalid("decoding create request: %w", err))
+		return
+	}
+	if err := ValidateName(req.Name); err != nil {
+		d.writeErr(w, invalid("%w", err))
 		return
 	}
 	// The name lock is held from validation to the end of the create, so a
@@ -236,13 +241,11 @@ func (d *Daemon) handleSet(w http.ResponseWriter, r *http.Request) {
 
 // set changes a VM's settings.
 func (d *Daemon) set(name string, nat *bool) (*store.VM, error) {
-	l := d.vmLock(name)
-	l.Lock()
-	defer l.Unlock()
-	vm, err := d.getVM(d.ctx, name)
+	vm, unlock, err := d.lockVM(d.ctx, name)
 	if err != nil {
 		return nil, err
 	}
+	defer unlock()
 	if nat != nil && *nat {
 		if err := doctor.RequireTools(doctor.OpNAT); err != nil {
 			return nil, unavailable(err)

@@ -46,7 +46,7 @@ func (d *Daemon) planCreate(ctx context.Context, req rpc.CreateRequest) (*create
 	if err := ValidateName(req.Name); err != nil {
 		return nil, invalid("%w", err)
 	}
-	if vm, err := d.store.GetVM(ctx, req.Name); err == nil {
+	if vm, err := d.vmByName(ctx, req.Name); err == nil {
 		return nil, exists("a VM named %s already exists (%s): pick another name, or remove it with 'banger vm delete %s'", req.Name, vm.State, req.Name)
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return nil, err
@@ -225,14 +225,15 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 		if err := d.net.EnsureBridge(ctx); err != nil {
 			return err
 		}
+		vm.TAP = network.TAPName(vm.ID)
 		if tap := d.pool.Take(); tap != "" {
 			vm.TAP = tap
 			d.pool.Refill(d.ctx)
-		} else {
-			vm.TAP = network.TAPName(vm.ID)
-			if err := d.net.CreateTAP(ctx, vm.TAP, os.Getuid(), os.Getgid()); err != nil {
-				return err
-			}
+		}
+		// Idempotent: for a pooled device this re-checks that it still
+		// exists and is attached to the bridge.
+		if err := d.net.CreateTAP(ctx, vm.TAP, os.Getuid(), os.Getgid()); err != nil {
+			return err
 		}
 		if err := d.store.UpdateVM(ctx, vm); err != nil {
 			return err
@@ -247,6 +248,7 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 		return err
 	}
 	if err := os.MkdirAll(vm.RuntimeDir, 0o700); err != nil {
+		d.releaseNetwork(context.Background(), vm)
 		return fmt.Errorf("creating %s: %w", vm.RuntimeDir, err)
 	}
 	var inst hypervisor.Instance
@@ -265,7 +267,13 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 	vm.State = StateStarting
 	vm.Hypervisor = be.Name()
 	vm.Error = ""
-	d.store.UpdateVM(ctx, vm)
+	if err := d.store.UpdateVM(ctx, vm); err != nil {
+		// Without its pid on record a restarted daemon could not adopt it.
+		inst.Kill()
+		d.releaseNetwork(context.Background(), vm)
+		vm.PID = 0
+		return fmt.Errorf("recording the hypervisor of %s: %w", vm.Name, err)
+	}
 	d.mu.Lock()
 	d.instances[vm.ID] = inst
 	d.mu.Unlock()
@@ -275,12 +283,12 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 		pr.finish(d.view(ctx, vm), nil)
 	}
 	if err := d.waitReady(ctx, vm, b, inst, pr); err != nil {
-		inst.Kill()
-		d.releaseNetwork(context.Background(), vm)
-		vm.State = StateError
-		vm.Error = err.Error()
-		d.store.UpdateVM(context.Background(), vm)
-		return fmt.Errorf("%w\n(the VM is kept in the error state: see its console with 'banger vm logs %s', remove it with 'banger vm delete %s')", err, vm.Name, vm.Name)
+		if d.ctx.Err() != nil {
+			// bangerd is shutting down: the VM keeps booting, and the next
+			// daemon finishes its readiness checks.
+			return err
+		}
+		return d.failBoot(vm, inst, err)
 	}
 	vm.State = StateRunning
 	if err := d.store.UpdateVM(ctx, vm); err != nil {
@@ -290,6 +298,19 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 		d.store.RecordStage(ctx, vm.ID, s.Name, time.Duration(s.DurationMS*float64(time.Millisecond)))
 	}
 	return nil
+}
+
+// failBoot ends a VM whose readiness checks failed: its hypervisor is
+// killed, its network released, and it is kept in the error state with its
+// disks.
+func (d *Daemon) failBoot(vm *store.VM, inst hypervisor.Instance, err error) error {
+	inst.Kill()
+	d.releaseNetwork(context.Background(), vm)
+	vm.State = StateError
+	vm.Error = err.Error()
+	vm.PID = 0
+	d.store.UpdateVM(context.Background(), vm)
+	return fmt.Errorf("%w\n(the VM is kept in the error state: see its console with 'banger vm logs %s', remove it with 'banger vm delete %s')", err, vm.Name, vm.Name)
 }
 
 // waitReady runs the readiness checks in order: agent health over the agent
@@ -316,27 +337,32 @@ func (d *Daemon) waitReady(ctx context.Context, vm *store.VM, b *bundle.Bundle, 
 }
 
 // instance returns vm's live hypervisor instance, adopting it when this
-// daemon has not seen it yet, or nil when it is not running.
-func (d *Daemon) instance(ctx context.Context, vm *store.VM) hypervisor.Instance {
+// daemon has not seen it yet, or nil when it is not running. An error means
+// a process may still run but cannot be controlled: acting as if it were
+// gone could put two hypervisors on one VM's disks.
+func (d *Daemon) instance(ctx context.Context, vm *store.VM) (hypervisor.Instance, error) {
 	d.mu.Lock()
 	inst := d.instances[vm.ID]
 	d.mu.Unlock()
 	if inst != nil && !inst.Exited() {
-		return inst
+		return inst, nil
 	}
 	be, ok := d.backend(vm.Hypervisor)
 	if !ok || vm.PID == 0 {
-		return nil
+		return nil, nil
 	}
 	inst, err := be.Attach(ctx, d.spec(vm, nil))
+	if errors.Is(err, hypervisor.ErrNotRunning) {
+		return nil, nil
+	}
 	if err != nil {
-		return nil
+		return nil, fmt.Errorf("the hypervisor of %s (pid %d) does not answer: %w (kill it, then retry)", vm.Name, vm.PID, err)
 	}
 	d.mu.Lock()
 	d.instances[vm.ID] = inst
 	d.mu.Unlock()
 	d.watch(vm.ID, vm.Name, inst)
-	return inst
+	return inst, nil
 }
 
 // watch marks a VM stopped when its hypervisor exits on its own (guest
@@ -378,15 +404,20 @@ func (d *Daemon) watch(id, name string, inst hypervisor.Instance) {
 // start boots a stopped VM.
 func (d *Daemon) start(name string, pr *progress) (*store.VM, error) {
 	ctx := d.ctx
-	l := d.vmLock(name)
-	l.Lock()
-	defer l.Unlock()
-	vm, err := d.getVM(ctx, name)
+	vm, unlock, err := d.lockVM(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	if inst := d.instance(ctx, vm); inst != nil && vm.State == StateRunning {
-		return vm, nil
+	defer unlock()
+	inst, err := d.instance(ctx, vm)
+	if err != nil {
+		return nil, err
+	}
+	if inst != nil {
+		if vm.State == StateRunning {
+			return vm, nil
+		}
+		return nil, invalid("VM %s is %s and its hypervisor (pid %d) still runs: stop it first with 'banger vm stop %s'", vm.Name, vm.State, inst.PID(), vm.Name)
 	}
 	if vm.State != StateStopped && vm.State != StateError {
 		return nil, invalid("VM %s is %s: wait for it to finish, or delete it", vm.Name, vm.State)
@@ -411,14 +442,15 @@ func (d *Daemon) start(name string, pr *progress) (*store.VM, error) {
 // stop shuts a VM down gracefully, keeping its disks.
 func (d *Daemon) stop(name string) (*store.VM, error) {
 	ctx := d.ctx
-	l := d.vmLock(name)
-	l.Lock()
-	defer l.Unlock()
-	vm, err := d.getVM(ctx, name)
+	vm, unlock, err := d.lockVM(ctx, name)
 	if err != nil {
 		return nil, err
 	}
-	inst := d.instance(ctx, vm)
+	defer unlock()
+	inst, err := d.instance(ctx, vm)
+	if err != nil {
+		return nil, err
+	}
 	if inst == nil && vm.State == StateStopped {
 		return vm, nil
 	}
@@ -427,6 +459,9 @@ func (d *Daemon) stop(name string) (*store.VM, error) {
 		vm.State = StateStopping
 		d.store.UpdateVM(ctx, vm)
 		d.shutdownGuest(ctx, vm, inst)
+		if !inst.Exited() {
+			return nil, fmt.Errorf("stopping %s: its hypervisor (pid %d) did not exit: kill it, then run 'banger vm stop %s' again", vm.Name, inst.PID(), vm.Name)
+		}
 	}
 	if err := d.releaseNetwork(ctx, vm); err != nil {
 		d.log.Warn("removing tap", "tap", vm.TAP, "err", err)
@@ -479,17 +514,19 @@ func (d *Daemon) shutdownGuest(ctx context.Context, vm *store.VM, inst hyperviso
 // remove kills a VM if needed and deletes its disks, device and record.
 func (d *Daemon) remove(name string) error {
 	ctx := d.ctx
-	l := d.vmLock(name)
-	l.Lock()
-	defer l.Unlock()
-	vm, err := d.getVM(ctx, name)
+	vm, unlock, err := d.lockVM(ctx, name)
 	if err != nil {
 		return err
 	}
-	if inst := d.instance(ctx, vm); inst != nil {
+	defer unlock()
+	inst, err := d.instance(ctx, vm)
+	if err != nil {
+		return err
+	}
+	if inst != nil {
 		defer d.markStopping(vm.ID)()
-		if err := inst.Kill(); err != nil {
-			return fmt.Errorf("stopping VM %s: %w", vm.Name, err)
+		if err := inst.Kill(); err != nil || !inst.Exited() {
+			return fmt.Errorf("stopping VM %s: its hypervisor (pid %d) did not exit: %v (kill it, then retry)", vm.Name, inst.PID(), err)
 		}
 	}
 	if err := d.releaseNetwork(ctx, vm); err != nil {
@@ -513,7 +550,41 @@ func (d *Daemon) getVM(ctx context.Context, name string) (*store.VM, error) {
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, notFound("no VM named %s: see 'banger vm list'", name)
 	}
+	if err != nil && strings.Contains(err.Error(), "ambiguous") {
+		return nil, invalid("%w", err)
+	}
 	return vm, err
+}
+
+// lockVM resolves a name or id and takes that VM's lock, keyed by its name
+// (as creates are), then reads it again under the lock.
+func (d *Daemon) lockVM(ctx context.Context, nameOrID string) (*store.VM, func(), error) {
+	vm, err := d.getVM(ctx, nameOrID)
+	if err != nil {
+		return nil, nil, err
+	}
+	l := d.vmLock(vm.Name)
+	l.Lock()
+	vm, err = d.getVM(ctx, vm.ID)
+	if err != nil {
+		l.Unlock()
+		return nil, nil, err
+	}
+	return vm, l.Unlock, nil
+}
+
+// vmByName finds a VM by its exact name (never by id prefix).
+func (d *Daemon) vmByName(ctx context.Context, name string) (*store.VM, error) {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range vms {
+		if vms[i].Name == name {
+			return &vms[i], nil
+		}
+	}
+	return nil, store.ErrNotFound
 }
 
 // reconcile adopts hypervisors that survived a daemon restart and marks the
@@ -526,13 +597,20 @@ func (d *Daemon) reconcile(ctx context.Context) (map[string]bool, error) {
 	owned := map[string]bool{}
 	for i := range vms {
 		vm := &vms[i]
-		if vm.State == StateStopped || vm.State == StateError {
+		if vm.State == StateStopped || (vm.State == StateError && vm.PID == 0) {
 			continue
 		}
 		be, ok := d.backend(vm.Hypervisor)
 		var inst hypervisor.Instance
+		err = nil
 		if ok && vm.PID != 0 {
 			inst, err = be.Attach(ctx, d.spec(vm, nil))
+		}
+		if err != nil && !errors.Is(err, hypervisor.ErrNotRunning) {
+			// A process may still run: keep the record and its device.
+			d.log.Warn("cannot adopt VM's hypervisor; leaving it as it is", "vm", vm.Name, "pid", vm.PID, "err", err)
+			owned[vm.TAP] = true
+			continue
 		}
 		if inst != nil && err == nil {
 			d.log.Info("adopted running VM", "vm", vm.Name, "pid", inst.PID())
@@ -542,21 +620,23 @@ func (d *Daemon) reconcile(ctx context.Context) (map[string]bool, error) {
 			d.watch(vm.ID, vm.Name, inst)
 			owned[vm.TAP] = true
 			switch vm.State {
-			case StateStopping:
-				// The previous daemon died mid-stop: finish the stop.
-				go d.stop(vm.Name)
+			case StateStopping, StateError:
+				// The previous daemon died mid-stop or mid-failure: finish it.
+				d.goTracked(func() { d.stop(vm.Name) })
 			case StateCreating, StateStarting:
-				go d.resumeReadiness(vm.Name)
+				d.goTracked(func() { d.resumeReadiness(vm.Name) })
 			}
 			continue
 		}
 		d.log.Info("VM's hypervisor is gone; marking it stopped", "vm", vm.Name, "state", vm.State)
 		d.net.DeleteTAP(ctx, vm.TAP)
 		d.nat.Disable(ctx, vm.ID)
-		if vm.State == StateCreating {
+		switch vm.State {
+		case StateCreating:
 			vm.State = StateError
 			vm.Error = "bangerd stopped while this VM was being created"
-		} else {
+		case StateError:
+		default:
 			vm.State = StateStopped
 		}
 		vm.PID = 0
@@ -578,27 +658,39 @@ func (d *Daemon) reconcile(ctx context.Context) (map[string]bool, error) {
 	return owned, nil
 }
 
+// goTracked runs fn in a goroutine that daemon shutdown waits for.
+func (d *Daemon) goTracked(fn func()) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		fn()
+	}()
+}
+
 // resumeReadiness finishes the readiness checks of a VM whose create or start
 // was interrupted by a daemon restart.
 func (d *Daemon) resumeReadiness(name string) {
-	l := d.vmLock(name)
-	l.Lock()
-	defer l.Unlock()
-	vm, err := d.getVM(d.ctx, name)
+	vm, unlock, err := d.lockVM(d.ctx, name)
 	if err != nil {
 		return
 	}
-	inst := d.instance(d.ctx, vm)
+	defer unlock()
+	inst, err := d.instance(d.ctx, vm)
+	if err != nil || inst == nil {
+		return // the watcher or the next operation sees what happened
+	}
 	b, err := d.loadBundle()
-	if inst == nil || err != nil {
+	if err == nil {
+		err = d.waitReady(d.ctx, vm, b, inst, newProgress(nil))
+	}
+	if d.ctx.Err() != nil {
 		return
 	}
-	if err := d.waitReady(d.ctx, vm, b, inst, newProgress(nil)); err != nil {
-		vm.State = StateError
-		vm.Error = err.Error()
-	} else {
-		vm.State = StateRunning
+	if err != nil {
+		d.failBoot(vm, inst, err)
+		return
 	}
+	vm.State = StateRunning
 	d.store.UpdateVM(d.ctx, vm)
 }
 

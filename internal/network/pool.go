@@ -94,6 +94,14 @@ func (p *Pool) Fill(ctx context.Context) error {
 		p.filling = false
 		p.mu.Unlock()
 	}()
+	existing, err := p.M.ListTAPs(ctx, PoolPrefix)
+	if err != nil {
+		return fmt.Errorf("filling tap pool: %w", err)
+	}
+	taken := map[string]bool{}
+	for _, n := range existing {
+		taken[n] = true
+	}
 	for {
 		p.mu.Lock()
 		if len(p.idle) >= p.Size {
@@ -103,6 +111,9 @@ func (p *Pool) Fill(ctx context.Context) error {
 		name := PoolPrefix + strconv.Itoa(p.next)
 		p.next++
 		p.mu.Unlock()
+		if taken[name] {
+			continue // never hand out a device that a VM may hold
+		}
 		if err := p.M.CreateTAP(ctx, name, p.UID, p.GID); err != nil {
 			return fmt.Errorf("filling tap pool: %w", err)
 		}
