@@ -64,6 +64,7 @@ type Daemon struct {
 	instances map[string]hypervisor.Instance // by VM id
 	locks     map[string]*sync.Mutex         // by VM name
 	stopping  map[string]bool                // VM ids being stopped on purpose
+	booting   map[string]context.CancelFunc  // readiness waits, by VM id
 
 	shutdown     chan struct{}
 	shutdownOnce sync.Once
@@ -104,6 +105,7 @@ func New(opts Options) (*Daemon, error) {
 		instances: map[string]hypervisor.Instance{},
 		locks:     map[string]*sync.Mutex{},
 		stopping:  map[string]bool{},
+		booting:   map[string]context.CancelFunc{},
 		shutdown:  make(chan struct{}),
 		started:   time.Now(),
 	}

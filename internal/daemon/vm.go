@@ -282,12 +282,37 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 	if noWait {
 		pr.finish(d.view(ctx, vm), nil)
 	}
-	if err := d.waitReady(ctx, vm, b, inst, pr); err != nil {
-		if d.ctx.Err() != nil {
-			// bangerd is shutting down: the VM keeps booting, and the next
-			// daemon finishes its readiness checks.
-			return err
-		}
+	return d.finishBoot(ctx, vm, b, inst, pr)
+}
+
+// finishBoot runs the readiness checks of a started VM and records the
+// outcome. The VM's name lock is held on entry and on return but released
+// during the wait, so a stop or delete of a VM that boots slowly is not
+// stuck behind it: they cancel the wait instead.
+func (d *Daemon) finishBoot(ctx context.Context, vm *store.VM, b *bundle.Bundle, inst hypervisor.Instance, pr *progress) error {
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	d.mu.Lock()
+	d.booting[vm.ID] = cancel
+	d.mu.Unlock()
+	lock := d.vmLock(vm.Name)
+	lock.Unlock()
+	err := d.waitReady(rctx, vm, b, inst, pr)
+	lock.Lock()
+	d.mu.Lock()
+	delete(d.booting, vm.ID)
+	d.mu.Unlock()
+
+	if d.ctx.Err() != nil {
+		// bangerd is shutting down: the VM keeps booting, and the next
+		// daemon finishes its readiness checks.
+		return fmt.Errorf("bangerd stopped while %s was booting: %w", vm.Name, d.ctx.Err())
+	}
+	cur, gerr := d.store.GetVM(ctx, vm.ID)
+	if gerr != nil || cur.PID != vm.PID || cur.State != StateStarting {
+		return fmt.Errorf("%s was stopped or deleted while it booted", vm.Name)
+	}
+	if err != nil {
 		return d.failBoot(vm, inst, err)
 	}
 	vm.State = StateRunning
@@ -298,6 +323,15 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 		d.store.RecordStage(ctx, vm.ID, s.Name, time.Duration(s.DurationMS*float64(time.Millisecond)))
 	}
 	return nil
+}
+
+// cancelBoot ends the readiness wait of vm, if one runs.
+func (d *Daemon) cancelBoot(id string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if cancel := d.booting[id]; cancel != nil {
+		cancel()
+	}
 }
 
 // failBoot ends a VM whose readiness checks failed: its hypervisor is
@@ -391,7 +425,8 @@ func (d *Daemon) watch(id, name string, inst hypervisor.Instance) {
 		if err != nil || vm.PID != inst.PID() {
 			return
 		}
-		if vm.State == StateRunning || vm.State == StateStarting || vm.State == StateStopping {
+		// A VM still starting is the boot path's to settle (finishBoot).
+		if vm.State == StateRunning || vm.State == StateStopping {
 			d.log.Warn("hypervisor exited on its own; marking VM stopped", "vm", name, "pid", vm.PID)
 			d.releaseNetwork(d.ctx, vm)
 			vm.State = StateStopped
@@ -454,6 +489,7 @@ func (d *Daemon) stop(name string) (*store.VM, error) {
 	if inst == nil && vm.State == StateStopped {
 		return vm, nil
 	}
+	d.cancelBoot(vm.ID)
 	if inst != nil {
 		defer d.markStopping(vm.ID)()
 		vm.State = StateStopping
@@ -523,6 +559,7 @@ func (d *Daemon) remove(name string) error {
 	if err != nil {
 		return err
 	}
+	d.cancelBoot(vm.ID)
 	if inst != nil {
 		defer d.markStopping(vm.ID)()
 		if err := inst.Kill(); err != nil || !inst.Exited() {
@@ -676,22 +713,27 @@ func (d *Daemon) resumeReadiness(name string) {
 	}
 	defer unlock()
 	inst, err := d.instance(d.ctx, vm)
-	if err != nil || inst == nil {
-		return // the watcher or the next operation sees what happened
+	if err != nil {
+		return // a process may run that cannot be controlled: leave it be
 	}
-	b, err := d.loadBundle()
-	if err == nil {
-		err = d.waitReady(d.ctx, vm, b, inst, newProgress(nil))
-	}
-	if d.ctx.Err() != nil {
+	if inst == nil {
+		d.releaseNetwork(d.ctx, vm)
+		vm.State, vm.PID = StateStopped, 0
+		d.store.UpdateVM(d.ctx, vm)
 		return
 	}
+	b, err := d.loadBundle()
 	if err != nil {
 		d.failBoot(vm, inst, err)
 		return
 	}
-	vm.State = StateRunning
-	d.store.UpdateVM(d.ctx, vm)
+	if vm.State != StateStarting {
+		vm.State = StateStarting
+		d.store.UpdateVM(d.ctx, vm)
+	}
+	if err := d.finishBoot(d.ctx, vm, b, inst, newProgress(nil)); err != nil {
+		d.log.Warn("resuming readiness", "vm", vm.Name, "err", err)
+	}
 }
 
 // view converts a stored VM into its API form.

@@ -226,7 +226,43 @@ func TestConcurrentCreate(t *testing.T) {
 		t.Errorf("hostname of later = %q", got)
 	}
 
-	e.must("vm", "delete", "--force", "par1", "par2", "later")
+	// A delete does not wait for a VM's boot to finish.
+	e.must("vm", "create", "--name", "gone", "--image", "minimal", "--no-wait")
+	start := time.Now()
+	e.must("vm", "delete", "--force", "gone")
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("delete of a booting VM took %v", d)
+	}
+	if _, err := e.show("gone"); !rpc.IsCode(err, rpc.CodeNotFound) {
+		t.Errorf("gone after delete: %v", err)
+	}
+
+	// bangerd stopping mid-boot leaves the VM booting; the next bangerd
+	// adopts it and finishes its readiness checks.
+	e.must("vm", "create", "--name", "survivor", "--image", "minimal", "--no-wait")
+	e.client().Shutdown(context.Background())
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(e.socket); os.IsNotExist(err) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.startDaemon()
+	for deadline := time.Now().Add(3 * time.Minute); ; {
+		vm, err := e.show("survivor")
+		if err == nil && vm.State == "running" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("survivor after a daemon restart mid-boot: %+v, %v; want running", vm, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if got := strings.TrimSpace(e.ssh("survivor", "hostname")); got != "survivor" {
+		t.Errorf("hostname of survivor = %q", got)
+	}
+
+	e.must("vm", "delete", "--force", "par1", "par2", "later", "survivor")
 	if pids := e.hypervisorPIDs(); len(pids) != 0 {
 		t.Errorf("hypervisors left after fan-out delete: %v", pids)
 	}
