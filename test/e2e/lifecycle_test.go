@@ -230,7 +230,7 @@ func TestConcurrentCreate(t *testing.T) {
 	e.must("vm", "create", "--name", "gone", "--image", "minimal", "--no-wait")
 	start := time.Now()
 	e.must("vm", "delete", "--force", "gone")
-	if d := time.Since(start); d > 20*time.Second {
+	if d := time.Since(start); d > 90*time.Second { // far below the 300 s readiness timeout it once queued behind
 		t.Errorf("delete of a booting VM took %v", d)
 	}
 	if _, err := e.show("gone"); !rpc.IsCode(err, rpc.CodeNotFound) {
