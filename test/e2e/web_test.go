@@ -44,6 +44,19 @@ func TestWebUI(t *testing.T) {
 		}
 		return resp
 	}
+	// The web listener comes up after the API socket: wait for it.
+	for i := 0; ; i++ {
+		req, _ := http.NewRequest("GET", base+"/", nil)
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if i == 100 {
+			t.Fatalf("web UI never answered: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	resp := do("GET", "/", nil, "")
 	page, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
