@@ -122,6 +122,12 @@ func (e *env) environ() []string {
 // startDaemon runs bangerd inside the namespace and waits for its socket.
 func (e *env) startDaemon() {
 	e.t.Helper()
+	if e.daemon != nil {
+		// A previous bangerd holds its lock until it has exited.
+		for i := 0; i < 200 && syscall.Kill(e.daemon.Process.Pid, 0) == nil; i++ {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 	logf, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		e.t.Fatal(err)

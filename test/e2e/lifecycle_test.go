@@ -241,12 +241,6 @@ func TestConcurrentCreate(t *testing.T) {
 	// adopts it and finishes its readiness checks.
 	e.must("vm", "create", "--name", "survivor", "--image", "minimal", "--no-wait")
 	e.client().Shutdown(context.Background())
-	for i := 0; i < 100; i++ {
-		if _, err := os.Stat(e.socket); os.IsNotExist(err) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 	e.startDaemon()
 	for deadline := time.Now().Add(3 * time.Minute); ; {
 		vm, err := e.show("survivor")
@@ -314,7 +308,6 @@ func TestMissingBundle(t *testing.T) {
 	e := newEnv(t)
 	e.runtime = filepath.Join(e.root, "no-bundle")
 	e.client().Shutdown(context.Background())
-	time.Sleep(300 * time.Millisecond)
 	e.startDaemon()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
