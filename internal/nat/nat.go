@@ -15,17 +15,19 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/banger/banger/internal/network"
 	"github.com/banger/banger/internal/runner"
 )
 
-// Defaults used when Manager fields are zero.
+// Defaults used when Manager fields are zero; the bridge and subnet are the
+// network package's, so the two managers agree.
 const (
 	DefaultTable  = "banger"
-	DefaultBridge = "banger0"
+	DefaultBridge = network.DefaultBridge
 )
 
 // DefaultSubnet is the guest subnet used when Manager.Subnet is zero.
-var DefaultSubnet = netip.MustParsePrefix("172.30.0.0/24")
+var DefaultSubnet = network.DefaultSubnet
 
 const (
 	family      = "ip"
