@@ -6,6 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/banger/banger/internal/dns"
+	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/store"
 )
 
@@ -43,10 +44,8 @@ func (d *Daemon) reconcileNAT(ctx context.Context) error {
 			}
 		}
 	}
-	if len(want) == 0 {
-		if _, err := d.r.Run(ctx, "sh", "-c", "command -v nft"); err != nil {
-			return nil // no nft and nothing needs it
-		}
+	if len(want) == 0 && doctor.RequireTools(doctor.OpNAT) != nil {
+		return nil // no nft and nothing needs it
 	}
 	if err := d.nat.Reconcile(ctx, want); err != nil {
 		return err
