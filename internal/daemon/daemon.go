@@ -63,7 +63,6 @@ type Daemon struct {
 	mu        sync.Mutex
 	instances map[string]hypervisor.Instance // by VM id
 	locks     map[string]*sync.Mutex         // by VM name
-	stopping  map[string]bool                // VM ids being stopped on purpose
 	booting   map[string]context.CancelFunc  // readiness waits, by VM id
 
 	shutdown     chan struct{}
@@ -104,7 +103,6 @@ func New(opts Options) (*Daemon, error) {
 		},
 		instances: map[string]hypervisor.Instance{},
 		locks:     map[string]*sync.Mutex{},
-		stopping:  map[string]bool{},
 		booting:   map[string]context.CancelFunc{},
 		shutdown:  make(chan struct{}),
 		started:   time.Now(),
@@ -252,24 +250,24 @@ func (d *Daemon) loadBundle() (*bundle.Bundle, error) {
 	return bundle.Load(dir)
 }
 
-// pickBackend picks the hypervisor backend named in the config.
-func (d *Daemon) pickBackend() (hypervisor.Backend, error) {
-	fc, _ := d.backend("firecracker")
-	q, _ := d.backend("qemu")
+// pickBackend picks the hypervisor backend named in the config; b (may be
+// nil) can supply a bundled firecracker.
+func (d *Daemon) pickBackend(b *bundle.Bundle) (hypervisor.Backend, error) {
+	fc, _ := d.backend("firecracker", b)
+	q, _ := d.backend("qemu", b)
 	return hypervisor.Select(d.cfg.Hypervisor, fc, q)
 }
 
 // backend returns the named hypervisor backend. Firecracker's binary is the
-// configured one, else the runtime bundle's, else the one in PATH.
-func (d *Daemon) backend(name string) (hypervisor.Backend, bool) {
+// configured one, else the runtime bundle's (when b is given), else the one
+// in PATH. Adopting a running VM needs no binary, so callers pass nil there.
+func (d *Daemon) backend(name string, b *bundle.Bundle) (hypervisor.Backend, bool) {
 	be, ok := d.backends[name]
 	fc, isFC := be.(*firecracker.Backend)
-	if !isFC || d.cfg.FirecrackerBinary != "" {
+	if !isFC || d.cfg.FirecrackerBinary != "" || b == nil || b.Firecracker == "" {
 		return be, ok
 	}
 	c := *fc
-	if b, err := d.loadBundle(); err == nil && b.Firecracker != "" {
-		c.Binary = b.Path(b.Firecracker)
-	}
+	c.Binary = b.Path(b.Firecracker)
 	return &c, true
 }

@@ -59,11 +59,12 @@ func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request) {
 		DataDir:    d.paths.DataDir,
 		RuntimeDir: d.paths.RuntimeDir,
 	}
-	if be, err := d.pickBackend(); err == nil {
-		st.Hypervisor = be.Name()
-	}
-	if b, err := d.loadBundle(); err == nil {
+	b, err := d.loadBundle()
+	if err == nil {
 		st.Bundle = b.Dir()
+	}
+	if be, err := d.pickBackend(b); err == nil {
+		st.Hypervisor = be.Name()
 	}
 	if vms, err := d.store.ListVMs(r.Context()); err == nil {
 		st.VMs = len(vms)

@@ -71,7 +71,7 @@ func (d *Daemon) planCreate(ctx context.Context, req rpc.CreateRequest) (*create
 	if req.MemoryMiB == 0 {
 		req.MemoryMiB = d.cfg.MemoryMiB
 	}
-	be, err := d.pickBackend()
+	be, err := d.pickBackend(b)
 	if err != nil {
 		return nil, unavailable(err)
 	}
@@ -381,7 +381,7 @@ func (d *Daemon) instance(ctx context.Context, vm *store.VM) (hypervisor.Instanc
 	if inst != nil && !inst.Exited() {
 		return inst, nil
 	}
-	be, ok := d.backend(vm.Hypervisor)
+	be, ok := d.backend(vm.Hypervisor, nil)
 	if !ok || vm.PID == 0 {
 		return nil, nil
 	}
@@ -400,7 +400,9 @@ func (d *Daemon) instance(ctx context.Context, vm *store.VM) (hypervisor.Instanc
 }
 
 // watch marks a VM stopped when its hypervisor exits on its own (guest
-// poweroff, crash), unless banger is stopping it on purpose.
+// poweroff, crash). A stop or delete holds the VM's lock while the process
+// exits and clears its pid (or its record) before releasing it, so the
+// watcher then finds nothing to do.
 func (d *Daemon) watch(id, name string, inst hypervisor.Instance) {
 	d.wg.Add(1)
 	go func() {
@@ -413,14 +415,10 @@ func (d *Daemon) watch(id, name string, inst hypervisor.Instance) {
 		l.Lock()
 		defer l.Unlock()
 		d.mu.Lock()
-		purposeful := d.stopping[id]
 		if d.instances[id] == inst {
 			delete(d.instances, id)
 		}
 		d.mu.Unlock()
-		if purposeful {
-			return
-		}
 		vm, err := d.store.GetVM(d.ctx, id)
 		if err != nil || vm.PID != inst.PID() {
 			return
@@ -461,7 +459,7 @@ func (d *Daemon) start(name string, pr *progress) (*store.VM, error) {
 	if err != nil {
 		return nil, unavailable(err)
 	}
-	be, ok := d.backend(vm.Hypervisor)
+	be, ok := d.backend(vm.Hypervisor, b)
 	if !ok {
 		return nil, fmt.Errorf("VM %s uses unknown hypervisor %q", vm.Name, vm.Hypervisor)
 	}
@@ -491,7 +489,6 @@ func (d *Daemon) stop(name string) (*store.VM, error) {
 	}
 	d.cancelBoot(vm.ID)
 	if inst != nil {
-		defer d.markStopping(vm.ID)()
 		vm.State = StateStopping
 		d.store.UpdateVM(ctx, vm)
 		d.shutdownGuest(ctx, vm, inst)
@@ -505,19 +502,6 @@ func (d *Daemon) stop(name string) (*store.VM, error) {
 	vm.State = StateStopped
 	vm.PID = 0
 	return vm, d.store.UpdateVM(ctx, vm)
-}
-
-// markStopping tells the exit watcher that vm id is being stopped on
-// purpose, until the returned func is called.
-func (d *Daemon) markStopping(id string) func() {
-	d.mu.Lock()
-	d.stopping[id] = true
-	d.mu.Unlock()
-	return func() {
-		d.mu.Lock()
-		delete(d.stopping, id)
-		d.mu.Unlock()
-	}
 }
 
 // shutdownGuest asks the guest agent to power off, then the hypervisor,
@@ -561,7 +545,6 @@ func (d *Daemon) remove(name string) error {
 	}
 	d.cancelBoot(vm.ID)
 	if inst != nil {
-		defer d.markStopping(vm.ID)()
 		if err := inst.Kill(); err != nil || !inst.Exited() {
 			return fmt.Errorf("stopping VM %s: its hypervisor (pid %d) did not exit: %v (kill it, then retry)", vm.Name, inst.PID(), err)
 		}
@@ -637,7 +620,7 @@ func (d *Daemon) reconcile(ctx context.Context) (map[string]bool, error) {
 		if vm.State == StateStopped || (vm.State == StateError && vm.PID == 0) {
 			continue
 		}
-		be, ok := d.backend(vm.Hypervisor)
+		be, ok := d.backend(vm.Hypervisor, nil)
 		var inst hypervisor.Instance
 		err = nil
 		if ok && vm.PID != 0 {
