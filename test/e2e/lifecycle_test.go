@@ -32,6 +32,12 @@ func TestLifecycle(t *testing.T) {
 		t.Fatalf("hostname in guest = %q, want box1", got)
 	}
 	e.ssh("box1", "sh", "-c", "'echo keep-me > /root/marker && sync'")
+	if logs := e.must("vm", "logs", "box1"); !strings.Contains(logs, "banger-init:") {
+		t.Errorf("vm logs box1 lacks the initramfs lines:\n%s", tail(logs, 20))
+	}
+	if st := e.must("daemon", "status", "--json"); !strings.Contains(st, `"running": 1`) {
+		t.Errorf("daemon status = %s, want one running VM", st)
+	}
 
 	t.Run("bad input changes nothing", func(t *testing.T) {
 		before := e.links()
