@@ -46,9 +46,11 @@ dist: runtime-bundle
 	$(BIN)/banger runtime dist --runtime $(RUNTIME) --out $(DIST)
 
 # The whole suite, VM tests included (they need root, qemu and the bundle).
+# -p 1: packages run one at a time, so the TCG guests of internal/rootfs and
+# test/e2e do not compete for the host's few cores.
 test: runtime-bundle
 	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) \
-		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+		$(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./...
 
 # Unit tests only: VM tests skip, saying how to enable them.
 unit-test:

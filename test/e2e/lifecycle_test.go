@@ -301,7 +301,7 @@ func TestDefaultImage(t *testing.T) {
 				break
 			}
 		}
-		if time.Since(start) > 4*time.Minute {
+		if time.Since(start) > 7*time.Minute {
 			t.Fatalf("opencode on %s never answered: %v", addr, err)
 		}
 		time.Sleep(2 * time.Second)
