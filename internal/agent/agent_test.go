@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -13,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/banger/banger/internal/guestconfig"
 )
 
 // pipeClient serves each dial with srv over a fresh net.Pipe.
@@ -255,56 +256,8 @@ func TestDialHybridVsock(t *testing.T) {
 	}
 }
 
-func TestParseIP(t *testing.T) {
-	a := netip.MustParseAddr
-	tests := []struct {
-		cmdline string
-		want    IPConfig
-		wantErr bool
-	}{
-		{
-			cmdline: "console=ttyS0 root=/dev/vda rw ip=172.16.0.2::172.16.0.1:255.255.255.0:vm1:eth0:off:1.1.1.1:8.8.8.8 tsc_early_khz=2000000",
-			want: IPConfig{Client: a("172.16.0.2"), Gateway: a("172.16.0.1"), PrefixLen: 24, Hostname: "vm1",
-				Device: "eth0", Autoconf: "off", DNS: []netip.Addr{a("1.1.1.1"), a("8.8.8.8")}},
-		},
-		{
-			cmdline: "ip=10.0.0.5::10.0.0.1:255.255.0.0:box:eth0:off:10.0.0.1",
-			want: IPConfig{Client: a("10.0.0.5"), Gateway: a("10.0.0.1"), PrefixLen: 16, Hostname: "box",
-				Device: "eth0", Autoconf: "off", DNS: []netip.Addr{a("10.0.0.1")}},
-		},
-		{
-			cmdline: "ip=192.168.1.9:192.168.1.1",
-			want:    IPConfig{Client: a("192.168.1.9"), Server: a("192.168.1.1"), PrefixLen: 24, Device: "eth0"},
-		},
-		{
-			cmdline: "ip=10.1.2.3:::30::ens3",
-			want:    IPConfig{Client: a("10.1.2.3"), PrefixLen: 30, Device: "ens3"},
-		},
-		{
-			cmdline: "ip=1.2.3.4::1.2.3.1:255.255.255.252:a:eth0:off ip=5.6.7.8::5.6.7.1:255.255.255.0:b:eth0:off",
-			want:    IPConfig{Client: a("5.6.7.8"), Gateway: a("5.6.7.1"), PrefixLen: 24, Hostname: "b", Device: "eth0", Autoconf: "off"},
-		},
-		{cmdline: "console=ttyS0", wantErr: true},
-		{cmdline: "ip=dhcp", wantErr: true},
-		{cmdline: "ip=10.0.0.2::10.0.0.1:255.0.255.0:x:eth0:off", wantErr: true},
-		{cmdline: "ip=10.0.0.2::10.0.0.1:255.255.255.0:x:eth0:dhcp", wantErr: true},
-		{cmdline: "ip=fe80::1", wantErr: true},
-		{cmdline: "ip=10.0.0.2::10.0.0.1:255.255.255.0:x:eth0:off:nonsense", wantErr: true},
-	}
-	for _, tt := range tests {
-		got, err := ParseIP(tt.cmdline)
-		if (err != nil) != tt.wantErr {
-			t.Errorf("ParseIP(%q) error = %v, want error %v", tt.cmdline, err, tt.wantErr)
-			continue
-		}
-		if !tt.wantErr && !reflect.DeepEqual(got, tt.want) {
-			t.Errorf("ParseIP(%q) = %+v, want %+v", tt.cmdline, got, tt.want)
-		}
-	}
-}
-
 func TestCommands(t *testing.T) {
-	c, err := ParseIP("ip=172.16.0.2::172.16.0.1:255.255.255.0:vm1:eth0:off:172.16.0.1")
+	c, err := guestconfig.ParseNetwork("ip=172.16.0.2::172.16.0.1:255.255.255.0:vm1:eth0:off:172.16.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,10 +267,10 @@ func TestCommands(t *testing.T) {
 		{"addr", "replace", "172.16.0.2/24", "dev", "eth0"},
 		{"route", "replace", "default", "via", "172.16.0.1", "dev", "eth0"},
 	}
-	if got := c.Commands(); !reflect.DeepEqual(got, want) {
+	if got := ipCommands(c); !reflect.DeepEqual(got, want) {
 		t.Errorf("Commands() = %q, want %q", got, want)
 	}
-	if got, want := c.ResolvConf(), "nameserver 172.16.0.1\n"; !strings.HasSuffix(got, want) {
+	if got, want := resolvConf(c), "nameserver 172.16.0.1\n"; !strings.HasSuffix(got, want) {
 		t.Errorf("ResolvConf() = %q, want it to end %q", got, want)
 	}
 }
