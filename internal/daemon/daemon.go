@@ -51,6 +51,8 @@ type Daemon struct {
 	pool    *network.Pool
 	dns     *dns.Server
 	started time.Time
+	// caps are the VM capabilities, in the order they are prepared.
+	caps capabilities
 
 	backends map[string]hypervisor.Backend
 
@@ -109,6 +111,7 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d.nat = &nat.Manager{R: opts.Runner, Bridge: d.net.BridgeName(), Subnet: d.net.GuestSubnet(), Log: opts.Log.With("component", "nat")}
 	d.pool = &network.Pool{M: d.net, Size: opts.Config.TAPPoolSize, UID: os.Getuid(), GID: os.Getgid(), Log: opts.Log.With("component", "tap-pool")}
+	d.caps = d.newCapabilities()
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	return d, nil
 }
@@ -130,11 +133,10 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	}
 	defer os.Remove(d.paths.Socket)
 
-	inUse, err := d.reconcile(ctx)
-	if err != nil {
+	if err := d.reconcile(ctx); err != nil {
 		d.log.Error("reconciling state", "err", err)
 	}
-	d.setupHost(ctx, inUse)
+	d.setupHost(ctx)
 	defer func() {
 		if d.dns != nil {
 			d.dns.Close()

@@ -6,56 +6,23 @@ import (
 	"net/netip"
 
 	"github.com/banger/banger/internal/dns"
-	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/store"
 )
 
 // setupHost brings up what VMs share on the host: the bridge, banger's NAT
-// table, the TAP pool and the DNS server. Each part that fails is logged and
-// reported by 'banger doctor'; the daemon still serves.
-func (d *Daemon) setupHost(ctx context.Context, inUseTAPs map[string]bool) {
+// table, the TAP pool and the DNS server, through the capabilities'
+// Reconcile hooks. Each part that fails is logged and reported by 'banger
+// doctor'; the daemon still serves.
+func (d *Daemon) setupHost(ctx context.Context) {
 	defer d.startDNS()
-	if err := d.net.EnsureBridge(ctx); err != nil {
-		d.log.Warn("bridge not ready; VMs cannot start until it is", "err", err)
-		return
-	}
-	if err := d.reconcileNAT(ctx); err != nil {
-		d.log.Warn("reconciling NAT rules", "err", err)
-	}
-	// With the pool off, Adopt removes leftover pool devices.
-	if err := d.pool.Adopt(ctx, inUseTAPs); err != nil {
-		d.log.Warn("adopting tap pool", "err", err)
-	}
-	d.pool.Refill(d.ctx)
-}
-
-// reconcileNAT makes banger's nftables table hold exactly the rules of the
-// running VMs that have NAT on.
-func (d *Daemon) reconcileNAT(ctx context.Context) error {
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
-		return err
+		d.log.Warn("listing VMs to reconcile the host", "err", err)
+		return
 	}
-	want := map[string]netip.Addr{}
-	for _, vm := range vms {
-		if vm.NAT && (vm.State == StateRunning || vm.State == StateStarting) {
-			if ip, err := netip.ParseAddr(vm.IP); err == nil {
-				want[vm.ID] = ip
-			}
-		}
+	if err := d.caps.reconcile(ctx, vms); err != nil {
+		d.log.Warn("reconciling the host", "err", err)
 	}
-	if len(want) == 0 && doctor.RequireTools(doctor.OpNAT) != nil {
-		return nil // no nft and nothing needs it
-	}
-	if err := d.nat.Reconcile(ctx, want); err != nil {
-		return err
-	}
-	if len(want) > 0 {
-		if _, err := d.nat.EnsureForwarding(ctx); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // applyNAT adds or removes vm's NAT rules to match vm.NAT.
@@ -78,14 +45,10 @@ func (d *Daemon) applyNAT(ctx context.Context, vm *store.VM) error {
 	return nil
 }
 
-// releaseNetwork removes vm's TAP and NAT rules (after its hypervisor ended).
-func (d *Daemon) releaseNetwork(ctx context.Context, vm *store.VM) error {
-	if err := d.nat.Disable(ctx, vm.ID); err != nil {
-		d.log.Warn("removing NAT rules", "vm", vm.Name, "err", err)
-	}
-	err := d.net.DeleteTAP(ctx, vm.TAP)
-	d.pool.Refill(d.ctx)
-	return err
+// release runs every capability's Release hook for vm, after its
+// hypervisor ended: its TAP device and NAT rules go.
+func (d *Daemon) release(ctx context.Context, vm *store.VM) error {
+	return d.caps.release(ctx, vm)
 }
 
 // startDNS serves the .vm zone on the configured addresses and the bridge.

@@ -19,26 +19,22 @@ import (
 	"github.com/banger/banger/internal/store"
 )
 
-// image is a bootable image, from the bundle or registered by the user.
+// image is a bootable image, from the bundle or from the store (registered
+// by the user, or built by banger: Managed).
 type image struct {
-	Name       string
-	Rootfs     string // absolute
-	WorkSeed   string // absolute
+	Name     string
+	Rootfs   string // absolute
+	WorkSeed string // absolute; empty: the bundle's default (or, managed, to be built)
+	// SeedKey is the fingerprint of the key a managed image's seed authorizes.
+	SeedKey    string
+	Managed    bool
 	Registered bool
 }
 
-// resolveImage finds name among the registered images, then the bundle's.
+// resolveImage finds name among the stored images, then the bundle's.
 func (d *Daemon) resolveImage(ctx context.Context, b *bundle.Bundle, name string) (*image, error) {
-	if img, err := d.store.GetImage(ctx, name); err == nil {
-		ws := img.WorkSeed
-		if ws == "" {
-			def, err := b.Image("")
-			if err != nil {
-				return nil, err
-			}
-			ws = b.Path(def.WorkSeed)
-		}
-		return &image{Name: img.Name, Rootfs: img.Rootfs, WorkSeed: ws, Registered: true}, nil
+	if rec, err := d.store.GetImage(ctx, name); err == nil {
+		return imageFromRecord(rec), nil
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return nil, err
 	}
@@ -163,7 +159,12 @@ func (d *Daemon) buildImage(req rpc.BuildImageRequest, pr *progress) (rpc.Event,
 		if err := rootfs.Build(ctx, d.r, opts, tmp); err != nil {
 			return err
 		}
-		return os.Rename(tmp, img.Rootfs)
+		if err := os.Rename(tmp, img.Rootfs); err != nil {
+			return err
+		}
+		// The image's own work-seed: creates clone /root from it.
+		img.WorkSeed, img.SeedKey, err = d.buildSeed(ctx, b, img.Rootfs)
+		return err
 	})
 	if err == nil {
 		err = d.store.UpsertImage(ctx, img)
@@ -173,7 +174,7 @@ func (d *Daemon) buildImage(req rpc.BuildImageRequest, pr *progress) (rpc.Event,
 		return rpc.Event{}, fmt.Errorf("building image %s: %w", req.Name, err)
 	}
 	size, _ := disk.Size(img.Rootfs)
-	return rpc.Event{Image: &rpc.Image{Name: img.Name, Rootfs: img.Rootfs, Managed: true, Size: size}}, nil
+	return rpc.Event{Image: &rpc.Image{Name: img.Name, Rootfs: img.Rootfs, WorkSeed: img.WorkSeed, Managed: true, Size: size}}, nil
 }
 
 // planBuild refuses a bad build request before anything is changed.

@@ -148,15 +148,50 @@ func (d *Daemon) pinHostKeys(name string, keys []string) error {
 	return writeFileAtomic(d.paths.KnownHosts, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
 }
 
-func (d *Daemon) unpinHostKeys(name string) {
+// unpinHostKeys removes name's entries from banger's known_hosts.
+func (d *Daemon) unpinHostKeys(name string) error {
+	alias := name + ".vm"
+	return d.rewritePins(func(host string) bool { return host != alias })
+}
+
+// prunePins keeps only the known_hosts entries of the given aliases.
+func (d *Daemon) prunePins(keep map[string]bool) error {
+	return d.rewritePins(func(host string) bool { return keep[host] })
+}
+
+// rewritePins keeps the known_hosts lines whose host keep accepts, writing
+// the file only when that drops a line.
+func (d *Daemon) rewritePins(keep func(host string) bool) error {
 	knownHostsMu.Lock()
 	defer knownHostsMu.Unlock()
-	lines := d.knownHostsWithout(name + ".vm")
-	data := strings.Join(lines, "\n")
-	if data != "" {
-		data += "\n"
+	data, err := os.ReadFile(d.paths.KnownHosts)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
 	}
-	writeFileAtomic(d.paths.KnownHosts, []byte(data), 0o600)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", d.paths.KnownHosts, err)
+	}
+	var lines []string
+	dropped := false
+	for _, line := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) == 0 {
+			continue
+		}
+		if !keep(fields[0]) {
+			dropped = true
+			continue
+		}
+		lines = append(lines, line)
+	}
+	if !dropped {
+		return nil
+	}
+	out := strings.Join(lines, "\n")
+	if out != "" {
+		out += "\n"
+	}
+	return writeFileAtomic(d.paths.KnownHosts, []byte(out), 0o600)
 }
 
 func (d *Daemon) knownHostsWithout(alias string) []string {

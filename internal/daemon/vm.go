@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/doctor"
+	"github.com/banger/banger/internal/guestconfig"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/network"
 	"github.com/banger/banger/internal/rpc"
@@ -86,6 +88,9 @@ func (d *Daemon) planCreate(ctx context.Context, req rpc.CreateRequest) (*create
 	if req.NAT {
 		ops = append(ops, doctor.OpNAT)
 	}
+	if seedStale(img, b) {
+		ops = append(ops, doctor.OpWorkSeed)
+	}
 	for _, op := range ops {
 		if err := doctor.RequireTools(op); err != nil {
 			return nil, unavailable(err)
@@ -152,25 +157,15 @@ func (d *Daemon) create(p *createPlan, pr *progress) (*store.VM, error) {
 
 	// Until the hypervisor runs, a failure undoes everything.
 	undo := func() {
-		d.releaseNetwork(context.Background(), vm)
-		os.RemoveAll(dataDir)
+		uctx := context.WithoutCancel(ctx)
+		if err := errors.Join(d.release(uctx, vm), d.caps.destroy(uctx, vm)); err != nil {
+			d.log.Warn("undoing a failed create", "vm", vm.Name, "err", err)
+		}
 		os.RemoveAll(rtDir)
-		d.store.DeleteVM(context.Background(), vm.ID)
+		d.store.DeleteVM(uctx, vm.ID)
 	}
 	err := pr.run("preparing disks", func() error {
-		if err := os.MkdirAll(dataDir, 0o700); err != nil {
-			return err
-		}
-		if _, err := disk.Clone(p.image.Rootfs, filepath.Join(dataDir, "rootfs.ext4")); err != nil {
-			return err
-		}
-		if size, _ := disk.Size(filepath.Join(dataDir, "rootfs.ext4")); p.diskSize > size {
-			if err := disk.Grow(ctx, d.r, filepath.Join(dataDir, "rootfs.ext4"), p.diskSize); err != nil {
-				return err
-			}
-		}
-		_, err := disk.Clone(p.image.WorkSeed, filepath.Join(dataDir, "work.ext4"))
-		return err
+		return d.caps.create(ctx, vm, p)
 	})
 	if err == nil {
 		err = d.store.UpdateVM(ctx, vm)
@@ -188,8 +183,9 @@ func (d *Daemon) create(p *createPlan, pr *progress) (*store.VM, error) {
 	return vm, nil
 }
 
-// spec builds the hypervisor spec of vm.
-func (d *Daemon) spec(vm *store.VM, b *bundle.Bundle) hypervisor.Spec {
+// spec builds the hypervisor spec of vm, less what booting adds (kernel,
+// initrd, command line): that is enough to adopt a running hypervisor.
+func (d *Daemon) spec(vm *store.VM) hypervisor.Spec {
 	s := hypervisor.Spec{
 		ID:         vm.ID,
 		Dir:        vm.RuntimeDir,
@@ -203,52 +199,32 @@ func (d *Daemon) spec(vm *store.VM, b *bundle.Bundle) hypervisor.Spec {
 		},
 		NICs: []hypervisor.NIC{{ID: "eth0", TAP: vm.TAP, MAC: vm.MAC}},
 	}
-	if b != nil {
-		s.Kernel = b.Path(b.Kernel)
-		s.Initrd = b.Path(b.Initrd)
-		s.Cmdline = d.cmdline(vm, b)
-	}
 	return s
-}
-
-func (d *Daemon) cmdline(vm *store.VM, b *bundle.Bundle) string {
-	gw := d.net.Gateway()
-	ip := fmt.Sprintf("ip=%s::%s:%s:%s:eth0:off:%s", vm.IP, gw, network.Netmask(d.net.Subnet), vm.Name, gw)
-	return strings.TrimSpace(b.BootArgs + " root=/dev/vda rw " + ip)
 }
 
 // boot brings up vm's network device and hypervisor and waits for the guest.
 // On return with vm.PID != 0 the hypervisor was started; a readiness failure
 // then leaves the VM in the error state with its disks.
 func (d *Daemon) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hypervisor.Backend, pr *progress, noWait bool) error {
+	// The capabilities fill in the guest's configuration as they ready the
+	// host for it (TAP device and address, resolver, NAT); the hypervisor
+	// spec is built after them, since they change the VM (its TAP device).
+	g := guestconfig.Config{BaseArgs: b.BootArgs, Root: "/dev/vda"}
+	var cmdline string
 	err := pr.run("network", func() error {
-		if err := d.net.EnsureBridge(ctx); err != nil {
+		if err := d.caps.prepare(ctx, vm, &g); err != nil {
 			return err
 		}
-		vm.TAP = network.TAPName(vm.ID)
-		if tap := d.pool.Take(); tap != "" {
-			vm.TAP = tap
-			d.pool.Refill(d.ctx)
-		}
-		// Idempotent: for a pooled device this re-checks that it still
-		// exists and is attached to the bridge.
-		if err := d.net.CreateTAP(ctx, vm.TAP, os.Getuid(), os.Getgid()); err != nil {
-			return err
-		}
-		if err := d.store.UpdateVM(ctx, vm); err != nil {
-			return err
-		}
-		if vm.NAT {
-			return d.applyNAT(ctx, vm)
-		}
-		return nil
+		var err error
+		cmdline, err = g.Cmdline()
+		return err
 	})
 	if err != nil {
-		d.releaseNetwork(context.Background(), vm)
+		d.release(context.WithoutCancel(ctx), vm)
 		return err
 	}
 	if err := os.MkdirAll(vm.RuntimeDir, 0o700); err != nil {
-		d.releaseNetwork(context.Background(), vm)
+		d.release(context.WithoutCancel(ctx), vm)
 		return fmt.Errorf("creating %s: %w", vm.RuntimeDir, err)
 	}
 	var inst hypervisor.Instance
@@ -256,11 +232,20 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 		var err error
 		sctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
-		inst, err = be.Start(sctx, d.spec(vm, b))
+		spec := d.spec(vm)
+		spec.Kernel, spec.Initrd, spec.Cmdline = b.Path(b.Kernel), b.Path(b.Initrd), cmdline
+		// A hypervisor running as root would create a missing TAP itself,
+		// off the bridge, and the guest would never answer.
+		for _, nic := range spec.NICs {
+			if _, err := net.InterfaceByName(nic.TAP); err != nil {
+				return fmt.Errorf("booting %s: its TAP device %s is missing: %w", vm.Name, nic.TAP, err)
+			}
+		}
+		inst, err = be.Start(sctx, spec)
 		return err
 	})
 	if err != nil {
-		d.releaseNetwork(context.Background(), vm)
+		d.release(context.WithoutCancel(ctx), vm)
 		return err
 	}
 	vm.PID = inst.PID()
@@ -270,7 +255,7 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 	if err := d.store.UpdateVM(ctx, vm); err != nil {
 		// Without its pid on record a restarted daemon could not adopt it.
 		inst.Kill()
-		d.releaseNetwork(context.Background(), vm)
+		d.release(context.WithoutCancel(ctx), vm)
 		vm.PID = 0
 		return fmt.Errorf("recording the hypervisor of %s: %w", vm.Name, err)
 	}
@@ -339,7 +324,7 @@ func (d *Daemon) cancelBoot(id string) {
 // disks.
 func (d *Daemon) failBoot(vm *store.VM, inst hypervisor.Instance, err error) error {
 	inst.Kill()
-	d.releaseNetwork(context.Background(), vm)
+	d.release(context.Background(), vm)
 	vm.State = StateError
 	vm.Error = err.Error()
 	vm.PID = 0
@@ -362,7 +347,7 @@ func (d *Daemon) waitReady(ctx context.Context, vm *store.VM, b *bundle.Bundle, 
 	if err != nil {
 		return err
 	}
-	if err := d.pinHostKeys(vm.Name, h.SSHHostKeys); err != nil {
+	if err := d.caps.ready(ctx, vm, h); err != nil {
 		return err
 	}
 	return pr.run("waiting for ssh", func() error {
@@ -385,7 +370,7 @@ func (d *Daemon) instance(ctx context.Context, vm *store.VM) (hypervisor.Instanc
 	if !ok || vm.PID == 0 {
 		return nil, nil
 	}
-	inst, err := be.Attach(ctx, d.spec(vm, nil))
+	inst, err := be.Attach(ctx, d.spec(vm))
 	if errors.Is(err, hypervisor.ErrNotRunning) {
 		return nil, nil
 	}
@@ -426,7 +411,7 @@ func (d *Daemon) watch(id, name string, inst hypervisor.Instance) {
 		// A VM still starting is the boot path's to settle (finishBoot).
 		if vm.State == StateRunning || vm.State == StateStopping {
 			d.log.Warn("hypervisor exited on its own; marking VM stopped", "vm", name, "pid", vm.PID)
-			d.releaseNetwork(d.ctx, vm)
+			d.release(d.ctx, vm)
 			vm.State = StateStopped
 			vm.PID = 0
 			d.store.UpdateVM(d.ctx, vm)
@@ -496,8 +481,8 @@ func (d *Daemon) stop(name string) (*store.VM, error) {
 			return nil, fmt.Errorf("stopping %s: its hypervisor (pid %d) did not exit: kill it, then run 'banger vm stop %s' again", vm.Name, inst.PID(), vm.Name)
 		}
 	}
-	if err := d.releaseNetwork(ctx, vm); err != nil {
-		d.log.Warn("removing tap", "tap", vm.TAP, "err", err)
+	if err := d.release(ctx, vm); err != nil {
+		d.log.Warn("releasing host resources", "vm", vm.Name, "err", err)
 	}
 	vm.State = StateStopped
 	vm.PID = 0
@@ -549,16 +534,15 @@ func (d *Daemon) remove(name string) error {
 			return fmt.Errorf("stopping VM %s: its hypervisor (pid %d) did not exit: %v (kill it, then retry)", vm.Name, inst.PID(), err)
 		}
 	}
-	if err := d.releaseNetwork(ctx, vm); err != nil {
-		return fmt.Errorf("removing VM %s: %w", vm.Name, err)
+	if err := d.release(ctx, vm); err != nil {
+		return err
 	}
 	if err := os.RemoveAll(vm.RuntimeDir); err != nil {
 		return fmt.Errorf("removing VM %s: %w", vm.Name, err)
 	}
-	if err := os.RemoveAll(vm.Dir); err != nil {
-		return fmt.Errorf("removing VM %s disks: %w", vm.Name, err)
+	if err := d.caps.destroy(ctx, vm); err != nil {
+		return err
 	}
-	d.unpinHostKeys(vm.Name)
 	d.mu.Lock()
 	delete(d.instances, vm.ID)
 	d.mu.Unlock()
@@ -609,12 +593,12 @@ func (d *Daemon) vmByName(ctx context.Context, name string) (*store.VM, error) {
 
 // reconcile adopts hypervisors that survived a daemon restart and marks the
 // others stopped, keeping their disks.
-func (d *Daemon) reconcile(ctx context.Context) (map[string]bool, error) {
+// The capabilities reconcile the host afterwards (setupHost).
+func (d *Daemon) reconcile(ctx context.Context) error {
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	owned := map[string]bool{}
 	for i := range vms {
 		vm := &vms[i]
 		if vm.State == StateStopped || (vm.State == StateError && vm.PID == 0) {
@@ -624,12 +608,11 @@ func (d *Daemon) reconcile(ctx context.Context) (map[string]bool, error) {
 		var inst hypervisor.Instance
 		err = nil
 		if ok && vm.PID != 0 {
-			inst, err = be.Attach(ctx, d.spec(vm, nil))
+			inst, err = be.Attach(ctx, d.spec(vm))
 		}
 		if err != nil && !errors.Is(err, hypervisor.ErrNotRunning) {
 			// A process may still run: keep the record and its device.
 			d.log.Warn("cannot adopt VM's hypervisor; leaving it as it is", "vm", vm.Name, "pid", vm.PID, "err", err)
-			owned[vm.TAP] = true
 			continue
 		}
 		if inst != nil && err == nil {
@@ -638,7 +621,6 @@ func (d *Daemon) reconcile(ctx context.Context) (map[string]bool, error) {
 			d.instances[vm.ID] = inst
 			d.mu.Unlock()
 			d.watch(vm.ID, vm.Name, inst)
-			owned[vm.TAP] = true
 			switch vm.State {
 			case StateStopping, StateError:
 				// The previous daemon died mid-stop or mid-failure: finish it.
@@ -649,8 +631,9 @@ func (d *Daemon) reconcile(ctx context.Context) (map[string]bool, error) {
 			continue
 		}
 		d.log.Info("VM's hypervisor is gone; marking it stopped", "vm", vm.Name, "state", vm.State)
-		d.net.DeleteTAP(ctx, vm.TAP)
-		d.nat.Disable(ctx, vm.ID)
+		if err := d.release(ctx, vm); err != nil {
+			d.log.Warn("releasing host resources of a stopped VM", "vm", vm.Name, "err", err)
+		}
 		switch vm.State {
 		case StateCreating:
 			vm.State = StateError
@@ -661,21 +644,10 @@ func (d *Daemon) reconcile(ctx context.Context) (map[string]bool, error) {
 		}
 		vm.PID = 0
 		if err := d.store.UpdateVM(ctx, vm); err != nil {
-			return owned, err
+			return err
 		}
 	}
-	taps, err := d.net.ListTAPs(ctx, network.TAPPrefix)
-	if err != nil {
-		d.log.Warn("listing tap devices", "err", err)
-		return owned, nil
-	}
-	for _, t := range taps {
-		if !owned[t] {
-			d.log.Info("removing orphan tap device", "tap", t)
-			d.net.DeleteTAP(ctx, t)
-		}
-	}
-	return owned, nil
+	return nil
 }
 
 // goTracked runs fn in a goroutine that daemon shutdown waits for.
@@ -700,7 +672,7 @@ func (d *Daemon) resumeReadiness(name string) {
 		return // a process may run that cannot be controlled: leave it be
 	}
 	if inst == nil {
-		d.releaseNetwork(d.ctx, vm)
+		d.release(d.ctx, vm)
 		vm.State, vm.PID = StateStopped, 0
 		d.store.UpdateVM(d.ctx, vm)
 		return

@@ -23,6 +23,7 @@ const (
 	OpSSH          = "vm ssh"
 	OpNAT          = "vm --nat"
 	OpRuntimeBuild = "runtime build"
+	OpWorkSeed     = "work-seed refresh"
 )
 
 // Tools is every host tool banger uses.
@@ -31,7 +32,8 @@ var Tools = []Tool{
 	{"qemu-system-x86_64", "qemu-system-x86", []string{OpQEMU}},
 	{"e2fsck", "e2fsprogs", []string{OpDiskSize, OpRuntimeBuild}},
 	{"resize2fs", "e2fsprogs", []string{OpDiskSize}},
-	{"mkfs.ext4", "e2fsprogs", []string{OpRuntimeBuild}},
+	{"mkfs.ext4", "e2fsprogs", []string{OpRuntimeBuild, OpWorkSeed}},
+	{"debugfs", "e2fsprogs", []string{OpRuntimeBuild, OpWorkSeed}},
 	{"ssh", "openssh-client", []string{OpSSH}},
 	{"nft", "nftables", []string{OpNAT}},
 	{"debootstrap", "debootstrap", []string{OpRuntimeBuild}},

@@ -9,10 +9,13 @@ import (
 
 // Image is a guest image banger can boot.
 type Image struct {
-	Name      string
-	Rootfs    string
-	WorkSeed  string
-	Managed   bool // banger owns the files and deletes them with the image
+	Name     string
+	Rootfs   string
+	WorkSeed string
+	Managed  bool // banger owns the files and deletes them with the image
+	// SeedKey is the sha256 (hex) of the public key WorkSeed authorizes for
+	// root, when banger built the seed; empty when unknown.
+	SeedKey   string
 	CreatedAt time.Time
 }
 
@@ -25,11 +28,11 @@ func (s *Store) UpsertImage(ctx context.Context, img *Image) error {
 	if img.CreatedAt.IsZero() {
 		img.CreatedAt = time.Now().UTC()
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO images (name, rootfs, work_seed, managed, created_at)
-		VALUES (?, ?, ?, ?, ?)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO images (name, rootfs, work_seed, managed, seed_key, created_at)
+		VALUES (?, ?, ?, ?, ?, ?)
 		ON CONFLICT(name) DO UPDATE SET rootfs = excluded.rootfs, work_seed = excluded.work_seed,
-			managed = excluded.managed`,
-		img.Name, img.Rootfs, img.WorkSeed, img.Managed, formatTime(img.CreatedAt))
+			managed = excluded.managed, seed_key = excluded.seed_key`,
+		img.Name, img.Rootfs, img.WorkSeed, img.Managed, img.SeedKey, formatTime(img.CreatedAt))
 	if err != nil {
 		return fmt.Errorf("saving image %s: %w", img.Name, err)
 	}
@@ -38,7 +41,7 @@ func (s *Store) UpsertImage(ctx context.Context, img *Image) error {
 
 // GetImage returns the named image or an error wrapping ErrNotFound.
 func (s *Store) GetImage(ctx context.Context, name string) (*Image, error) {
-	imgs, err := s.queryImages(ctx, `SELECT name, rootfs, work_seed, managed, created_at FROM images WHERE name = ?`, name)
+	imgs, err := s.queryImages(ctx, `SELECT name, rootfs, work_seed, managed, seed_key, created_at FROM images WHERE name = ?`, name)
 	if err != nil {
 		return nil, fmt.Errorf("getting image %s: %w", name, err)
 	}
@@ -50,7 +53,7 @@ func (s *Store) GetImage(ctx context.Context, name string) (*Image, error) {
 
 // ListImages returns every image ordered by name.
 func (s *Store) ListImages(ctx context.Context) ([]Image, error) {
-	imgs, err := s.queryImages(ctx, `SELECT name, rootfs, work_seed, managed, created_at FROM images ORDER BY name`)
+	imgs, err := s.queryImages(ctx, `SELECT name, rootfs, work_seed, managed, seed_key, created_at FROM images ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("listing images: %w", err)
 	}
@@ -83,7 +86,7 @@ func (s *Store) queryImages(ctx context.Context, query string, args ...any) ([]I
 			img     Image
 			created string
 		)
-		if err := rows.Scan(&img.Name, &img.Rootfs, &img.WorkSeed, &img.Managed, &created); err != nil {
+		if err := rows.Scan(&img.Name, &img.Rootfs, &img.WorkSeed, &img.Managed, &img.SeedKey, &created); err != nil {
 			return nil, err
 		}
 		if img.CreatedAt, err = parseTime(created); err != nil {

@@ -346,7 +346,7 @@ func TestImages(t *testing.T) {
 	if err := s.UpsertImage(ctx, &Image{Name: "docker", Rootfs: "/d"}); err != nil {
 		t.Fatal(err)
 	}
-	upd := &Image{Name: "minimal", Rootfs: "/b/rootfs.ext4", Managed: true}
+	upd := &Image{Name: "minimal", Rootfs: "/b/rootfs.ext4", Managed: true, SeedKey: "abc123"}
 	if err := s.UpsertImage(ctx, upd); err != nil {
 		t.Fatal(err)
 	}
@@ -354,7 +354,7 @@ func TestImages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Rootfs != "/b/rootfs.ext4" || got.WorkSeed != "" || !got.Managed || !got.CreatedAt.Equal(created) {
+	if got.Rootfs != "/b/rootfs.ext4" || got.WorkSeed != "" || !got.Managed || got.SeedKey != "abc123" || !got.CreatedAt.Equal(created) {
 		t.Errorf("GetImage(minimal) = %+v, want the updated row created at %v", got, created)
 	}
 	list, err := s.ListImages(ctx)
@@ -460,5 +460,43 @@ func TestOpenOddPath(t *testing.T) {
 	}
 	if _, err := os.Stat(path); err != nil {
 		t.Errorf("database not at %q: %v", path, err)
+	}
+}
+
+// TestMigrateKeepsImages opens a database left at schema version 1 (before
+// images had seed_key) and checks that its images survive the migration.
+func TestMigrateKeepsImages(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "banger.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Roll the schema back to version 1 by hand.
+	for _, q := range []string{
+		`DROP TABLE vm_stages`, `DROP TABLE vms`, `DROP TABLE images`, `DELETE FROM schema_migrations`,
+		migrations[0],
+		`INSERT INTO schema_migrations (version, applied_at) VALUES (1, 'x')`,
+		`INSERT INTO images (name, rootfs, work_seed, managed, created_at) VALUES ('old', '/o/rootfs.ext4', '', 1, '2026-01-02T03:04:05Z')`,
+	} {
+		if _, err := s.db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	s.Close()
+	s, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v, err := s.SchemaVersion(ctx); err != nil || v != len(migrations) {
+		t.Fatalf("SchemaVersion() = %d, %v; want %d", v, err, len(migrations))
+	}
+	img, err := s.GetImage(ctx, "old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Rootfs != "/o/rootfs.ext4" || !img.Managed || img.SeedKey != "" {
+		t.Errorf("migrated image = %+v, want rootfs /o/rootfs.ext4, managed, no seed key", img)
 	}
 }

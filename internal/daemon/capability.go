@@ -1,0 +1,118 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/banger/banger/internal/agent"
+	"github.com/banger/banger/internal/guestconfig"
+	"github.com/banger/banger/internal/store"
+)
+
+// capability is one host-integrated feature of a VM: its disks, its network
+// device, its NAT rules, its name in DNS, its pinned host keys. The lifecycle
+// in vm.go calls every capability at the same points and in the same order,
+// so a new feature is a new capability in Daemon.caps, not a new branch
+// through vm.go. Embed noCapability to implement only the hooks you need.
+type capability interface {
+	// Name names the capability in errors and logs.
+	Name() string
+	// Create runs once per VM, when it is created, before its first boot.
+	Create(ctx context.Context, vm *store.VM, p *createPlan) error
+	// Prepare runs before every boot: it readies what the hypervisor needs
+	// on the host and adds to the guest's configuration.
+	Prepare(ctx context.Context, vm *store.VM, g *guestconfig.Config) error
+	// Ready runs when the guest agent first answers, before the SSH check.
+	Ready(ctx context.Context, vm *store.VM, h *agent.Health) error
+	// Release undoes Prepare once the hypervisor has ended (stop, failed
+	// boot, guest poweroff, delete). It must be idempotent.
+	Release(ctx context.Context, vm *store.VM) error
+	// Destroy removes what outlives a stop, when the VM is deleted.
+	Destroy(ctx context.Context, vm *store.VM) error
+	// Reconcile runs at daemon start, after running hypervisors were
+	// adopted, with every VM on record: it removes what belongs to no VM
+	// and restores what running VMs need.
+	Reconcile(ctx context.Context, vms []store.VM) error
+}
+
+// noCapability implements every hook as a no-op.
+type noCapability struct{}
+
+func (noCapability) Create(context.Context, *store.VM, *createPlan) error          { return nil }
+func (noCapability) Prepare(context.Context, *store.VM, *guestconfig.Config) error { return nil }
+func (noCapability) Ready(context.Context, *store.VM, *agent.Health) error         { return nil }
+func (noCapability) Release(context.Context, *store.VM) error                      { return nil }
+func (noCapability) Destroy(context.Context, *store.VM) error                      { return nil }
+func (noCapability) Reconcile(context.Context, []store.VM) error                   { return nil }
+
+// capabilities runs the hooks of an ordered list of capabilities.
+type capabilities []capability
+
+// create runs every Create hook in order, stopping at the first failure.
+func (cs capabilities) create(ctx context.Context, vm *store.VM, p *createPlan) error {
+	for _, c := range cs {
+		if err := c.Create(ctx, vm, p); err != nil {
+			return fmt.Errorf("creating VM %s: %s: %w", vm.Name, c.Name(), err)
+		}
+	}
+	return nil
+}
+
+// prepare runs every Prepare hook in order. On a failure it releases
+// everything (Release is idempotent) and returns the error.
+func (cs capabilities) prepare(ctx context.Context, vm *store.VM, g *guestconfig.Config) error {
+	for _, c := range cs {
+		if err := c.Prepare(ctx, vm, g); err != nil {
+			err = fmt.Errorf("preparing VM %s: %s: %w", vm.Name, c.Name(), err)
+			return errors.Join(err, cs.release(context.WithoutCancel(ctx), vm))
+		}
+	}
+	return nil
+}
+
+// ready runs every Ready hook in order, stopping at the first failure.
+func (cs capabilities) ready(ctx context.Context, vm *store.VM, h *agent.Health) error {
+	for _, c := range cs {
+		if err := c.Ready(ctx, vm, h); err != nil {
+			return fmt.Errorf("VM %s ready: %s: %w", vm.Name, c.Name(), err)
+		}
+	}
+	return nil
+}
+
+// release runs every Release hook in reverse order; a failure does not stop
+// the others, and all failures are returned.
+func (cs capabilities) release(ctx context.Context, vm *store.VM) error {
+	var errs []error
+	for i := len(cs) - 1; i >= 0; i-- {
+		if err := cs[i].Release(ctx, vm); err != nil {
+			errs = append(errs, fmt.Errorf("releasing VM %s: %s: %w", vm.Name, cs[i].Name(), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// destroy runs every Destroy hook in reverse order; a failure does not stop
+// the others, and all failures are returned.
+func (cs capabilities) destroy(ctx context.Context, vm *store.VM) error {
+	var errs []error
+	for i := len(cs) - 1; i >= 0; i-- {
+		if err := cs[i].Destroy(ctx, vm); err != nil {
+			errs = append(errs, fmt.Errorf("removing VM %s: %s: %w", vm.Name, cs[i].Name(), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// reconcile runs every Reconcile hook in order; a failure does not stop the
+// others, and all failures are returned.
+func (cs capabilities) reconcile(ctx context.Context, vms []store.VM) error {
+	var errs []error
+	for _, c := range cs {
+		if err := c.Reconcile(ctx, vms); err != nil {
+			errs = append(errs, fmt.Errorf("reconciling %s: %w", c.Name(), err))
+		}
+	}
+	return errors.Join(errs...)
+}

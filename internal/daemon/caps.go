@@ -1,0 +1,281 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"github.com/banger/banger/internal/agent"
+	"github.com/banger/banger/internal/disk"
+	"github.com/banger/banger/internal/dns"
+	"github.com/banger/banger/internal/doctor"
+	"github.com/banger/banger/internal/guestconfig"
+	"github.com/banger/banger/internal/network"
+	"github.com/banger/banger/internal/store"
+)
+
+// newCapabilities lists the daemon's capabilities in the order they are
+// prepared; they are released in reverse.
+func (d *Daemon) newCapabilities() capabilities {
+	return capabilities{
+		&diskCap{d: d},
+		&tapCap{d: d},
+		&dnsCap{
+			gateway:   d.net.Gateway,
+			bound:     d.dnsBound,
+			upstreams: d.dnsUpstreams,
+		},
+		&natCap{d: d},
+		&hostKeysCap{d: d},
+	}
+}
+
+// diskCap gives each VM a copy-on-write clone of its image's rootfs, grown
+// to the asked size, and its own /root disk cloned from the image's
+// work-seed. A stop keeps both; a delete removes them.
+type diskCap struct {
+	noCapability
+	d *Daemon
+}
+
+func (*diskCap) Name() string { return "disks" }
+
+func (c *diskCap) Create(ctx context.Context, vm *store.VM, p *createPlan) error {
+	if err := os.MkdirAll(vm.Dir, 0o700); err != nil {
+		return err
+	}
+	root := filepath.Join(vm.Dir, "rootfs.ext4")
+	if _, err := disk.Clone(p.image.Rootfs, root); err != nil {
+		return err
+	}
+	if size, _ := disk.Size(root); p.diskSize > size {
+		if err := disk.Grow(ctx, c.d.r, root, p.diskSize); err != nil {
+			return err
+		}
+	}
+	seed, err := c.d.seedFor(ctx, p.bundle, p.image)
+	if err != nil {
+		return err
+	}
+	_, err = disk.Clone(seed, filepath.Join(vm.Dir, "work.ext4"))
+	return err
+}
+
+func (*diskCap) Destroy(_ context.Context, vm *store.VM) error {
+	return os.RemoveAll(vm.Dir)
+}
+
+// tapCap gives each running VM a TAP device on the bridge (a pooled one when
+// the pool has one ready) and the guest its static address.
+type tapCap struct {
+	noCapability
+	d *Daemon
+}
+
+func (*tapCap) Name() string { return "network device" }
+
+func (c *tapCap) Prepare(ctx context.Context, vm *store.VM, g *guestconfig.Config) error {
+	d := c.d
+	if err := d.net.EnsureBridge(ctx); err != nil {
+		return err
+	}
+	vm.TAP = network.TAPName(vm.ID)
+	if tap := d.pool.Take(); tap != "" {
+		vm.TAP = tap
+		d.pool.Refill(d.ctx)
+	}
+	// Idempotent: for a pooled device this re-checks that it still exists
+	// and is attached to the bridge.
+	if err := d.net.CreateTAP(ctx, vm.TAP, os.Getuid(), os.Getgid()); err != nil {
+		return err
+	}
+	if err := d.store.UpdateVM(ctx, vm); err != nil {
+		return err
+	}
+	ip, err := netip.ParseAddr(vm.IP)
+	if err != nil {
+		return fmt.Errorf("address of %s on record: %w", vm.Name, err)
+	}
+	g.Network.Client = ip
+	g.Network.Gateway = d.net.Gateway()
+	g.Network.PrefixLen = d.net.Subnet.Bits()
+	g.Network.Hostname = vm.Name
+	g.Network.Device = "eth0"
+	g.Network.Autoconf = "off"
+	return nil
+}
+
+func (c *tapCap) Release(ctx context.Context, vm *store.VM) error {
+	err := c.d.net.DeleteTAP(ctx, vm.TAP)
+	c.d.pool.Refill(c.d.ctx)
+	return err
+}
+
+// Reconcile removes TAP devices no live hypervisor uses, then brings up the
+// bridge and the pool, adopting idle pool devices.
+func (c *tapCap) Reconcile(ctx context.Context, vms []store.VM) error {
+	d := c.d
+	inUse := map[string]bool{}
+	for _, vm := range vms {
+		if vm.PID != 0 {
+			inUse[vm.TAP] = true
+		}
+	}
+	taps, err := d.net.ListTAPs(ctx, network.TAPPrefix)
+	if err != nil {
+		d.log.Warn("listing tap devices", "err", err)
+	}
+	for _, t := range taps {
+		if !inUse[t] {
+			d.log.Info("removing orphan tap device", "tap", t)
+			d.net.DeleteTAP(ctx, t)
+		}
+	}
+	if err := d.net.EnsureBridge(ctx); err != nil {
+		return fmt.Errorf("bridge not ready, VMs cannot start until it is: %w", err)
+	}
+	// With the pool off, Adopt removes leftover pool devices.
+	if err := d.pool.Adopt(ctx, inUse); err != nil {
+		return fmt.Errorf("adopting tap pool: %w", err)
+	}
+	d.pool.Refill(d.ctx)
+	return nil
+}
+
+// dnsCap tells the guest which resolver to use: banger's own DNS server on
+// the bridge when it serves there (so guests resolve each other by name),
+// else the host's upstream resolvers that a guest can reach.
+type dnsCap struct {
+	noCapability
+	gateway   func() netip.Addr
+	bound     func() []string          // addresses banger's DNS server listens on
+	upstreams func() ([]string, error) // the host's resolvers, "ip:port"
+}
+
+func (*dnsCap) Name() string { return "dns" }
+
+func (c *dnsCap) Prepare(_ context.Context, _ *store.VM, g *guestconfig.Config) error {
+	g.Network.DNS = c.resolvers()
+	return nil
+}
+
+// resolvers picks at most two resolvers the guest can reach on port 53.
+func (c *dnsCap) resolvers() []netip.Addr {
+	gw := c.gateway()
+	for _, a := range c.bound() {
+		if ap, err := netip.ParseAddrPort(a); err == nil && ap.Addr() == gw && ap.Port() == 53 {
+			return []netip.Addr{gw}
+		}
+	}
+	ups, _ := c.upstreams()
+	var out []netip.Addr
+	for _, u := range ups {
+		ap, err := netip.ParseAddrPort(u)
+		if err != nil || ap.Port() != 53 || !ap.Addr().Is4() || ap.Addr().IsLoopback() || ap.Addr().IsUnspecified() {
+			continue
+		}
+		out = append(out, ap.Addr())
+		if len(out) == 2 {
+			break
+		}
+	}
+	return out
+}
+
+// dnsBound lists the addresses the .vm DNS server listens on.
+func (d *Daemon) dnsBound() []string {
+	if d.dns == nil {
+		return nil
+	}
+	return d.dns.BoundAddrs()
+}
+
+// dnsUpstreams are the resolvers banger forwards to: the configured ones, or
+// the host's.
+func (d *Daemon) dnsUpstreams() ([]string, error) {
+	if d.cfg.DNSUpstreamsSet() {
+		var out []string
+		for _, u := range d.cfg.DNSUpstreams {
+			if _, _, err := net.SplitHostPort(u); err != nil {
+				u = net.JoinHostPort(u, "53")
+			}
+			out = append(out, u)
+		}
+		return out, nil
+	}
+	return dns.DefaultUpstreams()
+}
+
+// natCap masquerades the outbound traffic of VMs with NAT on, through rules
+// in banger's own nftables table.
+type natCap struct {
+	noCapability
+	d *Daemon
+}
+
+func (*natCap) Name() string { return "nat" }
+
+func (c *natCap) Prepare(ctx context.Context, vm *store.VM, _ *guestconfig.Config) error {
+	if !vm.NAT {
+		return nil
+	}
+	return c.d.applyNAT(ctx, vm)
+}
+
+func (c *natCap) Release(ctx context.Context, vm *store.VM) error {
+	return c.d.nat.Disable(ctx, vm.ID)
+}
+
+// Reconcile makes banger's table hold exactly the rules of the running VMs
+// that have NAT on.
+func (c *natCap) Reconcile(ctx context.Context, vms []store.VM) error {
+	want := map[string]netip.Addr{}
+	for _, vm := range vms {
+		if vm.NAT && vm.PID != 0 && (vm.State == StateRunning || vm.State == StateStarting) {
+			if ip, err := netip.ParseAddr(vm.IP); err == nil {
+				want[vm.ID] = ip
+			}
+		}
+	}
+	if len(want) == 0 && doctor.RequireTools(doctor.OpNAT) != nil {
+		return nil // no nft and nothing needs it
+	}
+	if err := c.d.nat.Reconcile(ctx, want); err != nil {
+		return err
+	}
+	if len(want) > 0 {
+		if _, err := c.d.nat.EnsureForwarding(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hostKeysCap pins each guest's SSH host keys, as reported by its agent, in
+// banger's known_hosts under NAME.vm, and unpins them on delete.
+type hostKeysCap struct {
+	noCapability
+	d *Daemon
+}
+
+func (*hostKeysCap) Name() string { return "host keys" }
+
+func (c *hostKeysCap) Ready(_ context.Context, vm *store.VM, h *agent.Health) error {
+	return c.d.pinHostKeys(vm.Name, h.SSHHostKeys)
+}
+
+func (c *hostKeysCap) Destroy(_ context.Context, vm *store.VM) error {
+	return c.d.unpinHostKeys(vm.Name)
+}
+
+// Reconcile drops pins of names no VM has any more.
+func (c *hostKeysCap) Reconcile(_ context.Context, vms []store.VM) error {
+	names := map[string]bool{}
+	for _, vm := range vms {
+		names[vm.Name+".vm"] = true
+	}
+	return c.d.prunePins(names)
+}
