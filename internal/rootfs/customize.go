@@ -119,6 +119,57 @@ Nice=10
 WantedBy=multi-user.target
 `, OpencodePort)
 
+// tmuxUnit gives root's tmux sessions the tmux-resurrect/continuum
+// behaviour: they come back, detached and with their windows, panes and
+// directories, after a stop and start. It restores at boot and saves at
+// shutdown. Ordered after ssh.service, it is stopped before it, so the save
+// runs while a tmux server started from an SSH session (which lives in
+// ssh.service's cgroup: logind is masked) still runs. A tmux server that
+// restore starts lives in this unit (RemainAfterExit keeps it).
+const tmuxUnit = `[Unit]
+Description=banger: restore root's tmux sessions at boot, save them at shutdown
+After=banger-net.service ssh.service root.mount
+RequiresMountsFor=/root
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+User=root
+Environment=HOME=/root LANG=C.UTF-8
+WorkingDirectory=/root
+ExecStart=` + AgentPath + ` tmux-restore
+ExecStop=` + AgentPath + ` tmux-save
+TimeoutStopSec=30
+
+[Install]
+WantedBy=multi-user.target
+`
+
+// tmuxSaveUnit and tmuxSaveTimer save root's tmux sessions every 30 s, so a
+// VM whose hypervisor is killed loses at most that much.
+const tmuxSaveUnit = `[Unit]
+Description=banger: save root's tmux sessions
+RequiresMountsFor=/root
+
+[Service]
+Type=oneshot
+User=root
+Environment=HOME=/root
+ExecStart=` + AgentPath + ` tmux-save
+`
+
+const tmuxSaveTimer = `[Unit]
+Description=banger: save root's tmux sessions every 30 seconds
+
+[Timer]
+OnBootSec=1min
+OnUnitActiveSec=30s
+AccuracySec=5s
+
+[Install]
+WantedBy=timers.target
+`
+
 // miseBashrc is appended to the image's /etc/bash.bashrc, which every
 // interactive bash reads (login shells through /etc/profile). /root is
 // the VM's own disk, so root's dotfiles are not the place.
@@ -285,6 +336,9 @@ func fillOverlay(o overlay, opts Options, root string, bins map[string]string) e
 			{"etc/systemd/system/ssh.service.d/banger.conf", sshDropIn, 0o644},
 			{"etc/systemd/system/containerd.service.d/banger.conf", containerdDropIn, 0o644},
 			{"etc/systemd/system/opencode-server.service", opencodeUnit, 0o644},
+			{"etc/systemd/system/banger-tmux.service", tmuxUnit, 0o644},
+			{"etc/systemd/system/banger-tmux-save.service", tmuxSaveUnit, 0o644},
+			{"etc/systemd/system/banger-tmux-save.timer", tmuxSaveTimer, 0o644},
 		}...)
 		bashrc, err := os.ReadFile(filepath.Join(root, "etc/bash.bashrc"))
 		if err != nil {
@@ -327,6 +381,8 @@ func fillOverlay(o overlay, opts Options, root string, bins map[string]string) e
 			[2]string{wants + "docker.service", "/lib/systemd/system/docker.service"},
 			[2]string{wants + "containerd.service", "/lib/systemd/system/containerd.service"},
 			[2]string{wants + "opencode-server.service", "/etc/systemd/system/opencode-server.service"},
+			[2]string{wants + "banger-tmux.service", "/etc/systemd/system/banger-tmux.service"},
+			[2]string{"etc/systemd/system/timers.target.wants/banger-tmux-save.timer", "/etc/systemd/system/banger-tmux-save.timer"},
 			[2]string{"etc/systemd/system/sockets.target.wants/docker.socket", "/lib/systemd/system/docker.socket"},
 			// Keep the kernel's eth0 name: net-setup configures eth0.
 			[2]string{"etc/systemd/network/99-default.link", "/dev/null"},

@@ -171,7 +171,7 @@ func Build(ctx context.Context, r runner.Runner, opts Options, out string) error
 	// The minimal image has no tools: its key stays as it was. The docker
 	// image's key covers the tools and the files that set them up.
 	if tools := toolsFor(opts.Kind); len(tools) > 0 {
-		fmt.Fprintf(ih, "tools=%s\nextras=%x\n", toolsKey(tools), sha256.Sum256([]byte(opencodeUnit+miseBashrc)))
+		fmt.Fprintf(ih, "tools=%s\nextras=%x\n", toolsKey(tools), sha256.Sum256([]byte(opencodeUnit+miseBashrc+tmuxUnit+tmuxSaveUnit+tmuxSaveTimer)))
 	}
 	imgName := fmt.Sprintf("%s-%s.ext4", opts.Kind, hex.EncodeToString(ih.Sum(nil))[:24])
 	imgDir := filepath.Join(opts.CacheDir, "images")

@@ -306,6 +306,18 @@ func TestDefaultImage(t *testing.T) {
 		}
 		time.Sleep(2 * time.Second)
 	}
+
+	// tmux sessions come back after a stop and start, with their windows
+	// and directories (banger-tmux.service saves at shutdown, restores at
+	// boot).
+	e.ssh("dock", "sh", "-c", "'mkdir -p /root/proj /var/tmp/logs && tmux new-session -d -s work -n edit -c /root/proj && tmux new-window -t work -n logs -c /var/tmp/logs && tmux split-window -t work:logs -c /root'")
+	e.must("vm", "stop", "dock")
+	e.must("vm", "start", "dock")
+	out = e.ssh("dock", "tmux", "list-panes", "-a", "-F", "'#{session_name}:#{window_name}:#{pane_current_path}'")
+	want := "work:edit:/root/proj\nwork:logs:/var/tmp/logs\nwork:logs:/root"
+	if got := strings.TrimSpace(out); got != want {
+		t.Errorf("tmux panes after stop and start:\n%s\nwant:\n%s", got, want)
+	}
 }
 
 // TestMissingBundle checks that a create without a runtime bundle fails with
