@@ -84,22 +84,22 @@ func (cs capabilities) ready(ctx context.Context, vm *store.VM, h *agent.Health)
 // release runs every Release hook in reverse order; a failure does not stop
 // the others, and all failures are returned.
 func (cs capabilities) release(ctx context.Context, vm *store.VM) error {
-	var errs []error
-	for i := len(cs) - 1; i >= 0; i-- {
-		if err := cs[i].Release(ctx, vm); err != nil {
-			errs = append(errs, fmt.Errorf("releasing VM %s: %s: %w", vm.Name, cs[i].Name(), err))
-		}
-	}
-	return errors.Join(errs...)
+	return cs.undo("releasing VM "+vm.Name, func(c capability) error { return c.Release(ctx, vm) })
 }
 
 // destroy runs every Destroy hook in reverse order; a failure does not stop
 // the others, and all failures are returned.
 func (cs capabilities) destroy(ctx context.Context, vm *store.VM) error {
+	return cs.undo("removing VM "+vm.Name, func(c capability) error { return c.Destroy(ctx, vm) })
+}
+
+// undo runs hook for every capability in reverse order and joins the
+// failures, each prefixed with what and the capability's name.
+func (cs capabilities) undo(what string, hook func(capability) error) error {
 	var errs []error
 	for i := len(cs) - 1; i >= 0; i-- {
-		if err := cs[i].Destroy(ctx, vm); err != nil {
-			errs = append(errs, fmt.Errorf("removing VM %s: %s: %w", vm.Name, cs[i].Name(), err))
+		if err := hook(cs[i]); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %s: %w", what, cs[i].Name(), err))
 		}
 	}
 	return errors.Join(errs...)
