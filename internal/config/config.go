@@ -48,6 +48,11 @@ type Config struct {
 	// TAPPoolSize idle TAP devices are kept ready for fast creates; 0 turns
 	// the pool off.
 	TAPPoolSize int `toml:"tap_pool_size"`
+	// GuestPrivatePorts are guest TCP ports that other guests on the bridge
+	// cannot reach (the host still can): by default the opencode server's
+	// 4096, which runs commands for whoever talks to it. An empty list
+	// turns the isolation off.
+	GuestPrivatePorts []int `toml:"guest_private_ports"`
 
 	// WebListenAddr is where bangerd serves its web UI; "" turns it off.
 	WebListenAddr string `toml:"web_listen_addr"`
@@ -73,6 +78,7 @@ func Defaults() Config {
 		DNSOnBridge:         true,
 		ResolvedSplitDNS:    true,
 		TAPPoolSize:         2,
+		GuestPrivatePorts:   []int{4096},
 		WebListenAddr:       "127.0.0.1:7777",
 	}
 }
@@ -110,6 +116,11 @@ func (c Config) Validate() error {
 	}
 	if c.TAPPoolSize < 0 || c.TAPPoolSize > 64 {
 		return fmt.Errorf("config: tap_pool_size %d must be 0 to 64", c.TAPPoolSize)
+	}
+	for _, p := range c.GuestPrivatePorts {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("config: guest_private_ports: %d is not a TCP port (1-65535)", p)
+		}
 	}
 	if c.Bridge == "" || len(c.Bridge) > 15 {
 		return fmt.Errorf("config: bridge %q must be 1 to 15 characters", c.Bridge)

@@ -22,6 +22,10 @@ func TestLoad(t *testing.T) {
 		{"bad hypervisor", "hypervisor = \"kvm\"\n", nil, "not auto, firecracker or qemu"},
 		{"bad subnet", "subnet = \"10.0.0.0/30\"\n", nil, "not an IPv4 prefix"},
 		{"bad pool", "tap_pool_size = -1\n", nil, "tap_pool_size"},
+		{"private ports default", "", func(c Config) bool { return len(c.GuestPrivatePorts) == 1 && c.GuestPrivatePorts[0] == 4096 }, ""},
+		{"private ports set", "guest_private_ports = [4096, 8080]\n", func(c Config) bool { return len(c.GuestPrivatePorts) == 2 && c.GuestPrivatePorts[1] == 8080 }, ""},
+		{"private ports off", "guest_private_ports = []\n", func(c Config) bool { return len(c.GuestPrivatePorts) == 0 }, ""},
+		{"bad private port", "guest_private_ports = [70000]\n", nil, "not a TCP port"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "config.toml")

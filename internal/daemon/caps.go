@@ -29,6 +29,7 @@ func (d *Daemon) newCapabilities() capabilities {
 			upstreams: d.dnsUpstreams,
 		},
 		&natCap{d: d},
+		&isolationCap{d: d},
 		&hostKeysCap{d: d},
 	}
 }
@@ -278,4 +279,27 @@ func (c *hostKeysCap) Reconcile(_ context.Context, vms []store.VM) error {
 		names[vm.Name+".vm"] = true
 	}
 	return c.d.prunePins(names)
+}
+
+// isolationCap keeps guests off each other's private ports (the opencode
+// server's 4096 by default) with banger's nftables bridge table; the host
+// still reaches them. The table is shared by all VMs, so it is set up when
+// the daemon starts.
+type isolationCap struct {
+	noCapability
+	d *Daemon
+}
+
+func (*isolationCap) Name() string { return "guest isolation" }
+
+func (c *isolationCap) Reconcile(ctx context.Context, _ []store.VM) error {
+	m := c.d.isolation
+	if len(m.Ports) > 0 {
+		if err := doctor.RequireTools(doctor.OpIsolation); err != nil {
+			return fmt.Errorf("guests can reach each other's ports %v: %w", m.Ports, err)
+		}
+	} else if doctor.RequireTools(doctor.OpIsolation) != nil {
+		return nil // off, and no nft to remove a table with
+	}
+	return m.Ensure(ctx)
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/firecracker"
 	"github.com/banger/banger/internal/hypervisor/qemu"
+	"github.com/banger/banger/internal/isolation"
 	"github.com/banger/banger/internal/nat"
 	"github.com/banger/banger/internal/network"
 	"github.com/banger/banger/internal/rpc"
@@ -41,16 +42,18 @@ type Options struct {
 
 // Daemon is one running bangerd.
 type Daemon struct {
-	cfg     config.Config
-	paths   config.Paths
-	log     *slog.Logger
-	r       runner.Runner
-	store   *store.Store
-	net     *network.Manager
-	nat     *nat.Manager
-	pool    *network.Pool
-	dns     *dns.Server
-	started time.Time
+	cfg   config.Config
+	paths config.Paths
+	log   *slog.Logger
+	r     runner.Runner
+	store *store.Store
+	net   *network.Manager
+	nat   *nat.Manager
+	pool  *network.Pool
+	// isolation keeps guests off each other's private ports.
+	isolation *isolation.Manager
+	dns       *dns.Server
+	started   time.Time
 	// caps are the VM capabilities, in the order they are prepared.
 	caps capabilities
 
@@ -111,6 +114,8 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d.nat = &nat.Manager{R: opts.Runner, Bridge: d.net.BridgeName(), Subnet: d.net.GuestSubnet(), Log: opts.Log.With("component", "nat")}
 	d.pool = &network.Pool{M: d.net, Size: opts.Config.TAPPoolSize, UID: os.Getuid(), GID: os.Getgid(), Log: opts.Log.With("component", "tap-pool")}
+	d.isolation = &isolation.Manager{R: opts.Runner, Ports: opts.Config.GuestPrivatePorts,
+		TAPPrefixes: []string{network.TAPPrefix, network.PoolPrefix}}
 	d.caps = d.newCapabilities()
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	return d, nil

@@ -16,6 +16,7 @@ import (
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/dns"
 	"github.com/banger/banger/internal/hypervisor"
+	"github.com/banger/banger/internal/isolation"
 	"github.com/banger/banger/internal/nat"
 	"github.com/banger/banger/internal/runner"
 )
@@ -241,6 +242,8 @@ func checkNetwork(ctx context.Context, in Inputs, add func(Check)) {
 	}
 	add(n)
 
+	add(checkIsolation(ctx, in))
+
 	f := Check{Area: "network", Name: "ip_forward"}
 	if on, err := nat.ForwardingEnabled(); err != nil {
 		f.Status, f.Detail = Warn, err.Error()
@@ -250,6 +253,32 @@ func checkNetwork(ctx context.Context, in Inputs, add func(Check)) {
 		f.Status, f.Detail = OK, "net.ipv4.ip_forward = 0 (banger turns it on when the first NAT guest starts)"
 	}
 	add(f)
+}
+
+// checkIsolation reports whether other guests are kept off the guests'
+// private ports (guest_private_ports), reading banger's bridge table back.
+func checkIsolation(ctx context.Context, in Inputs) Check {
+	c := Check{Area: "network", Name: "guest isolation"}
+	want := in.Config.GuestPrivatePorts
+	if len(want) == 0 {
+		c.Status, c.Detail = OK, "off (guest_private_ports = []): guests reach each other on every port"
+		return c
+	}
+	if err := nat.Check(ctx, in.R); err != nil {
+		c.Status, c.Detail, c.Fix = Warn, fmt.Sprintf("guests can reach each other's ports %v: %v", want, err), "apt-get install nftables, then restart bangerd"
+		return c
+	}
+	m := isolation.Manager{R: in.R}
+	got, err := m.Active(ctx)
+	switch {
+	case err != nil:
+		c.Status, c.Detail = Warn, err.Error()
+	case len(got) == 0:
+		c.Status, c.Detail, c.Fix = Warn, fmt.Sprintf("table bridge %s is absent: guests can reach each other's ports %v", isolation.DefaultTable, want), "bangerd creates it when it starts"
+	default:
+		c.Status, c.Detail = OK, fmt.Sprintf("ports %v reachable from the host only, not from other guests", got)
+	}
+	return c
 }
 
 func checkDNS(ctx context.Context, in Inputs, add func(Check)) {

@@ -24,6 +24,7 @@ const (
 	OpNAT          = "vm --nat"
 	OpRuntimeBuild = "runtime build"
 	OpWorkSeed     = "work-seed refresh"
+	OpIsolation    = "guest isolation"
 )
 
 // Tools is every host tool banger uses.
@@ -35,7 +36,7 @@ var Tools = []Tool{
 	{"mkfs.ext4", "e2fsprogs", []string{OpRuntimeBuild, OpWorkSeed}},
 	{"debugfs", "e2fsprogs", []string{OpRuntimeBuild, OpWorkSeed}},
 	{"ssh", "openssh-client", []string{OpSSH}},
-	{"nft", "nftables", []string{OpNAT}},
+	{"nft", "nftables", []string{OpNAT, OpIsolation}},
 	{"debootstrap", "debootstrap", []string{OpRuntimeBuild}},
 	{"apt-get", "apt", []string{OpRuntimeBuild}},
 	{"dpkg", "dpkg", []string{OpRuntimeBuild}},

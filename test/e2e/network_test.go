@@ -207,6 +207,36 @@ func TestNetworking(t *testing.T) {
 		}
 	})
 
+	t.Run("private ports are closed between guests, open to the host", func(t *testing.T) {
+		e := e.with(t)
+		// A second sshd stands in for the opencode server on 4096.
+		e.ssh("plainbox", "/usr/sbin/sshd", "-p", "4096")
+		probe := func(port string) string {
+			return strings.TrimSpace(e.ssh("natbox", "bash", "-c",
+				fmt.Sprintf("'timeout 5 bash -c \"exec 3<>/dev/tcp/%s/%s\" 2>/dev/null && echo open || echo closed'", plainbox.IP, port)))
+		}
+		if got := probe("22"); got != "open" {
+			t.Fatalf("natbox to plainbox:22 = %s, want open (guests reach each other)", got)
+		}
+		if got := probe("4096"); got != "closed" {
+			t.Fatalf("natbox to plainbox:4096 = %s, want closed (a private port)", got)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := e.ns.Dial(ctx, "tcp", net.JoinHostPort(plainbox.IP, "4096"))
+		if err != nil {
+			t.Fatalf("host to plainbox:4096: %v, want open", err)
+		}
+		c.Close()
+		if out, err := exec.Command("ip", "netns", "exec", e.ns.Name, "nft", "list", "table", "bridge", "banger").CombinedOutput(); err != nil || !strings.Contains(string(out), "4096") {
+			t.Fatalf("nft table bridge banger: %v\n%s", err, out)
+		}
+		d, _, err := e.banger(ctx, "doctor")
+		if !strings.Contains(d, "ports [4096] reachable from the host only") {
+			t.Errorf("doctor does not report the isolation (%v):\n%s", err, d)
+		}
+	})
+
 	t.Run("no-nat and delete remove the rules", func(t *testing.T) {
 		e := e.with(t)
 		e.must("vm", "set", "--no-nat", "natbox")

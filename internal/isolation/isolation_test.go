@@ -1,0 +1,125 @@
+package isolation
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/banger/banger/internal/netns"
+	"github.com/banger/banger/internal/runner"
+)
+
+func TestScript(t *testing.T) {
+	tests := []struct {
+		name    string
+		m       Manager
+		want    []string
+		wantErr string
+	}{
+		{
+			name: "one port, two prefixes",
+			m:    Manager{Ports: []int{4096}, TAPPrefixes: []string{"bgtap-", "tap-pool-"}},
+			want: []string{
+				"add table bridge banger", "delete table bridge banger", "add table bridge banger",
+				"add chain bridge banger forward { type filter hook forward priority filter; policy accept; }",
+				`add rule bridge banger forward iifname "bgtap-*" tcp dport { 4096 } drop comment "banger:private-ports"`,
+				`add rule bridge banger forward iifname "tap-pool-*" tcp dport { 4096 } drop comment "banger:private-ports"`,
+			},
+		},
+		{
+			name: "several ports, own table",
+			m:    Manager{Table: "t1", Ports: []int{4096, 8080}, TAPPrefixes: []string{"x-"}},
+			want: []string{
+				"add table bridge t1", "delete table bridge t1", "add table bridge t1",
+				"add chain bridge t1 forward { type filter hook forward priority filter; policy accept; }",
+				`add rule bridge t1 forward iifname "x-*" tcp dport { 4096, 8080 } drop comment "banger:private-ports"`,
+			},
+		},
+		{name: "no ports removes the table", m: Manager{TAPPrefixes: []string{"x-"}}, want: []string{"add table bridge banger", "delete table bridge banger"}},
+		{name: "port out of range", m: Manager{Ports: []int{0}, TAPPrefixes: []string{"x-"}}, wantErr: "out of range"},
+		{name: "no prefixes", m: Manager{Ports: []int{22}}, wantErr: "no TAP device prefixes"},
+		{name: "quote in prefix", m: Manager{Ports: []int{22}, TAPPrefixes: []string{`a"b`}}, wantErr: "not valid"},
+		{name: "bad table", m: Manager{Table: "a b", Ports: []int{22}, TAPPrefixes: []string{"x-"}}, wantErr: "not valid"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := tt.m.Script()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Script() = %q, %v; want error containing %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(got, tt.want) {
+				t.Fatalf("Script() = %v\n%q\nwant %q", err, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestParsePorts(t *testing.T) {
+	listing := `table bridge banger {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		iifname "bgtap-*" tcp dport { 4096, 8080 } drop comment "banger:private-ports"
+		iifname "tap-pool-*" tcp dport 4096 drop comment "banger:private-ports"
+		tcp dport 22 drop comment "someone else"
+	}
+}`
+	if got := parsePorts(listing); !reflect.DeepEqual(got, []int{4096, 8080}) {
+		t.Fatalf("parsePorts = %v, want [4096 8080]", got)
+	}
+}
+
+// TestEnsureReal applies the table with the real nft inside a network
+// namespace the test creates, then changes and removes it.
+func TestEnsureReal(t *testing.T) {
+	if os.Getenv("BANGER_VM_TESTS") == "" {
+		t.Skip("needs root and nft: set BANGER_VM_TESTS=1 (make test does)")
+	}
+	if !runner.IsRoot() {
+		t.Fatal("BANGER_VM_TESTS=1 needs root")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Fatal("nft is missing: apt-get install nftables")
+	}
+	ns := netns.New(t).Name
+	m := &Manager{R: nsRunner{ns}, Ports: []int{4096}, TAPPrefixes: []string{"bgtap-", "tap-pool-"}}
+	ctx := context.Background()
+	for i := 0; i < 2; i++ { // idempotent
+		if err := m.Ensure(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := m.Active(ctx); err != nil || !reflect.DeepEqual(got, []int{4096}) {
+		t.Fatalf("Active() = %v, %v; want [4096]", got, err)
+	}
+	m.Ports = []int{4096, 9000}
+	if err := m.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := m.Active(ctx); err != nil || !reflect.DeepEqual(got, []int{4096, 9000}) {
+		t.Fatalf("Active() after change = %v, %v; want [4096 9000]", got, err)
+	}
+	m.Ports = nil
+	if err := m.Ensure(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := m.Active(ctx); err != nil || len(got) != 0 {
+		t.Fatalf("Active() after removal = %v, %v; want none", got, err)
+	}
+}
+
+// nsRunner runs commands inside a network namespace.
+type nsRunner struct{ ns string }
+
+func (r nsRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return runner.Default.Run(ctx, "ip", append([]string{"netns", "exec", r.ns, name}, args...)...)
+}
+
+func (r nsRunner) RunPrivileged(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return r.Run(ctx, name, args...)
+}
