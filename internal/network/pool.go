@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,10 +24,11 @@ type Pool struct {
 	UID, GID int
 	Log      *slog.Logger
 
-	mu      sync.Mutex
-	idle    []string
-	next    int
-	filling bool
+	mu       sync.Mutex
+	idle     []string
+	creating string // the device Fill is creating, not yet idle
+	next     int
+	filling  bool
 }
 
 // Take returns an idle pooled TAP, or "" when the pool is empty or off.
@@ -49,7 +51,9 @@ func (p *Pool) Idle() []string {
 }
 
 // Adopt takes existing pool devices that no VM uses (found at daemon start)
-// back as idle capacity, and deletes those beyond Size.
+// back as idle capacity, and deletes those beyond Size. Devices the pool
+// already holds, or is creating, are left alone, so a Fill that ran first
+// is not undone and no device is handed out twice.
 func (p *Pool) Adopt(ctx context.Context, inUse map[string]bool) error {
 	names, err := p.M.ListTAPs(ctx, PoolPrefix)
 	if err != nil {
@@ -62,7 +66,7 @@ func (p *Pool) Adopt(ctx context.Context, inUse map[string]bool) error {
 		if i, err := strconv.Atoi(strings.TrimPrefix(n, PoolPrefix)); err == nil && i >= p.next {
 			p.next = i + 1
 		}
-		if inUse[n] {
+		if inUse[n] || n == p.creating || slices.Contains(p.idle, n) {
 			continue
 		}
 		if len(p.idle) < p.Size {
@@ -110,16 +114,22 @@ func (p *Pool) Fill(ctx context.Context) error {
 		}
 		name := PoolPrefix + strconv.Itoa(p.next)
 		p.next++
-		p.mu.Unlock()
 		if taken[name] {
+			p.mu.Unlock()
 			continue // never hand out a device that a VM may hold
 		}
-		if err := p.M.CreateTAP(ctx, name, p.UID, p.GID); err != nil {
+		p.creating = name
+		p.mu.Unlock()
+		err := p.M.CreateTAP(ctx, name, p.UID, p.GID)
+		p.mu.Lock()
+		p.creating = ""
+		if err == nil {
+			p.idle = append(p.idle, name)
+		}
+		p.mu.Unlock()
+		if err != nil {
 			return fmt.Errorf("filling tap pool: %w", err)
 		}
-		p.mu.Lock()
-		p.idle = append(p.idle, name)
-		p.mu.Unlock()
 	}
 }
 

@@ -47,6 +47,23 @@ func TestPool(t *testing.T) {
 	if all, _ := m.ListTAPs(ctx, PoolPrefix); len(all) != 3 {
 		t.Fatalf("Fill after Adopt created devices: %v", all)
 	}
+	// A pool that filled before adopting (a release at daemon start
+	// refilled it) keeps what it made and drops the old leftovers.
+	r := &Pool{M: m, Size: 2}
+	if err := r.Fill(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Adopt(ctx, map[string]bool{taken: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Idle(); strings.Join(got, ",") != "tap-pool-3,tap-pool-4" {
+		t.Fatalf("Idle() after Fill then Adopt = %v, want tap-pool-3,tap-pool-4", got)
+	}
+	all, _ = m.ListTAPs(ctx, PoolPrefix)
+	sort.Strings(all)
+	if strings.Join(all, ",") != "tap-pool-0,tap-pool-3,tap-pool-4" {
+		t.Fatalf("pool devices after Fill then Adopt = %v, want tap-pool-0 (in use), 3 and 4", all)
+	}
 	// Size 0 is off.
 	if (&Pool{M: m}).Take() != "" {
 		t.Fatal("Take from an empty pool returned a device")
