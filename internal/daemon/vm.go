@@ -175,7 +175,9 @@ func (d *Daemon) create(p *createPlan, pr *progress) (*store.VM, error) {
 		return nil, err
 	}
 	if err := d.boot(ctx, vm, p.bundle, p.backend, pr, p.req.NoWait); err != nil {
-		if vm.PID == 0 {
+		// A VM whose readiness checks failed is kept in the error state
+		// with its disks (failBoot), as the error tells the user.
+		if vm.PID == 0 && vm.State != StateError {
 			undo()
 		}
 		return nil, err
@@ -541,7 +543,10 @@ func (d *Daemon) remove(name string) error {
 		return fmt.Errorf("removing VM %s: %w", vm.Name, err)
 	}
 	if err := d.caps.destroy(ctx, vm); err != nil {
-		return err
+		if _, serr := os.Stat(vm.Dir); serr == nil {
+			return err // its disks remain: keep the record so a retry finishes
+		}
+		d.log.Warn("removing VM: something beside its disks was left", "vm", vm.Name, "err", err)
 	}
 	d.mu.Lock()
 	delete(d.instances, vm.ID)

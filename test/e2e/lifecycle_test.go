@@ -144,6 +144,47 @@ func TestLifecycle(t *testing.T) {
 		}
 	})
 
+	t.Run("a guest that never answers is kept in the error state", func(t *testing.T) {
+		e := e.with(t)
+		// An empty ext4: the kernel mounts it, finds no init and panics.
+		img := filepath.Join(e.root, "empty.ext4")
+		if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, "16M").CombinedOutput(); err != nil {
+			t.Fatalf("mkfs.ext4: %v: %s", err, out)
+		}
+		e.must("image", "register", "--name", "broken", "--rootfs", img)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		_, stderr, err := e.banger(ctx, "vm", "create", "--name", "dud", "--image", "broken")
+		if err == nil || !strings.Contains(stderr, "error state") {
+			t.Fatalf("create of an unbootable image: %v, stderr %q; want a failure naming the error state", err, stderr)
+		}
+		vm, err := e.show("dud")
+		if err != nil {
+			t.Fatalf("the failed VM is gone: %v", err)
+		}
+		if vm.State != "error" || vm.PID != 0 {
+			t.Fatalf("failed VM state = %s pid %d, want error, 0", vm.State, vm.PID)
+		}
+		for _, f := range []string{"rootfs.ext4", "work.ext4", "console.log"} {
+			if _, err := os.Stat(filepath.Join(vm.Dir, f)); err != nil {
+				t.Errorf("%s of the failed VM: %v", f, err)
+			}
+		}
+		for _, l := range e.links() {
+			if l == vm.TAP {
+				t.Errorf("tap %s of the failed VM is still there", l)
+			}
+		}
+		if logs := e.must("vm", "logs", "dud"); !strings.Contains(logs, "Kernel panic") && !strings.Contains(logs, "init") {
+			t.Errorf("vm logs of the failed VM do not show why:\n%s", logs)
+		}
+		e.must("vm", "delete", "dud")
+		if _, err := os.Stat(vm.Dir); !os.IsNotExist(err) {
+			t.Errorf("disks of the deleted VM: %v", err)
+		}
+		e.must("image", "delete", "broken")
+	})
+
 	t.Run("built image boots", func(t *testing.T) {
 		e := e.with(t)
 		out := e.must("image", "build", "--name", "built", "--kind", "minimal")
