@@ -144,6 +144,7 @@ func TestDNSCapResolvers(t *testing.T) {
 		want      []string
 	}{
 		{name: "banger serves the bridge", bound: []string{"127.0.0.1:53", "172.30.0.1:53"}, upstreams: []string{"9.9.9.9:53"}, want: []string{"172.30.0.1"}},
+		{name: "wildcard listener covers the bridge", bound: []string{"0.0.0.0:53"}, upstreams: []string{"9.9.9.9:53"}, want: []string{"172.30.0.1"}},
 		{name: "bridge listener on another port", bound: []string{"127.0.0.1:5353", "172.30.0.1:5353"}, upstreams: []string{"9.9.9.9:53"}, want: []string{"9.9.9.9"}},
 		{name: "no dns server: host resolvers a guest can reach, two at most",
 			upstreams: []string{"127.0.0.53:53", "[fd00::1]:53", "10.0.0.2:5353", "0.0.0.0:53", "192.0.2.1:53", "192.0.2.2:53", "192.0.2.3:53"},

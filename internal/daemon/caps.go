@@ -167,7 +167,8 @@ func (c *dnsCap) Prepare(_ context.Context, _ *store.VM, g *guestconfig.Config) 
 func (c *dnsCap) resolvers() []netip.Addr {
 	gw := c.gateway()
 	for _, a := range c.bound() {
-		if ap, err := netip.ParseAddrPort(a); err == nil && ap.Addr() == gw && ap.Port() == 53 {
+		ap, err := netip.ParseAddrPort(a)
+		if err == nil && ap.Port() == 53 && (ap.Addr() == gw || ap.Addr().IsUnspecified()) {
 			return []netip.Addr{gw}
 		}
 	}
@@ -227,6 +228,9 @@ func (c *natCap) Prepare(ctx context.Context, vm *store.VM, _ *guestconfig.Confi
 }
 
 func (c *natCap) Release(ctx context.Context, vm *store.VM) error {
+	if !vm.NAT && doctor.RequireTools(doctor.OpNAT) != nil {
+		return nil // no nft: there can be no rule to remove
+	}
 	return c.d.nat.Disable(ctx, vm.ID)
 }
 

@@ -70,8 +70,8 @@ func (n Network) Validate() error {
 		return fmt.Errorf("guest network: %d resolvers given, the ip= argument carries at most %d", len(n.DNS), maxDNS)
 	}
 	for _, d := range n.DNS {
-		if !d.IsValid() {
-			return errors.New("guest network: a resolver address is empty")
+		if !d.Is4() {
+			return fmt.Errorf("guest network: resolver %v is not IPv4", d)
 		}
 	}
 	return nil

@@ -56,6 +56,7 @@ func TestCmdline(t *testing.T) {
 		{name: "no client", edit: func(c *Config) { c.Network.Client = netip.Addr{} }, wantErr: "not IPv4"},
 		{name: "prefix 0", edit: func(c *Config) { c.Network.PrefixLen = 0 }, wantErr: "out of range"},
 		{name: "three resolvers", edit: func(c *Config) { c.Network.DNS = []netip.Addr{a("1.1.1.1"), a("1.0.0.1"), a("8.8.8.8")} }, wantErr: "at most 2"},
+		{name: "ipv6 resolver", edit: func(c *Config) { c.Network.DNS = []netip.Addr{a("fd00::53")} }, wantErr: "resolver fd00::53 is not IPv4"},
 		{name: "bad root", edit: func(c *Config) { c.Root = "vda" }, wantErr: "root \"vda\""},
 		{name: "reserved key", edit: func(c *Config) { c.Set("ip", "dhcp") }, wantErr: "structured fields"},
 		{name: "space in value", edit: func(c *Config) { c.Set("x", "a b") }, wantErr: "space or quote"},

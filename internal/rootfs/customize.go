@@ -150,6 +150,9 @@ WantedBy=multi-user.target
 const tmuxSaveUnit = `[Unit]
 Description=banger: save root's tmux sessions
 RequiresMountsFor=/root
+# Never save before the restore has run: that would overwrite the sessions
+# still to come back.
+After=banger-tmux.service
 
 [Service]
 Type=oneshot
