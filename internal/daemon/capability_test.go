@@ -12,6 +12,7 @@ import (
 
 	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/guestconfig"
 	"github.com/banger/banger/internal/store"
 )
@@ -208,5 +209,23 @@ func TestHostKeyPins(t *testing.T) {
 	}
 	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("known_hosts mode = %v, %v; want 0600", fi.Mode(), err)
+	}
+}
+
+// TestNATReleaseWithoutNFT: on a host without nft, releasing (stop, delete)
+// a VM that never had NAT must not fail.
+func TestNATReleaseWithoutNFT(t *testing.T) {
+	old := doctor.LookPath
+	doctor.LookPath = func(bin string) (string, error) {
+		if bin == "nft" {
+			return "", errors.New("not found")
+		}
+		return old(bin)
+	}
+	t.Cleanup(func() { doctor.LookPath = old })
+	d := testDaemon(t)
+	c := &natCap{d: d}
+	if err := c.Release(context.Background(), &store.VM{ID: "abc", Name: "box"}); err != nil {
+		t.Fatalf("Release without nft = %v, want nil", err)
 	}
 }
