@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,13 +13,14 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/rpc/rpctest"
 )
 
 // isolate points banger's paths and helpers at the test's own directories,
 // so no test can reach or start a real bangerd.
 func isolate(t *testing.T) string {
 	t.Helper()
-	dir := shortTempDir(t)
+	dir := rpctest.TempDir(t)
 	t.Setenv("XDG_STATE_HOME", filepath.Join(dir, "state"))
 	t.Setenv("XDG_RUNTIME_DIR", filepath.Join(dir, "run"))
 	t.Setenv("BANGER_SOCKET", "")
@@ -26,6 +28,38 @@ func isolate(t *testing.T) string {
 	t.Setenv("BANGER_SSH", "")
 	t.Setenv("NO_COLOR", "1")
 	return dir
+}
+
+// TestMain lets the test binary play bangerd when banger starts it as one
+// (BANGER_DAEMON pointing at it, see TestAutoStart).
+func TestMain(m *testing.M) {
+	if os.Getenv("BANGER_FAKE_DAEMON") == "1" {
+		os.Exit(fakeDaemonMain())
+	}
+	os.Exit(m.Run())
+}
+
+// fakeDaemonMain serves a fake bangerd on the --socket it is given until a
+// client asks it to shut down, and returns the exit code.
+func fakeDaemonMain() int {
+	socket := ""
+	for i, a := range os.Args {
+		if a == "--socket" && i+1 < len(os.Args) {
+			socket = os.Args[i+1]
+		}
+	}
+	if socket == "" {
+		fmt.Fprintln(os.Stderr, "fake bangerd: --socket missing")
+		return 2
+	}
+	fmt.Println("fake bangerd listening on", socket)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := rpctest.New().ListenAndServe(ctx, socket); err != nil {
+		fmt.Fprintln(os.Stderr, "fake bangerd:", err)
+		return 1
+	}
+	return 0
 }
 
 type result struct {
@@ -50,8 +84,8 @@ func runIn(t *testing.T, stdin *strings.Reader, args ...string) result {
 
 func TestCreateProgressPlain(t *testing.T) {
 	isolate(t)
-	f, sock := startFake(t)
-	r := run(t, "--socket", sock, "vm", "create", "--name", "testbox", "--memory", "2G", "--nat")
+	f := rpctest.Start(t)
+	r := run(t, "--socket", f.Socket, "vm", "create", "--name", "testbox", "--memory", "2G", "--nat")
 	if r.code != 0 {
 		t.Fatalf("exit code = %d, want 0", r.code)
 	}
@@ -67,15 +101,15 @@ func TestCreateProgressPlain(t *testing.T) {
 		t.Errorf("stderr = %q, but bangerd was already running", r.stderr)
 	}
 	want := rpc.CreateRequest{Name: "testbox", MemoryMiB: 2048, NAT: true}
-	if len(f.creates) != 1 || f.creates[0] != want {
-		t.Errorf("create requests = %+v, want [%+v]", f.creates, want)
+	if creates := f.Creates(); len(creates) != 1 || creates[0] != want {
+		t.Errorf("create requests = %+v, want [%+v]", creates, want)
 	}
 }
 
 func TestCreatePositionalNameJSON(t *testing.T) {
 	isolate(t)
-	_, sock := startFake(t)
-	r := run(t, "--socket", sock, "vm", "create", "web", "--json")
+	f := rpctest.Start(t)
+	r := run(t, "--socket", f.Socket, "vm", "create", "web", "--json")
 	if r.code != 0 {
 		t.Fatalf("exit code = %d, want 0", r.code)
 	}
@@ -93,9 +127,9 @@ func TestCreatePositionalNameJSON(t *testing.T) {
 
 func TestCreateFails(t *testing.T) {
 	isolate(t)
-	f, sock := startFake(t)
-	f.failBoot["bad"] = "guest did not answer within 300s"
-	r := run(t, "--socket", sock, "vm", "create", "bad")
+	f := rpctest.Start(t)
+	f.FailBoot("bad", "guest did not answer within 300s")
+	r := run(t, "--socket", f.Socket, "vm", "create", "bad")
 	if r.code != 1 {
 		t.Errorf("exit code = %d, want 1", r.code)
 	}
@@ -112,12 +146,12 @@ func TestCreateFails(t *testing.T) {
 
 func TestCreateInterrupted(t *testing.T) {
 	isolate(t)
-	f, sock := startFake(t)
-	f.hang["slow"] = true
+	f := rpctest.Start(t)
+	f.Hold("slow")
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(300*time.Millisecond, cancel)
 	var stdout, stderr bytes.Buffer
-	code := Run(ctx, []string{"--socket", sock, "vm", "create", "slow"}, nil, &stdout, &stderr)
+	code := Run(ctx, []string{"--socket", f.Socket, "vm", "create", "slow"}, nil, &stdout, &stderr)
 	if code != exitInterrupted {
 		t.Errorf("exit code = %d, want %d", code, exitInterrupted)
 	}
@@ -133,23 +167,23 @@ func TestCreateInterrupted(t *testing.T) {
 
 func TestStopFanOut(t *testing.T) {
 	isolate(t)
-	f, sock := startFake(t)
-	f.add(rpc.VM{Name: "a", State: "running"})
-	f.add(rpc.VM{Name: "b", State: "running"})
-	f.delay["a"] = 200 * time.Millisecond // a finishes last but is reported first
+	f := rpctest.Start(t)
+	f.Add(rpc.VM{Name: "a", State: "running"})
+	f.Add(rpc.VM{Name: "b", State: "running"})
+	f.DelayStop("a", 200*time.Millisecond) // a finishes last but is reported first
 
-	r := run(t, "--socket", sock, "vm", "stop", "a", "missing", "b")
+	r := run(t, "--socket", f.Socket, "vm", "stop", "a", "missing", "b")
 	if r.code != 1 {
 		t.Errorf("exit code = %d, want 1", r.code)
 	}
 	if r.stdout != "a stopped\nb stopped\n" {
 		t.Errorf("stdout = %q, want a then b stopped", r.stdout)
 	}
-	if r.stderr != "error: stopping missing: vm \"missing\" not found\n" {
+	if r.stderr != "error: stopping missing: no VM named missing: see 'banger vm list'\n" {
 		t.Errorf("stderr = %q, want one error line for missing", r.stderr)
 	}
 	for _, n := range []string{"a", "b"} {
-		if vm, _ := f.lookup(n); vm.State != "stopped" {
+		if vm, _ := f.VM(n); vm.State != "stopped" {
 			t.Errorf("vm %s state = %q, want stopped", n, vm.State)
 		}
 	}
@@ -157,9 +191,9 @@ func TestStopFanOut(t *testing.T) {
 
 func TestStopFanOutJSON(t *testing.T) {
 	isolate(t)
-	f, sock := startFake(t)
-	f.add(rpc.VM{Name: "a", State: "running"})
-	r := run(t, "--socket", sock, "vm", "stop", "--json", "a", "nope", "a")
+	f := rpctest.Start(t)
+	f.Add(rpc.VM{Name: "a", State: "running"})
+	r := run(t, "--socket", f.Socket, "vm", "stop", "--json", "a", "nope", "a")
 	if r.code != 1 {
 		t.Errorf("exit code = %d, want 1", r.code)
 	}
@@ -174,14 +208,14 @@ func TestStopFanOutJSON(t *testing.T) {
 
 func TestDeleteNeedsForceWhenRunning(t *testing.T) {
 	isolate(t)
-	f, sock := startFake(t)
-	f.add(rpc.VM{Name: "up", State: "running"})
-	f.add(rpc.VM{Name: "down", State: "stopped"})
-	r := run(t, "--socket", sock, "vm", "rm", "up", "down")
+	f := rpctest.Start(t)
+	f.Add(rpc.VM{Name: "up", State: "running"})
+	f.Add(rpc.VM{Name: "down", State: "stopped"})
+	r := run(t, "--socket", f.Socket, "vm", "rm", "up", "down")
 	if r.code != 1 || r.stdout != "down deleted\n" || !strings.Contains(r.stderr, "--force") {
 		t.Errorf("rm up down = %d %q %q, want 1, down deleted, and a --force hint", r.code, r.stdout, r.stderr)
 	}
-	r = run(t, "--socket", sock, "vm", "delete", "-f", "up")
+	r = run(t, "--socket", f.Socket, "vm", "delete", "-f", "up")
 	if r.code != 0 || r.stdout != "up deleted\n" {
 		t.Errorf("delete -f up = %d %q, want 0 and up deleted", r.code, r.stdout)
 	}
@@ -189,25 +223,25 @@ func TestDeleteNeedsForceWhenRunning(t *testing.T) {
 
 func TestSet(t *testing.T) {
 	isolate(t)
-	f, sock := startFake(t)
-	f.add(rpc.VM{Name: "a", State: "running"})
-	if r := run(t, "--socket", sock, "vm", "set", "--nat", "a"); r.code != 0 || r.stdout != "a: nat on\n" {
+	f := rpctest.Start(t)
+	f.Add(rpc.VM{Name: "a", State: "running"})
+	if r := run(t, "--socket", f.Socket, "vm", "set", "--nat", "a"); r.code != 0 || r.stdout != "a: nat on\n" {
 		t.Errorf("set --nat a = %d %q, want 0 and a: nat on", r.code, r.stdout)
 	}
-	if vm, _ := f.lookup("a"); !vm.NAT {
+	if vm, _ := f.VM("a"); !vm.NAT {
 		t.Errorf("vm a nat = false after set --nat")
 	}
-	if r := run(t, "--socket", sock, "vm", "set", "--no-nat", "a"); r.code != 0 || r.stdout != "a: nat off\n" {
+	if r := run(t, "--socket", f.Socket, "vm", "set", "--no-nat", "a"); r.code != 0 || r.stdout != "a: nat off\n" {
 		t.Errorf("set --no-nat a = %d %q, want 0 and a: nat off", r.code, r.stdout)
 	}
 }
 
 func TestListAndShow(t *testing.T) {
 	isolate(t)
-	f, sock := startFake(t)
-	f.add(rpc.VM{Name: "box", State: "running", Image: "docker", IP: "172.30.0.9", VCPUs: 2, MemoryMiB: 1536, NAT: true,
+	f := rpctest.Start(t)
+	f.Add(rpc.VM{Name: "box", State: "running", Image: "docker", IP: "172.30.0.9", VCPUs: 2, MemoryMiB: 1536, NAT: true,
 		Stages: []rpc.Stage{{Name: "boot", DurationMS: 1200}}})
-	r := run(t, "--socket", sock, "vm", "ls")
+	r := run(t, "--socket", f.Socket, "vm", "ls")
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	if r.code != 0 || len(lines) != 2 {
 		t.Fatalf("vm ls = %d %q, want a header and one row", r.code, r.stdout)
@@ -218,14 +252,14 @@ func TestListAndShow(t *testing.T) {
 	if got := strings.Fields(lines[1]); !slices.Equal(got, []string{"box", "running", "docker", "172.30.0.9", "2", "1.5G", "on", "5m"}) {
 		t.Errorf("row = %q", got)
 	}
-	r = run(t, "--socket", sock, "vm", "show", "box")
+	r = run(t, "--socket", f.Socket, "vm", "show", "box")
 	for _, want := range []string{"state:", "running", "172.30.0.9", "boot", "1.2s"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("vm show lacks %q", want)
 		}
 	}
-	r = run(t, "--socket", sock, "vm", "show", "nope")
-	if r.code != 1 || !strings.Contains(r.stderr, `error: showing vm nope: vm "nope" not found`) {
+	r = run(t, "--socket", f.Socket, "vm", "show", "nope")
+	if r.code != 1 || !strings.Contains(r.stderr, "error: showing vm nope: no VM named nope: see 'banger vm list'") {
 		t.Errorf("vm show nope = %d %q", r.code, r.stderr)
 	}
 }
@@ -245,10 +279,10 @@ func fakeSSH(t *testing.T, dir string) {
 func TestSSHArgv(t *testing.T) {
 	dir := isolate(t)
 	fakeSSH(t, dir)
-	f, sock := startFake(t)
-	f.add(rpc.VM{Name: "box", State: "running", IP: "172.30.0.9"})
-	base := []string{"-i", "/b/id_ed25519", "-o", "IdentitiesOnly=yes", "-o", "UserKnownHostsFile=/s/known_hosts",
-		"-o", "StrictHostKeyChecking=yes", "-o", "HostKeyAlias=banger-box", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", "root@172.30.0.9"}
+	f := rpctest.Start(t)
+	f.Add(rpc.VM{Name: "box", State: "running", IP: "172.30.0.9"})
+	base := []string{"-i", "/rt/id_ed25519", "-o", "IdentitiesOnly=yes", "-o", "UserKnownHostsFile=/state/known_hosts",
+		"-o", "StrictHostKeyChecking=yes", "-o", "HostKeyAlias=box.vm", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10", "root@172.30.0.9"}
 	for _, tc := range []struct {
 		args []string
 		want []string
@@ -257,7 +291,7 @@ func TestSSHArgv(t *testing.T) {
 		{[]string{"box", "--", "uname", "-a"}, append(slices.Clone(base), "uname", "-a")},
 		{[]string{"box", "ls", "-la"}, append(slices.Clone(base), "ls", "-la")},
 	} {
-		r := run(t, append([]string{"--socket", sock, "vm", "ssh"}, tc.args...)...)
+		r := run(t, append([]string{"--socket", f.Socket, "vm", "ssh"}, tc.args...)...)
 		got := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n")
 		if r.code != 0 || !slices.Equal(got, tc.want) {
 			t.Errorf("vm ssh %q = %d, argv %q, want 0, %q", tc.args, r.code, got, tc.want)
@@ -276,9 +310,9 @@ func TestSSHExitCode(t *testing.T) {
 	dir := isolate(t)
 	fakeSSH(t, dir)
 	t.Setenv("FAKE_SSH_EXIT", "7")
-	f, sock := startFake(t)
-	f.add(rpc.VM{Name: "box", State: "running", IP: "172.30.0.9"})
-	r := run(t, "--socket", sock, "vm", "ssh", "box", "false")
+	f := rpctest.Start(t)
+	f.Add(rpc.VM{Name: "box", State: "running", IP: "172.30.0.9"})
+	r := run(t, "--socket", f.Socket, "vm", "ssh", "box", "false")
 	if r.code != 7 || strings.Contains(r.stderr, "error:") {
 		t.Errorf("vm ssh box false = %d %q, want 7 and no error line", r.code, r.stderr)
 	}
@@ -287,9 +321,9 @@ func TestSSHExitCode(t *testing.T) {
 func TestSSHNotRunning(t *testing.T) {
 	dir := isolate(t)
 	fakeSSH(t, dir)
-	f, sock := startFake(t)
-	f.add(rpc.VM{Name: "box", State: "stopped", IP: "172.30.0.9"})
-	r := run(t, "--socket", sock, "vm", "ssh", "box")
+	f := rpctest.Start(t)
+	f.Add(rpc.VM{Name: "box", State: "stopped", IP: "172.30.0.9"})
+	r := run(t, "--socket", f.Socket, "vm", "ssh", "box")
 	if r.code != 1 || !strings.Contains(r.stderr, "banger vm start box") || r.stdout != "" {
 		t.Errorf("vm ssh on a stopped vm = %d %q %q, want 1 and a start hint", r.code, r.stdout, r.stderr)
 	}
@@ -403,10 +437,10 @@ func TestAutoStart(t *testing.T) {
 
 func TestCompletion(t *testing.T) {
 	dir := isolate(t)
-	f, sock := startFake(t)
-	f.add(rpc.VM{Name: "web", State: "running"})
-	f.add(rpc.VM{Name: "db", State: "stopped"})
-	f.add(rpc.VM{Name: "worker", State: "running"})
+	f := rpctest.Start(t)
+	f.Add(rpc.VM{Name: "web", State: "running"})
+	f.Add(rpc.VM{Name: "db", State: "stopped"})
+	f.Add(rpc.VM{Name: "worker", State: "running"})
 	for _, tc := range []struct {
 		args []string
 		want []string
@@ -417,7 +451,7 @@ func TestCompletion(t *testing.T) {
 		{[]string{"vm", "show", "d"}, []string{"db"}},
 		{[]string{"vm", "show", "db", ""}, nil},
 	} {
-		r := run(t, append([]string{"__completeNoDesc", "--socket", sock}, tc.args...)...)
+		r := run(t, append([]string{"__completeNoDesc", "--socket", f.Socket}, tc.args...)...)
 		var got []string
 		for _, l := range strings.Split(r.stdout, "\n") {
 			if l != "" && !strings.HasPrefix(l, ":") {
@@ -437,12 +471,12 @@ func TestCompletion(t *testing.T) {
 
 func TestLogsAndImages(t *testing.T) {
 	isolate(t)
-	f, sock := startFake(t)
-	f.add(rpc.VM{Name: "box", State: "running"})
-	if r := run(t, "--socket", sock, "vm", "logs", "box"); r.code != 0 || r.stdout != "console of box\n" {
+	f := rpctest.Start(t)
+	f.Add(rpc.VM{Name: "box", State: "running"})
+	if r := run(t, "--socket", f.Socket, "vm", "logs", "box"); r.code != 0 || r.stdout != "console of box\n" {
 		t.Errorf("vm logs box = %d %q", r.code, r.stdout)
 	}
-	r := run(t, "--socket", sock, "image", "ls")
+	r := run(t, "--socket", f.Socket, "image", "ls")
 	if r.code != 0 || !strings.Contains(r.stdout, "docker") || !strings.Contains(r.stdout, "minimal") {
 		t.Errorf("image ls = %d %q", r.code, r.stdout)
 	}

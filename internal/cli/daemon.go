@@ -65,6 +65,19 @@ func (a *app) client(ctx context.Context) (*rpc.Client, error) {
 	return rpc.NewClient(a.socket), nil
 }
 
+// withClient returns a command action that runs fn with a client of
+// bangerd, starting bangerd first if needed.
+func (a *app) withClient(fn func(ctx context.Context, c *rpc.Client, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		c, err := a.client(ctx)
+		if err != nil {
+			return err
+		}
+		return fn(ctx, c, args)
+	}
+}
+
 // runningClient returns a client only if bangerd is already running.
 func (a *app) runningClient(ctx context.Context) (*rpc.Client, bool, error) {
 	st, err := a.probe(ctx)

@@ -47,12 +47,7 @@ and network access to a Debian mirror.`,
 		Example: `  banger image build --name web --kind docker --size 8G
   banger vm create --name api --image web`,
 		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			c, err := a.client(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, _ []string) error {
 			start := time.Now()
 			p := newProgress(a.stderr, isTerminal(a.stderr))
 			img, err := c.BuildImage(ctx, req, p.Event)
@@ -66,7 +61,7 @@ and network access to a Debian mirror.`,
 			}
 			fmt.Fprintf(a.stdout, "image %s built in %s (%s)\nuse it: banger vm create --name NAME --image %s\n", img.Name, units.Duration(time.Since(start)), img.Rootfs, img.Name)
 			return nil
-		},
+		}),
 	}
 	cmd.Flags().StringVar(&req.Name, "name", "", "image name (required)")
 	cmd.Flags().StringVar(&req.Kind, "kind", "docker", "recipe: docker or minimal")
@@ -131,18 +126,13 @@ func (a *app) newImageDeleteCmd() *cobra.Command {
 		Example:           `  banger image delete local`,
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: a.completeImageNames,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := a.client(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, args []string) error {
 			if err := c.DeleteImage(ctx, args[0]); err != nil {
 				return fmt.Errorf("deleting image %s: %w", args[0], err)
 			}
 			fmt.Fprintf(a.stdout, "image %s deleted\n", args[0])
 			return nil
-		},
+		}),
 	}
 }
 
@@ -163,12 +153,7 @@ func (a *app) newImageListCmd() *cobra.Command {
 		Example: `  banger image list
   banger image ls --json`,
 		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			c, err := a.client(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, _ []string) error {
 			imgs, err := c.ListImages(ctx)
 			if err != nil {
 				return fmt.Errorf("listing images: %w", err)
@@ -193,7 +178,7 @@ func (a *app) newImageListCmd() *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", img.Name, def, units.Bytes(img.Size), orDash(img.Rootfs))
 			}
 			return tw.Flush()
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the images as a JSON array")
 	return cmd
@@ -201,25 +186,18 @@ func (a *app) newImageListCmd() *cobra.Command {
 
 // completeImages completes --image when bangerd already runs.
 func (a *app) completeImages(cmd *cobra.Command, _ []string, toComplete string) ([]cobra.Completion, cobra.ShellCompDirective) {
-	ctx, cancel := context.WithTimeout(cmdContext(cmd), 2*time.Second)
-	defer cancel()
-	c, up, err := a.runningClient(ctx)
-	if err != nil || !up {
-		return nil, cobra.ShellCompDirectiveNoFileComp
-	}
-	imgs, err := c.ListImages(ctx)
-	if err != nil {
-		return nil, cobra.ShellCompDirectiveNoFileComp
-	}
-	var out []cobra.Completion
-	for _, img := range imgs {
-		if strings.HasPrefix(img.Name, toComplete) {
-			desc := units.Bytes(img.Size)
-			if img.Default {
-				desc += ", default"
+	return a.completeFrom(cmd, func(ctx context.Context, c *rpc.Client) ([]cobra.Completion, error) {
+		imgs, err := c.ListImages(ctx)
+		var out []cobra.Completion
+		for _, img := range imgs {
+			if strings.HasPrefix(img.Name, toComplete) {
+				desc := units.Bytes(img.Size)
+				if img.Default {
+					desc += ", default"
+				}
+				out = append(out, cobra.CompletionWithDesc(img.Name, desc))
 			}
-			out = append(out, cobra.CompletionWithDesc(img.Name, desc))
 		}
-	}
-	return out, cobra.ShellCompDirectiveNoFileComp
+		return out, err
+	})
 }

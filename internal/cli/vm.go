@@ -151,12 +151,7 @@ func (a *app) newVMListCmd() *cobra.Command {
 		Example: `  banger vm list
   banger vm ls --json | jq -r '.[] | select(.state == "running") | .name'`,
 		Args: noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			c, err := a.client(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, _ []string) error {
 			vms, err := c.ListVMs(ctx)
 			if err != nil {
 				return fmt.Errorf("listing vms: %w", err)
@@ -179,7 +174,7 @@ func (a *app) newVMListCmd() *cobra.Command {
 					vm.Name, orDash(vm.State), orDash(vm.Image), orDash(vm.IP), vm.VCPUs, units.MiB(vm.MemoryMiB), onOff(vm.NAT), units.Age(vm.CreatedAt))
 			}
 			return tw.Flush()
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VMs as a JSON array")
 	return cmd
@@ -196,12 +191,7 @@ func (a *app) newVMShowCmd() *cobra.Command {
   banger vm show testbox --json | jq -r .ip`,
 		Args:              oneNameArg,
 		ValidArgsFunction: a.completeVMs(1, nil),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := a.client(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, args []string) error {
 			vm, err := c.GetVM(ctx, args[0])
 			if err != nil {
 				return fmt.Errorf("showing vm %s: %w", args[0], err)
@@ -210,7 +200,7 @@ func (a *app) newVMShowCmd() *cobra.Command {
 				return printJSON(a.stdout, vm)
 			}
 			return a.printVM(vm)
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	return cmd
@@ -271,12 +261,7 @@ failed. With one VM, its boot stages are shown as they run.`,
   banger vm start web db cache`,
 		Args:              nameArgs,
 		ValidArgsFunction: a.completeVMs(0, func(vm rpc.VM) bool { return vm.State != "running" }),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := a.client(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, args []string) error {
 			names := dedupe(args)
 			if len(names) == 1 && !asJSON {
 				return a.streamVM(ctx, names[0], "starting", false, false, func(ctx context.Context, fn func(rpc.Event)) (*rpc.VM, error) {
@@ -293,7 +278,7 @@ failed. With one VM, its boot stages are shown as they run.`,
 					return r.Name + " started"
 				},
 			})
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the per-VM results as JSON")
 	return cmd
@@ -310,18 +295,13 @@ were. Several VMs stop in parallel; banger exits 1 if any failed.`,
   banger vm stop $(banger vm ls --json | jq -r '.[].name')`,
 		Args:              nameArgs,
 		ValidArgsFunction: a.completeVMs(0, func(vm rpc.VM) bool { return vm.State != "stopped" }),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := a.client(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, args []string) error {
 			return a.fanOut(ctx, args, asJSON, fanAction{
 				verb: "stopping",
 				call: c.StopVM,
 				ok:   func(r rpc.Result) string { return r.Name + " stopped" },
 			})
-		},
+		}),
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the per-VM results as JSON")
 	return cmd
@@ -340,12 +320,7 @@ any failed.`,
   banger vm rm -f web db`,
 		Args:              nameArgs,
 		ValidArgsFunction: a.completeVMs(0, nil),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := a.client(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, args []string) error {
 			return a.fanOut(ctx, args, asJSON, fanAction{
 				verb: "deleting",
 				call: func(ctx context.Context, name string) (*rpc.VM, error) {
@@ -362,7 +337,7 @@ any failed.`,
 				},
 				ok: func(r rpc.Result) string { return r.Name + " deleted" },
 			})
-		},
+		}),
 	}
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "delete running VMs too, stopping them first")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the per-VM results as JSON")
@@ -411,12 +386,7 @@ func (a *app) newVMLogsCmd() *cobra.Command {
   banger vm logs -f testbox`,
 		Args:              oneNameArg,
 		ValidArgsFunction: a.completeVMs(1, nil),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			c, err := a.client(ctx)
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, args []string) error {
 			if err := c.Logs(ctx, args[0], follow, a.stdout); err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -424,7 +394,7 @@ func (a *app) newVMLogsCmd() *cobra.Command {
 				return fmt.Errorf("reading console of vm %s: %w", args[0], err)
 			}
 			return nil
-		},
+		}),
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
 	return cmd
@@ -507,25 +477,35 @@ func (a *app) completeVMs(max int, keep func(rpc.VM) bool) cobra.CompletionFunc 
 		if max > 0 && len(args) >= max {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
-		ctx, cancel := context.WithTimeout(cmdContext(cmd), 2*time.Second)
-		defer cancel()
-		c, up, err := a.runningClient(ctx)
-		if err != nil || !up {
-			return nil, cobra.ShellCompDirectiveNoFileComp
-		}
-		vms, err := c.ListVMs(ctx)
-		if err != nil {
-			return nil, cobra.ShellCompDirectiveNoFileComp
-		}
-		var out []cobra.Completion
-		for _, vm := range vms {
-			if !strings.HasPrefix(vm.Name, toComplete) || slices.Contains(args, vm.Name) || (keep != nil && !keep(vm)) {
-				continue
+		return a.completeFrom(cmd, func(ctx context.Context, c *rpc.Client) ([]cobra.Completion, error) {
+			vms, err := c.ListVMs(ctx)
+			var out []cobra.Completion
+			for _, vm := range vms {
+				if !strings.HasPrefix(vm.Name, toComplete) || slices.Contains(args, vm.Name) || (keep != nil && !keep(vm)) {
+					continue
+				}
+				out = append(out, cobra.CompletionWithDesc(vm.Name, vm.State))
 			}
-			out = append(out, cobra.CompletionWithDesc(vm.Name, vm.State))
-		}
-		return out, cobra.ShellCompDirectiveNoFileComp
+			return out, err
+		})
 	}
+}
+
+// completeFrom completes with what list finds when bangerd already runs
+// (completion never starts it), and with nothing after 2 seconds or on an
+// error.
+func (a *app) completeFrom(cmd *cobra.Command, list func(context.Context, *rpc.Client) ([]cobra.Completion, error)) ([]cobra.Completion, cobra.ShellCompDirective) {
+	ctx, cancel := context.WithTimeout(cmdContext(cmd), 2*time.Second)
+	defer cancel()
+	c, up, err := a.runningClient(ctx)
+	if err != nil || !up {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	out, err := list(ctx, c)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp
 }
 
 func cmdContext(cmd *cobra.Command) context.Context {

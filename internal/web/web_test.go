@@ -19,20 +19,22 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/rpc/rpctest"
 )
 
 const testHost = "127.0.0.1:7777"
 
 // newTest returns a fake bangerd with two VMs and the UI's handler talking to it.
-func newTest(t *testing.T) (*fakeDaemon, *Server, http.Handler) {
+func newTest(t *testing.T) (*rpctest.Fake, *Server, http.Handler) {
 	t.Helper()
-	f, c := startFake(t)
-	f.add(rpc.VM{Name: "alpha", State: "running", Image: "docker", IP: "172.30.0.2", VCPUs: 2, MemoryMiB: 1024, NAT: true,
+	f := rpctest.Start(t)
+	f.ReverseVMs = true // the UI sorts
+	f.Add(rpc.VM{Name: "alpha", State: "running", Image: "docker", IP: "172.30.0.2", VCPUs: 2, MemoryMiB: 1024, NAT: true,
 		Stages: []rpc.Stage{{Name: "preparing disks", DurationMS: 300}, {Name: "waiting for ssh", DurationMS: 1100}}})
-	f.add(rpc.VM{Name: "beta", State: "stopped", Image: "minimal", IP: "172.30.0.3", VCPUs: 1, MemoryMiB: 512})
+	f.Add(rpc.VM{Name: "beta", State: "stopped", Image: "minimal", IP: "172.30.0.3", VCPUs: 1, MemoryMiB: 512})
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	s, err := New(c, Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Context: ctx})
+	s, err := New(f.Client(), Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Context: ctx})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -200,8 +202,7 @@ func pollOp(t *testing.T, h http.Handler, loc string) opView {
 
 func TestCreateOp(t *testing.T) {
 	f, _, h := newTest(t)
-	gate := make(chan struct{})
-	f.gate = gate
+	release := f.Hold("web1")
 	// Over real HTTP on loopback, as a browser would.
 	srv := httptest.NewServer(h)
 	defer srv.Close()
@@ -247,7 +248,7 @@ func TestCreateOp(t *testing.T) {
 	w := do(t, h, request{method: "GET", target: "/", json: false})
 	mustContain(t, w.Body.String(), "In progress", `href="`+loc+`"`, "Creating web1")
 
-	close(gate)
+	release()
 	v := pollOp(t, h, loc)
 	if v.State != "done" || v.Error != "" || v.VM == nil || v.VM.State != "running" || v.VMURL != "/vms/web1" {
 		t.Errorf("finished op = %+v, want done with running vm web1", v)
@@ -256,8 +257,8 @@ func TestCreateOp(t *testing.T) {
 	if !slices.Equal(v.Stages, want) {
 		t.Errorf("op stages = %+v, want %+v", v.Stages, want)
 	}
-	if len(f.creates) != 1 || f.creates[0] != (rpc.CreateRequest{Name: "web1", Image: "minimal", VCPUs: 4, MemoryMiB: 2048, DiskSize: "16G", NAT: true}) {
-		t.Errorf("create requests = %+v", f.creates)
+	if creates := f.Creates(); len(creates) != 1 || creates[0] != (rpc.CreateRequest{Name: "web1", Image: "minimal", VCPUs: 4, MemoryMiB: 2048, DiskSize: "16G", NAT: true}) {
+		t.Errorf("create requests = %+v", creates)
 	}
 	w = do(t, h, request{method: "GET", target: loc})
 	body := w.Body.String()
@@ -274,7 +275,7 @@ func TestCreateOpError(t *testing.T) {
 		t.Fatalf("POST /vms JSON = %d, want 202: %s", w.Code, w.Body)
 	}
 	v := pollOp(t, h, decode[opView](t, w).URL)
-	if v.State != "error" || !strings.Contains(v.Error, `creating vm alpha: vm "alpha" already exists`) {
+	if v.State != "error" || !strings.Contains(v.Error, "creating vm alpha: a VM named alpha already exists") {
 		t.Errorf("op = %+v, want error naming the existing vm", v)
 	}
 	w = do(t, h, request{method: "GET", target: v.URL})
@@ -313,7 +314,7 @@ func TestStartOp(t *testing.T) {
 	if v := pollOp(t, h, loc); v.State != "done" || v.Kind != "start" || len(v.Stages) != 2 {
 		t.Errorf("start op = %+v", v)
 	}
-	if vm, _ := f.lookup("beta"); vm.State != "running" {
+	if vm, _ := f.VM("beta"); vm.State != "running" {
 		t.Errorf("beta state = %s, want running", vm.State)
 	}
 	w = do(t, h, request{method: "GET", target: "/ops/nosuchop"})
@@ -334,19 +335,19 @@ func TestStopDeleteNAT(t *testing.T) {
 	w = do(t, h, request{method: "GET", target: "/", cookies: w.Result().Cookies()})
 	mustContain(t, w.Body.String(), `<div class="flash flash-ok" role="status">alpha stopped</div>`, `badge-stopped">stopped`)
 
-	f.add(rpc.VM{Name: "gamma", State: "running"})
+	f.Add(rpc.VM{Name: "gamma", State: "running"})
 	w = do(t, h, request{method: "POST", target: "/vms/gamma/delete", form: url.Values{}})
 	if fl := flashOf(t, w); fl == nil || fl.Kind != "error" || !strings.Contains(fl.Message, `deleting vm gamma: vm gamma is running: stop it first, or tick "force"`) {
 		t.Errorf("delete of a running vm without force: flash %+v", fl)
 	}
-	if _, ok := f.lookup("gamma"); !ok {
+	if _, ok := f.VM("gamma"); !ok {
 		t.Fatalf("gamma was deleted without force")
 	}
 	w = do(t, h, request{method: "POST", target: "/vms/gamma/delete", form: url.Values{"force": {"on"}, "back": {"/vms/gamma"}}})
 	if fl := flashOf(t, w); w.Header().Get("Location") != "/" || fl == nil || fl.Message != "gamma deleted" {
 		t.Errorf("forced delete = %q flash %+v, want 303 to / with gamma deleted", w.Header().Get("Location"), fl)
 	}
-	if _, ok := f.lookup("gamma"); ok {
+	if _, ok := f.VM("gamma"); ok {
 		t.Errorf("gamma survived a forced delete")
 	}
 	w = do(t, h, request{method: "POST", target: "/vms/beta/delete", form: url.Values{}, json: true})
@@ -354,7 +355,7 @@ func TestStopDeleteNAT(t *testing.T) {
 		t.Errorf("JSON delete of stopped beta = %+v", res)
 	}
 	w = do(t, h, request{method: "POST", target: "/vms/nosuch/stop", form: url.Values{}, json: true})
-	if w.Code != 404 || !strings.Contains(w.Body.String(), `stopping vm nosuch: vm \"nosuch\" not found`) {
+	if w.Code != 404 || !strings.Contains(w.Body.String(), "stopping vm nosuch: no VM named nosuch") {
 		t.Errorf("stop of an unknown vm = %d %s, want 404", w.Code, w.Body)
 	}
 
@@ -362,7 +363,7 @@ func TestStopDeleteNAT(t *testing.T) {
 	if fl := flashOf(t, w); w.Header().Get("Location") != "/" || fl == nil || fl.Message != "alpha: NAT off" {
 		t.Errorf("POST nat off = %q flash %+v, want 303 to / (not the foreign back) with NAT off", w.Header().Get("Location"), fl)
 	}
-	if vm, _ := f.lookup("alpha"); vm.NAT {
+	if vm, _ := f.VM("alpha"); vm.NAT {
 		t.Errorf("alpha still has NAT")
 	}
 }
@@ -374,7 +375,7 @@ func TestVMPage(t *testing.T) {
 		fmt.Fprintf(&b, "line %d\r\n", i)
 	}
 	b.WriteString("\x1b[1;32mOK\x1b[0m <script>alert(1)</script>")
-	f.console = b.String()
+	f.SetConsole("alpha", b.String())
 	w := do(t, h, request{method: "GET", target: "/vms/alpha"})
 	if w.Code != 200 {
 		t.Fatalf("GET /vms/alpha = %d: %s", w.Code, w.Body)
@@ -443,7 +444,7 @@ func TestCSRF(t *testing.T) {
 			t.Errorf("%s: POST nat = %d, want %d: %s", tc.name, w.Code, tc.want, w.Body)
 		}
 		if tc.want == 403 {
-			if vm, _ := f.lookup("beta"); vm.NAT {
+			if vm, _ := f.VM("beta"); vm.NAT {
 				t.Fatalf("%s: the refused request changed beta", tc.name)
 			}
 			if !strings.Contains(w.Body.String(), "refusing POST /vms/beta/nat") {
@@ -566,15 +567,15 @@ func TestImages(t *testing.T) {
 	if fl := flashOf(t, w); w.Header().Get("Location") != "/images" || fl == nil || fl.Message != "image mine registered" {
 		t.Errorf("register = %q flash %+v", w.Header().Get("Location"), fl)
 	}
-	if len(f.registers) != 1 || f.registers[0] != (rpc.RegisterImageRequest{Name: "mine", Rootfs: "/x/r.ext4", WorkSeed: "/x/s.ext4"}) {
-		t.Errorf("register requests = %+v", f.registers)
+	if registers := f.Registers(); len(registers) != 1 || registers[0] != (rpc.RegisterImageRequest{Name: "mine", Rootfs: "/x/r.ext4", WorkSeed: "/x/s.ext4"}) {
+		t.Errorf("register requests = %+v", registers)
 	}
 	for _, tc := range []struct {
 		form url.Values
 		want string
 	}{
 		{url.Values{"name": {"rel"}, "rootfs": {"r.ext4"}}, "the rootfs path must be absolute"},
-		{url.Values{"name": {"bad"}, "rootfs": {"/x/r.qcow2"}}, "registering image bad: /x/r.qcow2 is not an ext4 image"},
+		{url.Values{"name": {"bad"}, "rootfs": {"/x/r.qcow2"}}, "registering image bad: --rootfs /x/r.qcow2: is not an ext4 filesystem image"},
 		{url.Values{"rootfs": {"/x/r.ext4"}}, "it needs a name"},
 	} {
 		w = do(t, h, request{method: "POST", target: "/images", form: tc.form})
@@ -591,7 +592,7 @@ func TestImages(t *testing.T) {
 	if fl := flashOf(t, w); fl == nil || fl.Kind != "ok" {
 		t.Errorf("delete image flash = %+v", fl)
 	}
-	if _, ok := f.images["mine"]; ok {
+	if _, ok := f.Image("mine"); ok {
 		t.Errorf("image mine survived delete")
 	}
 	w = do(t, h, request{method: "POST", target: "/images/mine/delete", form: url.Values{}, json: true})
@@ -620,8 +621,7 @@ func TestTemplateErrors(t *testing.T) {
 
 	// A template that parses but fails while rendering gives a clean 500.
 	pages["templates/vms.html"] = &fstest.MapFile{Data: []byte(`{{define "content"}}<p>half a page{{.NoSuchField}}{{end}}`)}
-	_, c := startFake(t)
-	s, err := newServer(c, Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}, pages)
+	s, err := newServer(rpctest.Start(t).Client(), Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}, pages)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -632,8 +632,7 @@ func TestTemplateErrors(t *testing.T) {
 }
 
 func TestZeroServerWorks(t *testing.T) {
-	_, c := startFake(t)
-	s := &Server{Client: c}
+	s := &Server{Client: rpctest.Start(t).Client()}
 	if w := do(t, s.Handler(), request{method: "GET", target: "/images"}); w.Code != 200 {
 		t.Errorf("GET /images on a Server{} = %d, want 200: %s", w.Code, w.Body)
 	}
