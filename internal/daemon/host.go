@@ -23,6 +23,9 @@ func (d *Daemon) setupHost(ctx context.Context) {
 	if err := d.caps.reconcile(ctx, vms); err != nil {
 		d.log.Warn("reconciling the host", "err", err)
 	}
+	if err := d.reconcileImages(ctx); err != nil {
+		d.log.Warn("reconciling image files", "err", err)
+	}
 }
 
 // applyNAT adds or removes vm's NAT rules to match vm.NAT.

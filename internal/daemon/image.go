@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/disk"
@@ -272,4 +273,58 @@ func (h *progressHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 
 func (h *progressHandler) WithGroup(name string) slog.Handler {
 	return &progressHandler{pr: h.pr, next: h.next.WithGroup(name), attrs: h.attrs}
+}
+
+// reconcileImages removes directories under the data dir's images/ that no
+// managed image owns: a daemon killed during 'image build' (before the
+// image was recorded) or 'image delete' (after the record went) leaves
+// them, with gigabytes in them. A directory holding anything but the files
+// a build writes is left alone.
+func (d *Daemon) reconcileImages(ctx context.Context) error {
+	root := filepath.Join(d.paths.DataDir, "images")
+	ents, err := os.ReadDir(root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("listing %s: %w", root, err)
+	}
+	imgs, err := d.store.ListImages(ctx)
+	if err != nil {
+		return err
+	}
+	owned := map[string]bool{}
+	for _, img := range imgs {
+		// Registered images too: the user's file may live here.
+		owned[filepath.Dir(filepath.Clean(img.Rootfs))] = true
+	}
+	built := []string{"rootfs.ext4", "rootfs.ext4.tmp", "work-seed.ext4", "work-seed.ext4.tmp"}
+	var errs []error
+	for _, e := range ents {
+		dir := filepath.Join(root, e.Name())
+		if !e.IsDir() || owned[dir] {
+			continue
+		}
+		files, err := os.ReadDir(dir)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		ours := true
+		for _, f := range files {
+			if !slices.Contains(built, f.Name()) {
+				ours = false
+				break
+			}
+		}
+		if !ours {
+			d.log.Warn("leaving an unknown directory among the images", "dir", dir)
+			continue
+		}
+		d.log.Info("removing the files of an image build or delete that did not finish", "dir", dir)
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
