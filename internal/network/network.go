@@ -275,19 +275,6 @@ func MAC(ip netip.Addr) string {
 	return fmt.Sprintf("02:ba:%02x:%02x:%02x:%02x", b[12], b[13], b[14], b[15])
 }
 
-// Netmask returns the dotted-quad netmask of an IPv4 prefix, as the kernel ip= argument
-// wants it, or "" for an invalid or IPv6 prefix.
-func Netmask(p netip.Prefix) string {
-	if !p.IsValid() || !p.Addr().Is4() {
-		return ""
-	}
-	mask := ^uint32(0) << (32 - p.Bits())
-	if p.Bits() == 0 {
-		mask = 0
-	}
-	return netip.AddrFrom4([4]byte{byte(mask >> 24), byte(mask >> 16), byte(mask >> 8), byte(mask)}).String()
-}
-
 func validIfName(name string) error {
 	if name == "" || len(name) > maxIfName || strings.ContainsAny(name, "/: \t\n") || name == "." || name == ".." {
 		return errors.New("invalid interface name: use at most 15 characters without '/', ':' or spaces")

@@ -173,23 +173,6 @@ func TestMAC(t *testing.T) {
 	}
 }
 
-func TestNetmask(t *testing.T) {
-	tests := []struct{ prefix, want string }{
-		{"172.30.0.0/24", "255.255.255.0"},
-		{"10.0.0.0/8", "255.0.0.0"},
-		{"10.0.0.0/30", "255.255.255.252"},
-		{"10.0.0.0/20", "255.255.240.0"},
-		{"0.0.0.0/0", "0.0.0.0"},
-		{"10.0.0.1/32", "255.255.255.255"},
-		{"fd00::/64", ""},
-	}
-	for _, tt := range tests {
-		if got := Netmask(netip.MustParsePrefix(tt.prefix)); got != tt.want {
-			t.Errorf("Netmask(%s) = %q, want %q", tt.prefix, got, tt.want)
-		}
-	}
-}
-
 func TestManagerDefaults(t *testing.T) {
 	tests := []struct {
 		m          *Manager
