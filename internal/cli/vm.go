@@ -236,6 +236,9 @@ func (a *app) printVM(vm *rpc.VM) error {
 	}
 	row("dir", orDash(vm.Dir))
 	row("console log", orDash(vm.ConsoleLog))
+	if vm.OpencodePassword != "" {
+		row("opencode", fmt.Sprintf("http://%s.vm:4096, basic auth opencode:%s", vm.Name, vm.OpencodePassword))
+	}
 	if len(vm.Stages) > 0 {
 		fmt.Fprintln(tw, "stages:\t")
 		var total time.Duration

@@ -2,12 +2,15 @@ package daemon
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/disk"
@@ -23,6 +26,7 @@ import (
 func (d *Daemon) newCapabilities() capabilities {
 	return capabilities{
 		&diskCap{d: d},
+		&opencodeCap{d: d},
 		&tapCap{d: d},
 		&dnsCap{
 			gateway:   d.net.Gateway,
@@ -349,4 +353,46 @@ func (c *isolationCap) Reconcile(ctx context.Context, _ []store.VM) error {
 		return nil // off, and no nft to remove a table with
 	}
 	return m.Ensure(ctx)
+}
+
+// opencodeCap gives each VM's opencode server (docker image, port 4096) its
+// own password: the server runs commands for whoever talks to it, and every
+// local user of the host can reach the guest. The password is written to
+// the VM's /root disk, where the image's opencode unit reads it
+// (EnvironmentFile), and kept beside the disks for 'vm show'. Clients use
+// HTTP basic auth, user "opencode".
+type opencodeCap struct {
+	noCapability
+	d *Daemon
+}
+
+// Where the password lives, on the host and in the guest's /root.
+const (
+	opencodePasswordFile = "opencode-password"
+	opencodeGuestEnv     = "/.config/banger/opencode.env"
+)
+
+func (*opencodeCap) Name() string { return "opencode password" }
+
+func (c *opencodeCap) Create(ctx context.Context, vm *store.VM, _ *createPlan) error {
+	b := make([]byte, 18)
+	if _, err := rand.Read(b); err != nil {
+		return err
+	}
+	pw := base64.RawURLEncoding.EncodeToString(b)
+	env := []byte("# Written by bangerd: the opencode server's basic-auth password (user opencode).\nOPENCODE_SERVER_PASSWORD=" + pw + "\n")
+	if err := disk.PutFile(ctx, c.d.r, filepath.Join(vm.Dir, "work.ext4"), opencodeGuestEnv, env, 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(vm.Dir, opencodePasswordFile), []byte(pw+"\n"), 0o600)
+}
+
+// opencodePassword returns vm's opencode password, or "" for a VM created
+// before banger set one.
+func opencodePassword(vm *store.VM) string {
+	b, err := os.ReadFile(filepath.Join(vm.Dir, opencodePasswordFile))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }

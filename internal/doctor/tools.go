@@ -34,7 +34,7 @@ var Tools = []Tool{
 	{"e2fsck", "e2fsprogs", []string{OpDiskSize, OpRuntimeBuild}},
 	{"resize2fs", "e2fsprogs", []string{OpDiskSize}},
 	{"mkfs.ext4", "e2fsprogs", []string{OpRuntimeBuild, OpWorkSeed}},
-	{"debugfs", "e2fsprogs", []string{OpRuntimeBuild, OpWorkSeed}},
+	{"debugfs", "e2fsprogs", []string{OpCreate, OpRuntimeBuild, OpWorkSeed}},
 	{"ssh", "openssh-client", []string{OpSSH}},
 	{"nft", "nftables", []string{OpNAT, OpIsolation}},
 	{"debootstrap", "debootstrap", []string{OpRuntimeBuild}},

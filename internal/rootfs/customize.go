@@ -98,6 +98,8 @@ var opencodeUnit = fmt.Sprintf(`[Unit]
 Description=opencode server on port %[1]d
 After=banger-net.service banger-agent.service ssh.service
 Wants=banger-net.service
+# bangerd writes each VM's password to its /root disk.
+RequiresMountsFor=/root
 # A binary that cannot run here (SIGILL on a CPU without SSE4.2) gives up
 # after five tries instead of restarting for ever.
 StartLimitIntervalSec=60
@@ -109,6 +111,8 @@ User=root
 Environment=HOME=/root
 # The binary is pinned by the image; it must not replace itself.
 Environment=OPENCODE_DISABLE_AUTOUPDATE=1
+# OPENCODE_SERVER_PASSWORD, per VM: clients use basic auth, user opencode.
+EnvironmentFile=-/root/.config/banger/opencode.env
 WorkingDirectory=/root
 ExecStart=/usr/local/bin/opencode serve --port %[1]d --hostname 0.0.0.0
 Restart=on-failure

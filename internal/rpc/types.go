@@ -5,24 +5,27 @@ import "time"
 
 // VM is the API view of one VM.
 type VM struct {
-	ID            string    `json:"id"`
-	Name          string    `json:"name"`
-	Image         string    `json:"image"`
-	State         string    `json:"state"`
-	Hypervisor    string    `json:"hypervisor"`
-	VCPUs         int       `json:"vcpus"`
-	MemoryMiB     int       `json:"memory_mib"`
-	DiskSizeBytes int64     `json:"disk_size_bytes"`
-	IP            string    `json:"ip"`
-	MAC           string    `json:"mac"`
-	TAP           string    `json:"tap,omitempty"`
-	PID           int       `json:"pid,omitempty"`
-	NAT           bool      `json:"nat"`
-	Dir           string    `json:"dir"`
-	ConsoleLog    string    `json:"console_log"`
-	Error         string    `json:"error,omitempty"`
-	CreatedAt     time.Time `json:"created_at"`
-	Stages        []Stage   `json:"stages,omitempty"`
+	ID            string `json:"id"`
+	Name          string `json:"name"`
+	Image         string `json:"image"`
+	State         string `json:"state"`
+	Hypervisor    string `json:"hypervisor"`
+	VCPUs         int    `json:"vcpus"`
+	MemoryMiB     int    `json:"memory_mib"`
+	DiskSizeBytes int64  `json:"disk_size_bytes"`
+	IP            string `json:"ip"`
+	MAC           string `json:"mac"`
+	TAP           string `json:"tap,omitempty"`
+	PID           int    `json:"pid,omitempty"`
+	NAT           bool   `json:"nat"`
+	Dir           string `json:"dir"`
+	ConsoleLog    string `json:"console_log"`
+	// OpencodePassword is the basic-auth password (user "opencode") of the
+	// guest's opencode server on port 4096; empty for VMs made before it.
+	OpencodePassword string    `json:"opencode_password,omitempty"`
+	Error            string    `json:"error,omitempty"`
+	CreatedAt        time.Time `json:"created_at"`
+	Stages           []Stage   `json:"stages,omitempty"`
 }
 
 // Stage is the duration of one step of a create or start.

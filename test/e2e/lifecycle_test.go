@@ -331,9 +331,21 @@ func TestDefaultImage(t *testing.T) {
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) { return e.ns.Dial(ctx, network, a) },
 	}}
+	// Each VM's opencode server has its own password (basic auth, user
+	// opencode), which 'vm show' gives.
+	if vm.OpencodePassword == "" {
+		t.Fatalf("vm show gives no opencode password: %+v", vm)
+	}
+	get := func(auth bool) (*http.Response, error) {
+		req, _ := http.NewRequest("GET", "http://"+addr+"/global/health", nil)
+		if auth {
+			req.SetBasicAuth("opencode", vm.OpencodePassword)
+		}
+		return client.Do(req)
+	}
 	start := time.Now()
 	for {
-		resp, err := client.Get("http://" + addr + "/global/health")
+		resp, err := get(true)
 		if err == nil {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
@@ -346,6 +358,12 @@ func TestDefaultImage(t *testing.T) {
 			t.Fatalf("opencode on %s never answered: %v", addr, err)
 		}
 		time.Sleep(2 * time.Second)
+	}
+
+	if resp, err := get(false); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("opencode without the password: %v, %v; want 401", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 
 	// tmux sessions come back after a stop and start, with their windows

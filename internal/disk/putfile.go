@@ -1,0 +1,69 @@
+package disk
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path"
+	"strings"
+
+	"github.com/banger/banger/internal/runner"
+)
+
+// PutFile writes data to the absolute path name inside the ext4 image at
+// img, owned by root with mode perm, creating missing parent directories
+// (root-owned). It uses debugfs, so the image is never mounted; it must not
+// be in use. The content is read back to check it.
+func PutFile(ctx context.Context, r runner.Runner, img, name string, data []byte, perm os.FileMode) error {
+	fail := func(err error) error { return fmt.Errorf("writing %s into %s: %w", name, img, err) }
+	if !path.IsAbs(name) || path.Clean(name) != name || name == "/" || strings.ContainsAny(name, " \t\n\"\\") {
+		return fail(fmt.Errorf("not a clean absolute path without spaces or quotes"))
+	}
+	src, err := os.CreateTemp("", "banger-putfile-")
+	if err != nil {
+		return fail(err)
+	}
+	defer os.Remove(src.Name())
+	if _, err := src.Write(data); err != nil {
+		src.Close()
+		return fail(err)
+	}
+	if err := src.Close(); err != nil {
+		return fail(err)
+	}
+	var cmds, owns []string
+	for d := path.Dir(name); d != "/"; d = path.Dir(d) {
+		// mkdir fails harmlessly when d exists.
+		cmds = append([]string{"mkdir " + d}, cmds...)
+		owns = append(owns, "sif "+d+" uid 0", "sif "+d+" gid 0")
+	}
+	// rm fails harmlessly when name does not exist yet.
+	cmds = append(cmds, "rm "+name, "write "+src.Name()+" "+name,
+		fmt.Sprintf("sif %s mode 0%o", name, 0o100000|perm.Perm()), "sif "+name+" uid 0", "sif "+name+" gid 0")
+	cmds = append(cmds, owns...)
+	script, err := os.CreateTemp("", "banger-debugfs-")
+	if err != nil {
+		return fail(err)
+	}
+	defer os.Remove(script.Name())
+	_, err = script.WriteString(strings.Join(cmds, "\n") + "\n")
+	if cerr := script.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if _, err := r.Run(ctx, "debugfs", "-w", "-f", script.Name(), img); err != nil {
+		return fail(fmt.Errorf("debugfs: %w", err))
+	}
+	// debugfs goes on after a failed command: check the result.
+	got, err := r.Run(ctx, "debugfs", "-R", "cat "+name, img)
+	if err != nil {
+		return fail(fmt.Errorf("reading it back: %w", err))
+	}
+	if !bytes.Equal(got, data) {
+		return fail(fmt.Errorf("debugfs did not write it (read back %d bytes, want %d)", len(got), len(data)))
+	}
+	return nil
+}
