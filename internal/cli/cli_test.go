@@ -239,7 +239,7 @@ func TestSet(t *testing.T) {
 func TestListAndShow(t *testing.T) {
 	isolate(t)
 	f := rpctest.Start(t)
-	f.Add(rpc.VM{Name: "box", State: "running", Image: "docker", IP: "172.30.0.9", VCPUs: 2, MemoryMiB: 1536, NAT: true,
+	f.Add(rpc.VM{Name: "box", State: "running", OpencodePassword: "pw-box", Image: "docker", IP: "172.30.0.9", VCPUs: 2, MemoryMiB: 1536, NAT: true,
 		Stages: []rpc.Stage{{Name: "boot", DurationMS: 1200}}})
 	r := run(t, "--socket", f.Socket, "vm", "ls")
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
@@ -253,7 +253,7 @@ func TestListAndShow(t *testing.T) {
 		t.Errorf("row = %q", got)
 	}
 	r = run(t, "--socket", f.Socket, "vm", "show", "box")
-	for _, want := range []string{"state:", "running", "172.30.0.9", "boot", "1.2s"} {
+	for _, want := range []string{"state:", "running", "172.30.0.9", "boot", "1.2s", "http://box.vm:4096, basic auth opencode:pw-box"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("vm show lacks %q", want)
 		}

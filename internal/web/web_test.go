@@ -29,7 +29,7 @@ func newTest(t *testing.T) (*rpctest.Fake, *Server, http.Handler) {
 	t.Helper()
 	f := rpctest.Start(t)
 	f.ReverseVMs = true // the UI sorts
-	f.Add(rpc.VM{Name: "alpha", State: "running", Image: "docker", IP: "172.30.0.2", VCPUs: 2, MemoryMiB: 1024, NAT: true,
+	f.Add(rpc.VM{Name: "alpha", State: "running", OpencodePassword: "pw-alpha", Image: "docker", IP: "172.30.0.2", VCPUs: 2, MemoryMiB: 1024, NAT: true,
 		Stages: []rpc.Stage{{Name: "preparing disks", DurationMS: 300}, {Name: "waiting for ssh", DurationMS: 1100}}})
 	f.Add(rpc.VM{Name: "beta", State: "stopped", Image: "minimal", IP: "172.30.0.3", VCPUs: 1, MemoryMiB: 512})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -382,7 +382,7 @@ func TestVMPage(t *testing.T) {
 	}
 	body := w.Body.String()
 	mustContain(t, body, `value="banger vm ssh alpha"`, "preparing disks", "1.1s", "total", "1.4s",
-		"(last 200 lines)", "OK &lt;script&gt;alert(1)&lt;/script&gt;", "line 101\n", `action="/vms/alpha/stop"`, `value="/vms/alpha"`)
+		"(last 200 lines)", "OK &lt;script&gt;alert(1)&lt;/script&gt;", "http://alpha.vm:4096, basic auth opencode:pw-alpha", "line 101\n", `action="/vms/alpha/stop"`, `value="/vms/alpha"`)
 	if strings.Contains(body, "line 100\n") || strings.Contains(body, "\x1b") || strings.Contains(body, "\r") {
 		t.Errorf("console tail kept more than 200 lines or escape sequences")
 	}
