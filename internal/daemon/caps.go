@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -72,48 +71,6 @@ func (c *diskCap) Create(ctx context.Context, vm *store.VM, p *createPlan) error
 
 func (*diskCap) Destroy(_ context.Context, vm *store.VM) error {
 	return os.RemoveAll(vm.Dir)
-}
-
-// Reconcile removes VM directories (disks, sockets) that no record owns,
-// which only an interrupted create or delete, or a hand-edited state
-// database, can leave. Only names that are VM ids are considered.
-func (c *diskCap) Reconcile(_ context.Context, vms []store.VM) error {
-	owned := map[string]bool{}
-	for _, vm := range vms {
-		owned[filepath.Clean(vm.Dir)] = true
-		owned[filepath.Clean(vm.RuntimeDir)] = true
-	}
-	var errs []error
-	for _, root := range []string{filepath.Join(c.d.paths.DataDir, "vms"), filepath.Join(c.d.paths.RuntimeDir, "vms")} {
-		ents, err := os.ReadDir(root)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
-		for _, e := range ents {
-			dir := filepath.Join(root, e.Name())
-			if !e.IsDir() || !isVMID(e.Name()) || owned[dir] {
-				continue
-			}
-			c.d.log.Info("removing the directory of a VM that has no record", "dir", dir)
-			if err := os.RemoveAll(dir); err != nil {
-				errs = append(errs, err)
-			}
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// isVMID reports whether s has the form newID gives: 12 lowercase hex digits.
-func isVMID(s string) bool {
-	if len(s) != 12 {
-		return false
-	}
-	for _, r := range s {
-		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // tapCap gives each running VM a TAP device on the bridge (a pooled one when

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/disk"
@@ -155,6 +154,9 @@ func (d *Daemon) buildImage(req rpc.BuildImageRequest, pr *progress) (rpc.Event,
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
+		if err := os.WriteFile(filepath.Join(dir, buildMarker), nil, 0o644); err != nil {
+			return err
+		}
 		tmp := img.Rootfs + ".tmp"
 		defer os.Remove(tmp)
 		if err := rootfs.Build(ctx, d.r, opts, tmp); err != nil {
@@ -275,11 +277,15 @@ func (h *progressHandler) WithGroup(name string) slog.Handler {
 	return &progressHandler{pr: h.pr, next: h.next.WithGroup(name), attrs: h.attrs}
 }
 
-// reconcileImages removes directories under the data dir's images/ that no
-// managed image owns: a daemon killed during 'image build' (before the
-// image was recorded) or 'image delete' (after the record went) leaves
-// them, with gigabytes in them. A directory holding anything but the files
-// a build writes is left alone.
+// buildMarker marks a directory under images/ as made by 'image build', so
+// that only such directories are ever removed without a record.
+const buildMarker = ".banger-build"
+
+// reconcileImages removes directories under the data dir's images/ that
+// 'image build' made (they hold its marker) and that no image record names:
+// a daemon killed during a build (before the image was recorded) or a
+// delete (after the record went) leaves them, with gigabytes in them.
+// Anything else, such as a user's file registered from there, is left alone.
 func (d *Daemon) reconcileImages(ctx context.Context) error {
 	root := filepath.Join(d.paths.DataDir, "images")
 	ents, err := os.ReadDir(root)
@@ -293,32 +299,17 @@ func (d *Daemon) reconcileImages(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	owned := map[string]bool{}
+	named := map[string]bool{}
 	for _, img := range imgs {
-		// Registered images too: the user's file may live here.
-		owned[filepath.Dir(filepath.Clean(img.Rootfs))] = true
+		named[img.Name] = true
 	}
-	built := []string{"rootfs.ext4", "rootfs.ext4.tmp", "work-seed.ext4", "work-seed.ext4.tmp"}
 	var errs []error
 	for _, e := range ents {
 		dir := filepath.Join(root, e.Name())
-		if !e.IsDir() || owned[dir] {
+		if !e.IsDir() || named[e.Name()] {
 			continue
 		}
-		files, err := os.ReadDir(dir)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		ours := true
-		for _, f := range files {
-			if !slices.Contains(built, f.Name()) {
-				ours = false
-				break
-			}
-		}
-		if !ours {
-			d.log.Warn("leaving an unknown directory among the images", "dir", dir)
+		if _, err := os.Lstat(filepath.Join(dir, buildMarker)); err != nil {
 			continue
 		}
 		d.log.Info("removing the files of an image build or delete that did not finish", "dir", dir)

@@ -9,14 +9,15 @@ import (
 	"github.com/banger/banger/internal/store"
 )
 
-// TestReconcileOrphans checks that daemon start removes the VM and image
-// directories an interrupted create, build or delete left without a record,
-// and nothing else.
-func TestReconcileOrphans(t *testing.T) {
+// TestReconcileImages checks that daemon start removes the directories an
+// interrupted 'image build' or 'image delete' left (they carry the build
+// marker and have no record), and nothing else.
+func TestReconcileImages(t *testing.T) {
 	ctx := context.Background()
 	d := testDaemon(t)
-	mk := func(rel string, files ...string) string {
-		dir := rel
+	images := filepath.Join(d.paths.DataDir, "images")
+	mk := func(name string, files ...string) string {
+		dir := filepath.Join(images, name)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -27,37 +28,23 @@ func TestReconcileOrphans(t *testing.T) {
 		}
 		return dir
 	}
-	data, run := d.paths.DataDir, d.paths.RuntimeDir
-	kept := &store.VM{ID: "aaaaaaaaaaaa", Name: "kept", State: StateStopped,
-		Dir: filepath.Join(data, "vms", "aaaaaaaaaaaa"), RuntimeDir: filepath.Join(run, "vms", "aaaaaaaaaaaa")}
-	if err := d.store.CreateVM(ctx, kept); err != nil {
-		t.Fatal(err)
-	}
 	keep := []string{
-		mk(kept.Dir, "rootfs.ext4", "work.ext4"),
-		mk(kept.RuntimeDir, "qmp.sock"),
-		mk(filepath.Join(data, "vms", "not-an-id"), "x"),
-		mk(filepath.Join(data, "images", "built"), "rootfs.ext4", "work-seed.ext4"),
-		mk(filepath.Join(data, "images", "mine"), "rootfs.ext4"),
-		mk(filepath.Join(data, "images", "stranger"), "rootfs.ext4", "notes.txt"),
+		mk("built", buildMarker, "rootfs.ext4", "work-seed.ext4"), // recorded
+		mk("mine", "rootfs.ext4"),                                 // a registered user file, recorded
+		mk("gone-user", "rootfs.ext4", "work-seed.ext4"),          // a user's files, record deleted
+		mk("notes", "rootfs.ext4.tmp"),                            // no marker: not banger's
 	}
 	gone := []string{
-		mk(filepath.Join(data, "vms", "bbbbbbbbbbbb"), "rootfs.ext4"),
-		mk(filepath.Join(run, "vms", "bbbbbbbbbbbb"), "qemu.pid"),
-		mk(filepath.Join(data, "images", "halfbuilt"), "rootfs.ext4.tmp"),
-		mk(filepath.Join(data, "images", "halfdeleted"), "rootfs.ext4", "work-seed.ext4"),
+		mk("halfbuilt", buildMarker, "rootfs.ext4.tmp"),
+		mk("halfdeleted", buildMarker, "rootfs.ext4", "work-seed.ext4"),
 	}
 	for _, img := range []*store.Image{
-		{Name: "built", Rootfs: filepath.Join(data, "images", "built", "rootfs.ext4"), Managed: true},
-		{Name: "mine", Rootfs: filepath.Join(data, "images", "mine", "rootfs.ext4")},
+		{Name: "built", Rootfs: filepath.Join(images, "built", "rootfs.ext4"), Managed: true},
+		{Name: "mine", Rootfs: filepath.Join(images, "mine", "rootfs.ext4")},
 	} {
 		if err := d.store.UpsertImage(ctx, img); err != nil {
 			t.Fatal(err)
 		}
-	}
-	vms, _ := d.store.ListVMs(ctx)
-	if err := (&diskCap{d: d}).Reconcile(ctx, vms); err != nil {
-		t.Fatal(err)
 	}
 	if err := d.reconcileImages(ctx); err != nil {
 		t.Fatal(err)
