@@ -186,15 +186,22 @@ func (a *app) newVMShowCmd() *cobra.Command {
 		Use:     "show NAME",
 		Aliases: []string{"inspect"},
 		Short:   "Show a VM's details",
-		Long:    "Show a VM's details: resources, network, files, and how long each stage of its last boot took.",
+		Long: "Show a VM's details: resources, network, files, how long each stage of its last boot took,\n" +
+			"and, for images that run it, the address and password of its opencode server.",
 		Example: `  banger vm show testbox
-  banger vm show testbox --json | jq -r .ip`,
+  banger vm show testbox --json | jq -r .ip
+  curl -u opencode:$(banger vm show testbox --json | jq -r .opencode_password) testbox.vm:4096/global/health`,
 		Args:              oneNameArg,
 		ValidArgsFunction: a.completeVMs(1, nil),
 		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, args []string) error {
 			vm, err := c.GetVM(ctx, args[0])
 			if err != nil {
 				return fmt.Errorf("showing vm %s: %w", args[0], err)
+			}
+			// Only this endpoint carries the password; a VM without one
+			// answers not found.
+			if auth, err := c.OpencodeAuth(ctx, vm.Name); err == nil {
+				vm.OpencodePassword = auth.Password
 			}
 			if asJSON {
 				return printJSON(a.stdout, vm)

@@ -17,6 +17,7 @@ import (
 	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/guestconfig"
 	"github.com/banger/banger/internal/network"
+	"github.com/banger/banger/internal/rootfs"
 	"github.com/banger/banger/internal/store"
 )
 
@@ -314,38 +315,48 @@ func (c *isolationCap) Reconcile(ctx context.Context, _ []store.VM) error {
 
 // opencodeCap gives each VM's opencode server (docker image, port 4096) its
 // own password: the server runs commands for whoever talks to it, and every
-// local user of the host can reach the guest. The password is written to
-// the VM's /root disk, where the image's opencode unit reads it
-// (EnvironmentFile), and kept beside the disks for 'vm show'. Clients use
-// HTTP basic auth, user "opencode".
+// local user of the host can reach the guest. For images whose opencode
+// unit reads rootfs.OpencodeEnvFile, the password is written there, into
+// the VM's own root disk (no mount: debugfs), and kept beside the disks for
+// GET /v1/vms/{name}/opencode. The unit does not start without the file,
+// so a server never runs open by mistake. Clients use basic auth, user
+// "opencode".
 type opencodeCap struct {
 	noCapability
 	d *Daemon
 }
 
-// Where the password lives, on the host and in the guest's /root.
-const (
-	opencodePasswordFile = "opencode-password"
-	opencodeGuestEnv     = "/.config/banger/opencode.env"
-)
+// opencodePasswordFile holds the password in the VM's directory.
+const opencodePasswordFile = "opencode-password"
 
 func (*opencodeCap) Name() string { return "opencode password" }
 
-func (c *opencodeCap) Create(ctx context.Context, vm *store.VM, _ *createPlan) error {
+func (c *opencodeCap) Create(ctx context.Context, vm *store.VM, p *createPlan) error {
+	root := filepath.Join(vm.Dir, "rootfs.ext4")
+	unit, err := disk.ReadFile(ctx, c.d.r, root, rootfs.OpencodeUnitPath)
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(string(unit), "EnvironmentFile="+rootfs.OpencodeEnvFile) {
+		if len(unit) > 0 {
+			c.d.log.Info("the image's opencode server takes no per-VM password; rebuild the image to get one", "vm", vm.Name, "image", p.image.Name)
+		}
+		return nil
+	}
 	b := make([]byte, 18)
 	if _, err := rand.Read(b); err != nil {
 		return err
 	}
 	pw := base64.RawURLEncoding.EncodeToString(b)
 	env := []byte("# Written by bangerd: the opencode server's basic-auth password (user opencode).\nOPENCODE_SERVER_PASSWORD=" + pw + "\n")
-	if err := disk.PutFile(ctx, c.d.r, filepath.Join(vm.Dir, "work.ext4"), opencodeGuestEnv, env, 0o600); err != nil {
+	if err := disk.PutFile(ctx, c.d.r, root, rootfs.OpencodeEnvFile, env, 0o600); err != nil {
 		return err
 	}
 	return os.WriteFile(filepath.Join(vm.Dir, opencodePasswordFile), []byte(pw+"\n"), 0o600)
 }
 
-// opencodePassword returns vm's opencode password, or "" for a VM created
-// before banger set one.
+// opencodePassword returns vm's opencode password, or "" when its image
+// runs no opencode server that takes one.
 func opencodePassword(vm *store.VM) string {
 	b, err := os.ReadFile(filepath.Join(vm.Dir, opencodePasswordFile))
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/doctor"
+	"github.com/banger/banger/internal/rootfs"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/store"
 )
@@ -27,6 +28,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("POST /v1/vms/{name}/stop", d.handleStop)
 	mux.HandleFunc("POST /v1/vms/{name}/set", d.handleSet)
 	mux.HandleFunc("GET /v1/vms/{name}/ssh", d.handleSSH)
+	mux.HandleFunc("GET /v1/vms/{name}/opencode", d.handleOpencode)
 	mux.HandleFunc("GET /v1/vms/{name}/logs", d.handleLogs)
 	mux.HandleFunc("GET /v1/images", d.handleImages)
 	mux.HandleFunc("POST /v1/images", d.handleRegisterImage)
@@ -283,6 +285,22 @@ func (d *Daemon) handleSSH(w http.ResponseWriter, r *http.Request) {
 		HostAlias:  vm.Name + ".vm",
 		State:      vm.State,
 	})
+}
+
+// handleOpencode answers with the URL and credentials of a VM's opencode
+// server. Only this endpoint carries the password: VM views do not.
+func (d *Daemon) handleOpencode(w http.ResponseWriter, r *http.Request) {
+	vm, err := d.getVM(r.Context(), r.PathValue("name"))
+	if err != nil {
+		d.writeErr(w, err)
+		return
+	}
+	pw := opencodePassword(vm)
+	if pw == "" {
+		d.writeErr(w, notFound("VM %s has no opencode password: its image (%s) does not run banger's opencode server", vm.Name, vm.Image))
+		return
+	}
+	writeJSON(w, 200, rpc.OpencodeAuth{URL: fmt.Sprintf("http://%s.vm:%d", vm.Name, rootfs.OpencodePort), User: "opencode", Password: pw})
 }
 
 func (d *Daemon) handleLogs(w http.ResponseWriter, r *http.Request) {

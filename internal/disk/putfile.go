@@ -11,6 +11,19 @@ import (
 	"github.com/banger/banger/internal/runner"
 )
 
+// ReadFile returns the content of the file at the absolute path name inside
+// the ext4 image at img, read with debugfs; a missing file reads as empty.
+func ReadFile(ctx context.Context, r runner.Runner, img, name string) ([]byte, error) {
+	if strings.ContainsAny(name, " \t\n\"\\") {
+		return nil, fmt.Errorf("reading %s from %s: the path has a space, quote or backslash", name, img)
+	}
+	out, err := r.Run(ctx, "debugfs", "-R", "cat "+name, img)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s from %s: %w", name, img, err)
+	}
+	return out, nil
+}
+
 // PutFile writes data to the absolute path name inside the ext4 image at
 // img, owned by root with mode perm, creating missing parent directories
 // (root-owned). It uses debugfs, so the image is never mounted; it must not
@@ -57,8 +70,8 @@ func PutFile(ctx context.Context, r runner.Runner, img, name string, data []byte
 	if _, err := r.Run(ctx, "debugfs", "-w", "-f", script.Name(), img); err != nil {
 		return fail(fmt.Errorf("debugfs: %w", err))
 	}
-	// debugfs goes on after a failed command: check the result.
-	got, err := r.Run(ctx, "debugfs", "-R", "cat "+name, img)
+	// debugfs goes on after a failed command (and exits 0): check the result.
+	got, err := ReadFile(ctx, r, img, name)
 	if err != nil {
 		return fail(fmt.Errorf("reading it back: %w", err))
 	}

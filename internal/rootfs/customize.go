@@ -91,6 +91,13 @@ const containerdDropIn = `# Written by banger.
 After=ssh.service banger-agent.service
 `
 
+// OpencodeUnitPath is where the docker image's opencode unit lives.
+const OpencodeUnitPath = "/etc/systemd/system/opencode-server.service"
+
+// OpencodeEnvFile is the file, in the VM's root disk, that bangerd writes
+// with each VM's OPENCODE_SERVER_PASSWORD; the unit reads it.
+const OpencodeEnvFile = "/etc/banger/opencode.env"
+
 // opencodeUnit runs the opencode server on OpencodePort. It starts after
 // SSH and the agent, and at a lower priority, so that it never delays
 // banger's readiness path; under TCG it takes a while to come up.
@@ -98,7 +105,6 @@ var opencodeUnit = fmt.Sprintf(`[Unit]
 Description=opencode server on port %[1]d
 After=banger-net.service banger-agent.service ssh.service
 Wants=banger-net.service
-# bangerd writes each VM's password to its /root disk.
 RequiresMountsFor=/root
 # A binary that cannot run here (SIGILL on a CPU without SSE4.2) gives up
 # after five tries instead of restarting for ever.
@@ -111,8 +117,9 @@ User=root
 Environment=HOME=/root
 # The binary is pinned by the image; it must not replace itself.
 Environment=OPENCODE_DISABLE_AUTOUPDATE=1
-# OPENCODE_SERVER_PASSWORD, per VM: clients use basic auth, user opencode.
-EnvironmentFile=-/root/.config/banger/opencode.env
+# OPENCODE_SERVER_PASSWORD, written per VM by bangerd: clients use basic
+# auth, user opencode. Without the file the server does not start.
+EnvironmentFile=`+OpencodeEnvFile+`
 WorkingDirectory=/root
 ExecStart=/usr/local/bin/opencode serve --port %[1]d --hostname 0.0.0.0
 Restart=on-failure

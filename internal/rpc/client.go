@@ -190,6 +190,13 @@ func (c *Client) SSHInfo(ctx context.Context, name string) (*SSHInfo, error) {
 	return &s, c.call(ctx, "GET", "/v1/vms/"+url.PathEscape(name)+"/ssh", nil, &s)
 }
 
+// OpencodeAuth returns the URL and basic-auth credentials of a VM's
+// opencode server; a not-found error when its image has none.
+func (c *Client) OpencodeAuth(ctx context.Context, name string) (*OpencodeAuth, error) {
+	var a OpencodeAuth
+	return &a, c.call(ctx, "GET", "/v1/vms/"+url.PathEscape(name)+"/opencode", nil, &a)
+}
+
 // Logs copies a VM's serial console log to w.
 func (c *Client) Logs(ctx context.Context, name string, follow bool, w io.Writer) error {
 	path := "/v1/vms/" + url.PathEscape(name) + "/logs"

@@ -21,11 +21,20 @@ type VM struct {
 	Dir           string `json:"dir"`
 	ConsoleLog    string `json:"console_log"`
 	// OpencodePassword is the basic-auth password (user "opencode") of the
-	// guest's opencode server on port 4096; empty for VMs made before it.
+	// guest's opencode server. bangerd's VM views never carry it, so lists
+	// and the web UI do not show it; 'banger vm show' fills it in from
+	// GET /v1/vms/{name}/opencode.
 	OpencodePassword string    `json:"opencode_password,omitempty"`
 	Error            string    `json:"error,omitempty"`
 	CreatedAt        time.Time `json:"created_at"`
 	Stages           []Stage   `json:"stages,omitempty"`
+}
+
+// OpencodeAuth is how to reach a VM's opencode server.
+type OpencodeAuth struct {
+	URL      string `json:"url"`
+	User     string `json:"user"`
+	Password string `json:"password"`
 }
 
 // Stage is the duration of one step of a create or start.

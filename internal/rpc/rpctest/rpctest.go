@@ -71,6 +71,7 @@ type Fake struct {
 	holds     map[string]*hold
 	stopDelay map[string]time.Duration
 	consoles  map[string]string
+	opencode  map[string]string // opencode passwords, by VM name
 
 	shutdown     chan struct{} // closed by POST /v1/shutdown
 	shutdownOnce sync.Once
@@ -86,6 +87,7 @@ func New() *Fake {
 		holds:     map[string]*hold{},
 		stopDelay: map[string]time.Duration{},
 		consoles:  map[string]string{},
+		opencode:  map[string]string{},
 		shutdown:  make(chan struct{}),
 	}
 }
@@ -183,6 +185,11 @@ func (f *Fake) Add(vm rpc.VM) {
 	}
 	if vm.CreatedAt.IsZero() {
 		vm.CreatedAt = time.Now().Add(-5 * time.Minute)
+	}
+	// As in bangerd, only GET /v1/vms/{name}/opencode carries the password.
+	if vm.OpencodePassword != "" {
+		f.opencode[vm.Name] = vm.OpencodePassword
+		vm.OpencodePassword = ""
 	}
 	f.vms[vm.Name] = &vm
 }
@@ -286,6 +293,7 @@ func (f *Fake) handler() http.Handler {
 	mux.HandleFunc("POST /v1/vms/{name}/stop", f.handleStop)
 	mux.HandleFunc("POST /v1/vms/{name}/set", f.handleSet)
 	mux.HandleFunc("GET /v1/vms/{name}/ssh", f.withVM(sshInfo))
+	mux.HandleFunc("GET /v1/vms/{name}/opencode", f.handleOpencode)
 	mux.HandleFunc("GET /v1/vms/{name}/logs", f.handleLogs)
 	mux.HandleFunc("GET /v1/images", f.handleImages)
 	mux.HandleFunc("POST /v1/images", f.handleRegisterImage)
@@ -600,6 +608,23 @@ func (f *Fake) handleSet(w http.ResponseWriter, r *http.Request) {
 
 // handleLogs answers the console log; with ?follow it then keeps the
 // answer open, as bangerd does, until the client goes away.
+func (f *Fake) handleOpencode(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	vm, e := f.find(r.PathValue("name"))
+	var pw string
+	if e == nil {
+		if pw = f.opencode[vm.Name]; pw == "" {
+			e = apiError(rpc.CodeNotFound, "VM %s has no opencode password: its image (%s) does not run banger's opencode server", vm.Name, vm.Image)
+		}
+	}
+	f.mu.Unlock()
+	if e != nil {
+		writeErr(w, e)
+		return
+	}
+	writeJSON(w, http.StatusOK, rpc.OpencodeAuth{URL: "http://" + vm.Name + ".vm:4096", User: "opencode", Password: pw})
+}
+
 func (f *Fake) handleLogs(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	vm, e := f.find(r.PathValue("name"))
