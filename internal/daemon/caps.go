@@ -301,6 +301,15 @@ type isolationCap struct {
 
 func (*isolationCap) Name() string { return "guest isolation" }
 
+// Prepare puts the tables back before every boot, in case something
+// flushed the host's ruleset since the daemon started (one nft call).
+func (c *isolationCap) Prepare(ctx context.Context, _ *store.VM, _ *guestconfig.Config) error {
+	if len(c.d.isolation.Ports) == 0 || doctor.RequireTools(doctor.OpIsolation) != nil {
+		return nil // off, or no nft: doctor and the start-up log say so
+	}
+	return c.d.isolation.Ensure(ctx)
+}
+
 func (c *isolationCap) Reconcile(ctx context.Context, _ []store.VM) error {
 	m := c.d.isolation
 	if len(m.Ports) > 0 {

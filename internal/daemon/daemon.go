@@ -114,7 +114,7 @@ func New(opts Options) (*Daemon, error) {
 	}
 	d.nat = &nat.Manager{R: opts.Runner, Bridge: d.net.BridgeName(), Subnet: d.net.GuestSubnet(), Log: opts.Log.With("component", "nat")}
 	d.pool = &network.Pool{M: d.net, Size: opts.Config.TAPPoolSize, UID: os.Getuid(), GID: os.Getgid(), Log: opts.Log.With("component", "tap-pool")}
-	d.isolation = &isolation.Manager{R: opts.Runner, Ports: opts.Config.GuestPrivatePorts,
+	d.isolation = &isolation.Manager{R: opts.Runner, Ports: opts.Config.GuestPrivatePorts, Bridge: d.net.BridgeName(),
 		TAPPrefixes: []string{network.TAPPrefix, network.PoolPrefix}}
 	d.caps = d.newCapabilities()
 	d.ctx, d.cancel = context.WithCancel(context.Background())

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -274,7 +275,9 @@ func checkIsolation(ctx context.Context, in Inputs) Check {
 	case err != nil:
 		c.Status, c.Detail = Warn, err.Error()
 	case len(got) == 0:
-		c.Status, c.Detail, c.Fix = Warn, fmt.Sprintf("table bridge %s is absent: guests can reach each other's ports %v", isolation.DefaultTable, want), "bangerd creates it when it starts"
+		c.Status, c.Detail, c.Fix = Warn, fmt.Sprintf("tables bridge and inet %s are absent: guests can reach each other's ports %v", isolation.DefaultTable, want), "bangerd creates them when it starts and before each boot"
+	case !slices.Equal(got, want):
+		c.Status, c.Detail, c.Fix = Warn, fmt.Sprintf("ports %v are closed between guests, but guest_private_ports is %v", got, want), "restart bangerd to apply the config"
 	default:
 		c.Status, c.Detail = OK, fmt.Sprintf("ports %v reachable from the host only, not from other guests", got)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -17,11 +18,14 @@ const DefaultTable = "banger"
 // comment marks every rule this package writes.
 const comment = "banger:private-ports"
 
-// Manager maintains the table "bridge <Table>". Frames that one guest's TAP
-// device sends to another guest through the bridge pass its forward chain;
-// TCP to a private port is dropped there. The host is not a bridge port (it
-// talks to guests through the bridge device itself), so it still reaches
-// those ports:
+// Manager maintains the tables "bridge <Table>" and "inet <Table>". Frames
+// that one guest's TAP device sends to another guest through the bridge
+// pass the bridge table's forward chain; packets a guest sends to another
+// through the host (a neighbour entry or route pointing at the bridge
+// address) pass the inet table's forward chain, in and out of the bridge.
+// TCP to a private port is dropped in both. The host's own traffic passes
+// neither (it is output, not forward), so the host still reaches those
+// ports:
 //
 //	table bridge banger {
 //		chain forward {
@@ -30,12 +34,20 @@ const comment = "banger:private-ports"
 //			iifname "tap-pool-*" tcp dport { 4096 } drop comment "banger:private-ports"
 //		}
 //	}
+//	table inet banger {
+//		chain forward {
+//			type filter hook forward priority filter; policy accept;
+//			iifname "banger0" oifname "banger0" tcp dport { 4096 } drop comment "banger:private-ports"
+//		}
+//	}
 //
-// It never touches anything outside that table.
+// It never touches anything outside those tables.
 type Manager struct {
 	R runner.Runner
 	// Table defaults to DefaultTable.
 	Table string
+	// Bridge is the guests' bridge (network.DefaultBridge).
+	Bridge string
 	// TAPPrefixes name the guests' bridge ports (network.TAPPrefix,
 	// network.PoolPrefix).
 	TAPPrefixes []string
@@ -66,7 +78,10 @@ func (m *Manager) Script() ([]string, error) {
 		return nil, fmt.Errorf("guest isolation: table name %q is not valid", t)
 	}
 	// "add" then "delete" removes an old table whether or not one exists.
-	script := []string{"add table bridge " + t, "delete table bridge " + t}
+	var script []string
+	for _, fam := range families {
+		script = append(script, "add table "+fam+" "+t, "delete table "+fam+" "+t)
+	}
 	if len(m.Ports) == 0 {
 		return script, nil
 	}
@@ -80,6 +95,9 @@ func (m *Manager) Script() ([]string, error) {
 	if len(m.TAPPrefixes) == 0 {
 		return nil, errors.New("guest isolation: no TAP device prefixes to match guests by")
 	}
+	if !validName(m.Bridge) {
+		return nil, fmt.Errorf("guest isolation: bridge name %q is not valid", m.Bridge)
+	}
 	script = append(script,
 		"add table bridge "+t,
 		"add chain bridge "+t+" forward { type filter hook forward priority filter; policy accept; }")
@@ -90,6 +108,11 @@ func (m *Manager) Script() ([]string, error) {
 		script = append(script, fmt.Sprintf(`add rule bridge %s forward iifname "%s*" tcp dport { %s } drop comment "%s"`,
 			t, pre, strings.Join(ports, ", "), comment))
 	}
+	script = append(script,
+		"add table inet "+t,
+		"add chain inet "+t+" forward { type filter hook forward priority filter; policy accept; }",
+		fmt.Sprintf(`add rule inet %s forward iifname "%s" oifname "%s" tcp dport { %s } drop comment "%s"`,
+			t, m.Bridge, m.Bridge, strings.Join(ports, ", "), comment))
 	return script, nil
 }
 
@@ -105,17 +128,28 @@ func (m *Manager) Ensure(ctx context.Context) error {
 	return nil
 }
 
-// Active returns the private ports the table in the kernel drops between
-// guests, read back with nft; none when the table is absent.
+// families are the nft families of the tables, bridged then routed.
+var families = []string{"bridge", "inet"}
+
+// Active returns the private ports the tables in the kernel drop between
+// guests, read back with nft; none when a table is absent, and an error
+// when the two disagree.
 func (m *Manager) Active(ctx context.Context) ([]int, error) {
-	out, err := m.runner().RunPrivileged(ctx, "nft", "list", "table", "bridge", m.table())
-	if err != nil {
-		if strings.Contains(err.Error(), "No such file or directory") {
-			return nil, nil
+	var got [][]int
+	for _, fam := range families {
+		out, err := m.runner().RunPrivileged(ctx, "nft", "list", "table", fam, m.table())
+		if err != nil {
+			if strings.Contains(err.Error(), "No such file or directory") {
+				return nil, nil
+			}
+			return nil, fmt.Errorf("guest isolation: listing table %s %s: %w", fam, m.table(), err)
 		}
-		return nil, fmt.Errorf("guest isolation: listing table bridge %s: %w", m.table(), err)
+		got = append(got, parsePorts(string(out)))
 	}
-	return parsePorts(string(out)), nil
+	if !slices.Equal(got[0], got[1]) {
+		return nil, fmt.Errorf("guest isolation: table bridge %s drops ports %v but inet %s drops %v: restart bangerd", m.table(), got[0], m.table(), got[1])
+	}
+	return got[0], nil
 }
 
 // parsePorts collects the ports of the rules this package wrote, from

@@ -13,6 +13,12 @@ import (
 )
 
 func TestScript(t *testing.T) {
+	reset := func(t string) []string {
+		return []string{"add table bridge " + t, "delete table bridge " + t, "add table inet " + t, "delete table inet " + t}
+	}
+	chains := func(t string) []string {
+		return []string{"add chain bridge " + t + " forward { type filter hook forward priority filter; policy accept; }"}
+	}
 	tests := []struct {
 		name    string
 		m       Manager
@@ -21,28 +27,31 @@ func TestScript(t *testing.T) {
 	}{
 		{
 			name: "one port, two prefixes",
-			m:    Manager{Ports: []int{4096}, TAPPrefixes: []string{"bgtap-", "tap-pool-"}},
-			want: []string{
-				"add table bridge banger", "delete table bridge banger", "add table bridge banger",
-				"add chain bridge banger forward { type filter hook forward priority filter; policy accept; }",
+			m:    Manager{Ports: []int{4096}, Bridge: "banger0", TAPPrefixes: []string{"bgtap-", "tap-pool-"}},
+			want: append(append(append(reset("banger"), "add table bridge banger"), chains("banger")...),
 				`add rule bridge banger forward iifname "bgtap-*" tcp dport { 4096 } drop comment "banger:private-ports"`,
 				`add rule bridge banger forward iifname "tap-pool-*" tcp dport { 4096 } drop comment "banger:private-ports"`,
-			},
+				"add table inet banger",
+				"add chain inet banger forward { type filter hook forward priority filter; policy accept; }",
+				`add rule inet banger forward iifname "banger0" oifname "banger0" tcp dport { 4096 } drop comment "banger:private-ports"`,
+			),
 		},
 		{
-			name: "several ports, own table",
-			m:    Manager{Table: "t1", Ports: []int{4096, 8080}, TAPPrefixes: []string{"x-"}},
-			want: []string{
-				"add table bridge t1", "delete table bridge t1", "add table bridge t1",
-				"add chain bridge t1 forward { type filter hook forward priority filter; policy accept; }",
+			name: "several ports, own table and bridge",
+			m:    Manager{Table: "t1", Bridge: "br9", Ports: []int{4096, 8080}, TAPPrefixes: []string{"x-"}},
+			want: append(append(append(reset("t1"), "add table bridge t1"), chains("t1")...),
 				`add rule bridge t1 forward iifname "x-*" tcp dport { 4096, 8080 } drop comment "banger:private-ports"`,
-			},
+				"add table inet t1",
+				"add chain inet t1 forward { type filter hook forward priority filter; policy accept; }",
+				`add rule inet t1 forward iifname "br9" oifname "br9" tcp dport { 4096, 8080 } drop comment "banger:private-ports"`,
+			),
 		},
-		{name: "no ports removes the table", m: Manager{TAPPrefixes: []string{"x-"}}, want: []string{"add table bridge banger", "delete table bridge banger"}},
-		{name: "port out of range", m: Manager{Ports: []int{0}, TAPPrefixes: []string{"x-"}}, wantErr: "out of range"},
-		{name: "no prefixes", m: Manager{Ports: []int{22}}, wantErr: "no TAP device prefixes"},
-		{name: "quote in prefix", m: Manager{Ports: []int{22}, TAPPrefixes: []string{`a"b`}}, wantErr: "not valid"},
-		{name: "bad table", m: Manager{Table: "a b", Ports: []int{22}, TAPPrefixes: []string{"x-"}}, wantErr: "not valid"},
+		{name: "no ports removes the tables", m: Manager{TAPPrefixes: []string{"x-"}}, want: reset("banger")},
+		{name: "port out of range", m: Manager{Ports: []int{0}, Bridge: "b", TAPPrefixes: []string{"x-"}}, wantErr: "out of range"},
+		{name: "no prefixes", m: Manager{Ports: []int{22}, Bridge: "b"}, wantErr: "no TAP device prefixes"},
+		{name: "no bridge", m: Manager{Ports: []int{22}, TAPPrefixes: []string{"x-"}}, wantErr: "bridge name"},
+		{name: "quote in prefix", m: Manager{Ports: []int{22}, Bridge: "b", TAPPrefixes: []string{`a"b`}}, wantErr: "not valid"},
+		{name: "bad table", m: Manager{Table: "a b", Ports: []int{22}, Bridge: "b", TAPPrefixes: []string{"x-"}}, wantErr: "not valid"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -87,7 +96,7 @@ func TestEnsureReal(t *testing.T) {
 		t.Fatal("nft is missing: apt-get install nftables")
 	}
 	ns := netns.New(t).Name
-	m := &Manager{R: nsRunner{ns}, Ports: []int{4096}, TAPPrefixes: []string{"bgtap-", "tap-pool-"}}
+	m := &Manager{R: nsRunner{ns}, Ports: []int{4096}, Bridge: "banger0", TAPPrefixes: []string{"bgtap-", "tap-pool-"}}
 	ctx := context.Background()
 	for i := 0; i < 2; i++ { // idempotent
 		if err := m.Ensure(ctx); err != nil {

@@ -221,6 +221,22 @@ func TestNetworking(t *testing.T) {
 		if got := probe("4096"); got != "closed" {
 			t.Fatalf("natbox to plainbox:4096 = %s, want closed (a private port)", got)
 		}
+		// Nor through the host: natbox sends plainbox's packets to the
+		// bridge address, and the host (forwarding on for NAT) routes
+		// them back out of the bridge.
+		mac, err := exec.Command("ip", "netns", "exec", e.ns.Name, "cat", "/sys/class/net/banger0/address").Output()
+		if err != nil {
+			t.Fatalf("reading the bridge's MAC: %v", err)
+		}
+		e.ssh("natbox", "ip", "neigh", "replace", plainbox.IP, "lladdr", strings.TrimSpace(string(mac)), "dev", "eth0", "nud", "permanent")
+		if got := probe("22"); got != "open" {
+			t.Fatalf("natbox to plainbox:22 through the host = %s, want open (the path works)", got)
+		}
+		if got := probe("4096"); got != "closed" {
+			t.Fatalf("natbox to plainbox:4096 through the host = %s, want closed", got)
+		}
+		e.ssh("natbox", "ip", "neigh", "del", plainbox.IP, "dev", "eth0")
+
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		c, err := e.ns.Dial(ctx, "tcp", net.JoinHostPort(plainbox.IP, "4096"))
@@ -228,8 +244,10 @@ func TestNetworking(t *testing.T) {
 			t.Fatalf("host to plainbox:4096: %v, want open", err)
 		}
 		c.Close()
-		if out, err := exec.Command("ip", "netns", "exec", e.ns.Name, "nft", "list", "table", "bridge", "banger").CombinedOutput(); err != nil || !strings.Contains(string(out), "4096") {
-			t.Fatalf("nft table bridge banger: %v\n%s", err, out)
+		for _, fam := range []string{"bridge", "inet"} {
+			if out, err := exec.Command("ip", "netns", "exec", e.ns.Name, "nft", "list", "table", fam, "banger").CombinedOutput(); err != nil || !strings.Contains(string(out), "4096") {
+				t.Fatalf("nft table %s banger: %v\n%s", fam, err, out)
+			}
 		}
 		d, _, err := e.banger(ctx, "doctor")
 		if !strings.Contains(d, "ports [4096] reachable from the host only") {
