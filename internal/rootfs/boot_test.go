@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger/banger/internal/agent"
+	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/hypervisor/qemu"
 	"github.com/banger/banger/internal/initramfs"
 	"github.com/banger/banger/internal/kernel"
@@ -81,6 +82,14 @@ func TestBootImages(t *testing.T) {
 			opts := Options{Kind: kind, Agent: agentBin, CacheDir: cache, Modules: filepath.Dir(kp.ModulesDir)}
 			if err := Build(ctx, runner.Default, opts, rootImg); err != nil {
 				t.Fatal(err)
+			}
+			if kind == KindDocker {
+				// What bangerd writes at create: the opencode unit does not
+				// start without it.
+				env := []byte("OPENCODE_SERVER_PASSWORD=" + testOpencodePassword + "\n")
+				if err := disk.PutFile(ctx, runner.Default, rootImg, OpencodeEnvFile, env, 0o600); err != nil {
+					t.Fatal(err)
+				}
 			}
 			work := filepath.Join(vmdir, "work.ext4")
 			if err := copySparse(ctx, runner.Default, seed, work); err != nil {
@@ -205,7 +214,7 @@ func bootAndCheck(t *testing.T, kind Kind, vmlinux, initrd, rootImg, work string
 	}
 	if kind == KindDocker {
 		for _, want := range []string{"docker=active", "container-ran", "mise=" + MiseVersion, "opencode=" + OpencodeVersion,
-			"mise-shell=bash", "opencode-listening", `opencode-health={"healthy":true`} {
+			"mise-shell=bash", "opencode-listening", `opencode-health={"healthy":true`, "opencode-without-password=401"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("guest report lacks %q", want)
 			}
@@ -235,6 +244,9 @@ func bootAndCheck(t *testing.T, kind Kind, vmlinux, initrd, rootImg, work string
 	}
 }
 
+// testOpencodePassword is the opencode server's password in the boot test.
+const testOpencodePassword = "boot-test-password"
+
 func sshScript(kind Kind) string {
 	s := `echo host=$(hostname); ip -4 addr show eth0; ip route; cat /etc/resolv.conf; ` +
 		`grep -q ' /root ' /proc/mounts && echo root-mounted; ls -a /root/.ssh; cat /proc/uptime; `
@@ -247,7 +259,8 @@ func sshScript(kind Kind) string {
 			// opencode's first answers can take minutes when the host is busy
 			// (CI runs other VM tests beside this one), so poll until a deadline.
 			`end=$(( $(cut -d. -f1 /proc/uptime) + 420 )); ` +
-			`while [ $(cut -d. -f1 /proc/uptime) -lt $end ]; do h=$(curl -s -m 20 http://127.0.0.1:4096/global/health) && [ -n "$h" ] && break; sleep 1; done; ` +
+			`while [ $(cut -d. -f1 /proc/uptime) -lt $end ]; do h=$(curl -s -m 20 -u opencode:` + testOpencodePassword + ` http://127.0.0.1:4096/global/health) && [ -n "$h" ] && break; sleep 1; done; ` +
+			`echo opencode-without-password=$(curl -s -m 20 -o /dev/null -w '%{http_code}' http://127.0.0.1:4096/global/health); ` +
 			`ss -Hltn 'sport = :4096' | grep -q . && echo opencode-listening; ` +
 			`echo opencode-health=$h at uptime $(cut -d' ' -f1 /proc/uptime); ` +
 			`systemctl show opencode-server -p ActiveEnterTimestampMonotonic -p NRestarts -p MainPID; ` +
