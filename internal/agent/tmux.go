@@ -29,6 +29,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/banger/banger/internal/atomicfile"
 )
 
 // DefaultTmuxStateFile is where tmux-save and tmux-restore keep root's
@@ -128,7 +130,10 @@ func SaveTmux(ctx context.Context, tmuxBin, socket, stateFile string) error {
 	if old, err := os.ReadFile(stateFile); err == nil && bytes.Equal(old, buf.Bytes()) {
 		return nil
 	}
-	if err := writeFileAtomic(stateFile, buf.Bytes(), 0o600); err != nil {
+	if err := os.MkdirAll(filepath.Dir(stateFile), 0o700); err != nil {
+		return fmt.Errorf("saving tmux sessions: %w", err)
+	}
+	if err := atomicfile.Write(stateFile, buf.Bytes(), 0o600); err != nil {
 		return fmt.Errorf("saving tmux sessions to %s: %w", stateFile, err)
 	}
 	return nil
@@ -499,45 +504,4 @@ func runTmux(ctx context.Context, bin, socket string, args ...string) (string, e
 		return "", fmt.Errorf("tmux %s: %w", args[0], err)
 	}
 	return stdout.String(), nil
-}
-
-// writeFileAtomic replaces path with data through a temporary file in the
-// same directory (created 0700 if missing), synced before and after the
-// rename: a VM may be stopped right after a save.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("creating directory %s: %w", dir, err)
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return fmt.Errorf("creating temporary file in %s: %w", dir, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err = f.Chmod(perm); err != nil {
-		return fmt.Errorf("writing %s: %w", tmp, err)
-	}
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("writing %s: %w", tmp, err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("writing %s: %w", tmp, err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", tmp, err)
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("renaming %s: %w", tmp, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync() // best effort: the file itself is already on disk
-		d.Close()
-	}
-	return nil
 }

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/banger/banger/internal/atomicfile"
 )
 
 // Schema is the bundle.json schema version this package reads and writes.
@@ -250,7 +252,7 @@ func (b *Bundle) Save() error {
 	if err != nil {
 		return fmt.Errorf("encoding %s: %w", FileName, err)
 	}
-	if err := writeFileAtomic(filepath.Join(b.dir, FileName), append(data, '\n'), 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(b.dir, FileName), append(data, '\n'), 0o644); err != nil {
 		return fmt.Errorf("writing %s: %w", FileName, err)
 	}
 	return nil

@@ -19,6 +19,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/banger/banger/internal/atomicfile"
 )
 
 // fileSum is the content identity of a file or tree.
@@ -234,7 +236,7 @@ func pathSize(path string) (int64, error) {
 // tempPath creates an empty temporary file next to final, named so that it
 // is recognisably unfinished, and returns its path.
 func tempPath(final string) (string, error) {
-	f, err := os.CreateTemp(filepath.Dir(final), "."+filepath.Base(final)+".tmp-*")
+	f, err := os.CreateTemp(filepath.Dir(final), atomicfile.TempPattern(filepath.Base(final)))
 	if err != nil {
 		return "", err
 	}
@@ -244,27 +246,6 @@ func tempPath(final string) (string, error) {
 		return "", err
 	}
 	return name, nil
-}
-
-// writeFileAtomic writes data to path through a temporary file and a rename.
-func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
-	tmp, err := tempPath(path)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(tmp, data, perm); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Chmod(tmp, perm); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return nil
 }
 
 // copyToTemp copies src into a new temporary file next to dst, keeping holes,
@@ -481,7 +462,7 @@ func saveSumCache(dir string, sums map[string]fileSum) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, sumCacheFile), data, 0o644)
+	return atomicfile.Write(filepath.Join(dir, sumCacheFile), data, 0o644)
 }
 
 // cachedSum returns the remembered sum of dir/rel if the file is unchanged since.

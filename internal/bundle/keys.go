@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/banger/banger/internal/atomicfile"
 )
 
 // keyComment is the comment of every generated bundle key.
@@ -45,7 +47,7 @@ func ensureKey(dir, name string) (authorized []byte, generated bool, err error) 
 		if perr != nil {
 			return nil, false, fmt.Errorf("encoding ssh key %s: %w", pubPath, perr)
 		}
-		if werr := writeFileAtomic(privPath, pem.EncodeToMemory(block), 0o600); werr != nil {
+		if werr := atomicfile.Write(privPath, pem.EncodeToMemory(block), 0o600); werr != nil {
 			return nil, false, fmt.Errorf("writing ssh key %s: %w", privPath, werr)
 		}
 		authorized, generated = authorizedLine(sshPub), true
@@ -53,7 +55,7 @@ func ensureKey(dir, name string) (authorized []byte, generated bool, err error) 
 		return nil, false, fmt.Errorf("reading ssh key %s: %w", privPath, err)
 	}
 	if old, rerr := os.ReadFile(pubPath); rerr != nil || !bytes.Equal(old, authorized) {
-		if err := writeFileAtomic(pubPath, authorized, 0o644); err != nil {
+		if err := atomicfile.Write(pubPath, authorized, 0o644); err != nil {
 			return nil, false, fmt.Errorf("writing ssh key %s: %w", pubPath, err)
 		}
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/banger/banger/internal/atomicfile"
 	"github.com/banger/banger/internal/rootfs"
 	"github.com/banger/banger/internal/runner"
 )
@@ -353,7 +354,7 @@ func copyKeyPair(src, dst string) error {
 		if suffix != "" {
 			perm = 0o644
 		}
-		if err := writeFileAtomic(dst+suffix, data, perm); err != nil {
+		if err := atomicfile.Write(dst+suffix, data, perm); err != nil {
 			return err
 		}
 	}
@@ -521,7 +522,7 @@ func Dist(ctx context.Context, runtimeDir, distDir string) (manifestPath string,
 		return "", fmt.Errorf("encoding %s: %w", ManifestFile, err)
 	}
 	manifestPath = filepath.Join(distDir, ManifestFile)
-	if err := writeFileAtomic(manifestPath, buf.Bytes(), 0o644); err != nil {
+	if err := atomicfile.Write(manifestPath, buf.Bytes(), 0o644); err != nil {
 		return "", fmt.Errorf("writing %s: %w", manifestPath, err)
 	}
 	return manifestPath, nil

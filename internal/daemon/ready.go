@@ -15,6 +15,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger/banger/internal/agent"
+	"github.com/banger/banger/internal/atomicfile"
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/store"
@@ -145,7 +146,7 @@ func (d *Daemon) pinHostKeys(name string, keys []string) error {
 	for _, k := range keys {
 		lines = append(lines, alias+" "+strings.TrimSpace(k))
 	}
-	return writeFileAtomic(d.paths.KnownHosts, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
+	return atomicfile.Write(d.paths.KnownHosts, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
 }
 
 // unpinHostKeys removes name's entries from banger's known_hosts.
@@ -191,7 +192,7 @@ func (d *Daemon) rewritePins(keep func(host string) bool) error {
 	if out != "" {
 		out += "\n"
 	}
-	return writeFileAtomic(d.paths.KnownHosts, []byte(out), 0o600)
+	return atomicfile.Write(d.paths.KnownHosts, []byte(out), 0o600)
 }
 
 func (d *Daemon) knownHostsWithout(alias string) []string {
@@ -210,24 +211,4 @@ func (d *Daemon) knownHostsWithout(alias string) []string {
 		out = append(out, line)
 	}
 	return out
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

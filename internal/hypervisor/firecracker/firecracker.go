@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/banger/banger/internal/atomicfile"
 	"github.com/banger/banger/internal/hypervisor"
 	"golang.org/x/sys/unix"
 )
@@ -254,7 +255,7 @@ func (b Backend) Start(ctx context.Context, spec hypervisor.Spec) (_ hypervisor.
 
 	if err := step("writing the pid file", func() error {
 		undo = append(undo, func() { os.Remove(p.pid) })
-		return writeFileAtomic(p.pid, []byte(strconv.Itoa(inst.pid)+"\n"))
+		return atomicfile.Write(p.pid, []byte(strconv.Itoa(inst.pid)+"\n"), 0o600)
 	}); err != nil {
 		return nil, err
 	}
@@ -414,18 +415,6 @@ func removeStaleSocket(path string) error {
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("removing stale socket: %w", err)
-	}
-	return nil
-}
-
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
 	}
 	return nil
 }
