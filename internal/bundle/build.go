@@ -323,20 +323,24 @@ func (b *builder) generated(rel string, perm fs.FileMode, write func(tmp string)
 	}
 	// An output equal to the previous build's needs no hashing.
 	if sum, ok := cachedSum(b.cache, b.opts.Out, rel); ok && sameData(tmp, final) {
-		b.log.Debug("unchanged", "file", rel)
-		b.record(rel, sum)
-		return ensureMode(final, perm)
+		return b.keep(rel, sum, perm)
 	}
 	sum, same, err := hashCompare(tmp, final)
 	if err != nil {
 		return err
 	}
 	if same {
-		b.log.Debug("unchanged", "file", rel)
-		b.record(rel, sum)
-		return ensureMode(final, perm)
+		return b.keep(rel, sum, perm)
 	}
 	return b.publish(rel, tmp, sum)
+}
+
+// keep records rel, already in the output with sum, as this build's,
+// fixing only its mode.
+func (b *builder) keep(rel string, sum fileSum, perm fs.FileMode) error {
+	b.log.Debug("unchanged", "file", rel)
+	b.record(rel, sum)
+	return ensureMode(filepath.Join(b.opts.Out, rel), perm)
 }
 
 // copied installs src as rel unless rel already holds the same content.
@@ -347,9 +351,7 @@ func (b *builder) copied(rel, src string, perm fs.FileMode) error {
 		return err
 	}
 	if same {
-		b.log.Debug("unchanged", "file", rel)
-		b.record(rel, sum)
-		return ensureMode(final, perm)
+		return b.keep(rel, sum, perm)
 	}
 	tmp, sum, err := copyToTemp(src, final, perm)
 	if err != nil {
