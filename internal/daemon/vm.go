@@ -424,15 +424,11 @@ func (d *Daemon) watch(id, name string, inst hypervisor.Instance) {
 // start boots a stopped VM.
 func (d *Daemon) start(name string, pr *progress) (*store.VM, error) {
 	ctx := d.ctx
-	vm, unlock, err := d.lockVM(ctx, name)
+	vm, inst, unlock, err := d.lockInstance(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	inst, err := d.instance(ctx, vm)
-	if err != nil {
-		return nil, err
-	}
 	if inst != nil {
 		if vm.State == StateRunning {
 			return vm, nil
@@ -462,15 +458,11 @@ func (d *Daemon) start(name string, pr *progress) (*store.VM, error) {
 // stop shuts a VM down gracefully, keeping its disks.
 func (d *Daemon) stop(name string) (*store.VM, error) {
 	ctx := d.ctx
-	vm, unlock, err := d.lockVM(ctx, name)
+	vm, inst, unlock, err := d.lockInstance(ctx, name)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	inst, err := d.instance(ctx, vm)
-	if err != nil {
-		return nil, err
-	}
 	if inst == nil && vm.State == StateStopped {
 		return vm, nil
 	}
@@ -521,15 +513,11 @@ func (d *Daemon) shutdownGuest(ctx context.Context, vm *store.VM, inst hyperviso
 // remove kills a VM if needed and deletes its disks, device and record.
 func (d *Daemon) remove(name string) error {
 	ctx := d.ctx
-	vm, unlock, err := d.lockVM(ctx, name)
+	vm, inst, unlock, err := d.lockInstance(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	inst, err := d.instance(ctx, vm)
-	if err != nil {
-		return err
-	}
 	d.cancelBoot(vm.ID)
 	if inst != nil {
 		if err := inst.Kill(); err != nil || !inst.Exited() {
@@ -563,6 +551,21 @@ func (d *Daemon) getVM(ctx context.Context, name string) (*store.VM, error) {
 		return nil, invalid("%w", err)
 	}
 	return vm, err
+}
+
+// lockInstance takes a VM's lock (lockVM) and finds its live hypervisor
+// instance (instance); on error nothing is held.
+func (d *Daemon) lockInstance(ctx context.Context, nameOrID string) (*store.VM, hypervisor.Instance, func(), error) {
+	vm, unlock, err := d.lockVM(ctx, nameOrID)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	inst, err := d.instance(ctx, vm)
+	if err != nil {
+		unlock()
+		return nil, nil, nil, err
+	}
+	return vm, inst, unlock, nil
 }
 
 // lockVM resolves a name or id and takes that VM's lock, keyed by its name
