@@ -78,7 +78,9 @@ Downloads, debootstrap trees and finished images are cached in --cache, and
 outputs that did not change are left alone, so a rebuild with nothing new
 takes seconds. Every file is written under a temporary name and renamed into
 place, so an interrupted build leaves no half-written file. Building images
-needs root (or a warm sudo) and the debootstrap and e2fsprogs packages.`,
+needs the debootstrap and e2fsprogs packages, and root for debootstrap and
+chroot: run it as yourself and it asks sudo for exactly those steps (run
+'sudo -v' first); everything it writes is yours.`,
 		Example: `  # What make runtime-bundle runs
   banger runtime build --out build/runtime --init build/bin/banger-init \
     --agent build/runtime/banger-vsock-agent
@@ -88,7 +90,7 @@ needs root (or a warm sudo) and the debootstrap and e2fsprogs packages.`,
     --image minimal --mirror http://mirror.example/debian`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := doctor.RequireTools(doctor.OpRuntimeBuild); err != nil {
+			if err := doctor.Require(cmd.Context(), runner.Default, doctor.OpRuntimeBuild); err != nil {
 				return err
 			}
 			for _, im := range images {

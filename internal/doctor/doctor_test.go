@@ -87,3 +87,49 @@ func TestReportWithoutQEMU(t *testing.T) {
 		t.Errorf("checks = %+v; want qemu-system-x86_64 and selected failing with the package named", rep.Checks)
 	}
 }
+
+func TestPackagesOnce(t *testing.T) {
+	withMissing(t, "debugfs", "mkfs.ext4", "e2fsck", "debootstrap")
+	if got := strings.Join(Packages(MissingTools(OpRuntimeBuild)), " "); got != "debootstrap e2fsprogs" {
+		t.Errorf("Packages(missing for %s) = %q, want each package once: %q", OpRuntimeBuild, got, "debootstrap e2fsprogs")
+	}
+	err := RequireTools(OpRuntimeBuild)
+	if err == nil || strings.Count(err.Error(), "e2fsprogs") != 1 {
+		t.Errorf("RequireTools(%s) = %v, want e2fsprogs named once", OpRuntimeBuild, err)
+	}
+}
+
+func TestPrivilegedTools(t *testing.T) {
+	for _, tc := range []struct {
+		ops  []string
+		want string
+	}{
+		{[]string{OpCreate}, "ip"},
+		{[]string{OpCreate, OpNAT}, "ip nft sysctl"},
+		{VMOps, "ip nft sysctl"},
+		{[]string{OpWorkSeed}, ""}, // a work-seed needs no root
+		{[]string{OpSSH, OpDiskSize}, ""},
+	} {
+		if got := strings.Join(PrivilegedTools(tc.ops...), " "); got != tc.want {
+			t.Errorf("PrivilegedTools(%v) = %q, want %q", tc.ops, got, tc.want)
+		}
+	}
+	build := PrivilegedTools(OpRuntimeBuild)
+	for _, want := range []string{"debootstrap", "chroot", "mkfs.ext4"} {
+		if !strings.Contains(strings.Join(build, " "), want) {
+			t.Errorf("PrivilegedTools(%s) = %v, want %s among them", OpRuntimeBuild, build, want)
+		}
+	}
+}
+
+func TestSudoers(t *testing.T) {
+	withMissing(t, "resolvectl")
+	got := Sudoers("dev", VMOps...)
+	last := strings.Split(strings.TrimSpace(got), "\n")
+	if want := "dev ALL=(root) NOPASSWD: /usr/bin/ip, /usr/bin/nft, /usr/bin/sysctl"; last[len(last)-1] != want {
+		t.Errorf("Sudoers(dev) ends with %q, want %q\n%s", last[len(last)-1], want, got)
+	}
+	if !strings.Contains(got, "/usr/bin/nft: keeps banger's own nftables tables") {
+		t.Errorf("Sudoers(dev) does not say why each command runs as root:\n%s", got)
+	}
+}

@@ -1,10 +1,13 @@
 package doctor
 
 import (
+	"context"
 	"fmt"
-	"os/exec"
+	"slices"
 	"sort"
 	"strings"
+
+	"github.com/banger/banger/internal/runner"
 )
 
 // Tool is a host program banger runs, with the Debian package providing it.
@@ -13,6 +16,11 @@ type Tool struct {
 	Package string
 	// For lists the operations that need the tool.
 	For []string
+	// RootFor lists the operations of For that run the tool as root:
+	// through 'sudo -n' for an ordinary user.
+	RootFor []string
+	// Why says what banger does with it as root (README, 'banger sudoers').
+	Why string
 }
 
 // Operations that need host tools.
@@ -25,41 +33,84 @@ const (
 	OpRuntimeBuild = "runtime build"
 	OpWorkSeed     = "work-seed refresh"
 	OpIsolation    = "guest isolation"
+	OpDNSRedirect  = "dns for an unprivileged bangerd"
+	OpSplitDNS     = "systemd-resolved split dns"
 )
 
 // Tools is every host tool banger uses.
 var Tools = []Tool{
-	{"ip", "iproute2", []string{OpCreate}},
-	{"qemu-system-x86_64", "qemu-system-x86", []string{OpQEMU}},
-	{"e2fsck", "e2fsprogs", []string{OpDiskSize, OpRuntimeBuild}},
-	{"resize2fs", "e2fsprogs", []string{OpDiskSize}},
-	{"mkfs.ext4", "e2fsprogs", []string{OpRuntimeBuild, OpWorkSeed}},
-	{"debugfs", "e2fsprogs", []string{OpCreate, OpRuntimeBuild, OpWorkSeed}},
-	{"ssh", "openssh-client", []string{OpSSH}},
-	{"nft", "nftables", []string{OpNAT, OpIsolation}},
-	{"debootstrap", "debootstrap", []string{OpRuntimeBuild}},
-	{"apt-get", "apt", []string{OpRuntimeBuild}},
-	{"dpkg", "dpkg", []string{OpRuntimeBuild}},
-	{"cp", "coreutils", []string{OpRuntimeBuild}},
-	{"npm", "npm", []string{OpRuntimeBuild}},
+	{Bin: "ip", Package: "iproute2", For: []string{OpCreate}, RootFor: []string{OpCreate},
+		Why: "creates the bridge and each VM's TAP device, attaches them, removes them"},
+	{Bin: "qemu-system-x86_64", Package: "qemu-system-x86", For: []string{OpQEMU}},
+	{Bin: "e2fsck", Package: "e2fsprogs", For: []string{OpDiskSize, OpRuntimeBuild}},
+	{Bin: "resize2fs", Package: "e2fsprogs", For: []string{OpDiskSize}},
+	{Bin: "debugfs", Package: "e2fsprogs", For: []string{OpCreate, OpRuntimeBuild, OpWorkSeed}},
+	{Bin: "ssh", Package: "openssh-client", For: []string{OpSSH}},
+	{Bin: "nft", Package: "nftables", For: []string{OpNAT, OpIsolation, OpDNSRedirect}, RootFor: []string{OpNAT, OpIsolation, OpDNSRedirect},
+		Why: "keeps banger's own nftables tables: NAT, guest isolation, the DNS redirect of an unprivileged bangerd"},
+	{Bin: "sysctl", Package: "procps", For: []string{OpNAT}, RootFor: []string{OpNAT},
+		Why: "sets net.ipv4.ip_forward=1 when the first NAT guest starts"},
+	{Bin: "resolvectl", Package: "systemd-resolved", For: []string{OpSplitDNS}, RootFor: []string{OpSplitDNS},
+		Why: "routes ~vm to banger's DNS on the bridge, on hosts that run systemd-resolved"},
+	{Bin: "debootstrap", Package: "debootstrap", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+		Why: "image builds: installs Debian into a directory"},
+	{Bin: "chroot", Package: "coreutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+		Why: "image builds: locks root's password and runs depmod inside the image"},
+	{Bin: "apt-get", Package: "apt", For: []string{OpRuntimeBuild}},
+	{Bin: "dpkg", Package: "dpkg", For: []string{OpRuntimeBuild}},
+	{Bin: "cp", Package: "coreutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+		Why: "image builds: copies root-owned image trees"},
+	{Bin: "rm", Package: "coreutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+		Why: "image builds: removes root-owned build directories"},
+	{Bin: "mkdir", Package: "coreutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+		Why: "image builds: makes directories in root-owned trees"},
+	{Bin: "mv", Package: "coreutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+		Why: "image builds: moves a finished debootstrap tree into the shared cache"},
+	{Bin: "find", Package: "findutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+		Why: "image builds: drops apt's downloaded packages from a tree"},
+	{Bin: "umount", Package: "mount", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+		Why: "image builds: unmounts what a crashed debootstrap left mounted"},
+	{Bin: "mkfs.ext4", Package: "e2fsprogs", For: []string{OpRuntimeBuild, OpWorkSeed}, RootFor: []string{OpRuntimeBuild},
+		Why: "image builds: fills an ext4 image from a root-owned tree"},
+	{Bin: "depmod", Package: "kmod", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+		Why: "image builds: indexes the kernel modules installed into the docker image"},
+	{Bin: "npm", Package: "npm", For: []string{OpRuntimeBuild}},
 }
 
 // LookPath finds binaries; tests replace it.
-var LookPath = exec.LookPath
+var LookPath = runner.LookPath
+
+// toolsFor lists the tools op needs, each binary once.
+func toolsFor(op string) []Tool {
+	var out []Tool
+	for _, t := range Tools {
+		if slices.Contains(t.For, op) && !slices.ContainsFunc(out, func(o Tool) bool { return o.Bin == t.Bin }) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
 
 // MissingTools returns the tools that op needs and that are not installed.
 func MissingTools(op string) []Tool {
 	var out []Tool
-	for _, t := range Tools {
-		for _, f := range t.For {
-			if f == op {
-				if _, err := LookPath(t.Bin); err != nil {
-					out = append(out, t)
-				}
-				break
-			}
+	for _, t := range toolsFor(op) {
+		if _, err := LookPath(t.Bin); err != nil {
+			out = append(out, t)
 		}
 	}
+	return out
+}
+
+// Packages returns the Debian packages of tools, each once, sorted.
+func Packages(tools []Tool) []string {
+	var out []string
+	for _, t := range tools {
+		if !slices.Contains(out, t.Package) {
+			out = append(out, t.Package)
+		}
+	}
+	sort.Strings(out)
 	return out
 }
 
@@ -71,16 +122,68 @@ func RequireTools(op string) error {
 		return nil
 	}
 	var bins []string
-	pkgs := map[string]bool{}
 	for _, t := range missing {
 		bins = append(bins, t.Bin)
-		pkgs[t.Package] = true
 	}
-	var list []string
-	for p := range pkgs {
-		list = append(list, p)
-	}
-	sort.Strings(list)
 	return fmt.Errorf("%s needs %s, which is not installed: run 'apt-get install %s' (see 'banger doctor')",
-		op, strings.Join(bins, ", "), strings.Join(list, " "))
+		op, strings.Join(bins, ", "), strings.Join(Packages(missing), " "))
+}
+
+// PrivilegedTools lists the binaries that ops run as root, each once.
+func PrivilegedTools(ops ...string) []string {
+	var out []string
+	for _, op := range ops {
+		for _, t := range toolsFor(op) {
+			if slices.Contains(t.RootFor, op) && !slices.Contains(out, t.Bin) {
+				out = append(out, t.Bin)
+			}
+		}
+	}
+	return out
+}
+
+// Require checks that every tool ops need is installed and that the
+// privileged ones can run through sudo without a prompt. It runs nothing
+// else, so a refusal changes nothing.
+func Require(ctx context.Context, r runner.Runner, ops ...string) error {
+	for _, op := range ops {
+		if err := RequireTools(op); err != nil {
+			return err
+		}
+	}
+	if priv := PrivilegedTools(ops...); len(priv) > 0 {
+		if err := runner.CheckPrivileged(ctx, r, priv...); err != nil {
+			return fmt.Errorf("%s: %w", strings.Join(ops, ", "), err)
+		}
+	}
+	return nil
+}
+
+// Sudoers returns a sudoers rule that lets user run, without a password,
+// exactly the privileged tools ops need, by the absolute paths banger runs
+// them with. Tools that are not installed are left out.
+func Sudoers(user string, ops ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# banger: the commands bangerd and banger run as root for %s, through 'sudo -n'.\n", user)
+	fmt.Fprintf(&b, "# Install: banger sudoers | sudo tee /etc/sudoers.d/banger-%s >/dev/null && sudo chmod 0440 /etc/sudoers.d/banger-%s\n", user, user)
+	var paths []string
+	for _, op := range ops {
+		for _, t := range toolsFor(op) {
+			if !slices.Contains(t.RootFor, op) {
+				continue
+			}
+			p, err := LookPath(t.Bin)
+			if err != nil || slices.Contains(paths, p) {
+				continue
+			}
+			fmt.Fprintf(&b, "#   %s: %s\n", p, t.Why)
+			paths = append(paths, p)
+		}
+	}
+	if len(paths) == 0 {
+		b.WriteString("# (none of them is installed: see 'banger doctor')\n")
+		return b.String()
+	}
+	fmt.Fprintf(&b, "%s ALL=(root) NOPASSWD: %s\n", user, strings.Join(paths, ", "))
+	return b.String()
 }

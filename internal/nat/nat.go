@@ -710,7 +710,7 @@ func Check(ctx context.Context, r runner.Runner) error {
 		return nil
 	case errors.Is(err, exec.ErrNotFound) || strings.Contains(err.Error(), "command not found"):
 		return errors.New("nft not found: apt-get install nftables")
-	case errors.Is(err, runner.ErrSudoNotWarm):
+	case errors.Is(err, runner.ErrSudoPassword), errors.Is(err, runner.ErrSudoDenied):
 		return fmt.Errorf("checking nft: %w", err)
 	default:
 		return fmt.Errorf("checking nft: %w: make sure the nf_tables kernel module loads (modprobe nf_tables)", err)

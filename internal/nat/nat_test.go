@@ -324,7 +324,7 @@ func TestCheck(t *testing.T) {
 		{"works", nil, ""},
 		{"missing", &exec.Error{Name: "nft", Err: exec.ErrNotFound}, "nft not found: apt-get install nftables"},
 		{"missing under sudo", errors.New("sudo -n -- nft list tables: exit status 1: sudo: nft: command not found"), "nft not found: apt-get install nftables"},
-		{"sudo", fmt.Errorf("running nft: %w", runner.ErrSudoNotWarm), "sudo -v"},
+		{"sudo", fmt.Errorf("running nft: %w", runner.ErrSudoPassword), "password"},
 		{"kernel", errors.New("nft list tables: exit status 1: Error: Operation not supported"), "modprobe nf_tables"},
 	}
 	for _, tt := range tests {
