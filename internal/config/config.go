@@ -9,8 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/banger/banger/internal/network"
 )
 
 // Config is the user's config file ($XDG_CONFIG_HOME/banger/config.toml).
@@ -23,9 +27,11 @@ type Config struct {
 	QEMUBinary        string `toml:"qemu_binary"`
 	// RuntimeDir is the runtime bundle directory; empty means discovery.
 	RuntimeDir string `toml:"runtime_dir"`
-	// Bridge is the host bridge the VMs' TAP devices join.
+	// Bridge is the host bridge the VMs' TAP devices join; empty means the
+	// owner's own (network.NamesFor: banger0 for root, banger<uid> for a user).
 	Bridge string `toml:"bridge"`
 	// Subnet is the VMs' IPv4 subnet; the bridge takes its first address.
+	// Empty means the owner's own (172.30.0.0/24 for root).
 	Subnet       string `toml:"subnet"`
 	DefaultImage string `toml:"default_image"`
 	VCPUs        int    `toml:"vcpus"`
@@ -33,11 +39,17 @@ type Config struct {
 	// ReadyTimeoutSeconds bounds how long create/start wait for the guest.
 	ReadyTimeoutSeconds int `toml:"ready_timeout_seconds"`
 
-	// DNSListen are the addresses bangerd serves the .vm zone on; empty
-	// turns the DNS server off. The bridge address is added when
-	// DNSOnBridge is set, so guests resolve each other.
+	// DNSListen are host addresses bangerd also serves the .vm zone on
+	// (root: 127.0.0.1:53; a user: none, since port 53 needs root). The
+	// bridge address is served when DNSOnBridge is set, so guests and the
+	// host resolve VMs there.
 	DNSListen   []string `toml:"dns_listen"`
 	DNSOnBridge bool     `toml:"dns_on_bridge"`
+	// DNSPort is the port bangerd's DNS server binds on the bridge address:
+	// 0 means 53 for root and DefaultUserDNSPort for a user, whose bangerd
+	// cannot bind 53; banger's nftables table then redirects the bridge
+	// address's port 53 to it, for guests and the host alike.
+	DNSPort int `toml:"dns_port"`
 	// DNSUpstreams are the resolvers names outside .vm are forwarded to
 	// ("ip:port"). Unset means the host's resolvers; an empty list turns
 	// forwarding off.
@@ -65,16 +77,24 @@ type Config struct {
 // empty list then means no forwarding).
 func (c Config) DNSUpstreamsSet() bool { return c.dnsUpstreamsSet }
 
-// Defaults returns the built-in configuration.
-func Defaults() Config {
+// DefaultUserDNSPort is the bridge-side DNS port of a user's bangerd.
+const DefaultUserDNSPort = 10053
+
+// Defaults returns the built-in configuration of this process's user.
+func Defaults() Config { return DefaultsFor(os.Geteuid()) }
+
+// DefaultsFor returns the built-in configuration of uid's bangerd.
+func DefaultsFor(uid int) Config {
+	var listen []string
+	if uid == 0 {
+		listen = []string{"127.0.0.1:53"}
+	}
 	return Config{
 		Hypervisor:          "auto",
-		Bridge:              "banger0",
-		Subnet:              "172.30.0.0/24",
 		VCPUs:               2,
 		MemoryMiB:           1024,
 		ReadyTimeoutSeconds: 300,
-		DNSListen:           []string{"127.0.0.1:53"},
+		DNSListen:           listen,
 		DNSOnBridge:         true,
 		ResolvedSplitDNS:    true,
 		TAPPoolSize:         2,
@@ -103,35 +123,87 @@ func Load(path string) (Config, error) {
 	return c, c.Validate()
 }
 
-// Validate checks the values that have a fixed form.
+// Limits of the values Validate accepts.
+const (
+	MaxVCPUs            = 32
+	MinMemoryMiB        = 256
+	MaxReadyTimeoutSecs = 3600
+)
+
+// Validate checks every value that has a fixed form or range; errors name
+// the config key.
 func (c Config) Validate() error {
 	switch c.Hypervisor {
 	case "auto", "qemu", "firecracker":
 	default:
 		return fmt.Errorf("config: hypervisor %q is not auto, firecracker or qemu", c.Hypervisor)
 	}
-	p, err := netip.ParsePrefix(c.Subnet)
-	if err != nil || !p.Addr().Is4() || p.Bits() > 29 {
-		return fmt.Errorf("config: subnet %q is not an IPv4 prefix of /29 or larger (for example 172.30.0.0/24)", c.Subnet)
+	if c.Subnet != "" {
+		p, err := netip.ParsePrefix(c.Subnet)
+		if err != nil || !p.Addr().Is4() || p.Bits() > 29 {
+			return fmt.Errorf("config: subnet %q is not an IPv4 prefix of /29 or larger (for example 172.30.0.0/24)", c.Subnet)
+		}
+	}
+	if c.Bridge != "" && (len(c.Bridge) > 15 || strings.ContainsAny(c.Bridge, "/: \t\n\"'\\;")) {
+		return fmt.Errorf("config: bridge %q must be 1 to 15 characters without '/', ':', quotes or spaces", c.Bridge)
+	}
+	if c.VCPUs < 1 || c.VCPUs > MaxVCPUs {
+		return fmt.Errorf("config: vcpus = %d: use 1 to %d", c.VCPUs, MaxVCPUs)
+	}
+	if c.MemoryMiB < MinMemoryMiB {
+		return fmt.Errorf("config: memory_mib = %d: use %d or more", c.MemoryMiB, MinMemoryMiB)
+	}
+	if c.ReadyTimeoutSeconds < 1 || c.ReadyTimeoutSeconds > MaxReadyTimeoutSecs {
+		return fmt.Errorf("config: ready_timeout_seconds = %d: use 1 to %d", c.ReadyTimeoutSeconds, MaxReadyTimeoutSecs)
+	}
+	for _, a := range c.DNSListen {
+		if _, err := netip.ParseAddrPort(a); err != nil {
+			return fmt.Errorf("config: dns_listen: %q is not an ip:port address (for example 127.0.0.1:53)", a)
+		}
+	}
+	for _, u := range c.DNSUpstreams {
+		if _, err := netip.ParseAddrPort(u); err != nil {
+			if _, err := netip.ParseAddr(u); err != nil {
+				return fmt.Errorf("config: dns_upstreams: %q is not an ip or ip:port address (for example 192.0.2.53:53)", u)
+			}
+		}
+	}
+	if c.DNSPort < 0 || c.DNSPort > 65535 {
+		return fmt.Errorf("config: dns_port = %d: use 0 (automatic) or a port 1-65535", c.DNSPort)
 	}
 	if c.TAPPoolSize < 0 || c.TAPPoolSize > 64 {
-		return fmt.Errorf("config: tap_pool_size %d must be 0 to 64", c.TAPPoolSize)
+		return fmt.Errorf("config: tap_pool_size = %d: use 0 to 64", c.TAPPoolSize)
 	}
 	for _, p := range c.GuestPrivatePorts {
 		if p < 1 || p > 65535 {
 			return fmt.Errorf("config: guest_private_ports: %d is not a TCP port (1-65535)", p)
 		}
 	}
-	if c.Bridge == "" || len(c.Bridge) > 15 {
-		return fmt.Errorf("config: bridge %q must be 1 to 15 characters", c.Bridge)
-	}
 	return nil
 }
 
-// SubnetPrefix returns the parsed, masked subnet.
-func (c Config) SubnetPrefix() netip.Prefix {
-	p, _ := netip.ParsePrefix(c.Subnet)
-	return p.Masked()
+// Names returns the host names uid's bangerd uses (network.NamesFor), with
+// the configured bridge and subnet in place of the derived ones.
+func (c Config) Names(uid int) network.Names {
+	n := network.NamesFor(uid)
+	if c.Bridge != "" {
+		n.Bridge = c.Bridge
+	}
+	if p, err := netip.ParsePrefix(c.Subnet); err == nil {
+		n.Subnet = p.Masked()
+	}
+	return n
+}
+
+// BridgeDNSPort is the port the DNS server binds on the bridge address.
+func (c Config) BridgeDNSPort(uid int) int {
+	switch {
+	case c.DNSPort != 0:
+		return c.DNSPort
+	case uid == 0:
+		return 53
+	}
+	return DefaultUserDNSPort
 }
 
 // Paths are the directories and files banger uses.
@@ -148,9 +220,20 @@ type Paths struct {
 	DB         string
 	Log        string
 	KnownHosts string
+	// Lock is bangerd's single-instance lock, beside the database: two
+	// daemons never share one state dir, whatever their runtime dirs.
+	Lock string
 }
 
 // DefaultPaths resolves the XDG base directories for the current user.
+//
+// The runtime dir (sockets, pid files) is $XDG_RUNTIME_DIR/banger, or
+// /run/banger for root. A user without XDG_RUNTIME_DIR gets
+// /tmp/banger-<uid>/banger, but only when /tmp/banger-<uid> is a real
+// directory of theirs that nobody else can write: another local user could
+// have made it first and put a socket of their own there. Otherwise (and for
+// an XDG_RUNTIME_DIR of someone else's) the runtime dir moves under the
+// state dir, which is in the user's home.
 func DefaultPaths() Paths {
 	home, _ := os.UserHomeDir()
 	env := func(k, def string) string {
@@ -162,23 +245,56 @@ func DefaultPaths() Paths {
 	cfg := env("XDG_CONFIG_HOME", filepath.Join(home, ".config"))
 	state := env("XDG_STATE_HOME", filepath.Join(home, ".local", "state"))
 	data := env("XDG_DATA_HOME", filepath.Join(home, ".local", "share"))
-	rt := os.Getenv("XDG_RUNTIME_DIR")
-	if rt == "" || !filepath.IsAbs(rt) {
-		if os.Geteuid() == 0 {
-			rt = "/run"
-		} else {
-			rt = filepath.Join(os.TempDir(), "banger-"+strconv.Itoa(os.Getuid()))
-		}
-	}
 	p := Paths{
 		ConfigFile: filepath.Join(cfg, "banger", "config.toml"),
 		StateDir:   filepath.Join(state, "banger"),
 		DataDir:    filepath.Join(data, "banger"),
-		RuntimeDir: filepath.Join(rt, "banger"),
+	}
+	uid := os.Geteuid()
+	rt := os.Getenv("XDG_RUNTIME_DIR")
+	if rt != "" && filepath.IsAbs(rt) {
+		os.MkdirAll(rt, 0o700) // made by us, or checked below
+	}
+	switch {
+	case rt != "" && filepath.IsAbs(rt) && safeDir(rt, uid, false):
+		p.RuntimeDir = filepath.Join(rt, "banger")
+	case uid == 0:
+		p.RuntimeDir = "/run/banger"
+	default:
+		tmp := filepath.Join(os.TempDir(), "banger-"+strconv.Itoa(uid))
+		os.Mkdir(tmp, 0o700)
+		if safeDir(tmp, uid, true) {
+			p.RuntimeDir = filepath.Join(tmp, "banger")
+		} else {
+			p.RuntimeDir = filepath.Join(p.StateDir, "run")
+		}
 	}
 	p.Socket = filepath.Join(p.RuntimeDir, "bangerd.sock")
 	p.DB = filepath.Join(p.StateDir, "banger.db")
 	p.Log = filepath.Join(p.StateDir, "bangerd.log")
 	p.KnownHosts = filepath.Join(p.StateDir, "known_hosts")
+	p.Lock = filepath.Join(p.StateDir, "bangerd.lock")
 	return p
+}
+
+// safeDir reports whether dir is a directory (not a symlink) that uid owns
+// (or root, unless private) and that no other user can write to; private
+// also refuses group and other read access.
+func safeDir(dir string, uid int, private bool) bool {
+	fi, err := os.Lstat(dir)
+	if err != nil || !fi.IsDir() {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return false
+	}
+	if int(st.Uid) != uid && (private || st.Uid != 0) {
+		return false
+	}
+	mask := os.FileMode(0o022)
+	if private {
+		mask = 0o077
+	}
+	return fi.Mode().Perm()&mask == 0
 }

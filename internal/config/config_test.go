@@ -15,7 +15,7 @@ func TestLoad(t *testing.T) {
 	}{
 		{"missing file is defaults", "", func(c Config) bool { return c.Hypervisor == "auto" && c.TAPPoolSize == 2 && !c.DNSUpstreamsSet() }, ""},
 		{"values", "hypervisor = \"qemu\"\nsubnet = \"10.9.0.0/16\"\ntap_pool_size = 0\n", func(c Config) bool {
-			return c.Hypervisor == "qemu" && c.SubnetPrefix().String() == "10.9.0.0/16" && c.TAPPoolSize == 0
+			return c.Hypervisor == "qemu" && c.Names(1000).Subnet.String() == "10.9.0.0/16" && c.Names(1000).Bridge == "banger1000" && c.TAPPoolSize == 0
 		}, ""},
 		{"empty upstreams is set", "dns_upstreams = []\n", func(c Config) bool { return c.DNSUpstreamsSet() && len(c.DNSUpstreams) == 0 }, ""},
 		{"unknown key", "hypervisr = \"qemu\"\n", nil, "unknown key \"hypervisr\""},
@@ -26,6 +26,15 @@ func TestLoad(t *testing.T) {
 		{"private ports set", "guest_private_ports = [4096, 8080]\n", func(c Config) bool { return len(c.GuestPrivatePorts) == 2 && c.GuestPrivatePorts[1] == 8080 }, ""},
 		{"private ports off", "guest_private_ports = []\n", func(c Config) bool { return len(c.GuestPrivatePorts) == 0 }, ""},
 		{"bad private port", "guest_private_ports = [70000]\n", nil, "not a TCP port"},
+		{"bad vcpus", "vcpus = -5\n", nil, "vcpus = -5"},
+		{"too many vcpus", "vcpus = 33\n", nil, "vcpus = 33"},
+		{"tiny memory", "memory_mib = 1\n", nil, "memory_mib = 1"},
+		{"bad timeout", "ready_timeout_seconds = -1\n", nil, "ready_timeout_seconds = -1"},
+		{"bogus dns_listen", "dns_listen = [\"bogus\"]\n", nil, "dns_listen: \"bogus\""},
+		{"bogus upstream", "dns_upstreams = [\"resolver.example\"]\n", nil, "dns_upstreams"},
+		{"bad dns_port", "dns_port = 70000\n", nil, "dns_port"},
+		{"bad bridge", "bridge = \"a b\"\n", nil, "bridge"},
+		{"upstream without port", "dns_upstreams = [\"192.0.2.1\"]\n", func(c Config) bool { return c.DNSUpstreams[0] == "192.0.2.1" }, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "config.toml")
@@ -48,12 +57,76 @@ func TestLoad(t *testing.T) {
 	}
 }
 
+func TestDefaultsFor(t *testing.T) {
+	root, user := DefaultsFor(0), DefaultsFor(1000)
+	if len(root.DNSListen) != 1 || root.DNSListen[0] != "127.0.0.1:53" || root.BridgeDNSPort(0) != 53 {
+		t.Errorf("DefaultsFor(0): dns_listen %v, bridge port %d; want [127.0.0.1:53], 53", root.DNSListen, root.BridgeDNSPort(0))
+	}
+	if len(user.DNSListen) != 0 || user.BridgeDNSPort(1000) != DefaultUserDNSPort {
+		t.Errorf("DefaultsFor(1000): dns_listen %v, bridge port %d; want none, %d", user.DNSListen, user.BridgeDNSPort(1000), DefaultUserDNSPort)
+	}
+	if n := user.Names(1000); n.Bridge != "banger1000" || n.Table != "banger_u1000" {
+		t.Errorf("DefaultsFor(1000).Names(1000) = %+v", n)
+	}
+	for _, c := range []Config{root, user} {
+		if err := c.Validate(); err != nil {
+			t.Errorf("defaults do not validate: %v", err)
+		}
+	}
+}
+
+func TestSafeDir(t *testing.T) {
+	uid := os.Geteuid()
+	dir := t.TempDir()
+	mk := func(name string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.Mkdir(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	private, open, groupRead := mk("private", 0o700), mk("open", 0o777), mk("groupread", 0o750)
+	link := filepath.Join(dir, "link")
+	os.Symlink(private, link)
+	for _, tt := range []struct {
+		dir     string
+		private bool
+		want    bool
+	}{
+		{private, true, true},
+		{open, true, false},
+		{open, false, false},
+		{groupRead, true, false},
+		{groupRead, false, true},
+		{link, true, false},
+		{filepath.Join(dir, "missing"), true, false},
+	} {
+		if got := safeDir(tt.dir, uid, tt.private); got != tt.want {
+			t.Errorf("safeDir(%s, private=%v) = %v, want %v", filepath.Base(tt.dir), tt.private, got, tt.want)
+		}
+	}
+	if safeDir(private, uid+4242, true) {
+		t.Errorf("safeDir of a dir owned by another uid = true, want false")
+	}
+}
+
 func TestDefaultPaths(t *testing.T) {
 	t.Setenv("XDG_STATE_HOME", "/s")
 	t.Setenv("XDG_DATA_HOME", "relative/ignored")
-	t.Setenv("XDG_RUNTIME_DIR", "/r")
+	rt := t.TempDir()
+	t.Setenv("XDG_RUNTIME_DIR", rt)
 	p := DefaultPaths()
-	if p.DB != "/s/banger/banger.db" || p.Socket != "/r/banger/bangerd.sock" || strings.HasPrefix(p.DataDir, "relative") {
+	if p.Socket != rt+"/banger/bangerd.sock" {
+		t.Errorf("DefaultPaths().Socket = %s, want it under XDG_RUNTIME_DIR %s", p.Socket, rt)
+	}
+	os.Chmod(rt, 0o777) // another user could swap the socket: not used
+	if p := DefaultPaths(); strings.HasPrefix(p.Socket, rt) {
+		t.Errorf("DefaultPaths().Socket = %s under a world-writable XDG_RUNTIME_DIR", p.Socket)
+	}
+	if p.DB != "/s/banger/banger.db" || p.Lock != "/s/banger/bangerd.lock" || strings.HasPrefix(p.DataDir, "relative") {
 		t.Fatalf("DefaultPaths() = %+v", p)
 	}
 }

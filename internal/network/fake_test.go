@@ -40,9 +40,11 @@ func TestEnsureBridgeCommands(t *testing.T) {
 	}{
 		{
 			name: "missing",
-			show: []string{"", `[{"ifname":"banger0","flags":["BROADCAST"],"linkinfo":{"info_kind":"bridge"}}]`},
+			show: []string{"", `[{"ifname":"eth0","addr_info":[{"family":"inet","local":"192.168.1.5","prefixlen":24}]}]`,
+				`[{"ifname":"banger0","flags":["BROADCAST"],"linkinfo":{"info_kind":"bridge"}}]`},
 			want: []string{
 				"run ip -j -d addr show dev banger0",
+				"run ip -j addr show",
 				"priv ip link add name banger0 type bridge",
 				"run ip -j -d addr show dev banger0",
 				"priv ip addr add 172.30.0.1/24 dev banger0",
@@ -58,8 +60,9 @@ func TestEnsureBridgeCommands(t *testing.T) {
 		{
 			name: "wrong prefix",
 			show: []string{`[{"ifname":"banger0","flags":["UP"],"linkinfo":{"info_kind":"bridge"},
-				"addr_info":[{"family":"inet","local":"172.30.0.1","prefixlen":16}]}]`},
-			want: []string{"run ip -j -d addr show dev banger0", "priv ip addr add 172.30.0.1/24 dev banger0"},
+				"addr_info":[{"family":"inet","local":"172.30.0.1","prefixlen":16}]}]`,
+				`[{"ifname":"banger0","addr_info":[{"family":"inet","local":"172.30.0.1","prefixlen":16}]}]`},
+			want: []string{"run ip -j -d addr show dev banger0", "run ip -j addr show", "priv ip addr add 172.30.0.1/24 dev banger0"},
 		},
 	}
 	for _, tt := range tests {
@@ -70,6 +73,20 @@ func TestEnsureBridgeCommands(t *testing.T) {
 		}
 		if !slices.Equal(f.calls, tt.want) {
 			t.Errorf("EnsureBridge(%s) ran\n%s\nwant\n%s", tt.name, strings.Join(f.calls, "\n"), strings.Join(tt.want, "\n"))
+		}
+	}
+}
+
+func TestEnsureBridgeRefusesATakenSubnet(t *testing.T) {
+	f := &fakeIP{show: []string{"", `[{"ifname":"banger0","addr_info":[{"family":"inet","local":"172.30.0.1","prefixlen":24}]}]`}}
+	m := &Manager{R: f, Bridge: "banger1000"}
+	err := m.EnsureBridge(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "overlaps 172.30.0.1/24 on banger0") || !strings.Contains(err.Error(), "172.30.1.0/24") {
+		t.Fatalf("EnsureBridge over another bridge's subnet = %v, want a refusal naming it and a free subnet", err)
+	}
+	for _, c := range f.calls {
+		if strings.HasPrefix(c, "priv ") {
+			t.Errorf("EnsureBridge changed something before refusing: %v", f.calls)
 		}
 	}
 }

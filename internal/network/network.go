@@ -132,6 +132,24 @@ func (m *Manager) EnsureBridge(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ensuring bridge %s: %w", br, err)
 	}
+	if l != nil && l.LinkInfo.Kind != "bridge" {
+		return fmt.Errorf("ensuring bridge %s: a %q device of that name exists: remove it or configure another bridge name", br, l.LinkInfo.Kind)
+	}
+	gw := m.Gateway()
+	hasAddr := false
+	if l != nil {
+		for _, a := range l.AddrInfo {
+			if a.Family == "inet" && a.Local == gw.String() && a.PrefixLen == subnet.Bits() {
+				hasAddr = true
+			}
+		}
+	}
+	// Refuse a taken subnet before making anything.
+	if !hasAddr {
+		if err := m.checkSubnetFree(ctx, br, subnet); err != nil {
+			return err
+		}
+	}
 	if l == nil {
 		if _, err := r.RunPrivileged(ctx, "ip", "link", "add", "name", br, "type", "bridge"); err != nil {
 			return fmt.Errorf("creating bridge %s: %w", br, err)
@@ -139,15 +157,6 @@ func (m *Manager) EnsureBridge(ctx context.Context) error {
 		slog.Info("created bridge", "bridge", br)
 		if l, err = m.getLink(ctx, br); err != nil || l == nil {
 			return fmt.Errorf("ensuring bridge %s: reading it back: %w", br, err)
-		}
-	} else if l.LinkInfo.Kind != "bridge" {
-		return fmt.Errorf("ensuring bridge %s: a %q device of that name exists: remove it or configure another bridge name", br, l.LinkInfo.Kind)
-	}
-	gw := m.Gateway()
-	hasAddr := false
-	for _, a := range l.AddrInfo {
-		if a.Family == "inet" && a.Local == gw.String() && a.PrefixLen == subnet.Bits() {
-			hasAddr = true
 		}
 	}
 	if !hasAddr {
@@ -162,6 +171,42 @@ func (m *Manager) EnsureBridge(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// checkSubnetFree refuses a subnet that another interface's IPv4 address
+// overlaps: another banger owner's bridge (root's and each user's default
+// subnets differ, but two uids can map to the same one), a VPN or the LAN.
+func (m *Manager) checkSubnetFree(ctx context.Context, br string, subnet netip.Prefix) error {
+	out, err := m.runner().Run(ctx, "ip", "-j", "addr", "show")
+	if err != nil {
+		return fmt.Errorf("ensuring bridge %s: listing addresses: %w", br, err)
+	}
+	var links []link
+	if err := json.Unmarshal(out, &links); err != nil {
+		return fmt.Errorf("ensuring bridge %s: parsing ip output: %w", br, err)
+	}
+	for _, l := range links {
+		if l.Name == br {
+			continue
+		}
+		for _, a := range l.AddrInfo {
+			p, err := netip.ParsePrefix(fmt.Sprintf("%s/%d", a.Local, a.PrefixLen))
+			if a.Family != "inet" || err != nil {
+				continue
+			}
+			if p.Masked().Overlaps(subnet) {
+				return fmt.Errorf("ensuring bridge %s: subnet %s overlaps %s on %s (another banger user's bridge, or a network of this host): set subnet in banger's config.toml to a free range, for example %s",
+					br, subnet, p, l.Name, suggestSubnet(subnet))
+			}
+		}
+	}
+	return nil
+}
+
+// suggestSubnet proposes the next /24 after subnet inside 172.30.0.0/16.
+func suggestSubnet(subnet netip.Prefix) string {
+	b := subnet.Addr().As4()
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{172, 30, b[2] + 1, 0}), 24).String()
 }
 
 // DeleteBridge removes the bridge; a bridge that is already gone is not an error.
@@ -232,8 +277,11 @@ func (m *Manager) deleteLink(ctx context.Context, what, name string) error {
 	return nil
 }
 
-// ListTAPs returns the names of the TAP devices whose name starts with prefix, sorted.
-func (m *Manager) ListTAPs(ctx context.Context, prefix string) ([]string, error) {
+// ListTAPs returns the names of the TAP devices whose name starts with
+// prefix and that uid may open (any owner when uid is negative), sorted.
+// Devices of another owner are never listed: a daemon must not adopt or
+// remove what another daemon made.
+func (m *Manager) ListTAPs(ctx context.Context, prefix string, uid int) ([]string, error) {
 	out, err := m.runner().Run(ctx, "ip", "-j", "-d", "link", "show")
 	if err != nil {
 		return nil, fmt.Errorf("listing tap devices: %w", err)
@@ -244,7 +292,7 @@ func (m *Manager) ListTAPs(ctx context.Context, prefix string) ([]string, error)
 	}
 	var names []string
 	for _, l := range links {
-		if l.isTAP() && strings.HasPrefix(l.Name, prefix) {
+		if l.isTAP() && strings.HasPrefix(l.Name, prefix) && ownerMatches(l.LinkInfo.Data.User, uid, userName) {
 			names = append(names, l.Name)
 		}
 	}
@@ -252,21 +300,8 @@ func (m *Manager) ListTAPs(ctx context.Context, prefix string) ([]string, error)
 	return names, nil
 }
 
-// TAPName returns the TAP device name for a VM: TAPPrefix followed by as much of the
-// VM ID as fits in an interface name (15 bytes), with characters ip rejects dropped.
-func TAPName(vmID string) string {
-	var b strings.Builder
-	b.WriteString(TAPPrefix)
-	for _, c := range vmID {
-		if b.Len() == maxIfName {
-			break
-		}
-		if c < 0x80 && (c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			b.WriteRune(c)
-		}
-	}
-	return b.String()
-}
+// TAPName returns root's TAP device name for a VM (see Names.TAPName).
+func TAPName(vmID string) string { return NamesFor(0).TAPName(vmID) }
 
 // MAC returns a locally administered unicast MAC address derived from a guest IP:
 // 02:ba followed by the four bytes of the IPv4 address (the last four of an IPv6 one).

@@ -120,12 +120,19 @@ func TestTAPLifecycle(t *testing.T) {
 
 	ipOut(t, ns, "tuntap", "add", "dev", "other-tap", "mode", "tap")
 	ipOut(t, ns, "tuntap", "add", "dev", TAPPrefix+"tun", "mode", "tun")
-	got, err := m.ListTAPs(ctx, TAPPrefix)
+	got, err := m.ListTAPs(ctx, TAPPrefix, -1)
 	if want := []string{a, b}; err != nil || !slices.Equal(got, want) {
 		t.Errorf("ListTAPs(%q) = %v, %v, want %v", TAPPrefix, got, err, want)
 	}
-	if all, _ := m.ListTAPs(ctx, ""); len(all) != 3 {
+	if all, _ := m.ListTAPs(ctx, "", -1); len(all) != 3 {
 		t.Errorf("ListTAPs(\"\") = %v, want 3 taps", all)
+	}
+	// Only the owner's devices: another daemon's are never listed.
+	if got, _ := m.ListTAPs(ctx, TAPPrefix, 65534); !slices.Equal(got, []string{a}) {
+		t.Errorf("ListTAPs(%q, 65534) = %v, want [%s]", TAPPrefix, got, a)
+	}
+	if got, _ := m.ListTAPs(ctx, TAPPrefix, 4242); len(got) != 0 {
+		t.Errorf("ListTAPs(%q, 4242) = %v, want none", TAPPrefix, got)
 	}
 
 	for i := range 2 {
@@ -133,7 +140,7 @@ func TestTAPLifecycle(t *testing.T) {
 			t.Fatalf("DeleteTAP(%s) #%d: %v", a, i+1, err)
 		}
 	}
-	if got, _ := m.ListTAPs(ctx, TAPPrefix); !slices.Equal(got, []string{b}) {
+	if got, _ := m.ListTAPs(ctx, TAPPrefix, -1); !slices.Equal(got, []string{b}) {
 		t.Errorf("ListTAPs() after delete = %v, want [%s]", got, b)
 	}
 	if err := m.CreateTAP(ctx, "a/b", -1, -1); err == nil {
@@ -213,6 +220,37 @@ func TestOwnerMatches(t *testing.T) {
 	for _, tt := range tests {
 		if got := ownerMatches(tt.field, tt.id, names); got != tt.want {
 			t.Errorf("ownerMatches(%q, %d) = %v, want %v", tt.field, tt.id, got, tt.want)
+		}
+	}
+}
+
+func TestNamesFor(t *testing.T) {
+	tests := []struct {
+		uid                                  int
+		bridge, subnet, tap, pool, table, gw string
+	}{
+		{0, "banger0", "172.30.0.0/24", "bgtap-", "tap-pool-", "banger", "172.30.0.1"},
+		{1000, "banger1000", "172.30.236.0/24", "bgt1000-", "bgp1000-", "banger_u1000", "172.30.236.1"},
+		{1, "banger1", "172.30.2.0/24", "bgt1-", "bgp1-", "banger_u1", "172.30.2.1"},
+		{255, "banger255", "172.30.1.0/24", "bgt255-", "bgp255-", "banger_u255", "172.30.1.1"},
+		{4294967294, "banger1z141z2", "172.30.255.0/24", "bgt1z141z2-", "bgp1z141z2-", "banger_u1z141z2", "172.30.255.1"},
+	}
+	for _, tt := range tests {
+		n := NamesFor(tt.uid)
+		got := []string{n.Bridge, n.Subnet.String(), n.TAPPrefix, n.PoolPrefix, n.Table, n.Gateway().String()}
+		want := []string{tt.bridge, tt.subnet, tt.tap, tt.pool, tt.table, tt.gw}
+		if !slices.Equal(got, want) {
+			t.Errorf("NamesFor(%d) = %v, want %v", tt.uid, got, want)
+		}
+		if len(n.Bridge) > 15 || len(n.TAPName("0123456789ab")) > 15 || len(n.TAPName("0123456789ab")) < len(n.TAPPrefix)+4 {
+			t.Errorf("NamesFor(%d): bridge %q, tap %q: want at most 15 bytes with 4 or more of the VM id", tt.uid, n.Bridge, n.TAPName("0123456789ab"))
+		}
+		// No owner's prefix is a prefix of another's, so one daemon's listing never sees another's devices.
+		for _, other := range []int{0, 1, 10, 100, 1000, 10000} {
+			o := NamesFor(other)
+			if other != tt.uid && (strings.HasPrefix(o.TAPPrefix, n.TAPPrefix) || strings.HasPrefix(o.PoolPrefix, n.PoolPrefix)) {
+				t.Errorf("NamesFor(%d) prefixes %q/%q also match uid %d's %q/%q", tt.uid, n.TAPPrefix, n.PoolPrefix, other, o.TAPPrefix, o.PoolPrefix)
+			}
 		}
 	}
 }

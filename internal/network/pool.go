@@ -19,8 +19,10 @@ const PoolPrefix = "tap-pool-"
 // deleted with it; the pool refills in the background. Idle pool devices
 // are reusable capacity, not leaks.
 type Pool struct {
-	M        *Manager
-	Size     int
+	M    *Manager
+	Size int
+	// Prefix names the pool's devices; empty means PoolPrefix.
+	Prefix   string
 	UID, GID int
 	Log      *slog.Logger
 
@@ -29,6 +31,13 @@ type Pool struct {
 	creating string // the device Fill is creating, not yet idle
 	next     int
 	filling  bool
+}
+
+func (p *Pool) prefix() string {
+	if p.Prefix == "" {
+		return PoolPrefix
+	}
+	return p.Prefix
 }
 
 // Take returns an idle pooled TAP, or "" when the pool is empty or off.
@@ -53,9 +62,10 @@ func (p *Pool) Idle() []string {
 // Adopt takes existing pool devices that no VM uses (found at daemon start)
 // back as idle capacity, and deletes those beyond Size. Devices the pool
 // already holds, or is creating, are left alone, so a Fill that ran first
-// is not undone and no device is handed out twice.
+// is not undone and no device is handed out twice. Devices of another owner
+// are never adopted nor deleted.
 func (p *Pool) Adopt(ctx context.Context, inUse map[string]bool) error {
-	names, err := p.M.ListTAPs(ctx, PoolPrefix)
+	names, err := p.M.ListTAPs(ctx, p.prefix(), p.UID)
 	if err != nil {
 		return err
 	}
@@ -63,7 +73,7 @@ func (p *Pool) Adopt(ctx context.Context, inUse map[string]bool) error {
 	p.mu.Lock()
 	var extra []string
 	for _, n := range names {
-		if i, err := strconv.Atoi(strings.TrimPrefix(n, PoolPrefix)); err == nil && i >= p.next {
+		if i, err := strconv.Atoi(strings.TrimPrefix(n, p.prefix())); err == nil && i >= p.next {
 			p.next = i + 1
 		}
 		if inUse[n] || n == p.creating || slices.Contains(p.idle, n) {
@@ -98,7 +108,9 @@ func (p *Pool) Fill(ctx context.Context) error {
 		p.filling = false
 		p.mu.Unlock()
 	}()
-	existing, err := p.M.ListTAPs(ctx, PoolPrefix)
+	// Every device of that prefix counts, whoever owns it: a name another
+	// owner holds is skipped, never taken over.
+	existing, err := p.M.ListTAPs(ctx, p.prefix(), -1)
 	if err != nil {
 		return fmt.Errorf("filling tap pool: %w", err)
 	}
@@ -112,7 +124,7 @@ func (p *Pool) Fill(ctx context.Context) error {
 			p.mu.Unlock()
 			return nil
 		}
-		name := PoolPrefix + strconv.Itoa(p.next)
+		name := p.prefix() + strconv.Itoa(p.next)
 		p.next++
 		if taken[name] {
 			p.mu.Unlock()

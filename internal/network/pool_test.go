@@ -28,7 +28,7 @@ func TestPool(t *testing.T) {
 	if err := p.Fill(ctx); err != nil {
 		t.Fatal(err)
 	}
-	all, _ := m.ListTAPs(ctx, PoolPrefix)
+	all, _ := m.ListTAPs(ctx, PoolPrefix, -1)
 	sort.Strings(all)
 	if strings.Join(all, ",") != "tap-pool-0,tap-pool-1,tap-pool-2" {
 		t.Fatalf("pool devices after refill = %v", all)
@@ -44,7 +44,7 @@ func TestPool(t *testing.T) {
 	if err := q.Fill(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if all, _ := m.ListTAPs(ctx, PoolPrefix); len(all) != 3 {
+	if all, _ := m.ListTAPs(ctx, PoolPrefix, -1); len(all) != 3 {
 		t.Fatalf("Fill after Adopt created devices: %v", all)
 	}
 	// A pool that filled before adopting (a release at daemon start
@@ -59,7 +59,7 @@ func TestPool(t *testing.T) {
 	if got := r.Idle(); strings.Join(got, ",") != "tap-pool-3,tap-pool-4" {
 		t.Fatalf("Idle() after Fill then Adopt = %v, want tap-pool-3,tap-pool-4", got)
 	}
-	all, _ = m.ListTAPs(ctx, PoolPrefix)
+	all, _ = m.ListTAPs(ctx, PoolPrefix, -1)
 	sort.Strings(all)
 	if strings.Join(all, ",") != "tap-pool-0,tap-pool-3,tap-pool-4" {
 		t.Fatalf("pool devices after Fill then Adopt = %v, want tap-pool-0 (in use), 3 and 4", all)
