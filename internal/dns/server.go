@@ -191,6 +191,16 @@ func listenPair(addr string) (net.PacketConn, net.Listener, error) {
 	}
 }
 
+// ListenError is Start's error when one address cannot be listened on.
+type ListenError struct {
+	// Addr is the address as given in Server.Addrs.
+	Addr string
+	Err  error
+}
+
+func (e *ListenError) Error() string { return e.Err.Error() }
+func (e *ListenError) Unwrap() error { return e.Err }
+
 // listenError names the address and hints at the usual fixes.
 func listenError(network, addr string, err error) error {
 	var op *net.OpError
@@ -206,7 +216,7 @@ func listenError(network, addr string, err error) error {
 	case errors.Is(err, syscall.EADDRNOTAVAIL):
 		hint = ": no interface has this address (is the bridge up?)"
 	}
-	return fmt.Errorf("listening on %s %s: %w%s", network, addr, err, hint)
+	return &ListenError{Addr: addr, Err: fmt.Errorf("listening on %s %s: %w%s", network, addr, err, hint)}
 }
 
 // nameServerAddr is the address ns.<zone> resolves to: the first specific

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/banger/banger/internal/runner"
 )
 
 // NS is one named network namespace (under /run/netns).
@@ -139,4 +141,18 @@ func (ns *NS) Dial(ctx context.Context, network, addr string) (net.Conn, error) 
 		return err
 	})
 	return c, err
+}
+
+// Runner returns a runner.Runner whose commands run inside the namespace
+// (privileged ones too: tests that use it run as root).
+func (ns *NS) Runner() runner.Runner { return nsRunner{ns.Name} }
+
+type nsRunner struct{ ns string }
+
+func (r nsRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return runner.Default.Run(ctx, "ip", append([]string{"netns", "exec", r.ns, name}, args...)...)
+}
+
+func (r nsRunner) RunPrivileged(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return r.Run(ctx, name, args...)
 }
