@@ -55,20 +55,8 @@ func PutFile(ctx context.Context, r runner.Runner, img, name string, data []byte
 	cmds = append(cmds, "rm "+name, "write "+src.Name()+" "+name,
 		fmt.Sprintf("sif %s mode 0%o", name, 0o100000|perm.Perm()), "sif "+name+" uid 0", "sif "+name+" gid 0")
 	cmds = append(cmds, owns...)
-	script, err := os.CreateTemp("", "banger-debugfs-")
-	if err != nil {
+	if _, err := Debugfs(ctx, r, img, cmds); err != nil {
 		return fail(err)
-	}
-	defer os.Remove(script.Name())
-	_, err = script.WriteString(strings.Join(cmds, "\n") + "\n")
-	if cerr := script.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fail(err)
-	}
-	if _, err := r.Run(ctx, "debugfs", "-w", "-f", script.Name(), img); err != nil {
-		return fail(fmt.Errorf("debugfs: %w", err))
 	}
 	// debugfs goes on after a failed command (and exits 0): check the result.
 	got, err := ReadFile(ctx, r, img, name)
@@ -79,4 +67,27 @@ func PutFile(ctx context.Context, r runner.Runner, img, name string, data []byte
 		return fail(fmt.Errorf("debugfs did not write it (read back %d bytes, want %d)", len(got), len(data)))
 	}
 	return nil
+}
+
+// Debugfs runs debugfs commands, one per line, on the unmounted ext4 image
+// img, writable, and returns debugfs's output. debugfs goes on after a
+// failed command and exits 0: callers check the result they wanted.
+func Debugfs(ctx context.Context, r runner.Runner, img string, cmds []string) ([]byte, error) {
+	script, err := os.CreateTemp("", "banger-debugfs-")
+	if err != nil {
+		return nil, fmt.Errorf("running debugfs on %s: %w", img, err)
+	}
+	defer os.Remove(script.Name())
+	_, err = script.WriteString(strings.Join(cmds, "\n") + "\n")
+	if cerr := script.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("running debugfs on %s: %w", img, err)
+	}
+	out, err := r.Run(ctx, "debugfs", "-w", "-f", script.Name(), img)
+	if err != nil {
+		return out, fmt.Errorf("running debugfs on %s: %w", img, err)
+	}
+	return out, nil
 }

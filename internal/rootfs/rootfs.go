@@ -4,6 +4,7 @@ package rootfs
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -60,9 +61,13 @@ type Options struct {
 	Mirror string
 	// Suite is the Debian suite; default DefaultSuite.
 	Suite string
-	// CacheDir holds the debootstrap trees, finished images and the npm
-	// tools' binaries (npm/), e.g. ~/.cache/banger.
+	// CacheDir holds the finished images and the npm tools' binaries
+	// (npm/), e.g. ~/.cache/banger; for root also the debootstrap trees.
 	CacheDir string
+	// TreeDir holds what must be root's: the debootstrap trees and the
+	// staging copies of them. Default: CacheDir for root, DefaultTreeDir
+	// for an ordinary user, so that nothing in their home is root's.
+	TreeDir string
 	// Size is the mkfs.ext4 size; default "4G" for docker, "1G" for minimal.
 	Size string
 	// Modules optionally names a directory whose <kernel-version>
@@ -103,11 +108,21 @@ func (o *Options) defaults() error {
 		}
 		o.CacheDir = dir
 	}
+	if o.TreeDir == "" {
+		o.TreeDir = o.CacheDir
+		if !runner.IsRoot() {
+			o.TreeDir = DefaultTreeDir
+		}
+	}
 	if o.Agent == "" {
 		return errors.New("building rootfs: no agent binary given: build cmd/banger-vsock-agent with CGO_ENABLED=0 and pass its path")
 	}
 	return nil
 }
+
+// DefaultTreeDir holds the root-owned debootstrap trees of ordinary users'
+// builds: they are shared, keyed by recipe, and only root can change them.
+const DefaultTreeDir = "/var/cache/banger"
 
 // DefaultCacheDir is ${XDG_CACHE_HOME:-$HOME/.cache}/banger.
 func DefaultCacheDir() (string, error) {
@@ -154,6 +169,9 @@ func Build(ctx context.Context, r runner.Runner, opts Options, out string) error
 	}
 	log := opts.Log.With("kind", string(opts.Kind))
 	removeStale(ctx, r, opts.CacheDir)
+	if opts.TreeDir != opts.CacheDir {
+		removeStale(ctx, r, opts.TreeDir)
+	}
 	agentSum, err := fileSHA256(opts.Agent)
 	if err != nil {
 		return fmt.Errorf("building rootfs: hashing agent: %w", err)
@@ -191,7 +209,7 @@ func Build(ctx context.Context, r runner.Runner, opts Options, out string) error
 	if err := os.MkdirAll(imgDir, 0o755); err != nil {
 		return fmt.Errorf("building rootfs: creating image cache: %w", err)
 	}
-	staging, err := os.MkdirTemp(opts.CacheDir, "staging-")
+	staging, err := makeTreeDir(ctx, r, opts.TreeDir, "staging-")
 	if err != nil {
 		return fmt.Errorf("building rootfs: creating staging directory: %w", err)
 	}
@@ -208,7 +226,7 @@ func Build(ctx context.Context, r runner.Runner, opts Options, out string) error
 
 	tmpImg := filepath.Join(imgDir, "."+imgName+".tmp")
 	start = time.Now()
-	if err := mkfs(ctx, r, staging, "rootfs", tmpImg, opts.Size); err != nil {
+	if err := mkfs(ctx, r, staging, "rootfs", tmpImg, opts.Size, true); err != nil {
 		os.Remove(tmpImg)
 		return fmt.Errorf("building rootfs: %w", err)
 	}
@@ -223,22 +241,19 @@ func Build(ctx context.Context, r runner.Runner, opts Options, out string) error
 
 // debootstrap returns the cached tree for the recipe, building it first if needed.
 func debootstrap(ctx context.Context, r runner.Runner, o Options, key string, log *slog.Logger) (string, error) {
-	base := filepath.Join(o.CacheDir, "debootstrap")
+	base := filepath.Join(o.TreeDir, "debootstrap")
 	tree := filepath.Join(base, key)
 	if fi, err := os.Stat(tree); err == nil && fi.IsDir() {
 		log.Info("debootstrap cache hit", "tree", tree)
 		now := time.Now()
-		os.Chtimes(tree, now, now) // spared by removeStale
+		os.Chtimes(tree, now, now) // spared by removeStale (root only: the tree is root's)
 		return tree, nil
 	}
-	if err := os.MkdirAll(base, 0o755); err != nil {
+	if err := ensureTreeDir(ctx, r, base); err != nil {
 		return "", fmt.Errorf("creating debootstrap cache %s: %w", base, err)
 	}
-	tmp, err := os.MkdirTemp(base, "."+key[:12]+".tmp-")
+	tmp, err := makeTreeDir(ctx, r, base, "."+key[:12]+".tmp-")
 	if err != nil {
-		return "", fmt.Errorf("creating debootstrap directory: %w", err)
-	}
-	if err := os.Chmod(tmp, 0o755); err != nil {
 		return "", fmt.Errorf("creating debootstrap directory: %w", err)
 	}
 	ok := false
@@ -264,7 +279,7 @@ func debootstrap(ctx context.Context, r runner.Runner, o Options, key string, lo
 	if _, err := r.RunPrivileged(ctx, "find", filepath.Join(tmp, "var/cache/apt/archives"), "-name", "*.deb", "-delete"); err != nil {
 		return "", fmt.Errorf("cleaning debootstrap apt cache: %w", err)
 	}
-	if err := os.Rename(tmp, tree); err != nil {
+	if err := renameTree(ctx, r, tmp, tree); err != nil {
 		if fi, serr := os.Stat(tree); serr == nil && fi.IsDir() {
 			log.Info("another build stored the same debootstrap tree first; using it", "tree", tree)
 			return tree, nil // the deferred cleanup removes ours
@@ -274,6 +289,49 @@ func debootstrap(ctx context.Context, r runner.Runner, o Options, key string, lo
 	ok = true
 	log.Info("debootstrap done", "tree", tree, "took", time.Since(start).Round(time.Second))
 	return tree, nil
+}
+
+// ensureTreeDir makes dir (0755), through sudo when the caller is not root.
+func ensureTreeDir(ctx context.Context, r runner.Runner, dir string) error {
+	if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+		return nil
+	}
+	if runner.IsRoot() {
+		return os.MkdirAll(dir, 0o755)
+	}
+	_, err := r.RunPrivileged(ctx, "mkdir", "-p", "-m", "0755", dir)
+	return err
+}
+
+// makeTreeDir makes a new, uniquely named directory under parent (created
+// if needed) for a root-owned tree, through sudo when the caller is not root.
+func makeTreeDir(ctx context.Context, r runner.Runner, parent, prefix string) (string, error) {
+	if err := ensureTreeDir(ctx, r, parent); err != nil {
+		return "", err
+	}
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	dir := filepath.Join(parent, prefix+hex.EncodeToString(b))
+	if runner.IsRoot() {
+		return dir, os.Mkdir(dir, 0o755)
+	}
+	_, err := r.RunPrivileged(ctx, "mkdir", "-m", "0755", dir)
+	return dir, err
+}
+
+// renameTree moves a finished tree into place, through sudo when the
+// caller is not root (the parent is root's).
+func renameTree(ctx context.Context, r runner.Runner, from, to string) error {
+	if runner.IsRoot() {
+		return os.Rename(from, to)
+	}
+	if _, err := os.Stat(to); err == nil {
+		return os.ErrExist
+	}
+	_, err := r.RunPrivileged(ctx, "mv", "-T", "--", from, to)
+	return err
 }
 
 // findTool returns the path of a host tool, with an error saying how to get it.
@@ -289,8 +347,9 @@ func findTool(tool string) (string, error) {
 }
 
 // mkfs makes an ext4 image of size at out filled from dir. out is created
-// by the calling user first so that it keeps the caller's ownership.
-func mkfs(ctx context.Context, r runner.Runner, dir, label, out, size string) error {
+// by the calling user first so that it keeps the caller's ownership. A
+// root-owned tree (an image's) can only be read as root: privileged says so.
+func mkfs(ctx context.Context, r runner.Runner, dir, label, out, size string, privileged bool) error {
 	if _, err := findTool("mkfs.ext4"); err != nil {
 		return err
 	}
@@ -299,7 +358,11 @@ func mkfs(ctx context.Context, r runner.Runner, dir, label, out, size string) er
 		return fmt.Errorf("creating image %s: %w", out, err)
 	}
 	f.Close()
-	if _, err := r.RunPrivileged(ctx, "mkfs.ext4", "-q", "-F", "-d", dir, "-L", label,
+	run := r.Run
+	if privileged {
+		run = r.RunPrivileged
+	}
+	if _, err := run(ctx, "mkfs.ext4", "-q", "-F", "-d", dir, "-L", label,
 		"-E", "root_owner=0:0", out, size); err != nil {
 		return fmt.Errorf("making ext4 image %s: %w", out, err)
 	}

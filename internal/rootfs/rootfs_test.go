@@ -2,6 +2,7 @@ package rootfs
 
 import (
 	"context"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -226,4 +227,41 @@ func allocated(fi os.FileInfo) int64 {
 		return st.Blocks * 512
 	}
 	return fi.Size()
+}
+
+// TestOwnByRoot gives the files of an image filled from a tree owned by
+// another uid (as an unprivileged build's are) to root inside the image.
+func TestOwnByRoot(t *testing.T) {
+	if _, err := runner.LookPath("mkfs.ext4"); err != nil {
+		t.Skip("needs mkfs.ext4 and debugfs: apt-get install e2fsprogs")
+	}
+	dir := t.TempDir()
+	for _, f := range []string{"a", "sub/b", "sub/deeper/c"} {
+		p := filepath.Join(dir, f)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if runner.IsRoot() {
+		// Stand in for an ordinary user's build.
+		filepath.WalkDir(dir, func(p string, _ fs.DirEntry, _ error) error { return os.Lchown(p, 65534, 65534) })
+	}
+	img := filepath.Join(t.TempDir(), "img.ext4")
+	ctx := context.Background()
+	if err := mkfs(ctx, runner.Exec{}, dir, "t", img, "8M", false); err != nil {
+		t.Fatal(err)
+	}
+	if err := ownByRoot(ctx, runner.Exec{}, img, dir, "sif / mode 040700"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := (runner.Exec{}).Run(ctx, "debugfs", "-R", "stat /sub/deeper/c", img)
+	if err != nil || !strings.Contains(string(out), "User:     0   Group:     0 ") {
+		t.Fatalf("owner of /sub/deeper/c = %q, %v; want root", out, err)
+	}
+	if out, _ := (runner.Exec{}).Run(ctx, "debugfs", "-R", "stat /", img); !strings.Contains(string(out), "Mode:  0700") {
+		t.Errorf("mode of / = %q, want 0700", out)
+	}
 }

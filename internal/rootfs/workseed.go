@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
+	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/runner"
 )
 
@@ -38,7 +41,9 @@ set -sg escape-time 10
 `
 
 // BuildWorkSeed writes the work-seed ext4 image to out: the contents of a
-// VM's /root disk, with authorizedKey as root's only SSH key.
+// VM's /root disk, with authorizedKey as root's only SSH key. It needs no
+// root: the files are written as the caller, then debugfs makes them
+// root's inside the image (sshd's StrictModes wants that).
 func BuildWorkSeed(ctx context.Context, r runner.Runner, authorizedKey []byte, out string) error {
 	if len(authorizedKey) == 0 {
 		return errors.New("building work-seed: empty authorized key: pass the bundle's id_ed25519.pub")
@@ -50,12 +55,7 @@ func BuildWorkSeed(ctx context.Context, r runner.Runner, authorizedKey []byte, o
 	if err != nil {
 		return fmt.Errorf("building work-seed: %w", err)
 	}
-	defer func() {
-		// The files may be root-owned by now.
-		if _, err := r.RunPrivileged(context.WithoutCancel(ctx), "rm", "-rf", "--one-file-system", dir); err != nil {
-			os.RemoveAll(dir)
-		}
-	}()
+	defer os.RemoveAll(dir)
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return fmt.Errorf("building work-seed: %w", err)
 	}
@@ -77,25 +77,60 @@ func BuildWorkSeed(ctx context.Context, r runner.Runner, authorizedKey []byte, o
 	if err := os.Chmod(filepath.Join(dir, ".ssh"), 0o700); err != nil {
 		return fmt.Errorf("building work-seed: %w", err)
 	}
-	if !runner.IsRoot() {
-		// sshd's StrictModes wants root-owned files in root's home.
-		if _, err := r.RunPrivileged(ctx, "chown", "-R", "0:0", dir); err != nil {
-			return fmt.Errorf("building work-seed: owning files by root: %w", err)
-		}
-	}
 	tmp := out + ".tmp"
-	if err := mkfs(ctx, r, dir, "work", tmp, WorkSeedSize); err != nil {
+	if err := mkfs(ctx, r, dir, "work", tmp, WorkSeedSize, false); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("building work-seed: %w", err)
 	}
-	// mkfs.ext4 -d gives the root directory mode 0755; /root is 0700.
-	if _, err := r.Run(ctx, "debugfs", "-w", "-R", "sif / mode 040700", tmp); err != nil {
+	// mkfs.ext4 -d gives the root directory mode 0755 (/root is 0700) and
+	// every file the caller's uid: make them root's.
+	if err := ownByRoot(ctx, r, tmp, dir, "sif / mode 040700"); err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("building work-seed: setting /root mode: %w", err)
+		return fmt.Errorf("building work-seed: %w", err)
 	}
 	if err := os.Rename(tmp, out); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("building work-seed: %w", err)
+	}
+	return nil
+}
+
+// ownByRoot makes every file that mkfs.ext4 -d copied from dir into img
+// owned by root:root inside the image, then runs the extra debugfs commands,
+// and checks the result: an unprivileged caller's files keep its uid.
+func ownByRoot(ctx context.Context, r runner.Runner, img, dir string, extra ...string) error {
+	var rels []string
+	err := filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if strings.ContainsAny(rel, " \t\n\"\\") {
+			return fmt.Errorf("file name %q is not one debugfs can take", rel)
+		}
+		rels = append(rels, "/"+rel)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("owning the files of %s by root: %w", img, err)
+	}
+	var cmds []string
+	for _, rel := range rels {
+		cmds = append(cmds, "sif "+rel+" uid 0", "sif "+rel+" gid 0")
+	}
+	if _, err := disk.Debugfs(ctx, r, img, append(cmds, extra...)); err != nil {
+		return fmt.Errorf("owning the files of %s by root: %w", img, err)
+	}
+	var stats []string
+	for _, rel := range rels {
+		stats = append(stats, "stat "+rel)
+	}
+	out, err := disk.Debugfs(ctx, r, img, stats)
+	if err != nil {
+		return fmt.Errorf("checking the owners of the files of %s: %w", img, err)
+	}
+	if n := strings.Count(string(out), "User:     0   Group:     0 "); n != len(rels) {
+		return fmt.Errorf("owning the files of %s by root: %d of %d are root's afterwards", img, n, len(rels))
 	}
 	return nil
 }
