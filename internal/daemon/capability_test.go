@@ -141,12 +141,15 @@ func TestDNSCapResolvers(t *testing.T) {
 	tests := []struct {
 		name      string
 		bound     []string
+		redirect  int
 		upstreams []string
 		want      []string
 	}{
 		{name: "banger serves the bridge", bound: []string{"127.0.0.1:53", "172.30.0.1:53"}, upstreams: []string{"9.9.9.9:53"}, want: []string{"172.30.0.1"}},
 		{name: "wildcard listener covers the bridge", bound: []string{"0.0.0.0:53"}, upstreams: []string{"9.9.9.9:53"}, want: []string{"172.30.0.1"}},
 		{name: "bridge listener on another port", bound: []string{"127.0.0.1:5353", "172.30.0.1:5353"}, upstreams: []string{"9.9.9.9:53"}, want: []string{"9.9.9.9"}},
+		{name: "another port with the redirect to it", bound: []string{"172.30.0.1:10053"}, redirect: 10053, upstreams: []string{"9.9.9.9:53"}, want: []string{"172.30.0.1"}},
+		{name: "redirect to a port nobody serves", bound: []string{"172.30.0.1:10053"}, redirect: 5300, upstreams: []string{"9.9.9.9:53"}, want: []string{"9.9.9.9"}},
 		{name: "no dns server: host resolvers a guest can reach, two at most",
 			upstreams: []string{"127.0.0.53:53", "[fd00::1]:53", "10.0.0.2:5353", "0.0.0.0:53", "192.0.2.1:53", "192.0.2.2:53", "192.0.2.3:53"},
 			want:      []string{"192.0.2.1", "192.0.2.2"}},
@@ -156,7 +159,7 @@ func TestDNSCapResolvers(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := &dnsCap{
 				gateway:   func() netip.Addr { return gw },
-				bound:     func() []string { return tt.bound },
+				served:    func() bool { return servesGateway(tt.bound, gw, tt.redirect) },
 				upstreams: func() ([]string, error) { return tt.upstreams, nil },
 			}
 			var got []string

@@ -16,7 +16,6 @@ import (
 	"github.com/banger/banger/internal/dns"
 	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/guestconfig"
-	"github.com/banger/banger/internal/network"
 	"github.com/banger/banger/internal/rootfs"
 	"github.com/banger/banger/internal/store"
 )
@@ -30,7 +29,7 @@ func (d *Daemon) newCapabilities() capabilities {
 		&tapCap{d: d},
 		&dnsCap{
 			gateway:   d.net.Gateway,
-			bound:     d.dnsBound,
+			served:    d.guestDNSServed,
 			upstreams: d.dnsUpstreams,
 		},
 		&natCap{d: d},
@@ -88,7 +87,7 @@ func (c *tapCap) Prepare(ctx context.Context, vm *store.VM, g *guestconfig.Confi
 	if err := d.net.EnsureBridge(ctx); err != nil {
 		return err
 	}
-	vm.TAP = network.TAPName(vm.ID)
+	vm.TAP = d.names.TAPName(vm.ID)
 	if tap := d.pool.Take(); tap != "" {
 		vm.TAP = tap
 		d.pool.Refill(d.ctx)
@@ -130,7 +129,7 @@ func (c *tapCap) Reconcile(ctx context.Context, vms []store.VM) error {
 			inUse[vm.TAP] = true
 		}
 	}
-	taps, err := d.net.ListTAPs(ctx, network.TAPPrefix)
+	taps, err := d.net.ListTAPs(ctx, d.names.TAPPrefix, d.uid)
 	if err != nil {
 		d.log.Warn("listing tap devices", "err", err)
 	}
@@ -157,7 +156,7 @@ func (c *tapCap) Reconcile(ctx context.Context, vms []store.VM) error {
 type dnsCap struct {
 	noCapability
 	gateway   func() netip.Addr
-	bound     func() []string          // addresses banger's DNS server listens on
+	served    func() bool              // banger's DNS answers on the gateway's port 53
 	upstreams func() ([]string, error) // the host's resolvers, "ip:port"
 }
 
@@ -170,12 +169,8 @@ func (c *dnsCap) Prepare(_ context.Context, _ *store.VM, g *guestconfig.Config) 
 
 // resolvers picks at most two resolvers the guest can reach on port 53.
 func (c *dnsCap) resolvers() []netip.Addr {
-	gw := c.gateway()
-	for _, a := range c.bound() {
-		ap, err := netip.ParseAddrPort(a)
-		if err == nil && ap.Port() == 53 && (ap.Addr() == gw || ap.Addr().IsUnspecified()) {
-			return []netip.Addr{gw}
-		}
+	if c.served() {
+		return []netip.Addr{c.gateway()}
 	}
 	ups, _ := c.upstreams()
 	var out []netip.Addr
@@ -192,12 +187,13 @@ func (c *dnsCap) resolvers() []netip.Addr {
 	return out
 }
 
-// dnsBound lists the addresses the .vm DNS server listens on.
-func (d *Daemon) dnsBound() []string {
-	if d.dns == nil {
-		return nil
-	}
-	return d.dns.BoundAddrs()
+// guestDNSServed reports whether banger's DNS answers guests on the
+// gateway's port 53: bound there, or bound on another port of the gateway
+// with the redirect in place.
+func (d *Daemon) guestDNSServed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.guestDNS
 }
 
 // dnsUpstreams are the resolvers banger forwards to: the configured ones, or

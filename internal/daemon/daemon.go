@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -46,6 +48,10 @@ type Daemon struct {
 	paths config.Paths
 	log   *slog.Logger
 	r     runner.Runner
+	// names are this owner's bridge, subnet, device prefixes and tables.
+	names network.Names
+	uid   int
+	lock  *os.File
 	store *store.Store
 	net   *network.Manager
 	nat   *nat.Manager
@@ -53,7 +59,12 @@ type Daemon struct {
 	// isolation keeps guests off each other's private ports.
 	isolation *isolation.Manager
 	dns       *dns.Server
-	started   time.Time
+	// dnsRedirect sends the bridge address's port 53 to an unprivileged
+	// DNS port; nil when bangerd binds port 53 itself.
+	dnsRedirect *dns.Redirect
+	// guestDNS is the resolver guests get on the bridge, once it answers.
+	guestDNS bool
+	started  time.Time
 	// caps are the VM capabilities, in the order they are prepared.
 	caps capabilities
 
@@ -74,7 +85,8 @@ type Daemon struct {
 	shutdownOnce sync.Once
 }
 
-// New prepares a daemon: opens the store and takes the single-instance lock.
+// New prepares a daemon: takes the single-instance lock beside the
+// database, then opens the store.
 func New(opts Options) (*Daemon, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
@@ -87,20 +99,34 @@ func New(opts Options) (*Daemon, error) {
 			return nil, fmt.Errorf("creating %s: %w", dir, err)
 		}
 	}
-	st, err := store.Open(opts.Paths.DB)
+	lockPath := opts.Paths.Lock
+	if lockPath == "" {
+		lockPath = filepath.Join(opts.Paths.StateDir, "bangerd.lock")
+	}
+	lock, err := lockFile(lockPath)
 	if err != nil {
 		return nil, err
 	}
+	st, err := store.Open(opts.Paths.DB)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	uid := os.Geteuid()
+	names := opts.Config.Names(uid)
 	d := &Daemon{
 		cfg:   opts.Config,
 		paths: opts.Paths,
 		log:   opts.Log,
 		r:     opts.Runner,
+		names: names,
+		uid:   uid,
+		lock:  lock,
 		store: st,
 		net: &network.Manager{
 			R:      opts.Runner,
-			Bridge: opts.Config.Bridge,
-			Subnet: opts.Config.SubnetPrefix(),
+			Bridge: names.Bridge,
+			Subnet: names.Subnet,
 		},
 		backends: map[string]hypervisor.Backend{
 			"qemu":        &qemu.Backend{Binary: opts.Config.QEMUBinary, Log: opts.Log.With("backend", "qemu")},
@@ -112,10 +138,13 @@ func New(opts Options) (*Daemon, error) {
 		shutdown:  make(chan struct{}),
 		started:   time.Now(),
 	}
-	d.nat = &nat.Manager{R: opts.Runner, Bridge: d.net.BridgeName(), Subnet: d.net.GuestSubnet(), Log: opts.Log.With("component", "nat")}
-	d.pool = &network.Pool{M: d.net, Size: opts.Config.TAPPoolSize, UID: os.Getuid(), GID: os.Getgid(), Log: opts.Log.With("component", "tap-pool")}
-	d.isolation = &isolation.Manager{R: opts.Runner, Ports: opts.Config.GuestPrivatePorts, Bridge: d.net.BridgeName(),
-		TAPPrefixes: []string{network.TAPPrefix, network.PoolPrefix}}
+	d.nat = &nat.Manager{R: opts.Runner, Table: names.Table, Bridge: names.Bridge, Subnet: names.Subnet, Log: opts.Log.With("component", "nat")}
+	d.pool = &network.Pool{M: d.net, Size: opts.Config.TAPPoolSize, Prefix: names.PoolPrefix, UID: os.Getuid(), GID: os.Getgid(), Log: opts.Log.With("component", "tap-pool")}
+	d.isolation = &isolation.Manager{R: opts.Runner, Table: names.Table, Ports: opts.Config.GuestPrivatePorts, Bridge: names.Bridge,
+		TAPPrefixes: []string{names.TAPPrefix, names.PoolPrefix}}
+	if port := opts.Config.BridgeDNSPort(uid); port != 53 {
+		d.dnsRedirect = &dns.Redirect{R: opts.Runner, Table: names.Table + "_dns", Bridge: names.Bridge, Gateway: names.Gateway(), Port: port}
+	}
 	d.caps = d.newCapabilities()
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	return d, nil
@@ -125,12 +154,8 @@ func New(opts Options) (*Daemon, error) {
 // ends or a client asks for shutdown. Running VMs are left running: the next
 // daemon adopts them.
 func (d *Daemon) Serve(ctx context.Context) error {
+	defer d.lock.Close()
 	defer d.store.Close()
-	lock, err := lockFile(filepath.Join(d.paths.RuntimeDir, "bangerd.lock"))
-	if err != nil {
-		return err
-	}
-	defer lock.Close()
 
 	ln, err := listenSocket(d.paths.Socket)
 	if err != nil {
@@ -219,16 +244,24 @@ func listenSocket(path string) (net.Listener, error) {
 	return ln, nil
 }
 
-// lockFile takes an exclusive flock so two daemons never share a state dir.
+// lockFile takes an exclusive flock so two daemons never share a state
+// dir, and writes the holder's pid into it for the refusal message.
 func lockFile(path string) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening lock %s: %w", path, err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(path)
 		f.Close()
-		return nil, fmt.Errorf("another bangerd holds %s: stop it with 'banger daemon stop'", path)
+		pid := strings.TrimSpace(string(holder))
+		if pid == "" {
+			pid = "?"
+		}
+		return nil, fmt.Errorf("another bangerd (pid %s) already uses this state (%s): stop it with 'banger daemon stop', or give this one its own XDG_STATE_HOME", pid, filepath.Dir(path))
 	}
+	f.Truncate(0)
+	f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	return f, nil
 }
 

@@ -2,10 +2,13 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/banger/banger/internal/dns"
+	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/store"
 )
 
@@ -54,38 +57,89 @@ func (d *Daemon) release(ctx context.Context, vm *store.VM) error {
 	return d.caps.release(ctx, vm)
 }
 
-// startDNS serves the .vm zone on the configured addresses and the bridge.
+// startDNS serves the .vm zone on the bridge address (for guests and the
+// host) and the configured extra addresses. A bangerd that cannot bind port
+// 53 (not root) binds another port of the bridge address and banger's own
+// nftables table redirects port 53 there. An address that cannot be bound
+// is logged and left out; the others are served.
 func (d *Daemon) startDNS() {
 	addrs := append([]string(nil), d.cfg.DNSListen...)
+	gw := d.net.Gateway()
+	port := d.cfg.BridgeDNSPort(d.uid)
+	if d.cfg.DNSOnBridge && d.bridgeUp() {
+		addrs = append(addrs, netip.AddrPortFrom(gw, uint16(port)).String())
+	}
 	if len(addrs) == 0 {
 		return
 	}
-	gw := d.net.Gateway().String()
-	if d.cfg.DNSOnBridge && d.bridgeUp() {
-		port := "53"
-		if _, p, err := net.SplitHostPort(addrs[0]); err == nil {
-			port = p
-		}
-		addrs = append(addrs, net.JoinHostPort(gw, port))
-	}
-	srv := &dns.Server{Addrs: addrs, Lookup: d.lookupName, Log: d.log.With("component", "dns")}
+	srv := &dns.Server{Lookup: d.lookupName, Log: d.log.With("component", "dns")}
 	if d.cfg.DNSUpstreamsSet() {
 		srv.Upstreams = append([]string{}, d.cfg.DNSUpstreams...)
 	}
-	if err := srv.Start(); err != nil {
-		d.log.Warn("DNS server for .vm not started", "err", err)
+	for len(addrs) > 0 {
+		srv.Addrs = addrs
+		err := srv.Start()
+		if err == nil {
+			break
+		}
+		var le *dns.ListenError
+		if !errors.As(err, &le) {
+			d.log.Warn("DNS server for .vm not started", "err", err)
+			return
+		}
+		d.log.Warn("DNS server for .vm: leaving out an address it cannot listen on (port 53 needs root; see dns_listen and dns_port)", "addr", le.Addr, "err", le.Err)
+		addrs = slices.DeleteFunc(addrs, func(a string) bool { return a == le.Addr })
+	}
+	if len(addrs) == 0 {
+		d.log.Warn("DNS server for .vm not started: no address could be bound")
 		return
 	}
 	d.dns = srv
 	d.log.Info("serving the vm. zone", "addrs", srv.BoundAddrs())
+
+	redirect := 0
+	if d.dnsRedirect != nil && slices.Contains(srv.BoundAddrs(), netip.AddrPortFrom(gw, uint16(port)).String()) {
+		if err := doctor.Require(d.ctx, d.r, doctor.OpDNSRedirect); err != nil {
+			d.log.Warn("guests and the host cannot reach .vm DNS on the bridge's port 53", "err", err)
+		} else if err := d.dnsRedirect.Ensure(d.ctx); err != nil {
+			d.log.Warn("guests and the host cannot reach .vm DNS on the bridge's port 53", "err", err)
+		} else {
+			redirect = port
+			d.log.Info("redirecting the bridge's DNS port 53", "to", port, "table", "ip "+d.dnsRedirect.Table)
+		}
+	}
+	d.mu.Lock()
+	d.guestDNS = servesGateway(srv.BoundAddrs(), gw, redirect)
+	d.mu.Unlock()
+
 	if d.cfg.ResolvedSplitDNS && dns.ResolvedActive() {
-		for _, argv := range dns.SplitDNSCommands(d.net.BridgeName(), gw) {
+		if err := doctor.Require(d.ctx, d.r, doctor.OpSplitDNS); err != nil {
+			d.log.Warn("setting up systemd-resolved split DNS for ~vm", "err", err)
+			return
+		}
+		for _, argv := range dns.SplitDNSCommands(d.net.BridgeName(), gw.String()) {
 			if _, err := d.r.RunPrivileged(d.ctx, argv[0], argv[1:]...); err != nil {
 				d.log.Warn("setting up systemd-resolved split DNS for ~vm", "err", err)
 				break
 			}
 		}
 	}
+}
+
+// servesGateway reports whether DNS answers on gw's port 53, given the
+// addresses the server is bound to and the port the redirect sends port 53
+// to (0: none).
+func servesGateway(bound []string, gw netip.Addr, redirect int) bool {
+	for _, a := range bound {
+		ap, err := netip.ParseAddrPort(a)
+		if err != nil || !(ap.Addr() == gw || ap.Addr().IsUnspecified()) {
+			continue
+		}
+		if ap.Port() == 53 || (redirect != 0 && int(ap.Port()) == redirect) {
+			return true
+		}
+	}
+	return false
 }
 
 // bridgeUp reports whether the bridge exists with its gateway address.

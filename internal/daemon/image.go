@@ -206,7 +206,7 @@ func (d *Daemon) planBuild(ctx context.Context, req *rpc.BuildImageRequest) erro
 	if _, err := d.store.GetImage(ctx, req.Name); err == nil {
 		return exists("an image named %s already exists: delete it first with 'banger image delete %s'", req.Name, req.Name)
 	}
-	if err := doctor.RequireTools(doctor.OpRuntimeBuild); err != nil {
+	if err := doctor.Require(ctx, d.r, doctor.OpRuntimeBuild); err != nil {
 		return unavailable(err)
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/runner"
 )
 
 // Main is bangerd's entry point: it parses flags and serves until SIGINT or
@@ -41,7 +42,10 @@ func Main(args []string, stderr io.Writer) int {
 		return 1
 	}
 	paths.Socket = *socket
-	d, err := New(Options{Config: cfg, Paths: paths, Log: log})
+	// Everything bangerd and its hypervisors create (state, disks, console
+	// logs, sockets, keys) is its user's alone.
+	syscall.Umask(0o077)
+	d, err := New(Options{Config: cfg, Paths: paths, Log: log, Runner: runner.Exec{Detached: true}})
 	if err != nil {
 		log.Error("starting bangerd", "err", err)
 		return 1

@@ -249,8 +249,8 @@ func (d *Daemon) set(name string, nat *bool) (*store.VM, error) {
 		return nil, err
 	}
 	defer unlock()
-	if nat != nil && *nat {
-		if err := doctor.RequireTools(doctor.OpNAT); err != nil {
+	if nat != nil && *nat != vm.NAT && (*nat || vm.State == StateRunning || vm.State == StateStarting) {
+		if err := doctor.Require(d.ctx, d.r, doctor.OpNAT); err != nil {
 			return nil, unavailable(err)
 		}
 	}

@@ -91,10 +91,8 @@ func (d *Daemon) planCreate(ctx context.Context, req rpc.CreateRequest) (*create
 	if seedStale(img, b) {
 		ops = append(ops, doctor.OpWorkSeed)
 	}
-	for _, op := range ops {
-		if err := doctor.RequireTools(op); err != nil {
-			return nil, unavailable(err)
-		}
+	if err := doctor.Require(ctx, d.r, ops...); err != nil {
+		return nil, unavailable(err)
 	}
 	if err := ValidateShape(req.VCPUs, req.MemoryMiB, be.Name()); err != nil {
 		return nil, invalid("%w", err)
@@ -141,7 +139,7 @@ func (d *Daemon) create(p *createPlan, pr *progress) (*store.VM, error) {
 		VCPUs:         p.req.VCPUs,
 		MemoryMiB:     p.req.MemoryMiB,
 		DiskSizeBytes: p.diskSize,
-		TAP:           network.TAPName(id),
+		TAP:           d.names.TAPName(id),
 		NAT:           p.req.NAT,
 		Dir:           dataDir,
 		RuntimeDir:    rtDir,
@@ -183,6 +181,15 @@ func (d *Daemon) create(p *createPlan, pr *progress) (*store.VM, error) {
 		return nil, err
 	}
 	return vm, nil
+}
+
+// bootOps are the doctor operations a boot or release of vm needs.
+func (d *Daemon) bootOps(vm *store.VM) []string {
+	ops := []string{doctor.OpCreate}
+	if vm.NAT {
+		ops = append(ops, doctor.OpNAT)
+	}
+	return ops
 }
 
 // spec builds the hypervisor spec of vm, less what booting adds (kernel,
@@ -449,6 +456,9 @@ func (d *Daemon) start(name string, pr *progress) (*store.VM, error) {
 	if err := be.Available(); err != nil {
 		return nil, unavailable(fmt.Errorf("VM %s needs %s: %w", vm.Name, be.Name(), err))
 	}
+	if err := doctor.Require(ctx, d.r, d.bootOps(vm)...); err != nil {
+		return nil, unavailable(err)
+	}
 	if err := d.boot(ctx, vm, b, be, pr, false); err != nil {
 		return nil, err
 	}
@@ -465,6 +475,11 @@ func (d *Daemon) stop(name string) (*store.VM, error) {
 	defer unlock()
 	if inst == nil && vm.State == StateStopped {
 		return vm, nil
+	}
+	// Releasing the VM's TAP device and rules needs them: refuse before
+	// the guest is stopped, not halfway.
+	if err := doctor.Require(ctx, d.r, d.bootOps(vm)...); err != nil {
+		return nil, unavailable(err)
 	}
 	d.cancelBoot(vm.ID)
 	if inst != nil {
@@ -518,6 +533,9 @@ func (d *Daemon) remove(name string) error {
 		return err
 	}
 	defer unlock()
+	if err := doctor.Require(ctx, d.r, d.bootOps(vm)...); err != nil {
+		return unavailable(err)
+	}
 	d.cancelBoot(vm.ID)
 	if inst != nil {
 		if err := inst.Kill(); err != nil || !inst.Exited() {

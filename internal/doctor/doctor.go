@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/isolation"
 	"github.com/banger/banger/internal/nat"
+	"github.com/banger/banger/internal/network"
 	"github.com/banger/banger/internal/runner"
 )
 
@@ -59,6 +61,20 @@ type Inputs struct {
 	// Env and WorkDir feed runtime bundle discovery.
 	Env     func(string) string
 	WorkDir string
+	// UID is whose bangerd is checked; nil means this process's user.
+	UID *int
+	// Sudo checks sudo as bangerd sees it (no terminal); nil means
+	// runner.Exec{Detached: true}.
+	Sudo runner.Runner
+}
+
+func (in Inputs) names() network.Names { return in.Config.Names(*in.UID) }
+
+func (in Inputs) sudo() runner.Runner {
+	if in.Sudo == nil {
+		return runner.Exec{Detached: true}
+	}
+	return in.Sudo
 }
 
 // Run performs every check.
@@ -69,16 +85,20 @@ func Run(ctx context.Context, in Inputs) Report {
 	if in.Env == nil {
 		in.Env = os.Getenv
 	}
+	if in.UID == nil {
+		uid := os.Geteuid()
+		in.UID = &uid
+	}
 	var r Report
 	add := func(c Check) { r.Checks = append(r.Checks, c) }
 
 	add(checkBundle(in))
 	selected := checkHypervisors(ctx, in, add)
 	checkTools(selected, add)
-	add(checkPrivileges(ctx, in.R))
+	add(checkPrivileges(ctx, in))
 	checkNetwork(ctx, in, add)
 	checkDNS(ctx, in, add)
-	checkImageBuild(add)
+	checkImageBuild(ctx, in, add)
 
 	r.OK = true
 	for _, c := range r.Checks {
@@ -196,24 +216,37 @@ func checkTools(selected string, add func(Check)) {
 	}
 }
 
-func checkPrivileges(ctx context.Context, r runner.Runner) Check {
+// VMOps are the operations bangerd runs for VMs, whose privileged tools
+// must run through sudo without a prompt.
+var VMOps = []string{OpCreate, OpNAT, OpIsolation, OpDNSRedirect}
+
+func checkPrivileges(ctx context.Context, in Inputs) Check {
 	c := Check{Area: "privileges", Name: "sudo", Required: true}
-	if runner.IsRoot() {
+	if *in.UID == 0 {
 		c.Status, c.Detail = OK, "running as root"
 		return c
 	}
-	if _, err := r.Run(ctx, "sudo", "-n", "true"); err != nil {
-		c.Status, c.Detail = Fail, "sudo needs a password, so banger cannot create the bridge and TAP devices"
-		c.Fix = "run 'sudo -v' in this terminal (or configure passwordless sudo), then retry"
+	sudo := in.sudo()
+	tools := PrivilegedTools(VMOps...)
+	var have []string
+	for _, t := range tools {
+		if _, err := LookPath(t); err == nil {
+			have = append(have, t)
+		}
+	}
+	if err := runner.CheckPrivileged(ctx, sudo, have...); err != nil {
+		c.Status, c.Detail = Fail, "bangerd (no terminal) cannot run "+strings.Join(have, ", ")+" through sudo: "+err.Error()
+		c.Fix = "allow them without a password: banger sudoers | sudo tee /etc/sudoers.d/banger-$USER >/dev/null && sudo chmod 0440 /etc/sudoers.d/banger-$USER"
 		return c
 	}
-	c.Status, c.Detail = OK, "sudo -n works"
+	c.Status, c.Detail = OK, "sudo -n runs "+strings.Join(have, ", ")+" for bangerd without a password"
 	return c
 }
 
 func checkNetwork(ctx context.Context, in Inputs, add func(Check)) {
-	br := Check{Area: "network", Name: "bridge " + in.Config.Bridge}
-	out, err := in.R.Run(ctx, "ip", "-j", "addr", "show", "dev", in.Config.Bridge)
+	names := in.names()
+	br := Check{Area: "network", Name: "bridge " + names.Bridge}
+	out, err := in.R.Run(ctx, "ip", "-j", "addr", "show", "dev", names.Bridge)
 	var links []struct {
 		OperState string `json:"operstate"`
 		AddrInfo  []struct {
@@ -223,7 +256,7 @@ func checkNetwork(ctx context.Context, in Inputs, add func(Check)) {
 	}
 	if err != nil || json.Unmarshal(out, &links) != nil || len(links) == 0 {
 		br.Status, br.Detail = Warn, "not created yet"
-		br.Fix = "bangerd creates it when it starts (subnet " + in.Config.Subnet + ")"
+		br.Fix = "bangerd creates it when it starts (subnet " + names.Subnet.String() + ")"
 	} else {
 		var addrs []string
 		for _, a := range links[0].AddrInfo {
@@ -236,8 +269,8 @@ func checkNetwork(ctx context.Context, in Inputs, add func(Check)) {
 	n := Check{Area: "network", Name: "nat (nftables)"}
 	if err := nat.Check(ctx, in.R); err != nil {
 		n.Status, n.Detail, n.Fix = Warn, err.Error(), "needed only for 'vm create --nat': apt-get install nftables"
-	} else if out, err := in.R.RunPrivileged(ctx, "nft", "list", "table", "ip", nat.DefaultTable); err == nil {
-		n.Status, n.Detail = OK, fmt.Sprintf("table ip %s present (%d NAT guests)", nat.DefaultTable, strings.Count(string(out), "masquerade"))
+	} else if out, err := in.R.RunPrivileged(ctx, "nft", "list", "table", "ip", names.Table); err == nil {
+		n.Status, n.Detail = OK, fmt.Sprintf("table ip %s present (%d NAT guests)", names.Table, strings.Count(string(out), "masquerade"))
 	} else {
 		n.Status, n.Detail = OK, "nft works; banger's table is created when bangerd starts"
 	}
@@ -269,13 +302,13 @@ func checkIsolation(ctx context.Context, in Inputs) Check {
 		c.Status, c.Detail, c.Fix = Warn, fmt.Sprintf("guests can reach each other's ports %v: %v", want, err), "apt-get install nftables, then restart bangerd"
 		return c
 	}
-	m := isolation.Manager{R: in.R}
+	m := isolation.Manager{R: in.R, Table: in.names().Table}
 	got, err := m.Active(ctx)
 	switch {
 	case err != nil:
 		c.Status, c.Detail = Warn, err.Error()
 	case len(got) == 0:
-		c.Status, c.Detail, c.Fix = Warn, fmt.Sprintf("tables bridge and inet %s are absent: guests can reach each other's ports %v", isolation.DefaultTable, want), "bangerd creates them when it starts and before each boot"
+		c.Status, c.Detail, c.Fix = Warn, fmt.Sprintf("tables bridge and inet %s are absent: guests can reach each other's ports %v", m.Table, want), "bangerd creates them when it starts and before each boot"
 	case !slices.Equal(got, want):
 		c.Status, c.Detail, c.Fix = Warn, fmt.Sprintf("ports %v are closed between guests, but guest_private_ports is %v", got, want), "restart bangerd to apply the config"
 	default:
@@ -285,34 +318,64 @@ func checkIsolation(ctx context.Context, in Inputs) Check {
 }
 
 func checkDNS(ctx context.Context, in Inputs, add func(Check)) {
-	c := Check{Area: "dns", Name: "vm. zone"}
-	if len(in.Config.DNSListen) == 0 {
-		c.Status, c.Detail = Warn, "off (dns_listen is empty in the config)"
-		add(c)
-		return
+	names := in.names()
+	gw := names.Gateway().String()
+	ask := func(addr string) (string, error) {
+		m := new(mdns.Msg)
+		m.SetQuestion("ns.vm.", mdns.TypeSOA)
+		resp, _, err := (&mdns.Client{Timeout: time.Second}).ExchangeContext(ctx, m, addr)
+		if err != nil {
+			return "", err
+		}
+		return mdns.RcodeToString[resp.Rcode], nil
 	}
-	addr := in.Config.DNSListen[0]
-	m := new(mdns.Msg)
-	m.SetQuestion("ns.vm.", mdns.TypeSOA)
-	cl := &mdns.Client{Timeout: time.Second}
-	if resp, _, err := cl.ExchangeContext(ctx, m, addr); err != nil {
-		c.Status, c.Detail, c.Fix = Warn, fmt.Sprintf("no answer from %s: %v", addr, err), "bangerd serves it while it runs: 'banger daemon start'"
-	} else {
-		c.Status, c.Detail = OK, fmt.Sprintf("bangerd answers on %s (%s)", addr, mdns.RcodeToString[resp.Rcode])
+	// What guests and the host's resolver ask: the bridge address, port 53.
+	c := Check{Area: "dns", Name: "vm. zone"}
+	bridgeAddr := net.JoinHostPort(gw, "53")
+	port := in.Config.BridgeDNSPort(*in.UID)
+	via := ""
+	if port != 53 {
+		r := dns.Redirect{R: in.R, Table: names.Table + "_dns", Gateway: names.Gateway()}
+		if p, err := r.Active(ctx); err == nil && p != 0 {
+			via = fmt.Sprintf(", redirected by table ip %s to port %d", r.Table, p)
+		} else {
+			via = fmt.Sprintf(" (no redirect to port %d in table ip %s yet)", port, r.Table)
+		}
+	}
+	switch rc, err := ask(bridgeAddr); {
+	case !in.Config.DNSOnBridge:
+		c.Status, c.Detail = Warn, "off on the bridge (dns_on_bridge = false): guests get the host's resolvers and cannot resolve each other"
+	case err != nil:
+		c.Status, c.Detail = Warn, fmt.Sprintf("no answer from %s%s: %v", bridgeAddr, via, err)
+		c.Fix = "bangerd serves it while it runs: 'banger daemon start' (its log says why if it cannot)"
+	default:
+		c.Status, c.Detail = OK, fmt.Sprintf("bangerd answers on %s%s (%s)", bridgeAddr, via, rc)
 	}
 	add(c)
+	for _, addr := range in.Config.DNSListen {
+		e := Check{Area: "dns", Name: "dns_listen " + addr}
+		if rc, err := ask(addr); err != nil {
+			e.Status, e.Detail = Warn, fmt.Sprintf("no answer: %v", err)
+			if p, perr := netip.ParseAddrPort(addr); perr == nil && p.Port() < 1024 && *in.UID != 0 {
+				e.Fix = "ports below 1024 need root: drop it from dns_listen; the host resolves .vm names at " + bridgeAddr
+			}
+		} else {
+			e.Status, e.Detail = OK, "bangerd answers ("+rc+")"
+		}
+		add(e)
+	}
 
 	s := Check{Area: "dns", Name: "host resolver"}
 	switch {
 	case !dns.ResolvedActive():
-		s.Status, s.Detail = OK, "systemd-resolved is not running; query bangerd directly (dig @"+hostOf(addr)+" testbox.vm) or add it to your resolver for the vm domain"
+		s.Status, s.Detail = OK, "systemd-resolved is not running; query bangerd directly (dig @"+gw+" testbox.vm) or add it to your resolver for the vm domain"
 	default:
-		out, err := in.R.Run(ctx, "resolvectl", "domain", in.Config.Bridge)
+		out, err := in.R.Run(ctx, "resolvectl", "domain", names.Bridge)
 		if err == nil && strings.Contains(string(out), "~vm") {
-			s.Status, s.Detail = OK, "systemd-resolved sends ~vm to bangerd on "+in.Config.Bridge
+			s.Status, s.Detail = OK, "systemd-resolved sends ~vm to bangerd on "+names.Bridge
 		} else {
 			var fix []string
-			for _, argv := range dns.SplitDNSCommands(in.Config.Bridge, hostOf(addr)) {
+			for _, argv := range dns.SplitDNSCommands(names.Bridge, gw) {
 				fix = append(fix, strings.Join(argv, " "))
 			}
 			s.Status, s.Detail = Warn, "systemd-resolved runs but does not route ~vm to bangerd"
@@ -330,21 +393,23 @@ func hostOf(addr string) string {
 	return h
 }
 
-func checkImageBuild(add func(Check)) {
+func checkImageBuild(ctx context.Context, in Inputs, add func(Check)) {
 	c := Check{Area: "images", Name: "image build"}
 	missing := MissingTools(OpRuntimeBuild)
-	if len(missing) > 0 {
-		var pk []string
-		for _, t := range missing {
-			pk = append(pk, t.Package)
-		}
+	switch {
+	case len(missing) > 0:
 		c.Status = Warn
 		c.Detail = "cannot build images: " + RequireTools(OpRuntimeBuild).Error()
-		c.Fix = "apt-get install " + strings.Join(pk, " ")
-	} else if !runner.IsRoot() {
-		c.Status, c.Detail = Warn, "debootstrap needs root: run 'sudo make runtime-bundle'"
-	} else {
+		c.Fix = "apt-get install " + strings.Join(Packages(missing), " ")
+	case *in.UID == 0:
 		c.Status, c.Detail = OK, "debootstrap, mkfs.ext4 and apt are present"
+	default:
+		if err := runner.CheckPrivileged(ctx, in.sudo(), PrivilegedTools(OpRuntimeBuild)...); err != nil {
+			c.Status, c.Detail = Warn, "images are built with debootstrap and chroot through sudo, which bangerd cannot run without a password: "+err.Error()
+			c.Fix = "'make runtime-bundle' asks sudo in your terminal; for 'banger image build' allow them: banger sudoers --image-build"
+		} else {
+			c.Status, c.Detail = OK, "tools present; sudo -n runs the image-build steps"
+		}
 	}
 	add(c)
 }
