@@ -423,6 +423,21 @@ func (b Backend) Attach(ctx context.Context, spec hypervisor.Spec) (hypervisor.I
 		inst.Kill()
 		return nil, notRunning("it was never booted (killed it)")
 	}
+	if info.State == StatePaused && len(spec.Disks) > 0 {
+		// A restore loads paused and points the drives at the VM's own
+		// disks before it resumes. One that stopped in between must never
+		// run: its guest would write to the snapshot's disks.
+		cfg, err := inst.client.VMConfig(ctx)
+		if err != nil {
+			inst.close()
+			return nil, fmt.Errorf("firecracker: attaching to %s: reading the configuration of pid %d: %w (if it is hung, kill it: kill %d)", spec.ID, pid, err, pid)
+		}
+		if id := unpatchedDrive(cfg, spec); id != "" {
+			inst.log.Warn("killing firecracker whose restore never finished", "id", spec.ID, "pid", pid, "drive", id)
+			inst.Kill()
+			return nil, notRunning(fmt.Sprintf("its restore from a snapshot never finished, drive %s is not on the VM's disk (killed it)", id))
+		}
+	}
 	inst.log.Info("attached to firecracker", "id", spec.ID, "pid", pid, "state", info.State)
 	return inst, nil
 }
