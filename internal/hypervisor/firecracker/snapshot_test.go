@@ -366,8 +366,9 @@ func TestRestoreFailuresCleanUp(t *testing.T) {
 			srcInst.Kill()
 			spec := restoreSpec(t, "vm-restored", "tap-test1")
 			tt.modify(t, dir, src, &spec)
-			_, err := b.Restore(ctxT(t), spec, dir)
+			inst, err := b.Restore(ctxT(t), spec, dir)
 			if err == nil {
+				inst.Kill()
 				t.Fatal("Restore succeeded")
 			}
 			for _, w := range tt.want {
@@ -504,7 +505,10 @@ func TestRestoreHonoursContext(t *testing.T) {
 	spec := restoreSpec(t, "vm-restored", "tap-test1")
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := b.Restore(ctx, spec, dir)
+	inst, err := b.Restore(ctx, spec, dir)
+	if err == nil {
+		inst.Kill()
+	}
 	if err == nil || !errors.Is(err, context.Canceled) {
 		t.Errorf("Restore with a cancelled context = %v, want context.Canceled", err)
 	}
