@@ -92,6 +92,31 @@ type Instance interface {
 	Exited() bool
 }
 
+// Pauser is implemented by instances that can stop and continue their vCPUs.
+type Pauser interface {
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+}
+
+// Snapshotter is implemented by instances that can save a paused guest.
+type Snapshotter interface {
+	// Snapshot writes the paused guest's memory and device state into dir
+	// (which exists and is empty). The instance stays paused.
+	Snapshot(ctx context.Context, dir string) error
+}
+
+// Restorer is implemented by backends that boot a VM from a snapshot.
+type Restorer interface {
+	// Restore starts a new hypervisor process for spec from the snapshot in
+	// dir, with the guest's devices bound to spec's disks, NICs and agent
+	// channel, and resumes it. The disks' contents must be what they were
+	// when the snapshot was taken (copies of the snapshotted VM's disks).
+	Restore(ctx context.Context, spec Spec, dir string) (Instance, error)
+	// Version identifies the hypervisor build; a snapshot restores only on
+	// the same version, so it is recorded with each snapshot.
+	Version(ctx context.Context) (string, error)
+}
+
 // Select picks the backend for choice ("auto", "firecracker" or "qemu").
 // auto prefers firecracker when it is usable (binary present and hardware
 // KVM working) and falls back to qemu. The error says why none is usable.

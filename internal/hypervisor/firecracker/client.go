@@ -171,6 +171,25 @@ type SnapshotLoad struct {
 	ResumeVM         bool              `json:"resume_vm,omitempty"`
 	NetworkOverrides []NetworkOverride `json:"network_overrides,omitempty"`
 	VsockOverride    *VsockOverride    `json:"vsock_override,omitempty"`
+	// ClockRealtime (x86) advances the guest's kvmclock by the wall-clock
+	// time since the snapshot. banger leaves it off: the agent sets the clock.
+	ClockRealtime bool `json:"clock_realtime,omitempty"`
+}
+
+// PartialDrive is the body of PATCH /drives/{drive_id}.
+type PartialDrive struct {
+	DriveID    string `json:"drive_id"`
+	PathOnHost string `json:"path_on_host,omitempty"`
+}
+
+// VMConfig is the part of GET /vm/config banger reads. After a snapshot
+// load, Firecracker reports no boot source.
+type VMConfig struct {
+	BootSource        *BootSource        `json:"boot-source,omitempty"`
+	MachineConfig     MachineConfig      `json:"machine-config"`
+	Drives            []Drive            `json:"drives"`
+	NetworkInterfaces []NetworkInterface `json:"network-interfaces"`
+	Vsock             *Vsock             `json:"vsock,omitempty"`
 }
 
 // PutMachineConfig sets vCPUs and memory (pre-boot).
@@ -223,6 +242,19 @@ func (c *Client) PatchVM(ctx context.Context, s VMState) error {
 		State VMState `json:"state"`
 	}{s}
 	return c.do(ctx, http.MethodPatch, "/vm", body, nil)
+}
+
+// PatchDrive points a booted microVM's drive at another backing file of the
+// same contents (post-boot).
+func (c *Client) PatchDrive(ctx context.Context, d PartialDrive) error {
+	return c.do(ctx, http.MethodPatch, "/drives/"+url.PathEscape(d.DriveID), d, nil)
+}
+
+// VMConfig returns the microVM's configuration (GET /vm/config).
+func (c *Client) VMConfig(ctx context.Context) (VMConfig, error) {
+	var v VMConfig
+	err := c.do(ctx, http.MethodGet, "/vm/config", nil, &v)
+	return v, err
 }
 
 // CreateSnapshot writes the paused microVM's state and memory.

@@ -346,6 +346,31 @@ func TestClientSnapshotRoundTrip(t *testing.T) {
 	if info, _ := c2.Instance(ctx); info.State != StateRunning {
 		t.Errorf("state after LoadSnapshot(resume) = %q, want %q", info.State, StateRunning)
 	}
+	newDisk := touch(t, dir2, "root.ext4")
+	if err := c2.PatchDrive(ctx, PartialDrive{DriveID: "root", PathOnHost: newDisk}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := c2.VMConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := VMConfig{
+		MachineConfig: MachineConfig{VCPUCount: 2, MemSizeMiB: 256},
+		Drives: []Drive{
+			{DriveID: "root", PathOnHost: newDisk, IsRootDevice: true},
+			{DriveID: "work", PathOnHost: f.disk2},
+		},
+		NetworkInterfaces: []NetworkInterface{{IfaceID: "eth0", HostDevName: "tap-vm2", GuestMAC: "06:00:0a:00:00:02"}},
+		Vsock:             &Vsock{GuestCID: 3, UDSPath: vs},
+	}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("VMConfig() after restore = %+v, want %+v", cfg, want)
+	}
+	for _, c := range srv2.Calls() {
+		if c.String() == "PATCH /drives/root" && c.Body != `{"drive_id":"root","path_on_host":"`+newDisk+`"}` {
+			t.Errorf("PATCH /drives/root body = %s", c.Body)
+		}
+	}
 	conn, err := dialVsock(ctx, vs, 1024)
 	if err != nil {
 		t.Fatalf("dialing the restored agent: %v", err)

@@ -139,9 +139,6 @@ func validate(spec hypervisor.Spec) error {
 	if p := pathsIn(spec.Dir).vsock; len(p) > maxSocketPath {
 		return fmt.Errorf("directory %s is too long for unix sockets (%d bytes, limit %d): use a shorter state directory", spec.Dir, len(p), maxSocketPath)
 	}
-	if spec.Kernel == "" {
-		return errors.New("no kernel")
-	}
 	if spec.VCPUs < 1 || spec.VCPUs > 32 {
 		return fmt.Errorf("%d vCPUs: firecracker supports 1 to 32", spec.VCPUs)
 	}
@@ -185,101 +182,21 @@ func (b Backend) Start(ctx context.Context, spec hypervisor.Spec) (_ hypervisor.
 	if err := validate(spec); err != nil {
 		return nil, fmt.Errorf("firecracker: checking the spec of %s: %w", spec.ID, err)
 	}
-	bin, err := b.binary()
-	if err != nil {
-		return nil, fmt.Errorf("firecracker: starting %s: %w", spec.ID, err)
+	if spec.Kernel == "" {
+		return nil, fmt.Errorf("firecracker: checking the spec of %s: no kernel", spec.ID)
 	}
-	p := pathsIn(spec.Dir)
-	console := spec.ConsoleLog
-	if console == "" {
-		console = filepath.Join(spec.Dir, ConsoleLogName)
-	}
-
-	// Cleanups are registered as things are made and undone in reverse.
-	var undo []func()
+	l := newLaunch(spec)
 	defer func() {
 		if err != nil {
-			for i := len(undo) - 1; i >= 0; i-- {
-				undo[i]()
-			}
+			l.rollback()
 		}
 	}()
-	step := func(name string, fn func() error) error {
-		if err := fn(); err != nil {
-			return fmt.Errorf("firecracker: %s for %s: %w", name, spec.ID, err)
-		}
-		return nil
-	}
-
-	if err := step("clearing stale sockets", func() error {
-		if err := removeStaleSocket(p.api); err != nil {
-			return err
-		}
-		return removeStaleSocket(p.vsock)
-	}); err != nil {
+	if err := b.spawn(ctx, l); err != nil {
 		return nil, err
 	}
-
-	var inst *instance
-	if err := step("spawning firecracker", func() error {
-		out, err := os.OpenFile(console, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-		if err != nil {
-			return fmt.Errorf("opening console log: %w", err)
-		}
-		defer out.Close()
-		cmd := exec.Command(bin, "--api-sock", p.api, "--id", spec.ID)
-		cmd.Dir = spec.Dir
-		cmd.Stdin = nil // /dev/null
-		cmd.Stdout = out
-		cmd.Stderr = out
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := cmd.Start(); err != nil {
-			return err
-		}
-		inst = newInstance(b.log(), spec.ID, cmd.Process.Pid, p)
-		inst.proc = cmd.Process
-		go func() {
-			werr := cmd.Wait()
-			inst.log.Info("firecracker exited", "id", inst.id, "pid", inst.pid, "status", exitStatus(werr))
-			inst.markExited()
-		}()
-		undo = append(undo, func() {
-			inst.kill()
-			os.Remove(p.api)
-			os.Remove(p.vsock)
-		})
-		return nil
-	}); err != nil {
-		return nil, err
-	}
-
-	if err := step("writing the pid file", func() error {
-		undo = append(undo, func() { os.Remove(p.pid) })
-		return atomicfile.Write(p.pid, []byte(strconv.Itoa(inst.pid)+"\n"), 0o600)
-	}); err != nil {
-		return nil, err
-	}
-
-	if err := step("waiting for the api socket", func() error {
-		return inst.waitSocket(ctx, console)
-	}); err != nil {
-		return nil, err
-	}
-
-	c := inst.client
-	steps := []struct {
-		name string
-		fn   func() error
-	}{
-		{"configuring the logger", func() error {
-			// Firecracker opens the log file without creating it.
-			f, err := os.OpenFile(p.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-			if err != nil {
-				return err
-			}
-			f.Close()
-			return c.PutLogger(ctx, Logger{LogPath: p.log, Level: "Info", ShowLevel: true})
-		}},
+	c := l.inst.client
+	err = l.configure([]apiStep{
+		l.loggerStep(ctx),
 		{"configuring the machine", func() error {
 			return c.PutMachineConfig(ctx, MachineConfig{VCPUCount: spec.VCPUs, MemSizeMiB: spec.MemoryMiB, SMT: false})
 		}},
@@ -303,7 +220,7 @@ func (b Backend) Start(ctx context.Context, spec hypervisor.Spec) (_ hypervisor.
 			return nil
 		}},
 		{"configuring vsock", func() error {
-			return c.PutVsock(ctx, Vsock{GuestCID: spec.AgentCID, UDSPath: p.vsock})
+			return c.PutVsock(ctx, Vsock{GuestCID: spec.AgentCID, UDSPath: l.p.vsock})
 		}},
 		{"configuring entropy", func() error {
 			return c.PutEntropy(ctx, Entropy{})
@@ -311,17 +228,143 @@ func (b Backend) Start(ctx context.Context, spec hypervisor.Spec) (_ hypervisor.
 		{"starting the instance", func() error {
 			return c.Action(ctx, InstanceStart)
 		}},
+	})
+	if err != nil {
+		return nil, err
 	}
+	l.inst.log.Info("firecracker started", "id", spec.ID, "pid", l.inst.pid, "elapsed", time.Since(t0))
+	return l.inst, nil
+}
+
+// launch is the start-up of one firecracker process, by Start or Restore:
+// cleanups are registered as things are made and undone in reverse when the
+// start-up fails.
+type launch struct {
+	spec    hypervisor.Spec
+	p       paths
+	console string
+	undo    []func()
+	// inst is set once the process runs.
+	inst *instance
+}
+
+// apiStep is one named step of a start-up.
+type apiStep struct {
+	name string
+	fn   func() error
+}
+
+func newLaunch(spec hypervisor.Spec) *launch {
+	console := spec.ConsoleLog
+	if console == "" {
+		console = filepath.Join(spec.Dir, ConsoleLogName)
+	}
+	return &launch{spec: spec, p: pathsIn(spec.Dir), console: console}
+}
+
+// step runs fn; its error names the step and the VM.
+func (l *launch) step(name string, fn func() error) error {
+	if err := fn(); err != nil {
+		return fmt.Errorf("firecracker: %s for %s: %w", name, l.spec.ID, err)
+	}
+	return nil
+}
+
+// configure runs API steps in order. When firecracker has died, the error
+// quotes the end of its console.
+func (l *launch) configure(steps []apiStep) error {
 	for _, s := range steps {
-		if err := step(s.name, s.fn); err != nil {
-			if inst.Exited() {
-				err = fmt.Errorf("%w (firecracker exited; console log %s says: %s)", err, console, tail(console, 500))
+		if err := l.step(s.name, s.fn); err != nil {
+			if l.inst.Exited() {
+				err = fmt.Errorf("%w (firecracker exited; console log %s says: %s)", err, l.console, tail(l.console, 500))
 			}
-			return nil, err
+			return err
 		}
 	}
-	inst.log.Info("firecracker started", "id", spec.ID, "pid", inst.pid, "elapsed", time.Since(t0))
-	return inst, nil
+	return nil
+}
+
+// rollback undoes what the start-up made, newest first.
+func (l *launch) rollback() {
+	for i := len(l.undo) - 1; i >= 0; i-- {
+		l.undo[i]()
+	}
+	l.undo = nil
+}
+
+// loggerStep points Firecracker's own log at the VM's firecracker.log.
+func (l *launch) loggerStep(ctx context.Context) apiStep {
+	return apiStep{"configuring the logger", func() error {
+		// Firecracker opens the log file without creating it.
+		f, err := os.OpenFile(l.p.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return err
+		}
+		f.Close()
+		return l.inst.client.PutLogger(ctx, Logger{LogPath: l.p.log, Level: "Info", ShowLevel: true})
+	}}
+}
+
+// spawn starts firecracker for l.spec, detached in its own session, writes
+// the pid file and waits until the API socket answers.
+func (b Backend) spawn(ctx context.Context, l *launch) error {
+	bin, err := b.binary()
+	if err != nil {
+		return fmt.Errorf("firecracker: starting %s: %w", l.spec.ID, err)
+	}
+	p := l.p
+	if err := l.step("clearing stale sockets", func() error {
+		if err := removeStaleSocket(p.api); err != nil {
+			return err
+		}
+		return removeStaleSocket(p.vsock)
+	}); err != nil {
+		return err
+	}
+
+	if err := l.step("spawning firecracker", func() error {
+		out, err := os.OpenFile(l.console, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return fmt.Errorf("opening console log: %w", err)
+		}
+		defer out.Close()
+		cmd := exec.Command(bin, "--api-sock", p.api, "--id", l.spec.ID)
+		cmd.Dir = l.spec.Dir
+		cmd.Stdin = nil // /dev/null
+		cmd.Stdout = out
+		cmd.Stderr = out
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		inst := newInstance(b.log(), l.spec.ID, cmd.Process.Pid, p)
+		inst.proc = cmd.Process
+		go func() {
+			werr := cmd.Wait()
+			inst.log.Info("firecracker exited", "id", inst.id, "pid", inst.pid, "status", exitStatus(werr))
+			inst.markExited()
+		}()
+		l.inst = inst
+		l.undo = append(l.undo, func() {
+			inst.kill()
+			os.Remove(p.api)
+			os.Remove(p.vsock)
+		})
+		return nil
+	}); err != nil {
+		return err
+	}
+
+	if err := l.step("writing the pid file", func() error {
+		l.undo = append(l.undo, func() { os.Remove(p.pid) })
+		return atomicfile.Write(p.pid, []byte(strconv.Itoa(l.inst.pid)+"\n"), 0o600)
+	}); err != nil {
+		return err
+	}
+
+	return l.step("waiting for the api socket", func() error {
+		return l.inst.waitSocket(ctx, l.console)
+	})
 }
 
 // Attach implements hypervisor.Backend. It adopts the firecracker process
@@ -379,6 +422,21 @@ func (b Backend) Attach(ctx context.Context, spec hypervisor.Spec) (hypervisor.I
 		inst.log.Warn("killing firecracker that was never started", "id", spec.ID, "pid", pid)
 		inst.Kill()
 		return nil, notRunning("it was never booted (killed it)")
+	}
+	if info.State == StatePaused && len(spec.Disks) > 0 {
+		// A restore loads paused and points the drives at the VM's own
+		// disks before it resumes. One that stopped in between must never
+		// run: its guest would write to the snapshot's disks.
+		cfg, err := inst.client.VMConfig(ctx)
+		if err != nil {
+			inst.close()
+			return nil, fmt.Errorf("firecracker: attaching to %s: reading the configuration of pid %d: %w (if it is hung, kill it: kill %d)", spec.ID, pid, err, pid)
+		}
+		if id := unpatchedDrive(cfg, spec); id != "" {
+			inst.log.Warn("killing firecracker whose restore never finished", "id", spec.ID, "pid", pid, "drive", id)
+			inst.Kill()
+			return nil, notRunning(fmt.Sprintf("its restore from a snapshot never finished, drive %s is not on the VM's disk (killed it)", id))
+		}
 	}
 	inst.log.Info("attached to firecracker", "id", spec.ID, "pid", pid, "state", info.State)
 	return inst, nil

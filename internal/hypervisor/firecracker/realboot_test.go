@@ -28,11 +28,21 @@ type bundleForTest struct {
 	} `json:"images"`
 }
 
-// TestRealBoot boots the bundle's minimal image under the real firecracker
-// and waits for the agent's health over vsock. It runs only where
-// firecracker is in PATH and hardware KVM works; with BANGER_VM_TESTS=1 a
-// missing bundle or root then fails the test instead of skipping it.
-func TestRealBoot(t *testing.T) {
+// realHost is what a test needs to boot the bundle's minimal image under
+// the real firecracker: the bundle and a network namespace with TAPs.
+type realHost struct {
+	ctx          context.Context
+	dir          string
+	bundle       bundleForTest
+	rootfs, seed string
+	ns           *netns.NS
+}
+
+// newRealHost skips unless firecracker and hardware KVM are here; with
+// BANGER_VM_TESTS=1 a missing bundle or root then fails the test instead
+// of skipping it. It makes a namespace holding one TAP per name in taps.
+func newRealHost(t *testing.T, taps ...string) *realHost {
+	t.Helper()
 	var missing []string
 	if _, err := exec.LookPath("firecracker"); err != nil {
 		missing = append(missing, "firecracker not in PATH")
@@ -54,49 +64,61 @@ func TestRealBoot(t *testing.T) {
 	if os.Geteuid() != 0 {
 		require("booting VMs needs root (a network namespace and a TAP)")
 	}
-	dir := os.Getenv("BANGER_RUNTIME")
-	if dir == "" {
+	h := &realHost{dir: os.Getenv("BANGER_RUNTIME")}
+	if h.dir == "" {
 		require("BANGER_RUNTIME is not set; point it at a built runtime bundle")
 	}
-	data, err := os.ReadFile(filepath.Join(dir, "bundle.json"))
+	data, err := os.ReadFile(filepath.Join(h.dir, "bundle.json"))
 	if err != nil {
 		require("reading the runtime bundle: %v", err)
 	}
-	var bundle bundleForTest
-	if err := json.Unmarshal(data, &bundle); err != nil {
-		t.Fatalf("decoding %s/bundle.json: %v", dir, err)
+	if err := json.Unmarshal(data, &h.bundle); err != nil {
+		t.Fatalf("decoding %s/bundle.json: %v", h.dir, err)
 	}
-	var rootfs, seed string
-	for _, img := range bundle.Images {
+	for _, img := range h.bundle.Images {
 		if img.Name == "minimal" {
-			rootfs, seed = filepath.Join(dir, img.RootFS), filepath.Join(dir, img.WorkSeed)
+			h.rootfs, h.seed = filepath.Join(h.dir, img.RootFS), filepath.Join(h.dir, img.WorkSeed)
 		}
 	}
-	if rootfs == "" {
-		t.Fatalf("bundle %s has no minimal image", dir)
+	if h.rootfs == "" {
+		t.Fatalf("bundle %s has no minimal image", h.dir)
 	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	vmDir := t.TempDir()
-	// The guest writes to its disks: boot copies, never the bundle's files.
-	for _, c := range [][2]string{{rootfs, "root.ext4"}, {seed, "work.ext4"}} {
-		if _, err := runner.Default.Run(ctx, "cp", "--reflink=auto", "--sparse=always", c[0], filepath.Join(vmDir, c[1])); err != nil {
-			t.Fatalf("copying %s: %v", c[0], err)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	h.ctx = ctx
+	h.ns = netns.New(t)
+	for _, tap := range taps {
+		for _, args := range [][]string{
+			{"-n", h.ns.Name, "tuntap", "add", "dev", tap, "mode", "tap"},
+			{"-n", h.ns.Name, "link", "set", tap, "up"},
+		} {
+			if _, err := runner.Default.Run(ctx, "ip", args...); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
-
-	ns := netns.New(t)
-	for _, args := range [][]string{
-		{"-n", ns.Name, "tuntap", "add", "dev", "tap0", "mode", "tap"},
-		{"-n", ns.Name, "addr", "add", "10.200.0.1/24", "dev", "tap0"},
-		{"-n", ns.Name, "link", "set", "tap0", "up"},
-	} {
-		if _, err := runner.Default.Run(ctx, "ip", args...); err != nil {
+	if len(taps) > 0 {
+		if _, err := runner.Default.Run(ctx, "ip", "-n", h.ns.Name, "addr", "add", "10.200.0.1/24", "dev", taps[0]); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return h
+}
 
+// spec returns a spec for a VM in a new directory on tap, with copies of
+// the files in disks (the bundle's image and seed when nil): the guest
+// writes to its disks, never to the bundle's files.
+func (h *realHost) spec(t *testing.T, tap string, disks []string) hypervisor.Spec {
+	t.Helper()
+	vmDir := t.TempDir()
+	if disks == nil {
+		disks = []string{h.rootfs, h.seed}
+	}
+	for i, name := range []string{"root.ext4", "work.ext4"} {
+		if _, err := runner.Default.Run(h.ctx, "cp", "--reflink=auto", "--sparse=always", disks[i], filepath.Join(vmDir, name)); err != nil {
+			t.Fatalf("copying %s: %v", disks[i], err)
+		}
+	}
 	id := "realboot-" + filepath.Base(vmDir)
 	id = strings.Map(func(r rune) rune {
 		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' {
@@ -107,59 +129,139 @@ func TestRealBoot(t *testing.T) {
 	if len(id) > 64 {
 		id = id[:64]
 	}
-	spec := hypervisor.Spec{
+	return hypervisor.Spec{
 		ID:        id,
 		Dir:       vmDir,
-		Kernel:    filepath.Join(dir, bundle.Kernel),
-		Initrd:    filepath.Join(dir, bundle.Initrd),
-		Cmdline:   bundle.BootArgs + " root=/dev/vda rw ip=10.200.0.2::10.200.0.1:255.255.255.0:fcboot:eth0:off:10.200.0.1",
+		Kernel:    filepath.Join(h.dir, h.bundle.Kernel),
+		Initrd:    filepath.Join(h.dir, h.bundle.Initrd),
+		Cmdline:   h.bundle.BootArgs + " root=/dev/vda rw ip=10.200.0.2::10.200.0.1:255.255.255.0:fcboot:eth0:off:10.200.0.1",
 		VCPUs:     2,
 		MemoryMiB: 512,
 		Disks: []hypervisor.Disk{
 			{ID: "root", Path: filepath.Join(vmDir, "root.ext4"), Root: true},
 			{ID: "work", Path: filepath.Join(vmDir, "work.ext4")},
 		},
-		NICs:       []hypervisor.NIC{{ID: "eth0", TAP: "tap0", MAC: "06:00:0a:c8:00:02"}},
+		NICs:       []hypervisor.NIC{{ID: "eth0", TAP: tap, MAC: "06:00:0a:c8:00:02"}},
 		ConsoleLog: filepath.Join(vmDir, "console.log"),
 		AgentCID:   3,
 	}
-	b := Backend{}
+}
+
+// inNS runs fn from a thread inside the namespace: Firecracker opens its
+// TAP in its own network namespace.
+func (h *realHost) inNS(t *testing.T, what string, fn func() (hypervisor.Instance, error)) hypervisor.Instance {
+	t.Helper()
 	var inst hypervisor.Instance
-	// Firecracker opens the TAP in its own network namespace, so spawn it
-	// from a thread inside ns.
-	t0 := time.Now()
-	if err := ns.Do(func() error {
+	if err := h.ns.Do(func() error {
 		var err error
-		inst, err = b.Start(ctx, spec)
+		inst, err = fn()
 		return err
 	}); err != nil {
-		t.Fatalf("Start: %v", err)
+		t.Fatalf("%s: %v", what, err)
 	}
-	defer inst.Kill()
+	t.Cleanup(func() { inst.Kill() })
+	return inst
+}
 
+// waitHealthy polls the guest agent until it answers.
+func (h *realHost) waitHealthy(t *testing.T, inst hypervisor.Instance, spec hypervisor.Spec, since time.Time) map[string]any {
+	t.Helper()
 	var last error
-	for ctx.Err() == nil {
-		var h map[string]any
-		if h, last = agentHealth(ctx, inst); last == nil {
-			t.Logf("agent healthy after %v: %v", time.Since(t0), h)
-			break
+	for h.ctx.Err() == nil {
+		var resp map[string]any
+		if resp, last = agentHealth(h.ctx, inst); last == nil {
+			t.Logf("agent of %s healthy after %v: %v", spec.ID, time.Since(since), resp)
+			return resp
 		}
 		if inst.Exited() {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if last != nil {
-		console, _ := os.ReadFile(spec.ConsoleLog)
-		t.Fatalf("agent never answered: %v\nconsole:\n%s", last, console)
-	}
-	sctx, scancel := context.WithTimeout(ctx, 20*time.Second)
+	console, _ := os.ReadFile(spec.ConsoleLog)
+	t.Fatalf("agent of %s never answered: %v\nconsole:\n%s", spec.ID, last, console)
+	return nil
+}
+
+// TestRealBoot boots the bundle's minimal image under the real firecracker
+// and waits for the agent's health over vsock. It runs only where
+// firecracker is in PATH and hardware KVM works.
+func TestRealBoot(t *testing.T) {
+	h := newRealHost(t, "tap0")
+	spec := h.spec(t, "tap0", nil)
+	b := Backend{}
+	t0 := time.Now()
+	inst := h.inNS(t, "Start", func() (hypervisor.Instance, error) { return b.Start(h.ctx, spec) })
+	h.waitHealthy(t, inst, spec, t0)
+	sctx, scancel := context.WithTimeout(h.ctx, 20*time.Second)
 	defer scancel()
 	if err := inst.Shutdown(sctx); err != nil {
 		t.Logf("Shutdown: %v; killing", err)
 		if err := inst.Kill(); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestRealSnapshotRestore boots the minimal image, snapshots it, ends it
+// and restores the snapshot into a new VM with copies of its disks, another
+// TAP and another vsock socket; then snapshots and restores that one too.
+// Each restored guest must answer with an uptime that went on from the
+// snapshot's (restored, not booted), and be adoptable by Attach.
+func TestRealSnapshotRestore(t *testing.T) {
+	h := newRealHost(t, "tap0", "tap1", "tap2")
+	b := Backend{}
+	src := h.spec(t, "tap0", nil)
+	t0 := time.Now()
+	inst := h.inNS(t, "Start", func() (hypervisor.Instance, error) { return b.Start(h.ctx, src) })
+	h.waitHealthy(t, inst, src, t0)
+
+	version, err := b.Version(h.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev, prevSpec := inst, src
+	for i, tap := range []string{"tap1", "tap2"} {
+		before, err := agentHealth(h.ctx, prev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := prev.(hypervisor.Pauser).Pause(h.ctx); err != nil {
+			t.Fatal(err)
+		}
+		snapDir := t.TempDir()
+		t1 := time.Now()
+		if err := prev.(hypervisor.Snapshotter).Snapshot(h.ctx, snapDir); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("snapshot %d of %s written in %v", i+1, prevSpec.ID, time.Since(t1))
+		if m := readMeta(t, snapDir); m.FirecrackerVersion != version {
+			t.Errorf("snapshot records firecracker %s, Version() = %s", m.FirecrackerVersion, version)
+		}
+		// The disks are copied while the guest is paused, so that they
+		// match its memory; the snapshotted VM's own disks stay in place.
+		next := h.spec(t, tap, []string{prevSpec.Disks[0].Path, prevSpec.Disks[1].Path})
+		if err := prev.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		t2 := time.Now()
+		restored := h.inNS(t, "Restore", func() (hypervisor.Instance, error) { return b.Restore(h.ctx, next, snapDir) })
+		after := h.waitHealthy(t, restored, next, t2)
+		t.Logf("restore %d answered after %v", i+1, time.Since(t2))
+		if up, was := after["uptime_ms"].(float64), before["uptime_ms"].(float64); up < was {
+			t.Errorf("restored uptime %vms < %vms before the snapshot: the guest booted", up, was)
+		}
+		adopted, err := Backend{}.Attach(h.ctx, next)
+		if err != nil {
+			t.Fatalf("Attach to the restored VM: %v", err)
+		}
+		if adopted.PID() != restored.PID() {
+			t.Errorf("adopted PID() = %d, want %d", adopted.PID(), restored.PID())
+		}
+		prev, prevSpec = restored, next
+	}
+	if err := prev.Kill(); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,26 +66,31 @@ type Server struct {
 	// VMM) after Ctrl-Alt-Del or an agent shutdown. Zero means 20ms.
 	RebootDelay time.Duration
 
-	id      string
-	hostKey string
+	id string
 
-	mu       sync.Mutex
-	state    string
+	mu    sync.Mutex
+	state string
+	// The fake guest's identity and boot time; a snapshot carries them.
+	hostname string
+	hostKey  string
 	booted   time.Time
 	calls    []Call
 	machine  *machineConfig
 	boot     *bootSource
 	drives   map[string]drive
-	ifaces   map[string]netIface
-	vsock    *vsockConfig
-	vsockLn  net.Listener
-	entropy  bool
-	logPath  string
-	conns    map[net.Conn]struct{}
-	nextPort int
-	httpSrv  *http.Server
-	apiLn    net.Listener
-	closed   bool
+	// driveOrder and ifaceOrder keep the order devices were added in.
+	driveOrder []string
+	ifaces     map[string]netIface
+	ifaceOrder []string
+	vsock      *vsockConfig
+	vsockLn    net.Listener
+	entropy    bool
+	logPath    string
+	conns      map[net.Conn]struct{}
+	nextPort   int
+	httpSrv    *http.Server
+	apiLn      net.Listener
+	closed     bool
 
 	off       chan struct{}
 	offOnce   sync.Once
@@ -100,6 +106,7 @@ func NewServer(id string) *Server {
 	}
 	return &Server{
 		id:       id,
+		hostname: id,
 		hostKey:  sshEd25519(pub),
 		state:    StateNotStarted,
 		drives:   map[string]drive{},
@@ -169,8 +176,13 @@ func (s *Server) State() string {
 	return s.state
 }
 
-// HostKey is the SSH host key ("ssh-ed25519 AAAA...") the fake agent reports.
-func (s *Server) HostKey() string { return s.hostKey }
+// HostKey is the SSH host key ("ssh-ed25519 AAAA...") the fake agent
+// reports. A snapshot load replaces it with the snapshotted guest's.
+func (s *Server) HostKey() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hostKey
+}
 
 // Calls returns every request received so far, in order.
 func (s *Server) Calls() []Call {
@@ -244,16 +256,17 @@ func (s *Server) route(method, path string, body []byte) (any, error) {
 	case method == http.MethodGet && path == "/version":
 		return map[string]string{"firecracker_version": Version}, nil
 	case method == http.MethodGet && path == "/machine-config":
-		if s.machine == nil {
-			return map[string]any{"vcpu_count": 1, "mem_size_mib": 128, "smt": false}, nil
-		}
-		return s.machine, nil
+		return s.machineOrDefault(), nil
+	case method == http.MethodGet && path == "/vm/config":
+		return s.vmConfig(), nil
 	case method == http.MethodPut && path == "/machine-config":
 		return preBoot(func() error { return s.putMachineConfig(body) })
 	case method == http.MethodPut && path == "/boot-source":
 		return preBoot(func() error { return s.putBootSource(body) })
 	case method == http.MethodPut && strings.HasPrefix(path, "/drives/"):
 		return preBoot(func() error { return s.putDrive(strings.TrimPrefix(path, "/drives/"), body) })
+	case method == http.MethodPatch && strings.HasPrefix(path, "/drives/"):
+		return nil, s.patchDrive(strings.TrimPrefix(path, "/drives/"), body)
 	case method == http.MethodPut && strings.HasPrefix(path, "/network-interfaces/"):
 		return preBoot(func() error { return s.putNetIface(strings.TrimPrefix(path, "/network-interfaces/"), body) })
 	case method == http.MethodPut && path == "/vsock":
@@ -439,8 +452,92 @@ func (s *Server) putDrive(id string, body []byte) error {
 			}
 		}
 	}
+	if _, ok := s.drives[id]; !ok {
+		s.driveOrder = append(s.driveOrder, id)
+	}
 	s.drives[id] = d
 	return nil
+}
+
+// patchDrive is PATCH /drives/{id}: after boot, point a drive at another
+// backing file (Firecracker reopens it and tells the guest).
+func (s *Server) patchDrive(id string, body []byte) error {
+	var d struct {
+		DriveID     *string      `json:"drive_id"`
+		PathOnHost  *string      `json:"path_on_host,omitempty"`
+		RateLimiter *rateLimiter `json:"rate_limiter,omitempty"`
+	}
+	if err := decode(body, &d); err != nil {
+		return err
+	}
+	if s.state == StateNotStarted {
+		return bad("PATCH /drives/%s is only allowed after the microVM starts (use PUT before)", id)
+	}
+	if d.DriveID == nil {
+		return bad("a drive update needs drive_id")
+	}
+	if *d.DriveID != id {
+		return bad("drive_id %q in the body differs from %q in the path", *d.DriveID, id)
+	}
+	cur, ok := s.drives[id]
+	if !ok {
+		return bad("drive %s does not exist", id)
+	}
+	if err := d.RateLimiter.check("rate_limiter"); err != nil {
+		return err
+	}
+	if d.PathOnHost != nil {
+		if err := regularFile("path_on_host", *d.PathOnHost); err != nil {
+			return err
+		}
+		p := *d.PathOnHost
+		cur.PathOnHost = &p
+	}
+	s.drives[id] = cur
+	return nil
+}
+
+func (s *Server) machineOrDefault() any {
+	if s.machine == nil {
+		return map[string]any{"vcpu_count": 1, "mem_size_mib": 128, "smt": false}
+	}
+	return s.machine
+}
+
+// vmConfig is GET /vm/config: every device in the order it was added. A
+// restored microVM has no boot source, as in Firecracker.
+func (s *Server) vmConfig() map[string]any {
+	out := map[string]any{
+		"machine-config":     s.machineOrDefault(),
+		"drives":             s.orderedDrives(),
+		"network-interfaces": s.orderedIfaces(),
+	}
+	if s.boot != nil {
+		out["boot-source"] = s.boot
+	}
+	if s.vsock != nil {
+		out["vsock"] = s.vsock
+	}
+	if s.entropy {
+		out["entropy"] = map[string]any{}
+	}
+	return out
+}
+
+func (s *Server) orderedDrives() []drive {
+	out := []drive{}
+	for _, id := range s.driveOrder {
+		out = append(out, s.drives[id])
+	}
+	return out
+}
+
+func (s *Server) orderedIfaces() []netIface {
+	out := []netIface{}
+	for _, id := range s.ifaceOrder {
+		out = append(out, s.ifaces[id])
+	}
+	return out
 }
 
 var macRE = regexp.MustCompile(`^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$`)
@@ -493,6 +590,9 @@ func (s *Server) putNetIface(id string, body []byte) error {
 		if on.GuestMAC != nil && n.GuestMAC != nil && strings.EqualFold(*on.GuestMAC, *n.GuestMAC) {
 			return bad("guest_mac %s is already used by interface %s", *n.GuestMAC, other)
 		}
+	}
+	if _, ok := s.ifaces[id]; !ok {
+		s.ifaceOrder = append(s.ifaceOrder, id)
 	}
 	s.ifaces[id] = n
 	return nil
@@ -648,13 +748,33 @@ func (s *Server) patchVM(body []byte) error {
 	return nil
 }
 
-// snapshotFile is what the fake writes as a "snapshot".
+// snapshotFile is the fake's microVM state file: the configuration of the
+// snapshotted machine and its fake guest's identity. Its memory file holds
+// memoryMagic and the same token, so that a load can tell they belong
+// together.
 type snapshotFile struct {
 	Fake    string         `json:"fctest_snapshot"`
+	Token   string         `json:"memory_token"`
 	Machine *machineConfig `json:"machine"`
-	Boot    *bootSource    `json:"boot"`
-	Vsock   *vsockConfig   `json:"vsock"`
+	Drives  []drive        `json:"drives"`
+	Ifaces  []netIface     `json:"network_interfaces"`
+	Vsock   *vsockConfig   `json:"vsock,omitempty"`
+	Entropy bool           `json:"entropy"`
+	Guest   guestState     `json:"guest"`
 }
+
+// guestState is what the fake guest "remembers" across a snapshot.
+type guestState struct {
+	Hostname string `json:"hostname"`
+	HostKey  string `json:"host_key"`
+	UptimeMS int64  `json:"uptime_ms"`
+}
+
+// memoryMagic starts the fake's memory files.
+const memoryMagic = "fctest memory "
+
+// maxSnapshotFile bounds what a load reads of a state or memory file.
+const maxSnapshotFile = 1 << 20
 
 func (s *Server) createSnapshot(body []byte) error {
 	var c struct {
@@ -665,7 +785,7 @@ func (s *Server) createSnapshot(body []byte) error {
 	if err := decode(body, &c); err != nil {
 		return err
 	}
-	if c.MemFilePath == nil || c.SnapshotPath == nil {
+	if c.MemFilePath == nil || c.SnapshotPath == nil || *c.MemFilePath == "" || *c.SnapshotPath == "" {
 		return bad("snapshot/create needs mem_file_path and snapshot_path")
 	}
 	if s.state != StatePaused {
@@ -679,43 +799,72 @@ func (s *Server) createSnapshot(body []byte) error {
 			return bad("diff snapshots need track_dirty_pages in machine-config")
 		}
 	}
-	data, _ := json.Marshal(snapshotFile{Fake: Version, Machine: s.machine, Boot: s.boot, Vsock: s.vsock})
+	token := make([]byte, 16)
+	rand.Read(token)
+	snap := snapshotFile{
+		Fake:    Version,
+		Token:   hex.EncodeToString(token),
+		Machine: s.machine,
+		Drives:  s.orderedDrives(),
+		Ifaces:  s.orderedIfaces(),
+		Vsock:   s.vsock,
+		Entropy: s.entropy,
+		Guest:   guestState{Hostname: s.hostname, HostKey: s.hostKey, UptimeMS: time.Since(s.booted).Milliseconds()},
+	}
+	data, err := json.Marshal(snap)
+	if err != nil {
+		return fmt.Errorf("encoding snapshot: %w", err)
+	}
+	// Like Firecracker, create the files or truncate them.
 	if err := os.WriteFile(*c.SnapshotPath, data, 0o600); err != nil {
 		return bad("writing snapshot: %v", err)
 	}
-	if err := os.WriteFile(*c.MemFilePath, []byte("fctest memory\n"), 0o600); err != nil {
+	if err := os.WriteFile(*c.MemFilePath, []byte(memoryMagic+snap.Token+"\n"), 0o600); err != nil {
 		return bad("writing memory file: %v", err)
 	}
+	s.printf("fctest: snapshot written to %s\n", *c.SnapshotPath)
 	return nil
 }
 
+// snapshotLoad is the body of PUT /snapshot/load.
+type snapshotLoad struct {
+	SnapshotPath        *string `json:"snapshot_path"`
+	EnableDiffSnapshots *bool   `json:"enable_diff_snapshots,omitempty"`
+	TrackDirtyPages     *bool   `json:"track_dirty_pages,omitempty"`
+	MemFilePath         *string `json:"mem_file_path,omitempty"`
+	MemBackend          *struct {
+		BackendType *string `json:"backend_type"`
+		BackendPath *string `json:"backend_path"`
+	} `json:"mem_backend,omitempty"`
+	ResumeVM         *bool `json:"resume_vm,omitempty"`
+	NetworkOverrides []struct {
+		IfaceID     *string `json:"iface_id"`
+		HostDevName *string `json:"host_dev_name"`
+	} `json:"network_overrides,omitempty"`
+	VsockOverride *struct {
+		UDSPath *string `json:"uds_path"`
+	} `json:"vsock_override,omitempty"`
+	ClockRealtime *bool `json:"clock_realtime,omitempty"`
+}
+
+// fresh reports whether nothing but the logger (and metrics) has been
+// configured: only then is a snapshot load allowed.
+func (s *Server) fresh() bool {
+	return s.machine == nil && s.boot == nil && len(s.drives) == 0 && len(s.ifaces) == 0 && s.vsock == nil && !s.entropy
+}
+
+// loadSnapshot checks the request as Firecracker's API server does (a
+// refusal leaves the process as it was), then loads. Like Firecracker, a
+// load that fails after that ends the process, which may be half-restored.
 func (s *Server) loadSnapshot(body []byte) error {
-	var l struct {
-		SnapshotPath        *string `json:"snapshot_path"`
-		EnableDiffSnapshots *bool   `json:"enable_diff_snapshots,omitempty"`
-		TrackDirtyPages     *bool   `json:"track_dirty_pages,omitempty"`
-		MemFilePath         *string `json:"mem_file_path,omitempty"`
-		MemBackend          *struct {
-			BackendType *string `json:"backend_type"`
-			BackendPath *string `json:"backend_path"`
-		} `json:"mem_backend,omitempty"`
-		ResumeVM         *bool `json:"resume_vm,omitempty"`
-		NetworkOverrides []struct {
-			IfaceID     *string `json:"iface_id"`
-			HostDevName *string `json:"host_dev_name"`
-		} `json:"network_overrides,omitempty"`
-		VsockOverride *struct {
-			UDSPath *string `json:"uds_path"`
-		} `json:"vsock_override,omitempty"`
-		ClockRealtime *bool `json:"clock_realtime,omitempty"`
-	}
+	var l snapshotLoad
 	if err := decode(body, &l); err != nil {
 		return err
 	}
-	if s.machine != nil || s.boot != nil || len(s.drives) > 0 || len(s.ifaces) > 0 || s.vsock != nil || s.entropy {
-		return bad("snapshot/load is only allowed on a fresh process (only logger and metrics configured)")
+	if !s.fresh() {
+		return bad("snapshot/load is only allowed on a fresh process, before anything but the logger and metrics is configured")
 	}
-	if l.SnapshotPath == nil {
+	if l.SnapshotPath == nil || *l.SnapshotPath == "" {
 		return bad("snapshot/load needs snapshot_path")
 	}
 	if (l.MemFilePath == nil) == (l.MemBackend == nil) {
@@ -734,42 +883,142 @@ func (s *Server) loadSnapshot(body []byte) error {
 		}
 		memPath = *mb.BackendPath
 	}
+	seen := map[string]bool{}
+	for _, o := range l.NetworkOverrides {
+		if o.IfaceID == nil || o.HostDevName == nil || *o.HostDevName == "" {
+			return bad("network_overrides entries need iface_id and host_dev_name")
+		}
+		if seen[*o.IfaceID] {
+			return bad("network_overrides names interface %s twice", *o.IfaceID)
+		}
+		seen[*o.IfaceID] = true
+		if len(*o.HostDevName) > 15 {
+			return bad("network_overrides: host_dev_name %q is longer than 15 bytes", *o.HostDevName)
+		}
+	}
+	if o := l.VsockOverride; o != nil && (o.UDSPath == nil || *o.UDSPath == "") {
+		return bad("vsock_override needs uds_path")
+	}
+	if err := s.restore(l, memPath); err != nil {
+		s.printf("fctest: loading snapshot %s failed: %v; exiting\n", *l.SnapshotPath, err)
+		s.powerOff()
+		return err
+	}
+	return nil
+}
+
+// restore loads the snapshot l names, with s.mu held.
+func (s *Server) restore(l snapshotLoad, memPath string) error {
 	if err := regularFile("memory file", memPath); err != nil {
 		return err
 	}
-	data, err := os.ReadFile(*l.SnapshotPath)
+	mem, err := readBounded(memPath)
+	if err != nil {
+		return bad("reading memory file: %v", err)
+	}
+	token, ok := strings.CutPrefix(string(mem), memoryMagic)
+	if !ok {
+		return bad("memory file %s is not a memory file made by this fake", memPath)
+	}
+	data, err := readBounded(*l.SnapshotPath)
 	if err != nil {
 		return bad("reading snapshot: %v", err)
 	}
 	var snap snapshotFile
-	if err := json.Unmarshal(data, &snap); err != nil || snap.Fake == "" {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&snap); err != nil || snap.Fake == "" || snap.Machine == nil {
 		return bad("%s is not a snapshot made by this fake", *l.SnapshotPath)
 	}
-	for _, o := range l.NetworkOverrides {
-		if o.IfaceID == nil || o.HostDevName == nil {
-			return bad("network_overrides entries need iface_id and host_dev_name")
+	if snap.Fake != Version {
+		return bad("snapshot %s was made by version %s, this is %s", *l.SnapshotPath, snap.Fake, Version)
+	}
+	for _, d := range snap.Drives {
+		if d.DriveID == nil || d.PathOnHost == nil {
+			return bad("%s is not a snapshot made by this fake (a drive has no id or path)", *l.SnapshotPath)
 		}
 	}
-	if snap.Vsock != nil {
-		uds := *snap.Vsock.UDSPath
-		if o := l.VsockOverride; o != nil {
-			if o.UDSPath == nil {
-				return bad("vsock_override needs uds_path")
-			}
-			uds = *o.UDSPath
+	for _, n := range snap.Ifaces {
+		if n.IfaceID == nil || n.HostDevName == nil {
+			return bad("%s is not a snapshot made by this fake (an interface has no id or tap)", *l.SnapshotPath)
 		}
-		if err := s.bindVsock(uds); err != nil {
+	}
+	if v := snap.Vsock; v != nil && (v.UDSPath == nil || v.GuestCID == nil) {
+		return bad("%s is not a snapshot made by this fake (the vsock has no path or cid)", *l.SnapshotPath)
+	}
+	if strings.TrimSuffix(token, "\n") != snap.Token {
+		return bad("memory file %s does not belong to snapshot %s", memPath, *l.SnapshotPath)
+	}
+	// Firecracker reopens every drive at the path it had.
+	for _, d := range snap.Drives {
+		if err := regularFile(fmt.Sprintf("drive %s: path_on_host", deref(d.DriveID)), deref(d.PathOnHost)); err != nil {
 			return err
 		}
-		snap.Vsock.UDSPath = &uds
 	}
-	s.machine, s.boot, s.vsock = snap.Machine, snap.Boot, snap.Vsock
-	s.booted = time.Now()
+	ifaces := map[string]netIface{}
+	var order []string
+	for _, n := range snap.Ifaces {
+		ifaces[*n.IfaceID] = n
+		order = append(order, *n.IfaceID)
+	}
+	for _, o := range l.NetworkOverrides {
+		n, ok := ifaces[*o.IfaceID]
+		if !ok {
+			return bad("network_overrides: the snapshot has no network interface %q", *o.IfaceID)
+		}
+		tap := *o.HostDevName
+		n.HostDevName = &tap
+		ifaces[*o.IfaceID] = n
+	}
+	taps := map[string]string{}
+	for _, id := range order {
+		tap := *ifaces[id].HostDevName
+		if other, dup := taps[tap]; dup {
+			return bad("host_dev_name %s would back both interface %s and %s", tap, other, id)
+		}
+		taps[tap] = id
+	}
+	vsock := snap.Vsock
+	if o := l.VsockOverride; o != nil {
+		if vsock == nil {
+			return bad("vsock_override: the snapshot has no vsock device")
+		}
+		v := *vsock
+		v.UDSPath = o.UDSPath
+		vsock = &v
+	}
+	if vsock != nil {
+		if err := s.bindVsock(*vsock.UDSPath); err != nil {
+			return err
+		}
+	}
+	machine := *snap.Machine
+	// As GET /vm/config says, a restored microVM reports no smt or cpu_template.
+	machine.SMT, machine.CPUTemplate = nil, nil
+	s.machine, s.boot, s.vsock, s.entropy = &machine, nil, vsock, snap.Entropy
+	for _, d := range snap.Drives {
+		s.drives[*d.DriveID] = d
+		s.driveOrder = append(s.driveOrder, *d.DriveID)
+	}
+	s.ifaces, s.ifaceOrder = ifaces, order
+	s.hostname, s.hostKey = snap.Guest.Hostname, snap.Guest.HostKey
+	s.booted = time.Now().Add(-time.Duration(snap.Guest.UptimeMS) * time.Millisecond)
 	s.state = StatePaused
 	if l.ResumeVM != nil && *l.ResumeVM {
 		s.state = StateRunning
 	}
+	s.printf("fctest: restored %s from %s (%s)\n", s.hostname, *l.SnapshotPath, strings.ToLower(s.state))
 	return nil
+}
+
+// readBounded reads at most maxSnapshotFile bytes of path.
+func readBounded(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, maxSnapshotFile))
 }
 
 // powerOff ends the fake guest after RebootDelay: the VMM stops serving.
@@ -857,8 +1106,9 @@ func (s *Server) handleVsock(c net.Conn) {
 		case "health":
 			s.mu.Lock()
 			up := time.Since(s.booted).Milliseconds()
+			name, key := s.hostname, s.hostKey
 			s.mu.Unlock()
-			enc.Encode(map[string]any{"ok": true, "hostname": s.id, "uptime_ms": up, "ssh_host_keys": []string{s.hostKey}})
+			enc.Encode(map[string]any{"ok": true, "hostname": name, "uptime_ms": up, "ssh_host_keys": []string{key}})
 		case "shutdown":
 			enc.Encode(map[string]any{"ok": true})
 			s.mu.Lock()

@@ -77,7 +77,7 @@ func InstallFake(dir string) (string, error) {
 }
 
 // Main runs a fake firecracker process with Firecracker's command line
-// (--api-sock, --id; other flags are accepted and ignored). It serves until the
+// (--api-sock, --id, --version; other flags are accepted and ignored). It serves until the
 // fake guest reboots, or SIGTERM/SIGINT, and returns the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet(FakeName, flag.ContinueOnError)
@@ -91,8 +91,15 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.Uint64("start-time-us", 0, "ignored")
 	fs.Uint64("start-time-cpu-us", 0, "ignored")
 	fs.Bool("boot-timer", false, "ignored")
+	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return 1
+	}
+	if *version {
+		// Firecracker prints its version, a blank line and the snapshot
+		// data formats it supports.
+		fmt.Fprintf(stdout, "Firecracker v%s\n\nSupported snapshot data format versions: fctest\n", Version)
+		return 0
 	}
 	sigc := make(chan os.Signal, 1)
 	if os.Getenv(IgnoreTermEnv) == "1" {
