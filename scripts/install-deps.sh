@@ -2,8 +2,10 @@
 # Installs the Debian packages banger builds and runs with, skipping those already present.
 set -euo pipefail
 
+# sudo: an ordinary user's bangerd asks it for its few privileged commands,
+# and the tests make such users.
 packages=(make git ca-certificates qemu-system-x86 debootstrap e2fsprogs iproute2
-  openssh-client nftables iptables dpkg-dev apt-utils)
+  openssh-client nftables iptables dpkg-dev apt-utils sudo procps)
 # npm fetches mise and opencode for the docker image from the npm registry.
 # NodeSource's nodejs ships its own npm and conflicts with Debian's package.
 command -v npm >/dev/null || packages+=(npm)

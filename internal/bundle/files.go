@@ -216,6 +216,10 @@ func pathSize(path string) (int64, error) {
 	if !fi.IsDir() {
 		return fi.Size(), nil
 	}
+	// A bundle may link to a tree kept elsewhere: walk what it points at.
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
 	var total int64
 	err = filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {

@@ -86,6 +86,11 @@ func (d *Daemon) waitSSH(ctx context.Context, vm *store.VM, b *bundle.Bundle, ho
 	}
 	addr := net.JoinHostPort(vm.IP, "22")
 	var last error
+	// A handshake that times out leaves a pre-auth sshd child in the guest
+	// until its LoginGraceTime; retrying every few seconds on a slow (busy,
+	// emulated) guest piles them up until sshd's MaxStartups drops every new
+	// connection. So each handshake that timed out gets twice as long next.
+	handshake := 15 * time.Second
 	for {
 		if inst.Exited() {
 			return fmt.Errorf("the hypervisor of %s exited during boot%s", vm.Name, d.consoleTail(vm))
@@ -95,14 +100,20 @@ func (d *Daemon) waitSSH(ctx context.Context, vm *store.VM, b *bundle.Bundle, ho
 		conn, err := dl.DialContext(dctx, "tcp", addr)
 		cancel()
 		if err == nil {
-			conn.SetDeadline(time.Now().Add(15 * time.Second))
+			conn.SetDeadline(time.Now().Add(handshake))
+			stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 			var c ssh.Conn
 			c, _, _, err = ssh.NewClientConn(conn, addr, cfg)
+			stop()
 			if err == nil {
 				c.Close()
 				return nil
 			}
 			conn.Close()
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && handshake < 2*time.Minute {
+				handshake *= 2
+			}
 		}
 		last = err
 		select {

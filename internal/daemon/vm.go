@@ -94,6 +94,9 @@ func (d *Daemon) planCreate(ctx context.Context, req rpc.CreateRequest) (*create
 	if err := doctor.Require(ctx, d.r, ops...); err != nil {
 		return nil, unavailable(err)
 	}
+	if err := doctor.RequireTUN(); err != nil {
+		return nil, unavailable(err)
+	}
 	if err := ValidateShape(req.VCPUs, req.MemoryMiB, be.Name()); err != nil {
 		return nil, invalid("%w", err)
 	}

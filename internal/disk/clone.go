@@ -28,7 +28,8 @@ const copyChunk = 8 << 20
 // Clone copies src to dst, sharing blocks when the filesystem can reflink and otherwise
 // copying only data regions so holes stay holes. The copy is written under a temporary
 // name in dst's directory, synced and renamed, so dst is never seen half-written.
-// An existing dst is replaced. dst gets src's permission bits.
+// An existing dst is replaced. dst is private (0600): a VM's disks are its
+// owner's alone, whatever the image's mode.
 func Clone(src, dst string) (CloneMethod, error) {
 	in, err := os.Open(src)
 	if err != nil {
@@ -62,7 +63,7 @@ func Clone(src, dst string) (CloneMethod, error) {
 			return "", fmt.Errorf("cloning %s to %s: %w", src, dst, err)
 		}
 	}
-	if err := tmp.Chmod(fi.Mode().Perm()); err != nil {
+	if err := tmp.Chmod(0o600); err != nil {
 		return "", fmt.Errorf("cloning %s to %s: %w", src, dst, err)
 	}
 	if err := tmp.Sync(); err != nil {

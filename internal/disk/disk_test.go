@@ -105,8 +105,8 @@ func TestCloneSparse(t *testing.T) {
 			if b, sb := blocks(t, dst), blocks(t, src); method == SparseCopy && b > sb+256 {
 				t.Errorf("Clone(%s) dst uses %d blocks, want about %d (the source's)", tt.name, b, sb)
 			}
-			if fi, _ := os.Stat(dst); fi.Mode().Perm() != 0o640 {
-				t.Errorf("Clone(%s) dst mode = %o, want 640", tt.name, fi.Mode().Perm())
+			if fi, _ := os.Stat(dst); fi.Mode().Perm() != 0o600 {
+				t.Errorf("Clone(%s) dst mode = %o, want 600 (private, whatever the source's)", tt.name, fi.Mode().Perm())
 			}
 			assertNoTemp(t, filepath.Dir(dst))
 		})

@@ -96,6 +96,7 @@ func Run(ctx context.Context, in Inputs) Report {
 	selected := checkHypervisors(ctx, in, add)
 	checkTools(selected, add)
 	add(checkPrivileges(ctx, in))
+	add(checkTUN())
 	checkNetwork(ctx, in, add)
 	checkDNS(ctx, in, add)
 	checkImageBuild(ctx, in, add)
@@ -214,6 +215,16 @@ func checkTools(selected string, add func(Check)) {
 		}
 		add(c)
 	}
+}
+
+func checkTUN() Check {
+	c := Check{Area: "privileges", Name: "tun device", Required: true}
+	if err := RequireTUN(); err != nil {
+		c.Status, c.Detail, c.Fix = Fail, err.Error(), "sudo chmod 0666 "+TUNDevice
+		return c
+	}
+	c.Status, c.Detail = OK, TUNDevice+" opens for this user"
+	return c
 }
 
 // VMOps are the operations bangerd runs for VMs, whose privileged tools

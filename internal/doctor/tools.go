@@ -2,7 +2,9 @@ package doctor
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -186,4 +188,22 @@ func Sudoers(user string, ops ...string) string {
 	}
 	fmt.Fprintf(&b, "%s ALL=(root) NOPASSWD: %s\n", user, strings.Join(paths, ", "))
 	return b.String()
+}
+
+// TUNDevice is where hypervisors open TAP devices.
+var TUNDevice = "/dev/net/tun"
+
+// RequireTUN checks that this user can open the TUN device, as qemu and
+// firecracker must to use a VM's TAP device. Debian's udev makes it 0666;
+// hosts without udev may leave it root's.
+func RequireTUN() error {
+	f, err := os.OpenFile(TUNDevice, os.O_RDWR, 0)
+	if err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return fmt.Errorf("%s is not open to your user (%w), so the hypervisor cannot use the VM's TAP device: run 'sudo chmod 0666 %s' (Debian's udev rules set this mode; is udev running?)", TUNDevice, err, TUNDevice)
+		}
+		return fmt.Errorf("opening %s: %w (load the tun module: sudo modprobe tun)", TUNDevice, err)
+	}
+	f.Close()
+	return nil
 }

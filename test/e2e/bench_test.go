@@ -28,9 +28,12 @@ func TestBenchCreate(t *testing.T) {
 	// Two daemons in two namespaces: one with a warm TAP pool, one without.
 	pooled := newEnvConfig(t, defaultConfig+"tap_pool_size = 2\n")
 	unpooled := newEnvConfig(t, defaultConfig+"tap_pool_size = 0\n")
+	// An ordinary user's bangerd, with exactly banger's sudoers rule.
+	openTUN(t)
+	asUser := newEnvWith(t, envOpts{user: newTestUser(t, vmSudoers), config: defaultConfig + "tap_pool_size = 2\n"})
 	stages := map[string][]float64{}
 	var order []string
-	var totals, totalsNoPool, network, networkNoPool, bare []float64
+	var totals, totalsNoPool, totalsUser, network, networkNoPool, bare []float64
 	create := func(e *env, name string) (float64, float64) {
 		start := time.Now()
 		vm := e.create(name, "--image", image)
@@ -58,6 +61,8 @@ func TestBenchCreate(t *testing.T) {
 		totals, network = append(totals, total), append(network, net)
 		total, net = create(unpooled, name)
 		totalsNoPool, networkNoPool = append(totalsNoPool, total), append(networkNoPool, net)
+		total, _ = create(asUser, name)
+		totalsUser = append(totalsUser, total)
 
 		ns, err := netns.Create("bgb-")
 		if err != nil {
@@ -66,7 +71,7 @@ func TestBenchCreate(t *testing.T) {
 		d, _ := bareBoot(t, ns, runtime, image)
 		ns.Close()
 		bare = append(bare, ms(d))
-		t.Logf("run %d: create %.0f ms (pool) / %.0f ms (no pool), bare qemu %.0f ms", i+1, totals[i], totalsNoPool[i], bare[i])
+		t.Logf("run %d: create %.0f ms (pool) / %.0f ms (no pool) / %.0f ms (ordinary user), bare qemu %.0f ms", i+1, totals[i], totalsNoPool[i], totalsUser[i], bare[i])
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nbench-create: image %s, %d runs each (QEMU microvm, TCG here)\n", image, n)
@@ -79,11 +84,13 @@ func TestBenchCreate(t *testing.T) {
 		row("  stage: "+s, stages[s])
 	}
 	row("banger vm create, TAP pool off", totalsNoPool)
+	row("banger vm create as an ordinary user", totalsUser)
 	row("  stage: network, pool on", network)
 	row("  stage: network, pool off", networkNoPool)
 	row("bare qemu boot (to first SSH)", bare)
 	mt, mb := quantile(totals, 0.5), quantile(bare, 0.5)
 	fmt.Fprintf(&b, "banger overhead over bare boot: %+.0f ms median (ratio %.2fx)\n", mt-mb, mt/mb)
+	fmt.Fprintf(&b, "ordinary user / root: %.2fx median\n", quantile(totalsUser, 0.5)/mt)
 	fmt.Fprintf(&b, "TAP pool effect on the network stage: %.1f ms -> %.1f ms median\n", quantile(networkNoPool, 0.5), quantile(network, 0.5))
 	fmt.Print(b.String())
 }

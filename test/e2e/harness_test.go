@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,17 +46,27 @@ func requireVM(t testing.TB) (bin, runtime string) {
 	return bin, runtime
 }
 
-// env is one daemon with its own state, inside its own network namespace.
+// env is one daemon with its own state, inside its own network namespace
+// (or one another env made), run by root or by an ordinary test user.
 type env struct {
 	t       testing.TB
 	ns      *netns.NS
+	user    *testUser // nil: root
 	bin     string
 	runtime string
 	root    string
 	socket  string
 	daemon  *exec.Cmd
+	pid     int // bangerd's own pid
 	logPath string
 	extra   []string
+}
+
+// envOpts configure newEnvWith.
+type envOpts struct {
+	config string    // config.toml; "" means defaultConfig
+	ns     *netns.NS // nil: a new namespace
+	user   *testUser // nil: root
 }
 
 // defaultConfig keeps the daemon's DNS forwarding inside the test: no
@@ -65,26 +74,41 @@ type env struct {
 const defaultConfig = "dns_upstreams = []\n"
 
 func newEnv(t testing.TB) *env {
-	return newEnvConfig(t, defaultConfig)
+	return newEnvWith(t, envOpts{})
 }
 
 // newEnvConfig starts a daemon with the given config.toml contents.
 func newEnvConfig(t testing.TB, config string) *env {
+	return newEnvWith(t, envOpts{config: config})
+}
+
+// newEnvWith starts a daemon as o says.
+func newEnvWith(t testing.TB, o envOpts) *env {
 	bin, runtime := requireVM(t)
-	ns := netns.New(t)
+	if o.config == "" {
+		o.config = defaultConfig
+	}
+	ns := o.ns
+	if ns == nil {
+		ns = netns.New(t)
+	}
 	// Unix socket paths must stay short, so avoid t.TempDir's long names.
 	root, err := os.MkdirTemp("", "bgr")
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, ns: ns, bin: bin, runtime: runtime, root: root}
+	e := &env{t: t, ns: ns, user: o.user, bin: bin, runtime: runtime, root: root}
 	e.socket = filepath.Join(root, "run", "banger", "bangerd.sock")
 	e.logPath = filepath.Join(root, "bangerd.log")
 	if err := os.MkdirAll(filepath.Join(root, "config", "banger"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(root, "config", "banger", "config.toml"), []byte(config), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(root, "config", "banger", "config.toml"), []byte(o.config), 0o600); err != nil {
 		t.Fatal(err)
+	}
+	if o.user != nil {
+		e.runtime = o.user.bundleView(t, runtime, filepath.Join(root, "bundle"))
+		o.user.own(t, root)
 	}
 	t.Cleanup(func() {
 		e.cleanup()
@@ -108,7 +132,11 @@ func tail(s string, n int) string {
 }
 
 func (e *env) environ() []string {
-	return append(os.Environ(),
+	base := os.Environ()
+	if e.user != nil {
+		base = e.user.environ()
+	}
+	return append(base,
 		"XDG_CONFIG_HOME="+filepath.Join(e.root, "config"),
 		"XDG_STATE_HOME="+filepath.Join(e.root, "state"),
 		"XDG_DATA_HOME="+filepath.Join(e.root, "data"),
@@ -122,9 +150,9 @@ func (e *env) environ() []string {
 // startDaemon runs bangerd inside the namespace and waits for its socket.
 func (e *env) startDaemon() {
 	e.t.Helper()
-	if e.daemon != nil {
+	if e.pid != 0 {
 		// A previous bangerd holds its lock until it has exited.
-		for i := 0; i < 200 && syscall.Kill(e.daemon.Process.Pid, 0) == nil; i++ {
+		for i := 0; i < 200 && syscall.Kill(e.pid, 0) == nil; i++ {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
@@ -133,8 +161,7 @@ func (e *env) startDaemon() {
 		e.t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := e.ns.Command(context.Background(), filepath.Join(e.bin, "bangerd"), append([]string{"--socket", e.socket, "--log-level", "debug"}, e.extra...)...)
-	cmd.Env = e.environ()
+	cmd := e.command(context.Background(), filepath.Join(e.bin, "bangerd"), append([]string{"--socket", e.socket, "--log-level", "debug"}, e.extra...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
@@ -144,8 +171,11 @@ func (e *env) startDaemon() {
 	go cmd.Wait()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		if c, err := net.Dial("unix", e.socket); err == nil {
-			c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		st, err := e.client().Status(ctx)
+		cancel()
+		if err == nil {
+			e.pid = st.PID
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -154,20 +184,20 @@ func (e *env) startDaemon() {
 	e.t.Fatalf("bangerd did not come up on %s:\n%s", e.socket, b)
 }
 
-// killDaemon SIGKILLs bangerd (the ip netns exec wrapper execs it, so the
-// pid is bangerd's own).
+// killDaemon SIGKILLs bangerd itself (its pid from its status: a test
+// user's bangerd runs under runuser).
 func (e *env) killDaemon() {
 	e.t.Helper()
-	if err := e.daemon.Process.Signal(syscall.SIGKILL); err != nil {
-		e.t.Fatalf("killing bangerd: %v", err)
+	if err := syscall.Kill(e.pid, syscall.SIGKILL); err != nil {
+		e.t.Fatalf("killing bangerd %d: %v", e.pid, err)
 	}
 	for i := 0; i < 100; i++ {
-		if syscall.Kill(e.daemon.Process.Pid, 0) != nil {
+		if syscall.Kill(e.pid, 0) != nil {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	e.t.Fatalf("bangerd %d still alive after SIGKILL", e.daemon.Process.Pid)
+	e.t.Fatalf("bangerd %d still alive after SIGKILL", e.pid)
 }
 
 func (e *env) cleanup() {
@@ -197,10 +227,22 @@ func (e *env) with(t testing.TB) *env {
 
 func (e *env) client() *rpc.Client { return rpc.NewClient(e.socket) }
 
+// command runs bin inside the namespace as the env's user, with its
+// environment.
+func (e *env) command(ctx context.Context, bin string, args ...string) *exec.Cmd {
+	if e.user == nil {
+		cmd := e.ns.Command(ctx, bin, args...)
+		cmd.Env = e.environ()
+		return cmd
+	}
+	// runuser starts the program as the user with exactly this environment.
+	argv := append([]string{"-u", e.user.Name, "--", "env", "-i"}, e.environ()...)
+	return e.ns.Command(ctx, "runuser", append(append(argv, bin), args...)...)
+}
+
 // banger runs the CLI inside the namespace.
 func (e *env) banger(ctx context.Context, args ...string) (stdout, stderr string, err error) {
-	cmd := e.ns.Command(ctx, filepath.Join(e.bin, "banger"), args...)
-	cmd.Env = e.environ()
+	cmd := e.command(ctx, filepath.Join(e.bin, "banger"), args...)
 	var o, s bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &s
 	err = cmd.Run()

@@ -26,13 +26,16 @@ type upstream struct {
 	seen []string // remote addresses of HTTP requests
 }
 
-func newUpstream(t *testing.T, e *env) *upstream {
+func newUpstream(t *testing.T, e *env) *upstream { return newUpstreamIn(t, e.ns) }
+
+// newUpstreamIn is newUpstream for the daemons of namespace ns.
+func newUpstreamIn(t *testing.T, ns *netns.NS) *upstream {
 	u := &upstream{ns: netns.New(t)}
 	for _, args := range [][]string{
-		{"-n", e.ns.Name, "link", "add", "vh", "type", "veth", "peer", "name", "vu", "netns", u.ns.Name},
-		{"-n", e.ns.Name, "addr", "add", "192.0.2.2/24", "dev", "vh"},
-		{"-n", e.ns.Name, "link", "set", "vh", "up"},
-		{"-n", e.ns.Name, "route", "add", "default", "via", "192.0.2.1"},
+		{"-n", ns.Name, "link", "add", "vh", "type", "veth", "peer", "name", "vu", "netns", u.ns.Name},
+		{"-n", ns.Name, "addr", "add", "192.0.2.2/24", "dev", "vh"},
+		{"-n", ns.Name, "link", "set", "vh", "up"},
+		{"-n", ns.Name, "route", "add", "default", "via", "192.0.2.1"},
 		{"-n", u.ns.Name, "addr", "add", "192.0.2.1/24", "dev", "vu"},
 		{"-n", u.ns.Name, "link", "set", "vu", "up"},
 	} {

@@ -264,6 +264,15 @@ func (b *Backend) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.I
 			return nil, fmt.Errorf("removing stale %s of vm %s: %w", name, spec.ID, err)
 		}
 	}
+	// QEMU daemonizes with umask 027: make its files first, private, and
+	// it appends to them.
+	for _, p := range []string{consolePath(spec), filepath.Join(spec.Dir, LogFile), filepath.Join(spec.Dir, PIDFile)} {
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("starting vm %s: creating %s: %w", spec.ID, p, err)
+		}
+		f.Close()
+	}
 	logPath := filepath.Join(spec.Dir, LogFile)
 	var logOffset int64
 	if fi, err := os.Stat(logPath); err == nil {
