@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 
-GO ?= go
+# Go from PATH, else where the Go tarball installs it.
+GO ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 BUILD := build
 BIN := $(BUILD)/bin
 RUNTIME := $(BUILD)/runtime
