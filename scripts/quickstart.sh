@@ -22,7 +22,7 @@ make build runtime-bundle
 if [[ $(id -u) -ne 0 ]]; then
   # bangerd runs detached, without a terminal, so sudo can never ask it for a
   # password: its few privileged commands must be allowed without one.
-  rule=/etc/sudoers.d/banger-$(id -un)
+  rule=/etc/sudoers.d/zz-banger-$(id -un)
   report=$(build/bin/banger doctor || true)
   if ! grep -q '\[ok  \] sudo ' <<<"$report"; then
     echo
@@ -39,6 +39,11 @@ if [[ $(id -u) -ne 0 ]]; then
       sudo visudo -cf "$tmp" >/dev/null
       sudo install -m 0440 -o root -g root "$tmp" "$rule"
       rm -f "$tmp"
+      report=$(build/bin/banger doctor || true)
+      if ! grep -q '\[ok  \] sudo ' <<<"$report"; then
+        echo "quickstart: sudo still asks bangerd for a password: a later rule overrides $rule (see 'sudo -l')" >&2
+        exit 1
+      fi
     else
       echo "quickstart: install it yourself, then rerun:" >&2
       echo "  build/bin/banger sudoers | sudo tee $rule >/dev/null && sudo chmod 0440 $rule" >&2

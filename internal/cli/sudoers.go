@@ -27,8 +27,8 @@ together they amount to root, so allow them only if you build images through
 bangerd. 'make runtime-bundle' needs none of this: it asks sudo in your
 terminal.`,
 		Example: `  banger sudoers
-  banger sudoers | sudo tee /etc/sudoers.d/banger-$USER >/dev/null && sudo chmod 0440 /etc/sudoers.d/banger-$USER
-  sudo visudo -cf /etc/sudoers.d/banger-$USER`,
+  banger sudoers | sudo tee /etc/sudoers.d/zz-banger-$USER >/dev/null && sudo chmod 0440 /etc/sudoers.d/zz-banger-$USER
+  sudo visudo -cf /etc/sudoers.d/zz-banger-$USER`,
 		Args: noArgs,
 		RunE: func(*cobra.Command, []string) error {
 			u, err := user.Current()

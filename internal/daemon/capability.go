@@ -59,13 +59,12 @@ func (cs capabilities) create(ctx context.Context, vm *store.VM, p *createPlan) 
 	return nil
 }
 
-// prepare runs every Prepare hook in order. On a failure it releases
-// everything (Release is idempotent) and returns the error.
+// prepare runs every Prepare hook in order, stopping at the first failure;
+// the caller then releases everything (Release is idempotent).
 func (cs capabilities) prepare(ctx context.Context, vm *store.VM, g *guestconfig.Config) error {
 	for _, c := range cs {
 		if err := c.Prepare(ctx, vm, g); err != nil {
-			err = fmt.Errorf("preparing VM %s: %s: %w", vm.Name, c.Name(), err)
-			return errors.Join(err, cs.release(context.WithoutCancel(ctx), vm))
+			return fmt.Errorf("preparing VM %s: %s: %w", vm.Name, c.Name(), err)
 		}
 	}
 	return nil

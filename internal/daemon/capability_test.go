@@ -59,9 +59,13 @@ func TestCapabilities(t *testing.T) {
 			want: []string{"a.prepare", "b.prepare", "c.prepare"},
 		},
 		{
-			name:    "failed prepare releases everything in reverse",
-			fail:    map[string]string{"b": "prepare"},
-			run:     func(cs capabilities) error { return cs.prepare(context.Background(), vm, &guestconfig.Config{}) },
+			name: "failed prepare stops, then the boot releases everything in reverse",
+			fail: map[string]string{"b": "prepare"},
+			run: func(cs capabilities) error {
+				err := cs.prepare(context.Background(), vm, &guestconfig.Config{})
+				cs.release(context.Background(), vm)
+				return err
+			},
 			want:    []string{"a.prepare", "b.prepare", "c.release", "b.release", "a.release"},
 			wantErr: "preparing VM box: b: prepare broke",
 		},

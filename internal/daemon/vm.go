@@ -232,7 +232,11 @@ func (d *Daemon) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 		return err
 	})
 	if err != nil {
-		d.release(context.WithoutCancel(ctx), vm)
+		// The cause is in err; what releasing fails on (often the same
+		// cause) goes to the log, not to the user a second time.
+		if rerr := d.release(context.WithoutCancel(ctx), vm); rerr != nil {
+			d.log.Warn("releasing after a failed boot", "vm", vm.Name, "err", rerr)
+		}
 		return err
 	}
 	if err := os.MkdirAll(vm.RuntimeDir, 0o700); err != nil {

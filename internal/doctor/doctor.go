@@ -238,16 +238,14 @@ func checkPrivileges(ctx context.Context, in Inputs) Check {
 		return c
 	}
 	sudo := in.sudo()
-	tools := PrivilegedTools(VMOps...)
+	probes := Probes(VMOps...)
 	var have []string
-	for _, t := range tools {
-		if _, err := LookPath(t); err == nil {
-			have = append(have, t)
-		}
+	for _, p := range probes {
+		have = append(have, p[0])
 	}
-	if err := runner.CheckPrivileged(ctx, sudo, have...); err != nil {
+	if err := runner.CheckPrivileged(ctx, sudo, probes...); err != nil {
 		c.Status, c.Detail = Fail, "bangerd (no terminal) cannot run "+strings.Join(have, ", ")+" through sudo: "+err.Error()
-		c.Fix = "allow them without a password: banger sudoers | sudo tee /etc/sudoers.d/banger-$USER >/dev/null && sudo chmod 0440 /etc/sudoers.d/banger-$USER"
+		c.Fix = "allow them without a password: banger sudoers | sudo tee /etc/sudoers.d/zz-banger-$USER >/dev/null && sudo chmod 0440 /etc/sudoers.d/zz-banger-$USER"
 		return c
 	}
 	c.Status, c.Detail = OK, "sudo -n runs "+strings.Join(have, ", ")+" for bangerd without a password"
@@ -415,7 +413,7 @@ func checkImageBuild(ctx context.Context, in Inputs, add func(Check)) {
 	case *in.UID == 0:
 		c.Status, c.Detail = OK, "debootstrap, mkfs.ext4 and apt are present"
 	default:
-		if err := runner.CheckPrivileged(ctx, in.sudo(), PrivilegedTools(OpRuntimeBuild)...); err != nil {
+		if err := runner.CheckPrivileged(ctx, in.sudo(), Probes(OpRuntimeBuild)...); err != nil {
 			c.Status, c.Detail = Warn, "images are built with debootstrap and chroot through sudo, which bangerd cannot run without a password: "+err.Error()
 			c.Fix = "'make runtime-bundle' asks sudo in your terminal; for 'banger image build' allow them: banger sudoers --image-build"
 		} else {

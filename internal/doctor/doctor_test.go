@@ -133,3 +133,18 @@ func TestSudoers(t *testing.T) {
 		t.Errorf("Sudoers(dev) does not say why each command runs as root:\n%s", got)
 	}
 }
+
+// TestEveryPrivilegedToolHasAProbe: sudo is checked by running each
+// privileged tool harmlessly, so each needs a probe.
+func TestEveryPrivilegedToolHasAProbe(t *testing.T) {
+	for _, tool := range Tools {
+		if len(tool.RootFor) > 0 && len(tool.Probe) == 0 {
+			t.Errorf("%s runs as root for %v but has no sudo probe", tool.Bin, tool.RootFor)
+		}
+	}
+	withMissing(t, "sysctl")
+	got := Probes(OpCreate, OpNAT)
+	if len(got) != 2 || strings.Join(got[0], " ") != "ip -V" || strings.Join(got[1], " ") != "nft --version" {
+		t.Errorf("Probes(create, nat) with sysctl missing = %q, want ip -V and nft --version", got)
+	}
+}

@@ -23,6 +23,9 @@ type Tool struct {
 	RootFor []string
 	// Why says what banger does with it as root (README, 'banger sudoers').
 	Why string
+	// Probe is a harmless argument list (a version flag) that checks sudo
+	// runs the tool without a password.
+	Probe []string
 }
 
 // Operations that need host tools.
@@ -41,40 +44,40 @@ const (
 
 // Tools is every host tool banger uses.
 var Tools = []Tool{
-	{Bin: "ip", Package: "iproute2", For: []string{OpCreate}, RootFor: []string{OpCreate},
+	{Bin: "ip", Package: "iproute2", For: []string{OpCreate}, RootFor: []string{OpCreate}, Probe: []string{"-V"},
 		Why: "creates the bridge and each VM's TAP device, attaches them, removes them"},
 	{Bin: "qemu-system-x86_64", Package: "qemu-system-x86", For: []string{OpQEMU}},
 	{Bin: "e2fsck", Package: "e2fsprogs", For: []string{OpDiskSize, OpRuntimeBuild}},
 	{Bin: "resize2fs", Package: "e2fsprogs", For: []string{OpDiskSize}},
 	{Bin: "debugfs", Package: "e2fsprogs", For: []string{OpCreate, OpRuntimeBuild, OpWorkSeed}},
 	{Bin: "ssh", Package: "openssh-client", For: []string{OpSSH}},
-	{Bin: "nft", Package: "nftables", For: []string{OpNAT, OpIsolation, OpDNSRedirect}, RootFor: []string{OpNAT, OpIsolation, OpDNSRedirect},
+	{Bin: "nft", Package: "nftables", For: []string{OpNAT, OpIsolation, OpDNSRedirect}, RootFor: []string{OpNAT, OpIsolation, OpDNSRedirect}, Probe: []string{"--version"},
 		Why: "keeps banger's own nftables tables: NAT, guest isolation, the DNS redirect of an unprivileged bangerd"},
-	{Bin: "sysctl", Package: "procps", For: []string{OpNAT}, RootFor: []string{OpNAT},
+	{Bin: "sysctl", Package: "procps", For: []string{OpNAT}, RootFor: []string{OpNAT}, Probe: []string{"--version"},
 		Why: "sets net.ipv4.ip_forward=1 when the first NAT guest starts"},
-	{Bin: "resolvectl", Package: "systemd-resolved", For: []string{OpSplitDNS}, RootFor: []string{OpSplitDNS},
+	{Bin: "resolvectl", Package: "systemd-resolved", For: []string{OpSplitDNS}, RootFor: []string{OpSplitDNS}, Probe: []string{"--version"},
 		Why: "routes ~vm to banger's DNS on the bridge, on hosts that run systemd-resolved"},
-	{Bin: "debootstrap", Package: "debootstrap", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+	{Bin: "debootstrap", Package: "debootstrap", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild}, Probe: []string{"--version"},
 		Why: "image builds: installs Debian into a directory"},
-	{Bin: "chroot", Package: "coreutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+	{Bin: "chroot", Package: "coreutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild}, Probe: []string{"--version"},
 		Why: "image builds: locks root's password and runs depmod inside the image"},
 	{Bin: "apt-get", Package: "apt", For: []string{OpRuntimeBuild}},
 	{Bin: "dpkg", Package: "dpkg", For: []string{OpRuntimeBuild}},
-	{Bin: "cp", Package: "coreutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+	{Bin: "cp", Package: "coreutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild}, Probe: []string{"--version"},
 		Why: "image builds: copies root-owned image trees"},
-	{Bin: "rm", Package: "coreutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+	{Bin: "rm", Package: "coreutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild}, Probe: []string{"--version"},
 		Why: "image builds: removes root-owned build directories"},
-	{Bin: "mkdir", Package: "coreutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+	{Bin: "mkdir", Package: "coreutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild}, Probe: []string{"--version"},
 		Why: "image builds: makes directories in root-owned trees"},
-	{Bin: "mv", Package: "coreutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+	{Bin: "mv", Package: "coreutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild}, Probe: []string{"--version"},
 		Why: "image builds: moves a finished debootstrap tree into the shared cache"},
-	{Bin: "find", Package: "findutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+	{Bin: "find", Package: "findutils", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild}, Probe: []string{"--version"},
 		Why: "image builds: drops apt's downloaded packages from a tree"},
-	{Bin: "umount", Package: "mount", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+	{Bin: "umount", Package: "mount", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild}, Probe: []string{"--version"},
 		Why: "image builds: unmounts what a crashed debootstrap left mounted"},
-	{Bin: "mkfs.ext4", Package: "e2fsprogs", For: []string{OpRuntimeBuild, OpWorkSeed}, RootFor: []string{OpRuntimeBuild},
+	{Bin: "mkfs.ext4", Package: "e2fsprogs", For: []string{OpRuntimeBuild, OpWorkSeed}, RootFor: []string{OpRuntimeBuild}, Probe: []string{"-V"},
 		Why: "image builds: fills an ext4 image from a root-owned tree"},
-	{Bin: "depmod", Package: "kmod", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild},
+	{Bin: "depmod", Package: "kmod", For: []string{OpRuntimeBuild}, RootFor: []string{OpRuntimeBuild}, Probe: []string{"--version"},
 		Why: "image builds: indexes the kernel modules installed into the docker image"},
 	{Bin: "npm", Package: "npm", For: []string{OpRuntimeBuild}},
 }
@@ -134,11 +137,31 @@ func RequireTools(op string) error {
 // PrivilegedTools lists the binaries that ops run as root, each once.
 func PrivilegedTools(ops ...string) []string {
 	var out []string
+	for _, t := range privileged(ops) {
+		out = append(out, t.Bin)
+	}
+	return out
+}
+
+func privileged(ops []string) []Tool {
+	var out []Tool
 	for _, op := range ops {
 		for _, t := range toolsFor(op) {
-			if slices.Contains(t.RootFor, op) && !slices.Contains(out, t.Bin) {
-				out = append(out, t.Bin)
+			if slices.Contains(t.RootFor, op) && !slices.ContainsFunc(out, func(o Tool) bool { return o.Bin == t.Bin }) {
+				out = append(out, t)
 			}
+		}
+	}
+	return out
+}
+
+// Probes are the sudo probes (runner.CheckPrivileged) of the privileged
+// tools that ops need and that are installed.
+func Probes(ops ...string) [][]string {
+	var out [][]string
+	for _, t := range privileged(ops) {
+		if _, err := LookPath(t.Bin); err == nil {
+			out = append(out, append([]string{t.Bin}, t.Probe...))
 		}
 	}
 	return out
@@ -153,10 +176,8 @@ func Require(ctx context.Context, r runner.Runner, ops ...string) error {
 			return err
 		}
 	}
-	if priv := PrivilegedTools(ops...); len(priv) > 0 {
-		if err := runner.CheckPrivileged(ctx, r, priv...); err != nil {
-			return fmt.Errorf("%s: %w", strings.Join(ops, ", "), err)
-		}
+	if err := runner.CheckPrivileged(ctx, r, Probes(ops...)...); err != nil {
+		return fmt.Errorf("%s: %w", strings.Join(ops, ", "), err)
 	}
 	return nil
 }
@@ -167,7 +188,8 @@ func Require(ctx context.Context, r runner.Runner, ops ...string) error {
 func Sudoers(user string, ops ...string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# banger: the commands bangerd and banger run as root for %s, through 'sudo -n'.\n", user)
-	fmt.Fprintf(&b, "# Install: banger sudoers | sudo tee /etc/sudoers.d/banger-%s >/dev/null && sudo chmod 0440 /etc/sudoers.d/banger-%s\n", user, user)
+	fmt.Fprintf(&b, "# Install: banger sudoers | sudo tee /etc/sudoers.d/zz-banger-%s >/dev/null && sudo chmod 0440 /etc/sudoers.d/zz-banger-%s\n", user, user)
+	b.WriteString("# (sudo uses the last rule that matches: the zz- name sorts after other drop-ins.)\n")
 	var paths []string
 	for _, op := range ops {
 		for _, t := range toolsFor(op) {

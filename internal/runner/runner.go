@@ -131,33 +131,38 @@ func (e Exec) passwordAdvice() string {
 	return "run 'sudo -v' in this terminal first, then retry"
 }
 
-// CheckPrivileged makes sure that RunPrivileged can run each named tool
-// without sudo prompting, without running any of them: as root it does
-// nothing; otherwise it asks 'sudo -n -l -- /abs/path' once per tool. Call it
-// before an operation changes anything, so a refusal changes nothing.
-// Positive answers are remembered for a minute.
-func (e Exec) CheckPrivileged(ctx context.Context, names ...string) error {
-	if IsRoot() {
+// CheckPrivileged makes sure that RunPrivileged can run each tool without
+// sudo prompting, before an operation changes anything, so that a refusal
+// changes nothing. Each probe is a harmless argv of one tool, such as
+// {"ip", "-V"}: as root nothing runs; otherwise each probe runs once as
+// 'sudo -n -- /abs/path args' ('sudo -l' cannot tell: it reports a command
+// allowed even when running it needs a password). Successes are remembered
+// for a minute.
+func (e Exec) CheckPrivileged(ctx context.Context, probes ...[]string) error {
+	if IsRoot() || len(probes) == 0 {
 		return nil
 	}
 	sudo, err := LookPath("sudo")
 	if err != nil {
+		var names []string
+		for _, p := range probes {
+			names = append(names, p[0])
+		}
 		return fmt.Errorf("banger needs root for %s: sudo is not installed: run 'apt-get install sudo' as root, or run banger as root", strings.Join(names, ", "))
 	}
-	for _, name := range names {
-		path, err := LookPath(name)
+	for _, probe := range probes {
+		path, err := LookPath(probe[0])
 		if err != nil {
-			return fmt.Errorf("checking sudo for %s: %w", name, err)
+			return fmt.Errorf("checking sudo for %s: %w", probe[0], err)
 		}
 		if sudoOK.fresh(path) {
 			continue
 		}
-		if _, err := e.run(ctx, "sudo", sudo, []string{"-n", "-l", "--", path}); err != nil {
+		if _, err := e.run(ctx, "sudo", sudo, append([]string{"-n", "--", path}, probe[1:]...)); err != nil {
 			if serr := e.sudoError(path, err); serr != nil {
 				return serr
 			}
-			// sudo -l exits 1 without a word when the command is not allowed.
-			return fmt.Errorf("running %s as root: %w: add it to your sudoers rule ('banger sudoers' prints one)", path, ErrSudoDenied)
+			return fmt.Errorf("checking that sudo runs %s: %w", path, err)
 		}
 		sudoOK.remember(path)
 	}
@@ -165,11 +170,11 @@ func (e Exec) CheckPrivileged(ctx context.Context, names ...string) error {
 }
 
 // CheckPrivileged runs r's CheckPrivileged when it has one (fakes need not).
-func CheckPrivileged(ctx context.Context, r Runner, names ...string) error {
+func CheckPrivileged(ctx context.Context, r Runner, probes ...[]string) error {
 	if c, ok := r.(interface {
-		CheckPrivileged(context.Context, ...string) error
+		CheckPrivileged(context.Context, ...[]string) error
 	}); ok {
-		return c.CheckPrivileged(ctx, names...)
+		return c.CheckPrivileged(ctx, probes...)
 	}
 	return nil
 }
