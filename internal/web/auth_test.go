@@ -71,10 +71,6 @@ func TestOnlyTheOwner(t *testing.T) {
 			t.Errorf("vm %s = %+v after refused requests, want it %s and unchanged", name, vm, want)
 		}
 	}
-	if _, ok := f.Image("docker"); !ok {
-		// The bundle's images cannot go anyway; this checks the fake.
-		t.Logf("bundle image docker is not registered in the fake")
-	}
 	// The owner gets in.
 	if w := do(t, h, request{method: "GET", target: "/"}); w.Code != 200 {
 		t.Errorf("the owner's GET / = %d", w.Code)
@@ -218,6 +214,14 @@ func TestLogin(t *testing.T) {
 	resp, _ = lt.do(t, 2, "POST", "/logout", jar, "")
 	if resp.StatusCode != http.StatusSeeOther || sessionOf(resp) != nil || !strings.Contains(resp.Header.Get("Set-Cookie"), "Max-Age=0") {
 		t.Errorf("logout = %d %v, want 303 clearing the cookie", resp.StatusCode, resp.Header["Set-Cookie"])
+	}
+	// A HEAD, as a link preview sends, does not use up a link.
+	fresh := lt.f.Token(1000, now)
+	if resp, _ := lt.do(t, 2, "HEAD", "/login?token="+fresh, nil, ""); sessionOf(resp) != nil {
+		t.Errorf("HEAD /login logged in")
+	}
+	if resp, _ := lt.do(t, 2, "GET", "/login?token="+fresh, nil, ""); sessionOf(resp) == nil {
+		t.Errorf("a link that a HEAD asked about no longer works: %d", resp.StatusCode)
 	}
 	for _, tc := range []struct{ name, token, want string }{
 		{"expired", lt.f.Token(1000, now.Add(-login.TokenTTL-time.Second)), "expired"},
@@ -383,5 +387,20 @@ func TestLimits(t *testing.T) {
 	line, _ := bufio.NewReader(c2).ReadString('\n')
 	if !strings.Contains(line, "431") {
 		t.Errorf("a %d-byte header got %q, want 431", 2*maxHeaderBytes, line)
+	}
+}
+
+func TestURL(t *testing.T) {
+	for _, tc := range []struct{ addr, want string }{
+		{"127.0.0.1:7777", "http://127.0.0.1:7777"},
+		{"0.0.0.0:7777", "http://127.0.0.1:7777"},
+		{"[::]:7777", "http://127.0.0.1:7777"},
+		{"[::1]:8080", "http://[::1]:8080"},
+		{"192.0.2.5:7777", "http://192.0.2.5:7777"},
+	} {
+		a, _ := net.ResolveTCPAddr("tcp", tc.addr)
+		if got := URL(a); got != tc.want {
+			t.Errorf("URL(%s) = %s, want %s", tc.addr, got, tc.want)
+		}
 	}
 }

@@ -126,7 +126,7 @@ func TestBuildImage(t *testing.T) {
 	// While it runs: the page shows the stage and the log, and refreshes
 	// itself without JavaScript; the images page lists it in progress.
 	body := do(t, h, request{method: "GET", target: loc}).Body.String()
-	mustContain(t, body, "<h1>Building image web</h1>", `<noscript><meta http-equiv="refresh" content="1"></noscript>`,
+	mustContain(t, body, "<h1>Building image web</h1>", `<a href="/images" aria-current="page">Images</a>`, `<noscript><meta http-equiv="refresh" content="1"></noscript>`,
 		`class="stage-running"><span class="stage-name">building minimal image</span>`, "running debootstrap suite=bookworm", `data-done="false"`)
 	mustContain(t, do(t, h, request{method: "GET", target: "/images"}).Body.String(), "In progress", `href="`+loc+`"`, "Building image web")
 	if strings.Contains(do(t, h, request{method: "GET", target: "/"}).Body.String(), "Building image") {

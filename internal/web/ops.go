@@ -355,6 +355,9 @@ func (s *Server) showOp(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, v)
 		return
 	}
-	title := v.Verb() + " " + v.Name
-	s.render(w, http.StatusOK, "op", opPage{base: newBase(w, r, title, "vms"), Op: v})
+	title, nav := v.Verb()+" "+v.Name, "vms"
+	if v.Kind == "build" {
+		nav = "images"
+	}
+	s.render(w, http.StatusOK, "op", opPage{base: newBase(w, r, title, nav), Op: v})
 }

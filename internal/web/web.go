@@ -232,7 +232,8 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		p := peerOf(r.Context())
-		if r.URL.Path == "/login" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		// GET only: a HEAD (a link preview) must not use up a token.
+		if r.URL.Path == "/login" && r.Method == http.MethodGet {
 			s.login(w, r, p)
 			return
 		}

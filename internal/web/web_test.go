@@ -416,7 +416,7 @@ func TestVMPage(t *testing.T) {
 	body := w.Body.String()
 	mustContain(t, body, `value="banger vm ssh alpha"`, "preparing disks", "1.1s", "total", "1.4s",
 		"(last 200 lines)", "OK &lt;script&gt;alert(1)&lt;/script&gt;", "line 101\n", `action="/vms/alpha/stop"`, `value="/vms/alpha"`)
-	// The web UI has no login: the opencode password stays out of it.
+	// The opencode password stays out of the web UI.
 	if strings.Contains(body, "pw-alpha") {
 		t.Errorf("the VM page shows the opencode password")
 	}

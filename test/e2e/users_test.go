@@ -28,7 +28,11 @@ import (
 func TestMain(m *testing.M) {
 	switch os.Getenv("BANGER_E2E_HELPER") {
 	case "":
-		os.Exit(m.Run())
+		code := m.Run()
+		if helperOnce.path != "" {
+			os.RemoveAll(filepath.Dir(helperOnce.path))
+		}
+		os.Exit(code)
 	case "probe":
 		os.Exit(probeMain(os.Stdin, os.Stdout))
 	case "flood":
