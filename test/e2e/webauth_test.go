@@ -377,3 +377,97 @@ func sessionCookieOf(res probeResult, port string) string {
 	}
 	return ""
 }
+
+// TestWebUILoginOnly listens on every address with web_auth = "login": a
+// browser on another host (a second namespace behind a veth pair) gets in
+// only with a 'banger ui --remote' link, and even root's local
+// connections need a login.
+func TestWebUILoginOnly(t *testing.T) {
+	e := newEnvConfig(t, defaultConfig+"web_listen_addr = \"0.0.0.0:7777\"\nweb_auth = \"login\"\n")
+	root := e.webClient(webBase)
+	other := netns.New(t)
+	for _, args := range [][]string{
+		{"-n", e.ns.Name, "link", "add", "vw", "type", "veth", "peer", "name", "vo", "netns", other.Name},
+		{"-n", e.ns.Name, "addr", "add", "192.0.2.2/24", "dev", "vw"},
+		{"-n", e.ns.Name, "link", "set", "vw", "up"},
+		{"-n", other.Name, "addr", "add", "192.0.2.1/24", "dev", "vo"},
+		{"-n", other.Name, "link", "set", "vo", "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	const remoteBase = "http://192.0.2.2:7777"
+	away := &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return other.Dial(ctx, network, addr)
+		}},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	get := func(c *http.Client, u, cookie string) (int, string, []*http.Cookie) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", u, nil)
+		if cookie != "" {
+			req.Header.Set("Cookie", cookie)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("GET %s: %v", u, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b), resp.Cookies()
+	}
+	for name, c := range map[string]*http.Client{"the other host": away, "root": root} {
+		base := remoteBase
+		if c == root {
+			base = webBase
+		}
+		if code, body, _ := get(c, base+"/", ""); code != 403 || !strings.Contains(body, "needs a login") {
+			t.Errorf("%s without a login: GET / = %d %s, want 403", name, code, tail(body, 3))
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := e.ns.Command(ctx, filepath.Join(e.bin, "banger"), "ui", "--remote")
+	cmd.Env = e.environ()
+	out, err := cmd.Output()
+	u, perr := url.Parse(strings.TrimSpace(string(out)))
+	if err != nil || perr != nil || u.Path != "/login" || u.Query().Get("token") == "" {
+		t.Fatalf("banger ui --remote = %q, %v", out, err)
+	}
+	// The link names this host; the other namespace reaches it as 192.0.2.2.
+	link := remoteBase + "/login?" + u.RawQuery
+	if code, _, _ := get(root, webBase+"/login?"+u.RawQuery, ""); code != 403 {
+		t.Errorf("root redeeming the remote link = %d, want 403", code)
+	}
+	session := func(cookies []*http.Cookie) string {
+		for _, c := range cookies {
+			if c.Name == "banger_session_7777" && c.MaxAge > 0 {
+				return c.Name + "=" + c.Value
+			}
+		}
+		return ""
+	}
+	code, _, cookies := get(away, link, "")
+	cookie := session(cookies)
+	if code != http.StatusSeeOther || cookie == "" {
+		t.Fatalf("the other host's login = %d, want 303 with a cookie", code)
+	}
+	if code, body, _ := get(away, remoteBase+"/images", cookie); code != 200 || !strings.Contains(body, "minimal") {
+		t.Errorf("the other host with its cookie: GET /images = %d, want 200", code)
+	}
+	if code, body, _ := get(root, webBase+"/images", cookie); code != 403 || !strings.Contains(body, "belongs to another user") {
+		t.Errorf("root with the other host's cookie = %d %s, want 403", code, tail(body, 3))
+	}
+	// Root logs in locally with its own link.
+	code, _, cookies = get(root, e.loginLink(), "")
+	if code != http.StatusSeeOther || session(cookies) == "" {
+		t.Fatalf("root's local login = %d", code)
+	}
+	if code, _, _ := get(root, webBase+"/", session(cookies)); code != 200 {
+		t.Errorf("root with its cookie = %d, want 200", code)
+	}
+}
