@@ -173,3 +173,50 @@ func TestLiveConnection(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkLookup compares the two lookups with 2,000 other loopback
+// connections open: netlink asks for one socket, /proc lists them all.
+func BenchmarkLookup(b *testing.B) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	var conns []net.Conn
+	for range 2000 {
+		c, err := net.Dial("tcp4", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	last := conns[len(conns)-1]
+	server := last.RemoteAddr().(*net.TCPAddr).AddrPort()
+	client := last.LocalAddr().(*net.TCPAddr).AddrPort()
+	for name, lookup := range map[string]func() (int, error){
+		"netlink": func() (int, error) { return diagUID(server, client) },
+		"proc":    func() (int, error) { return procUID("/proc/net", server, client) },
+	} {
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				if uid, err := lookup(); err != nil || uid != os.Getuid() {
+					b.Fatalf("%s = %d, %v", name, uid, err)
+				}
+			}
+		})
+	}
+}
