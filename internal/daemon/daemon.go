@@ -223,7 +223,7 @@ func (d *Daemon) startWeb() *http.Server {
 		roots = []string{home, d.paths.DataDir}
 	}
 	ui, err := web.New(rpc.NewClient(d.paths.Socket), web.Options{Log: d.log.With("component", "web"), Context: d.ctx,
-		Owner: os.Getuid(), LoginOnly: d.cfg.WebAuth == "login", Login: secret, FileRoots: roots})
+		Owner: d.uid, LoginOnly: d.cfg.WebAuth == "login", Login: secret, FileRoots: roots})
 	if err != nil {
 		ln.Close()
 		d.log.Error("web UI not started", "err", err)

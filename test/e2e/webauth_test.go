@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/netns"
-	"github.com/banger/banger/internal/rpc"
 )
 
 const webBase = "http://127.0.0.1:7777"
@@ -79,8 +78,8 @@ func sessionCookie(res probeResult) string {
 func TestWebUIOwnerOnly(t *testing.T) {
 	e := newEnv(t)
 	root := e.webClient(webBase)
-	alice := addUser(t, false)   // ran 'sudo banger ui'
-	mallory := addUser(t, false) // another local user
+	alice := newTestUser(t, "")   // ran 'sudo banger ui'
+	mallory := newTestUser(t, "") // another local user
 	e.create("authbox", "--image", "minimal")
 	imagesBefore := e.imageNames()
 	// A root-only file that must not become an image.
@@ -118,7 +117,7 @@ func TestWebUIOwnerOnly(t *testing.T) {
 	refusal := func(uid int) string {
 		return fmt.Sprintf("this web UI belongs to root (uid 0), and this connection comes from uid %d", uid)
 	}
-	check := func(who localUser, probes []probe, res []probeResult) {
+	check := func(who *testUser, probes []probe, res []probeResult) {
 		t.Helper()
 		for i, r := range res {
 			p := probes[i]
@@ -248,60 +247,16 @@ func (e *env) checkUnchanged(images []string) {
 // user's home and never lists or takes what the user cannot read, and
 // 'banger ui' works there too.
 func TestWebUIUserDaemon(t *testing.T) {
-	bin, runtime := requireVM(t)
-	alice := addUser(t, true)
-	mallory := addUser(t, false)
-	e := &env{t: t, bin: bin, runtime: runtime, root: alice.Home}
-	e.ns = netns.New(t)
-	e.socket = filepath.Join(alice.Home, "run", "banger", "bangerd.sock")
-	e.logPath = filepath.Join(alice.Home, "bangerd.log")
+	alice := newTestUser(t, "")
+	mallory := newTestUser(t, "")
 	const base = "http://127.0.0.1:7778"
-	config := "web_listen_addr = \"127.0.0.1:7778\"\ndns_listen = []\ndns_upstreams = []\ntap_pool_size = 0\nresolved_split_dns = false\n"
-	asAlice := func(name string, args ...string) *exec.Cmd {
-		cmd := e.ns.Command(context.Background(), "runuser", append([]string{"-u", alice.Name, "--", name}, args...)...)
-		cmd.Env = append(e.environ(), "HOME="+alice.Home)
-		cmd.Dir = alice.Home
-		return cmd
-	}
-	for _, d := range []string{"config/banger", "run"} {
-		if err := asAlice("mkdir", "-p", filepath.Join(alice.Home, d)).Run(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := asAlice("sh", "-c", "cat > config/banger/config.toml <<'EOF'\n"+config+"EOF").Run(); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	daemon := asAlice(filepath.Join(bin, "bangerd"), "--socket", e.socket)
-	daemon.Stdout, daemon.Stderr = logf, logf
-	daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := daemon.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		e.client().Shutdown(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- daemon.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			daemon.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(e.logPath)
-			t.Logf("bangerd log:\n%s", tail(string(b), 40))
-		}
-	})
+	e := newEnvWith(t, envOpts{user: alice, config: defaultConfig + "web_listen_addr = \"127.0.0.1:7778\"\ntap_pool_size = 0\n"})
 	root := e.webClient(base)
 
 	// Files in alice's home: hers, one of root's she cannot read, and a
 	// directory she cannot enter.
-	asAlice("sh", "-c", "head -c 4096 /dev/zero > mine.ext4").Run()
+	os.WriteFile(filepath.Join(alice.Home, "mine.ext4"), make([]byte, 4096), 0o644)
+	os.Chown(filepath.Join(alice.Home, "mine.ext4"), alice.UID, alice.GID)
 	os.WriteFile(filepath.Join(alice.Home, "roots.ext4"), []byte("root only"), 0o600)
 	os.Mkdir(filepath.Join(alice.Home, "closed"), 0o700)
 	os.WriteFile(filepath.Join(alice.Home, "closed", "inner.ext4"), []byte("x"), 0o644)
@@ -320,7 +275,7 @@ func TestWebUIUserDaemon(t *testing.T) {
 	}
 	if res[1].Status != 200 || !strings.Contains(res[1].Body, `"mine.ext4"`) || strings.Contains(res[1].Body, "roots.ext4") ||
 		strings.Contains(res[1].Body, `"closed"`) || !strings.Contains(res[1].Body, `"dir": "`+alice.Home+`"`) {
-		t.Errorf("alice's picker = %d %s, want her home with mine.ext4 only", res[1].Status, res[1].Body)
+		t.Errorf("alice's picker = %d %s, want her home with mine.ext4 and not root's files", res[1].Status, res[1].Body)
 	}
 	if res[2].Status != 403 {
 		t.Errorf("alice's picker of a directory she cannot enter = %d %s, want 403", res[2].Status, res[2].Body)
@@ -347,11 +302,10 @@ func TestWebUIUserDaemon(t *testing.T) {
 	}
 
 	// 'banger ui' as alice.
-	ui := asAlice(filepath.Join(bin, "banger"), "ui", "--no-open")
-	out, err := ui.Output()
-	link := strings.TrimSpace(string(out))
+	out, errOut, err := e.banger(context.Background(), "ui", "--no-open")
+	link := strings.TrimSpace(out)
 	if err != nil || !strings.HasPrefix(link, base+"/login?token=") {
-		t.Fatalf("banger ui as alice = %q, %v", out, err)
+		t.Fatalf("banger ui as alice = %q, %v: %s", out, err, errOut)
 	}
 	if r := e.probeAs(mallory, []probe{{Method: "GET", URL: link}, {Method: "GET", URL: base + "/images"}}); r[0].Status != 403 || r[1].Status != 403 {
 		t.Errorf("mallory with alice's link = %d, then /images = %d, want 403 and 403", r[0].Status, r[1].Status)
@@ -360,9 +314,9 @@ func TestWebUIUserDaemon(t *testing.T) {
 	if r.Status != http.StatusSeeOther || sessionCookieOf(r, "7778") == "" {
 		t.Errorf("alice's login = %d %v, want 303 with a cookie", r.Status, r.SetCookie)
 	}
-	var st rpc.Status
-	if s, err := e.client().Status(context.Background()); err == nil {
-		st = *s
+	st, err := e.client().Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
 	}
 	if fi, err := os.Stat(filepath.Join(st.StateDir, "web-login.json")); err != nil || fi.Mode().Perm() != 0o600 || fi.Sys().(*syscall.Stat_t).Uid != uint32(alice.UID) {
 		t.Errorf("alice's login secret = %v, %v, want mode 0600, hers", fi, err)

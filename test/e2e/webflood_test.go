@@ -24,8 +24,8 @@ const (
 func TestWebFlood(t *testing.T) {
 	e := newEnv(t)
 	root := e.webClient(webBase)
-	flooder := addUser(t, false)
-	pid := e.daemon.Process.Pid // ip netns exec execs bangerd itself
+	flooder := newTestUser(t, "")
+	pid := e.pid
 
 	// Each flooding process may hold fewer descriptors than the flood
 	// needs (RLIMIT_NOFILE is 20,000 here, and root cannot raise it without

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -41,51 +38,6 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "unknown BANGER_E2E_HELPER")
 		os.Exit(2)
 	}
-}
-
-// localUser is a throwaway user the test created.
-type localUser struct {
-	Name     string
-	UID, GID int
-	Home     string
-}
-
-// addUser creates a local user (with a home directory when home is set)
-// and removes it, with its home, when the test ends.
-func addUser(t testing.TB, home bool) localUser {
-	t.Helper()
-	if _, err := exec.LookPath("useradd"); err != nil {
-		t.Fatalf("the test needs useradd: apt-get install passwd")
-	}
-	b := make([]byte, 4)
-	rand.Read(b)
-	name := "bgt" + hex.EncodeToString(b)
-	args := []string{"--shell", "/usr/sbin/nologin", "--user-group"}
-	if home {
-		args = append(args, "--create-home")
-	} else {
-		args = append(args, "--no-create-home", "--home-dir", "/nonexistent")
-	}
-	if out, err := exec.Command("useradd", append(args, name)...).CombinedOutput(); err != nil {
-		t.Fatalf("useradd %s: %v: %s", name, err, out)
-	}
-	t.Cleanup(func() {
-		// The test stops what it ran as the user before this runs.
-		delArgs := []string{name}
-		if home {
-			delArgs = []string{"--remove", name}
-		}
-		if out, err := exec.Command("userdel", delArgs...).CombinedOutput(); err != nil {
-			t.Errorf("userdel %s: %v: %s", name, err, out)
-		}
-	})
-	u, err := user.Lookup(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return localUser{Name: name, UID: uid, GID: gid, Home: u.HomeDir}
 }
 
 var helperOnce struct {
@@ -125,7 +77,7 @@ func helperBinary(t testing.TB) string {
 
 // asUser returns a command that runs this test binary as helper mode
 // inside the env's namespace, as u.
-func (e *env) asUser(ctx context.Context, u localUser, mode string, args ...string) *exec.Cmd {
+func (e *env) asUser(ctx context.Context, u *testUser, mode string, args ...string) *exec.Cmd {
 	cmd := e.ns.Command(ctx, "runuser", append([]string{"-u", u.Name, "--", helperBinary(e.t), "-test.run=^$"}, args...)...)
 	cmd.Env = append(os.Environ(), "BANGER_E2E_HELPER="+mode)
 	cmd.Dir = "/"
@@ -151,7 +103,7 @@ type probeResult struct {
 
 // probeAs sends each request as u from inside the namespace, each on a
 // new connection, and returns the answers.
-func (e *env) probeAs(u localUser, probes []probe) []probeResult {
+func (e *env) probeAs(u *testUser, probes []probe) []probeResult {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
