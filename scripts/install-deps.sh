@@ -6,6 +6,9 @@ set -euo pipefail
 # and the tests make such users.
 packages=(make git ca-certificates qemu-system-x86 debootstrap e2fsprogs iproute2
   openssh-client nftables iptables dpkg-dev apt-utils sudo procps)
+# The web UI's browser test (test/e2e TestWebImageBuildChromium) drives a
+# headless Chromium through ChromeDriver.
+packages+=(chromium chromium-driver)
 # npm fetches mise and opencode for the docker image from the npm registry.
 # NodeSource's nodejs ships its own npm and conflicts with Debian's package.
 command -v npm >/dev/null || packages+=(npm)

@@ -369,7 +369,7 @@ func TestHelpHasExamples(t *testing.T) {
 	isolate(t)
 	for _, args := range [][]string{
 		{"--help"}, {"vm", "--help"}, {"vm", "create", "--help"}, {"vm", "ssh", "--help"},
-		{"vm", "stop", "-h"}, {"daemon", "stop", "--help"}, {"help", "vm", "list"}, {"vm"},
+		{"vm", "stop", "-h"}, {"daemon", "stop", "--help"}, {"help", "vm", "list"}, {"vm"}, {"ui", "--help"},
 	} {
 		r := run(t, args...)
 		if r.code != 0 || !strings.Contains(r.stdout, "Examples:") {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -67,11 +68,27 @@ type Config struct {
 	GuestPrivatePorts []int `toml:"guest_private_ports"`
 
 	// WebListenAddr is where bangerd serves its web UI; "" turns it off.
+	// It must be a loopback address unless WebAuth is "login".
 	WebListenAddr string `toml:"web_listen_addr"`
+	// WebAuth says who the web UI answers: "owner" (bangerd's own user,
+	// told by the TCP peer's uid, and browsers logged in with the link
+	// 'banger ui' prints) or "login" (only logged-in browsers; needed for
+	// an address other hosts can reach).
+	WebAuth string `toml:"web_auth"`
+	// WebFileRoots are the directories the web UI's file picker shows and
+	// registers images from. Unset means bangerd's user's home and
+	// banger's data dir; an empty list turns the picker off.
+	WebFileRoots []string `toml:"web_file_roots"`
 
 	// dnsUpstreamsSet records whether dns_upstreams was given at all.
 	dnsUpstreamsSet bool
+	// webFileRootsSet records whether web_file_roots was given at all.
+	webFileRootsSet bool
 }
+
+// WebFileRootsSet reports whether the config file set web_file_roots (an
+// empty list then means no file picker).
+func (c Config) WebFileRootsSet() bool { return c.webFileRootsSet }
 
 // DNSUpstreamsSet reports whether the config file set dns_upstreams (an
 // empty list then means no forwarding).
@@ -100,6 +117,7 @@ func DefaultsFor(uid int) Config {
 		TAPPoolSize:         2,
 		GuestPrivatePorts:   []int{4096},
 		WebListenAddr:       "127.0.0.1:7777",
+		WebAuth:             "owner",
 	}
 }
 
@@ -117,6 +135,7 @@ func Load(path string) (Config, error) {
 		return c, fmt.Errorf("reading config %s: %w", path, err)
 	}
 	c.dnsUpstreamsSet = md.IsDefined("dns_upstreams")
+	c.webFileRootsSet = md.IsDefined("web_file_roots")
 	if und := md.Undecoded(); len(und) > 0 {
 		return c, fmt.Errorf("reading config %s: unknown key %q: remove it or check its spelling", path, und[0].String())
 	}
@@ -179,7 +198,7 @@ func (c Config) Validate() error {
 			return fmt.Errorf("config: guest_private_ports: %d is not a TCP port (1-65535)", p)
 		}
 	}
-	return nil
+	return c.validateWeb()
 }
 
 // Names returns the host names uid's bangerd uses (network.NamesFor), with
@@ -204,6 +223,46 @@ func (c Config) BridgeDNSPort(uid int) int {
 		return 53
 	}
 	return DefaultUserDNSPort
+}
+
+// validateWeb checks the web UI's keys: a UI that other hosts can reach
+// must make every browser log in.
+func (c Config) validateWeb() error {
+	switch c.WebAuth {
+	case "owner", "login":
+	default:
+		return fmt.Errorf("config: web_auth %q is not owner or login", c.WebAuth)
+	}
+	for _, r := range c.WebFileRoots {
+		if !filepath.IsAbs(r) || strings.ContainsRune(r, 0) {
+			return fmt.Errorf("config: web_file_roots: %q is not an absolute path", r)
+		}
+	}
+	if c.WebListenAddr == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(c.WebListenAddr)
+	if err != nil {
+		return fmt.Errorf("config: web_listen_addr %q is not host:port (for example 127.0.0.1:7777): %v", c.WebListenAddr, err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("config: web_listen_addr %q: %q is not a port number", c.WebListenAddr, port)
+	}
+	if c.WebAuth != "login" && !loopbackHost(host) {
+		return fmt.Errorf("config: web_listen_addr %q is not a loopback address, so other hosts could reach the web UI: "+
+			"listen on 127.0.0.1, or set web_auth = \"login\" so that every browser must log in with the link 'banger ui' prints", c.WebListenAddr)
+	}
+	return nil
+}
+
+// loopbackHost reports whether a listen host names only this machine's
+// loopback: localhost or a loopback IP. "" and 0.0.0.0 listen everywhere.
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Zone() == "" && ip.IsLoopback()
 }
 
 // Paths are the directories and files banger uses.

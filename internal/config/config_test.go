@@ -35,6 +35,23 @@ func TestLoad(t *testing.T) {
 		{"bad dns_port", "dns_port = 70000\n", nil, "dns_port"},
 		{"bad bridge", "bridge = \"a b\"\n", nil, "bridge"},
 		{"upstream without port", "dns_upstreams = [\"192.0.2.1\"]\n", func(c Config) bool { return c.DNSUpstreams[0] == "192.0.2.1" }, ""},
+		{"web defaults", "", func(c Config) bool {
+			return c.WebListenAddr == "127.0.0.1:7777" && c.WebAuth == "owner" && !c.WebFileRootsSet() && c.WebFileRoots == nil
+		}, ""},
+		{"web off", "web_listen_addr = \"\"\n", func(c Config) bool { return c.WebListenAddr == "" }, ""},
+		{"web on ::1", "web_listen_addr = \"[::1]:7777\"\n", func(c Config) bool { return c.WebListenAddr == "[::1]:7777" }, ""},
+		{"web on localhost", "web_listen_addr = \"localhost:8080\"\n", func(c Config) bool { return c.WebListenAddr == "localhost:8080" }, ""},
+		{"web on all addresses", "web_listen_addr = \"0.0.0.0:7777\"\n", nil, `config: web_listen_addr "0.0.0.0:7777" is not a loopback address, so other hosts could reach the web UI: listen on 127.0.0.1, or set web_auth = "login"`},
+		{"web on every interface", "web_listen_addr = \":7777\"\n", nil, `web_listen_addr ":7777" is not a loopback address`},
+		{"web on a lan address", "web_listen_addr = \"192.168.1.5:7777\"\n", nil, "is not a loopback address"},
+		{"web on a host name", "web_listen_addr = \"workstation:7777\"\n", nil, "is not a loopback address"},
+		{"web on all addresses with logins", "web_listen_addr = \"0.0.0.0:7777\"\nweb_auth = \"login\"\n", func(c Config) bool { return c.WebAuth == "login" }, ""},
+		{"web addr without port", "web_listen_addr = \"127.0.0.1\"\n", nil, `web_listen_addr "127.0.0.1" is not host:port`},
+		{"web addr bad port", "web_listen_addr = \"127.0.0.1:http\"\n", nil, `"http" is not a port number`},
+		{"bad web auth", "web_auth = \"none\"\n", nil, `web_auth "none" is not owner or login`},
+		{"web roots", "web_file_roots = [\"/srv/images\"]\n", func(c Config) bool { return c.WebFileRootsSet() && len(c.WebFileRoots) == 1 }, ""},
+		{"web roots off", "web_file_roots = []\n", func(c Config) bool { return c.WebFileRootsSet() && len(c.WebFileRoots) == 0 }, ""},
+		{"relative web root", "web_file_roots = [\"images\"]\n", nil, `web_file_roots: "images" is not an absolute path`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "config.toml")

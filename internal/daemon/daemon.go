@@ -29,6 +29,7 @@ import (
 	"github.com/banger/banger/internal/runner"
 	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/web"
+	"github.com/banger/banger/internal/web/login"
 )
 
 // Version is bangerd's version, set at build time.
@@ -197,14 +198,11 @@ func (d *Daemon) Serve(ctx context.Context) error {
 }
 
 // startWeb serves the web UI on cfg.WebListenAddr, through the daemon's own
-// API socket. A failure to listen is logged, not fatal.
+// API socket. It answers only bangerd's own user (the TCP peer's uid) and
+// browsers logged in with the link 'banger ui' makes from the secret file
+// in the state dir. A failure to start is logged, not fatal.
 func (d *Daemon) startWeb() *http.Server {
 	if d.cfg.WebListenAddr == "" {
-		return nil
-	}
-	ui, err := web.New(rpc.NewClient(d.paths.Socket), web.Options{Log: d.log.With("component", "web"), Context: d.ctx})
-	if err != nil {
-		d.log.Error("web UI not started", "err", err)
 		return nil
 	}
 	ln, err := net.Listen("tcp", d.cfg.WebListenAddr)
@@ -212,9 +210,27 @@ func (d *Daemon) startWeb() *http.Server {
 		d.log.Warn("web UI not started: set web_listen_addr to a free address, or \"\" to turn it off", "err", err)
 		return nil
 	}
-	srv := &http.Server{Handler: ui.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	d.log.Info("web UI serving", "url", "http://"+ln.Addr().String())
+	secret, err := login.Setup(filepath.Join(d.paths.StateDir, login.FileName), login.File{
+		URL: web.URL(ln.Addr()), Listen: ln.Addr().String(), Auth: d.cfg.WebAuth, PID: os.Getpid()})
+	if err != nil {
+		ln.Close()
+		d.log.Error("web UI not started", "err", err)
+		return nil
+	}
+	roots := d.cfg.WebFileRoots
+	if !d.cfg.WebFileRootsSet() {
+		home, _ := os.UserHomeDir()
+		roots = []string{home, d.paths.DataDir}
+	}
+	ui, err := web.New(rpc.NewClient(d.paths.Socket), web.Options{Log: d.log.With("component", "web"), Context: d.ctx,
+		Owner: d.uid, LoginOnly: d.cfg.WebAuth == "login", Login: secret, FileRoots: roots})
+	if err != nil {
+		ln.Close()
+		d.log.Error("web UI not started", "err", err)
+		return nil
+	}
+	srv := ui.Serve(ln)
+	d.log.Info("web UI serving", "url", secret.URL, "auth", d.cfg.WebAuth, "file_roots", roots, "login_link", "banger ui")
 	return srv
 }
 

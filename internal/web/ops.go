@@ -15,9 +15,16 @@ import (
 
 const (
 	opTimeout = 30 * time.Minute // a create or start that takes longer is abandoned by the UI
-	opKeep    = time.Hour        // finished operations stay viewable this long
-	opMax     = 200              // and at most this many of them
-	opLogs    = 50               // log events kept per operation
+	// buildTimeout bounds an image build; the first debootstrap of a
+	// recipe downloads a few hundred MB.
+	buildTimeout = 2 * time.Hour
+	// acceptWait is how long a build request waits for bangerd to take
+	// it on, so that a refusal (a duplicate name, a bad size) is shown on
+	// the form instead of on an operation page.
+	acceptWait = 5 * time.Second
+	opKeep     = time.Hour // finished operations stay viewable this long
+	opMax      = 200       // and at most this many of them
+	opLogs     = 50        // log events kept per operation
 )
 
 // opTable holds the UI's long operations in memory.
@@ -26,7 +33,7 @@ type opTable struct {
 	ops map[string]*op
 }
 
-// op is one create or start, fed by the daemon's streamed events.
+// op is one create, start or image build, fed by the daemon's streamed events.
 type op struct {
 	id, kind, name string
 	started, ended time.Time
@@ -35,7 +42,17 @@ type op struct {
 	stages         []opStage
 	logs           []string
 	vm             *rpc.VM
+	image          *rpc.Image
 }
+
+// opResult is what a finished operation made.
+type opResult struct {
+	VM    *rpc.VM
+	Image *rpc.Image
+}
+
+// opCall runs an operation, sending its progress to emit.
+type opCall func(ctx context.Context, emit func(rpc.Event)) (opResult, error)
 
 // opStage is one stage of an operation.
 type opStage struct {
@@ -46,31 +63,41 @@ type opStage struct {
 
 // opView is the JSON (and template) view of an operation.
 type opView struct {
-	ID        string    `json:"id"`
-	Kind      string    `json:"kind"`
-	Name      string    `json:"name"`
-	State     string    `json:"state"`
-	Done      bool      `json:"done"`
-	Error     string    `json:"error,omitempty"`
-	Started   time.Time `json:"started"`
-	ElapsedMS float64   `json:"elapsed_ms"`
-	Stages    []opStage `json:"stages"`
-	Logs      []string  `json:"logs"`
-	VM        *rpc.VM   `json:"vm,omitempty"`
-	VMURL     string    `json:"vm_url"`
-	URL       string    `json:"url"`
+	ID        string     `json:"id"`
+	Kind      string     `json:"kind"`
+	Name      string     `json:"name"`
+	State     string     `json:"state"`
+	Done      bool       `json:"done"`
+	Error     string     `json:"error,omitempty"`
+	Started   time.Time  `json:"started"`
+	ElapsedMS float64    `json:"elapsed_ms"`
+	Stages    []opStage  `json:"stages"`
+	Logs      []string   `json:"logs"`
+	VM        *rpc.VM    `json:"vm,omitempty"`
+	Image     *rpc.Image `json:"image,omitempty"`
+	VMURL     string     `json:"vm_url,omitempty"`
+	URL       string     `json:"url"`
+	// ResultURL and ResultText link to what the operation is about: the
+	// VM's page, or the image list.
+	ResultURL  string `json:"result_url"`
+	ResultText string `json:"result_text"`
 }
 
-// Verb is the operation's progressive verb: Creating, Starting.
+// Verb is the operation's progressive verb: Creating, Starting, Building.
 func (v opView) Verb() string {
 	switch v.Kind {
 	case "create":
 		return "Creating"
 	case "start":
 		return "Starting"
+	case "build":
+		return "Building image"
 	}
 	return v.Kind
 }
+
+// verbs are the error prefixes of the operations.
+var verbs = map[string]string{"create": "creating vm", "start": "starting vm", "build": "building image"}
 
 // Current names the stage running now, for the list page.
 func (v opView) Current() string {
@@ -135,16 +162,41 @@ func (t *opTable) event(o *op, ev rpc.Event) {
 		if ev.VM != nil {
 			o.vm = ev.VM
 		}
+		if ev.Image != nil {
+			o.image = ev.Image
+		}
 	}
 }
 
+// remove forgets an operation that bangerd refused outright.
+func (t *opTable) remove(o *op) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.ops, o.id)
+}
+
+// runningOf returns the running operation of kind on name, if any.
+func (t *opTable) runningOf(kind, name string) (opView, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, o := range t.ops {
+		if o.state == "running" && o.kind == kind && o.name == name {
+			return o.viewLocked(), true
+		}
+	}
+	return opView{}, false
+}
+
 // finish records the outcome of o.
-func (t *opTable) finish(o *op, vm *rpc.VM, err error) {
+func (t *opTable) finish(o *op, res opResult, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	o.ended = time.Now()
-	if vm != nil {
-		o.vm = vm
+	if res.VM != nil {
+		o.vm = res.VM
+	}
+	if res.Image != nil {
+		o.image = res.Image
 	}
 	if o.vm != nil && o.vm.Name != "" {
 		o.name = o.vm.Name
@@ -177,13 +229,13 @@ func (t *opTable) view(id string) (opView, bool) {
 	return o.viewLocked(), true
 }
 
-// running lists the operations still running, oldest first.
-func (t *opTable) running() []opView {
+// running lists the operations of the given kinds still running, oldest first.
+func (t *opTable) running(kinds ...string) []opView {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var out []opView
 	for _, o := range t.ops {
-		if o.state == "running" {
+		if o.state == "running" && slices.Contains(kinds, o.kind) {
 			out = append(out, o.viewLocked())
 		}
 	}
@@ -199,33 +251,33 @@ func (o *op) viewLocked() opView {
 	v := opView{
 		ID: o.id, Kind: o.kind, Name: o.name, State: o.state, Done: o.state != "running", Error: o.err,
 		Started: o.started, ElapsedMS: float64(end.Sub(o.started)) / float64(time.Millisecond),
-		Stages: slices.Clone(o.stages), Logs: slices.Clone(o.logs),
-		VMURL: "/vms/" + url.PathEscape(o.name), URL: "/ops/" + o.id,
+		Stages: slices.Clone(o.stages), Logs: slices.Clone(o.logs), URL: "/ops/" + o.id,
+	}
+	if o.kind == "build" {
+		v.ResultURL, v.ResultText = "/images", "Go to the images"
+	} else {
+		v.VMURL = "/vms/" + url.PathEscape(o.name)
+		v.ResultURL, v.ResultText = v.VMURL, "Go to "+o.name
 	}
 	if o.vm != nil {
 		vm := *o.vm
 		v.VM = &vm
 	}
+	if o.image != nil {
+		img := *o.image
+		v.Image = &img
+	}
 	return v
 }
 
-// startOp runs call in the background on the server's lifetime context and
-// answers 303 to the operation's page (or 202 with its JSON).
-func (s *Server) startOp(w http.ResponseWriter, r *http.Request, kind, name string, call func(context.Context, func(rpc.Event)) (*rpc.VM, error)) {
-	o := s.ops.add(kind, name)
-	s.log().Info("web: operation started", "op", o.id, "kind", kind, "vm", name)
-	go func() {
-		ctx, cancel := context.WithTimeout(s.ctx, opTimeout)
-		defer cancel()
-		vm, err := call(ctx, func(ev rpc.Event) { s.ops.event(o, ev) })
-		if err != nil {
-			err = fmt.Errorf("%s vm %s: %w", map[string]string{"create": "creating", "start": "starting"}[kind], name, err)
-			s.log().Warn("web: operation failed", "op", o.id, "kind", kind, "vm", name, "err", err)
-		} else {
-			s.log().Info("web: operation done", "op", o.id, "kind", kind, "vm", name)
-		}
-		s.ops.finish(o, vm, err)
-	}()
+// startOp launches an operation and answers 303 to its page (or 202 with
+// its JSON).
+func (s *Server) startOp(w http.ResponseWriter, r *http.Request, kind, name string, call opCall) {
+	o, _ := s.launch(kind, name, 0, call)
+	s.answerOp(w, r, o)
+}
+
+func (s *Server) answerOp(w http.ResponseWriter, r *http.Request, o *op) {
 	if wantsJSON(r) {
 		v, _ := s.ops.view(o.id)
 		w.Header().Set("Location", v.URL)
@@ -233,6 +285,57 @@ func (s *Server) startOp(w http.ResponseWriter, r *http.Request, kind, name stri
 		return
 	}
 	http.Redirect(w, r, "/ops/"+o.id, http.StatusSeeOther)
+}
+
+// launch runs call in the background on the server's lifetime context.
+// With a wait, it waits that long for bangerd to take the operation on
+// (its first event): a refusal before that, such as a duplicate name,
+// comes back as the error and the operation is forgotten.
+func (s *Server) launch(kind, name string, wait time.Duration, call opCall) (*op, error) {
+	o := s.ops.add(kind, name)
+	s.log().Info("web: operation started", "op", o.id, "kind", kind, "name", name)
+	accepted := make(chan struct{})
+	var once sync.Once
+	early := make(chan error, 1)
+	go func() {
+		timeout := opTimeout
+		if kind == "build" {
+			timeout = buildTimeout
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, timeout)
+		defer cancel()
+		res, err := call(ctx, func(ev rpc.Event) {
+			once.Do(func() { close(accepted) })
+			s.ops.event(o, ev)
+		})
+		if err != nil {
+			err = fmt.Errorf("%s %s: %w", verbs[kind], name, err)
+			s.log().Warn("web: operation failed", "op", o.id, "kind", kind, "name", name, "err", err)
+		} else {
+			s.log().Info("web: operation done", "op", o.id, "kind", kind, "name", name)
+		}
+		early <- err
+		s.ops.finish(o, res, err)
+	}()
+	if wait <= 0 {
+		return o, nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-accepted:
+	case <-t.C:
+	case err := <-early:
+		select {
+		case <-accepted:
+		default:
+			if err != nil {
+				s.ops.remove(o)
+				return nil, err
+			}
+		}
+	}
+	return o, nil
 }
 
 // opPage is the operation page.
@@ -252,6 +355,9 @@ func (s *Server) showOp(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, v)
 		return
 	}
-	title := v.Verb() + " " + v.Name
-	s.render(w, http.StatusOK, "op", opPage{base: newBase(w, r, title, "vms"), Op: v})
+	title, nav := v.Verb()+" "+v.Name, "vms"
+	if v.Kind == "build" {
+		nav = "images"
+	}
+	s.render(w, http.StatusOK, "op", opPage{base: newBase(w, r, title, nav), Op: v})
 }

@@ -41,7 +41,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, vms)
 		return
 	}
-	v := vmsPage{base: newBase(w, r, "VMs", "vms"), VMs: vms, Ops: s.ops.running()}
+	v := vmsPage{base: newBase(w, r, "VMs", "vms"), VMs: vms, Ops: s.ops.running("create", "start")}
 	status := http.StatusOK
 	if err != nil {
 		v.addError(err)
@@ -112,8 +112,9 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 		s.done(w, r, "/", "", err, nil)
 		return
 	}
-	s.startOp(w, r, "create", req.Name, func(ctx context.Context, fn func(rpc.Event)) (*rpc.VM, error) {
-		return s.Client.CreateVM(ctx, req, fn)
+	s.startOp(w, r, "create", req.Name, func(ctx context.Context, fn func(rpc.Event)) (opResult, error) {
+		vm, err := s.Client.CreateVM(ctx, req, fn)
+		return opResult{VM: vm}, err
 	})
 }
 
@@ -151,8 +152,9 @@ func parseCreateForm(r *http.Request) (rpc.CreateRequest, error) {
 
 func (s *Server) startVM(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	s.startOp(w, r, "start", name, func(ctx context.Context, fn func(rpc.Event)) (*rpc.VM, error) {
-		return s.Client.StartVM(ctx, name, fn)
+	s.startOp(w, r, "start", name, func(ctx context.Context, fn func(rpc.Event)) (opResult, error) {
+		vm, err := s.Client.StartVM(ctx, name, fn)
+		return opResult{VM: vm}, err
 	})
 }
 

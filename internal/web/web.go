@@ -22,6 +22,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/web/login"
+	"github.com/banger/banger/internal/web/peer"
 )
 
 //go:embed templates/*.html
@@ -37,12 +39,26 @@ var pageNames = []string{"vms", "vm", "images", "files", "op", "error"}
 type Options struct {
 	// Log receives the UI's log lines; nil means slog.Default().
 	Log *slog.Logger
-	// FileRoot is where the server-side file picker starts and the
-	// directory it never leaves; "" means "/".
-	FileRoot string
-	// Context bounds the background operations (create, start) the UI
-	// starts; pass bangerd's lifetime context. nil means context.Background().
+	// Context bounds the background operations (create, start, build) the
+	// UI starts; pass bangerd's lifetime context. nil means context.Background().
 	Context context.Context
+	// Owner is the uid whose local connections the UI answers without a
+	// login: bangerd's own, os.Getuid().
+	Owner int
+	// LoginOnly makes every browser log in with the link 'banger ui'
+	// prints: the peer's uid alone is not enough (web_auth = "login").
+	LoginOnly bool
+	// Login is the secret file that signs login links and session
+	// cookies; nil turns logins off.
+	Login *login.File
+	// FileRoots are the directories the file picker shows, and the only
+	// places the UI registers images from; none turns the picker off.
+	FileRoots []string
+	// PeerUID finds the uid owning the other end of a connection
+	// (peer.UID); nil means peer.UID. Tests replace it.
+	PeerUID func(local, remote netip.AddrPort) (int, error)
+	// Timeouts of Serve's HTTP server; zero fields take the defaults.
+	Timeouts Timeouts
 }
 
 // Server is bangerd's web UI. Build it with New.
@@ -51,10 +67,19 @@ type Server struct {
 	Client *rpc.Client
 	// Log receives the UI's log lines; nil means slog.Default().
 	Log *slog.Logger
-	// FileRoot is where the server-side file picker starts, default "/".
-	FileRoot string
+	// FileRoots are where the server-side file picker may go.
+	FileRoots []string
 
 	ctx        context.Context
+	owner      int
+	ownerName  string
+	loginOnly  bool
+	checker    *login.Checker
+	cookieName string
+	peerUID    func(local, remote netip.AddrPort) (int, error)
+	timeouts   Timeouts
+	refusals   logLimiter
+
 	pages      map[string]*template.Template
 	ops        *opTable
 	logTimeout time.Duration // bounds reading a console log for the VM page
@@ -75,7 +100,16 @@ func newServer(client *rpc.Client, opts Options, fsys fs.FS) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Client: client, Log: opts.Log, FileRoot: opts.FileRoot, ctx: opts.Context, pages: pages}
+	s := &Server{Client: client, Log: opts.Log, FileRoots: opts.FileRoots, ctx: opts.Context, pages: pages,
+		owner: opts.Owner, loginOnly: opts.LoginOnly, peerUID: opts.PeerUID, timeouts: opts.Timeouts}
+	if opts.Login != nil {
+		s.checker = login.NewChecker(opts.Login)
+		if _, port, err := net.SplitHostPort(opts.Login.Listen); err == nil {
+			// Browsers send a cookie to every port of a host: the port in
+			// its name keeps two bangerds' logins apart.
+			s.cookieName = sessionCookie + "_" + port
+		}
+	}
 	s.init()
 	return s, nil
 }
@@ -102,9 +136,14 @@ func (s *Server) init() {
 		if s.ctx == nil {
 			s.ctx = context.Background()
 		}
-		if s.FileRoot == "" {
-			s.FileRoot = "/"
+		if s.cookieName == "" {
+			s.cookieName = sessionCookie
 		}
+		if s.peerUID == nil {
+			s.peerUID = peer.UID
+		}
+		s.timeouts = s.timeouts.withDefaults()
+		s.ownerName = userName(s.owner)
 		if s.logTimeout == 0 {
 			s.logTimeout = 3 * time.Second
 		}
@@ -140,8 +179,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /images", s.listImages)
 	mux.HandleFunc("POST /images", s.registerImage)
 	mux.HandleFunc("POST /images/{name}/delete", s.deleteImage)
+	mux.HandleFunc("POST /images/build", s.buildImage)
 	mux.HandleFunc("GET /files", s.files)
 	mux.HandleFunc("GET /ops/{id}", s.showOp)
+	mux.HandleFunc("POST /logout", s.logout)
 	mux.Handle("GET /static/", staticHandler())
 	return s.guard(mux)
 }
@@ -166,8 +207,9 @@ func staticHandler() http.Handler {
 const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; " +
 	"form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
-// guard sets the security headers and refuses foreign Host headers (DNS
-// rebinding) and cross-origin state changes (CSRF).
+// guard sets the security headers, refuses foreign Host headers (DNS
+// rebinding), answers only the owner's connections and logged-in browsers,
+// and refuses cross-origin state changes (CSRF).
 func (s *Server) guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
@@ -180,23 +222,52 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		if !strings.HasPrefix(r.URL.Path, "/static/") {
 			h.Set("Cache-Control", "no-store")
 		}
-		if !loopbackHost(r.Host) {
-			s.log().Warn("web: refused request with a foreign Host header", "host", r.Host, "path", r.URL.Path, "remote", r.RemoteAddr)
+		// With web_auth = "login" every request needs the session cookie,
+		// which browsers never send to a rebound name: any Host may ask.
+		if !s.loginOnly && !loopbackHost(r.Host) {
+			s.refuse(r, "web: refused request with a foreign Host header", "host", r.Host)
 			s.fail(w, r, http.StatusMisdirectedRequest, fmt.Errorf(
 				"refusing request for host %q: banger's web UI answers only to 127.0.0.1, localhost or [::1]; open http://127.0.0.1 with the port you use", r.Host))
 			return
 		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		p := peerOf(r.Context())
+		// GET only: a HEAD (a link preview) must not use up a token.
+		if r.URL.Path == "/login" && r.Method == http.MethodGet {
+			s.login(w, r, p)
+			return
+		}
+		via, err := s.authorize(r, p)
+		if err != nil {
+			s.refuse(r, "web: refused request", "peer_uid", p.uid, "err", err)
+			s.fail(w, r, http.StatusForbidden, err)
+			return
+		}
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			if err := sameOrigin(r); err != nil {
-				s.log().Warn("web: refused cross-origin request", "method", r.Method, "path", r.URL.Path, "err", err)
+				s.refuse(r, "web: refused cross-origin request", "err", err)
 				s.fail(w, r, http.StatusForbidden, err)
 				return
 			}
-			r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+			// Read the form here, so that an oversized body is refused
+			// the same way by every handler.
+			if err := r.ParseForm(); err != nil {
+				status := http.StatusBadRequest
+				var mbe *http.MaxBytesError
+				if errors.As(err, &mbe) {
+					status = http.StatusRequestEntityTooLarge
+					err = fmt.Errorf("the body is too large (the limit is %d KiB)", maxBody>>10)
+				}
+				s.fail(w, r, status, fmt.Errorf("refusing %s %s: reading the form: %w", r.Method, r.URL.Path, err))
+				return
+			}
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), authKey{}, via)))
 	})
 }
+
+// maxBody caps every request body: the UI's forms are small.
+const maxBody = 64 << 10
 
 // loopbackHost reports whether a Host header names this machine's loopback:
 // localhost, 127.0.0.0/8 or ::1, with any port.
@@ -257,6 +328,9 @@ type base struct {
 	Title   string
 	Nav     string
 	Flashes []flash
+	// LoggedIn shows the log-out button: the browser came in with a login
+	// cookie.
+	LoggedIn bool
 }
 
 func (b *base) addError(err error) {
@@ -265,7 +339,7 @@ func (b *base) addError(err error) {
 
 // newBase builds a page's common data, taking the flash cookie.
 func newBase(w http.ResponseWriter, r *http.Request, title, nav string) base {
-	b := base{Title: title, Nav: nav}
+	b := base{Title: title, Nav: nav, LoggedIn: r.Context().Value(authKey{}) == viaSession}
 	if f := takeFlash(w, r); f != nil {
 		b.Flashes = append(b.Flashes, *f)
 	}
@@ -370,11 +444,25 @@ func inputErrorf(format string, args ...any) error {
 	return &inputError{msg: fmt.Sprintf(format, args...)}
 }
 
+// conflictError is a request that clashes with one in progress, answered
+// with 409.
+type conflictError struct{ msg string }
+
+func (e *conflictError) Error() string { return e.msg }
+
+func conflictf(format string, args ...any) error {
+	return &conflictError{msg: fmt.Sprintf(format, args...)}
+}
+
 // statusOf maps an error to the HTTP status the UI answers with.
 func statusOf(err error) int {
 	var ie *inputError
 	if errors.As(err, &ie) {
 		return http.StatusBadRequest
+	}
+	var ce *conflictError
+	if errors.As(err, &ce) {
+		return http.StatusConflict
 	}
 	var ae *rpc.APIError
 	if errors.As(err, &ae) {

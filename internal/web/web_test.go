@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -18,13 +19,20 @@ import (
 	"testing/fstest"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/rpc/rpctest"
 )
 
 const testHost = "127.0.0.1:7777"
 
-// newTest returns a fake bangerd with two VMs and the UI's handler talking to it.
+// testOwner is the owner of the UI under test; requests come from it
+// unless they say otherwise.
+var testOwner = os.Getuid()
+
+// newTest returns a fake bangerd with two VMs and the UI's handler talking
+// to it. The file picker's root is a fresh directory (s.FileRoots[0]).
 func newTest(t *testing.T) (*rpctest.Fake, *Server, http.Handler) {
 	t.Helper()
 	f := rpctest.Start(t)
@@ -34,12 +42,16 @@ func newTest(t *testing.T) (*rpctest.Fake, *Server, http.Handler) {
 	f.Add(rpc.VM{Name: "beta", State: "stopped", Image: "minimal", IP: "172.30.0.3", VCPUs: 1, MemoryMiB: 512})
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	s, err := New(f.Client(), Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Context: ctx})
+	s, err := New(f.Client(), Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Context: ctx,
+		Owner: testOwner, FileRoots: []string{t.TempDir()}})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
 	return f, s, s.Handler()
 }
+
+// quiet is a logger for tests.
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // request is one request to the handler under test.
 type request struct {
@@ -50,6 +62,8 @@ type request struct {
 	origin         *string // nil: same origin on POST
 	referer        string
 	cookies        []*http.Cookie
+	// peer is the uid the request's connection comes from; nil means testOwner.
+	peer *int
 }
 
 func do(t *testing.T, h http.Handler, q request) *httptest.ResponseRecorder {
@@ -87,12 +101,33 @@ func do(t *testing.T, h http.Handler, q request) *httptest.ResponseRecorder {
 	for _, c := range q.cookies {
 		r.AddCookie(c)
 	}
+	uid := testOwner
+	if q.peer != nil {
+		uid = *q.peer
+	}
+	r = r.WithContext(withPeer(r.Context(), peerInfo{uid: uid}))
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, r)
 	return w
 }
 
-func ptr(s string) *string { return &s }
+func ptr[T any](v T) *T { return &v }
+
+// serve serves s on a loopback port for the test and returns its base URL
+// and a client that does not follow redirects.
+func serve(t *testing.T, s *Server) (string, *http.Client) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := s.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	cl := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{}}
+	cl.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	t.Cleanup(cl.CloseIdleConnections)
+	return "http://" + ln.Addr().String(), cl
+}
 
 // flashOf decodes the flash cookie a response sets.
 func flashOf(t *testing.T, w *httptest.ResponseRecorder) *flash {
@@ -170,7 +205,7 @@ func TestListJSON(t *testing.T) {
 }
 
 func TestDaemonDownShowsError(t *testing.T) {
-	s, err := New(rpc.NewClient(filepath.Join(t.TempDir(), "none.sock")), Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	s, err := New(rpc.NewClient(filepath.Join(t.TempDir(), "none.sock")), Options{Log: quiet, Owner: testOwner})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,17 +236,15 @@ func pollOp(t *testing.T, h http.Handler, loc string) opView {
 }
 
 func TestCreateOp(t *testing.T) {
-	f, _, h := newTest(t)
+	f, s, h := newTest(t)
 	release := f.Hold("web1")
-	// Over real HTTP on loopback, as a browser would.
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-	cl := srv.Client()
-	cl.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	// Over real HTTP on loopback, as a browser would; the kernel says who
+	// the peer is.
+	base, cl := serve(t, s)
 	form := url.Values{"name": {"web1"}, "image": {"minimal"}, "vcpus": {"4"}, "memory": {"2G"}, "disk_size": {"16G"}, "nat": {"on"}}
-	req, _ := http.NewRequest("POST", srv.URL+"/vms", strings.NewReader(form.Encode()))
+	req, _ := http.NewRequest("POST", base+"/vms", strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Origin", srv.URL)
+	req.Header.Set("Origin", base)
 	resp, err := cl.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -225,7 +258,7 @@ func TestCreateOp(t *testing.T) {
 	// While it runs: the page refreshes itself without JS and is not cached.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		resp, err = cl.Get(srv.URL + loc)
+		resp, err = cl.Get(base + loc)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -383,7 +416,7 @@ func TestVMPage(t *testing.T) {
 	body := w.Body.String()
 	mustContain(t, body, `value="banger vm ssh alpha"`, "preparing disks", "1.1s", "total", "1.4s",
 		"(last 200 lines)", "OK &lt;script&gt;alert(1)&lt;/script&gt;", "line 101\n", `action="/vms/alpha/stop"`, `value="/vms/alpha"`)
-	// The web UI has no login: the opencode password stays out of it.
+	// The opencode password stays out of the web UI.
 	if strings.Contains(body, "pw-alpha") {
 		t.Errorf("the VM page shows the opencode password")
 	}
@@ -493,33 +526,57 @@ func TestStatic(t *testing.T) {
 
 func TestFilePicker(t *testing.T) {
 	_, s, h := newTest(t)
-	dir := t.TempDir()
-	for _, p := range []string{"rootfs.ext4", "seed.IMG", "notes.txt", "sub/deep.ext4"} {
-		os.MkdirAll(filepath.Dir(filepath.Join(dir, p)), 0o755)
-		if err := os.WriteFile(filepath.Join(dir, p), []byte("x"), 0o644); err != nil {
+	dir := s.FileRoots[0]
+	other := t.TempDir() // a second root, as banger's data dir is
+	outside := t.TempDir()
+	s.FileRoots = append(s.FileRoots, other)
+	for _, p := range []string{dir + "/rootfs.ext4", dir + "/seed.IMG", dir + "/notes.txt", dir + "/sub/deep.ext4",
+		other + "/built.ext4", outside + "/secret.ext4"} {
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	os.Symlink(filepath.Join(dir, "sub"), filepath.Join(dir, "link"))
+	os.Symlink(other, filepath.Join(dir, "to-other-root"))
+	os.Symlink(outside, filepath.Join(dir, "out"))
+	os.Symlink(outside+"/secret.ext4", filepath.Join(dir, "out.ext4"))
 
-	w := do(t, h, request{method: "GET", target: "/files?" + url.Values{"dir": {dir}}.Encode(), json: true})
+	names := func(es []fileEntry) []string {
+		var got []string
+		for _, e := range es {
+			got = append(got, e.Name)
+		}
+		return got
+	}
+	// The picker starts in the first root and offers every root; links out
+	// of the roots are not listed.
+	w := do(t, h, request{method: "GET", target: "/files", json: true})
 	if w.Code != 200 {
 		t.Fatalf("GET /files = %d: %s", w.Code, w.Body)
 	}
 	v := decode[filesPage](t, w)
-	var got []string
-	for _, e := range v.Entries {
-		got = append(got, e.Name)
+	if want := []string{"link", "sub", "to-other-root", "rootfs.ext4", "seed.IMG"}; !slices.Equal(names(v.Entries), want) || v.Dir != dir {
+		t.Errorf("picker = %v in %s, want %v in %s", names(v.Entries), v.Dir, want, dir)
 	}
-	if want := []string{"link", "sub", "rootfs.ext4", "seed.IMG"}; !slices.Equal(got, want) || v.Dir != dir {
-		t.Errorf("picker of %s = %v in %s, want %v", dir, got, v.Dir, want)
+	if got := names(v.Roots); !slices.Equal(got, []string{dir, other}) {
+		t.Errorf("picker roots = %v, want %v", got, []string{dir, other})
+	}
+	if v.Parent != "" {
+		t.Errorf("the picker offers %s, above its root", v.Parent)
+	}
+	if v := decode[filesPage](t, do(t, h, request{method: "GET", target: "/files?dir=" + url.QueryEscape(other), json: true})); !slices.Equal(names(v.Entries), []string{"built.ext4"}) {
+		t.Errorf("picker of the second root = %v", names(v.Entries))
+	}
+	if v := decode[filesPage](t, do(t, h, request{method: "GET", target: "/files?dir=" + url.QueryEscape(dir+"/sub"), json: true})); v.Parent != dir {
+		t.Errorf("picker of %s/sub has parent %q, want %s", dir, v.Parent, dir)
 	}
 
 	// The HTML page carries the form's values through, and choosing fills the field.
 	q := url.Values{"dir": {dir + "//./"}, "field": {"work_seed"}, "name": {"mine"}, "rootfs": {"/a/r.ext4"}}
 	w = do(t, h, request{method: "GET", target: "/files?" + q.Encode()})
 	choose := "/images?" + url.Values{"name": {"mine"}, "rootfs": {"/a/r.ext4"}, "work_seed": {filepath.Join(dir, "seed.IMG")}}.Encode()
-	mustContain(t, w.Body.String(), "Choose the work seed", `href="`+strings.ReplaceAll(choose, "&", "&amp;")+`"`, "sub/</a>")
+	mustContain(t, w.Body.String(), "Choose the work seed", `href="`+strings.ReplaceAll(choose, "&", "&amp;")+`"`, "sub/</a>", "Start in:")
 
 	// Starting from the field's current value opens its directory.
 	q = url.Values{"field": {"rootfs"}, "rootfs": {filepath.Join(dir, "sub", "deep.ext4")}}
@@ -527,7 +584,6 @@ func TestFilePicker(t *testing.T) {
 		t.Errorf("picker started in %s, want %s", v.Dir, filepath.Join(dir, "sub"))
 	}
 
-	s.FileRoot = dir
 	for _, tc := range []struct {
 		dir  string
 		code int
@@ -535,8 +591,12 @@ func TestFilePicker(t *testing.T) {
 	}{
 		{"relative/dir", 400, "needs an absolute path"},
 		{dir + "/sub/../..", 400, `paths with \"..\" are refused`},
-		{"/etc", 400, "stays inside " + dir},
+		{"/", 400, "stays inside " + dir + " and " + other},
+		{"/etc", 400, "stays inside"},
+		{outside, 400, "stays inside"},
 		{dir + "/link", 200, ""},
+		{dir + "/to-other-root", 200, ""},
+		{dir + "/out", 400, "outside the directories the web UI may use"},
 		{dir + "/nosuch", 404, "no such file or directory"},
 		{dir + "/notes.txt", 400, "not a directory"},
 	} {
@@ -547,19 +607,67 @@ func TestFilePicker(t *testing.T) {
 	}
 	w = do(t, h, request{method: "GET", target: "/files?dir=relative"})
 	mustContain(t, w.Body.String(), `class="flash flash-error" role="alert">listing &#34;relative&#34;: the file picker needs an absolute path`)
-	// A symlink inside the root must not lead out of it.
-	os.Symlink("/etc", filepath.Join(dir, "out"))
-	w = do(t, h, request{method: "GET", target: "/files?" + url.Values{"dir": {dir + "/out"}}.Encode(), json: true})
-	if w.Code != 400 || !strings.Contains(w.Body.String(), "outside the file picker's root") {
-		t.Errorf("picker through a symlink out of the root = %d %s, want 400", w.Code, w.Body)
+
+	// Without roots there is no picker.
+	s.FileRoots = nil
+	w = do(t, h, request{method: "GET", target: "/files", json: true})
+	if w.Code != 400 || !strings.Contains(w.Body.String(), "set web_file_roots") {
+		t.Errorf("GET /files without roots = %d %s, want 400 naming web_file_roots", w.Code, w.Body)
+	}
+	if body := do(t, h, request{method: "GET", target: "/images"}).Body.String(); strings.Contains(body, "Browse…") {
+		t.Errorf("the images page offers a picker without roots")
+	}
+}
+
+// TestFilePickerUnreadable needs a user whom permissions bind: root reads
+// everything (test/e2e's TestWebUIUserDaemon proves it for a user daemon).
+func TestFilePickerUnreadable(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root reads every file; test/e2e TestWebUIUserDaemon checks this as a plain user")
+	}
+	_, s, h := newTest(t)
+	dir := s.FileRoots[0]
+	os.WriteFile(dir+"/mine.ext4", []byte("x"), 0o600)
+	os.WriteFile(dir+"/locked.ext4", []byte("x"), 0o000)
+	os.Mkdir(dir+"/closed", 0o000)
+	defer os.Chmod(dir+"/closed", 0o700)
+	v := decode[filesPage](t, do(t, h, request{method: "GET", target: "/files", json: true}))
+	var got []string
+	for _, e := range v.Entries {
+		got = append(got, e.Name)
+	}
+	if !slices.Equal(got, []string{"mine.ext4"}) {
+		t.Errorf("picker lists %v, want only the readable mine.ext4", got)
+	}
+	if w := do(t, h, request{method: "GET", target: "/files?dir=" + url.QueryEscape(dir+"/closed"), json: true}); w.Code != 403 {
+		t.Errorf("picker of an unreadable directory = %d %s, want 403", w.Code, w.Body)
+	}
+	w := do(t, h, request{method: "POST", target: "/images", form: url.Values{"name": {"x"}, "rootfs": {dir + "/locked.ext4"}}, json: true})
+	if w.Code != 400 || !strings.Contains(w.Body.String(), "permission denied") {
+		t.Errorf("register of an unreadable file = %d %s, want 400 permission denied", w.Code, w.Body)
 	}
 }
 
 func TestImages(t *testing.T) {
-	f, _, h := newTest(t)
+	f, s, h := newTest(t)
+	dir := s.FileRoots[0]
+	for _, p := range []string{"r.ext4", "s.ext4", "r.qcow2"} {
+		if err := os.WriteFile(filepath.Join(dir, p), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Mkdir(dir+"/d.ext4", 0o755)
+	outside := t.TempDir()
+	os.WriteFile(outside+"/o.ext4", []byte("x"), 0o644)
+	os.Symlink(outside+"/o.ext4", dir+"/link.ext4")
+	if err := unix.Mkfifo(dir+"/fifo.ext4", 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	w := do(t, h, request{method: "GET", target: "/images?name=mine&rootfs=/x/r.ext4"})
 	mustContain(t, w.Body.String(), "/rt/rootfs-docker.ext4", `name="name" value="mine"`, `value="/x/r.ext4"`,
-		`formaction="/files" formmethod="get"`, `name="field" value="work_seed"`)
+		`formaction="/files" formmethod="get"`, `name="field" value="work_seed"`, `action="/images/build"`,
+		`<option value="minimal">minimal</option>`)
 	if strings.Contains(w.Body.String(), `action="/images/docker/delete"`) {
 		t.Errorf("a bundle image offers delete")
 	}
@@ -567,27 +675,42 @@ func TestImages(t *testing.T) {
 		t.Errorf("images JSON = %+v", imgs)
 	}
 
-	w = do(t, h, request{method: "POST", target: "/images", form: url.Values{"name": {"mine"}, "rootfs": {"/x/./r.ext4"}, "work_seed": {"/x/s.ext4"}}})
+	w = do(t, h, request{method: "POST", target: "/images", form: url.Values{"name": {"mine"}, "rootfs": {dir + "/./r.ext4"}, "work_seed": {dir + "/s.ext4"}}})
 	if fl := flashOf(t, w); w.Header().Get("Location") != "/images" || fl == nil || fl.Message != "image mine registered" {
 		t.Errorf("register = %q flash %+v", w.Header().Get("Location"), fl)
 	}
-	if registers := f.Registers(); len(registers) != 1 || registers[0] != (rpc.RegisterImageRequest{Name: "mine", Rootfs: "/x/r.ext4", WorkSeed: "/x/s.ext4"}) {
+	real, _ := filepath.EvalSymlinks(dir)
+	if registers := f.Registers(); len(registers) != 1 || registers[0] != (rpc.RegisterImageRequest{Name: "mine", Rootfs: real + "/r.ext4", WorkSeed: real + "/s.ext4"}) {
 		t.Errorf("register requests = %+v", registers)
 	}
 	for _, tc := range []struct {
 		form url.Values
 		want string
 	}{
-		{url.Values{"name": {"rel"}, "rootfs": {"r.ext4"}}, "the rootfs path must be absolute"},
-		{url.Values{"name": {"bad"}, "rootfs": {"/x/r.qcow2"}}, "registering image bad: --rootfs /x/r.qcow2: is not an ext4 filesystem image"},
-		{url.Values{"rootfs": {"/x/r.ext4"}}, "it needs a name"},
+		{url.Values{"name": {"rel"}, "rootfs": {"r.ext4"}}, "needs an absolute path"},
+		{url.Values{"name": {"bad"}, "rootfs": {dir + "/r.qcow2"}}, "registering image bad: --rootfs " + real + "/r.qcow2: is not an ext4 filesystem image"},
+		{url.Values{"rootfs": {dir + "/r.ext4"}}, "it needs a name"},
+		{url.Values{"name": {"out"}, "rootfs": {outside + "/o.ext4"}}, "stays inside " + dir},
+		{url.Values{"name": {"etc"}, "rootfs": {"/etc/passwd"}}, "stays inside " + dir},
+		{url.Values{"name": {"link"}, "rootfs": {dir + "/link.ext4"}}, "outside the directories the web UI may use"},
+		{url.Values{"name": {"none"}, "rootfs": {dir + "/none.ext4"}}, "no such file"},
+		{url.Values{"name": {"dir"}, "rootfs": {dir + "/d.ext4"}}, "not a regular file"},
+		{url.Values{"name": {"fifo"}, "rootfs": {dir + "/fifo.ext4"}}, "not a regular file"},
+		{url.Values{"name": {"seed"}, "rootfs": {dir + "/r.ext4"}, "work_seed": {"/etc/shadow"}}, "--work-seed /etc/shadow: the web UI stays inside"},
 	} {
+		start := time.Now()
 		w = do(t, h, request{method: "POST", target: "/images", form: tc.form})
 		fl := flashOf(t, w)
 		loc, _ := url.Parse(w.Header().Get("Location"))
 		if fl == nil || fl.Kind != "error" || !strings.Contains(fl.Message, tc.want) || loc.Query().Get("rootfs") != tc.form.Get("rootfs") {
 			t.Errorf("register %v = %s flash %+v, want %q and the values kept", tc.form, loc, fl, tc.want)
 		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("register %v took %s", tc.form, d)
+		}
+	}
+	if registers := f.Registers(); len(registers) != 2 {
+		t.Errorf("bangerd got %d register requests, want 2 (mine, then bad, which it refused): %+v", len(registers), registers)
 	}
 
 	w = do(t, h, request{method: "GET", target: "/images"})
@@ -625,7 +748,7 @@ func TestTemplateErrors(t *testing.T) {
 
 	// A template that parses but fails while rendering gives a clean 500.
 	pages["templates/vms.html"] = &fstest.MapFile{Data: []byte(`{{define "content"}}<p>half a page{{.NoSuchField}}{{end}}`)}
-	s, err := newServer(rpctest.Start(t).Client(), Options{Log: slog.New(slog.NewTextHandler(io.Discard, nil))}, pages)
+	s, err := newServer(rpctest.Start(t).Client(), Options{Log: quiet, Owner: testOwner}, pages)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -636,9 +759,13 @@ func TestTemplateErrors(t *testing.T) {
 }
 
 func TestZeroServerWorks(t *testing.T) {
+	// A Server{} belongs to root (uid 0), and has no file picker.
 	s := &Server{Client: rpctest.Start(t).Client()}
-	if w := do(t, s.Handler(), request{method: "GET", target: "/images"}); w.Code != 200 {
+	if w := do(t, s.Handler(), request{method: "GET", target: "/images", peer: ptr(0)}); w.Code != 200 {
 		t.Errorf("GET /images on a Server{} = %d, want 200: %s", w.Code, w.Body)
+	}
+	if w := do(t, s.Handler(), request{method: "GET", target: "/images", peer: ptr(1000)}); w.Code != 403 {
+		t.Errorf("GET /images on a Server{} from uid 1000 = %d, want 403: %s", w.Code, w.Body)
 	}
 }
 
@@ -737,11 +864,11 @@ func TestShellQuote(t *testing.T) {
 func TestOpTablePrunes(t *testing.T) {
 	tbl := newOpTable()
 	first := tbl.add("create", "a")
-	tbl.finish(first, nil, nil)
+	tbl.finish(first, opResult{}, nil)
 	running := tbl.add("start", "b")
 	for range opMax + 10 {
 		o := tbl.add("create", "x")
-		tbl.finish(o, nil, nil)
+		tbl.finish(o, opResult{}, nil)
 	}
 	if len(tbl.ops) > opMax {
 		t.Errorf("op table holds %d ops, want at most %d", len(tbl.ops), opMax)

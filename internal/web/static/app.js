@@ -53,9 +53,9 @@
     logs.textContent = o.logs.length ? o.logs.join("\n") + "\n" : "";
     logs.hidden = !o.logs.length;
     if (o.done) {
-      var a = document.getElementById("op-vm");
-      a.href = o.vm_url;
-      a.textContent = "Go to " + o.name;
+      var a = document.getElementById("op-link");
+      a.href = o.result_url;
+      a.textContent = o.result_text;
       document.getElementById("op-result").hidden = false;
       document.title = (o.state === "done" ? "✓ " : "✗ ") + document.title;
     }
