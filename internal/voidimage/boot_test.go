@@ -281,6 +281,11 @@ func boot(t *testing.T, km *KernelManifest, rootImg, work string, signer ssh.Sig
 		dumpConsole()
 		t.Fatal("qemu still running 60s after the shutdown request")
 	}
+	// runit's stage 3 unmounted /root: the VM's own disk is clean.
+	if b, err := exec.Command("e2fsck", "-fn", work).CombinedOutput(); err != nil {
+		dumpConsole()
+		t.Errorf("work disk not clean after shutdown: e2fsck -fn: %v: %s", err, b)
+	}
 }
 
 // guestScript prints key=value lines that parseReport reads.
