@@ -26,7 +26,7 @@ import (
 // bash, so that the sh alternative stays dash's, as on Void.
 var RootfsPackages = []string{
 	"base-files", "dash", "bash", "coreutils", "findutils", "diffutils", "grep", "sed", "gawk",
-	"tar", "gzip", "xz", "less", "util-linux", "shadow", "procps-ng", "iproute2", "kmod",
+	"tar", "gzip", "xz", "less", "util-linux", "shadow", "procps-ng", "iproute2", "kmod", "inetutils-hostname",
 	"e2fsprogs", "ca-certificates", "curl", "git", "tmux", "openssh", "runit",
 	"docker", "docker-compose", "iptables",
 }
