@@ -485,6 +485,9 @@ func customize(root *os.Root, agent string, bins map[string]string) error {
 			return fmt.Errorf("installing %s: %w", name, err)
 		}
 	}
+	if err := caBundle(root); err != nil {
+		return err
+	}
 	// runit-init is init; it execs runit when it is PID 1.
 	if _, err := root.Stat("usr/bin/runit-init"); err != nil {
 		return fmt.Errorf("the image has no /usr/bin/runit-init (package runit): %w", err)
@@ -519,6 +522,45 @@ func customize(root *os.Root, agent string, bins map[string]string) error {
 		}
 	}
 	return nil
+}
+
+// caBundle writes /etc/ssl/certs/ca-certificates.crt from the certificates
+// of /usr/share/ca-certificates when the image has none: the ca-certificates
+// package makes it in its INSTALL script, which banger does not run.
+func caBundle(root *os.Root) error {
+	const bundle = "etc/ssl/certs/ca-certificates.crt"
+	if _, err := root.Stat(bundle); err == nil {
+		return nil
+	}
+	var certs []string
+	err := fs.WalkDir(root.FS(), "usr/share/ca-certificates", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() && strings.HasSuffix(p, ".crt") {
+			certs = append(certs, p)
+		}
+		return nil
+	})
+	if errors.Is(err, fs.ErrNotExist) || len(certs) == 0 {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("listing CA certificates: %w", err)
+	}
+	slices.Sort(certs)
+	var b strings.Builder
+	for _, c := range certs {
+		data, err := readIn(root, c)
+		if err != nil {
+			return err
+		}
+		b.Write(data)
+		if len(data) > 0 && data[len(data)-1] != '\n' {
+			b.WriteByte('\n')
+		}
+	}
+	return writeIn(root, bundle, 0o644, []byte(b.String()))
 }
 
 // installModules puts one kernel's modules under /usr/lib/modules: the

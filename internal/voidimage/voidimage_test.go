@@ -235,3 +235,21 @@ func TestLoadKernel(t *testing.T) {
 		}
 	}
 }
+
+func TestCABundle(t *testing.T) {
+	dir, root := openRoot(t)
+	for name, pem := range map[string]string{"mozilla/B.crt": "B\n", "mozilla/A.crt": "A", "README": "not a cert"} {
+		p := filepath.Join(dir, "usr/share/ca-certificates", name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(pem), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := caBundle(root); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "etc/ssl/certs/ca-certificates.crt"))
+	if err != nil || string(b) != "A\nB\n" {
+		t.Errorf("ca-certificates.crt = %q, %v, want A and B in order", b, err)
+	}
+}
