@@ -3,7 +3,8 @@
 set -euo pipefail
 
 packages=(make git ca-certificates qemu-system-x86 debootstrap e2fsprogs iproute2
-  openssh-client nftables iptables dpkg-dev apt-utils)
+  openssh-client nftables iptables dpkg-dev apt-utils
+  kmod) # kmod: depmod for the Void fixture mirror's kernel package
 # npm fetches mise and opencode for the docker image from the npm registry.
 # NodeSource's nodejs ships its own npm and conflicts with Debian's package.
 command -v npm >/dev/null || packages+=(npm)
