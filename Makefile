@@ -14,7 +14,7 @@ LDFLAGS := -s -w -X github.com/banger/banger/internal/daemon.Version=$(VERSION) 
 TEST_TIMEOUT ?= 75m
 BENCH_N ?= 5
 
-.PHONY: all build runtime-bundle dist test unit-test bench-create verify clean FORCE
+.PHONY: all build runtime-bundle dist test unit-test bench-create verify void-kernel rootfs-void verify-void void-fixture clean FORCE
 
 all: build
 
@@ -62,6 +62,43 @@ unit-test:
 bench-create: runtime-bundle
 	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) BANGER_BENCH_N=$(BENCH_N) \
 		$(GO) test -count=1 -timeout 60m -run '^TestBenchCreate$$' -v ./test/e2e
+
+# Void Linux (experimental). VOID_MIRROR names the Void mirror (default
+# Void's public repo-default mirror; file:///path works, e.g. the fixture
+# mirror that make void-fixture prints).
+export VOID_MIRROR
+VOID_KERNEL := $(RUNTIME)/void-kernel
+
+# Stages a Void linux6.12 kernel, its modules and a banger initramfs in build/runtime/void-kernel.
+void-kernel: build
+	$(BIN)/banger runtime void-kernel --out $(VOID_KERNEL) --init $(BIN)/banger-init
+
+# Builds build/runtime/rootfs-void.ext4 and work-seed-void.ext4 (needs root
+# and the bundle's SSH key); takes the staged void-kernel's modules when it is complete.
+rootfs-void: build
+	$(BIN)/banger runtime rootfs-void --out $(RUNTIME)/rootfs-void.ext4 --work-seed $(RUNTIME)/work-seed-void.ext4 \
+		--agent $(RUNTIME)/banger-vsock-agent --ssh-key $(RUNTIME)/id_ed25519.pub --kernel-dir $(VOID_KERNEL)
+
+# Registers the Void image as void-exp in scripts/verify.sh's private daemon
+# (with the staged kernel, initramfs and modules when build/runtime/void-kernel
+# exists; a half-staged one is refused) and runs the smoke test against it.
+verify-void: build
+	@rt=$(abspath $(RUNTIME)); \
+	for f in rootfs-void.ext4 work-seed-void.ext4; do \
+		[[ -e $$rt/$$f ]] || { echo "verify-void: $$rt/$$f is missing: run 'make rootfs-void' first" >&2; exit 1; }; \
+	done; \
+	reg="--rootfs $$rt/rootfs-void.ext4 --work-seed $$rt/work-seed-void.ext4"; expect=(); \
+	if [[ -e $$rt/void-kernel ]]; then \
+		staged=$$($(BIN)/banger runtime void-kernel --check --out $$rt/void-kernel); eval "$$staged"; \
+		reg="$$reg --kernel $$kernel --initrd $$initrd --modules $$modules"; expect=(--expect-kernel "$$kernel_version"); \
+	fi; \
+	scripts/verify.sh --image void-exp --register "$$reg" "$${expect[@]}"
+
+# Builds the local Void mirror made from Debian's binaries (the stand-in for
+# Void's mirrors, which these machines cannot reach) and prints its URL:
+#   make void-kernel rootfs-void VOID_MIRROR=$$(make -s void-fixture)
+void-fixture:
+	$(GO) run ./internal/void/fixture/cmd/voidfixture
 
 clean:
 	rm -rf $(BUILD)

@@ -5,7 +5,8 @@ set -euo pipefail
 # sudo: an ordinary user's bangerd asks it for its few privileged commands,
 # and the tests make such users.
 packages=(make git ca-certificates qemu-system-x86 debootstrap e2fsprogs iproute2
-  openssh-client nftables iptables dpkg-dev apt-utils sudo procps)
+  openssh-client nftables iptables dpkg-dev apt-utils sudo procps
+  kmod) # kmod: depmod for the Void fixture mirror's kernel package
 # The web UI's browser test (test/e2e TestWebImageBuildChromium) drives a
 # headless Chromium through ChromeDriver.
 packages+=(chromium chromium-driver)

@@ -4,7 +4,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: scripts/verify.sh [--nat] [--image NAME] [--keep-logs]
+usage: scripts/verify.sh [--nat] [--image NAME] [--register ARGS] [--expect-kernel VERSION] [--keep-logs]
 
 Runs a private bangerd with its own state inside a network namespace this
 script creates, then: creates a VM, runs a command over ssh, stops it and
@@ -16,6 +16,12 @@ host network are not touched.
                 upstream network, and that banger's nftables rules are gone
                 afterwards (needs python3 for the upstream server)
   --image NAME  image to boot (default: minimal)
+  --register ARGS
+                first register NAME in the private daemon with
+                'banger image register --name NAME ARGS' (ARGS split on
+                spaces: --rootfs R --work-seed W [--kernel K --initrd I --modules M])
+  --expect-kernel VERSION
+                fail unless the guest's uname -r is VERSION
   --keep-logs   keep the daemon log and state directory for inspection
 
 Needs root, 'make build runtime-bundle', and the tools 'banger doctor' checks.
@@ -25,10 +31,14 @@ EOF
 nat=0
 image=minimal
 keep=0
+register=
+expect_kernel=
 while (($#)); do
   case $1 in
     --nat) nat=1 ;;
     --image) image=${2:?--image needs a name}; shift ;;
+    --register) register=${2:?--register needs the arguments of banger image register}; shift ;;
+    --expect-kernel) expect_kernel=${2:?--expect-kernel needs a kernel release}; shift ;;
     --keep-logs) keep=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "verify: unknown argument $1" >&2; usage >&2; exit 2 ;;
@@ -51,6 +61,12 @@ fail() { sandbox_fail "$@"; }
 step "starting bangerd in namespace $ns"
 sandbox_start
 
+if [[ -n $register ]]; then
+  step "banger image register --name $image $register"
+  # shellcheck disable=SC2086 # the arguments are split on purpose
+  banger image register --name "$image" $register
+fi
+
 create_args=(vm create --name verify --image "$image")
 ((nat)) && create_args+=(--nat)
 step "banger ${create_args[*]}"
@@ -59,6 +75,11 @@ banger "${create_args[@]}"
 step "ssh"
 [[ $(banger vm ssh verify -- hostname) == verify ]] || fail "hostname in the guest is not verify"
 banger vm ssh verify -- uname -a
+if [[ -n $expect_kernel ]]; then
+  got=$(banger vm ssh verify -- uname -r)
+  [[ $got == "$expect_kernel" ]] || fail "the guest runs kernel $got, want $expect_kernel"
+  echo "guest kernel is $got"
+fi
 
 if ((nat)); then
   step "outbound NAT to an upstream namespace"

@@ -273,8 +273,10 @@ func uptimeMS() int64 {
 }
 
 // Reboot syncs and reboots the guest; the hypervisor turns the reboot into
-// an exit. Under systemd it asks systemd, otherwise it signals every
-// process, syncs and calls reboot(2) itself.
+// an exit. Under systemd it asks systemd; under runit (the Void image) it
+// asks runit, whose stage 3 stops the services and unmounts, and reboots
+// directly if that has not ended this process within runitGrace. Otherwise
+// it signals every process, syncs and calls reboot(2) itself.
 func Reboot() {
 	unix.Sync()
 	if systemdRunning() && os.Getpid() != 1 {
@@ -284,11 +286,30 @@ func Reboot() {
 			slog.Error("systemctl reboot failed, rebooting directly", "err", err, "output", strings.TrimSpace(string(out)))
 		}
 	}
+	if runitRunning() && os.Getpid() != 1 {
+		if out, err := exec.Command("runit-init", "6").CombinedOutput(); err == nil {
+			// Stage 3 signals every process, this one too; still alive
+			// after the grace, the shutdown is stuck.
+			time.Sleep(runitGrace)
+			slog.Error("runit did not reboot in time, rebooting directly", "grace", runitGrace)
+		} else {
+			slog.Error("runit-init 6 failed, rebooting directly", "err", err, "output", strings.TrimSpace(string(out)))
+		}
+	}
 	killAll(2 * time.Second)
 	unix.Sync()
 	if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
 		slog.Error("rebooting", "err", err)
 	}
+}
+
+// runitGrace is how long runit's stage 3 may take before Reboot reboots directly.
+const runitGrace = 30 * time.Second
+
+// runitRunning reports whether PID 1 is runit.
+func runitRunning() bool {
+	b, err := os.ReadFile("/proc/1/comm")
+	return err == nil && strings.TrimSpace(string(b)) == "runit"
 }
 
 func systemdRunning() bool {

@@ -40,7 +40,8 @@ then ~/.local/share/banger/runtime, /usr/local/lib/banger/runtime and
 		Args: subcommandArgs,
 		RunE: showHelp,
 	}
-	cmd.AddCommand(newRuntimeBuildCmd(), newRuntimeInstallCmd(), newRuntimeDistCmd(), newRuntimeShowCmd())
+	cmd.AddCommand(newRuntimeBuildCmd(), newRuntimeInstallCmd(), newRuntimeDistCmd(), newRuntimeShowCmd(),
+		newRuntimeVoidKernelCmd(), newRuntimeRootfsVoidCmd())
 	return cmd
 }
 

@@ -346,6 +346,13 @@ func findTool(tool string) (string, error) {
 	return "", fmt.Errorf("finding %s: not installed: run 'apt-get install %s'", tool, pkg)
 }
 
+// MakeExt4 makes an ext4 image of size (e.g. "4G") at out filled from dir
+// with mkfs.ext4 -d (no loop mount), labelled label. Other image builders
+// (the Void rootfs) use it.
+func MakeExt4(ctx context.Context, r runner.Runner, dir, label, out, size string) error {
+	return mkfs(ctx, r, dir, label, out, size)
+}
+
 // mkfs makes an ext4 image of size at out filled from dir. out is created
 // by the calling user first so that it keeps the caller's ownership. A
 // root-owned tree (an image's) can only be read as root: privileged says so.

@@ -68,6 +68,16 @@ func npmTools() []npmTool {
 	}
 }
 
+// FetchImageTools returns the paths of the docker image's npm tools (mise
+// and opencode, by binary name), fetched into cacheDir/npm with their pinned
+// integrity. Other image builders (the Void rootfs) use it.
+func FetchImageTools(ctx context.Context, r runner.Runner, cacheDir string, log *slog.Logger) (map[string]string, error) {
+	return fetchTools(ctx, r, cacheDir, npmTools(), log)
+}
+
+// ImageToolsKey identifies FetchImageTools' tools for an image cache key.
+func ImageToolsKey() string { return toolsKey(npmTools()) }
+
 // toolsFor returns the npm tools an image of kind carries.
 func toolsFor(kind Kind) []npmTool {
 	if kind == KindDocker {
