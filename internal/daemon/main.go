@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/hypervisor/proc"
 	"github.com/banger/banger/internal/runner"
 )
 
@@ -45,6 +46,11 @@ func Main(args []string, stderr io.Writer) int {
 	// Everything bangerd and its hypervisors create (state, disks, console
 	// logs, sockets, keys) is its user's alone.
 	syscall.Umask(0o077)
+	// Daemonized hypervisors stay bangerd's children, so a crash is seen
+	// with its signal or status.
+	if err := proc.BecomeSubreaper(); err != nil {
+		log.Warn("cannot become a subreaper: hypervisor crashes will show without their signal", "err", err)
+	}
 	d, err := New(Options{Config: cfg, Paths: paths, Log: log, Runner: runner.Exec{Detached: true}})
 	if err != nil {
 		log.Error("starting bangerd", "err", err)

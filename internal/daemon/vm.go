@@ -426,10 +426,17 @@ func (d *Daemon) watch(id, name string, inst hypervisor.Instance) {
 		}
 		// A VM still starting is the boot path's to settle (finishBoot).
 		if vm.State == StateRunning || vm.State == StateStopping {
-			d.log.Warn("hypervisor exited on its own; marking VM stopped", "vm", name, "pid", vm.PID)
+			exit := inst.Exit()
 			d.release(d.ctx, vm)
-			vm.State = StateStopped
 			vm.PID = 0
+			if exit.Crashed() {
+				d.log.Error("hypervisor died", "vm", name, "pid", inst.PID(), "how", exit.String())
+				vm.State = StateError
+				vm.Error = "its hypervisor died: " + exit.String() + " (start it again with 'banger vm start " + name + "'; its console log may say why: 'banger vm logs " + name + "')"
+			} else {
+				d.log.Warn("hypervisor exited on its own; marking VM stopped", "vm", name, "pid", inst.PID(), "how", exit.String())
+				vm.State = StateStopped
+			}
 			d.store.UpdateVM(d.ctx, vm)
 		}
 	}()
@@ -508,6 +515,9 @@ func (d *Daemon) stop(name string) (*store.VM, error) {
 // shutdownGuest asks the guest agent to power off, then the hypervisor,
 // then kills the process.
 func (d *Daemon) shutdownGuest(ctx context.Context, vm *store.VM, inst hypervisor.Instance) {
+	if r, ok := inst.(interface{ MarkRequested() }); ok {
+		r.MarkRequested() // the guest's reboot that follows is ours
+	}
 	actx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	err := (&agent.Client{Dial: inst.DialAgent}).Shutdown(actx)
 	cancel()

@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrNotRunning is returned when an instance's process is gone.
@@ -90,6 +93,44 @@ type Instance interface {
 	Wait(ctx context.Context) error
 	// Exited reports whether the process has exited.
 	Exited() bool
+	// Exit says how the process ended, once Exited.
+	Exit() Exit
+}
+
+// Exit says how a hypervisor process ended, as far as banger can know.
+type Exit struct {
+	// Known is false when banger cannot tell: it adopted the process from
+	// an earlier bangerd, and only a parent learns how its child ended.
+	Known bool
+	// Code is the exit status; Signal the signal that killed it, or 0.
+	Code   int
+	Signal syscall.Signal
+	// Requested is set when banger ended it (stop, delete, a failed boot).
+	Requested bool
+}
+
+// Crashed reports an end that nobody asked for: a signal banger did not
+// send, or a failure exit status. A guest's own poweroff or reboot exits 0.
+func (e Exit) Crashed() bool {
+	return e.Known && !e.Requested && (e.Signal != 0 || e.Code != 0)
+}
+
+func (e Exit) String() string {
+	switch {
+	case !e.Known:
+		return "it exited (how is unknown: an earlier bangerd started it)"
+	case e.Signal != 0:
+		s := fmt.Sprintf("it was killed by signal %d (%s)", int(e.Signal), unix.SignalName(e.Signal))
+		if e.Requested {
+			s += ", by banger"
+		}
+		return s
+	case e.Code != 0:
+		return fmt.Sprintf("it exited with status %d", e.Code)
+	case e.Requested:
+		return "banger stopped it"
+	}
+	return "it exited cleanly (the guest powered off or rebooted)"
 }
 
 // Pauser is implemented by instances that can stop and continue their vCPUs.

@@ -347,10 +347,11 @@ func findTool(tool string) (string, error) {
 }
 
 // MakeExt4 makes an ext4 image of size (e.g. "4G") at out filled from dir
-// with mkfs.ext4 -d (no loop mount), labelled label. Other image builders
+// with mkfs.ext4 -d (no loop mount), labelled label, reading dir as root (an
+// image tree is root's). Other image builders
 // (the Void rootfs) use it.
 func MakeExt4(ctx context.Context, r runner.Runner, dir, label, out, size string) error {
-	return mkfs(ctx, r, dir, label, out, size)
+	return mkfs(ctx, r, dir, label, out, size, true)
 }
 
 // mkfs makes an ext4 image of size at out filled from dir. out is created

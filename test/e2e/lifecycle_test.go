@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -203,6 +204,28 @@ func TestLifecycle(t *testing.T) {
 		e.must("image", "delete", "built")
 		if _, err := os.Stat(dir); !os.IsNotExist(err) {
 			t.Fatalf("built image files left after delete (err %v)", err)
+		}
+	})
+
+	t.Run("a killed hypervisor is an error with its signal", func(t *testing.T) {
+		e := e.with(t)
+		pids := e.hypervisorPIDs()
+		if len(pids) != 1 {
+			t.Fatalf("hypervisor pids = %v, want one", pids)
+		}
+		syscall.Kill(pids[0], syscall.SIGKILL)
+		var got rpc.VM
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if got, _ = e.show("box1"); got.State != "running" {
+				break
+			}
+		}
+		if got.State != "error" || !strings.Contains(got.Error, "signal 9 (SIGKILL)") {
+			t.Fatalf("after SIGKILL of its qemu: state %q, error %q; want error naming the signal", got.State, got.Error)
+		}
+		e.must("vm", "start", "box1")
+		if out := strings.TrimSpace(e.ssh("box1", "cat", "/root/marker")); out != "keep-me" {
+			t.Fatalf("after restarting a crashed VM: marker = %q", out)
 		}
 	})
 

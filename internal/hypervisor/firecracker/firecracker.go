@@ -2,7 +2,6 @@
 package firecracker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,14 +11,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
-	"sync"
-	"syscall"
+	"sync/atomic"
 	"time"
 
-	"github.com/banger/banger/internal/atomicfile"
 	"github.com/banger/banger/internal/hypervisor"
+	"github.com/banger/banger/internal/hypervisor/proc"
+	"github.com/banger/banger/internal/logfile"
 	"golang.org/x/sys/unix"
 )
 
@@ -333,17 +331,12 @@ func (b Backend) spawn(ctx context.Context, l *launch) error {
 		cmd.Stdin = nil // /dev/null
 		cmd.Stdout = out
 		cmd.Stderr = out
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := cmd.Start(); err != nil {
+		pr, err := proc.Start(cmd)
+		if err != nil {
 			return err
 		}
-		inst := newInstance(b.log(), l.spec.ID, cmd.Process.Pid, p)
-		inst.proc = cmd.Process
-		go func() {
-			werr := cmd.Wait()
-			inst.log.Info("firecracker exited", "id", inst.id, "pid", inst.pid, "status", exitStatus(werr))
-			inst.markExited()
-		}()
+		inst := newInstance(b.log(), l.spec.ID, pr, p)
+		go inst.cleanupAtExit()
 		l.inst = inst
 		l.undo = append(l.undo, func() {
 			inst.kill()
@@ -357,7 +350,7 @@ func (b Backend) spawn(ctx context.Context, l *launch) error {
 
 	if err := l.step("writing the pid file", func() error {
 		l.undo = append(l.undo, func() { os.Remove(p.pid) })
-		return atomicfile.Write(p.pid, []byte(strconv.Itoa(l.inst.pid)+"\n"), 0o600)
+		return proc.WritePIDFile(p.pid, l.inst.pid)
 	}); err != nil {
 		return err
 	}
@@ -375,36 +368,13 @@ func (b Backend) Attach(ctx context.Context, spec hypervisor.Spec) (hypervisor.I
 	notRunning := func(why string) error {
 		return fmt.Errorf("firecracker: attaching to %s: %s: %w", spec.ID, why, hypervisor.ErrNotRunning)
 	}
-	data, err := os.ReadFile(p.pid)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, notRunning("no pid file")
-	}
+	pr, err := proc.Adopt(p.pid, func(args []string) (bool, string) { return isOurFirecracker(args, p.api, b.Binary) })
 	if err != nil {
 		return nil, fmt.Errorf("firecracker: attaching to %s: %w", spec.ID, err)
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || pid <= 0 {
-		return nil, notRunning(fmt.Sprintf("pid file %s is corrupt", p.pid))
-	}
-	// Pin the process first, so that the checks below cannot be fooled by
-	// pid reuse.
-	pidfd, pidfdErr := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
-	if pidfdErr != nil && errors.Is(pidfdErr, unix.ESRCH) {
-		return nil, notRunning(fmt.Sprintf("pid %d is gone", pid))
-	}
-	ok, why := isOurFirecracker(pid, p.api, b.Binary)
-	if !ok {
-		if pidfdErr == nil {
-			unix.Close(pidfd)
-		}
-		return nil, notRunning(why)
-	}
-	inst := newInstance(b.log(), spec.ID, pid, p)
-	if pidfdErr == nil {
-		inst.watchPidfd(pidfd)
-	} else {
-		go inst.pollProc()
-	}
+	pid := pr.PID()
+	inst := newInstance(b.log(), spec.ID, pr, p)
+	go inst.cleanupAtExit()
 	info, err := inst.client.Instance(ctx)
 	if err != nil {
 		if inst.Exited() {
@@ -442,23 +412,18 @@ func (b Backend) Attach(ctx context.Context, spec hypervisor.Spec) (hypervisor.I
 	return inst, nil
 }
 
-// isOurFirecracker checks /proc/<pid>/cmdline for a firecracker serving api.
-func isOurFirecracker(pid int, api, binary string) (bool, string) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || len(data) == 0 {
-		return false, fmt.Sprintf("pid %d is gone", pid)
-	}
-	args := strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
+// isOurFirecracker checks a command line for a firecracker serving api.
+func isOurFirecracker(args []string, api, binary string) (bool, string) {
 	name := filepath.Base(args[0])
 	if name != "firecracker" && (binary == "" || name != filepath.Base(binary)) {
-		return false, fmt.Sprintf("pid %d is %s, not firecracker", pid, name)
+		return false, name + ", not firecracker"
 	}
 	for i := 1; i+1 < len(args); i++ {
 		if args[i] == "--api-sock" && args[i+1] == api {
 			return true, ""
 		}
 	}
-	return false, fmt.Sprintf("pid %d is another firecracker (not serving %s)", pid, api)
+	return false, "another firecracker (not serving " + api + ")"
 }
 
 // removeStaleSocket removes path unless something answers on it.
@@ -477,20 +442,12 @@ func removeStaleSocket(path string) error {
 	return nil
 }
 
-// tail returns the last n bytes of a file, on one line.
-func tail(path string, n int64) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(unreadable: %v)", err)
+// tail returns the last bytes of a log, on one line.
+func tail(path string, n int) string {
+	if s := logfile.TailText(path, 0, 0, n, " "); s != "" {
+		return s
 	}
-	if int64(len(data)) > n {
-		data = data[int64(len(data))-n:]
-	}
-	s := strings.Join(strings.Fields(string(bytes.ToValidUTF8(data, nil))), " ")
-	if s == "" {
-		return "(nothing)"
-	}
-	return s
+	return "(nothing)"
 }
 
 func exitStatus(err error) string {
@@ -507,138 +464,58 @@ type instance struct {
 	pid    int
 	paths  paths
 	client *Client
+	p      *proc.Process
 
-	// proc is set when this process is our child.
-	proc *os.Process
-	// pidfd, when set, refers to the process (attached instances).
-	pidfd *os.File
-
-	done     chan struct{}
-	doneOnce sync.Once
+	requested atomic.Bool
 }
 
 var _ hypervisor.Instance = (*instance)(nil)
 
-func newInstance(log *slog.Logger, id string, pid int, p paths) *instance {
-	return &instance{log: log, id: id, pid: pid, paths: p, client: NewClient(p.api), done: make(chan struct{})}
+func newInstance(log *slog.Logger, id string, p *proc.Process, paths paths) *instance {
+	return &instance{log: log, id: id, pid: p.PID(), paths: paths, client: NewClient(paths.api), p: p}
 }
 
-// markExited records the exit and removes the sockets and pid file, unless
-// another process has taken the directory over since.
-func (i *instance) markExited() {
-	i.doneOnce.Do(func() {
-		if data, err := os.ReadFile(i.paths.pid); err == nil && strings.TrimSpace(string(data)) == strconv.Itoa(i.pid) {
-			os.Remove(i.paths.api)
-			os.Remove(i.paths.vsock)
-			os.Remove(i.paths.pid)
-		}
-		i.client.Close()
-		if i.pidfd != nil {
-			i.pidfd.Close()
-		}
-		close(i.done)
-	})
+// cleanupAtExit waits for the process to exit, then removes the sockets and
+// pid file, unless another process has taken the directory over since.
+func (i *instance) cleanupAtExit() {
+	<-i.p.Done()
+	i.log.Info("firecracker exited", "id", i.id, "pid", i.pid, "how", i.Exit().String())
+	if pid, err := proc.ReadPIDFile(i.paths.pid); err == nil && pid == i.pid {
+		os.Remove(i.paths.api)
+		os.Remove(i.paths.vsock)
+		os.Remove(i.paths.pid)
+	}
+	i.client.Close()
 }
 
 // close releases what the instance holds without touching the process.
 func (i *instance) close() {
 	i.client.Close()
-	if i.pidfd != nil {
-		i.pidfd.Close()
-	}
-}
-
-// watchPidfd waits for the exit of a process that is not our child through
-// the runtime's poller: a pidfd becomes readable when its process exits.
-func (i *instance) watchPidfd(fd int) {
-	f := os.NewFile(uintptr(fd), "pidfd")
-	i.pidfd = f
-	rc, err := f.SyscallConn()
-	if err != nil {
-		go i.pollProc()
-		return
-	}
-	go func() {
-		err := rc.Read(func(fd uintptr) bool {
-			n, _ := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
-			return n > 0
-		})
-		if err != nil && !errors.Is(err, os.ErrClosed) {
-			// Not pollable here: fall back to /proc.
-			i.pollProc()
-			return
-		}
-		if err == nil {
-			i.log.Info("firecracker exited", "id", i.id, "pid", i.pid)
-			i.markExited()
-		}
-	}()
-}
-
-// pollProc waits for the exit of a process that is not our child by
-// watching /proc.
-func (i *instance) pollProc() {
-	for alive(i.pid) {
-		time.Sleep(100 * time.Millisecond)
-	}
-	i.log.Info("firecracker exited", "id", i.id, "pid", i.pid)
-	i.markExited()
-}
-
-// alive reports whether pid exists and is not a zombie.
-func alive(pid int) bool {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// The state follows the parenthesised command name.
-	s := string(data)
-	if j := strings.LastIndexByte(s, ')'); j >= 0 && j+2 < len(s) {
-		return s[j+2] != 'Z'
-	}
-	return true
-}
-
-func (i *instance) signal(sig syscall.Signal) error {
-	switch {
-	case i.proc != nil:
-		return i.proc.Signal(sig)
-	case i.pidfd != nil:
-		rc, err := i.pidfd.SyscallConn()
-		if err != nil {
-			return err
-		}
-		var serr error
-		if err := rc.Control(func(fd uintptr) { serr = unix.PidfdSendSignal(int(fd), sig, nil, 0) }); err != nil {
-			return err
-		}
-		return serr
-	default:
-		return syscall.Kill(i.pid, sig)
-	}
+	i.p.Close()
 }
 
 // PID implements hypervisor.Instance.
 func (i *instance) PID() int { return i.pid }
 
 // Exited implements hypervisor.Instance.
-func (i *instance) Exited() bool {
-	select {
-	case <-i.done:
-		return true
-	default:
-		return false
-	}
+func (i *instance) Exited() bool { return i.p.Exited() }
+
+// Exit implements hypervisor.Instance.
+func (i *instance) Exit() hypervisor.Exit {
+	e, ok := i.p.Exit()
+	return hypervisor.Exit{Known: ok, Code: e.Code, Signal: e.Signal, Requested: i.requested.Load()}
 }
+
+// MarkRequested records that banger itself ends the process (the guest
+// agent's shutdown), so that its exit is not taken for a crash.
+func (i *instance) MarkRequested() { i.requested.Store(true) }
 
 // Wait implements hypervisor.Instance.
 func (i *instance) Wait(ctx context.Context) error {
-	select {
-	case <-i.done:
-		return nil
-	case <-ctx.Done():
+	if err := i.p.Wait(ctx); err != nil {
 		return fmt.Errorf("waiting for firecracker %s to exit: %w", i.id, ctx.Err())
 	}
+	return nil
 }
 
 // waitSocket waits until the API socket accepts connections, the process
@@ -653,7 +530,7 @@ func (i *instance) waitSocket(ctx context.Context, console string) error {
 			return nil
 		}
 		select {
-		case <-i.done:
+		case <-i.p.Done():
 			return fmt.Errorf("firecracker exited before serving %s; console log %s says: %s", i.paths.api, console, tail(console, 500))
 		case <-ctx.Done():
 			return fmt.Errorf("%s never accepted connections: %w", i.paths.api, ctx.Err())
@@ -676,6 +553,7 @@ func (i *instance) Shutdown(ctx context.Context) error {
 	if i.Exited() {
 		return nil
 	}
+	i.requested.Store(true)
 	if err := i.client.Action(ctx, SendCtrlAltDel); err != nil {
 		if i.Exited() {
 			return nil
@@ -683,7 +561,7 @@ func (i *instance) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("firecracker: shutting down %s: %w", i.id, err)
 	}
 	select {
-	case <-i.done:
+	case <-i.p.Done():
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("firecracker: waiting for %s to shut down: %w (the guest ignored Ctrl-Alt-Del; kill the VM instead)", i.id, ctx.Err())
@@ -695,30 +573,15 @@ func (i *instance) Kill() error {
 	if i.Exited() {
 		return nil
 	}
-	i.signal(syscall.SIGTERM)
-	select {
-	case <-i.done:
-		return nil
-	case <-time.After(termGrace):
+	i.requested.Store(true)
+	if err := i.p.Kill(termGrace, killGrace); err != nil {
+		return fmt.Errorf("firecracker: killing %s: %w", i.id, err)
 	}
-	i.log.Warn("firecracker ignored SIGTERM, killing it", "id", i.id, "pid", i.pid)
-	i.kill()
-	select {
-	case <-i.done:
-		return nil
-	case <-time.After(killGrace):
-		return fmt.Errorf("firecracker: killing %s: pid %d survived SIGKILL for %v", i.id, i.pid, killGrace)
-	}
+	return nil
 }
 
 // kill sends SIGKILL and waits a bounded time for the exit.
 func (i *instance) kill() {
-	if i.Exited() {
-		return
-	}
-	i.signal(syscall.SIGKILL)
-	select {
-	case <-i.done:
-	case <-time.After(killGrace):
-	}
+	i.requested.Store(true)
+	i.p.Kill(0, killGrace)
 }

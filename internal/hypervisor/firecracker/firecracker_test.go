@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/hypervisor"
+	"github.com/banger/banger/internal/hypervisor/proc"
 	"github.com/banger/banger/internal/hypervisor/firecracker/fctest"
 )
 
@@ -479,4 +480,14 @@ func TestDialAgentBeforeBoot(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "closed before OK") {
 		t.Errorf("dialVsock before boot = %v, want the connection closed", err)
 	}
+}
+
+// alive reports whether pid runs (not a zombie).
+func alive(pid int) bool {
+	p, err := proc.Open(pid)
+	if err != nil {
+		return false
+	}
+	defer p.Close()
+	return !p.Exited()
 }

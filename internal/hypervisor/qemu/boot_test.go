@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/hypervisor"
+	"github.com/banger/banger/internal/hypervisor/proc"
 	"github.com/banger/banger/internal/kernel"
 	"github.com/banger/banger/internal/netns"
 	"github.com/banger/banger/internal/runner"
@@ -120,7 +121,7 @@ func sparseFile(t *testing.T, path string, size int64) {
 func checkGone(t *testing.T, pid int, ns *netns.NS) {
 	t.Helper()
 	if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid), "cmdline")); err == nil {
-		if args, err := cmdline(pid); err == nil && len(args) > 0 && strings.Contains(args[0], "qemu") {
+		if args, err := proc.Cmdline(pid); err == nil && len(args) > 0 && strings.Contains(args[0], "qemu") {
 			t.Errorf("qemu pid %d still runs", pid)
 		}
 	}

@@ -7,26 +7,28 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/banger/banger/internal/hypervisor"
+	"github.com/banger/banger/internal/hypervisor/proc"
 )
 
-// instance is one QEMU process. QEMU is not the daemon's child (it
-// daemonizes), so its exit is observed through a pidfd.
+// instance is one QEMU process. QEMU is not the daemon's direct child (it
+// daemonizes); bangerd is its subreaper while it runs, so its exit status
+// is known unless a later bangerd adopted it.
 type instance struct {
 	b     *Backend
 	spec  hypervisor.Spec
 	pid   int
 	vsock bool
-	w     *watcher
+	p     *proc.Process
 
-	qmpMu sync.Mutex // one monitor session at a time
+	qmpMu     sync.Mutex // one monitor session at a time
+	requested atomic.Bool
 }
 
 var _ hypervisor.Instance = (*instance)(nil)
@@ -35,23 +37,20 @@ var _ hypervisor.Instance = (*instance)(nil)
 func (i *instance) PID() int { return i.pid }
 
 // Exited implements hypervisor.Instance.
-func (i *instance) Exited() bool {
-	select {
-	case <-i.w.done:
-		return true
-	default:
-		return false
-	}
+func (i *instance) Exited() bool { return i.p.Exited() }
+
+// Exit implements hypervisor.Instance.
+func (i *instance) Exit() hypervisor.Exit {
+	e, ok := i.p.Exit()
+	return hypervisor.Exit{Known: ok, Code: e.Code, Signal: e.Signal, Requested: i.requested.Load()}
 }
 
 // Wait implements hypervisor.Instance.
 func (i *instance) Wait(ctx context.Context) error {
-	select {
-	case <-i.w.done:
-		return nil
-	case <-ctx.Done():
+	if err := i.p.Wait(ctx); err != nil {
 		return fmt.Errorf("waiting for qemu pid %d of vm %s to exit: %w", i.pid, i.spec.ID, ctx.Err())
 	}
+	return nil
 }
 
 // qmp runs fn in a fresh monitor session. Sessions are short so that a new
@@ -82,6 +81,7 @@ func (i *instance) Shutdown(ctx context.Context) error {
 	if i.Exited() {
 		return nil
 	}
+	i.requested.Store(true)
 	err := i.qmp(ctx, func(c *qmpClient) error { return c.SystemPowerdown(ctx) })
 	if err != nil {
 		if i.Exited() {
@@ -100,6 +100,7 @@ func (i *instance) Kill() error {
 	if i.Exited() {
 		return nil
 	}
+	i.requested.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	err := i.qmp(ctx, func(c *qmpClient) error { return c.Quit(ctx) })
 	if err == nil {
@@ -110,18 +111,15 @@ func (i *instance) Kill() error {
 		return nil
 	}
 	i.b.log().Debug("qemu did not quit through qmp, killing it", "vm", i.spec.ID, "pid", i.pid, "err", err)
-	if err := i.signalKill(); err != nil {
-		return fmt.Errorf("killing qemu pid %d of vm %s: %w", i.pid, i.spec.ID, err)
-	}
-	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := i.Wait(ctx); err != nil {
+	if err := i.p.Kill(0, 10*time.Second); err != nil {
 		return fmt.Errorf("killing qemu pid %d of vm %s: %w", i.pid, i.spec.ID, err)
 	}
 	return nil
 }
 
-func (i *instance) signalKill() error { return i.w.signal(unix.SIGKILL) }
+// MarkRequested records that banger itself ends the process (the guest
+// agent's shutdown), so that its exit is not taken for a crash.
+func (i *instance) MarkRequested() { i.requested.Store(true) }
 
 // DialAgent implements hypervisor.Instance.
 func (i *instance) DialAgent(ctx context.Context) (net.Conn, error) {
@@ -141,148 +139,6 @@ func (i *instance) DialAgent(ctx context.Context) (net.Conn, error) {
 		return nil, fmt.Errorf("dialing agent of vm %s: %w", i.spec.ID, err)
 	}
 	return c, nil
-}
-
-// watcher observes one process that is not our child.
-type watcher struct {
-	pid   int
-	pidfd *os.File // nil when pidfds are unsupported
-	start string   // process start time, guards /proc polling against pid reuse
-	done  chan struct{}
-	stop  chan struct{}
-	once  sync.Once
-}
-
-// watch opens a handle on pid. It returns hypervisor.ErrNotRunning when the
-// process does not exist.
-func watch(pid int) (*watcher, error) {
-	w := &watcher{pid: pid, done: make(chan struct{}), stop: make(chan struct{})}
-	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
-	switch {
-	case err == nil:
-		w.pidfd = os.NewFile(uintptr(fd), "pidfd:"+strconv.Itoa(pid))
-		go w.waitPidfd()
-		return w, nil
-	case errors.Is(err, unix.ESRCH):
-		return nil, fmt.Errorf("opening pid %d: %w", pid, hypervisor.ErrNotRunning)
-	case errors.Is(err, unix.ENOSYS), errors.Is(err, unix.EINVAL):
-		// Kernels before 5.10 (no PIDFD_NONBLOCK) or before 5.3.
-		start, err := startTime(pid)
-		if err != nil {
-			return nil, fmt.Errorf("reading start time of pid %d: %w", pid, hypervisor.ErrNotRunning)
-		}
-		w.start = start
-		go w.pollProc()
-		return w, nil
-	default:
-		return nil, fmt.Errorf("opening pidfd of pid %d: %w", pid, err)
-	}
-}
-
-// close releases a watcher that is no longer wanted.
-func (w *watcher) close() {
-	w.once.Do(func() { close(w.stop) })
-	if w.pidfd != nil {
-		w.pidfd.Close()
-	}
-}
-
-func (w *watcher) waitPidfd() {
-	rc, err := w.pidfd.SyscallConn()
-	if err != nil {
-		return
-	}
-	// A pidfd becomes readable when the process exits. The runtime's
-	// poller waits for that without holding a thread.
-	err = rc.Read(func(fd uintptr) bool { return pidfdExited(int(fd), 0) })
-	if err != nil {
-		select {
-		case <-w.stop:
-			return // closed: nobody waits any more
-		default:
-		}
-		// Not pollable through the runtime: block a thread instead.
-		err = rc.Control(func(fd uintptr) {
-			for !pidfdExited(int(fd), -1) {
-			}
-		})
-	}
-	if err != nil {
-		return
-	}
-	close(w.done)
-	w.pidfd.Close()
-}
-
-func pidfdExited(fd, timeoutMS int) bool {
-	for {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, timeoutMS)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		return err == nil && n > 0
-	}
-}
-
-func (w *watcher) pollProc() {
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for {
-		if !w.procAlive() {
-			close(w.done)
-			return
-		}
-		select {
-		case <-t.C:
-		case <-w.stop:
-			return
-		}
-	}
-}
-
-func (w *watcher) procAlive() bool {
-	start, err := startTime(w.pid)
-	return err == nil && start == w.start
-}
-
-// startTime returns field 22 of /proc/<pid>/stat, or an error when the
-// process is gone or a zombie.
-func startTime(pid int) (string, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return "", err
-	}
-	// The command name (field 2) may contain spaces; fields after it don't.
-	s := string(data)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
-		return "", fmt.Errorf("pid %d has exited", pid)
-	}
-	return f[19], nil
-}
-
-// signal sends sig to the process; a process that is gone is not an error.
-func (w *watcher) signal(sig unix.Signal) error {
-	var err error
-	if w.pidfd != nil {
-		rc, cerr := w.pidfd.SyscallConn()
-		if cerr != nil {
-			return nil // closed after exit
-		}
-		if cerr := rc.Control(func(fd uintptr) { err = unix.PidfdSendSignal(int(fd), sig, nil, 0) }); cerr != nil {
-			return nil
-		}
-	} else {
-		if !w.procAlive() {
-			return nil
-		}
-		err = unix.Kill(w.pid, sig)
-	}
-	if errors.Is(err, unix.ESRCH) {
-		return nil
-	}
-	return err
 }
 
 // vsockAddr is an AF_VSOCK address.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/hypervisor"
+	"github.com/banger/banger/internal/hypervisor/proc"
 	"github.com/banger/banger/internal/runner"
 )
 
@@ -256,7 +257,7 @@ func (b *Backend) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.I
 		return nil, err
 	}
 	if inst, err := b.find(spec); err == nil {
-		inst.w.close()
+		inst.p.Close()
 		return nil, fmt.Errorf("starting vm %s: qemu already runs for it as pid %d (stop it first)", spec.ID, inst.pid)
 	}
 	for _, name := range []string{PIDFile, QMPSocket, AgentSocket} {
@@ -298,7 +299,7 @@ func (b *Backend) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.I
 	}
 	inst, st, err := b.adopt(ctx, spec)
 	if err == nil && !st.Running {
-		inst.w.close()
+		inst.p.Close()
 		err = fmt.Errorf("vm state is %q, not running (see %s)", st.Status, consolePath(spec))
 	}
 	if err != nil {
@@ -311,14 +312,12 @@ func (b *Backend) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.I
 
 // killStray ends a QEMU that a failed Start left behind.
 func (b *Backend) killStray(spec hypervisor.Spec) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
 	inst, err := b.find(spec)
 	if err != nil {
 		return
 	}
-	inst.signalKill()
-	inst.Wait(ctx)
+	inst.requested.Store(true)
+	inst.p.Kill(0, 5*time.Second)
 }
 
 // Attach implements hypervisor.Backend.
@@ -342,7 +341,7 @@ func (b *Backend) adopt(ctx context.Context, spec hypervisor.Spec) (*instance, q
 		if inst.Exited() {
 			return nil, st, fmt.Errorf("attaching to qemu of vm %s: %w", spec.ID, hypervisor.ErrNotRunning)
 		}
-		inst.w.close()
+		inst.p.Close()
 		return nil, st, fmt.Errorf("attaching to qemu pid %d of vm %s: %w", inst.pid, spec.ID, err)
 	}
 	b.log().Debug("qemu monitor answers", "vm", spec.ID, "pid", inst.pid, "status", st.Status)
@@ -351,39 +350,18 @@ func (b *Backend) adopt(ctx context.Context, spec hypervisor.Spec) (*instance, q
 
 // find reads the pid file and verifies that the process is the QEMU of spec.
 func (b *Backend) find(spec hypervisor.Spec) (*instance, error) {
-	pidPath := filepath.Join(spec.Dir, PIDFile)
-	data, err := os.ReadFile(pidPath)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("reading %s: %w", pidPath, hypervisor.ErrNotRunning)
+	var vsock bool
+	p, err := proc.Adopt(filepath.Join(spec.Dir, PIDFile), func(args []string) (bool, string) {
+		vsock = slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "vhost-vsock-device") })
+		if !isOurs(args, spec) {
+			return false, "not the qemu of vm " + spec.ID
 		}
-		return nil, fmt.Errorf("reading %s: %w", pidPath, err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-	if err != nil || pid <= 0 {
-		return nil, fmt.Errorf("parsing %s: %q is not a pid: %w", pidPath, data, hypervisor.ErrNotRunning)
-	}
-	// The process handle comes first, so the check below is about the
-	// process it refers to even if the pid is reused later.
-	w, err := watch(pid)
+		return true, ""
+	})
 	if err != nil {
 		return nil, err
 	}
-	args, err := cmdline(pid)
-	if err != nil || !isOurs(args, spec) {
-		w.close()
-		return nil, fmt.Errorf("pid %d from %s is not the qemu of vm %s: %w", pid, pidPath, spec.ID, hypervisor.ErrNotRunning)
-	}
-	vsock := slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "vhost-vsock-device") })
-	return &instance{b: b, spec: spec, pid: pid, vsock: vsock, w: w}, nil
-}
-
-func cmdline(pid int) ([]string, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return nil, err
-	}
-	return strings.Split(strings.TrimRight(string(data), "\x00"), "\x00"), nil
+	return &instance{b: b, spec: spec, pid: p.PID(), vsock: vsock, p: p}, nil
 }
 
 // isOurs reports whether args is a QEMU command line for spec: the same name

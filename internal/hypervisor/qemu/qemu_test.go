@@ -7,7 +7,6 @@ import (
 	"errors"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -342,45 +341,6 @@ func TestQMPNotAGreeting(t *testing.T) {
 	}
 }
 
-func TestWatcher(t *testing.T) {
-	cmd := exec.Command("sleep", "60")
-	if err := cmd.Start(); err != nil {
-		t.Skipf("starting sleep: %v", err)
-	}
-	reaped := make(chan struct{})
-	go func() { cmd.Wait(); close(reaped) }()
-	w, err := watch(cmd.Process.Pid)
-	if err != nil {
-		t.Fatalf("watch(sleep) = %v, want nil", err)
-	}
-	inst := &instance{b: &Backend{}, pid: cmd.Process.Pid, w: w}
-	if inst.Exited() {
-		t.Fatal("Exited() of a running process = true, want false")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	if err := inst.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Wait(running, 100ms) = %v, want deadline exceeded", err)
-	}
-	cancel()
-	if err := inst.signalKill(); err != nil {
-		t.Fatalf("signalKill() = %v, want nil", err)
-	}
-	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := inst.Wait(ctx); err != nil {
-		t.Errorf("Wait(killed) = %v, want nil", err)
-	}
-	<-reaped
-	if err := inst.signalKill(); err != nil {
-		t.Errorf("signalKill(exited) = %v, want nil", err)
-	}
-	if err := inst.Kill(); err != nil {
-		t.Errorf("Kill(exited) = %v, want nil", err)
-	}
-	if _, err := watch(cmd.Process.Pid); !errors.Is(err, hypervisor.ErrNotRunning) {
-		t.Errorf("watch(exited pid) = %v, want ErrNotRunning", err)
-	}
-}
 
 func TestAttachNotRunning(t *testing.T) {
 	dir := t.TempDir()
