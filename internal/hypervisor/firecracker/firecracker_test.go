@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/hypervisor"
-	"github.com/banger/banger/internal/hypervisor/proc"
 	"github.com/banger/banger/internal/hypervisor/firecracker/fctest"
+	"github.com/banger/banger/internal/hypervisor/proc"
 )
 
 // fakeBackend returns a Backend whose firecracker is this test binary

@@ -341,7 +341,6 @@ func TestQMPNotAGreeting(t *testing.T) {
 	}
 }
 
-
 func TestAttachNotRunning(t *testing.T) {
 	dir := t.TempDir()
 	spec := testSpec()
