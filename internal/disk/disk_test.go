@@ -13,8 +13,11 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/banger/banger/internal/runner"
 	"golang.org/x/sys/unix"
+
+	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/runner/runnertest"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // makeSparse writes a 64 MiB file with three data extents and holes between them.
@@ -186,14 +189,11 @@ func TestCloneEmpty(t *testing.T) {
 
 func needTool(t *testing.T, names ...string) {
 	t.Helper()
+	var needs []vmtest.Need
 	for _, n := range names {
-		if _, err := exec.LookPath(n); err != nil {
-			if os.Getenv("BANGER_VM_TESTS") == "1" {
-				t.Fatalf("%s is missing: install e2fsprogs", n)
-			}
-			t.Skipf("%s is missing: install e2fsprogs", n)
-		}
+		needs = append(needs, vmtest.Tool(n, "e2fsprogs"))
 	}
+	vmtest.RequireHost(t, "this disk test", needs...)
 }
 
 func blockCount(t *testing.T, img string) int64 {
@@ -245,21 +245,15 @@ func TestGrow(t *testing.T) {
 	}
 }
 
-// fsckRunner makes e2fsck exit with a chosen status and runs everything else.
-type fsckRunner struct{ status int }
-
-func (f fsckRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	if name == "e2fsck" {
-		return runner.Exec{}.Run(ctx, "sh", "-c", "echo e2fsck; exit "+strconv.Itoa(f.status))
-	}
-	if name == "resize2fs" {
-		return nil, nil
-	}
-	return runner.Exec{}.Run(ctx, name, args...)
-}
-
-func (f fsckRunner) RunPrivileged(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return f.Run(ctx, name, args...)
+// fsckRunner makes e2fsck exit with a chosen status, resize2fs succeed,
+// and runs everything else for real.
+func fsckRunner(status int) *runnertest.Runner {
+	r := &runnertest.Runner{Fallback: runner.Exec{}}
+	r.On("e2fsck", func([]string) ([]byte, error) {
+		return runner.Exec{}.Run(context.Background(), "sh", "-c", "echo e2fsck; exit "+strconv.Itoa(status))
+	})
+	r.OK("resize2fs")
+	return r
 }
 
 func TestGrowFsckStatus(t *testing.T) {
@@ -270,7 +264,7 @@ func TestGrowFsckStatus(t *testing.T) {
 	for _, tt := range tests {
 		img := filepath.Join(t.TempDir(), "img")
 		os.WriteFile(img, []byte("x"), 0o600)
-		err := Grow(context.Background(), fsckRunner{tt.status}, img, 1<<20)
+		err := Grow(context.Background(), fsckRunner(tt.status), img, 1<<20)
 		if (err == nil) != tt.ok {
 			t.Errorf("Grow() with e2fsck exit %d = %v, want ok=%v", tt.status, err, tt.ok)
 		}

@@ -6,16 +6,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // TestCloneReflink mounts a small XFS image (reflink on by default) through a loop device.
 func TestCloneReflink(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("BANGER_VM_TESTS") == "1" {
-			t.Fatal("the reflink test needs root to loop-mount an XFS image")
-		}
-		t.Skip("the reflink test needs root to loop-mount an XFS image")
-	}
+	vmtest.RequireHost(t, "the reflink test (it loop-mounts an XFS image)", vmtest.Root())
 	if _, err := exec.LookPath("mkfs.xfs"); err != nil {
 		t.Skip("mkfs.xfs is missing (apt-get install xfsprogs): cannot test the reflink path")
 	}

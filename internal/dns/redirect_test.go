@@ -3,7 +3,6 @@ package dns
 import (
 	"context"
 	"net/netip"
-	"os"
 	"os/exec"
 	"reflect"
 	"strings"
@@ -12,8 +11,7 @@ import (
 
 	mdns "github.com/miekg/dns"
 
-	"github.com/banger/banger/internal/netns"
-	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 func TestRedirectScript(t *testing.T) {
@@ -50,16 +48,8 @@ func TestRedirectScript(t *testing.T) {
 // address: queries to the bridge address's port 53 from the host (output)
 // and from a "guest" namespace on the bridge (prerouting) reach it.
 func TestRedirectReal(t *testing.T) {
-	if os.Getenv("BANGER_VM_TESTS") == "" {
-		t.Skip("needs root and nft: set BANGER_VM_TESTS=1 (make test does)")
-	}
-	if !runner.IsRoot() {
-		t.Fatal("BANGER_VM_TESTS=1 needs root")
-	}
-	if _, err := runner.LookPath("nft"); err != nil {
-		t.Fatal("nft is missing: apt-get install nftables")
-	}
-	host, guest := netns.New(t), netns.New(t)
+	vmtest.Require(t, "the DNS redirect with real nft", vmtest.Root(), vmtest.Tool("nft", "nftables"))
+	host, guest := vmtest.NewNS(t), vmtest.NewNS(t)
 	for _, args := range [][]string{
 		{"-n", host.Name, "link", "add", "br-dns", "type", "bridge"},
 		{"-n", host.Name, "addr", "add", "10.99.0.1/24", "dev", "br-dns"},
@@ -91,7 +81,7 @@ func TestRedirectReal(t *testing.T) {
 	if p, err := r.Active(ctx); err != nil || p != 10053 {
 		t.Fatalf("Active() = %d, %v; want 10053", p, err)
 	}
-	ask := func(ns *netns.NS, net string) (*mdns.Msg, error) {
+	ask := func(ns *vmtest.NS, net string) (*mdns.Msg, error) {
 		m := new(mdns.Msg)
 		m.SetQuestion("box.vm.", mdns.TypeA)
 		var resp *mdns.Msg
@@ -104,7 +94,7 @@ func TestRedirectReal(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		who string
-		ns  *netns.NS
+		ns  *vmtest.NS
 		net string
 	}{{"host udp", host, "udp"}, {"host tcp", host, "tcp"}, {"guest udp", guest, "udp"}, {"guest tcp", guest, "tcp"}} {
 		resp, err := ask(tc.ns, tc.net)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+
+	"github.com/banger/banger/internal/vmtest"
 )
 
 func TestUpstreamsFromResolvConf(t *testing.T) {
@@ -69,9 +71,7 @@ func TestDefaultResolvConfPrefersResolved(t *testing.T) {
 // TestDefaultUpstreamsReload forwards with Upstreams unset through a fake
 // resolv.conf whose upstreams are fake servers on 127.88.0.x:53.
 func TestDefaultUpstreamsReload(t *testing.T) {
-	if os.Getenv("BANGER_VM_TESTS") != "1" || os.Geteuid() != 0 {
-		t.Skip("needs root to listen on port 53 of loopback: run as root with BANGER_VM_TESTS=1")
-	}
+	vmtest.Require(t, "listening on port 53 of loopback", vmtest.Root())
 	answering := func(ip string) string {
 		pc, l, err := listenPair(ip + ":53")
 		if err != nil {

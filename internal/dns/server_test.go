@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -19,7 +18,7 @@ import (
 
 	mdns "github.com/miekg/dns"
 
-	"github.com/banger/banger/internal/netns"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // vmTable is a Lookup backed by a map that tests change at run time.
@@ -446,10 +445,8 @@ func TestBoundAddrs(t *testing.T) {
 // TestBridgeAddress listens on an address of a dummy interface inside a
 // namespace, like bangerd on its bridge, and queries it from there.
 func TestBridgeAddress(t *testing.T) {
-	if os.Getenv("BANGER_VM_TESTS") != "1" {
-		t.Skip("needs root and network namespaces: set BANGER_VM_TESTS=1")
-	}
-	ns := netns.New(t)
+	vmtest.Require(t, "DNS on a bridge address", vmtest.Root())
+	ns := vmtest.NewNS(t)
 	// A dummy link where the module exists, else a bridge like bangerd's.
 	if out, err := exec.Command("ip", "-n", ns.Name, "link", "add", "d0", "type", "dummy").CombinedOutput(); err != nil {
 		if out2, err2 := exec.Command("ip", "-n", ns.Name, "link", "add", "d0", "type", "bridge").CombinedOutput(); err2 != nil {

@@ -13,8 +13,8 @@ import (
 
 	"github.com/banger/banger/internal/initramfs"
 	"github.com/banger/banger/internal/kernel"
-	"github.com/banger/banger/internal/netns"
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 const marker = "BANGER-INIT-TEST-OK"
@@ -26,17 +26,8 @@ type bootFixture struct {
 
 func requireVMTests(t *testing.T) {
 	t.Helper()
-	if os.Getenv("BANGER_VM_TESTS") != "1" {
-		t.Skip("boots a VM under QEMU (needs root, qemu-system-x86_64, mkfs.ext4 and the Debian kernel from apt): set BANGER_VM_TESTS=1 to run")
-	}
-	if os.Geteuid() != 0 {
-		t.Fatal("BANGER_VM_TESTS=1 but not root: VM tests need root for network namespaces")
-	}
-	for _, tool := range []string{"qemu-system-x86_64", "mkfs.ext4", "debugfs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("BANGER_VM_TESTS=1 but %s is missing: apt-get install qemu-system-x86 e2fsprogs", tool)
-		}
-	}
+	vmtest.Require(t, "booting the initramfs under qemu", vmtest.Root(), vmtest.Tool("qemu-system-x86_64", "qemu-system-x86"),
+		vmtest.Tool("mkfs.ext4", "e2fsprogs"), vmtest.Tool("debugfs", "e2fsprogs"))
 }
 
 func cacheDir(t *testing.T) string {
@@ -110,7 +101,7 @@ func setup(t *testing.T) bootFixture {
 // from starting qemu to the first line containing want (0 if it never came).
 func boot(t *testing.T, f bootFixture, appendArgs, want string) (string, time.Duration) {
 	t.Helper()
-	ns := netns.New(t)
+	ns := vmtest.NewNS(t)
 	consoleLog := filepath.Join(t.TempDir(), "console.log")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()

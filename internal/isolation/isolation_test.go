@@ -2,14 +2,11 @@ package isolation
 
 import (
 	"context"
-	"os"
-	"os/exec"
 	"reflect"
 	"strings"
 	"testing"
 
-	"github.com/banger/banger/internal/netns"
-	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 func TestScript(t *testing.T) {
@@ -86,17 +83,8 @@ func TestParsePorts(t *testing.T) {
 // TestEnsureReal applies the table with the real nft inside a network
 // namespace the test creates, then changes and removes it.
 func TestEnsureReal(t *testing.T) {
-	if os.Getenv("BANGER_VM_TESTS") == "" {
-		t.Skip("needs root and nft: set BANGER_VM_TESTS=1 (make test does)")
-	}
-	if !runner.IsRoot() {
-		t.Fatal("BANGER_VM_TESTS=1 needs root")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Fatal("nft is missing: apt-get install nftables")
-	}
-	ns := netns.New(t).Name
-	m := &Manager{R: nsRunner{ns}, Ports: []int{4096}, Bridge: "banger0", TAPPrefixes: []string{"bgtap-", "tap-pool-"}}
+	vmtest.Require(t, "guest isolation with real nft", vmtest.Root(), vmtest.Tool("nft", "nftables"))
+	m := &Manager{R: vmtest.NewNS(t).Runner(), Ports: []int{4096}, Bridge: "banger0", TAPPrefixes: []string{"bgtap-", "tap-pool-"}}
 	ctx := context.Background()
 	for i := 0; i < 2; i++ { // idempotent
 		if err := m.Ensure(ctx); err != nil {
@@ -120,15 +108,4 @@ func TestEnsureReal(t *testing.T) {
 	if got, err := m.Active(ctx); err != nil || len(got) != 0 {
 		t.Fatalf("Active() after removal = %v, %v; want none", got, err)
 	}
-}
-
-// nsRunner runs commands inside a network namespace.
-type nsRunner struct{ ns string }
-
-func (r nsRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return runner.Default.Run(ctx, "ip", append([]string{"netns", "exec", r.ns, name}, args...)...)
-}
-
-func (r nsRunner) RunPrivileged(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return r.Run(ctx, name, args...)
 }

@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,35 +10,27 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/runner/runnertest"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // fakeRunner answers apt-cache show from a table and records every command.
-type fakeRunner struct {
-	show  map[string]string
-	calls []string
-}
-
-func (f *fakeRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	f.calls = append(f.calls, name+" "+strings.Join(args, " "))
-	if name == "apt-cache" && len(args) == 3 && args[0] == "show" {
-		if out, ok := f.show[args[2]]; ok {
+// aptCache answers 'apt-cache show --no-all-versions PKG' from show and
+// fails every other command, as apt does for a package it does not know.
+func aptCache(show map[string]string) *runnertest.Runner {
+	r := &runnertest.Runner{}
+	r.On("apt-cache show", func(argv []string) ([]byte, error) {
+		if out, ok := show[argv[len(argv)-1]]; ok {
 			return []byte(out), nil
 		}
-		return nil, &notFoundError{}
-	}
-	return nil, &notFoundError{}
+		return nil, errors.New("apt-cache show: exit status 100: E: No packages found")
+	})
+	r.Reply("", runnertest.Reply{Err: errors.New("exit status 100: E: No packages found")})
+	return r
 }
-
-func (f *fakeRunner) RunPrivileged(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return f.Run(ctx, name, args...)
-}
-
-type notFoundError struct{}
-
-func (*notFoundError) Error() string { return "apt-cache show: exit status 100: E: No packages found" }
 
 func TestFetchEmptyAptLists(t *testing.T) {
-	f := &fakeRunner{}
+	f := aptCache(nil)
 	_, err := Fetch(context.Background(), f, t.TempDir())
 	if err == nil || !strings.Contains(err.Error(), "apt-get update") {
 		t.Fatalf("Fetch with empty apt lists = %v, want an error telling to run apt-get update", err)
@@ -56,10 +49,10 @@ func TestFetchUsesCache(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	f := &fakeRunner{show: map[string]string{
+	f := aptCache(map[string]string{
 		MetaPackage:                         "Package: linux-image-cloud-amd64\nVersion: " + deb + "\nDepends: linux-image-" + kver + " (= " + deb + ")\n\n",
 		"linux-image-" + kver + "-unsigned": "Package: linux-image-" + kver + "-unsigned\nVersion: " + deb + "\n",
-	}}
+	})
 	p, err := Fetch(context.Background(), f, cache)
 	if err != nil {
 		t.Fatal(err)
@@ -67,8 +60,8 @@ func TestFetchUsesCache(t *testing.T) {
 	if p.Version != kver || p.DebVersion != deb || p.ModulesDir != filepath.Join(dir, "lib/modules", kver) {
 		t.Errorf("Fetch = %+v, want version %s_%s in %s", p, kver, deb, dir)
 	}
-	for _, c := range f.calls {
-		if !strings.HasPrefix(c, "apt-cache ") {
+	for _, c := range f.Calls() {
+		if !strings.HasPrefix(c, "run apt-cache ") {
 			t.Errorf("Fetch with a cached package ran %q, want only apt-cache", c)
 		}
 	}
@@ -98,12 +91,10 @@ func testCacheDir(t *testing.T) string {
 	return filepath.Join(base, "banger")
 }
 
-// realKernel fetches the Debian cloud kernel, or skips unless BANGER_VM_TESTS=1.
+// realKernel fetches the Debian cloud kernel (a VM test: vmtest.Require).
 func realKernel(t *testing.T) *Package {
 	t.Helper()
-	if os.Getenv("BANGER_VM_TESTS") != "1" {
-		t.Skip("needs the Debian kernel package from apt: set BANGER_VM_TESTS=1 to run")
-	}
+	vmtest.Require(t, "fetching the Debian kernel package with apt", vmtest.Tool("apt-get", "apt"), vmtest.Tool("dpkg", "dpkg"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	start := time.Now()

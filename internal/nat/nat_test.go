@@ -13,34 +13,40 @@ import (
 	"testing"
 
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/runner/runnertest"
 )
 
-// fakeNFT answers `nft -j list table` from canned output and records every privileged call.
-type fakeNFT struct {
-	lists []string // successive answers to "nft -j list table"; "" means no such table
-	err   error    // returned by every other privileged call when set
-	calls []string
-}
-
-func (f *fakeNFT) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return f.RunPrivileged(ctx, name, args...)
-}
-
-func (f *fakeNFT) RunPrivileged(_ context.Context, name string, args ...string) ([]byte, error) {
-	call := name + " " + strings.Join(args, " ")
-	if strings.HasPrefix(call, "nft -j list table") {
-		if len(f.lists) == 0 {
-			return nil, errors.New("unexpected list")
-		}
-		out := f.lists[0]
-		f.lists = f.lists[1:]
+// fakeNFT answers `nft -j list table` with lists, one after the other (""
+// meaning no such table), and every other nft call with err.
+func fakeNFT(lists []string, err error) *runnertest.Runner {
+	r := &runnertest.Runner{}
+	var replies []runnertest.Reply
+	for _, out := range lists {
 		if out == "" {
-			return nil, fmt.Errorf("%s: exit status 1: Error: No such file or directory", call)
+			replies = append(replies, runnertest.Reply{Err: errors.New("nft -j list table ip banger: exit status 1: Error: No such file or directory")})
+		} else {
+			replies = append(replies, runnertest.Reply{Out: out})
 		}
-		return []byte(out), nil
 	}
-	f.calls = append(f.calls, call)
-	return nil, f.err
+	if len(replies) == 0 {
+		replies = []runnertest.Reply{{Err: errors.New("unexpected list")}}
+	}
+	r.Reply("nft -j list table", replies...)
+	r.Reply("nft", runnertest.Reply{Err: err})
+	r.OK("sysctl")
+	return r
+}
+
+// changes are the nft calls that change something: all but the listings.
+func changes(r *runnertest.Runner) []string {
+	var out []string
+	for _, c := range r.Calls() {
+		c = strings.TrimPrefix(strings.TrimPrefix(c, "priv "), "run ")
+		if !strings.HasPrefix(c, "nft -j list table") {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 func oneVM(t *testing.T) string {
@@ -236,27 +242,27 @@ func TestEnableCommands(t *testing.T) {
 		},
 	}
 	for _, tt := range tests {
-		f := &fakeNFT{lists: tt.lists}
+		f := fakeNFT(tt.lists, nil)
 		if err := testManager(f).Enable(context.Background(), tt.id, tt.ip); err != nil {
 			t.Errorf("Enable(%s) = %v, want nil", tt.name, err)
 			continue
 		}
-		if !slices.Equal(f.calls, tt.want) {
-			t.Errorf("Enable(%s) ran %q, want %q", tt.name, f.calls, tt.want)
+		if !slices.Equal(changes(f), tt.want) {
+			t.Errorf("Enable(%s) ran %q, want %q", tt.name, changes(f), tt.want)
 		}
 	}
 }
 
 func TestEnsureRebuildKeepsVMs(t *testing.T) {
-	f := &fakeNFT{lists: []string{oneVM(t), oneVM(t)}}
+	f := fakeNFT([]string{oneVM(t), oneVM(t)}, nil)
 	m := testManager(f)
 	m.Bridge = "banger1"
 	if err := m.Ensure(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"nft " + strings.Join(append(baseScript("banger", "banger1"), addVMScript("banger", "banger1", "abc", ip2)...), "\n")}
-	if !slices.Equal(f.calls, want) {
-		t.Errorf("Ensure(bridge renamed) ran %q, want %q", f.calls, want)
+	if !slices.Equal(changes(f), want) {
+		t.Errorf("Ensure(bridge renamed) ran %q, want %q", changes(f), want)
 	}
 }
 
@@ -272,13 +278,13 @@ func TestDisableCommands(t *testing.T) {
 		{"no table", []string{""}, "abc", nil},
 	}
 	for _, tt := range tests {
-		f := &fakeNFT{lists: tt.lists}
+		f := fakeNFT(tt.lists, nil)
 		if err := testManager(f).Disable(context.Background(), tt.id); err != nil {
 			t.Errorf("Disable(%s) = %v, want nil", tt.name, err)
 			continue
 		}
-		if !slices.Equal(f.calls, tt.want) {
-			t.Errorf("Disable(%s) ran %q, want %q", tt.name, f.calls, tt.want)
+		if !slices.Equal(changes(f), tt.want) {
+			t.Errorf("Disable(%s) ran %q, want %q", tt.name, changes(f), tt.want)
 		}
 	}
 }
@@ -289,13 +295,13 @@ func TestInvalidInput(t *testing.T) {
 		name string
 		err  error
 	}{
-		{"id with quote", testManager(&fakeNFT{}).Enable(ctx, `a"b`, ip2)},
-		{"empty id", testManager(&fakeNFT{}).Enable(ctx, "", ip2)},
-		{"outside subnet", testManager(&fakeNFT{}).Enable(ctx, "abc", netip.MustParseAddr("10.99.0.2"))},
-		{"ipv6", testManager(&fakeNFT{}).Enable(ctx, "abc", netip.MustParseAddr("fd00::2"))},
-		{"bad bridge", (&Manager{R: &fakeNFT{}, Bridge: `br"0`}).Ensure(ctx)},
-		{"bad table", (&Manager{R: &fakeNFT{}, Table: "ban ger"}).Teardown(ctx)},
-		{"reconcile bad id", testManager(&fakeNFT{}).Reconcile(ctx, map[string]netip.Addr{"a;b": ip2})},
+		{"id with quote", testManager(fakeNFT(nil, nil)).Enable(ctx, `a"b`, ip2)},
+		{"empty id", testManager(fakeNFT(nil, nil)).Enable(ctx, "", ip2)},
+		{"outside subnet", testManager(fakeNFT(nil, nil)).Enable(ctx, "abc", netip.MustParseAddr("10.99.0.2"))},
+		{"ipv6", testManager(fakeNFT(nil, nil)).Enable(ctx, "abc", netip.MustParseAddr("fd00::2"))},
+		{"bad bridge", (&Manager{R: fakeNFT(nil, nil), Bridge: `br"0`}).Ensure(ctx)},
+		{"bad table", (&Manager{R: fakeNFT(nil, nil), Table: "ban ger"}).Teardown(ctx)},
+		{"reconcile bad id", testManager(fakeNFT(nil, nil)).Reconcile(ctx, map[string]netip.Addr{"a;b": ip2})},
 	}
 	for _, tt := range tests {
 		if tt.err == nil {
@@ -305,13 +311,13 @@ func TestInvalidInput(t *testing.T) {
 }
 
 func TestTeardownCommands(t *testing.T) {
-	f := &fakeNFT{}
+	f := fakeNFT(nil, nil)
 	if err := (&Manager{R: f}).Teardown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	want := []string{"nft add table ip banger\ndelete table ip banger"}
-	if !slices.Equal(f.calls, want) {
-		t.Errorf("Teardown() ran %q, want %q", f.calls, want)
+	if !slices.Equal(changes(f), want) {
+		t.Errorf("Teardown() ran %q, want %q", changes(f), want)
 	}
 }
 
@@ -328,7 +334,7 @@ func TestCheck(t *testing.T) {
 		{"kernel", errors.New("nft list tables: exit status 1: Error: Operation not supported"), "modprobe nf_tables"},
 	}
 	for _, tt := range tests {
-		err := Check(context.Background(), &fakeNFT{err: tt.err})
+		err := Check(context.Background(), fakeNFT(nil, tt.err))
 		switch {
 		case tt.want == "" && err != nil:
 			t.Errorf("Check(%s) = %v, want nil", tt.name, err)
@@ -354,11 +360,11 @@ func TestForwarding(t *testing.T) {
 		if err := os.WriteFile(procIPForward, []byte(tt.content), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		f := &fakeNFT{}
+		f := fakeNFT(nil, nil)
 		changed, err := (&Manager{R: f}).EnsureForwarding(context.Background())
-		if err != nil || changed != tt.wantChanged || !slices.Equal(f.calls, tt.wantCalls) {
+		if err != nil || changed != tt.wantChanged || !slices.Equal(changes(f), tt.wantCalls) {
 			t.Errorf("EnsureForwarding(ip_forward=%q) = %v, %v running %q, want %v, nil running %q",
-				strings.TrimSpace(tt.content), changed, err, f.calls, tt.wantChanged, tt.wantCalls)
+				strings.TrimSpace(tt.content), changed, err, changes(f), tt.wantChanged, tt.wantCalls)
 		}
 	}
 	if err := os.WriteFile(procIPForward, []byte("2\n"), 0o644); err != nil {

@@ -8,45 +8,24 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/banger/banger/internal/netns"
-	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
 )
 
-// nsRunner runs every command inside a network namespace.
-type nsRunner struct{ ns *netns.NS }
-
-func (r nsRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return runner.Exec{}.Run(ctx, "ip", append([]string{"netns", "exec", r.ns.Name, name}, args...)...)
-}
-
-func (r nsRunner) RunPrivileged(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return r.Run(ctx, name, args...)
-}
-
-// needNamespaces skips unless BANGER_VM_TESTS=1 and then fails on a missing prerequisite.
+// needNamespaces gates the tests that use real nft in namespaces.
 func needNamespaces(t *testing.T) {
 	t.Helper()
-	if os.Getenv("BANGER_VM_TESTS") != "1" {
-		t.Skip("needs root, nftables and network namespaces: set BANGER_VM_TESTS=1 to run")
-	}
-	if os.Geteuid() != 0 {
-		t.Fatal("BANGER_VM_TESTS=1 but not root: run the tests as root")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Fatal("nft not found: apt-get install nftables")
-	}
+	vmtest.Require(t, "NAT in network namespaces", vmtest.Root(), vmtest.Tool("nft", "nftables"))
 }
 
 // sh runs a command in ns and fails the test on error.
-func sh(t *testing.T, ns *netns.NS, name string, args ...string) string {
+func sh(t *testing.T, ns *vmtest.NS, name string, args ...string) string {
 	t.Helper()
-	out, err := nsRunner{ns}.Run(context.Background(), name, args...)
+	out, err := ns.Runner().Run(context.Background(), name, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,8 +35,8 @@ func sh(t *testing.T, ns *netns.NS, name string, args ...string) string {
 func TestTableInNamespace(t *testing.T) {
 	needNamespaces(t)
 	ctx := context.Background()
-	ns := netns.New(t)
-	r := nsRunner{ns}
+	ns := vmtest.NewNS(t)
+	r := ns.Runner()
 	sh(t, ns, "nft", `add table inet user
 add chain inet user input { type filter hook input priority 0; policy accept; }
 add chain inet user forward { type filter hook forward priority 0; policy accept; }
@@ -213,7 +192,7 @@ add rule inet user forward iifname "eth9" drop`)
 func TestNATTraffic(t *testing.T) {
 	needNamespaces(t)
 	ctx := context.Background()
-	h, g, u := netns.New(t), netns.New(t), netns.New(t)
+	h, g, u := vmtest.NewNS(t), vmtest.NewNS(t), vmtest.NewNS(t)
 
 	// H: the host, bridge br0 10.88.0.1/24, uplink up0 192.0.2.2/24 to U.
 	sh(t, h, "ip", "link", "add", "br0", "type", "bridge")
@@ -242,7 +221,7 @@ func TestNATTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &Manager{R: nsRunner{h}, Bridge: "br0", Subnet: netip.MustParsePrefix("10.88.0.0/24")}
+	m := &Manager{R: h.Runner(), Bridge: "br0", Subnet: netip.MustParsePrefix("10.88.0.0/24")}
 	for i, want := range []bool{true, false} {
 		var changed bool
 		if err := h.Do(func() error {

@@ -4,47 +4,23 @@ import (
 	"context"
 	"errors"
 	"net/netip"
-	"os"
 	"os/exec"
 	"slices"
 	"strings"
 	"testing"
 
-	"github.com/banger/banger/internal/netns"
-	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
 )
 
-// nsRunner runs every command inside a network namespace.
-type nsRunner struct {
-	ns string
-	r  runner.Runner
-}
-
-func (n nsRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return n.r.Run(ctx, "ip", append([]string{"netns", "exec", n.ns, name}, args...)...)
-}
-
-func (n nsRunner) RunPrivileged(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return n.r.RunPrivileged(ctx, "ip", append([]string{"netns", "exec", n.ns, name}, args...)...)
-}
-
 // testManager returns a Manager whose commands run in a fresh namespace.
-func testManager(t *testing.T) (*Manager, *netns.NS) {
+func testManager(t *testing.T) (*Manager, *vmtest.NS) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("BANGER_VM_TESTS") == "1" {
-			t.Fatal("network tests need root (BANGER_VM_TESTS=1 is set)")
-		}
-		t.Skip("network tests need root to create a network namespace")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Fatalf("iproute2 is missing: %v", err)
-	}
-	ns := netns.New(t)
-	return &Manager{R: nsRunner{ns: ns.Name, r: runner.Exec{}}, Subnet: netip.MustParsePrefix("10.77.3.0/24")}, ns
+	vmtest.RequireHost(t, "the bridge and TAP tests", vmtest.Root(), vmtest.Tool("ip", "iproute2"))
+	ns := vmtest.NewNS(t)
+	return &Manager{R: ns.Runner(), Subnet: netip.MustParsePrefix("10.77.3.0/24")}, ns
 }
 
-func ipOut(t *testing.T, ns *netns.NS, args ...string) string {
+func ipOut(t *testing.T, ns *vmtest.NS, args ...string) string {
 	t.Helper()
 	out, err := exec.Command("ip", append([]string{"-n", ns.Name}, args...)...).CombinedOutput()
 	if err != nil {

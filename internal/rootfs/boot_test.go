@@ -20,7 +20,7 @@ import (
 	"github.com/banger/banger/internal/hypervisor/qemu"
 	"github.com/banger/banger/internal/initramfs"
 	"github.com/banger/banger/internal/kernel"
-	"github.com/banger/banger/internal/netns"
+	"github.com/banger/banger/internal/vmtest"
 	"github.com/banger/banger/internal/runner"
 )
 
@@ -101,7 +101,7 @@ func TestBootImages(t *testing.T) {
 }
 
 func bootAndCheck(t *testing.T, kind Kind, vmlinux, initrd, rootImg, work string, signer ssh.Signer) {
-	ns := netns.New(t)
+	ns := vmtest.NewNS(t)
 	for _, args := range [][]string{
 		{"tuntap", "add", "tap0", "mode", "tap"},
 		{"addr", "add", "172.30.0.1/24", "dev", "tap0"},
@@ -272,7 +272,7 @@ func sshScript(kind Kind) string {
 	return s
 }
 
-func sshRun(ns *netns.NS, signer ssh.Signer, hostKey ssh.PublicKey, script string) (string, error) {
+func sshRun(ns *vmtest.NS, signer ssh.Signer, hostKey ssh.PublicKey, script string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	conn, err := ns.Dial(ctx, "tcp", "172.30.0.2:22")

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 func TestPackages(t *testing.T) {
@@ -61,21 +62,11 @@ func TestUnescapeMount(t *testing.T) {
 	}
 }
 
-// needImageTools skips unless BANGER_VM_TESTS=1, where missing tools fail.
+// needImageTools gates the image build tests.
 func needImageTools(t *testing.T) {
 	t.Helper()
-	enabled := os.Getenv("BANGER_VM_TESTS") == "1"
-	if !enabled {
-		t.Skip("builds images with debootstrap from the Debian mirror as root: set BANGER_VM_TESTS=1 to run")
-	}
-	if os.Geteuid() != 0 {
-		t.Fatal("image builds need root: run the tests as root")
-	}
-	for _, tool := range []string{"debootstrap", "mkfs.ext4", "debugfs"} {
-		if _, err := findTool(tool); err != nil {
-			t.Fatal(err)
-		}
-	}
+	vmtest.Require(t, "building images with debootstrap from the Debian mirror", vmtest.Root(),
+		vmtest.Tool("debootstrap", "debootstrap"), vmtest.Tool("mkfs.ext4", "e2fsprogs"), vmtest.Tool("debugfs", "e2fsprogs"))
 }
 
 // buildAgent compiles the static guest agent.
@@ -189,17 +180,7 @@ func TestBuildImages(t *testing.T) {
 }
 
 func TestBuildWorkSeed(t *testing.T) {
-	if os.Getenv("BANGER_VM_TESTS") != "1" {
-		if _, err := findTool("mkfs.ext4"); err != nil {
-			t.Skipf("%v (or set BANGER_VM_TESTS=1 to make this a failure)", err)
-		}
-		if _, err := findTool("debugfs"); err != nil {
-			t.Skipf("%v (or set BANGER_VM_TESTS=1 to make this a failure)", err)
-		}
-	}
-	if !runner.IsRoot() && os.Getenv("BANGER_VM_TESTS") != "1" {
-		t.Skip("building the work-seed needs root for root-owned files: run as root or set BANGER_VM_TESTS=1")
-	}
+	vmtest.RequireHost(t, "building a work-seed", vmtest.Tool("mkfs.ext4", "e2fsprogs"), vmtest.Tool("debugfs", "e2fsprogs"))
 	out := filepath.Join(t.TempDir(), "work-seed.ext4")
 	key := []byte("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAItest banger-test")
 	if err := BuildWorkSeed(context.Background(), runner.Default, key, out); err != nil {
@@ -232,9 +213,7 @@ func allocated(fi os.FileInfo) int64 {
 // TestOwnByRoot gives the files of an image filled from a tree owned by
 // another uid (as an unprivileged build's are) to root inside the image.
 func TestOwnByRoot(t *testing.T) {
-	if _, err := runner.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("needs mkfs.ext4 and debugfs: apt-get install e2fsprogs")
-	}
+	vmtest.RequireHost(t, "owning image files by root", vmtest.Tool("mkfs.ext4", "e2fsprogs"), vmtest.Tool("debugfs", "e2fsprogs"))
 	dir := t.TempDir()
 	for _, f := range []string{"a", "sub/b", "sub/deeper/c"} {
 		p := filepath.Join(dir, f)

@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/banger/banger/internal/runner/runnertest"
 )
 
 func TestNpmToolPins(t *testing.T) {
@@ -170,29 +172,24 @@ func TestCheckIntegrity(t *testing.T) {
 	}
 }
 
-// fakeNpm answers `npm pack SPEC --pack-destination DIR` with a tarball.
-type fakeNpm struct {
-	tgz   []byte
-	calls int
-}
-
-func (f *fakeNpm) Run(_ context.Context, name string, args ...string) ([]byte, error) {
-	f.calls++
-	if filepath.Base(name) != "npm" || len(args) < 4 || args[0] != "pack" || args[2] != "--pack-destination" {
-		return nil, errors.New("unexpected command")
-	}
-	for i, a := range args[:len(args)-1] {
-		if a == "--cache" { // npm fills its cache as it fetches
-			if err := os.MkdirAll(filepath.Join(args[i+1], "_cacache"), 0o755); err != nil {
-				return nil, err
+// fakeNpm answers 'npm pack SPEC --pack-destination DIR' with a tarball.
+func fakeNpm(tgz []byte) *runnertest.Runner {
+	r := &runnertest.Runner{}
+	r.On("", func(argv []string) ([]byte, error) {
+		name, args := argv[0], argv[1:]
+		if filepath.Base(name) != "npm" || len(args) < 4 || args[0] != "pack" || args[2] != "--pack-destination" {
+			return nil, errors.New("unexpected command")
+		}
+		for i, a := range args[:len(args)-1] {
+			if a == "--cache" { // npm fills its cache as it fetches
+				if err := os.MkdirAll(filepath.Join(args[i+1], "_cacache"), 0o755); err != nil {
+					return nil, err
+				}
 			}
 		}
-	}
-	return nil, os.WriteFile(filepath.Join(args[3], "pkg-1.0.0.tgz"), f.tgz, 0o644)
-}
-
-func (f *fakeNpm) RunPrivileged(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return f.Run(ctx, name, args...)
+		return nil, os.WriteFile(filepath.Join(args[3], "pkg-1.0.0.tgz"), tgz, 0o644)
+	})
+	return r
 }
 
 func TestFetchTool(t *testing.T) {
@@ -215,7 +212,7 @@ func TestFetchTool(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
 			tool := npmTool{Bin: "tool", Package: "@scope/tool-linux-x64", Version: "1.0.0", Integrity: tt.integrity}
-			npm := &fakeNpm{tgz: tgz}
+			npm := fakeNpm(tgz)
 			got, err := fetchTool(context.Background(), npm, dir, tool, slog.Default())
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
@@ -242,8 +239,8 @@ func TestFetchTool(t *testing.T) {
 			if _, err := fetchTool(context.Background(), npm, dir, tool, slog.Default()); err != nil {
 				t.Fatal(err)
 			}
-			if npm.calls != 1 {
-				t.Errorf("npm ran %d times, want 1", npm.calls)
+			if n := len(npm.Calls()); n != 1 {
+				t.Errorf("npm ran %d times, want 1", n)
 			}
 		})
 	}
@@ -252,7 +249,7 @@ func TestFetchTool(t *testing.T) {
 func TestFetchToolWithoutNpm(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
 	tool := npmTools()[0]
-	_, err := fetchTool(context.Background(), &fakeNpm{}, t.TempDir(), tool, slog.Default())
+	_, err := fetchTool(context.Background(), fakeNpm(nil), t.TempDir(), tool, slog.Default())
 	if err == nil || !strings.Contains(err.Error(), "apt-get install npm") {
 		t.Errorf("fetchTool without npm = %v, want it to say apt-get install npm", err)
 	}

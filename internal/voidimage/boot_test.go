@@ -18,29 +18,18 @@ import (
 	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/hypervisor/qemu"
-	"github.com/banger/banger/internal/netns"
 	"github.com/banger/banger/internal/rootfs"
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
 	"github.com/banger/banger/internal/void/fixture"
 )
 
-// requireVM skips unless BANGER_VM_TESTS=1; then a missing prerequisite fails.
+// requireVM gates the Void boot test.
 func requireVM(t *testing.T) {
 	t.Helper()
-	if os.Getenv("BANGER_VM_TESTS") != "1" {
-		t.Skip("builds a Void mirror from Debian packages and boots a VM: needs root, qemu-system-x86, debootstrap, kmod and npm; set BANGER_VM_TESTS=1 to run")
-	}
-	if os.Geteuid() != 0 {
-		t.Fatal("VM tests need root (network namespaces, TAP devices, image owners)")
-	}
-	for _, tool := range []string{"qemu-system-x86_64", "debootstrap", "dpkg-deb", "mkfs.ext4", "debugfs", "ssh-keygen"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is missing: run scripts/install-deps.sh", tool)
-		}
-	}
-	if _, err := findTool("depmod", "kmod"); err != nil {
-		t.Fatal(err)
-	}
+	vmtest.Require(t, "building a Void mirror from Debian packages and booting it", vmtest.Root(),
+		vmtest.Tool("qemu-system-x86_64", "qemu-system-x86"), vmtest.Tool("debootstrap", "debootstrap"), vmtest.Tool("dpkg-deb", "dpkg"),
+		vmtest.Tool("mkfs.ext4", "e2fsprogs"), vmtest.Tool("debugfs", "e2fsprogs"), vmtest.Tool("ssh-keygen", "openssh-client"), vmtest.Tool("depmod", "kmod"))
 }
 
 func goBuild(t *testing.T, out, pkg string) {
@@ -136,7 +125,7 @@ func TestVoidBoot(t *testing.T) {
 const testPassword = "void-boot-test-password"
 
 func boot(t *testing.T, km *KernelManifest, rootImg, work string, signer ssh.Signer) {
-	ns := netns.New(t)
+	ns := vmtest.NewNS(t)
 	for _, args := range [][]string{
 		{"tuntap", "add", "tap0", "mode", "tap"},
 		{"addr", "add", "172.30.0.1/24", "dev", "tap0"},
@@ -333,7 +322,7 @@ func parseReport(out string) (map[string]string, error) {
 	return r, nil
 }
 
-func sshRun(ns *netns.NS, signer ssh.Signer, hostKey ssh.PublicKey, script string) (string, error) {
+func sshRun(ns *vmtest.NS, signer ssh.Signer, hostKey ssh.PublicKey, script string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	conn, err := ns.Dial(ctx, "tcp", "172.30.0.2:22")

@@ -16,13 +16,13 @@ import (
 	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/qemu"
-	"github.com/banger/banger/internal/netns"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // bareBoot boots image straight from the bundle with qemu, with no daemon,
 // inside ns, and returns the time from spawning qemu to the first accepted
 // SSH login with the bundle key, plus the output of "uname -r" run over it.
-func bareBoot(t testing.TB, ns *netns.NS, runtime, image string) (time.Duration, string) {
+func bareBoot(t testing.TB, ns *vmtest.NS, runtime, image string) (time.Duration, string) {
 	t.Helper()
 	b, err := bundle.Load(runtime)
 	if err != nil {
@@ -125,7 +125,7 @@ func bareBoot(t testing.TB, ns *netns.NS, runtime, image string) (time.Duration,
 }
 
 // sshDial opens an authenticated SSH connection from inside ns.
-func sshDial(ctx context.Context, ns *netns.NS, addr string, cfg *ssh.ClientConfig, dialTimeout time.Duration) (*ssh.Client, error) {
+func sshDial(ctx context.Context, ns *vmtest.NS, addr string, cfg *ssh.ClientConfig, dialTimeout time.Duration) (*ssh.Client, error) {
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	conn, err := ns.Dial(dctx, "tcp", addr)
@@ -161,7 +161,7 @@ func killPidfile(path string) {
 // bundle's key.
 func TestBareBoot(t *testing.T) {
 	_, runtime := requireVM(t)
-	ns := netns.New(t)
+	ns := vmtest.NewNS(t)
 	d, out := bareBoot(t, ns, runtime, "minimal")
 	b, _ := bundle.Load(runtime)
 	if strings.TrimSpace(out) != b.KernelVersion {

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/banger/banger/internal/netns"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // TestBenchCreate is 'make bench-create': it runs BANGER_BENCH_N creates to
@@ -64,7 +64,7 @@ func TestBenchCreate(t *testing.T) {
 		total, _ = create(asUser, name)
 		totalsUser = append(totalsUser, total)
 
-		ns, err := netns.Create("bgb-")
+		ns, err := vmtest.Create("bgb-")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,34 +15,21 @@ import (
 	"testing"
 	"time"
 
-	"github.com/banger/banger/internal/netns"
 	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/vmtest"
 )
 
-// requireVM skips (or, under BANGER_VM_TESTS=1, fails) when the host cannot
-// run the VM tests, and returns the bin and runtime dirs.
+// requireVM gates the tests that boot VMs through the real binaries, and
+// returns the bin and runtime dirs.
 func requireVM(t testing.TB) (bin, runtime string) {
 	t.Helper()
-	fail := t.Skipf
-	if os.Getenv("BANGER_VM_TESTS") == "1" {
-		fail = t.Fatalf
-	}
-	if os.Geteuid() != 0 {
-		fail("VM tests need root (for network namespaces and TAP devices); run 'make test' as root")
-	}
-	bin = os.Getenv("BANGER_BIN")
-	runtime = os.Getenv("BANGER_RUNTIME")
-	if bin == "" || runtime == "" {
-		fail("VM tests need BANGER_BIN and BANGER_RUNTIME; run them with 'make test', which builds both")
-	}
-	for _, f := range []string{filepath.Join(bin, "banger"), filepath.Join(bin, "bangerd"), filepath.Join(runtime, "bundle.json")} {
-		if _, err := os.Stat(f); err != nil {
-			fail("VM tests need %s: run 'make build runtime-bundle'", f)
-		}
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		fail("VM tests need qemu-system-x86_64: apt-get install qemu-system-x86")
-	}
+	bin, runtime = os.Getenv("BANGER_BIN"), os.Getenv("BANGER_RUNTIME")
+	built := "run them with 'make test', which builds both"
+	vmtest.Require(t, "booting VMs through bangerd", vmtest.Root(),
+		vmtest.Var("BANGER_BIN", built), vmtest.Var("BANGER_RUNTIME", built),
+		vmtest.File(filepath.Join(bin, "banger"), "make build"), vmtest.File(filepath.Join(bin, "bangerd"), "make build"),
+		vmtest.File(filepath.Join(runtime, "bundle.json"), "make runtime-bundle"),
+		vmtest.Tool("qemu-system-x86_64", "qemu-system-x86"))
 	return bin, runtime
 }
 
@@ -50,7 +37,7 @@ func requireVM(t testing.TB) (bin, runtime string) {
 // (or one another env made), run by root or by an ordinary test user.
 type env struct {
 	t       testing.TB
-	ns      *netns.NS
+	ns      *vmtest.NS
 	user    *testUser // nil: root
 	bin     string
 	runtime string
@@ -64,9 +51,9 @@ type env struct {
 
 // envOpts configure newEnvWith.
 type envOpts struct {
-	config string    // config.toml; "" means defaultConfig
-	ns     *netns.NS // nil: a new namespace
-	user   *testUser // nil: root
+	config string     // config.toml; "" means defaultConfig
+	ns     *vmtest.NS // nil: a new namespace
+	user   *testUser  // nil: root
 }
 
 // defaultConfig keeps the daemon's DNS forwarding inside the test: no
@@ -90,7 +77,7 @@ func newEnvWith(t testing.TB, o envOpts) *env {
 	}
 	ns := o.ns
 	if ns == nil {
-		ns = netns.New(t)
+		ns = vmtest.NewNS(t)
 	}
 	// Unix socket paths must stay short, so avoid t.TempDir's long names.
 	root, err := os.MkdirTemp("", "bgr")

@@ -19,6 +19,7 @@ import (
 	mdns "github.com/miekg/dns"
 
 	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // TestLifecycle walks one VM through the whole lifecycle: create, ssh, bad
@@ -432,12 +433,7 @@ func TestMissingBundle(t *testing.T) {
 // every host tool but qemu: it must name the package and exit non-zero.
 func TestDoctorWithoutQEMU(t *testing.T) {
 	bin := os.Getenv("BANGER_BIN")
-	if bin == "" {
-		if os.Getenv("BANGER_VM_TESTS") == "1" {
-			t.Fatal("BANGER_BIN is unset: run 'make test'")
-		}
-		t.Skip("needs BANGER_BIN (make test sets it)")
-	}
+	vmtest.RequireHost(t, "banger doctor's real binary", vmtest.Var("BANGER_BIN", "make test sets it"))
 	dir := t.TempDir()
 	for _, tool := range []string{"ip", "e2fsck", "resize2fs", "mkfs.ext4", "ssh", "nft", "debootstrap", "apt-get", "dpkg", "cp", "sudo", "sh"} {
 		if p, err := exec.LookPath(tool); err == nil {

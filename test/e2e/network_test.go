@@ -14,14 +14,14 @@ import (
 
 	mdns "github.com/miekg/dns"
 
-	"github.com/banger/banger/internal/netns"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // upstream is a second namespace standing in for the outside network: it
 // holds an HTTP server and a DNS resolver, reachable from the daemon's
 // namespace through a veth pair (daemon side 192.0.2.2, upstream 192.0.2.1).
 type upstream struct {
-	ns   *netns.NS
+	ns   *vmtest.NS
 	mu   sync.Mutex
 	seen []string // remote addresses of HTTP requests
 }
@@ -29,8 +29,8 @@ type upstream struct {
 func newUpstream(t *testing.T, e *env) *upstream { return newUpstreamIn(t, e.ns) }
 
 // newUpstreamIn is newUpstream for the daemons of namespace ns.
-func newUpstreamIn(t *testing.T, ns *netns.NS) *upstream {
-	u := &upstream{ns: netns.New(t)}
+func newUpstreamIn(t *testing.T, ns *vmtest.NS) *upstream {
+	u := &upstream{ns: vmtest.NewNS(t)}
 	for _, args := range [][]string{
 		{"-n", ns.Name, "link", "add", "vh", "type", "veth", "peer", "name", "vu", "netns", u.ns.Name},
 		{"-n", ns.Name, "addr", "add", "192.0.2.2/24", "dev", "vh"},

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/banger/banger/internal/netns"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 const webBase = "http://127.0.0.1:7777"
@@ -339,7 +339,7 @@ func sessionCookieOf(res probeResult, port string) string {
 func TestWebUILoginOnly(t *testing.T) {
 	e := newEnvConfig(t, defaultConfig+"web_listen_addr = \"0.0.0.0:7777\"\nweb_auth = \"login\"\n")
 	root := e.webClient(webBase)
-	other := netns.New(t)
+	other := vmtest.NewNS(t)
 	for _, args := range [][]string{
 		{"-n", e.ns.Name, "link", "add", "vw", "type", "veth", "peer", "name", "vo", "netns", other.Name},
 		{"-n", e.ns.Name, "addr", "add", "192.0.2.2/24", "dev", "vw"},

@@ -10,12 +10,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // chromiumFlags start a headless Chromium that talks to nothing on its
@@ -37,15 +38,7 @@ type webDriver struct {
 // ready. The namespace's removal ends it and its browsers.
 func (e *env) startWebDriver() *webDriver {
 	e.t.Helper()
-	for _, bin := range []string{"chromedriver", "chromium"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			fail := e.t.Skipf
-			if os.Getenv("BANGER_VM_TESTS") == "1" {
-				fail = e.t.Fatalf
-			}
-			fail("the browser test needs %s: apt-get install chromium chromium-driver (scripts/install-deps.sh)", bin)
-		}
-	}
+	vmtest.RequireHost(e.t, "the browser test", vmtest.Tool("chromedriver", "chromium-driver"), vmtest.Tool("chromium", "chromium"))
 	const port = "9515"
 	logf, err := os.Create(filepath.Join(e.root, "chromedriver.log"))
 	if err != nil {

@@ -3,6 +3,7 @@ package firecracker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,8 +13,8 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/hypervisor"
-	"github.com/banger/banger/internal/netns"
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // bundleForTest is the part of bundle.json (docs/architecture.md) this test reads.
@@ -35,7 +36,7 @@ type realHost struct {
 	dir          string
 	bundle       bundleForTest
 	rootfs, seed string
-	ns           *netns.NS
+	ns           *vmtest.NS
 }
 
 // newRealHost skips unless firecracker and hardware KVM are here; with
@@ -56,14 +57,9 @@ func newRealHost(t *testing.T, taps ...string) *realHost {
 	require := func(format string, args ...any) {
 		t.Helper()
 		msg := fmt.Sprintf(format, args...)
-		if os.Getenv("BANGER_VM_TESTS") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg + " (set BANGER_VM_TESTS=1, as make test does, to make this an error)")
+		vmtest.RequireHost(t, "a real Firecracker boot", func() error { return errors.New(msg) })
 	}
-	if os.Geteuid() != 0 {
-		require("booting VMs needs root (a network namespace and a TAP)")
-	}
+	vmtest.RequireHost(t, "a real Firecracker boot", vmtest.Root())
 	h := &realHost{dir: os.Getenv("BANGER_RUNTIME")}
 	if h.dir == "" {
 		require("BANGER_RUNTIME is not set; point it at a built runtime bundle")
@@ -86,7 +82,7 @@ func newRealHost(t *testing.T, taps ...string) *realHost {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	h.ctx = ctx
-	h.ns = netns.New(t)
+	h.ns = vmtest.NewNS(t)
 	for _, tap := range taps {
 		for _, args := range [][]string{
 			{"-n", h.ns.Name, "tuntap", "add", "dev", tap, "mode", "tap"},

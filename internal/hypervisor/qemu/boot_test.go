@@ -17,22 +17,14 @@ import (
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/proc"
 	"github.com/banger/banger/internal/kernel"
-	"github.com/banger/banger/internal/netns"
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
 )
 
-// requireVM skips unless BANGER_VM_TESTS=1; then a missing prerequisite fails.
+// requireVM gates the tests that boot a VM.
 func requireVM(t *testing.T) {
 	t.Helper()
-	if os.Getenv("BANGER_VM_TESTS") != "1" {
-		t.Skip("boots a VM: needs root, qemu-system-x86 and a kernel (BANGER_RUNTIME or apt); set BANGER_VM_TESTS=1 to run")
-	}
-	if os.Geteuid() != 0 {
-		t.Fatal("VM tests need root (network namespaces, TAP devices)")
-	}
-	if err := (&Backend{}).Available(); err != nil {
-		t.Fatal(err)
-	}
+	vmtest.Require(t, "booting a VM under qemu", vmtest.Root(), vmtest.Tool(DefaultBinary, "qemu-system-x86"))
 }
 
 // testKernel returns a kernel image: $BANGER_RUNTIME/vmlinux, else the
@@ -118,7 +110,7 @@ func sparseFile(t *testing.T, path string, size int64) {
 }
 
 // checkGone asserts that pid no longer runs and nothing is left in ns.
-func checkGone(t *testing.T, pid int, ns *netns.NS) {
+func checkGone(t *testing.T, pid int, ns *vmtest.NS) {
 	t.Helper()
 	if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid), "cmdline")); err == nil {
 		if args, err := proc.Cmdline(pid); err == nil && len(args) > 0 && strings.Contains(args[0], "qemu") {
@@ -136,7 +128,7 @@ func checkGone(t *testing.T, pid int, ns *netns.NS) {
 func TestBootPanics(t *testing.T) {
 	requireVM(t)
 	vmlinux := testKernel(t)
-	ns := netns.New(t)
+	ns := vmtest.NewNS(t)
 	if out, err := exec.Command("ip", "-n", ns.Name, "tuntap", "add", "dev", "tap0", "mode", "tap").CombinedOutput(); err != nil {
 		t.Fatalf("creating tap0 in %s: %v: %s", ns.Name, err, out)
 	}
@@ -220,7 +212,7 @@ func TestBootPanics(t *testing.T) {
 func TestAttachAfterRestart(t *testing.T) {
 	requireVM(t)
 	vmlinux := testKernel(t)
-	ns := netns.New(t)
+	ns := vmtest.NewNS(t)
 	dir := shortDir(t)
 	spec := hypervisor.Spec{
 		ID:  "hang1",
@@ -295,12 +287,7 @@ func TestAttachAfterRestart(t *testing.T) {
 // TestStartError checks that a configuration QEMU rejects fails Start with
 // QEMU's own message and leaves nothing running. Nothing boots.
 func TestStartError(t *testing.T) {
-	if err := (&Backend{}).Available(); err != nil {
-		if os.Getenv("BANGER_VM_TESTS") == "1" {
-			t.Fatal(err)
-		}
-		t.Skipf("%v; install qemu-system-x86 to run", err)
-	}
+	vmtest.RequireHost(t, "a qemu start error", vmtest.Tool(DefaultBinary, "qemu-system-x86"))
 	dir := shortDir(t)
 	spec := hypervisor.Spec{
 		ID: "bad1", Dir: dir, Kernel: filepath.Join(dir, "no-such-kernel"),
@@ -326,7 +313,7 @@ func readlink(t *testing.T, p string) string {
 }
 
 // nsInode returns the namespace's identity as /proc/<pid>/ns/net shows it.
-func nsInode(t *testing.T, ns *netns.NS) string {
+func nsInode(t *testing.T, ns *vmtest.NS) string {
 	t.Helper()
 	var st syscall.Stat_t
 	if err := syscall.Stat(ns.Path(), &st); err != nil {

@@ -1,5 +1,4 @@
-// Package netns creates throwaway network namespaces for tests and benchmarks that boot VMs.
-package netns
+package vmtest
 
 import (
 	"context"
@@ -47,13 +46,11 @@ func Create(prefix string) (*NS, error) {
 	return ns, nil
 }
 
-// New creates a namespace for a test and removes it (killing every process
+// NewNS creates a namespace for a test and removes it (killing every process
 // left inside) when the test ends. It skips the test when not root.
-func New(tb testing.TB) *NS {
+func NewNS(tb testing.TB) *NS {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("network namespaces need root")
-	}
+	RequireHost(tb, "a network namespace", Root())
 	ns, err := Create("bgt-")
 	if err != nil {
 		tb.Fatal(err)
