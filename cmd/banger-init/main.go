@@ -1,8 +1,8 @@
 // Command banger-init is the initramfs /init of banger guests.
 package main
 
-import "github.com/banger/banger/internal/guestinit"
+import "github.com/banger/banger/internal/guest/initrd"
 
 func main() {
-	guestinit.Main()
+	initrd.Main()
 }

@@ -14,7 +14,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/banger/banger/internal/agent"
+	"github.com/banger/banger/internal/guest/agentd"
+	"github.com/banger/banger/internal/guest/netsetup"
+	"github.com/banger/banger/internal/guest/pid1"
+	"github.com/banger/banger/internal/guest/tmux"
 )
 
 const usage = `usage: banger-vsock-agent serve|net-setup|init|tmux-save|tmux-restore [flags]
@@ -28,7 +31,7 @@ const usage = `usage: banger-vsock-agent serve|net-setup|init|tmux-save|tmux-res
 
 flags of tmux-save and tmux-restore:
   -socket PATH  tmux server socket, as tmux -S (default: tmux's default server)
-  -state FILE   state file (default ` + agent.DefaultTmuxStateFile + `)
+  -state FILE   state file (default ` + tmux.DefaultStateFile + `)
 `
 
 func main() {
@@ -49,7 +52,7 @@ func main() {
 	case "serve":
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		if err := agent.Serve(ctx); err != nil {
+		if err := (&agentd.Server{}).Serve(ctx); err != nil {
 			fail(err)
 		}
 	case "net-setup":
@@ -57,11 +60,11 @@ func main() {
 		if err != nil {
 			fail(fmt.Errorf("reading kernel command line: %w", err))
 		}
-		if err := agent.NetSetup(string(b)); err != nil {
+		if err := netsetup.Apply(string(b)); err != nil {
 			fail(err)
 		}
 	case "init":
-		err := agent.Init()
+		err := pid1.Run()
 		slog.Error("init failed", "err", err)
 		if os.Getpid() == 1 {
 			select {} // PID 1 must not exit: that panics the kernel
@@ -74,12 +77,12 @@ func main() {
 		ctx, cancel := context.WithTimeout(ctx, tmuxTimeout)
 		defer cancel()
 		if mode == "tmux-save" {
-			if err := agent.SaveTmux(ctx, "tmux", socket, state); err != nil {
+			if err := tmux.Save(ctx, "tmux", socket, state); err != nil {
 				fail(err)
 			}
 			return
 		}
-		n, err := agent.RestoreTmux(ctx, "tmux", socket, state)
+		n, err := tmux.Restore(ctx, "tmux", socket, state)
 		if n > 0 {
 			slog.Info("restored tmux sessions", "count", n, "state", state)
 		}
@@ -104,7 +107,7 @@ func tmuxFlags(mode string, args []string) (socket, state string) {
 	fs := flag.NewFlagSet(mode, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&socket, "socket", "", "tmux server socket")
-	fs.StringVar(&state, "state", agent.DefaultTmuxStateFile, "state file")
+	fs.StringVar(&state, "state", tmux.DefaultStateFile, "state file")
 	err := fs.Parse(args)
 	switch {
 	case errors.Is(err, flag.ErrHelp):

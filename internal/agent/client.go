@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -71,7 +69,7 @@ func (c *Client) call(ctx context.Context, op string) (*Response, error) {
 		return nil, fmt.Errorf("agent %s: writing request: %w", op, ctxErr(ctx, err))
 	}
 	sc := bufio.NewScanner(conn)
-	sc.Buffer(make([]byte, 4096), maxLine)
+	sc.Buffer(make([]byte, 4096), MaxLine)
 	for sc.Scan() {
 		var resp Response
 		if err := json.Unmarshal(sc.Bytes(), &resp); err != nil {
@@ -101,59 +99,4 @@ func ctxErr(ctx context.Context, err error) error {
 		return fmt.Errorf("%w (%v)", ctx.Err(), err)
 	}
 	return err
-}
-
-// DialHybridVsock connects to a guest vsock port through Firecracker's
-// hybrid vsock unix socket: it sends "CONNECT <port>\n" and expects
-// "OK <host port>\n" before the stream belongs to the guest.
-func DialHybridVsock(ctx context.Context, udsPath string, port uint32) (net.Conn, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", udsPath)
-	if err != nil {
-		return nil, fmt.Errorf("dialing hybrid vsock %s: %w", udsPath, err)
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		conn.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	fail := func(err error) (net.Conn, error) {
-		stop()
-		conn.Close()
-		return nil, fmt.Errorf("connecting to vsock port %d through %s: %w", port, udsPath, ctxErr(ctx, err))
-	}
-	if _, err := fmt.Fprintf(conn, "CONNECT %d\n", port); err != nil {
-		return fail(err)
-	}
-	// Read byte by byte: whatever follows the line belongs to the guest.
-	var line []byte
-	buf := make([]byte, 1)
-	for {
-		n, err := conn.Read(buf)
-		if n == 1 {
-			if buf[0] == '\n' {
-				break
-			}
-			line = append(line, buf[0])
-			if len(line) > 64 {
-				return fail(fmt.Errorf("handshake answer too long: %q", line))
-			}
-			continue
-		}
-		if err != nil {
-			return fail(fmt.Errorf("reading handshake answer: %w", err))
-		}
-	}
-	f := strings.Fields(string(line))
-	if len(f) != 2 || f[0] != "OK" {
-		return fail(fmt.Errorf("handshake answer %q, want \"OK <port>\" (is the guest agent listening?)", line))
-	}
-	if _, err := strconv.ParseUint(f[1], 10, 32); err != nil {
-		return fail(fmt.Errorf("handshake answer %q: bad port", line))
-	}
-	if !stop() {
-		conn.Close()
-		return nil, fmt.Errorf("connecting to vsock port %d through %s: %w", port, udsPath, ctx.Err())
-	}
-	conn.SetDeadline(time.Time{})
-	return conn, nil
 }

@@ -54,13 +54,6 @@ type NIC struct {
 	MAC string
 }
 
-// AgentPort is the vsock port the guest agent listens on.
-const AgentPort = 1024
-
-// AgentSerialName is the virtio-serial port name the guest agent uses when
-// vsock is not available (guest path /dev/virtio-ports/<name>).
-const AgentSerialName = "org.banger.agent"
-
 // Backend creates instances.
 type Backend interface {
 	// Name is "qemu" or "firecracker".

@@ -15,7 +15,7 @@ import (
 
 	"github.com/cavaliergopher/cpio"
 
-	"github.com/banger/banger/internal/guestinit"
+	"github.com/banger/banger/internal/guest/initrd"
 	"github.com/banger/banger/internal/kernel"
 )
 
@@ -115,7 +115,7 @@ func (s Spec) entries() (map[string]entry, error) {
 	addDirs(modDir)
 
 	out["init"] = entry{mode: cpio.TypeReg | 0o755, src: s.Init}
-	cfg := guestinit.Config{Modules: []string{}}
+	cfg := initrd.Config{Modules: []string{}}
 	for _, m := range s.Modules {
 		rel := filepath.ToSlash(m.RelPath)
 		if rel == "" || path.IsAbs(rel) || rel != path.Clean(rel) || strings.HasPrefix(rel, "../") {
@@ -131,9 +131,9 @@ func (s Spec) entries() (map[string]entry, error) {
 	}
 	js, err := json.Marshal(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("writing initramfs: encoding %s: %w", guestinit.ConfigPath, err)
+		return nil, fmt.Errorf("writing initramfs: encoding %s: %w", initrd.ConfigPath, err)
 	}
-	out[strings.TrimPrefix(guestinit.ConfigPath, "/")] = entry{mode: cpio.TypeReg | 0o644, data: append(js, '\n')}
+	out[strings.TrimPrefix(initrd.ConfigPath, "/")] = entry{mode: cpio.TypeReg | 0o644, data: append(js, '\n')}
 	return out, nil
 }
 

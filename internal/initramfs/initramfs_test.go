@@ -15,7 +15,7 @@ import (
 
 	"github.com/cavaliergopher/cpio"
 
-	"github.com/banger/banger/internal/guestinit"
+	"github.com/banger/banger/internal/guest/initrd"
 	"github.com/banger/banger/internal/kernel"
 )
 
@@ -118,7 +118,7 @@ func TestWrite(t *testing.T) {
 			t.Errorf("Write: %s = mode %o uid+gid %d mtime %d %q, want mode %o, root, epoch, %q", name, g.mode, g.uid, g.mtime, g.content, w.mode, w.content)
 		}
 	}
-	var cfg guestinit.Config
+	var cfg initrd.Config
 	if err := json.Unmarshal([]byte(got["etc/banger-init.json"].content), &cfg); err != nil {
 		t.Fatal(err)
 	}

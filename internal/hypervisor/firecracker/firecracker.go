@@ -15,10 +15,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/proc"
 	"github.com/banger/banger/internal/logfile"
-	"golang.org/x/sys/unix"
 )
 
 // Files that Start makes in spec.Dir.
@@ -544,7 +546,7 @@ func (i *instance) DialAgent(ctx context.Context) (net.Conn, error) {
 	if i.Exited() {
 		return nil, fmt.Errorf("dialing the agent of %s: %w", i.id, hypervisor.ErrNotRunning)
 	}
-	return dialVsock(ctx, i.paths.vsock, hypervisor.AgentPort)
+	return dialVsock(ctx, i.paths.vsock, agent.Port)
 }
 
 // Shutdown implements hypervisor.Instance: it sends Ctrl-Alt-Del, which makes

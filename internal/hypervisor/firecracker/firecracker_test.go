@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/firecracker/fctest"
 	"github.com/banger/banger/internal/hypervisor/proc"
@@ -476,7 +477,7 @@ func TestDialAgentBeforeBoot(t *testing.T) {
 	if err := f.c.PutVsock(ctxT(t), Vsock{GuestCID: 3, UDSPath: vs}); err != nil {
 		t.Fatal(err)
 	}
-	_, err := dialVsock(ctxT(t), vs, hypervisor.AgentPort)
+	_, err := dialVsock(ctxT(t), vs, agent.Port)
 	if err == nil || !strings.Contains(err.Error(), "closed before OK") {
 		t.Errorf("dialVsock before boot = %v, want the connection closed", err)
 	}

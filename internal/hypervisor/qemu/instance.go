@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/proc"
 )
@@ -127,7 +128,7 @@ func (i *instance) DialAgent(ctx context.Context) (net.Conn, error) {
 		return nil, fmt.Errorf("dialing agent of vm %s: %w", i.spec.ID, hypervisor.ErrNotRunning)
 	}
 	if i.vsock {
-		c, err := dialVsock(ctx, i.spec.AgentCID, hypervisor.AgentPort)
+		c, err := dialVsock(ctx, i.spec.AgentCID, agent.Port)
 		if err != nil {
 			return nil, fmt.Errorf("dialing agent of vm %s: %w", i.spec.ID, err)
 		}

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/proc"
 	"github.com/banger/banger/internal/runner"
@@ -180,7 +181,7 @@ func (b *Backend) Command(spec hypervisor.Spec) []string {
 		argv = append(argv,
 			"-device", "virtio-serial-device",
 			"-chardev", "socket,id=agent,path="+opt(filepath.Join(spec.Dir, AgentSocket))+",server=on,wait=off",
-			"-device", "virtserialport,chardev=agent,name="+hypervisor.AgentSerialName,
+			"-device", "virtserialport,chardev=agent,name="+agent.SerialName,
 		)
 	}
 	argv = append(argv,

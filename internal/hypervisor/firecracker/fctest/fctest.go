@@ -28,7 +28,7 @@ import (
 const Version = "1.16.1"
 
 // AgentPort is the guest vsock port the fake agent answers on (the same as
-// hypervisor.AgentPort; repeated so that the fake imports nothing of banger).
+// agent.Port; repeated so that the fake imports nothing of banger).
 const AgentPort = 1024
 
 // Instance states, as GET / reports them.

@@ -1,4 +1,4 @@
-package agent
+package tmux
 
 import (
 	"context"
@@ -225,8 +225,8 @@ func TestTmuxSaveRestoreRoundTrip(t *testing.T) {
 			}
 
 			ctx := context.Background()
-			if err := SaveTmux(ctx, e.bin, e.sock, e.state); err != nil {
-				t.Fatalf("SaveTmux: %v", err)
+			if err := Save(ctx, e.bin, e.sock, e.state); err != nil {
+				t.Fatalf("Save: %v", err)
 			}
 			for path, perm := range map[string]os.FileMode{e.state: 0o600, filepath.Dir(e.state): 0o700 | os.ModeDir} {
 				fi, err := os.Stat(path)
@@ -256,20 +256,20 @@ func TestTmuxSaveRestoreRoundTrip(t *testing.T) {
 			}
 
 			e.killServer(t)
-			n, err := RestoreTmux(ctx, e.bin, e.sock, e.state)
+			n, err := Restore(ctx, e.bin, e.sock, e.state)
 			if err != nil {
-				t.Fatalf("RestoreTmux: %v", err)
+				t.Fatalf("Restore: %v", err)
 			}
 			if n != tt.wantSessions {
-				t.Errorf("RestoreTmux created %d sessions, want %d", n, tt.wantSessions)
+				t.Errorf("Restore created %d sessions, want %d", n, tt.wantSessions)
 			}
 			if got := e.snapshot(t); !reflect.DeepEqual(got, want) {
 				t.Errorf("restored structure differs:\n got %+v\nwant %+v", got, want)
 			}
 
 			// Restoring again creates nothing.
-			if n, err := RestoreTmux(ctx, e.bin, e.sock, e.state); n != 0 || err != nil {
-				t.Errorf("second RestoreTmux = %d, %v; want 0, nil", n, err)
+			if n, err := Restore(ctx, e.bin, e.sock, e.state); n != 0 || err != nil {
+				t.Errorf("second Restore = %d, %v; want 0, nil", n, err)
 			}
 		})
 	}
@@ -308,7 +308,7 @@ func TestTmuxSave(t *testing.T) {
 			prepare: func(t *testing.T, e *tmuxEnv) string {
 				e.tmux(t, "new-session", "-d", "-s", "same", "-c", e.home)
 				e.settle(t)
-				if err := SaveTmux(context.Background(), e.bin, e.sock, e.state); err != nil {
+				if err := Save(context.Background(), e.bin, e.sock, e.state); err != nil {
 					t.Fatal(err)
 				}
 				b, err := os.ReadFile(e.state)
@@ -339,13 +339,13 @@ func TestTmuxSave(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if err := SaveTmux(context.Background(), e.bin, e.sock, e.state); err != nil {
-				t.Fatalf("SaveTmux: %v", err)
+			if err := Save(context.Background(), e.bin, e.sock, e.state); err != nil {
+				t.Fatalf("Save: %v", err)
 			}
 			after, err := os.Stat(e.state)
 			if content == "" {
 				if !errors.Is(err, os.ErrNotExist) {
-					t.Fatalf("SaveTmux without a server created %s (stat: %v)", e.state, err)
+					t.Fatalf("Save without a server created %s (stat: %v)", e.state, err)
 				}
 				return
 			}
@@ -430,20 +430,20 @@ func TestTmuxRestore(t *testing.T) {
 			for _, name := range tt.existing {
 				e.tmux(t, "new-session", "-d", "-s", name, "-n", "orig", "-c", e.home)
 			}
-			n, err := RestoreTmux(context.Background(), e.bin, e.sock, e.state)
+			n, err := Restore(context.Background(), e.bin, e.sock, e.state)
 			wantErr := strings.ReplaceAll(tt.wantErr, "STATE", e.state)
 			switch {
 			case wantErr == "" && err != nil:
-				t.Fatalf("RestoreTmux: %v", err)
+				t.Fatalf("Restore: %v", err)
 			case wantErr != "" && (err == nil || !strings.Contains(err.Error(), wantErr)):
-				t.Fatalf("RestoreTmux error = %v, want one containing %q", err, wantErr)
+				t.Fatalf("Restore error = %v, want one containing %q", err, wantErr)
 			}
 			if n != tt.wantN {
-				t.Errorf("RestoreTmux created %d sessions, want %d", n, tt.wantN)
+				t.Errorf("Restore created %d sessions, want %d", n, tt.wantN)
 			}
 			if tt.want == nil {
 				if e.running() {
-					t.Errorf("RestoreTmux started a tmux server: %s", e.tmux(t, "list-sessions"))
+					t.Errorf("Restore started a tmux server: %s", e.tmux(t, "list-sessions"))
 				}
 				return
 			}

@@ -1,5 +1,5 @@
-// Package guestinit is the initramfs /init that loads the virtio modules, mounts the root disk and switches to the real init.
-package guestinit
+// Package initrd is the initramfs /init that loads the virtio modules, mounts the root disk and switches to the real init.
+package initrd
 
 import (
 	"encoding/json"

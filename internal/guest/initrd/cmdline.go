@@ -1,4 +1,4 @@
-package guestinit
+package initrd
 
 import (
 	"encoding/binary"

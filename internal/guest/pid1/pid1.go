@@ -1,4 +1,5 @@
-package agent
+// Package pid1 is PID 1 of the minimal image: it mounts, configures the network, supervises sshd, serves the agent and reaps orphans.
+package pid1
 
 import (
 	"bufio"
@@ -14,6 +15,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/banger/banger/internal/guest/agentd"
+	"github.com/banger/banger/internal/guest/netsetup"
 )
 
 const (
@@ -21,12 +25,12 @@ const (
 	sshd       = "/usr/sbin/sshd"
 )
 
-// Init is PID 1 of the minimal image: it mounts the API filesystems, mounts
+// Run is PID 1 of the minimal image: it mounts the API filesystems, mounts
 // /root, configures the network, supervises sshd, serves the agent protocol
 // and reaps orphans until a shutdown request or SIGTERM/SIGINT, then stops
 // everything and reboots (which ends the VM). It returns only on failure to
 // reboot.
-func Init() error {
+func Run() error {
 	os.Setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 	os.Setenv("HOME", "/root")
 	log := slog.Default()
@@ -41,7 +45,7 @@ func Init() error {
 	}
 	if b, err := os.ReadFile("/proc/cmdline"); err != nil {
 		log.Error("reading /proc/cmdline", "err", err)
-	} else if err := NetSetup(string(b)); err != nil {
+	} else if err := netsetup.Apply(string(b)); err != nil {
 		log.Error("network setup", "err", err)
 	}
 	if _, err := os.Stat(sshHostKey); err != nil {
@@ -66,7 +70,7 @@ func Init() error {
 	shutdown := make(chan struct{}, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	srv := &Server{Shutdown: func() {
+	srv := &agentd.Server{Shutdown: func() {
 		select {
 		case shutdown <- struct{}{}:
 		default:
@@ -171,7 +175,7 @@ func halt(log *slog.Logger, sup *supervisor) error {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
-	killAll(2 * time.Second)
+	agentd.KillAll(2 * time.Second)
 	unix.Sync()
 	if err := unix.Unmount("/root", 0); err != nil && !errors.Is(err, unix.EINVAL) {
 		log.Warn("unmounting /root", "err", err)

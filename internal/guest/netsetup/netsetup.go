@@ -1,4 +1,5 @@
-package agent
+// Package netsetup configures a guest's network in userspace from the kernel ip= argument (the kernel cannot: its NIC driver is a module loaded later).
+package netsetup
 
 import (
 	"context"
@@ -53,10 +54,10 @@ func hostsWithName(old, name string) string {
 	return strings.Join(lines, "\n") + "\n"
 }
 
-// NetSetup configures the guest network from the ip= argument of cmdline
+// Apply configures the guest network from the ip= argument of cmdline
 // with the guest's ip command: links, address, default route, hostname and
 // /etc/resolv.conf.
-func NetSetup(cmdline string) error {
+func Apply(cmdline string) error {
 	c, err := guestconfig.ParseNetwork(cmdline)
 	if err != nil {
 		return err

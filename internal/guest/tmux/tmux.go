@@ -1,9 +1,10 @@
-package agent
+// Package tmux saves root's tmux sessions in a guest and recreates them after the VM boots again (banger's own take on tmux-resurrect and tmux-continuum).
+package tmux
 
-// A small tmux-resurrect / tmux-continuum equivalent: SaveTmux records the
+// A small tmux-resurrect / tmux-continuum equivalent: Save records the
 // layout of a running tmux server (sessions, windows, panes and their
 // working directories) in a JSON file on the VM's persistent /root disk, and
-// RestoreTmux recreates it, detached, after the VM boots again.
+// Restore recreates it, detached, after the VM boots again.
 //
 // Only the structure comes back: every restored pane runs a fresh shell in
 // its saved directory. The programs that ran in the panes are recorded
@@ -33,9 +34,9 @@ import (
 	"github.com/banger/banger/internal/atomicfile"
 )
 
-// DefaultTmuxStateFile is where tmux-save and tmux-restore keep root's
+// DefaultStateFile is where tmux-save and tmux-restore keep root's
 // sessions: /root is the VM's own disk, which survives a stop.
-const DefaultTmuxStateFile = "/root/.local/share/banger/tmux-sessions.json"
+const DefaultStateFile = "/root/.local/share/banger/tmux-sessions.json"
 
 // tmuxStateVersion is the version of the state file's format.
 const tmuxStateVersion = 1
@@ -87,12 +88,12 @@ var tmuxPaneFields = []string{
 // errTmuxNoServer reports that no tmux server listens on the socket.
 var errTmuxNoServer = errors.New("no tmux server running")
 
-// SaveTmux writes the sessions, windows and panes of the tmux server on
+// Save writes the sessions, windows and panes of the tmux server on
 // socket (tmux's default server when socket is "") to stateFile. With no
 // server running, or a server without sessions, stateFile is left as it is
 // (as tmux-continuum does), so that the last save survives quitting tmux.
 // The file is only rewritten when its content changes.
-func SaveTmux(ctx context.Context, tmuxBin, socket, stateFile string) error {
+func Save(ctx context.Context, tmuxBin, socket, stateFile string) error {
 	if tmuxBin == "" {
 		tmuxBin = "tmux"
 	}
@@ -198,13 +199,13 @@ func sortTmuxWindows(ws []tmuxWindow) {
 	}
 }
 
-// RestoreTmux recreates, detached, each session saved in stateFile that the
+// Restore recreates, detached, each session saved in stateFile that the
 // tmux server on socket (tmux's default server when socket is "") does not
 // have, starting the server if needed, and returns how many sessions it
 // created. A missing stateFile restores nothing. Panes run a fresh shell in
 // their saved directory, or in $HOME (else /root) when that is gone. A
 // session that fails is reported and the others are still restored.
-func RestoreTmux(ctx context.Context, tmuxBin, socket, stateFile string) (int, error) {
+func Restore(ctx context.Context, tmuxBin, socket, stateFile string) (int, error) {
 	if tmuxBin == "" {
 		tmuxBin = "tmux"
 	}

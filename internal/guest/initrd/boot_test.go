@@ -1,4 +1,4 @@
-package guestinit_test
+package initrd_test
 
 import (
 	"bytes"
