@@ -20,8 +20,8 @@ import (
 	"github.com/banger/banger/internal/hypervisor/qemu"
 	"github.com/banger/banger/internal/initramfs"
 	"github.com/banger/banger/internal/kernel"
-	"github.com/banger/banger/internal/vmtest"
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // TestBootImages boots both images under QEMU TCG inside a throwaway network
