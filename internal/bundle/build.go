@@ -15,9 +15,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/banger/banger/internal/initramfs"
-	"github.com/banger/banger/internal/kernel"
-	"github.com/banger/banger/internal/rootfs"
+	"github.com/banger/banger/internal/image/initramfs"
+	"github.com/banger/banger/internal/image/kernel"
+	"github.com/banger/banger/internal/image/rootfs"
+	"github.com/banger/banger/internal/image/workseed"
 	"github.com/banger/banger/internal/runner"
 )
 
@@ -73,7 +74,7 @@ func realSteps() buildSteps {
 		initrdModules:  initramfs.DefaultModules,
 		buildInitramfs: initramfs.Build,
 		buildRootfs:    rootfs.Build,
-		buildWorkSeed:  rootfs.BuildWorkSeed,
+		buildWorkSeed:  workseed.Build,
 	}
 }
 

@@ -16,9 +16,9 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/banger/banger/internal/initramfs"
-	"github.com/banger/banger/internal/kernel"
-	"github.com/banger/banger/internal/rootfs"
+	"github.com/banger/banger/internal/image/initramfs"
+	"github.com/banger/banger/internal/image/kernel"
+	"github.com/banger/banger/internal/image/rootfs"
 	"github.com/banger/banger/internal/runner"
 )
 

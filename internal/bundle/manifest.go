@@ -24,7 +24,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/banger/banger/internal/atomicfile"
-	"github.com/banger/banger/internal/rootfs"
+	"github.com/banger/banger/internal/image/workseed"
 	"github.com/banger/banger/internal/runner"
 )
 
@@ -93,7 +93,7 @@ func defaultInstaller() *installer {
 	return &installer{
 		client: http.DefaultClient,
 		workSeed: func(ctx context.Context, key []byte, out string) error {
-			return rootfs.BuildWorkSeed(ctx, runner.Default, key, out)
+			return workseed.Build(ctx, runner.Default, key, out)
 		},
 		log: slog.Default(),
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/doctor"
-	"github.com/banger/banger/internal/rootfs"
+	"github.com/banger/banger/internal/image/rootfs"
 	"github.com/banger/banger/internal/runner"
 )
 

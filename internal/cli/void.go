@@ -12,9 +12,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger/banger/internal/bundle"
+	"github.com/banger/banger/internal/image/void"
 	"github.com/banger/banger/internal/runner"
-	"github.com/banger/banger/internal/void"
-	"github.com/banger/banger/internal/voidimage"
+	"github.com/banger/banger/internal/xbps"
 )
 
 // cacheOrDefault returns dir, or banger's cache directory when it is empty.
@@ -27,7 +27,7 @@ func cacheOrDefault(dir string) (string, error) {
 
 func newRuntimeVoidKernelCmd() *cobra.Command {
 	var (
-		opts  voidimage.KernelOptions
+		opts  void.KernelOptions
 		check bool
 	)
 	cmd := &cobra.Command{
@@ -40,7 +40,7 @@ vmlinux from its bzImage, copy its config and modules, and write an initramfs
 with banger-init and the virtio modules. kernel.json is written last: a
 directory without it is half-made.
 
-The mirror is $VOID_MIRROR (or --mirror), default ` + void.DefaultMirror + `;
+The mirror is $VOID_MIRROR (or --mirror), default ` + xbps.DefaultMirror + `;
 file:// mirrors work. --check only checks a staging and prints its paths as
 shell assignments.`,
 		Example: `  # What make void-kernel runs
@@ -54,7 +54,7 @@ shell assignments.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if check {
-				m, err := voidimage.LoadKernel(opts.Out, true)
+				m, err := void.LoadKernel(opts.Out, true)
 				if err != nil {
 					return err
 				}
@@ -75,7 +75,7 @@ shell assignments.`,
 			}
 			opts.Log = runtimeLogger(cmd)
 			slog.SetDefault(opts.Log)
-			m, err := voidimage.StageKernel(cmd.Context(), opts)
+			m, err := void.StageKernel(cmd.Context(), opts)
 			if err != nil {
 				return err
 			}
@@ -86,8 +86,8 @@ shell assignments.`,
 	f := cmd.Flags()
 	f.StringVar(&opts.Out, "out", filepath.Join("build", "runtime", "void-kernel"), "directory to stage into")
 	f.StringVar(&opts.Init, "init", "", "static banger-init binary for the initramfs (make builds build/bin/banger-init)")
-	f.StringVar(&opts.Mirror, "mirror", "", "Void mirror (default $VOID_MIRROR, else "+void.DefaultMirror+")")
-	f.StringVar(&opts.Package, "package", voidimage.KernelPackage, "kernel package")
+	f.StringVar(&opts.Mirror, "mirror", "", "Void mirror (default $VOID_MIRROR, else "+xbps.DefaultMirror+")")
+	f.StringVar(&opts.Package, "package", void.KernelPackage, "kernel package")
 	f.StringVar(&opts.CacheDir, "cache", "", "cache directory (default ${XDG_CACHE_HOME:-~/.cache}/banger)")
 	f.BoolVar(&check, "check", false, "only check the staging in --out (sizes and sha256 sums) and print its paths")
 	return cmd
@@ -95,7 +95,7 @@ shell assignments.`,
 
 func newRuntimeRootfsVoidCmd() *cobra.Command {
 	var (
-		opts   voidimage.RootfsOptions
+		opts   void.RootfsOptions
 		sshKey string
 	)
 	cmd := &cobra.Command{
@@ -113,8 +113,8 @@ The kernel modules come from --kernel-dir when it holds a complete staging
 (make void-kernel), else from the repository's kernel package; a half-made
 staging is refused. Needs root. The default Debian images are not touched.`,
 		Example: `  # What make rootfs-void runs
-  sudo banger runtime rootfs-void --out build/runtime/rootfs-void.ext4 \
-    --work-seed build/runtime/work-seed-void.ext4 --agent build/runtime/banger-vsock-agent \
+  sudo banger runtime rootfs-void --out build/runtime/rootfs-xbps.ext4 \
+    --work-seed build/runtime/work-seed-xbps.ext4 --agent build/runtime/banger-vsock-agent \
     --ssh-key build/runtime/id_ed25519.pub --kernel-dir build/runtime/void-kernel`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -134,7 +134,7 @@ staging is refused. Needs root. The default Debian images are not touched.`,
 			}
 			opts.Log = runtimeLogger(cmd)
 			slog.SetDefault(opts.Log)
-			if err := voidimage.BuildRootfs(cmd.Context(), runner.Default, opts); err != nil {
+			if err := void.BuildRootfs(cmd.Context(), runner.Default, opts); err != nil {
 				return err
 			}
 			out, _ := filepath.Abs(opts.Out)
@@ -148,13 +148,13 @@ staging is refused. Needs root. The default Debian images are not touched.`,
 	}
 	rt := filepath.Join("build", "runtime")
 	f := cmd.Flags()
-	f.StringVar(&opts.Out, "out", filepath.Join(rt, "rootfs-void.ext4"), "image to write")
-	f.StringVar(&opts.WorkSeed, "work-seed", filepath.Join(rt, "work-seed-void.ext4"), `work-seed image to write ("" for none)`)
+	f.StringVar(&opts.Out, "out", filepath.Join(rt, "rootfs-xbps.ext4"), "image to write")
+	f.StringVar(&opts.WorkSeed, "work-seed", filepath.Join(rt, "work-seed-xbps.ext4"), `work-seed image to write ("" for none)`)
 	f.StringVar(&sshKey, "ssh-key", filepath.Join(rt, bundle.FileSSHKey+".pub"), "public key the work-seed authorizes for root")
 	f.StringVar(&opts.Agent, "agent", filepath.Join(rt, bundle.FileAgent), "static banger-vsock-agent binary")
 	f.StringVar(&opts.KernelDir, "kernel-dir", filepath.Join(rt, "void-kernel"), "staged void kernel whose modules the image gets")
-	f.StringVar(&opts.Mirror, "mirror", "", "Void mirror (default $VOID_MIRROR, else "+void.DefaultMirror+")")
-	f.StringVar(&opts.Size, "size", voidimage.DefaultRootfsSize, "image size")
+	f.StringVar(&opts.Mirror, "mirror", "", "Void mirror (default $VOID_MIRROR, else "+xbps.DefaultMirror+")")
+	f.StringVar(&opts.Size, "size", void.DefaultRootfsSize, "image size")
 	f.StringVar(&opts.CacheDir, "cache", "", "cache directory (default ${XDG_CACHE_HOME:-~/.cache}/banger)")
 	return cmd
 }

@@ -16,7 +16,8 @@ import (
 	"github.com/banger/banger/internal/dns"
 	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/guestconfig"
-	"github.com/banger/banger/internal/rootfs"
+	"github.com/banger/banger/internal/image/ext4"
+	"github.com/banger/banger/internal/opencode"
 	"github.com/banger/banger/internal/store"
 )
 
@@ -329,7 +330,7 @@ func (c *isolationCap) Reconcile(ctx context.Context, _ []store.VM) error {
 // opencodeCap gives each VM's opencode server (docker image, port 4096) its
 // own password: the server runs commands for whoever talks to it, and every
 // local user of the host can reach the guest. For images whose opencode
-// unit reads rootfs.OpencodeEnvFile, the password is written there, into
+// unit reads opencode.EnvFile, the password is written there, into
 // the VM's own root disk (no mount: debugfs), and kept beside the disks for
 // GET /v1/vms/{name}/opencode. The unit does not start without the file,
 // so a server never runs open by mistake. Clients use basic auth, user
@@ -346,11 +347,11 @@ func (*opencodeCap) Name() string { return "opencode password" }
 
 func (c *opencodeCap) Create(ctx context.Context, vm *store.VM, p *createPlan) error {
 	root := filepath.Join(vm.Dir, "rootfs.ext4")
-	unit, err := disk.ReadFile(ctx, c.d.r, root, rootfs.OpencodeUnitPath)
+	unit, err := ext4.ReadFile(ctx, c.d.r, root, opencode.SystemdUnit)
 	if err != nil {
 		return err
 	}
-	if !strings.Contains(string(unit), "EnvironmentFile="+rootfs.OpencodeEnvFile) {
+	if !strings.Contains(string(unit), "EnvironmentFile="+opencode.EnvFile) {
 		if len(unit) > 0 {
 			c.d.log.Info("the image's opencode server takes no per-VM password; rebuild the image to get one", "vm", vm.Name, "image", p.image.Name)
 		}
@@ -362,7 +363,7 @@ func (c *opencodeCap) Create(ctx context.Context, vm *store.VM, p *createPlan) e
 	}
 	pw := base64.RawURLEncoding.EncodeToString(b)
 	env := []byte("# Written by bangerd: the opencode server's basic-auth password (user opencode).\nOPENCODE_SERVER_PASSWORD=" + pw + "\n")
-	if err := disk.PutFile(ctx, c.d.r, root, rootfs.OpencodeEnvFile, env, 0o600); err != nil {
+	if err := ext4.PutFile(ctx, c.d.r, root, opencode.EnvFile, env, 0o600); err != nil {
 		return err
 	}
 	return os.WriteFile(filepath.Join(vm.Dir, opencodePasswordFile), []byte(pw+"\n"), 0o600)

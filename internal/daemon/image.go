@@ -14,9 +14,10 @@ import (
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/doctor"
-	"github.com/banger/banger/internal/rootfs"
+	"github.com/banger/banger/internal/image/rootfs"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/units"
 )
 
 // image is a bootable image, from the bundle or from the store (registered
@@ -192,7 +193,7 @@ func (d *Daemon) planBuild(ctx context.Context, req *rpc.BuildImageRequest) erro
 		return invalid("invalid image kind %q: use docker or minimal", req.Kind)
 	}
 	if req.Size != "" {
-		if _, err := disk.ParseSize(req.Size); err != nil {
+		if _, err := units.ParseSize(req.Size); err != nil {
 			return invalid("invalid --size %q: %w", req.Size, err)
 		}
 	}

@@ -11,7 +11,7 @@ import (
 
 	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/doctor"
-	"github.com/banger/banger/internal/rootfs"
+	"github.com/banger/banger/internal/opencode"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/store"
 )
@@ -300,7 +300,7 @@ func (d *Daemon) handleOpencode(w http.ResponseWriter, r *http.Request) {
 		d.writeErr(w, notFound("VM %s has no opencode password: its image (%s) does not run banger's opencode server", vm.Name, vm.Image))
 		return
 	}
-	writeJSON(w, 200, rpc.OpencodeAuth{URL: fmt.Sprintf("http://%s.vm:%d", vm.Name, rootfs.OpencodePort), User: "opencode", Password: pw})
+	writeJSON(w, 200, rpc.OpencodeAuth{URL: fmt.Sprintf("http://%s.vm:%d", vm.Name, opencode.Port), User: "opencode", Password: pw})
 }
 
 func (d *Daemon) handleLogs(w http.ResponseWriter, r *http.Request) {

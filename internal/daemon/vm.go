@@ -22,6 +22,7 @@ import (
 	"github.com/banger/banger/internal/network"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/units"
 )
 
 // VM states.
@@ -106,12 +107,12 @@ func (d *Daemon) planCreate(ctx context.Context, req rpc.CreateRequest) (*create
 	}
 	p := &createPlan{req: req, bundle: b, image: img, backend: be, diskSize: imgSize}
 	if req.DiskSize != "" {
-		size, err := disk.ParseSize(req.DiskSize)
+		size, err := units.ParseSize(req.DiskSize)
 		if err != nil {
 			return nil, invalid("invalid --disk-size %q: %w", req.DiskSize, err)
 		}
 		if size < imgSize {
-			return nil, invalid("disk size %s is smaller than image %s (%s): pick --disk-size %s or more", req.DiskSize, img.Name, disk.FormatSize(imgSize), disk.FormatSize(imgSize))
+			return nil, invalid("disk size %s is smaller than image %s (%s): pick --disk-size %s or more", req.DiskSize, img.Name, units.FormatSize(imgSize), units.FormatSize(imgSize))
 		}
 		p.diskSize = size
 	}

@@ -10,7 +10,7 @@ import (
 	"strings"
 
 	"github.com/banger/banger/internal/bundle"
-	"github.com/banger/banger/internal/rootfs"
+	"github.com/banger/banger/internal/image/workseed"
 	"github.com/banger/banger/internal/store"
 )
 
@@ -60,7 +60,7 @@ func (d *Daemon) buildSeed(ctx context.Context, b *bundle.Bundle, rootfsPath str
 		return "", "", err
 	}
 	seed := filepath.Join(filepath.Dir(rootfsPath), "work-seed.ext4")
-	if err := rootfs.BuildWorkSeed(ctx, d.r, pub, seed); err != nil {
+	if err := workseed.Build(ctx, d.r, pub, seed); err != nil {
 		return "", "", err
 	}
 	return seed, fp, nil

@@ -77,27 +77,23 @@ func Bytes(n int64) string {
 	return fmt.Sprintf("%.1f%c", v, units[i])
 }
 
-// ParseMiB parses a memory size: plain numbers are MiB; M, MB, MiB, G, GB,
-// GiB suffixes (any case) are binary units.
+// ParseMiB parses a memory size: a plain number is MiB; a number with a
+// binary unit (K, M, G, T, optionally with B or iB, any case) is parsed by
+// ParseSize and must be a whole number of MiB.
 func ParseMiB(s string) (int, error) {
-	t := strings.ToLower(strings.TrimSpace(s))
-	mult := 1.0
-	for _, u := range []struct {
-		suffix string
-		mult   float64
-	}{{"gib", 1024}, {"gb", 1024}, {"g", 1024}, {"mib", 1}, {"mb", 1}, {"m", 1}} {
-		if strings.HasSuffix(t, u.suffix) {
-			t, mult = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.mult
-			break
+	t := strings.TrimSpace(s)
+	if n, err := strconv.ParseInt(t, 10, 64); err == nil {
+		if n < 1 || n > math.MaxInt32 {
+			return 0, fmt.Errorf("memory %q is not a whole positive number of MiB: use for example 512M or 2G", s)
 		}
+		return int(n), nil
 	}
-	v, err := strconv.ParseFloat(t, 64)
-	if err != nil || t == "" || math.IsNaN(v) || math.IsInf(v, 0) {
+	b, err := ParseSize(t)
+	if err != nil {
 		return 0, fmt.Errorf("memory %q is not a size: use MiB (1024) or a unit (512M, 2G)", s)
 	}
-	mib := v * mult
-	if mib < 1 || mib != math.Trunc(mib) || mib > math.MaxInt32 {
+	if b < 1<<20 || b%(1<<20) != 0 || b/(1<<20) > math.MaxInt32 {
 		return 0, fmt.Errorf("memory %q is not a whole positive number of MiB: use for example 512M or 2G", s)
 	}
-	return int(mib), nil
+	return int(b >> 20), nil
 }

@@ -23,7 +23,10 @@ func TestParseMiB(t *testing.T) {
 		{"1.5", 0, true},
 		{"G", 0, true},
 		{"lots", 0, true},
-		{"1T", 0, true},
+		{"1T", 1 << 20, false}, // bounded by the host's memory elsewhere
+		{"2048K", 2, false},
+		{"1K", 0, true},
+		{"1.5M", 0, true},
 		{"", 0, true},
 	} {
 		got, err := ParseMiB(tc.in)

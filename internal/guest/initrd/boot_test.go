@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/banger/banger/internal/initramfs"
-	"github.com/banger/banger/internal/kernel"
+	"github.com/banger/banger/internal/image/initramfs"
+	"github.com/banger/banger/internal/image/kernel"
 	"github.com/banger/banger/internal/runner"
 	"github.com/banger/banger/internal/vmtest"
 )

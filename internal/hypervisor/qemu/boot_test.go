@@ -16,7 +16,7 @@ import (
 
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/proc"
-	"github.com/banger/banger/internal/kernel"
+	"github.com/banger/banger/internal/image/kernel"
 	"github.com/banger/banger/internal/runner"
 	"github.com/banger/banger/internal/vmtest"
 )

@@ -1,0 +1,45 @@
+package workseed
+
+import (
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
+)
+
+func TestBuild(t *testing.T) {
+	vmtest.RequireHost(t, "building a work-seed", vmtest.Tool("mkfs.ext4", "e2fsprogs"), vmtest.Tool("debugfs", "e2fsprogs"))
+	out := filepath.Join(t.TempDir(), "work-seed.ext4")
+	key := []byte("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAItest banger-test")
+	if err := Build(context.Background(), runner.Default, key, out); err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct{ req, want string }{
+		{"cat /.ssh/authorized_keys", string(key) + "\n"},
+		{"stat /.ssh/authorized_keys", "Mode:  0600"},
+		{"stat /.ssh", "Mode:  0700"},
+		{"stat /.ssh/authorized_keys", "User:     0   Group:     0"},
+		{"stat /", "Mode:  0700"},
+		{"cat /.bashrc", "PS1="},
+		{"cat /.profile", ".bashrc"},
+		{"cat /.tmux.conf", "history-limit"},
+	}
+	for _, c := range checks {
+		if got := debugfs(t, out, c.req); !strings.Contains(got, c.want) {
+			t.Errorf("debugfs %q = %q, want it to contain %q", c.req, got, c.want)
+		}
+	}
+}
+
+func debugfs(t *testing.T, img, req string) string {
+	t.Helper()
+	b, err := exec.Command("debugfs", "-R", req, img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("debugfs -R %q %s: %v: %s", req, img, err, b)
+	}
+	return string(b)
+}

@@ -1,0 +1,82 @@
+package units
+
+import (
+	"testing"
+)
+
+func TestParseSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"1073741824", 1 << 30, true},
+		{"8G", 8 << 30, true},
+		{"8g", 8 << 30, true},
+		{"8GiB", 8 << 30, true},
+		{"8GB", 8 << 30, true},
+		{"512M", 512 << 20, true},
+		{"4K", 4096, true},
+		{"2T", 2 << 40, true},
+		{"1.5G", 3 << 29, true},
+		{" 16M ", 16 << 20, true},
+		{"0", 0, true},
+		{"", 0, false},
+		{"G", 0, false},
+		{"-1G", 0, false},
+		{"+1G", 0, false},
+		{"1.1", 0, false},
+		{"0.3K", 0, false},
+		{"1e9", 0, false},
+		{"8X", 0, false},
+		{"8iB", 0, false},
+		{"NaN", 0, false},
+		{"9999999T", 0, false},
+		{"9223372036854775807", 1<<63 - 1, true},
+	}
+	for _, tt := range tests {
+		got, err := ParseSize(tt.in)
+		if (err == nil) != tt.ok || got != tt.want {
+			t.Errorf("ParseSize(%q) = %d, %v, want %d (ok=%v)", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestFormatSize(t *testing.T) {
+	tests := []struct {
+		in   int64
+		want string
+	}{
+		{8 << 30, "8G"},
+		{1536 << 20, "1536M"},
+		{4096, "4K"},
+		{2 << 40, "2T"},
+		{1000, "1000"},
+		{0, "0"},
+		{5<<30 + 1, "5.0G"},
+		{2<<30 + 300<<20 + 7, "2.3G"},
+	}
+	for _, tt := range tests {
+		if got := FormatSize(tt.in); got != tt.want {
+			t.Errorf("FormatSize(%d) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestRoundUpSize(t *testing.T) {
+	tests := []struct {
+		in   int64
+		want string
+	}{
+		{2 << 30, "2G"},
+		{2<<30 + 1, "3G"},
+		{300<<20 + 1, "301M"},
+		{1, "1K"},
+		{0, "0K"},
+	}
+	for _, tt := range tests {
+		if got := RoundUp(tt.in); got != tt.want {
+			t.Errorf("RoundUp(%d) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
