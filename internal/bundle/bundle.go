@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/banger/banger/internal/atomicfile"
 )
 
@@ -217,14 +219,14 @@ func (b *Bundle) Verify() error {
 	for i, a := range b.Artifacts {
 		paths[i] = b.Path(a.Path)
 	}
-	sums, err := hashAll(paths)
+	sums, err := HashAll(paths)
 	if err != nil {
 		return fmt.Errorf("verifying runtime bundle %s: %w", b.dir, err)
 	}
 	var errs []error
 	for i, a := range b.Artifacts {
-		if sums[i].sha256 != a.SHA256 {
-			errs = append(errs, fmt.Errorf("%s: sha256 is %s, %s says %s", a.Path, sums[i].sha256, FileName, a.SHA256))
+		if sums[i].SHA256 != a.SHA256 {
+			errs = append(errs, fmt.Errorf("%s: sha256 is %s, %s says %s", a.Path, sums[i].SHA256, FileName, a.SHA256))
 		}
 	}
 	if len(errs) > 0 {
@@ -268,11 +270,67 @@ func (b *Bundle) artifact(rel string) *Artifact {
 	return nil
 }
 
-// setArtifact records sum for rel, replacing an earlier entry.
-func (b *Bundle) setArtifact(rel string, sum fileSum) {
+// SetArtifact records sum for rel, replacing an earlier entry.
+func (b *Bundle) SetArtifact(rel string, sum FileSum) {
 	if a := b.artifact(rel); a != nil {
-		a.SHA256, a.Size = sum.sha256, sum.size
+		a.SHA256, a.Size = sum.SHA256, sum.Size
 		return
 	}
-	b.Artifacts = append(b.Artifacts, Artifact{Path: rel, SHA256: sum.sha256, Size: sum.size})
+	b.Artifacts = append(b.Artifacts, Artifact{Path: rel, SHA256: sum.SHA256, Size: sum.Size})
+}
+
+// SetDir sets the directory a bundle being built lives in.
+func (b *Bundle) SetDir(dir string) { b.dir = dir }
+
+// ArtifactPaths lists the bundle paths that get artifact entries: everything
+// referenced except the SSH key pair, which is per installation.
+func (b *Bundle) ArtifactPaths() []string {
+	var paths []string
+	for _, p := range b.referenced() {
+		if p != b.SSHKey {
+			paths = append(paths, p)
+		}
+	}
+	return paths
+}
+
+// FillArtifacts sets Artifacts from known sums, hashing the rest concurrently.
+func (b *Bundle) FillArtifacts(known map[string]FileSum) error {
+	paths := b.ArtifactPaths()
+	var todo []string
+	for _, p := range paths {
+		if _, ok := known[p]; !ok {
+			todo = append(todo, b.Path(p))
+		}
+	}
+	sums, err := HashAll(todo)
+	if err != nil {
+		return err
+	}
+	b.Artifacts = nil
+	for _, p := range paths {
+		sum, ok := known[p]
+		if !ok {
+			sum, sums = sums[0], sums[1:]
+		}
+		b.Artifacts = append(b.Artifacts, Artifact{Path: p, SHA256: sum.SHA256, Size: sum.Size})
+	}
+	return nil
+}
+
+// lockDir takes an exclusive lock on a hidden file beside dir, so that two
+// builds or installs of the same bundle cannot interleave (the lock survives
+
+// Install renaming dir); the returned func releases it.
+func LockDir(dir string) (func(), error) {
+	path := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("locking %s: %w", dir, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking %s: %w: another banger runtime build or install is using it; wait for it to finish", dir, err)
+	}
+	return func() { f.Close() }, nil
 }

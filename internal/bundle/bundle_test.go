@@ -1,17 +1,20 @@
-package bundle
+package bundle_test
 
 import (
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/banger/banger/internal/bundle"
+	"github.com/banger/banger/internal/bundle/bundletest"
 )
 
 func TestLoadErrors(t *testing.T) {
 	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "bad", FileName), "{not json")
-	writeFile(t, filepath.Join(dir, "schema2", FileName), `{"schema": 2}`)
-	writeFile(t, filepath.Join(dir, "escape", FileName), `{"schema": 1, "kernel": "../vmlinux"}`)
+	bundletest.WriteFile(t, filepath.Join(dir, "bad", bundle.FileName), "{not json")
+	bundletest.WriteFile(t, filepath.Join(dir, "schema2", bundle.FileName), `{"schema": 2}`)
+	bundletest.WriteFile(t, filepath.Join(dir, "escape", bundle.FileName), `{"schema": 1, "kernel": "../vmlinux"}`)
 	tests := []struct {
 		dir  string
 		want string
@@ -22,16 +25,16 @@ func TestLoadErrors(t *testing.T) {
 		{"escape", `"../vmlinux" leaves the bundle directory`},
 	}
 	for _, tt := range tests {
-		_, err := Load(filepath.Join(dir, tt.dir))
+		_, err := bundle.Load(filepath.Join(dir, tt.dir))
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("Load(%s) = %v, want error containing %q", tt.dir, err, tt.want)
+			t.Errorf("bundle.Load(%s) = %v, want error containing %q", tt.dir, err, tt.want)
 		}
 	}
 }
 
 func TestImage(t *testing.T) {
-	dir, _ := buildFakeBundle(t)
-	b, err := Load(dir)
+	dir := bundletest.Fake(t)
+	b, err := bundle.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,8 +55,8 @@ func TestImage(t *testing.T) {
 			}
 		case err != nil || im.Name != tt.want:
 			t.Errorf("Image(%q) = %v, %v, want %s", tt.name, im, err, tt.want)
-		case im.Rootfs != RootfsFile(tt.want) || im.WorkSeed != FileWorkSeed:
-			t.Errorf("Image(%q) = %+v, want rootfs %s and work seed %s", tt.name, im, RootfsFile(tt.want), FileWorkSeed)
+		case im.Rootfs != bundle.RootfsFile(tt.want) || im.WorkSeed != bundle.FileWorkSeed:
+			t.Errorf("Image(%q) = %+v, want rootfs %s and work seed %s", tt.name, im, bundle.RootfsFile(tt.want), bundle.FileWorkSeed)
 		}
 	}
 	if got := b.Path("vmlinux"); got != filepath.Join(dir, "vmlinux") {
@@ -70,19 +73,19 @@ func TestCheckAndVerify(t *testing.T) {
 	}{
 		{"intact", func(string) {}, "", ""},
 		{"missing rootfs", func(dir string) { os.Remove(filepath.Join(dir, "rootfs-minimal.ext4")) }, "rootfs-minimal.ext4", "rootfs-minimal.ext4"},
-		{"missing key", func(dir string) { os.Remove(filepath.Join(dir, FileSSHKey)) }, FileSSHKey, FileSSHKey},
+		{"missing key", func(dir string) { os.Remove(filepath.Join(dir, bundle.FileSSHKey)) }, bundle.FileSSHKey, bundle.FileSSHKey},
 		{"grown initrd", func(dir string) { appendTo(dir, "initrd.img", "x") }, "initrd.img: size is", "initrd.img: size is"},
 		{"same size, other content", func(dir string) { os.WriteFile(filepath.Join(dir, "vmlinuz"), []byte("bzImage v9"), 0o644) }, "", "vmlinuz: sha256 is"},
 		{"module changed", func(dir string) {
-			os.WriteFile(filepath.Join(dir, "modules/6.1.0-99-cloud-amd64/kernel/drivers/block/virtio_blk.ko"), []byte("BLK module"), 0o644)
+			os.WriteFile(filepath.Join(dir, "modules/"+bundletest.KernelVersion+"/kernel/drivers/block/virtio_blk.ko"), []byte("BLK module"), 0o644)
 		}, "", "modules: sha256 is"},
 		{"module removed", func(dir string) {
-			os.Remove(filepath.Join(dir, "modules/6.1.0-99-cloud-amd64/kernel/drivers/block/virtio_blk.ko"))
+			os.Remove(filepath.Join(dir, "modules/"+bundletest.KernelVersion+"/kernel/drivers/block/virtio_blk.ko"))
 		}, "modules: size is", "modules: size is"},
 	}
 	for _, tt := range tests {
-		dir, _ := buildFakeBundle(t)
-		b, err := Load(dir)
+		dir := bundletest.Fake(t)
+		b, err := bundle.Load(dir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -114,20 +117,20 @@ func appendTo(dir, rel, s string) {
 func TestTreeHash(t *testing.T) {
 	a, b := t.TempDir(), t.TempDir()
 	for _, d := range []string{a, b} {
-		writeFile(t, filepath.Join(d, "x/1.ko"), "one")
-		writeFile(t, filepath.Join(d, "y/2.ko"), "two")
+		bundletest.WriteFile(t, filepath.Join(d, "x/1.ko"), "one")
+		bundletest.WriteFile(t, filepath.Join(d, "y/2.ko"), "two")
 		os.Symlink("1.ko", filepath.Join(d, "x/l"))
 	}
-	ha, err := treeHash(a)
+	ha, err := bundle.HashPath(a)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hb, _ := treeHash(b)
-	if ha != hb || ha.size != 6 {
+	hb, _ := bundle.HashPath(b)
+	if ha != hb || ha.Size != 6 {
 		t.Errorf("treeHash of equal trees = %v and %v, want equal with size 6", ha, hb)
 	}
 	os.Rename(filepath.Join(b, "y/2.ko"), filepath.Join(b, "y/3.ko"))
-	if hb, _ = treeHash(b); hb == ha {
+	if hb, _ = bundle.HashPath(b); hb == ha {
 		t.Errorf("treeHash after a rename = %v, want it to differ from %v", hb, ha)
 	}
 }

@@ -23,44 +23,44 @@ import (
 	"github.com/banger/banger/internal/atomicfile"
 )
 
-// fileSum is the content identity of a file or tree.
-type fileSum struct {
-	sha256 string
-	size   int64
+// FileSum is the content identity of a file or tree.
+type FileSum struct {
+	SHA256 string
+	Size   int64
 }
 
-// hashPath hashes a regular file, or a directory as a tree (see TreeHash).
-func hashPath(path string) (fileSum, error) {
+// HashPath hashes a regular file, or a directory as a tree (see TreeHash).
+func HashPath(path string) (FileSum, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return fileSum{}, fmt.Errorf("hashing %s: %w", path, err)
+		return FileSum{}, fmt.Errorf("hashing %s: %w", path, err)
 	}
 	if fi.IsDir() {
 		return treeHash(path)
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return fileSum{}, fmt.Errorf("hashing %s: %w", path, err)
+		return FileSum{}, fmt.Errorf("hashing %s: %w", path, err)
 	}
 	defer f.Close()
 	h := sha256.New()
 	n, err := io.CopyBuffer(h, f, make([]byte, 1<<20))
 	if err != nil {
-		return fileSum{}, fmt.Errorf("hashing %s: %w", path, err)
+		return FileSum{}, fmt.Errorf("hashing %s: %w", path, err)
 	}
-	return fileSum{sha256: hex.EncodeToString(h.Sum(nil)), size: n}, nil
+	return FileSum{SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}, nil
 }
 
-// hashCompare hashes src and reports whether dst is a regular file with the
+// HashCompare hashes src and reports whether dst is a regular file with the
 // same content; a missing or different dst is not an error. The hash and the
 // comparison run concurrently, so comparing costs little beyond hashing.
-func hashCompare(src, dst string) (fileSum, bool, error) {
+func HashCompare(src, dst string) (FileSum, bool, error) {
 	var (
-		sum     fileSum
+		sum     FileSum
 		hashErr error
 		wg      sync.WaitGroup
 	)
-	wg.Go(func() { sum, hashErr = hashPath(src) })
+	wg.Go(func() { sum, hashErr = HashPath(src) })
 	same := false
 	si, serr := os.Stat(src)
 	di, derr := os.Stat(dst)
@@ -69,7 +69,7 @@ func hashCompare(src, dst string) (fileSum, bool, error) {
 	}
 	wg.Wait()
 	if hashErr != nil {
-		return fileSum{}, false, hashErr
+		return FileSum{}, false, hashErr
 	}
 	return sum, same, nil
 }
@@ -102,18 +102,18 @@ func equalFiles(a, b string) bool {
 	}
 }
 
-// hashAll hashes paths concurrently and returns their sums in order.
-func hashAll(paths []string) ([]fileSum, error) {
-	sums := make([]fileSum, len(paths))
+// HashAll hashes paths concurrently and returns their sums in order.
+func HashAll(paths []string) ([]FileSum, error) {
+	sums := make([]FileSum, len(paths))
 	errs := make([]error, len(paths))
-	forEach(len(paths), func(i int) {
-		sums[i], errs[i] = hashPath(paths[i])
+	ForEach(len(paths), func(i int) {
+		sums[i], errs[i] = HashPath(paths[i])
 	})
 	return sums, errors.Join(errs...)
 }
 
-// forEach calls f(0..n-1) on up to NumCPU goroutines and waits for all of them.
-func forEach(n int, f func(i int)) {
+// ForEach calls f(0..n-1) on up to NumCPU goroutines and waits for all of them.
+func ForEach(n int, f func(i int)) {
 	workers := min(runtime.NumCPU(), n)
 	next := make(chan int)
 	var wg sync.WaitGroup
@@ -131,18 +131,18 @@ func forEach(n int, f func(i int)) {
 	wg.Wait()
 }
 
-// treeEntry is one non-directory entry of a tree.
-type treeEntry struct {
-	rel    string
-	link   string // symlink target; empty for regular files
-	sum    fileSum
-	isLink bool
+// TreeEntry is one non-directory entry of a tree.
+type TreeEntry struct {
+	Rel    string
+	Link   string // symlink target; empty for regular files
+	Sum    FileSum
+	IsLink bool
 }
 
-// walkTree lists the regular files and symlinks under root in lexical order.
+// WalkTree lists the regular files and symlinks under root in lexical order.
 // Other file types are an error.
-func walkTree(root string) ([]treeEntry, error) {
-	var entries []treeEntry
+func WalkTree(root string) ([]TreeEntry, error) {
+	var entries []TreeEntry
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -157,13 +157,13 @@ func walkTree(root string) ([]treeEntry, error) {
 		rel = filepath.ToSlash(rel)
 		switch {
 		case d.Type().IsRegular():
-			entries = append(entries, treeEntry{rel: rel})
+			entries = append(entries, TreeEntry{Rel: rel})
 		case d.Type()&fs.ModeSymlink != 0:
 			target, err := os.Readlink(path)
 			if err != nil {
 				return err
 			}
-			entries = append(entries, treeEntry{rel: rel, link: target, isLink: true})
+			entries = append(entries, TreeEntry{Rel: rel, Link: target, IsLink: true})
 		default:
 			return fmt.Errorf("%s: unsupported file type %s", path, d.Type())
 		}
@@ -172,7 +172,7 @@ func walkTree(root string) ([]treeEntry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("walking %s: %w", root, err)
 	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].rel < entries[j].rel })
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Rel < entries[j].Rel })
 	return entries, nil
 }
 
@@ -180,31 +180,31 @@ func walkTree(root string) ([]treeEntry, error) {
 // entry in lexical path order: "f <sha256> <size> <path>" for a regular file,
 // "l <target> <path>" for a symlink. Empty directories do not count. The size
 // is the sum of the regular files' sizes.
-func treeHash(root string) (fileSum, error) {
-	entries, err := walkTree(root)
+func treeHash(root string) (FileSum, error) {
+	entries, err := WalkTree(root)
 	if err != nil {
-		return fileSum{}, fmt.Errorf("hashing tree: %w", err)
+		return FileSum{}, fmt.Errorf("hashing tree: %w", err)
 	}
 	errs := make([]error, len(entries))
-	forEach(len(entries), func(i int) {
-		if !entries[i].isLink {
-			entries[i].sum, errs[i] = hashPath(filepath.Join(root, filepath.FromSlash(entries[i].rel)))
+	ForEach(len(entries), func(i int) {
+		if !entries[i].IsLink {
+			entries[i].Sum, errs[i] = HashPath(filepath.Join(root, filepath.FromSlash(entries[i].Rel)))
 		}
 	})
 	if err := errors.Join(errs...); err != nil {
-		return fileSum{}, fmt.Errorf("hashing tree %s: %w", root, err)
+		return FileSum{}, fmt.Errorf("hashing tree %s: %w", root, err)
 	}
 	h := sha256.New()
 	var total int64
 	for _, e := range entries {
-		if e.isLink {
-			fmt.Fprintf(h, "l %s %s\n", e.link, e.rel)
+		if e.IsLink {
+			fmt.Fprintf(h, "l %s %s\n", e.Link, e.Rel)
 			continue
 		}
-		fmt.Fprintf(h, "f %s %d %s\n", e.sum.sha256, e.sum.size, e.rel)
-		total += e.sum.size
+		fmt.Fprintf(h, "f %s %d %s\n", e.Sum.SHA256, e.Sum.Size, e.Rel)
+		total += e.Sum.Size
 	}
-	return fileSum{sha256: hex.EncodeToString(h.Sum(nil)), size: total}, nil
+	return FileSum{SHA256: hex.EncodeToString(h.Sum(nil)), Size: total}, nil
 }
 
 // pathSize is a file's size, or the total size of a tree's regular files.
@@ -237,9 +237,9 @@ func pathSize(path string) (int64, error) {
 	return total, err
 }
 
-// tempPath creates an empty temporary file next to final, named so that it
+// TempPath creates an empty temporary file next to final, named so that it
 // is recognisably unfinished, and returns its path.
-func tempPath(final string) (string, error) {
+func TempPath(final string) (string, error) {
 	f, err := os.CreateTemp(filepath.Dir(final), atomicfile.TempPattern(filepath.Base(final)))
 	if err != nil {
 		return "", err
@@ -252,25 +252,25 @@ func tempPath(final string) (string, error) {
 	return name, nil
 }
 
-// copyToTemp copies src into a new temporary file next to dst, keeping holes,
+// CopyToTemp copies src into a new temporary file next to dst, keeping holes,
 // and returns the temporary path and src's sum. The caller renames or removes it.
-func copyToTemp(src, dst string, perm fs.FileMode) (string, fileSum, error) {
+func CopyToTemp(src, dst string, perm fs.FileMode) (string, FileSum, error) {
 	in, err := os.Open(src)
 	if err != nil {
-		return "", fileSum{}, err
+		return "", FileSum{}, err
 	}
 	defer in.Close()
-	tmp, err := tempPath(dst)
+	tmp, err := TempPath(dst)
 	if err != nil {
-		return "", fileSum{}, err
+		return "", FileSum{}, err
 	}
 	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_TRUNC, perm)
 	if err != nil {
 		os.Remove(tmp)
-		return "", fileSum{}, err
+		return "", FileSum{}, err
 	}
 	h := sha256.New()
-	n, err := sparseCopy(out, io.TeeReader(in, h))
+	n, err := SparseCopy(out, io.TeeReader(in, h))
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
@@ -279,14 +279,14 @@ func copyToTemp(src, dst string, perm fs.FileMode) (string, fileSum, error) {
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return "", fileSum{}, err
+		return "", FileSum{}, err
 	}
-	return tmp, fileSum{sha256: hex.EncodeToString(h.Sum(nil)), size: n}, nil
+	return tmp, FileSum{SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}, nil
 }
 
-// sparseCopy copies r to f, seeking over all-zero blocks so that disk images
+// SparseCopy copies r to f, seeking over all-zero blocks so that disk images
 // stay sparse, and returns the number of bytes copied.
-func sparseCopy(f *os.File, r io.Reader) (int64, error) {
+func SparseCopy(f *os.File, r io.Reader) (int64, error) {
 	const block = 1 << 20
 	buf := make([]byte, block)
 	zero := make([]byte, block)
@@ -328,31 +328,37 @@ func fill(r io.Reader, buf []byte) (int, error) {
 	return n, nil
 }
 
-// hashingWriter counts and hashes what passes through it.
-type hashingWriter struct {
+// HashingWriter counts and hashes what passes through it.
+// HashingWriter hashes and counts what is written to it.
+type HashingWriter struct {
 	h hash.Hash
 	n int64
 }
 
-func (w *hashingWriter) Write(p []byte) (int, error) {
+// NewHashingWriter returns a sha256 HashingWriter.
+func NewHashingWriter() *HashingWriter { return &HashingWriter{h: sha256.New()} }
+
+// Write implements io.Writer.
+func (w *HashingWriter) Write(p []byte) (int, error) {
 	w.h.Write(p)
 	w.n += int64(len(p))
 	return len(p), nil
 }
 
-func (w *hashingWriter) sum() fileSum {
-	return fileSum{sha256: hex.EncodeToString(w.h.Sum(nil)), size: w.n}
+// Sum is the hash and size of everything written.
+func (w *HashingWriter) Sum() FileSum {
+	return FileSum{SHA256: hex.EncodeToString(w.h.Sum(nil)), Size: w.n}
 }
 
-// isTempName reports whether a bundle file name is one of this package's temporaries.
-func isTempName(name string) bool {
+// IsTempName reports whether a bundle file name is one of this package's temporaries.
+func IsTempName(name string) bool {
 	return strings.HasPrefix(name, ".") && strings.Contains(name, ".tmp-")
 }
 
-// sameData reports whether two files have the same bytes, comparing only
+// SameData reports whether two files have the same bytes, comparing only
 // their data extents when both have the same hole layout (cheap for sparse
 // disk images) and every byte otherwise. Errors count as different.
-func sameData(a, b string) bool {
+func SameData(a, b string) bool {
 	fa, err := os.Open(a)
 	if err != nil {
 		return false
@@ -416,12 +422,12 @@ func dataExtents(f *os.File, size int64) ([][2]int64, error) {
 	return ext, nil
 }
 
-// sumCacheFile remembers the sums of a bundle's files by stat identity, so
+// SumCacheFile remembers the sums of a bundle's files by stat identity, so
 // that a rebuild need not rehash unchanged multi-gigabyte images.
-const sumCacheFile = ".sums.json"
+const SumCacheFile = ".sums.json"
 
-// statSum is a file's stat identity and the sum it had with that identity.
-type statSum struct {
+// StatSum is a file's stat identity and the sum it had with that identity.
+type StatSum struct {
 	Ino    uint64 `json:"ino"`
 	Size   int64  `json:"size"`
 	Mtime  int64  `json:"mtime_ns"`
@@ -430,12 +436,12 @@ type statSum struct {
 }
 
 // statIdentity returns path's stat identity; any write, rename or chmod changes it.
-func statIdentity(path string) (statSum, bool) {
+func statIdentity(path string) (StatSum, bool) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
-		return statSum{}, false
+		return StatSum{}, false
 	}
-	return statSum{
+	return StatSum{
 		Ino:   st.Ino,
 		Size:  st.Size,
 		Mtime: st.Mtim.Nano(),
@@ -443,22 +449,22 @@ func statIdentity(path string) (statSum, bool) {
 	}, true
 }
 
-// loadSumCache reads dir's sum cache; a missing or broken one is empty.
-func loadSumCache(dir string) map[string]statSum {
-	m := map[string]statSum{}
-	data, err := os.ReadFile(filepath.Join(dir, sumCacheFile))
+// LoadSumCache reads dir's sum cache; a missing or broken one is empty.
+func LoadSumCache(dir string) map[string]StatSum {
+	m := map[string]StatSum{}
+	data, err := os.ReadFile(filepath.Join(dir, SumCacheFile))
 	if err == nil {
 		json.Unmarshal(data, &m)
 	}
 	return m
 }
 
-// saveSumCache records the current stat identity of every file in sums.
-func saveSumCache(dir string, sums map[string]fileSum) error {
-	m := map[string]statSum{}
+// SaveSumCache records the current stat identity of every file in sums.
+func SaveSumCache(dir string, sums map[string]FileSum) error {
+	m := map[string]StatSum{}
 	for rel, sum := range sums {
-		if id, ok := statIdentity(filepath.Join(dir, rel)); ok && id.Size == sum.size {
-			id.SHA256 = sum.sha256
+		if id, ok := statIdentity(filepath.Join(dir, rel)); ok && id.Size == sum.Size {
+			id.SHA256 = sum.SHA256
 			m[rel] = id
 		}
 	}
@@ -466,22 +472,30 @@ func saveSumCache(dir string, sums map[string]fileSum) error {
 	if err != nil {
 		return err
 	}
-	return atomicfile.Write(filepath.Join(dir, sumCacheFile), data, 0o644)
+	return atomicfile.Write(filepath.Join(dir, SumCacheFile), data, 0o644)
 }
 
-// cachedSum returns the remembered sum of dir/rel if the file is unchanged since.
-func cachedSum(cache map[string]statSum, dir, rel string) (fileSum, bool) {
+// CachedSum returns the remembered sum of dir/rel if the file is unchanged since.
+func CachedSum(cache map[string]StatSum, dir, rel string) (FileSum, bool) {
 	c, ok := cache[rel]
 	if !ok || c.SHA256 == "" {
-		return fileSum{}, false
+		return FileSum{}, false
 	}
 	id, ok := statIdentity(filepath.Join(dir, rel))
 	if !ok {
-		return fileSum{}, false
+		return FileSum{}, false
 	}
 	id.SHA256 = c.SHA256
 	if id != c {
-		return fileSum{}, false
+		return FileSum{}, false
 	}
-	return fileSum{sha256: c.SHA256, size: c.Size}, true
+	return FileSum{SHA256: c.SHA256, Size: c.Size}, true
+}
+
+// the tree even through other links.
+func SafeLinkTarget(target string) bool {
+	if target == "" || filepath.IsAbs(target) {
+		return false
+	}
+	return !slices.Contains(strings.Split(filepath.ToSlash(target), "/"), "..")
 }

@@ -19,11 +19,11 @@ import (
 // keyComment is the comment of every generated bundle key.
 const keyComment = "banger-runtime"
 
-// ensureKey makes sure dir holds the key pair name and name.pub and returns
+// EnsureKey makes sure dir holds the key pair name and name.pub and returns
 // the public key in authorized_keys form. An existing private key is kept (its
 // .pub is rewritten from it when missing or stale); generated reports whether
 // a new pair was made.
-func ensureKey(dir, name string) (authorized []byte, generated bool, err error) {
+func EnsureKey(dir, name string) (authorized []byte, generated bool, err error) {
 	privPath := filepath.Join(dir, name)
 	pubPath := privPath + ".pub"
 	data, err := os.ReadFile(privPath)

@@ -10,6 +10,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger/banger/internal/bundle"
+	"github.com/banger/banger/internal/bundle/build"
+	"github.com/banger/banger/internal/bundle/dist"
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/image/rootfs"
@@ -64,7 +66,7 @@ func runtimeLogger(cmd *cobra.Command) *slog.Logger {
 
 func newRuntimeBuildCmd() *cobra.Command {
 	var (
-		opts   bundle.BuildOptions
+		opts   build.Options
 		images []string
 	)
 	cmd := &cobra.Command{
@@ -105,7 +107,7 @@ chroot: run it as yourself and it asks sudo for exactly those steps (run
 			}
 			opts.Log = runtimeLogger(cmd)
 			slog.SetDefault(opts.Log) // the kernel and rootfs steps log there too
-			if err := bundle.Build(cmd.Context(), runner.Default, opts); err != nil {
+			if err := build.Build(cmd.Context(), runner.Default, opts); err != nil {
 				return err
 			}
 			out, _ := filepath.Abs(opts.Out)
@@ -151,7 +153,7 @@ mkfs.ext4 from e2fsprogs).`,
 				out = bundle.DefaultInstalled(nil)[0]
 			}
 			slog.SetDefault(runtimeLogger(cmd))
-			if err := bundle.Install(cmd.Context(), manifest, out); err != nil {
+			if err := dist.Install(cmd.Context(), manifest, out); err != nil {
 				return err
 			}
 			abs, _ := filepath.Abs(out)
@@ -181,7 +183,7 @@ banger runtime install on another machine.`,
 			if err != nil {
 				return err
 			}
-			manifest, err := bundle.Dist(cmd.Context(), dir, out)
+			manifest, err := dist.Dist(cmd.Context(), dir, out)
 			if err != nil {
 				return err
 			}

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/banger/banger/internal/bundle"
+	"github.com/banger/banger/internal/bundle/build"
 	"github.com/banger/banger/internal/image/void"
 	"github.com/banger/banger/internal/runner"
 	"github.com/banger/banger/internal/xbps"
@@ -22,7 +23,7 @@ func cacheOrDefault(dir string) (string, error) {
 	if dir != "" {
 		return dir, nil
 	}
-	return bundle.DefaultCacheDir()
+	return build.DefaultCacheDir()
 }
 
 func newRuntimeVoidKernelCmd() *cobra.Command {

@@ -1,4 +1,4 @@
-package bundle
+package build
 
 import (
 	"context"
@@ -9,12 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/image/initramfs"
 	"github.com/banger/banger/internal/image/kernel"
 	"github.com/banger/banger/internal/image/rootfs"
@@ -22,8 +20,8 @@ import (
 	"github.com/banger/banger/internal/runner"
 )
 
-// BuildOptions describes a runtime bundle build.
-type BuildOptions struct {
+// Options describes a runtime bundle build.
+type Options struct {
 	// Out is the bundle directory, e.g. build/runtime.
 	Out string
 	// CacheDir holds the kernel packages, debootstrap trees and finished
@@ -41,7 +39,7 @@ type BuildOptions struct {
 	Log *slog.Logger
 }
 
-// DefaultImages are the image kinds a build makes when BuildOptions.Images is empty.
+// DefaultImages are the image kinds a build makes when Options.Images is empty.
 var DefaultImages = []rootfs.Kind{rootfs.KindDocker, rootfs.KindMinimal}
 
 // imageDescriptions are the bundle.json descriptions of the known kinds.
@@ -84,11 +82,11 @@ func realSteps() buildSteps {
 // seconds. bundle.json is removed before the first output changes and written
 // last, so an interrupted build never leaves a bundle.json that lies. The
 // bundle's SSH key pair survives rebuilds.
-func Build(ctx context.Context, r runner.Runner, opts BuildOptions) error {
+func Build(ctx context.Context, r runner.Runner, opts Options) error {
 	return build(ctx, r, opts, realSteps())
 }
 
-func (o *BuildOptions) defaults() error {
+func (o *Options) defaults() error {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
@@ -139,33 +137,33 @@ func (o *BuildOptions) defaults() error {
 // builder carries one build's state.
 type builder struct {
 	r     runner.Runner
-	opts  BuildOptions
+	opts  Options
 	steps buildSteps
 	log   *slog.Logger
 
 	mu       sync.Mutex
-	sums     map[string]fileSum // published outputs by bundle path
-	cache    map[string]statSum // sums of the previous build's outputs
+	sums     map[string]bundle.FileSum // published outputs by bundle path
+	cache    map[string]bundle.StatSum // sums of the previous build's outputs
 	dirty    sync.Once
 	dirtyErr error
 }
 
-func build(ctx context.Context, r runner.Runner, opts BuildOptions, steps buildSteps) error {
+func build(ctx context.Context, r runner.Runner, opts Options, steps buildSteps) error {
 	if err := opts.defaults(); err != nil {
 		return err
 	}
-	b := &builder{r: r, opts: opts, steps: steps, log: opts.Log, sums: map[string]fileSum{}}
+	b := &builder{r: r, opts: opts, steps: steps, log: opts.Log, sums: map[string]bundle.FileSum{}}
 	start := time.Now()
 	if err := os.MkdirAll(opts.Out, 0o755); err != nil {
 		return fmt.Errorf("building runtime bundle: creating %s: %w", opts.Out, err)
 	}
-	unlock, err := lockDir(opts.Out)
+	unlock, err := bundle.LockDir(opts.Out)
 	if err != nil {
 		return err
 	}
 	defer unlock()
 	removeTemps(opts.Out)
-	b.cache = loadSumCache(opts.Out)
+	b.cache = bundle.LoadSumCache(opts.Out)
 
 	var pkg *kernel.Package
 	if err := b.stage("fetch kernel", func() (err error) {
@@ -184,27 +182,27 @@ func build(ctx context.Context, r runner.Runner, opts BuildOptions, steps buildS
 	}
 	g.Go(func() error {
 		if err := b.stage("ssh key", func() (err error) {
-			authorized, _, err = ensureKey(opts.Out, FileSSHKey)
+			authorized, _, err = bundle.EnsureKey(opts.Out, bundle.FileSSHKey)
 			return err
 		}); err != nil {
 			return err
 		}
 		return b.stage("work-seed", func() error {
-			return b.generated(FileWorkSeed, 0o644, func(tmp string) error {
+			return b.generated(bundle.FileWorkSeed, 0o644, func(tmp string) error {
 				return steps.buildWorkSeed(gctx, r, authorized, tmp)
 			})
 		})
 	})
 	g.Go(func() error {
 		return b.stage("agent", func() error {
-			return b.copied(FileAgent, opts.Agent, 0o755)
+			return b.copied(bundle.FileAgent, opts.Agent, 0o755)
 		})
 	})
 	if err := g.Wait(); err != nil {
 		return err
 	}
 
-	var bun *Bundle
+	var bun *bundle.Bundle
 	if err := b.stage("bundle.json", func() (err error) {
 		bun, err = b.manifest(pkg.Version)
 		if err != nil {
@@ -213,7 +211,7 @@ func build(ctx context.Context, r runner.Runner, opts BuildOptions, steps buildS
 		if err := bun.Save(); err != nil {
 			return err
 		}
-		if err := saveSumCache(opts.Out, b.sums); err != nil {
+		if err := bundle.SaveSumCache(opts.Out, b.sums); err != nil {
 			b.log.Warn("not saving the sum cache; the next build rehashes everything", "err", err)
 		}
 		return nil
@@ -228,21 +226,21 @@ func build(ctx context.Context, r runner.Runner, opts BuildOptions, steps buildS
 // kernelStages installs the kernel files, the modules tree and the initramfs.
 func (b *builder) kernelStages(pkg *kernel.Package) error {
 	if err := b.stage("kernel files", func() error {
-		if err := b.copied(FileVmlinuz, pkg.Vmlinuz, 0o644); err != nil {
+		if err := b.copied(bundle.FileVmlinuz, pkg.Vmlinuz, 0o644); err != nil {
 			return err
 		}
-		return b.copied(FileKernelConfig, pkg.Config, 0o644)
+		return b.copied(bundle.FileKernelConfig, pkg.Config, 0o644)
 	}); err != nil {
 		return err
 	}
 	if err := b.stage("vmlinux", func() error {
-		return b.generated(FileKernel, 0o644, func(tmp string) error {
+		return b.generated(bundle.FileKernel, 0o644, func(tmp string) error {
 			return b.steps.extractVmlinux(pkg.Vmlinuz, tmp)
 		})
 	}); err != nil {
 		return err
 	}
-	modules := filepath.Join(b.opts.Out, DirModules, pkg.Version)
+	modules := filepath.Join(b.opts.Out, bundle.DirModules, pkg.Version)
 	if err := b.stage("modules", func() error {
 		return b.syncModules(pkg.ModulesDir, pkg.Version)
 	}); err != nil {
@@ -253,7 +251,7 @@ func (b *builder) kernelStages(pkg *kernel.Package) error {
 		if err != nil {
 			return err
 		}
-		return b.generated(FileInitrd, 0o644, func(tmp string) error {
+		return b.generated(bundle.FileInitrd, 0o644, func(tmp string) error {
 			return b.steps.buildInitramfs(tmp, initramfs.Spec{Init: b.opts.Init, KernelVersion: pkg.Version, Modules: order})
 		})
 	})
@@ -273,7 +271,7 @@ func (b *builder) rootfsStage(ctx context.Context, kind rootfs.Kind, pkg *kernel
 		ro.Modules = filepath.Dir(pkg.ModulesDir)
 	}
 	return b.stage("rootfs "+string(kind), func() error {
-		return b.generated(RootfsFile(string(kind)), 0o644, func(tmp string) error {
+		return b.generated(bundle.RootfsFile(string(kind)), 0o644, func(tmp string) error {
 			return b.steps.buildRootfs(ctx, b.r, ro, tmp)
 		})
 	})
@@ -293,15 +291,15 @@ func (b *builder) stage(name string, f func() error) error {
 // markDirty removes bundle.json once, before the first output changes.
 func (b *builder) markDirty() error {
 	b.dirty.Do(func() {
-		err := os.Remove(filepath.Join(b.opts.Out, FileName))
+		err := os.Remove(filepath.Join(b.opts.Out, bundle.FileName))
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			b.dirtyErr = fmt.Errorf("removing stale %s: %w", FileName, err)
+			b.dirtyErr = fmt.Errorf("removing stale %s: %w", bundle.FileName, err)
 		}
 	})
 	return b.dirtyErr
 }
 
-func (b *builder) record(rel string, sum fileSum) {
+func (b *builder) record(rel string, sum bundle.FileSum) {
 	b.mu.Lock()
 	b.sums[rel] = sum
 	b.mu.Unlock()
@@ -311,7 +309,7 @@ func (b *builder) record(rel string, sum fileSum) {
 // to rel unless rel already holds the same content.
 func (b *builder) generated(rel string, perm fs.FileMode, write func(tmp string) error) error {
 	final := filepath.Join(b.opts.Out, rel)
-	tmp, err := tempPath(final)
+	tmp, err := bundle.TempPath(final)
 	if err != nil {
 		return fmt.Errorf("creating temporary %s: %w", rel, err)
 	}
@@ -323,10 +321,10 @@ func (b *builder) generated(rel string, perm fs.FileMode, write func(tmp string)
 		return fmt.Errorf("setting mode of %s: %w", rel, err)
 	}
 	// An output equal to the previous build's needs no hashing.
-	if sum, ok := cachedSum(b.cache, b.opts.Out, rel); ok && sameData(tmp, final) {
+	if sum, ok := bundle.CachedSum(b.cache, b.opts.Out, rel); ok && bundle.SameData(tmp, final) {
 		return b.keep(rel, sum, perm)
 	}
-	sum, same, err := hashCompare(tmp, final)
+	sum, same, err := bundle.HashCompare(tmp, final)
 	if err != nil {
 		return err
 	}
@@ -338,7 +336,7 @@ func (b *builder) generated(rel string, perm fs.FileMode, write func(tmp string)
 
 // keep records rel, already in the output with sum, as this build's,
 // fixing only its mode.
-func (b *builder) keep(rel string, sum fileSum, perm fs.FileMode) error {
+func (b *builder) keep(rel string, sum bundle.FileSum, perm fs.FileMode) error {
 	b.log.Debug("unchanged", "file", rel)
 	b.record(rel, sum)
 	return ensureMode(filepath.Join(b.opts.Out, rel), perm)
@@ -347,14 +345,14 @@ func (b *builder) keep(rel string, sum fileSum, perm fs.FileMode) error {
 // copied installs src as rel unless rel already holds the same content.
 func (b *builder) copied(rel, src string, perm fs.FileMode) error {
 	final := filepath.Join(b.opts.Out, rel)
-	sum, same, err := hashCompare(src, final)
+	sum, same, err := bundle.HashCompare(src, final)
 	if err != nil {
 		return err
 	}
 	if same {
 		return b.keep(rel, sum, perm)
 	}
-	tmp, sum, err := copyToTemp(src, final, perm)
+	tmp, sum, err := bundle.CopyToTemp(src, final, perm)
 	if err != nil {
 		return fmt.Errorf("copying %s to %s: %w", src, final, err)
 	}
@@ -363,14 +361,14 @@ func (b *builder) copied(rel, src string, perm fs.FileMode) error {
 }
 
 // publish renames tmp, whose content is sum, to rel.
-func (b *builder) publish(rel, tmp string, sum fileSum) error {
+func (b *builder) publish(rel, tmp string, sum bundle.FileSum) error {
 	if err := b.markDirty(); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, filepath.Join(b.opts.Out, rel)); err != nil {
 		return fmt.Errorf("installing %s: %w", rel, err)
 	}
-	b.log.Info("updated", "file", rel, "size", sum.size)
+	b.log.Info("updated", "file", rel, "size", sum.Size)
 	b.record(rel, sum)
 	return nil
 }
@@ -390,34 +388,34 @@ func ensureMode(path string, perm fs.FileMode) error {
 // changed, and removes other kernel versions' trees. Symlinks that could leave
 // the tree (Debian's build and source links) are left out.
 func (b *builder) syncModules(src, kver string) error {
-	root := filepath.Join(b.opts.Out, DirModules)
+	root := filepath.Join(b.opts.Out, bundle.DirModules)
 	dst := filepath.Join(root, kver)
-	entries, err := walkTree(src)
+	entries, err := bundle.WalkTree(src)
 	if err != nil {
 		return err
 	}
 	want := map[string]bool{}
-	var keep []treeEntry
+	var keep []bundle.TreeEntry
 	for _, e := range entries {
-		if e.isLink && !safeLinkTarget(e.link) {
-			b.log.Debug("skipping module tree symlink that leaves the tree", "path", e.rel, "target", e.link)
+		if e.IsLink && !bundle.SafeLinkTarget(e.Link) {
+			b.log.Debug("skipping module tree symlink that leaves the tree", "path", e.Rel, "target", e.Link)
 			continue
 		}
 		keep = append(keep, e)
-		want[e.rel] = true
+		want[e.Rel] = true
 	}
 	var changed int
 	var mu sync.Mutex
 	errs := make([]error, len(keep))
-	forEach(len(keep), func(i int) {
+	bundle.ForEach(len(keep), func(i int) {
 		e := keep[i]
-		s := filepath.Join(src, filepath.FromSlash(e.rel))
-		d := filepath.Join(dst, filepath.FromSlash(e.rel))
-		if e.isLink {
-			if old, err := os.Readlink(d); err == nil && old == e.link {
+		s := filepath.Join(src, filepath.FromSlash(e.Rel))
+		d := filepath.Join(dst, filepath.FromSlash(e.Rel))
+		if e.IsLink {
+			if old, err := os.Readlink(d); err == nil && old == e.Link {
 				return
 			}
-		} else if _, same, err := hashCompare(s, d); err != nil {
+		} else if _, same, err := bundle.HashCompare(s, d); err != nil {
 			errs[i] = err
 			return
 		} else if same {
@@ -440,16 +438,16 @@ func (b *builder) syncModules(src, kver string) error {
 		return fmt.Errorf("copying modules tree %s: %w", src, err)
 	}
 	// Remove what the source no longer has, then other kernels' trees.
-	have, err := walkTree(dst)
+	have, err := bundle.WalkTree(dst)
 	if err != nil {
 		return err
 	}
 	for _, e := range have {
-		if !want[e.rel] {
+		if !want[e.Rel] {
 			if err := b.markDirty(); err != nil {
 				return err
 			}
-			if err := os.Remove(filepath.Join(dst, filepath.FromSlash(e.rel))); err != nil {
+			if err := os.Remove(filepath.Join(dst, filepath.FromSlash(e.Rel))); err != nil {
 				return fmt.Errorf("removing stale module file: %w", err)
 			}
 			changed++
@@ -474,14 +472,14 @@ func (b *builder) syncModules(src, kver string) error {
 }
 
 // replaceEntry writes the tree entry e from s to d through a temporary name.
-func replaceEntry(s, d string, e treeEntry) error {
-	if e.isLink {
-		tmp, err := tempPath(d)
+func replaceEntry(s, d string, e bundle.TreeEntry) error {
+	if e.IsLink {
+		tmp, err := bundle.TempPath(d)
 		if err != nil {
 			return err
 		}
 		os.Remove(tmp)
-		if err := os.Symlink(e.link, tmp); err != nil {
+		if err := os.Symlink(e.Link, tmp); err != nil {
 			return err
 		}
 		if err := os.Rename(tmp, d); err != nil {
@@ -494,7 +492,7 @@ func replaceEntry(s, d string, e treeEntry) error {
 	if err != nil {
 		return err
 	}
-	tmp, _, err := copyToTemp(s, d, fi.Mode().Perm())
+	tmp, _, err := bundle.CopyToTemp(s, d, fi.Mode().Perm())
 	if err != nil {
 		return err
 	}
@@ -507,38 +505,29 @@ func replaceEntry(s, d string, e treeEntry) error {
 
 // safeLinkTarget reports whether a symlink target is relative and points
 // down from the link's directory (no ".." element), so that it cannot leave
-// the tree even through other links.
-func safeLinkTarget(target string) bool {
-	if target == "" || filepath.IsAbs(target) {
-		return false
-	}
-	return !slices.Contains(strings.Split(filepath.ToSlash(target), "/"), "..")
-}
-
 // manifest describes what the build produced.
-func (b *builder) manifest(kver string) (*Bundle, error) {
-	bun := &Bundle{
-		Schema:        Schema,
+func (b *builder) manifest(kver string) (*bundle.Bundle, error) {
+	bun := &bundle.Bundle{
+		Schema:        bundle.Schema,
 		KernelVersion: kver,
-		Kernel:        FileKernel,
-		Vmlinuz:       FileVmlinuz,
-		KernelConfig:  FileKernelConfig,
-		Modules:       DirModules,
-		Initrd:        FileInitrd,
-		BootArgs:      DefaultBootArgs,
-		SSHKey:        FileSSHKey,
-		Agent:         FileAgent,
-		dir:           b.opts.Out,
+		Kernel:        bundle.FileKernel,
+		Vmlinuz:       bundle.FileVmlinuz,
+		KernelConfig:  bundle.FileKernelConfig,
+		Modules:       bundle.DirModules,
+		Initrd:        bundle.FileInitrd,
+		BootArgs:      bundle.DefaultBootArgs,
+		SSHKey:        bundle.FileSSHKey,
+		Agent:         bundle.FileAgent,
 	}
 	// A firecracker binary the user put into the bundle is kept.
-	if fi, err := os.Stat(filepath.Join(b.opts.Out, FileFirecracker)); err == nil && fi.Mode().IsRegular() {
-		bun.Firecracker = FileFirecracker
+	if fi, err := os.Stat(filepath.Join(b.opts.Out, bundle.FileFirecracker)); err == nil && fi.Mode().IsRegular() {
+		bun.Firecracker = bundle.FileFirecracker
 	}
 	for _, k := range b.opts.Images {
-		bun.Images = append(bun.Images, Image{
+		bun.Images = append(bun.Images, bundle.Image{
 			Name:        string(k),
-			Rootfs:      RootfsFile(string(k)),
-			WorkSeed:    FileWorkSeed,
+			Rootfs:      bundle.RootfsFile(string(k)),
+			WorkSeed:    bundle.FileWorkSeed,
 			Description: imageDescriptions[k],
 		})
 	}
@@ -546,69 +535,18 @@ func (b *builder) manifest(kver string) (*Bundle, error) {
 	if slices.Contains(b.opts.Images, rootfs.KindDocker) {
 		bun.DefaultImage = string(rootfs.KindDocker)
 	}
-	if err := bun.fillArtifacts(b.sums); err != nil {
+	bun.SetDir(b.opts.Out)
+	if err := bun.FillArtifacts(b.sums); err != nil {
 		return nil, err
 	}
 	return bun, nil
-}
-
-// artifactPaths lists the bundle paths that get artifact entries: everything
-// referenced except the SSH key pair, which is per installation.
-func (b *Bundle) artifactPaths() []string {
-	var paths []string
-	for _, p := range b.referenced() {
-		if p != b.SSHKey {
-			paths = append(paths, p)
-		}
-	}
-	return paths
-}
-
-// fillArtifacts sets Artifacts from known sums, hashing the rest concurrently.
-func (b *Bundle) fillArtifacts(known map[string]fileSum) error {
-	paths := b.artifactPaths()
-	var todo []string
-	for _, p := range paths {
-		if _, ok := known[p]; !ok {
-			todo = append(todo, b.Path(p))
-		}
-	}
-	sums, err := hashAll(todo)
-	if err != nil {
-		return err
-	}
-	b.Artifacts = nil
-	for _, p := range paths {
-		sum, ok := known[p]
-		if !ok {
-			sum, sums = sums[0], sums[1:]
-		}
-		b.Artifacts = append(b.Artifacts, Artifact{Path: p, SHA256: sum.sha256, Size: sum.size})
-	}
-	return nil
-}
-
-// lockDir takes an exclusive lock on a hidden file beside dir, so that two
-// builds or installs of the same bundle cannot interleave (the lock survives
-// Install renaming dir); the returned func releases it.
-func lockDir(dir string) (func(), error) {
-	path := filepath.Join(filepath.Dir(dir), "."+filepath.Base(dir)+".lock")
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("locking %s: %w", dir, err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("locking %s: %w: another banger runtime build or install is using it; wait for it to finish", dir, err)
-	}
-	return func() { f.Close() }, nil
 }
 
 // removeTemps deletes temporaries an interrupted build left in dir.
 func removeTemps(dir string) {
 	entries, _ := os.ReadDir(dir)
 	for _, e := range entries {
-		if isTempName(e.Name()) {
+		if bundle.IsTempName(e.Name()) {
 			os.RemoveAll(filepath.Join(dir, e.Name()))
 		}
 	}

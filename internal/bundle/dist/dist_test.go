@@ -1,4 +1,4 @@
-package bundle
+package dist
 
 import (
 	"archive/tar"
@@ -18,6 +18,9 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/banger/banger/internal/bundle"
+	"github.com/banger/banger/internal/bundle/bundletest"
 )
 
 // testInstaller returns an installer whose work-seed builder writes the key.
@@ -63,7 +66,7 @@ func snapshot(t *testing.T, dir string) map[string]string {
 }
 
 func TestDistInstallRoundTrip(t *testing.T) {
-	src, _ := buildFakeBundle(t)
+	src := bundletest.Fake(t)
 	dist := filepath.Join(t.TempDir(), "dist")
 	manifest, err := Dist(context.Background(), src, dist)
 	if err != nil {
@@ -81,7 +84,7 @@ func TestDistInstallRoundTrip(t *testing.T) {
 	}
 	names := tarNames(t, filepath.Join(dist, m.Bundle.Archive))
 	for _, n := range names {
-		if strings.Contains(n, FileSSHKey) {
+		if strings.Contains(n, bundle.FileSSHKey) {
 			t.Errorf("archive holds %s, want no key pair", n)
 		}
 		if !strings.HasPrefix(n, "banger-runtime-6.1.0-99-cloud-amd64/") {
@@ -94,7 +97,7 @@ func TestDistInstallRoundTrip(t *testing.T) {
 	if err := in.install(context.Background(), manifest, out); err != nil {
 		t.Fatalf("install: %v", err)
 	}
-	b, err := Load(out)
+	b, err := bundle.Load(out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,35 +107,35 @@ func TestDistInstallRoundTrip(t *testing.T) {
 	got, want := snapshot(t, out), snapshot(t, src)
 	for rel, w := range want {
 		switch {
-		case rel == FileName || strings.HasPrefix(rel, FileSSHKey) || rel == FileWorkSeed || rel == sumCacheFile:
+		case rel == bundle.FileName || strings.HasPrefix(rel, bundle.FileSSHKey) || rel == bundle.FileWorkSeed || rel == bundle.SumCacheFile:
 			// Personalised by install; checked below.
 		case got[rel] != w:
 			t.Errorf("installed %s = %q, want %q", rel, got[rel], w)
 		}
 	}
-	pub := readFile(t, filepath.Join(out, FileSSHKey+".pub"))
-	if pub == readFile(t, filepath.Join(src, FileSSHKey+".pub")) {
+	pub := bundletest.ReadFile(t, filepath.Join(out, bundle.FileSSHKey+".pub"))
+	if pub == bundletest.ReadFile(t, filepath.Join(src, bundle.FileSSHKey+".pub")) {
 		t.Errorf("installed key equals the source bundle's, want a new one")
 	}
-	if seed := readFile(t, filepath.Join(out, FileWorkSeed)); seed != "seed:"+pub {
+	if seed := bundletest.ReadFile(t, filepath.Join(out, bundle.FileWorkSeed)); seed != "seed:"+pub {
 		t.Errorf("installed work-seed = %q, want it rebuilt for the new key %q", seed, pub)
 	}
 	if len(*keys) != 1 {
 		t.Errorf("work-seed rebuilt %d times, want 1", len(*keys))
 	}
-	assertNoTemps(t, out)
+	bundletest.AssertNoTemps(t, out)
 
 	// Reinstalling keeps the installed key, so existing VMs stay reachable.
 	if err := in.install(context.Background(), manifest, out); err != nil {
 		t.Fatalf("second install: %v", err)
 	}
-	if again := readFile(t, filepath.Join(out, FileSSHKey+".pub")); again != pub {
+	if again := bundletest.ReadFile(t, filepath.Join(out, bundle.FileSSHKey+".pub")); again != pub {
 		t.Errorf("reinstall changed the key to %q, want %q kept", again, pub)
 	}
-	if b, err := Load(out); err != nil || b.Verify() != nil {
-		t.Errorf("reinstalled bundle: Load/Verify failed: %v", err)
+	if b, err := bundle.Load(out); err != nil || b.Verify() != nil {
+		t.Errorf("reinstalled bundle: bundle.Load/Verify failed: %v", err)
 	}
-	assertNoTemps(t, out)
+	bundletest.AssertNoTemps(t, out)
 }
 
 func tarNames(t *testing.T, archive string) []string {
@@ -164,7 +167,7 @@ func tarNames(t *testing.T, archive string) []string {
 // installFixture makes a dist of a fake bundle and an installed bundle at out.
 func installFixture(t *testing.T) (manifest, out string) {
 	t.Helper()
-	src, _ := buildFakeBundle(t)
+	src := bundletest.Fake(t)
 	manifest, err := Dist(context.Background(), src, filepath.Join(t.TempDir(), "dist"))
 	if err != nil {
 		t.Fatal(err)
@@ -185,7 +188,7 @@ func writeManifest(t *testing.T, dir, archive, sum string) string {
 	}
 	f.Close()
 	p := f.Name()
-	writeFile(t, p, fmt.Sprintf("[bundle]\narchive = %q\nsha256 = %q\nversion = \"test\"\n", archive, sum))
+	bundletest.WriteFile(t, p, fmt.Sprintf("[bundle]\narchive = %q\nsha256 = %q\nversion = \"test\"\n", archive, sum))
 	return p
 }
 
@@ -230,7 +233,7 @@ func TestInstallFailuresLeaveOutUnchanged(t *testing.T) {
 		{"truncated gzip", writeManifest(t, work, "truncated.tar.gz", fileSHA(t, truncated)), "unpacking archive truncated.tar.gz"},
 		{"gzip without trailer", writeManifest(t, work, "notrailer.tar.gz", fileSHA(t, noTrailer)), "unpacking archive notrailer.tar.gz"},
 		{"missing archive", writeManifest(t, work, "nope.tar.gz", wrong), "check the manifest's archive path"},
-		{"template", filepath.Join("..", "..", "config", "runtime-bundle.toml"), "this is the template"},
+		{"template", filepath.Join("..", "..", "..", "config", "runtime-bundle.toml"), "this is the template"},
 	}
 	for _, tt := range tests {
 		before := snapshot(t, out)
@@ -243,12 +246,12 @@ func TestInstallFailuresLeaveOutUnchanged(t *testing.T) {
 		if fmt.Sprint(after) != fmt.Sprint(before) {
 			t.Errorf("install(%s) changed %s, want it untouched", tt.name, out)
 		}
-		assertNoTemps(t, out)
+		bundletest.AssertNoTemps(t, out)
 	}
 }
 
 func TestInstallHTTP(t *testing.T) {
-	src, _ := buildFakeBundle(t)
+	src := bundletest.Fake(t)
 	dist := filepath.Join(t.TempDir(), "dist")
 	manifest, err := Dist(context.Background(), src, dist)
 	if err != nil {
@@ -272,7 +275,7 @@ func TestInstallHTTP(t *testing.T) {
 		if tt.want == "" {
 			if err != nil {
 				t.Errorf("install(%s) = %v, want nil", tt.name, err)
-			} else if b, err := Load(out); err != nil || b.Verify() != nil {
+			} else if b, err := bundle.Load(out); err != nil || b.Verify() != nil {
 				t.Errorf("install(%s): installed bundle does not verify: %v", tt.name, err)
 			}
 			continue
@@ -287,16 +290,16 @@ func TestInstallHTTP(t *testing.T) {
 }
 
 func TestInstallFirecracker(t *testing.T) {
-	src, _ := buildFakeBundle(t)
-	writeFile(t, filepath.Join(src, "bin", "firecracker"), "firecracker binary")
+	src := bundletest.Fake(t)
+	bundletest.WriteFile(t, filepath.Join(src, "bin", "firecracker"), "firecracker binary")
 	// The fake bundle does not list bin/firecracker; dist packs artifacts only,
 	// so add it as one.
-	b, err := Load(src)
+	b, err := bundle.Load(src)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum, _ := hashPath(b.Path("bin/firecracker"))
-	b.setArtifact("bin/firecracker", sum)
+	sum, _ := bundle.HashPath(b.Path("bin/firecracker"))
+	b.SetArtifact("bin/firecracker", sum)
 	if err := b.Save(); err != nil {
 		t.Fatal(err)
 	}
@@ -307,13 +310,13 @@ func TestInstallFirecracker(t *testing.T) {
 	}
 	m, _ := ReadManifest(manifest)
 	p := filepath.Join(dist, "fc.toml")
-	writeFile(t, p, fmt.Sprintf("[bundle]\narchive = %q\nsha256 = %q\nversion = \"v\"\nfirecracker = \"bin/firecracker\"\n", m.Bundle.Archive, m.Bundle.SHA256))
+	bundletest.WriteFile(t, p, fmt.Sprintf("[bundle]\narchive = %q\nsha256 = %q\nversion = \"v\"\nfirecracker = \"bin/firecracker\"\n", m.Bundle.Archive, m.Bundle.SHA256))
 	out := filepath.Join(t.TempDir(), "runtime")
 	in, _ := testInstaller(nil)
 	if err := in.install(context.Background(), p, out); err != nil {
 		t.Fatal(err)
 	}
-	got, err := Load(out)
+	got, err := bundle.Load(out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -404,21 +407,21 @@ func TestReadManifest(t *testing.T) {
 	}
 	for _, tt := range tests {
 		p := filepath.Join(dir, tt.name+".toml")
-		writeFile(t, p, tt.body)
+		bundletest.WriteFile(t, p, tt.body)
 		_, err := ReadManifest(p)
 		if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
 			t.Errorf("ReadManifest(%s) = %v, want %q", tt.name, err, tt.want)
 		}
 	}
 	// The checked-in template parses but is refused as the template.
-	if _, err := ReadManifest("../../config/runtime-bundle.toml"); err == nil || !strings.Contains(err.Error(), "this is the template") {
+	if _, err := ReadManifest("../../../config/runtime-bundle.toml"); err == nil || !strings.Contains(err.Error(), "this is the template") {
 		t.Errorf("ReadManifest(config/runtime-bundle.toml) = %v, want the template error", err)
 	}
 }
 
 func TestDistPathsSorted(t *testing.T) {
-	src, _ := buildFakeBundle(t)
-	b, err := Load(src)
+	src := bundletest.Fake(t)
+	b, err := bundle.Load(src)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -426,8 +429,8 @@ func TestDistPathsSorted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if paths[0] != FileName {
-		t.Errorf("distPaths()[0] = %s, want %s first", paths[0], FileName)
+	if paths[0] != bundle.FileName {
+		t.Errorf("distPaths()[0] = %s, want %s first", paths[0], bundle.FileName)
 	}
 	mods := []string{}
 	for _, p := range paths {

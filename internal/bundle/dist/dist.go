@@ -1,11 +1,10 @@
-package bundle
+package dist
 
 import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +23,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/banger/banger/internal/atomicfile"
+	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/image/workseed"
 	"github.com/banger/banger/internal/runner"
 )
@@ -125,7 +125,7 @@ func (in *installer) install(ctx context.Context, manifestPath, out string) (err
 	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return fail(err)
 	}
-	unlock, err := lockDir(out)
+	unlock, err := bundle.LockDir(out)
 	if err != nil {
 		return err
 	}
@@ -149,7 +149,7 @@ func (in *installer) install(ctx context.Context, manifestPath, out string) (err
 	if err != nil {
 		return fail(fmt.Errorf("archive %s: %w", m.Bundle.Archive, err))
 	}
-	bun, err := Load(root)
+	bun, err := bundle.Load(root)
 	if err != nil {
 		return fail(err)
 	}
@@ -197,7 +197,7 @@ func (in *installer) fetch(ctx context.Context, m *Manifest, manifestDir, tmpl s
 		defer f.Close()
 		r = f
 	}
-	tmp, err := tempPath(tmpl)
+	tmp, err := bundle.TempPath(tmpl)
 	if err != nil {
 		return "", fmt.Errorf("fetching archive %s: %w", src, err)
 	}
@@ -210,7 +210,7 @@ func (in *installer) fetch(ctx context.Context, m *Manifest, manifestDir, tmpl s
 	if err != nil {
 		return "", fmt.Errorf("fetching archive %s: %w", src, err)
 	}
-	hw := &hashingWriter{h: sha256.New()}
+	hw := bundle.NewHashingWriter()
 	_, err = io.Copy(io.MultiWriter(f, hw), contextReader{ctx, r})
 	if cerr := f.Close(); err == nil {
 		err = cerr
@@ -218,7 +218,7 @@ func (in *installer) fetch(ctx context.Context, m *Manifest, manifestDir, tmpl s
 	if err != nil {
 		return "", fmt.Errorf("fetching archive %s: %w", src, err)
 	}
-	if got := hw.sum().sha256; got != m.Bundle.SHA256 {
+	if got := hw.Sum().SHA256; got != m.Bundle.SHA256 {
 		return "", fmt.Errorf("archive %s: sha256 is %s, manifest says %s: fetch it again, or fix the manifest if the archive was rebuilt", src, got, m.Bundle.SHA256)
 	}
 	return tmp, nil
@@ -239,7 +239,7 @@ func (c contextReader) Read(p []byte) (int, error) {
 
 // bundleRoot finds bundle.json in stage, or in its only subdirectory.
 func bundleRoot(stage string) (string, error) {
-	if _, err := os.Stat(filepath.Join(stage, FileName)); err == nil {
+	if _, err := os.Stat(filepath.Join(stage, bundle.FileName)); err == nil {
 		return stage, nil
 	}
 	entries, err := os.ReadDir(stage)
@@ -248,31 +248,31 @@ func bundleRoot(stage string) (string, error) {
 	}
 	if len(entries) == 1 && entries[0].IsDir() {
 		sub := filepath.Join(stage, entries[0].Name())
-		if _, err := os.Stat(filepath.Join(sub, FileName)); err == nil {
+		if _, err := os.Stat(filepath.Join(sub, bundle.FileName)); err == nil {
 			return sub, nil
 		}
 	}
-	return "", fmt.Errorf("no %s at its top or in its only directory: it is not a runtime bundle archive", FileName)
+	return "", fmt.Errorf("no %s at its top or in its only directory: it is not a runtime bundle archive", bundle.FileName)
 }
 
 // personalize gives a freshly unpacked bundle its SSH key (the one of the
 // bundle at out when there is one, else a new pair), rebuilds the work-seeds
 // for that key, applies the manifest's firecracker, and saves bundle.json.
-func (in *installer) personalize(ctx context.Context, bun *Bundle, m *Manifest, stage, out string) error {
+func (in *installer) personalize(ctx context.Context, bun *bundle.Bundle, m *Manifest, stage, out string) error {
 	changed := map[string]bool{}
 	if bun.SSHKey == "" {
-		bun.SSHKey = FileSSHKey
+		bun.SSHKey = bundle.FileSSHKey
 	}
 	keyPath := bun.Path(bun.SSHKey)
 	if _, err := os.Stat(keyPath); errors.Is(err, fs.ErrNotExist) {
-		if old, err := Load(out); err == nil && old.SSHKey != "" {
+		if old, err := bundle.Load(out); err == nil && old.SSHKey != "" {
 			if err := copyKeyPair(old.Path(old.SSHKey), keyPath); err != nil {
 				in.log.Warn("not keeping the old bundle's ssh key", "err", err)
 			} else {
 				in.log.Info("keeping the ssh key of the bundle being replaced", "key", old.Path(old.SSHKey))
 			}
 		}
-		key, generated, err := ensureKey(filepath.Dir(keyPath), filepath.Base(keyPath))
+		key, generated, err := bundle.EnsureKey(filepath.Dir(keyPath), filepath.Base(keyPath))
 		if err != nil {
 			return err
 		}
@@ -287,7 +287,7 @@ func (in *installer) personalize(ctx context.Context, bun *Bundle, m *Manifest, 
 		}
 		for _, seed := range seeds {
 			final := bun.Path(seed)
-			tmp, err := tempPath(final)
+			tmp, err := bundle.TempPath(final)
 			if err != nil {
 				return fmt.Errorf("rebuilding work-seed %s: %w", seed, err)
 			}
@@ -317,11 +317,11 @@ func (in *installer) personalize(ctx context.Context, bun *Bundle, m *Manifest, 
 		return nil
 	}
 	for rel := range changed {
-		sum, err := hashPath(bun.Path(rel))
+		sum, err := bundle.HashPath(bun.Path(rel))
 		if err != nil {
 			return err
 		}
-		bun.setArtifact(rel, sum)
+		bun.SetArtifact(rel, sum)
 	}
 	return bun.Save()
 }
@@ -436,7 +436,7 @@ func extractTarGz(archive, dir string) error {
 			if err != nil {
 				return fmt.Errorf("entry %q: %w", hdr.Name, err)
 			}
-			n, err := sparseCopy(out, tr)
+			n, err := bundle.SparseCopy(out, tr)
 			if cerr := out.Close(); err == nil {
 				err = cerr
 			}
@@ -447,7 +447,7 @@ func extractTarGz(archive, dir string) error {
 				return fmt.Errorf("entry %q: got %d bytes, header says %d", hdr.Name, n, hdr.Size)
 			}
 		case tar.TypeSymlink:
-			if !safeLinkTarget(hdr.Linkname) {
+			if !bundle.SafeLinkTarget(hdr.Linkname) {
 				return fmt.Errorf("entry %q: symlink target %q may leave its directory", hdr.Name, hdr.Linkname)
 			}
 			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
@@ -490,7 +490,7 @@ func noSymlinkParents(dir, rel string) error {
 // leaving out the SSH key pair, and writes distDir/runtime-bundle.toml pointing
 // at it. It returns the manifest's path.
 func Dist(ctx context.Context, runtimeDir, distDir string) (manifestPath string, err error) {
-	bun, err := Load(runtimeDir)
+	bun, err := bundle.Load(runtimeDir)
 	if err != nil {
 		return "", fmt.Errorf("packing runtime bundle: %w", err)
 	}
@@ -508,7 +508,7 @@ func Dist(ctx context.Context, runtimeDir, distDir string) (manifestPath string,
 	}
 	m := Manifest{Bundle: ManifestBundle{
 		Archive:     filepath.Base(archive),
-		SHA256:      sum.sha256,
+		SHA256:      sum.SHA256,
 		Version:     bun.KernelVersion,
 		Firecracker: bun.Firecracker,
 	}}
@@ -530,8 +530,8 @@ func Dist(ctx context.Context, runtimeDir, distDir string) (manifestPath string,
 
 // distPaths lists what an archive holds, relative to the bundle root:
 // bundle.json and every artifact (trees expanded), never the key pair.
-func distPaths(bun *Bundle) ([]string, error) {
-	paths := []string{FileName}
+func distPaths(bun *bundle.Bundle) ([]string, error) {
+	paths := []string{bundle.FileName}
 	for _, a := range bun.Artifacts {
 		p := bun.Path(a.Path)
 		fi, err := os.Stat(p)
@@ -542,43 +542,43 @@ func distPaths(bun *Bundle) ([]string, error) {
 			paths = append(paths, a.Path)
 			continue
 		}
-		entries, err := walkTree(p)
+		entries, err := bundle.WalkTree(p)
 		if err != nil {
 			return nil, err
 		}
 		for _, e := range entries {
-			paths = append(paths, filepath.Join(a.Path, filepath.FromSlash(e.rel)))
+			paths = append(paths, filepath.Join(a.Path, filepath.FromSlash(e.Rel)))
 		}
 	}
 	return slices.DeleteFunc(paths, func(p string) bool {
-		return strings.HasPrefix(filepath.Base(p), FileSSHKey) ||
+		return strings.HasPrefix(filepath.Base(p), bundle.FileSSHKey) ||
 			(bun.SSHKey != "" && (p == bun.SSHKey || p == bun.SSHKey+".pub"))
 	}), nil
 }
 
 // writeArchive writes the tar.gz through a temporary file and returns its sum.
-func writeArchive(ctx context.Context, bun *Bundle, prefix, archive string) (fileSum, error) {
+func writeArchive(ctx context.Context, bun *bundle.Bundle, prefix, archive string) (bundle.FileSum, error) {
 	paths, err := distPaths(bun)
 	if err != nil {
-		return fileSum{}, err
+		return bundle.FileSum{}, err
 	}
-	tmp, err := tempPath(archive)
+	tmp, err := bundle.TempPath(archive)
 	if err != nil {
-		return fileSum{}, err
+		return bundle.FileSum{}, err
 	}
 	defer os.Remove(tmp)
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
-		return fileSum{}, err
+		return bundle.FileSum{}, err
 	}
 	defer f.Close()
-	hw := &hashingWriter{h: sha256.New()}
+	hw := bundle.NewHashingWriter()
 	zw := gzip.NewWriter(io.MultiWriter(f, hw))
 	tw := tar.NewWriter(zw)
 	dirs := map[string]bool{}
 	for _, rel := range paths {
 		if err := ctx.Err(); err != nil {
-			return fileSum{}, err
+			return bundle.FileSum{}, err
 		}
 		// Parent directories first, once each.
 		var parents []string
@@ -592,26 +592,26 @@ func writeArchive(ctx context.Context, bun *Bundle, prefix, archive string) (fil
 			}
 			dirs[d] = true
 			if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: prefix + "/" + filepath.ToSlash(d) + "/", Mode: 0o755, ModTime: time.Now()}); err != nil {
-				return fileSum{}, err
+				return bundle.FileSum{}, err
 			}
 		}
 		if err := addToTar(tw, bun.Path(rel), prefix+"/"+filepath.ToSlash(rel)); err != nil {
-			return fileSum{}, fmt.Errorf("adding %s: %w", rel, err)
+			return bundle.FileSum{}, fmt.Errorf("adding %s: %w", rel, err)
 		}
 	}
 	if err := tw.Close(); err != nil {
-		return fileSum{}, err
+		return bundle.FileSum{}, err
 	}
 	if err := zw.Close(); err != nil {
-		return fileSum{}, err
+		return bundle.FileSum{}, err
 	}
 	if err := f.Close(); err != nil {
-		return fileSum{}, err
+		return bundle.FileSum{}, err
 	}
 	if err := os.Rename(tmp, archive); err != nil {
-		return fileSum{}, err
+		return bundle.FileSum{}, err
 	}
-	return hw.sum(), nil
+	return hw.Sum(), nil
 }
 
 func addToTar(tw *tar.Writer, path, name string) error {

@@ -1,4 +1,4 @@
-package bundle
+package build
 
 import (
 	"bytes"
@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/banger/banger/internal/bundle"
+	"github.com/banger/banger/internal/bundle/bundletest"
 	"github.com/banger/banger/internal/image/initramfs"
 	"github.com/banger/banger/internal/image/kernel"
 	"github.com/banger/banger/internal/image/rootfs"
@@ -38,11 +40,11 @@ func newFakeKernel(t *testing.T, kver, vmlinuz string) *fakeKernel {
 		Config:     filepath.Join(root, "boot", "config-"+kver),
 		ModulesDir: filepath.Join(root, "lib", "modules", kver),
 	}}
-	writeFile(t, k.pkg.Vmlinuz, vmlinuz)
-	writeFile(t, k.pkg.Config, "CONFIG_EXT4_FS=y\n")
-	writeFile(t, filepath.Join(k.pkg.ModulesDir, "modules.order"), "kernel/drivers/virtio/virtio_mmio.ko\n")
-	writeFile(t, filepath.Join(k.pkg.ModulesDir, "kernel/drivers/virtio/virtio_mmio.ko"), "mmio module")
-	writeFile(t, filepath.Join(k.pkg.ModulesDir, "kernel/drivers/block/virtio_blk.ko"), "blk module")
+	bundletest.WriteFile(t, k.pkg.Vmlinuz, vmlinuz)
+	bundletest.WriteFile(t, k.pkg.Config, "CONFIG_EXT4_FS=y\n")
+	bundletest.WriteFile(t, filepath.Join(k.pkg.ModulesDir, "modules.order"), "kernel/drivers/virtio/virtio_mmio.ko\n")
+	bundletest.WriteFile(t, filepath.Join(k.pkg.ModulesDir, "kernel/drivers/virtio/virtio_mmio.ko"), "mmio module")
+	bundletest.WriteFile(t, filepath.Join(k.pkg.ModulesDir, "kernel/drivers/block/virtio_blk.ko"), "blk module")
 	// Debian's build link points outside the tree and must be left out.
 	if err := os.Symlink("/usr/src/linux-headers-"+kver, filepath.Join(k.pkg.ModulesDir, "build")); err != nil {
 		t.Fatal(err)
@@ -51,25 +53,6 @@ func newFakeKernel(t *testing.T, kver, vmlinuz string) *fakeKernel {
 		t.Fatal(err)
 	}
 	return k
-}
-
-func writeFile(t *testing.T, path, content string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func readFile(t *testing.T, path string) string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
 
 // fakeBuild records what the fake steps were asked to do.
@@ -143,13 +126,13 @@ func newFakeBuild(t *testing.T) *fakeBuild {
 	return &fakeBuild{kernel: newFakeKernel(t, "6.1.0-99-cloud-amd64", "bzImage v1"), rootfsOpts: map[rootfs.Kind]rootfs.Options{}}
 }
 
-// testOptions returns BuildOptions with fake init and agent binaries.
-func testOptions(t *testing.T, out string) BuildOptions {
+// testOptions returns Options with fake init and agent binaries.
+func testOptions(t *testing.T, out string) Options {
 	t.Helper()
 	bin := t.TempDir()
-	writeFile(t, filepath.Join(bin, "banger-init"), "init binary")
-	writeFile(t, filepath.Join(bin, "banger-vsock-agent"), "agent binary")
-	return BuildOptions{
+	bundletest.WriteFile(t, filepath.Join(bin, "banger-init"), "init binary")
+	bundletest.WriteFile(t, filepath.Join(bin, "banger-vsock-agent"), "agent binary")
+	return Options{
 		Out:      out,
 		CacheDir: t.TempDir(),
 		Init:     filepath.Join(bin, "banger-init"),
@@ -171,7 +154,7 @@ func buildFakeBundle(t *testing.T) (dir string, f *fakeBuild) {
 
 func TestBuild(t *testing.T) {
 	dir, f := buildFakeBundle(t)
-	b, err := Load(dir)
+	b, err := bundle.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,15 +166,15 @@ func TestBuild(t *testing.T) {
 		got, want any
 	}{
 		{"kernel_version", b.KernelVersion, "6.1.0-99-cloud-amd64"},
-		{"boot_args", b.BootArgs, DefaultBootArgs},
+		{"boot_args", b.BootArgs, bundle.DefaultBootArgs},
 		{"default_image", b.DefaultImage, "docker"},
 		{"images", b.ImageNames(), []string{"docker", "minimal"}},
-		{"vmlinux", readFile(t, b.Path(b.Kernel)), "ELF:bzImage v1"},
-		{"vmlinuz", readFile(t, b.Path(b.Vmlinuz)), "bzImage v1"},
-		{"kernel.config", readFile(t, b.Path(b.KernelConfig)), "CONFIG_EXT4_FS=y\n"},
-		{"agent", readFile(t, b.Path(b.Agent)), "agent binary"},
-		{"initrd", readFile(t, b.Path(b.Initrd)), "initrd 6.1.0-99-cloud-amd64 1"},
-		{"module copied", readFile(t, filepath.Join(dir, "modules/6.1.0-99-cloud-amd64/kernel/drivers/block/virtio_blk.ko")), "blk module"},
+		{"vmlinux", bundletest.ReadFile(t, b.Path(b.Kernel)), "ELF:bzImage v1"},
+		{"vmlinuz", bundletest.ReadFile(t, b.Path(b.Vmlinuz)), "bzImage v1"},
+		{"kernel.config", bundletest.ReadFile(t, b.Path(b.KernelConfig)), "CONFIG_EXT4_FS=y\n"},
+		{"agent", bundletest.ReadFile(t, b.Path(b.Agent)), "agent binary"},
+		{"initrd", bundletest.ReadFile(t, b.Path(b.Initrd)), "initrd 6.1.0-99-cloud-amd64 1"},
+		{"module copied", bundletest.ReadFile(t, filepath.Join(dir, "modules/6.1.0-99-cloud-amd64/kernel/drivers/block/virtio_blk.ko")), "blk module"},
 		{"rootfs calls", f.rootfsCalls.Load(), int32(2)},
 		{"docker gets modules", f.rootfsOpts[rootfs.KindDocker].Modules, filepath.Dir(f.kernel.pkg.ModulesDir)},
 		{"minimal gets no modules", f.rootfsOpts[rootfs.KindMinimal].Modules, ""},
@@ -208,19 +191,19 @@ func TestBuild(t *testing.T) {
 	if target, err := os.Readlink(filepath.Join(dir, "modules/6.1.0-99-cloud-amd64/kernel/drivers/alias.ko")); err != nil || target != "virtio/virtio_mmio.ko" {
 		t.Errorf("Readlink(alias.ko) = %q, %v, want virtio/virtio_mmio.ko", target, err)
 	}
-	fi, err := os.Stat(filepath.Join(dir, FileSSHKey))
+	fi, err := os.Stat(filepath.Join(dir, bundle.FileSSHKey))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("stat id_ed25519 = %v, %v, want mode 0600", fi, err)
 	}
-	pub := readFile(t, filepath.Join(dir, FileSSHKey+".pub"))
+	pub := bundletest.ReadFile(t, filepath.Join(dir, bundle.FileSSHKey+".pub"))
 	if !strings.HasPrefix(pub, "ssh-ed25519 ") {
 		t.Errorf("id_ed25519.pub = %q, want an ssh-ed25519 key", pub)
 	}
-	if seed := readFile(t, filepath.Join(dir, FileWorkSeed)); seed != "seed:"+pub {
+	if seed := bundletest.ReadFile(t, filepath.Join(dir, bundle.FileWorkSeed)); seed != "seed:"+pub {
 		t.Errorf("work-seed = %q, want seed:%s", seed, pub)
 	}
 	for _, a := range b.Artifacts {
-		if strings.HasPrefix(a.Path, FileSSHKey) {
+		if strings.HasPrefix(a.Path, bundle.FileSSHKey) {
 			t.Errorf("artifact %s recorded, want the key pair left out", a.Path)
 		}
 	}
@@ -236,7 +219,7 @@ func TestBuild(t *testing.T) {
 	if blocks := allocated(t, b.Path("rootfs-docker.ext4")); blocks >= 4<<20 {
 		t.Errorf("rootfs-docker.ext4 allocates %d bytes, want it sparse", blocks)
 	}
-	assertNoTemps(t, dir)
+	bundletest.AssertNoTemps(t, dir)
 }
 
 func TestRebuildKeepsUnchangedOutputs(t *testing.T) {
@@ -244,15 +227,15 @@ func TestRebuildKeepsUnchangedOutputs(t *testing.T) {
 	opts := testOptions(t, dir)
 	// Same inputs as the first build: the fake agent has the same content.
 	before := map[string]os.FileInfo{}
-	for _, rel := range []string{"vmlinux", "vmlinuz", "initrd.img", "rootfs-docker.ext4", "work-seed.ext4", "banger-vsock-agent", FileSSHKey, "modules/6.1.0-99-cloud-amd64/kernel/drivers/block/virtio_blk.ko"} {
+	for _, rel := range []string{"vmlinux", "vmlinuz", "initrd.img", "rootfs-docker.ext4", "work-seed.ext4", "banger-vsock-agent", bundle.FileSSHKey, "modules/6.1.0-99-cloud-amd64/kernel/drivers/block/virtio_blk.ko"} {
 		fi, err := os.Stat(filepath.Join(dir, rel))
 		if err != nil {
 			t.Fatal(err)
 		}
 		before[rel] = fi
 	}
-	key := readFile(t, filepath.Join(dir, FileSSHKey))
-	manifest := readFile(t, filepath.Join(dir, FileName))
+	key := bundletest.ReadFile(t, filepath.Join(dir, bundle.FileSSHKey))
+	manifest := bundletest.ReadFile(t, filepath.Join(dir, bundle.FileName))
 
 	if err := build(context.Background(), runner.Default, opts, f.steps()); err != nil {
 		t.Fatalf("second build: %v", err)
@@ -266,10 +249,10 @@ func TestRebuildKeepsUnchangedOutputs(t *testing.T) {
 			t.Errorf("%s was replaced by a rebuild with unchanged inputs, want it kept", rel)
 		}
 	}
-	if got := readFile(t, filepath.Join(dir, FileSSHKey)); got != key {
+	if got := bundletest.ReadFile(t, filepath.Join(dir, bundle.FileSSHKey)); got != key {
 		t.Errorf("rebuild changed id_ed25519, want the key kept")
 	}
-	if got := readFile(t, filepath.Join(dir, FileName)); got != manifest {
+	if got := bundletest.ReadFile(t, filepath.Join(dir, bundle.FileName)); got != manifest {
 		t.Errorf("rebuild changed bundle.json:\n%s\nwant\n%s", got, manifest)
 	}
 
@@ -278,21 +261,21 @@ func TestRebuildKeepsUnchangedOutputs(t *testing.T) {
 	if err := build(context.Background(), runner.Default, opts, f.steps()); err != nil {
 		t.Fatalf("third build: %v", err)
 	}
-	b, err := Load(dir)
+	b, err := bundle.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Verify(); err != nil {
 		t.Errorf("Verify() after kernel change = %v, want nil", err)
 	}
-	if got := readFile(t, b.Path(b.Kernel)); got != "ELF:bzImage v2" {
+	if got := bundletest.ReadFile(t, b.Path(b.Kernel)); got != "ELF:bzImage v2" {
 		t.Errorf("vmlinux = %q, want ELF:bzImage v2", got)
 	}
 	entries, _ := os.ReadDir(filepath.Join(dir, "modules"))
 	if len(entries) != 1 || entries[0].Name() != "6.1.0-100-cloud-amd64" {
 		t.Errorf("modules/ holds %v, want only 6.1.0-100-cloud-amd64", entries)
 	}
-	assertNoTemps(t, dir)
+	bundletest.AssertNoTemps(t, dir)
 }
 
 func TestBuildFailureLeavesNoLie(t *testing.T) {
@@ -304,24 +287,24 @@ func TestBuildFailureLeavesNoLie(t *testing.T) {
 		t.Fatalf("build with failing rootfs = %v, want an error naming the rootfs stage", err)
 	}
 	// Either bundle.json is gone or it still describes the files exactly.
-	if b, err := Load(dir); err == nil {
+	if b, err := bundle.Load(dir); err == nil {
 		if err := b.Verify(); err != nil {
 			t.Errorf("bundle.json survived a failed build but Verify() = %v", err)
 		}
 	}
-	assertNoTemps(t, dir)
+	bundletest.AssertNoTemps(t, dir)
 }
 
-func TestBuildOptionsErrors(t *testing.T) {
+func TestOptionsErrors(t *testing.T) {
 	tests := []struct {
 		name   string
-		modify func(*BuildOptions)
+		modify func(*Options)
 		want   string
 	}{
-		{"no out", func(o *BuildOptions) { o.Out = "" }, "no output directory"},
-		{"no init", func(o *BuildOptions) { o.Init = "" }, "no banger-init binary given"},
-		{"missing agent", func(o *BuildOptions) { o.Agent = "/nonexistent/agent" }, "go build ./cmd/banger-vsock-agent"},
-		{"unknown image", func(o *BuildOptions) { o.Images = []rootfs.Kind{"alpine"} }, `unknown image "alpine"`},
+		{"no out", func(o *Options) { o.Out = "" }, "no output directory"},
+		{"no init", func(o *Options) { o.Init = "" }, "no banger-init binary given"},
+		{"missing agent", func(o *Options) { o.Agent = "/nonexistent/agent" }, "go build ./cmd/banger-vsock-agent"},
+		{"unknown image", func(o *Options) { o.Images = []rootfs.Kind{"alpine"} }, `unknown image "alpine"`},
 	}
 	for _, tt := range tests {
 		opts := testOptions(t, filepath.Join(t.TempDir(), "out"))
@@ -341,7 +324,7 @@ func TestBuildOneImage(t *testing.T) {
 	if err := build(context.Background(), runner.Default, opts, f.steps()); err != nil {
 		t.Fatal(err)
 	}
-	b, err := Load(dir)
+	b, err := bundle.Load(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,7 +338,7 @@ func TestBuildLock(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	unlock, err := lockDir(dir)
+	unlock, err := bundle.LockDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -363,22 +346,6 @@ func TestBuildLock(t *testing.T) {
 	err = build(context.Background(), runner.Default, testOptions(t, dir), newFakeBuild(t).steps())
 	if err == nil || !strings.Contains(err.Error(), "another banger runtime build") {
 		t.Errorf("build while locked = %v, want a lock error", err)
-	}
-}
-
-func assertNoTemps(t *testing.T, dir string) {
-	t.Helper()
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && isTempName(d.Name()) {
-			t.Errorf("temporary %s left behind", p)
-		}
-		return nil
-	})
-	entries, _ := os.ReadDir(filepath.Dir(dir))
-	for _, e := range entries {
-		if isTempName(e.Name()) {
-			t.Errorf("temporary %s left beside the bundle", e.Name())
-		}
 	}
 }
 
@@ -400,13 +367,13 @@ func TestSparseCopy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := sparseCopy(f, bytes.NewReader(data))
+	n, err := bundle.SparseCopy(f, bytes.NewReader(data))
 	f.Close()
 	if err != nil || n != int64(len(data)) {
-		t.Fatalf("sparseCopy = %d, %v, want %d, nil", n, err, len(data))
+		t.Fatalf("bundle.SparseCopy = %d, %v, want %d, nil", n, err, len(data))
 	}
 	if got, _ := os.ReadFile(dst); !bytes.Equal(got, data) {
-		t.Errorf("sparseCopy wrote different content")
+		t.Errorf("bundle.SparseCopy wrote different content")
 	}
 	if a := allocated(t, dst); a > 2<<20 {
 		t.Errorf("sparse copy allocates %d bytes, want at most 2 MiB", a)
@@ -428,32 +395,32 @@ func TestSafeLinkTarget(t *testing.T) {
 		{"a/../b", false},
 	}
 	for _, tt := range tests {
-		if got := safeLinkTarget(tt.target); got != tt.want {
-			t.Errorf("safeLinkTarget(%q) = %v, want %v", tt.target, got, tt.want)
+		if got := bundle.SafeLinkTarget(tt.target); got != tt.want {
+			t.Errorf("bundle.SafeLinkTarget(%q) = %v, want %v", tt.target, got, tt.want)
 		}
 	}
 }
 
 func TestSumCache(t *testing.T) {
 	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "img"), "image v1")
-	sum, err := hashPath(filepath.Join(dir, "img"))
+	bundletest.WriteFile(t, filepath.Join(dir, "img"), "image v1")
+	sum, err := bundle.HashPath(filepath.Join(dir, "img"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := saveSumCache(dir, map[string]fileSum{"img": sum, "gone": sum}); err != nil {
+	if err := bundle.SaveSumCache(dir, map[string]bundle.FileSum{"img": sum, "gone": sum}); err != nil {
 		t.Fatal(err)
 	}
-	cache := loadSumCache(dir)
-	if got, ok := cachedSum(cache, dir, "img"); !ok || got != sum {
-		t.Errorf("cachedSum(img) = %v, %v, want %v, true", got, ok, sum)
+	cache := bundle.LoadSumCache(dir)
+	if got, ok := bundle.CachedSum(cache, dir, "img"); !ok || got != sum {
+		t.Errorf("bundle.CachedSum(img) = %v, %v, want %v, true", got, ok, sum)
 	}
-	if _, ok := cachedSum(cache, dir, "gone"); ok {
-		t.Errorf("cachedSum(gone) = _, true, want false for a missing file")
+	if _, ok := bundle.CachedSum(cache, dir, "gone"); ok {
+		t.Errorf("bundle.CachedSum(gone) = _, true, want false for a missing file")
 	}
-	writeFile(t, filepath.Join(dir, "img"), "image v2") // same size, new content
-	if _, ok := cachedSum(cache, dir, "img"); ok {
-		t.Errorf("cachedSum(img) after a rewrite = _, true, want false")
+	bundletest.WriteFile(t, filepath.Join(dir, "img"), "image v2") // same size, new content
+	if _, ok := bundle.CachedSum(cache, dir, "img"); ok {
+		t.Errorf("bundle.CachedSum(img) after a rewrite = _, true, want false")
 	}
 }
 
@@ -493,8 +460,8 @@ func TestSameData(t *testing.T) {
 		}(), true},
 	}
 	for _, tt := range tests {
-		if got := sameData(a, tt.b); got != tt.want {
-			t.Errorf("sameData(a, %s) = %v, want %v", tt.name, got, tt.want)
+		if got := bundle.SameData(a, tt.b); got != tt.want {
+			t.Errorf("bundle.SameData(a, %s) = %v, want %v", tt.name, got, tt.want)
 		}
 	}
 }
