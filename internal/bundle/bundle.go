@@ -1,4 +1,4 @@
-// Package bundle reads, builds, verifies, packs, installs and discovers banger's runtime bundle.
+// Package bundle is the runtime bundle's format (bundle.json and its artifacts), its discovery, and the file helpers its build and dist share.
 package bundle
 
 import (

@@ -1,3 +1,4 @@
+// Package build builds a runtime bundle from Debian packages and banger's own code, with a cache keyed by recipe.
 package build
 
 import (

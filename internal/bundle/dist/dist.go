@@ -1,3 +1,4 @@
+// Package dist packs a runtime bundle into an archive with a manifest, and installs one from a manifest, checked and atomic.
 package dist
 
 import (
