@@ -1,4 +1,4 @@
-// Package daemon is bangerd: it owns VM state, hypervisor processes and host networking, and serves the API.
+// Package daemon is bangerd: it wires the store, the VM engine and its host capabilities, the DNS server, the API and the web UI, and serves them.
 package daemon
 
 import (
@@ -18,16 +18,20 @@ import (
 
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/config"
+	"github.com/banger/banger/internal/daemon/api"
 	"github.com/banger/banger/internal/dns"
+	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/firecracker"
 	"github.com/banger/banger/internal/hypervisor/qemu"
+	"github.com/banger/banger/internal/image/rootfs"
 	"github.com/banger/banger/internal/isolation"
 	"github.com/banger/banger/internal/nat"
 	"github.com/banger/banger/internal/network"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/runner"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/vm"
 	"github.com/banger/banger/internal/web"
 	"github.com/banger/banger/internal/web/login"
 )
@@ -41,53 +45,43 @@ type Options struct {
 	Paths  config.Paths
 	Log    *slog.Logger
 	Runner runner.Runner
+	// Backends replace the hypervisors (tests: hypervisortest); nil means
+	// qemu and firecracker.
+	Backends map[string]hypervisor.Backend
+	// NoHost skips what touches the host beyond files (bridge, tables, DNS,
+	// web UI): tests of the API that run without root.
+	NoHost bool
 }
 
 // Daemon is one running bangerd.
 type Daemon struct {
-	cfg   config.Config
-	paths config.Paths
-	log   *slog.Logger
-	r     runner.Runner
-	// names are this owner's bridge, subnet, device prefixes and tables.
-	names network.Names
-	uid   int
-	lock  *os.File
-	store *store.Store
-	net   *network.Manager
-	nat   *nat.Manager
-	pool  *network.Pool
-	// isolation keeps guests off each other's private ports.
-	isolation *isolation.Manager
-	dns       *dns.Server
-	// dnsRedirect sends the bridge address's port 53 to an unprivileged
-	// DNS port; nil when bangerd binds port 53 itself.
+	cfg     config.Config
+	paths   config.Paths
+	log     *slog.Logger
+	r       runner.Runner
+	names   network.Names
+	uid     int
+	lock    *os.File
+	store   *store.Store
+	net     *network.Manager
+	engine  *vm.Engine
+	api     *api.Server
+	noHost  bool
+	started time.Time
+
+	dns         *dns.Server
 	dnsRedirect *dns.Redirect
-	// guestDNS is the resolver guests get on the bridge, once it answers.
-	guestDNS bool
-	started  time.Time
-	// caps are the VM capabilities, in the order they are prepared.
-	caps capabilities
+	mu          sync.Mutex
+	guestDNS    bool
 
-	backends map[string]hypervisor.Backend
-
-	// ctx is the daemon's own lifetime: long operations and watchers hang
-	// off it, never off an RPC request's context.
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-
-	mu        sync.Mutex
-	instances map[string]hypervisor.Instance // by VM id
-	locks     map[string]*sync.Mutex         // by VM name
-	booting   map[string]context.CancelFunc  // readiness waits, by VM id
+	bundles bundleCache
 
 	shutdown     chan struct{}
 	shutdownOnce sync.Once
 }
 
-// New prepares a daemon: takes the single-instance lock beside the
-// database, then opens the store.
+// New takes the single-instance lock beside the database, opens the store
+// and builds the engine with its capabilities.
 func New(opts Options) (*Daemon, error) {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
@@ -113,70 +107,124 @@ func New(opts Options) (*Daemon, error) {
 		lock.Close()
 		return nil, err
 	}
+	cfg := opts.Config
 	uid := os.Geteuid()
-	names := opts.Config.Names(uid)
+	names := cfg.Names(uid)
 	d := &Daemon{
-		cfg:   opts.Config,
-		paths: opts.Paths,
-		log:   opts.Log,
-		r:     opts.Runner,
-		names: names,
-		uid:   uid,
-		lock:  lock,
-		store: st,
-		net: &network.Manager{
-			R:      opts.Runner,
-			Bridge: names.Bridge,
-			Subnet: names.Subnet,
-		},
-		backends: map[string]hypervisor.Backend{
-			"qemu":        &qemu.Backend{Binary: opts.Config.QEMUBinary, Log: opts.Log.With("backend", "qemu")},
-			"firecracker": &firecracker.Backend{Binary: opts.Config.FirecrackerBinary, Log: opts.Log.With("backend", "firecracker")},
-		},
-		instances: map[string]hypervisor.Instance{},
-		locks:     map[string]*sync.Mutex{},
-		booting:   map[string]context.CancelFunc{},
-		shutdown:  make(chan struct{}),
-		started:   time.Now(),
+		cfg: cfg, paths: opts.Paths, log: opts.Log, r: opts.Runner, names: names, uid: uid,
+		lock: lock, store: st, noHost: opts.NoHost, started: time.Now(), shutdown: make(chan struct{}),
+		net: &network.Manager{R: opts.Runner, Bridge: names.Bridge, Subnet: names.Subnet},
 	}
-	d.nat = &nat.Manager{R: opts.Runner, Table: names.Table, Bridge: names.Bridge, Subnet: names.Subnet, Log: opts.Log.With("component", "nat")}
-	d.pool = &network.Pool{M: d.net, Size: opts.Config.TAPPoolSize, Prefix: names.PoolPrefix, UID: os.Getuid(), GID: os.Getgid(), Log: opts.Log.With("component", "tap-pool")}
-	d.isolation = &isolation.Manager{R: opts.Runner, Table: names.Table, Ports: opts.Config.GuestPrivatePorts, Bridge: names.Bridge,
-		TAPPrefixes: []string{names.TAPPrefix, names.PoolPrefix}}
-	if port := opts.Config.BridgeDNSPort(uid); port != 53 {
+	d.bundles.explicit = cfg.RuntimeDir
+	d.bundles.log = opts.Log
+	backends := opts.Backends
+	if backends == nil {
+		backends = map[string]hypervisor.Backend{
+			"qemu":        &qemu.Backend{Binary: cfg.QEMUBinary, Log: opts.Log.With("backend", "qemu")},
+			"firecracker": bundledFirecracker{Backend: firecracker.Backend{Binary: cfg.FirecrackerBinary, Log: opts.Log.With("backend", "firecracker")}, configured: cfg.FirecrackerBinary != ""},
+		}
+	}
+	require := func(ctx context.Context, ops ...string) error {
+		if err := doctor.Require(ctx, opts.Runner, ops...); err != nil {
+			return err
+		}
+		for _, op := range ops {
+			if op == doctor.OpCreate && opts.Backends == nil {
+				return doctor.RequireTUN()
+			}
+		}
+		return nil
+	}
+	cacheDir, err := rootfs.DefaultCacheDir()
+	if err != nil {
+		cacheDir = filepath.Join(opts.Paths.StateDir, "cache")
+	}
+	images := &vm.Images{Store: st, R: opts.Runner, Log: opts.Log.With("component", "images"), DataDir: opts.Paths.DataDir,
+		CacheDir: cacheDir, Default: cfg.DefaultImage, Requirements: require}
+	d.engine = vm.New(vm.Config{
+		Store:        st,
+		Backends:     backends,
+		Hypervisor:   cfg.Hypervisor,
+		Bundle:       d.bundles.load,
+		Images:       images,
+		Network:      d.net,
+		Names:        names,
+		Runner:       opts.Runner,
+		Log:          opts.Log,
+		DataDir:      opts.Paths.DataDir,
+		RuntimeDir:   opts.Paths.RuntimeDir,
+		VCPUs:        cfg.VCPUs,
+		MemoryMiB:    cfg.MemoryMiB,
+		MaxMemoryMiB: hostMemoryMiB(),
+		ReadyTimeout: time.Duration(cfg.ReadyTimeoutSeconds) * time.Second,
+		Requirements: require,
+	})
+	pool := &network.Pool{M: d.net, Size: cfg.TAPPoolSize, Prefix: names.PoolPrefix, UID: os.Getuid(), GID: os.Getgid(), Log: opts.Log.With("component", "tap-pool")}
+	d.engine.SetCapabilities(vm.NewCapabilities(d.engine, vm.Host{
+		Runner:    opts.Runner,
+		Log:       opts.Log,
+		Net:       d.net,
+		Pool:      pool,
+		Names:     names,
+		NAT:       &nat.Manager{R: opts.Runner, Table: names.Table, Bridge: names.Bridge, Subnet: names.Subnet, Log: opts.Log.With("component", "nat")},
+		Isolation: &isolation.Manager{R: opts.Runner, Table: names.Table, Ports: cfg.GuestPrivatePorts, Bridge: names.Bridge, TAPPrefixes: []string{names.TAPPrefix, names.PoolPrefix}},
+		Known:     &vm.KnownHosts{Path: opts.Paths.KnownHosts},
+		Images:    images,
+		DNSServed: d.guestDNSServed,
+		Upstreams: d.dnsUpstreams,
+	}))
+	if port := cfg.BridgeDNSPort(uid); port != 53 {
 		d.dnsRedirect = &dns.Redirect{R: opts.Runner, Table: names.Table + "_dns", Bridge: names.Bridge, Gateway: names.Gateway(), Port: port}
 	}
-	d.caps = d.newCapabilities()
-	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.api = &api.Server{
+		Engine:     d.engine,
+		Log:        opts.Log,
+		Status:     d.status,
+		Shutdown:   func() { d.shutdownOnce.Do(func() { close(d.shutdown) }) },
+		KnownHosts: opts.Paths.KnownHosts,
+		KeyFile: func() (string, error) {
+			b, err := d.engine.Bundle()
+			if err != nil {
+				return "", err
+			}
+			return b.Path(b.SSHKey), nil
+		},
+	}
 	return d, nil
 }
 
-// Serve reconciles state, then serves the API on the unix socket until ctx
-// ends or a client asks for shutdown. Running VMs are left running: the next
-// daemon adopts them.
-func (d *Daemon) Serve(ctx context.Context) error {
-	defer d.lock.Close()
-	defer d.store.Close()
+// Engine is the daemon's VM engine.
+func (d *Daemon) Engine() *vm.Engine { return d.engine }
 
+// Handler is the daemon's API.
+func (d *Daemon) Handler() http.Handler { return d.api.Handler() }
+
+func (d *Daemon) status() rpc.Status {
+	return rpc.Status{
+		Version:    Version,
+		PID:        os.Getpid(),
+		StartedAt:  d.started,
+		Socket:     d.paths.Socket,
+		StateDir:   d.paths.StateDir,
+		DataDir:    d.paths.DataDir,
+		RuntimeDir: d.paths.RuntimeDir,
+	}
+}
+
+// Serve adopts the VMs on record, reconciles the host, then serves the API
+// on the unix socket until ctx ends or a client asks for shutdown. Running
+// VMs are left running: the next daemon adopts them.
+func (d *Daemon) Serve(ctx context.Context) error {
+	defer d.Close()
 	ln, err := listenSocket(d.paths.Socket)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(d.paths.Socket)
-
-	if err := d.reconcile(ctx); err != nil {
-		d.log.Error("reconciling state", "err", err)
-	}
-	d.setupHost(ctx)
-	defer func() {
-		if d.dns != nil {
-			d.dns.Close()
-		}
-	}()
-
-	srv := &http.Server{Handler: d.routes(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	d.Start(ctx)
 	if web := d.startWeb(); web != nil {
 		defer web.Close()
 	}
@@ -192,9 +240,37 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
-	d.cancel()
-	d.wg.Wait()
 	return nil
+}
+
+// Start adopts running hypervisors, then reconciles the host: the
+// capabilities (bridge, pool, tables, pins), image directories and DNS.
+// Each part that fails is logged and reported by 'banger doctor'.
+func (d *Daemon) Start(ctx context.Context) {
+	if err := d.engine.Adopt(ctx); err != nil {
+		d.log.Error("adopting VMs", "err", err)
+	}
+	if err := d.engine.Images().Reconcile(ctx); err != nil {
+		d.log.Warn("reconciling image files", "err", err)
+	}
+	if d.noHost {
+		return
+	}
+	if err := d.engine.Reconcile(ctx); err != nil {
+		d.log.Warn("reconciling the host", "err", err)
+	}
+	d.startDNS()
+}
+
+// Close ends the engine's lifetime and releases the store and the lock.
+// Running VMs keep running.
+func (d *Daemon) Close() {
+	d.engine.Close()
+	if d.dns != nil {
+		d.dns.Close()
+	}
+	d.store.Close()
+	d.lock.Close()
 }
 
 // startWeb serves the web UI on cfg.WebListenAddr, through the daemon's own
@@ -202,7 +278,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 // browsers logged in with the link 'banger ui' makes from the secret file
 // in the state dir. A failure to start is logged, not fatal.
 func (d *Daemon) startWeb() *http.Server {
-	if d.cfg.WebListenAddr == "" {
+	if d.cfg.WebListenAddr == "" || d.noHost {
 		return nil
 	}
 	ln, err := net.Listen("tcp", d.cfg.WebListenAddr)
@@ -222,7 +298,7 @@ func (d *Daemon) startWeb() *http.Server {
 		home, _ := os.UserHomeDir()
 		roots = []string{home, d.paths.DataDir}
 	}
-	ui, err := web.New(rpc.NewClient(d.paths.Socket), web.Options{Log: d.log.With("component", "web"), Context: d.ctx,
+	ui, err := web.New(rpc.NewClient(d.paths.Socket), web.Options{Log: d.log.With("component", "web"), Context: d.engine.Context(),
 		Owner: d.uid, LoginOnly: d.cfg.WebAuth == "login", Login: secret, FileRoots: roots})
 	if err != nil {
 		ln.Close()
@@ -281,49 +357,69 @@ func lockFile(path string) (*os.File, error) {
 	return f, nil
 }
 
-// vmLock returns the mutex that serializes operations on one VM name.
-func (d *Daemon) vmLock(name string) *sync.Mutex {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	l, ok := d.locks[name]
-	if !ok {
-		l = &sync.Mutex{}
-		d.locks[name] = l
-	}
-	return l
+// bundledFirecracker is the Firecracker backend whose binary, unless the
+// config names one, may come with the runtime bundle.
+type bundledFirecracker struct {
+	firecracker.Backend
+	configured bool
 }
 
-// loadBundle discovers and loads the runtime bundle.
-func (d *Daemon) loadBundle() (*bundle.Bundle, error) {
-	wd, _ := os.Getwd()
-	dir, warnings, err := bundle.Discover(bundle.DiscoverOptions{Explicit: d.cfg.RuntimeDir, Env: os.Getenv, WorkDir: wd})
-	for _, w := range warnings {
-		d.log.Warn(w)
+// WithBundle returns the backend that uses b's firecracker when b has one.
+func (f bundledFirecracker) WithBundle(b *bundle.Bundle) hypervisor.Backend {
+	if f.configured || b == nil || b.Firecracker == "" {
+		return f.Backend
 	}
+	c := f.Backend
+	c.Binary = b.Path(b.Firecracker)
+	return c
+}
+
+// bundleCache discovers and loads the runtime bundle once, and again only
+// when its bundle.json changes.
+type bundleCache struct {
+	explicit string
+	log      *slog.Logger
+
+	mu    sync.Mutex
+	b     *bundle.Bundle
+	path  string
+	mtime time.Time
+	size  int64
+}
+
+func (c *bundleCache) load() (*bundle.Bundle, error) {
+	wd, _ := os.Getwd()
+	dir, warnings, err := bundle.Discover(bundle.DiscoverOptions{Explicit: c.explicit, Env: os.Getenv, WorkDir: wd})
 	if err != nil {
 		return nil, err
 	}
-	return bundle.Load(dir)
-}
-
-// pickBackend picks the hypervisor backend named in the config; b (may be
-// nil) can supply a bundled firecracker.
-func (d *Daemon) pickBackend(b *bundle.Bundle) (hypervisor.Backend, error) {
-	fc, _ := d.backend("firecracker", b)
-	q, _ := d.backend("qemu", b)
-	return hypervisor.Select(d.cfg.Hypervisor, fc, q)
-}
-
-// backend returns the named hypervisor backend. Firecracker's binary is the
-// configured one, else the runtime bundle's (when b is given), else the one
-// in PATH. Adopting a running VM needs no binary, so callers pass nil there.
-func (d *Daemon) backend(name string, b *bundle.Bundle) (hypervisor.Backend, bool) {
-	be, ok := d.backends[name]
-	fc, isFC := be.(*firecracker.Backend)
-	if !isFC || d.cfg.FirecrackerBinary != "" || b == nil || b.Firecracker == "" {
-		return be, ok
+	path := filepath.Join(dir, bundle.FileName)
+	fi, err := os.Stat(path)
+	if err != nil {
+		return bundle.Load(dir)
 	}
-	c := *fc
-	c.Binary = b.Path(b.Firecracker)
-	return &c, true
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.b != nil && c.path == path && c.mtime.Equal(fi.ModTime()) && c.size == fi.Size() {
+		return c.b, nil
+	}
+	for _, w := range warnings {
+		c.log.Warn(w)
+	}
+	b, err := bundle.Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	c.b, c.path, c.mtime, c.size = b, path, fi.ModTime(), fi.Size()
+	return b, nil
+}
+
+// hostMemoryMiB is the host's RAM, the most one VM may ask for; 0 when
+// unknown.
+func hostMemoryMiB() int {
+	var si syscall.Sysinfo_t
+	if err := syscall.Sysinfo(&si); err != nil {
+		return 0
+	}
+	return int(uint64(si.Totalram) * uint64(si.Unit) >> 20)
 }

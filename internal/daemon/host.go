@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"errors"
 	"net"
 	"net/netip"
@@ -9,53 +8,8 @@ import (
 
 	"github.com/banger/banger/internal/dns"
 	"github.com/banger/banger/internal/doctor"
-	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/vm"
 )
-
-// setupHost brings up what VMs share on the host: the bridge, banger's NAT
-// table, the TAP pool and the DNS server, through the capabilities'
-// Reconcile hooks. Each part that fails is logged and reported by 'banger
-// doctor'; the daemon still serves.
-func (d *Daemon) setupHost(ctx context.Context) {
-	defer d.startDNS()
-	vms, err := d.store.ListVMs(ctx)
-	if err != nil {
-		d.log.Warn("listing VMs to reconcile the host", "err", err)
-		return
-	}
-	if err := d.caps.reconcile(ctx, vms); err != nil {
-		d.log.Warn("reconciling the host", "err", err)
-	}
-	if err := d.reconcileImages(ctx); err != nil {
-		d.log.Warn("reconciling image files", "err", err)
-	}
-}
-
-// applyNAT adds or removes vm's NAT rules to match vm.NAT.
-func (d *Daemon) applyNAT(ctx context.Context, vm *store.VM) error {
-	if !vm.NAT {
-		return d.nat.Disable(ctx, vm.ID)
-	}
-	ip, err := netip.ParseAddr(vm.IP)
-	if err != nil {
-		return err
-	}
-	if err := d.nat.Enable(ctx, vm.ID, ip); err != nil {
-		return err
-	}
-	if changed, err := d.nat.EnsureForwarding(ctx); err != nil {
-		return err
-	} else if changed {
-		d.log.Info("enabled net.ipv4.ip_forward for NAT guests")
-	}
-	return nil
-}
-
-// release runs every capability's Release hook for vm, after its
-// hypervisor ended: its TAP device and NAT rules go.
-func (d *Daemon) release(ctx context.Context, vm *store.VM) error {
-	return d.caps.release(ctx, vm)
-}
 
 // startDNS serves the .vm zone on the bridge address (for guests and the
 // host) and the configured extra addresses. A bangerd that cannot bind port
@@ -97,11 +51,12 @@ func (d *Daemon) startDNS() {
 	d.dns = srv
 	d.log.Info("serving the vm. zone", "addrs", srv.BoundAddrs())
 
+	ctx := d.engine.Context()
 	redirect := 0
 	if d.dnsRedirect != nil && slices.Contains(srv.BoundAddrs(), netip.AddrPortFrom(gw, uint16(port)).String()) {
-		if err := doctor.Require(d.ctx, d.r, doctor.OpDNSRedirect); err != nil {
+		if err := doctor.Require(ctx, d.r, doctor.OpDNSRedirect); err != nil {
 			d.log.Warn("guests and the host cannot reach .vm DNS on the bridge's port 53", "err", err)
-		} else if err := d.dnsRedirect.Ensure(d.ctx); err != nil {
+		} else if err := d.dnsRedirect.Ensure(ctx); err != nil {
 			d.log.Warn("guests and the host cannot reach .vm DNS on the bridge's port 53", "err", err)
 		} else {
 			redirect = port
@@ -109,16 +64,16 @@ func (d *Daemon) startDNS() {
 		}
 	}
 	d.mu.Lock()
-	d.guestDNS = servesGateway(srv.BoundAddrs(), gw, redirect)
+	d.guestDNS = vm.ServesGateway(srv.BoundAddrs(), gw, redirect)
 	d.mu.Unlock()
 
 	if d.cfg.ResolvedSplitDNS && dns.ResolvedActive() {
-		if err := doctor.Require(d.ctx, d.r, doctor.OpSplitDNS); err != nil {
+		if err := doctor.Require(ctx, d.r, doctor.OpSplitDNS); err != nil {
 			d.log.Warn("setting up systemd-resolved split DNS for ~vm", "err", err)
 			return
 		}
 		for _, argv := range dns.SplitDNSCommands(d.net.BridgeName(), gw.String()) {
-			if _, err := d.r.RunPrivileged(d.ctx, argv[0], argv[1:]...); err != nil {
+			if _, err := d.r.RunPrivileged(ctx, argv[0], argv[1:]...); err != nil {
 				d.log.Warn("setting up systemd-resolved split DNS for ~vm", "err", err)
 				break
 			}
@@ -126,20 +81,29 @@ func (d *Daemon) startDNS() {
 	}
 }
 
-// servesGateway reports whether DNS answers on gw's port 53, given the
-// addresses the server is bound to and the port the redirect sends port 53
-// to (0: none).
-func servesGateway(bound []string, gw netip.Addr, redirect int) bool {
-	for _, a := range bound {
-		ap, err := netip.ParseAddrPort(a)
-		if err != nil || !(ap.Addr() == gw || ap.Addr().IsUnspecified()) {
-			continue
+// guestDNSServed reports whether banger's DNS answers guests on the
+// gateway's port 53: bound there, or bound on another port of the gateway
+// with the redirect in place.
+func (d *Daemon) guestDNSServed() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.guestDNS
+}
+
+// dnsUpstreams are the resolvers banger forwards to: the configured ones, or
+// the host's.
+func (d *Daemon) dnsUpstreams() ([]string, error) {
+	if d.cfg.DNSUpstreamsSet() {
+		var out []string
+		for _, u := range d.cfg.DNSUpstreams {
+			if _, _, err := net.SplitHostPort(u); err != nil {
+				u = net.JoinHostPort(u, "53")
+			}
+			out = append(out, u)
 		}
-		if ap.Port() == 53 || (redirect != 0 && int(ap.Port()) == redirect) {
-			return true
-		}
+		return out, nil
 	}
-	return false
+	return dns.DefaultUpstreams()
 }
 
 // bridgeUp reports whether the bridge exists with its gateway address.
@@ -159,13 +123,13 @@ func (d *Daemon) bridgeUp() bool {
 
 // lookupName answers <name>.vm with the VM's address.
 func (d *Daemon) lookupName(name string) (netip.Addr, bool) {
-	vms, err := d.store.ListVMs(d.ctx)
+	vms, err := d.store.ListVMs(d.engine.Context())
 	if err != nil {
 		return netip.Addr{}, false
 	}
-	for _, vm := range vms {
-		if vm.Name == name {
-			ip, err := netip.ParseAddr(vm.IP)
+	for _, v := range vms {
+		if v.Name == name {
+			ip, err := netip.ParseAddr(v.IP)
 			return ip, err == nil
 		}
 	}

@@ -24,6 +24,8 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrExists is returned when a create would duplicate a unique name, IP, CID or TAP.
 	ErrExists = errors.New("already exists")
+	// ErrAmbiguous is returned when an id prefix names several VMs.
+	ErrAmbiguous = errors.New("id prefix is ambiguous")
 	// ErrNoFreeAddress is returned when a subnet or the CID space has no free entry left.
 	ErrNoFreeAddress = errors.New("no free address")
 )

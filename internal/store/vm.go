@@ -224,7 +224,7 @@ func (s *Store) GetVM(ctx context.Context, nameOrID string) (*VM, error) {
 			return nil, fmt.Errorf("getting vm %s: %w", nameOrID, err)
 		}
 		if len(vms) > 1 {
-			return nil, fmt.Errorf("getting vm %s: id prefix is ambiguous: give more characters or the name", nameOrID)
+			return nil, fmt.Errorf("getting vm %s: %w: give more characters or the name", nameOrID, ErrAmbiguous)
 		}
 	}
 	if len(vms) == 0 {

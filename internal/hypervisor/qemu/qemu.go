@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -256,6 +257,13 @@ func validate(spec hypervisor.Spec) error {
 func (b *Backend) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.Instance, error) {
 	if err := validate(spec); err != nil {
 		return nil, err
+	}
+	// QEMU running as root would create a missing TAP itself, off the
+	// bridge, and the guest would never answer.
+	for _, nic := range spec.NICs {
+		if _, err := net.InterfaceByName(nic.TAP); err != nil && len(b.Wrap) == 0 {
+			return nil, fmt.Errorf("starting vm %s: its TAP device %s is missing: %w", spec.ID, nic.TAP, err)
+		}
 	}
 	if inst, err := b.find(spec); err == nil {
 		inst.p.Close()

@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"fmt"
@@ -19,13 +19,14 @@ func ValidateName(name string) error {
 		return fmt.Errorf("a VM needs a name: pass --name, for example --name testbox")
 	}
 	if !labelRE.MatchString(name) {
-		return fmt.Errorf("invalid VM name %q: use 1 to 63 lowercase letters, digits and hyphens, starting and ending with a letter or digit, because the name becomes a DNS name (testbox.vm)", name)
+		return fmt.Errorf("invalid VM name %q: use 1 to 63 lowercase letters, digits and hyphens, starting and ending with a letter or digit, because the name becomes a DNS name (testbox.vm)", truncate(name, 80))
 	}
 	return nil
 }
 
-// ValidateShape checks the CPU and memory of a create request.
-func ValidateShape(vcpus, memoryMiB int, hypervisor string) error {
+// ValidateShape checks the CPU and memory of a VM; maxMemoryMiB (0: none)
+// is what the host can give.
+func ValidateShape(vcpus, memoryMiB, maxMemoryMiB int, hypervisor string) error {
 	if vcpus < 1 || vcpus > MaxVCPUs {
 		return fmt.Errorf("invalid --vcpus %d: use 1 to %d", vcpus, MaxVCPUs)
 	}
@@ -34,6 +35,9 @@ func ValidateShape(vcpus, memoryMiB int, hypervisor string) error {
 	}
 	if memoryMiB < MinMemoryMiB {
 		return fmt.Errorf("memory %d MiB is too small: use --memory %d or more", memoryMiB, MinMemoryMiB)
+	}
+	if maxMemoryMiB > 0 && memoryMiB > maxMemoryMiB {
+		return fmt.Errorf("memory %d MiB is more than this host has (%d MiB): use a smaller --memory", memoryMiB, maxMemoryMiB)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"strings"
@@ -32,21 +32,23 @@ func TestValidateName(t *testing.T) {
 
 func TestValidateShape(t *testing.T) {
 	for _, tc := range []struct {
-		vcpus, mem int
-		hv         string
-		want       string
+		vcpus, mem, max int
+		hv              string
+		want            string
 	}{
-		{2, 1024, "qemu", ""},
-		{3, 1024, "qemu", ""},
-		{3, 1024, "firecracker", "even"},
-		{1, 1024, "firecracker", ""},
-		{0, 1024, "qemu", "--vcpus"},
-		{33, 1024, "qemu", "--vcpus"},
-		{2, 64, "qemu", "too small"},
+		{2, 1024, 0, "qemu", ""},
+		{3, 1024, 0, "qemu", ""},
+		{3, 1024, 0, "firecracker", "even"},
+		{1, 1024, 0, "firecracker", ""},
+		{0, 1024, 0, "qemu", "--vcpus"},
+		{33, 1024, 0, "qemu", "--vcpus"},
+		{2, 64, 0, "qemu", "too small"},
+		{2, 4096, 4096, "qemu", ""},
+		{2, 4097, 4096, "qemu", "more than this host has"},
 	} {
-		err := ValidateShape(tc.vcpus, tc.mem, tc.hv)
+		err := ValidateShape(tc.vcpus, tc.mem, tc.max, tc.hv)
 		if (err == nil) != (tc.want == "") || (err != nil && !strings.Contains(err.Error(), tc.want)) {
-			t.Errorf("ValidateShape(%d, %d, %s) = %v, want %q", tc.vcpus, tc.mem, tc.hv, err, tc.want)
+			t.Errorf("ValidateShape(%d, %d, %d, %s) = %v, want %q", tc.vcpus, tc.mem, tc.max, tc.hv, err, tc.want)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -14,8 +14,9 @@ import (
 // marker and have no record), and nothing else.
 func TestReconcileImages(t *testing.T) {
 	ctx := context.Background()
-	d := testDaemon(t)
-	images := filepath.Join(d.paths.DataDir, "images")
+	h := newTestHost(t)
+	im := &Images{Store: h.store, DataDir: filepath.Join(h.dir, "data")}
+	images := filepath.Join(im.DataDir, "images")
 	mk := func(name string, files ...string) string {
 		dir := filepath.Join(images, name)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -29,24 +30,24 @@ func TestReconcileImages(t *testing.T) {
 		return dir
 	}
 	keep := []string{
-		mk("built", buildMarker, "rootfs.ext4", "work-seed.ext4"), // recorded
+		mk("built", BuildMarker, "rootfs.ext4", "work-seed.ext4"), // recorded
 		mk("mine", "rootfs.ext4"),                                 // a registered user file, recorded
 		mk("gone-user", "rootfs.ext4", "work-seed.ext4"),          // a user's files, record deleted
 		mk("notes", "rootfs.ext4.tmp"),                            // no marker: not banger's
 	}
 	gone := []string{
-		mk("halfbuilt", buildMarker, "rootfs.ext4.tmp"),
-		mk("halfdeleted", buildMarker, "rootfs.ext4", "work-seed.ext4"),
+		mk("halfbuilt", BuildMarker, "rootfs.ext4.tmp"),
+		mk("halfdeleted", BuildMarker, "rootfs.ext4", "work-seed.ext4"),
 	}
 	for _, img := range []*store.Image{
 		{Name: "built", Rootfs: filepath.Join(images, "built", "rootfs.ext4"), Managed: true},
 		{Name: "mine", Rootfs: filepath.Join(images, "mine", "rootfs.ext4")},
 	} {
-		if err := d.store.UpsertImage(ctx, img); err != nil {
+		if err := h.store.UpsertImage(ctx, img); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := d.reconcileImages(ctx); err != nil {
+	if err := im.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
 	for _, dir := range keep {

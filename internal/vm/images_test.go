@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -54,25 +54,22 @@ func TestSeedRefresh(t *testing.T) {
 			t.Skipf("%s not installed (apt-get install e2fsprogs)", tool)
 		}
 	}
-	if !runner.IsRoot() {
-		if err := exec.Command("sudo", "-n", "true").Run(); err != nil {
-			t.Skip("building a work-seed chowns files to root: run as root or with warm sudo")
-		}
-	}
+
 	ctx := context.Background()
-	d := testDaemon(t)
+	h := newTestHost(t)
+	im := &Images{Store: h.store, R: runner.Default, DataDir: filepath.Join(h.dir, "data")}
 	keyA := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyA banger-a\n"
 	keyB := "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyB banger-b\n"
 	b := testBundle(t, keyA)
 
-	imgDir := filepath.Join(d.paths.DataDir, "images", "old")
+	imgDir := filepath.Join(im.DataDir, "images", "old")
 	os.MkdirAll(imgDir, 0o755)
 	rec := &store.Image{Name: "old", Rootfs: filepath.Join(imgDir, "rootfs.ext4"), Managed: true}
-	if err := d.store.UpsertImage(ctx, rec); err != nil {
+	if err := h.store.UpsertImage(ctx, rec); err != nil {
 		t.Fatal(err)
 	}
-	resolve := func(name string) *image {
-		img, err := d.resolveImage(ctx, b, name)
+	resolve := func(name string) *Image {
+		img, err := im.Resolve(ctx, b, name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -81,10 +78,10 @@ func TestSeedRefresh(t *testing.T) {
 
 	// An image built before seeds existed: the first create builds one.
 	img := resolve("old")
-	if !seedStale(img, b) {
+	if !im.SeedStale(img, b) {
 		t.Fatal("a managed image without a seed is not stale")
 	}
-	seed, err := d.seedFor(ctx, b, img)
+	seed, err := im.SeedFor(ctx, b, img)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,10 +95,10 @@ func TestSeedRefresh(t *testing.T) {
 
 	// The next create takes the fast path: nothing rebuilt.
 	img = resolve("old")
-	if seedStale(img, b) {
+	if im.SeedStale(img, b) {
 		t.Fatalf("refreshed image still stale: %+v", img)
 	}
-	if s2, err := d.seedFor(ctx, b, img); err != nil || s2 != seed {
+	if s2, err := im.SeedFor(ctx, b, img); err != nil || s2 != seed {
 		t.Fatalf("seedFor = %s, %v; want %s", s2, err, seed)
 	}
 	if fi2, _ := os.Stat(seed); !fi2.ModTime().Equal(fi1.ModTime()) {
@@ -111,34 +108,34 @@ func TestSeedRefresh(t *testing.T) {
 	// A new bundle key (a rebuilt bundle): one refresh, with the new key.
 	// A comment change alone is not a new key.
 	b = testBundle(t, strings.Replace(keyA, "banger-a", "renamed", 1))
-	if seedStale(resolve("old"), b) {
+	if im.SeedStale(resolve("old"), b) {
 		t.Fatal("a changed key comment made the seed stale")
 	}
 	b = testBundle(t, keyB)
 	img = resolve("old")
-	if !seedStale(img, b) {
+	if !im.SeedStale(img, b) {
 		t.Fatal("a seed for another key is not stale")
 	}
-	if _, err := d.seedFor(ctx, b, img); err != nil {
+	if _, err := im.SeedFor(ctx, b, img); err != nil {
 		t.Fatal(err)
 	}
 	if got := seedKeys(t, seed); got != keyB {
 		t.Fatalf("refreshed seed authorizes %q, want %q", got, keyB)
 	}
-	if seedStale(resolve("old"), b) {
+	if im.SeedStale(resolve("old"), b) {
 		t.Fatal("still stale after the refresh")
 	}
 
 	// An unmanaged image without a seed uses the bundle's; banger builds
 	// nothing for it.
-	if err := d.store.UpsertImage(ctx, &store.Image{Name: "mine", Rootfs: "/nowhere/rootfs.ext4"}); err != nil {
+	if err := h.store.UpsertImage(ctx, &store.Image{Name: "mine", Rootfs: "/nowhere/rootfs.ext4"}); err != nil {
 		t.Fatal(err)
 	}
 	mine := resolve("mine")
-	if seedStale(mine, b) {
+	if im.SeedStale(mine, b) {
 		t.Fatal("an unmanaged image is stale")
 	}
-	if s, err := d.seedFor(ctx, b, mine); err != nil || s != b.Path("work-seed.ext4") {
+	if s, err := im.SeedFor(ctx, b, mine); err != nil || s != b.Path("work-seed.ext4") {
 		t.Fatalf("seedFor(unmanaged) = %s, %v; want the bundle's seed", s, err)
 	}
 }

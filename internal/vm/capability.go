@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -10,16 +10,16 @@ import (
 	"github.com/banger/banger/internal/store"
 )
 
-// capability is one host-integrated feature of a VM: its disks, its network
-// device, its NAT rules, its name in DNS, its pinned host keys. The lifecycle
-// in vm.go calls every capability at the same points and in the same order,
-// so a new feature is a new capability in Daemon.caps, not a new branch
-// through vm.go. Embed noCapability to implement only the hooks you need.
-type capability interface {
+// Capability is one host-integrated feature of a VM: its disks, its network
+// device, its NAT rules, its name in DNS, its pinned host keys. The engine
+// calls every capability at the same points and in the same order, so a new
+// feature is a new capability, not a new branch through the engine. Embed
+// NoCapability to implement only the hooks you need.
+type Capability interface {
 	// Name names the capability in errors and logs.
 	Name() string
 	// Create runs once per VM, when it is created, before its first boot.
-	Create(ctx context.Context, vm *store.VM, p *createPlan) error
+	Create(ctx context.Context, vm *store.VM, p *Plan) error
 	// Prepare runs before every boot: it readies what the hypervisor needs
 	// on the host and adds to the guest's configuration.
 	Prepare(ctx context.Context, vm *store.VM, g *guestconfig.Config) error
@@ -36,21 +36,21 @@ type capability interface {
 	Reconcile(ctx context.Context, vms []store.VM) error
 }
 
-// noCapability implements every hook as a no-op.
-type noCapability struct{}
+// NoCapability implements every hook as a no-op.
+type NoCapability struct{}
 
-func (noCapability) Create(context.Context, *store.VM, *createPlan) error          { return nil }
-func (noCapability) Prepare(context.Context, *store.VM, *guestconfig.Config) error { return nil }
-func (noCapability) Ready(context.Context, *store.VM, *agent.Health) error         { return nil }
-func (noCapability) Release(context.Context, *store.VM) error                      { return nil }
-func (noCapability) Destroy(context.Context, *store.VM) error                      { return nil }
-func (noCapability) Reconcile(context.Context, []store.VM) error                   { return nil }
+func (NoCapability) Create(context.Context, *store.VM, *Plan) error                { return nil }
+func (NoCapability) Prepare(context.Context, *store.VM, *guestconfig.Config) error { return nil }
+func (NoCapability) Ready(context.Context, *store.VM, *agent.Health) error         { return nil }
+func (NoCapability) Release(context.Context, *store.VM) error                      { return nil }
+func (NoCapability) Destroy(context.Context, *store.VM) error                      { return nil }
+func (NoCapability) Reconcile(context.Context, []store.VM) error                   { return nil }
 
 // capabilities runs the hooks of an ordered list of capabilities.
-type capabilities []capability
+type capabilities []Capability
 
 // create runs every Create hook in order, stopping at the first failure.
-func (cs capabilities) create(ctx context.Context, vm *store.VM, p *createPlan) error {
+func (cs capabilities) create(ctx context.Context, vm *store.VM, p *Plan) error {
 	for _, c := range cs {
 		if err := c.Create(ctx, vm, p); err != nil {
 			return fmt.Errorf("creating VM %s: %s: %w", vm.Name, c.Name(), err)
@@ -83,18 +83,18 @@ func (cs capabilities) ready(ctx context.Context, vm *store.VM, h *agent.Health)
 // release runs every Release hook in reverse order; a failure does not stop
 // the others, and all failures are returned.
 func (cs capabilities) release(ctx context.Context, vm *store.VM) error {
-	return cs.undo("releasing VM "+vm.Name, func(c capability) error { return c.Release(ctx, vm) })
+	return cs.undo("releasing VM "+vm.Name, func(c Capability) error { return c.Release(ctx, vm) })
 }
 
 // destroy runs every Destroy hook in reverse order; a failure does not stop
 // the others, and all failures are returned.
 func (cs capabilities) destroy(ctx context.Context, vm *store.VM) error {
-	return cs.undo("removing VM "+vm.Name, func(c capability) error { return c.Destroy(ctx, vm) })
+	return cs.undo("removing VM "+vm.Name, func(c Capability) error { return c.Destroy(ctx, vm) })
 }
 
 // undo runs hook for every capability in reverse order and joins the
 // failures, each prefixed with what and the capability's name.
-func (cs capabilities) undo(what string, hook func(capability) error) error {
+func (cs capabilities) undo(what string, hook func(Capability) error) error {
 	var errs []error
 	for i := len(cs) - 1; i >= 0; i-- {
 		if err := hook(cs[i]); err != nil {

@@ -1,7 +1,12 @@
-package daemon
+package vm
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
 	"errors"
 	"net/netip"
 	"os"
@@ -10,9 +15,9 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/crypto/ssh"
+
 	"github.com/banger/banger/internal/agent"
-	"github.com/banger/banger/internal/config"
-	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/guestconfig"
 	"github.com/banger/banger/internal/store"
 )
@@ -34,9 +39,9 @@ func (c *recordingCap) hook(h string) error {
 	return nil
 }
 
-func (c *recordingCap) Create(context.Context, *store.VM, *createPlan) error { return c.hook("create") }
+func (c *recordingCap) Create(context.Context, *store.VM, *Plan) error { return c.hook("create") }
 func (c *recordingCap) Prepare(_ context.Context, _ *store.VM, g *guestconfig.Config) error {
-	g.Set("cap."+c.name, "1")
+	g.Network.Hostname += c.name // each sees what the ones before it added
 	return c.hook("prepare")
 }
 func (c *recordingCap) Ready(context.Context, *store.VM, *agent.Health) error { return c.hook("ready") }
@@ -133,10 +138,8 @@ func TestPrepareFillsGuestConfig(t *testing.T) {
 	if err := cs.prepare(context.Background(), &store.VM{Name: "x"}, &g); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"cap.a", "cap.b"} {
-		if v, ok := g.Get(k); !ok || v != "1" {
-			t.Errorf("guest config %s = %q, %v; want 1", k, v, ok)
-		}
+	if g.Network.Hostname != "ab" {
+		t.Errorf("guest config after prepare: hostname %q, want each capability's part in order: ab", g.Network.Hostname)
 	}
 }
 
@@ -163,7 +166,7 @@ func TestDNSCapResolvers(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := &dnsCap{
 				gateway:   func() netip.Addr { return gw },
-				served:    func() bool { return servesGateway(tt.bound, gw, tt.redirect) },
+				served:    func() bool { return ServesGateway(tt.bound, gw, tt.redirect) },
 				upstreams: func() ([]string, error) { return tt.upstreams, nil },
 			}
 			var got []string
@@ -177,38 +180,74 @@ func TestDNSCapResolvers(t *testing.T) {
 	}
 }
 
+// testKey returns a fresh host key of the given type, as an agent reports it.
+func testKey(t *testing.T, typ string) string {
+	t.Helper()
+	var pub crypto.PublicKey
+	switch typ {
+	case "ed25519":
+		p, _, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub = p
+	case "ecdsa":
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub = &k.PublicKey
+	}
+	pk, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(pk))) + " root@guest"
+}
+
 func TestHostKeyPins(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "known_hosts")
-	d := &Daemon{paths: config.Paths{KnownHosts: path}}
+	k := &KnownHosts{Path: path}
 	read := func() string {
 		b, _ := os.ReadFile(path)
 		return string(b)
 	}
-	if err := d.unpinHostKeys("none"); err != nil {
+	if err := k.Unpin("none"); err != nil {
 		t.Fatalf("unpin without a known_hosts file: %v", err)
 	}
+	keys := map[string][]string{}
 	for _, name := range []string{"a", "b", "c"} {
-		if err := d.pinHostKeys(name, []string{"ssh-ed25519 KEY" + name, "ecdsa-sha2-nistp256 EC" + name}); err != nil {
+		keys[name] = []string{testKey(t, "ed25519"), testKey(t, "ecdsa")}
+		pks, err := ParseHostKeys(keys[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := k.Pin(name, pks); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := d.pinHostKeys("b", []string{"ssh-ed25519 NEWb"}); err != nil {
+	newB := testKey(t, "ed25519")
+	pks, _ := ParseHostKeys([]string{newB})
+	if err := k.Pin("b", pks); err != nil {
 		t.Fatal(err)
 	}
-	want := "a.vm ssh-ed25519 KEYa\na.vm ecdsa-sha2-nistp256 ECa\nc.vm ssh-ed25519 KEYc\nc.vm ecdsa-sha2-nistp256 ECc\nb.vm ssh-ed25519 NEWb\n"
+	line := func(name, key string) string {
+		return name + ".vm " + strings.Join(strings.Fields(key)[:2], " ") + "\n"
+	}
+	want := line("a", keys["a"][0]) + line("a", keys["a"][1]) + line("c", keys["c"][0]) + line("c", keys["c"][1]) + line("b", newB)
 	if got := read(); got != want {
-		t.Fatalf("after pins:\n%s\nwant:\n%s", got, want)
+		t.Fatalf("after pins:\n%s\nwant (comments dropped):\n%s", got, want)
 	}
-	if err := d.unpinHostKeys("a"); err != nil {
+	if err := k.Unpin("a"); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.prunePins(map[string]bool{"b.vm": true}); err != nil {
+	if err := k.Prune(map[string]bool{"b.vm": true}); err != nil {
 		t.Fatal(err)
 	}
-	if got := read(); got != "b.vm ssh-ed25519 NEWb\n" {
+	if got := read(); got != line("b", newB) {
 		t.Fatalf("after unpin and prune: %q", got)
 	}
-	if err := d.prunePins(nil); err != nil {
+	if err := k.Prune(nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := read(); got != "" {
@@ -219,19 +258,42 @@ func TestHostKeyPins(t *testing.T) {
 	}
 }
 
+// TestParseHostKeys: a guest's word is taken only as well-formed keys.
+func TestParseHostKeys(t *testing.T) {
+	good := testKey(t, "ed25519")
+	f := strings.Fields(good)
+	other := strings.Fields(testKey(t, "ecdsa"))
+	for _, tt := range []struct {
+		name string
+		keys []string
+		ok   bool
+	}{
+		{"one key", []string{good}, true},
+		{"without comment", []string{f[0] + " " + f[1]}, true},
+		{"none", nil, false},
+		{"wildcard line", []string{"* " + good}, false},
+		{"cert authority", []string{"@cert-authority * " + good}, false},
+		{"second line", []string{good + "\nvictim.vm " + f[0] + " " + f[1]}, false},
+		{"found by fuzzing: 0\\n0", []string{"0\n0"}, false},
+		{"type lies", []string{f[0] + " " + other[1]}, false},
+		{"unknown type", []string{"ssh-dss " + f[1]}, false},
+		{"not base64", []string{f[0] + " !!!"}, false},
+		{"options", []string{`command="x" ` + good}, false},
+		{"too many", []string{good, good, good, good, good, good, good, good, good}, false},
+		{"huge", []string{f[0] + " " + strings.Repeat("A", 10000)}, false},
+		{"carriage return", []string{good + "\r"}, false},
+	} {
+		got, err := ParseHostKeys(tt.keys)
+		if (err == nil) != tt.ok {
+			t.Errorf("ParseHostKeys(%s) = %d keys, %v; want ok %v", tt.name, len(got), err, tt.ok)
+		}
+	}
+}
+
 // TestNATReleaseWithoutNFT: on a host without nft, releasing (stop, delete)
 // a VM that never had NAT must not fail.
 func TestNATReleaseWithoutNFT(t *testing.T) {
-	old := doctor.LookPath
-	doctor.LookPath = func(bin string) (string, error) {
-		if bin == "nft" {
-			return "", errors.New("not found")
-		}
-		return old(bin)
-	}
-	t.Cleanup(func() { doctor.LookPath = old })
-	d := testDaemon(t)
-	c := &natCap{d: d}
+	c := &natCap{haveNFT: func() bool { return false }}
 	if err := c.Release(context.Background(), &store.VM{ID: "abc", Name: "box"}); err != nil {
 		t.Fatalf("Release without nft = %v, want nil", err)
 	}

@@ -1,0 +1,178 @@
+// Package api is bangerd's HTTP API on its unix socket: routes, request decoding, the NDJSON stream of long operations, and the mapping of engine errors to statuses.
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/vm"
+)
+
+// MaxBody bounds a request body: every request is a small JSON object.
+const MaxBody = 1 << 20
+
+// Server serves the API over an engine.
+type Server struct {
+	Engine *vm.Engine
+	Log    *slog.Logger
+	// Status fills the daemon's own part of GET /v1/status.
+	Status func() rpc.Status
+	// Shutdown asks the daemon to stop (POST /v1/shutdown).
+	Shutdown func()
+	// KnownHosts is banger's known_hosts file (for ssh).
+	KnownHosts string
+	// KeyFile is the private key banger logs into guests with.
+	KeyFile func() (string, error)
+}
+
+// Handler returns the API's routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", s.handleStatus)
+	mux.HandleFunc("POST /v1/shutdown", s.handleShutdown)
+	mux.HandleFunc("GET /v1/vms", s.handleList)
+	mux.HandleFunc("POST /v1/vms", s.handleCreate)
+	mux.HandleFunc("GET /v1/vms/{name}", s.handleShow)
+	mux.HandleFunc("DELETE /v1/vms/{name}", s.handleDelete)
+	mux.HandleFunc("POST /v1/vms/{name}/start", s.handleStart)
+	mux.HandleFunc("POST /v1/vms/{name}/stop", s.handleStop)
+	mux.HandleFunc("POST /v1/vms/{name}/set", s.handleSet)
+	mux.HandleFunc("GET /v1/vms/{name}/ssh", s.handleSSH)
+	mux.HandleFunc("GET /v1/vms/{name}/opencode", s.handleOpencode)
+	mux.HandleFunc("GET /v1/vms/{name}/logs", s.handleLogs)
+	mux.HandleFunc("GET /v1/images", s.handleImages)
+	mux.HandleFunc("POST /v1/images", s.handleRegisterImage)
+	mux.HandleFunc("POST /v1/images/build", s.handleBuildImage)
+	mux.HandleFunc("DELETE /v1/images/{name}", s.handleDeleteImage)
+	return http.MaxBytesHandler(mux, MaxBody)
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.Default()
+	}
+	return s.Log
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) writeErr(w http.ResponseWriter, err error) {
+	code, status := CodeOf(err)
+	if status == http.StatusInternalServerError {
+		s.log().Error("request failed", "err", err)
+	}
+	writeJSON(w, status, rpc.Error{Message: err.Error(), Code: code})
+}
+
+// CodeOf returns the rpc code of an engine error and its HTTP status.
+func CodeOf(err error) (string, int) {
+	switch {
+	case errors.Is(err, vm.ErrInvalid), errors.Is(err, errBadRequest):
+		return rpc.CodeInvalid, http.StatusBadRequest
+	case errors.Is(err, vm.ErrNotFound):
+		return rpc.CodeNotFound, http.StatusNotFound
+	case errors.Is(err, vm.ErrExists):
+		return rpc.CodeExists, http.StatusConflict
+	case errors.Is(err, vm.ErrUnavailable):
+		return rpc.CodeUnavailable, http.StatusServiceUnavailable
+	}
+	return rpc.CodeInternal, http.StatusInternalServerError
+}
+
+var errBadRequest = errors.New("bad request")
+
+// decode reads exactly one JSON object of v's type from the body: unknown
+// fields, trailing data and bodies over MaxBody are refused, and nothing of
+// the body is echoed back beyond a short excerpt.
+func decode(r *http.Request, what string, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return fmt.Errorf("decoding %s request: %w: the body is over %d bytes", what, errBadRequest, MaxBody)
+		}
+		return fmt.Errorf("decoding %s request: %w: %s", what, errBadRequest, excerpt(err.Error()))
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("decoding %s request: %w: data after the JSON object", what, errBadRequest)
+	}
+	return nil
+}
+
+func excerpt(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "..."
+	}
+	return s
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	st := s.Status()
+	if b, err := s.Engine.Bundle(); err == nil {
+		st.Bundle = b.Dir()
+		if be, err := s.Engine.Backend(b); err == nil {
+			st.Hypervisor = be.Name()
+		}
+	}
+	if vms, err := s.Engine.List(r.Context()); err == nil {
+		st.VMs = len(vms)
+		for _, v := range vms {
+			if v.State == vm.StateRunning {
+				st.Running++
+			}
+		}
+	}
+	writeJSON(w, 200, st)
+}
+
+func (s *Server) handleShutdown(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, 200, map[string]bool{"ok": true})
+	s.Shutdown()
+}
+
+func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
+	v, err := s.Engine.Get(r.Context(), r.PathValue("name"))
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	f, err := os.Open(vm.ConsoleLog(v))
+	if err != nil {
+		s.writeErr(w, fmt.Errorf("VM %s has no console log yet: start it first: %w", v.Name, vm.ErrNotFound))
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	io.Copy(w, f)
+	if r.URL.Query().Get("follow") == "" {
+		return
+	}
+	flusher, _ := w.(http.Flusher)
+	for {
+		if flusher != nil {
+			flusher.Flush()
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.Engine.Context().Done():
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+		if _, err := io.Copy(w, f); err != nil {
+			return
+		}
+	}
+}

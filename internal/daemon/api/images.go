@@ -1,0 +1,85 @@
+package api
+
+import (
+	"net/http"
+
+	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/vm"
+)
+
+func imageView(img *vm.Image) rpc.Image {
+	return rpc.Image{Name: img.Name, Rootfs: img.Rootfs, WorkSeed: img.WorkSeed, Default: img.Default, Managed: img.Managed, Size: img.Size()}
+}
+
+func (s *Server) handleImages(w http.ResponseWriter, r *http.Request) {
+	b, err := s.Engine.Bundle()
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	imgs, err := s.Engine.Images().List(r.Context(), b)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	out := []rpc.Image{}
+	for i := range imgs {
+		out = append(out, imageView(&imgs[i]))
+	}
+	writeJSON(w, 200, out)
+}
+
+func (s *Server) handleRegisterImage(w http.ResponseWriter, r *http.Request) {
+	var req rpc.RegisterImageRequest
+	if err := decode(r, "register", &req); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	b, err := s.Engine.Bundle()
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	img, err := s.Engine.Images().Register(r.Context(), b, vm.RegisterOptions{Name: req.Name, Rootfs: req.Rootfs, WorkSeed: req.WorkSeed})
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	writeJSON(w, 200, imageView(img))
+}
+
+func (s *Server) handleDeleteImage(w http.ResponseWriter, r *http.Request) {
+	b, _ := s.Engine.Bundle()
+	if err := s.Engine.Images().Delete(r.Context(), b, r.PathValue("name")); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	writeJSON(w, 200, map[string]bool{"ok": true})
+}
+
+func (s *Server) handleBuildImage(w http.ResponseWriter, r *http.Request) {
+	var req rpc.BuildImageRequest
+	if err := decode(r, "build", &req); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	b, err := s.Engine.Bundle()
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	o := vm.BuildOptions{Name: req.Name, Kind: req.Kind, Size: req.Size}
+	if err := s.Engine.Images().PlanBuild(r.Context(), b, &o); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	pr := &progress{}
+	s.stream(w, r, pr, func() (rpc.Event, error) {
+		img, err := s.Engine.Images().Build(s.Engine.Context(), b, o, pr)
+		if err != nil {
+			return rpc.Event{}, err
+		}
+		v := imageView(img)
+		return rpc.Event{Image: &v}, nil
+	})
+}

@@ -1,0 +1,56 @@
+package vm
+
+import (
+	"log/slog"
+	"net/netip"
+	"os"
+
+	"github.com/banger/banger/internal/doctor"
+	"github.com/banger/banger/internal/isolation"
+	"github.com/banger/banger/internal/nat"
+	"github.com/banger/banger/internal/network"
+	"github.com/banger/banger/internal/runner"
+)
+
+// Host is what the standard capabilities work with: the owner's network
+// devices and tables, its resolver and its known_hosts.
+type Host struct {
+	Runner    runner.Runner
+	Log       *slog.Logger
+	Net       *network.Manager
+	Pool      *network.Pool
+	Names     network.Names
+	NAT       *nat.Manager
+	Isolation *isolation.Manager
+	Known     *KnownHosts
+	Images    *Images
+	// DNSServed reports whether banger's DNS answers guests on the bridge
+	// address's port 53; Upstreams are the host's resolvers.
+	DNSServed func() bool
+	Upstreams func() ([]string, error)
+}
+
+// NewCapabilities returns the standard capabilities in the order they are
+// prepared (they are released in reverse); e runs their background work.
+func NewCapabilities(e *Engine, h Host) []Capability {
+	if h.Log == nil {
+		h.Log = slog.Default()
+	}
+	refill := func() {
+		if h.Pool != nil {
+			h.Pool.Refill(e.Context())
+		}
+	}
+	return []Capability{
+		&diskCap{images: h.Images, r: h.Runner},
+		&opencodeCap{r: h.Runner, log: h.Log},
+		&tapCap{net: h.Net, pool: h.Pool, names: h.Names, uid: os.Getuid(), gid: os.Getgid(), refill: refill, log: h.Log.With("capability", "network device")},
+		&dnsCap{gateway: func() netip.Addr { return h.Net.Gateway() }, served: h.DNSServed, upstreams: h.Upstreams},
+		&natCap{nat: h.NAT, log: h.Log, haveNFT: haveTools(doctor.OpNAT)},
+		&isolationCap{iso: h.Isolation, haveNFT: haveTools(doctor.OpIsolation), spawn: e.Go, ctx: e.Context, log: h.Log},
+		&hostKeysCap{known: h.Known},
+	}
+}
+
+// SetCapabilities sets the engine's capabilities; call it once, before use.
+func (e *Engine) SetCapabilities(cs []Capability) { e.caps = cs }

@@ -1,0 +1,299 @@
+package vm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/banger/banger/internal/bundle"
+	"github.com/banger/banger/internal/disk"
+	"github.com/banger/banger/internal/doctor"
+	"github.com/banger/banger/internal/guestconfig"
+	"github.com/banger/banger/internal/hypervisor"
+	"github.com/banger/banger/internal/network"
+	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/units"
+)
+
+// CreateOptions describe a new VM. Zero sizes mean the defaults.
+type CreateOptions struct {
+	Name      string
+	Image     string // "" means the default image
+	VCPUs     int
+	MemoryMiB int
+	// DiskSize grows the root disk to this many bytes (never below the
+	// image's size); 0 keeps the image's.
+	DiskSize int64
+	NAT      bool
+}
+
+// Plan is a validated create: everything that can be refused is refused
+// before anything changes. It carries the bundle it was made with.
+type Plan struct {
+	Options  CreateOptions
+	Bundle   *bundle.Bundle
+	Image    *Image
+	backend  hypervisor.Backend
+	diskSize int64
+}
+
+// Plan validates a create and resolves its image, bundle and backend.
+func (e *Engine) Plan(ctx context.Context, o CreateOptions) (*Plan, error) {
+	if err := ValidateName(o.Name); err != nil {
+		return nil, invalid("%w", err)
+	}
+	if vm, err := e.byName(ctx, o.Name); err == nil {
+		return nil, exists("a VM named %s already exists (%s): pick another name, or remove it with 'banger vm delete %s'", o.Name, vm.State, o.Name)
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	b, err := e.Bundle()
+	if err != nil {
+		return nil, err
+	}
+	img, err := e.cfg.Images.Resolve(ctx, b, o.Image)
+	if err != nil {
+		return nil, err
+	}
+	if o.VCPUs == 0 {
+		o.VCPUs = e.cfg.VCPUs
+	}
+	if o.MemoryMiB == 0 {
+		o.MemoryMiB = e.cfg.MemoryMiB
+	}
+	be, err := e.Backend(b)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	// The same tool checks 'banger doctor' reports, so the two never disagree.
+	ops := []string{doctor.OpCreate}
+	if be.Name() == "qemu" {
+		ops = append(ops, doctor.OpQEMU)
+	}
+	if o.DiskSize != 0 {
+		ops = append(ops, doctor.OpDiskSize)
+	}
+	if o.NAT {
+		ops = append(ops, doctor.OpNAT)
+	}
+	if e.cfg.Images.SeedStale(img, b) {
+		ops = append(ops, doctor.OpWorkSeed)
+	}
+	if err := e.cfg.Requirements(ctx, ops...); err != nil {
+		return nil, unavailable(err)
+	}
+	if err := ValidateShape(o.VCPUs, o.MemoryMiB, e.cfg.MaxMemoryMiB, be.Name()); err != nil {
+		return nil, invalid("%w", err)
+	}
+	imgSize, err := disk.Size(img.Rootfs)
+	if err != nil {
+		return nil, unavailable(fmt.Errorf("image %s: %w (rebuild the bundle with 'make runtime-bundle')", img.Name, err))
+	}
+	p := &Plan{Options: o, Bundle: b, Image: img, backend: be, diskSize: imgSize}
+	if o.DiskSize != 0 {
+		if o.DiskSize < imgSize {
+			return nil, invalid("disk size %s is smaller than image %s (%s): pick --disk-size %s or more",
+				units.FormatSize(o.DiskSize), img.Name, units.FormatSize(imgSize), units.RoundUp(imgSize))
+		}
+		p.diskSize = o.DiskSize
+	}
+	return p, nil
+}
+
+func newID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Create makes and boots a planned VM, and waits until it is ready, under
+// the VM's name lock and the engine's lifetime. A VM whose readiness checks
+// fail is kept in the error state with its disks.
+func (e *Engine) Create(p *Plan, pr Progress) (*store.VM, error) {
+	ctx := e.ctx
+	unlock := e.locks.lock(p.Options.Name)
+	defer func() { unlock() }()
+	if vm, err := e.byName(ctx, p.Options.Name); err == nil {
+		return nil, exists("a VM named %s already exists (%s): pick another name", p.Options.Name, vm.State)
+	}
+	st := newStages(pr)
+	id := newID()
+	dataDir, rtDir := e.vmDirs(id)
+	vm := &store.VM{
+		ID:            id,
+		Name:          p.Options.Name,
+		Image:         p.Image.Name,
+		State:         StateCreating,
+		Hypervisor:    p.backend.Name(),
+		VCPUs:         p.Options.VCPUs,
+		MemoryMiB:     p.Options.MemoryMiB,
+		DiskSizeBytes: p.diskSize,
+		NAT:           p.Options.NAT,
+		Dir:           dataDir,
+		RuntimeDir:    rtDir,
+	}
+	net := e.cfg.Network
+	if err := e.cfg.Store.CreateVMWithLease(ctx, vm, net.GuestSubnet(), net.Gateway()); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return nil, exists("a VM named %s already exists: pick another name", vm.Name)
+		}
+		return nil, fmt.Errorf("recording VM %s: %w", vm.Name, err)
+	}
+	ip, _ := netip.ParseAddr(vm.IP)
+	vm.MAC = network.MAC(ip)
+
+	// Until the hypervisor runs, a failure undoes everything.
+	undo := func() {
+		uctx := context.WithoutCancel(ctx)
+		if err := errors.Join(e.caps.release(uctx, vm), e.caps.destroy(uctx, vm)); err != nil {
+			e.log.Warn("undoing a failed create", "vm", vm.Name, "err", err)
+		}
+		os.RemoveAll(rtDir)
+		e.cfg.Store.DeleteVM(uctx, vm.ID)
+	}
+	err := st.run("preparing disks", func() error { return e.caps.create(ctx, vm, p) })
+	if err == nil {
+		err = e.cfg.Store.UpdateVM(ctx, vm)
+	}
+	if err != nil {
+		undo()
+		return nil, err
+	}
+	inst, err := e.boot(ctx, vm, p.Bundle, p.backend, st)
+	if err != nil {
+		undo()
+		return nil, err
+	}
+	if err := e.finishBoot(ctx, vm, p.Bundle, inst, st, &unlock); err != nil {
+		return nil, err
+	}
+	return vm, nil
+}
+
+// boot brings up vm's network device and hypervisor. On success the
+// hypervisor runs, the VM is recorded as starting with its pid, and its
+// instance is watched; on failure everything of this boot is released.
+func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hypervisor.Backend, st *stages) (hypervisor.Instance, error) {
+	// The capabilities fill in the guest's configuration as they ready the
+	// host for it (TAP device and address, resolver, NAT); the hypervisor
+	// spec is built after them, since they change the VM (its TAP device).
+	g := guestconfig.Config{BaseArgs: b.BootArgs, Root: "/dev/vda"}
+	release := func() {
+		// The cause is in the error returned; what releasing fails on
+		// (often the same cause) goes to the log, not to the user again.
+		if err := e.caps.release(context.WithoutCancel(ctx), vm); err != nil {
+			e.log.Warn("releasing after a failed boot", "vm", vm.Name, "err", err)
+		}
+	}
+	var cmdline string
+	err := st.run("network", func() error {
+		if err := e.caps.prepare(ctx, vm, &g); err != nil {
+			return err
+		}
+		var err error
+		cmdline, err = g.Cmdline()
+		return err
+	})
+	if err != nil {
+		release()
+		return nil, err
+	}
+	if err := os.MkdirAll(vm.RuntimeDir, 0o700); err != nil {
+		release()
+		return nil, fmt.Errorf("creating %s: %w", vm.RuntimeDir, err)
+	}
+	var inst hypervisor.Instance
+	err = st.run("booting "+be.Name(), func() error {
+		sctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		spec := e.spec(vm)
+		spec.Kernel, spec.Initrd, spec.Cmdline = b.Path(b.Kernel), b.Path(b.Initrd), cmdline
+		var err error
+		inst, err = be.Start(sctx, spec)
+		return err
+	})
+	if err != nil {
+		release()
+		return nil, err
+	}
+	vm.PID = inst.PID()
+	vm.State = StateStarting
+	vm.Hypervisor = be.Name()
+	vm.Error = ""
+	if err := e.cfg.Store.UpdateVM(ctx, vm); err != nil {
+		// Without its pid on record a restarted daemon could not adopt it.
+		inst.Kill()
+		release()
+		vm.PID = 0
+		return nil, fmt.Errorf("recording the hypervisor of %s: %w", vm.Name, err)
+	}
+	e.track(vm, inst)
+	st.pr.Booted(vm)
+	return inst, nil
+}
+
+// finishBoot runs the readiness checks of a started VM and records the
+// outcome. The VM's name lock (*unlock) is released during the wait and
+// taken again before the outcome is recorded, so a stop or delete of a VM
+// that boots slowly is not stuck behind it: they cancel the wait instead.
+func (e *Engine) finishBoot(ctx context.Context, vm *store.VM, b *bundle.Bundle, inst hypervisor.Instance, st *stages, unlock *func()) error {
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	e.mu.Lock()
+	e.booting[vm.ID] = cancel
+	e.mu.Unlock()
+	(*unlock)()
+	err := e.waitReady(rctx, vm, b, inst, st)
+	*unlock = e.locks.lock(vm.Name)
+	e.mu.Lock()
+	delete(e.booting, vm.ID)
+	e.mu.Unlock()
+
+	if e.ctx.Err() != nil {
+		// bangerd is shutting down: the VM keeps booting, and the next
+		// daemon finishes its readiness checks.
+		return fmt.Errorf("bangerd stopped while %s was booting: %w", vm.Name, e.ctx.Err())
+	}
+	cur, gerr := e.cfg.Store.GetVM(ctx, vm.ID)
+	if gerr != nil || cur.PID != vm.PID || cur.State != StateStarting {
+		return fmt.Errorf("%s was stopped or deleted while it booted", vm.Name)
+	}
+	if err != nil {
+		return e.failBoot(vm, inst, err)
+	}
+	vm.State = StateRunning
+	if err := e.cfg.Store.UpdateVM(ctx, vm); err != nil {
+		return err
+	}
+	for _, s := range st.list() {
+		e.cfg.Store.RecordStage(ctx, vm.ID, s.Stage, s.Duration)
+	}
+	return nil
+}
+
+// cancelBoot ends the readiness wait of vm, if one runs.
+func (e *Engine) cancelBoot(id string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if cancel := e.booting[id]; cancel != nil {
+		cancel()
+	}
+}
+
+// failBoot ends a VM whose readiness checks failed: its hypervisor is
+// killed, its network released, and it is kept in the error state with its
+// disks.
+func (e *Engine) failBoot(vm *store.VM, inst hypervisor.Instance, err error) error {
+	inst.Kill()
+	e.caps.release(context.Background(), vm)
+	vm.State = StateError
+	vm.Error = err.Error()
+	vm.PID = 0
+	e.cfg.Store.UpdateVM(context.Background(), vm)
+	return fmt.Errorf("%w\n(the VM is kept in the error state: see its console with 'banger vm logs %s', remove it with 'banger vm delete %s')", err, vm.Name, vm.Name)
+}

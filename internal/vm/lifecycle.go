@@ -1,0 +1,341 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/banger/banger/internal/agent"
+	"github.com/banger/banger/internal/doctor"
+	"github.com/banger/banger/internal/hypervisor"
+	"github.com/banger/banger/internal/store"
+)
+
+// bootOps are the doctor operations a boot or release of vm needs.
+func bootOps(vm *store.VM) []string {
+	ops := []string{doctor.OpCreate}
+	if vm.NAT {
+		ops = append(ops, doctor.OpNAT)
+	}
+	return ops
+}
+
+// Start boots a stopped VM and waits until it is ready.
+func (e *Engine) Start(nameOrID string, pr Progress) (*store.VM, error) {
+	ctx := e.ctx
+	vm, inst, unlock, err := e.lockInstance(ctx, nameOrID)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { unlock() }()
+	if inst != nil {
+		if vm.State == StateRunning {
+			return vm, nil
+		}
+		return nil, invalid("VM %s is %s and its hypervisor (pid %d) still runs: stop it first with 'banger vm stop %s'", vm.Name, vm.State, inst.PID(), vm.Name)
+	}
+	if vm.State != StateStopped && vm.State != StateError {
+		return nil, invalid("VM %s is %s: wait for it to finish, or delete it", vm.Name, vm.State)
+	}
+	b, err := e.Bundle()
+	if err != nil {
+		return nil, err
+	}
+	be, ok := e.backend(vm.Hypervisor, b)
+	if !ok {
+		return nil, fmt.Errorf("VM %s uses unknown hypervisor %q", vm.Name, vm.Hypervisor)
+	}
+	if err := be.Available(); err != nil {
+		return nil, unavailable(fmt.Errorf("VM %s needs %s: %w", vm.Name, be.Name(), err))
+	}
+	if err := e.cfg.Requirements(ctx, bootOps(vm)...); err != nil {
+		return nil, unavailable(err)
+	}
+	st := newStages(pr)
+	inst, err = e.boot(ctx, vm, b, be, st)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.finishBoot(ctx, vm, b, inst, st, &unlock); err != nil {
+		if errors.Is(err, context.Canceled) {
+			e.log.Warn("start interrupted", "vm", vm.Name, "err", err)
+		} else {
+			e.log.Error("start failed", "vm", vm.Name, "err", err)
+		}
+		return nil, err
+	}
+	return vm, nil
+}
+
+// Stop shuts a VM down gracefully, keeping its disks.
+func (e *Engine) Stop(nameOrID string) (*store.VM, error) {
+	ctx := e.ctx
+	vm, inst, unlock, err := e.lockInstance(ctx, nameOrID)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if inst == nil && vm.State == StateStopped {
+		return vm, nil
+	}
+	// Releasing the VM's TAP device and rules needs them: refuse before
+	// the guest is stopped, not halfway.
+	if err := e.cfg.Requirements(ctx, bootOps(vm)...); err != nil {
+		return nil, unavailable(err)
+	}
+	e.cancelBoot(vm.ID)
+	if inst != nil {
+		vm.State = StateStopping
+		e.cfg.Store.UpdateVM(ctx, vm)
+		e.shutdownGuest(ctx, vm, inst)
+		if !inst.Exited() {
+			return nil, fmt.Errorf("stopping %s: its hypervisor (pid %d) did not exit: kill it, then run 'banger vm stop %s' again", vm.Name, inst.PID(), vm.Name)
+		}
+	}
+	if err := e.caps.release(ctx, vm); err != nil {
+		e.log.Warn("releasing host resources", "vm", vm.Name, "err", err)
+	}
+	vm.State = StateStopped
+	vm.PID = 0
+	return vm, e.cfg.Store.UpdateVM(ctx, vm)
+}
+
+// shutdownGuest asks the guest agent to power off, then the hypervisor,
+// then kills the process.
+func (e *Engine) shutdownGuest(ctx context.Context, vm *store.VM, inst hypervisor.Instance) {
+	if r, ok := inst.(interface{ MarkRequested() }); ok {
+		r.MarkRequested() // the guest's reboot that follows is ours
+	}
+	actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	err := (&agent.Client{Dial: inst.DialAgent}).Shutdown(actx)
+	cancel()
+	if err == nil {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = inst.Wait(wctx)
+		cancel()
+		if err == nil && inst.Exited() {
+			return
+		}
+	}
+	e.log.Info("guest did not power off through the agent; asking the hypervisor", "vm", vm.Name, "err", err)
+	sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	err = inst.Shutdown(sctx)
+	cancel()
+	if err == nil && inst.Exited() {
+		return
+	}
+	e.log.Warn("guest did not power off; killing the hypervisor", "vm", vm.Name, "err", err)
+	if err := inst.Kill(); err != nil {
+		e.log.Error("killing hypervisor", "vm", vm.Name, "err", err)
+	}
+}
+
+// Delete kills a VM if needed and deletes its disks, device and record.
+func (e *Engine) Delete(nameOrID string) error {
+	ctx := e.ctx
+	vm, inst, unlock, err := e.lockInstance(ctx, nameOrID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := e.cfg.Requirements(ctx, bootOps(vm)...); err != nil {
+		return unavailable(err)
+	}
+	e.cancelBoot(vm.ID)
+	if inst != nil {
+		if err := inst.Kill(); err != nil || !inst.Exited() {
+			return fmt.Errorf("stopping VM %s: its hypervisor (pid %d) did not exit: %v (kill it, then retry)", vm.Name, inst.PID(), err)
+		}
+	}
+	if err := e.caps.release(ctx, vm); err != nil {
+		return err
+	}
+	if err := removeRuntime(vm); err != nil {
+		return err
+	}
+	if err := e.caps.destroy(ctx, vm); err != nil {
+		if _, serr := os.Stat(vm.Dir); serr == nil {
+			return err // its disks remain: keep the record so a retry finishes
+		}
+		e.log.Warn("removing VM: something beside its disks was left", "vm", vm.Name, "err", err)
+	}
+	e.mu.Lock()
+	delete(e.instances, vm.ID)
+	e.mu.Unlock()
+	return e.cfg.Store.DeleteVM(ctx, vm.ID)
+}
+
+// SetOptions change a VM's settings; nil fields stay as they are.
+type SetOptions struct {
+	NAT *bool
+}
+
+// Set changes a VM's settings, at once when it runs.
+func (e *Engine) Set(nameOrID string, o SetOptions) (*store.VM, error) {
+	ctx := e.ctx
+	vm, unlock, err := e.lockVM(ctx, nameOrID)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	running := vm.State == StateRunning || vm.State == StateStarting
+	if o.NAT != nil && *o.NAT != vm.NAT && (*o.NAT || running) {
+		if err := e.cfg.Requirements(ctx, doctor.OpNAT); err != nil {
+			return nil, unavailable(err)
+		}
+	}
+	if o.NAT != nil && *o.NAT != vm.NAT {
+		vm.NAT = *o.NAT
+		if running {
+			for _, c := range e.caps {
+				if n, ok := c.(*natCap); ok {
+					if err := n.apply(ctx, vm); err != nil {
+						return nil, fmt.Errorf("changing NAT of %s: %w", vm.Name, err)
+					}
+				}
+			}
+		}
+	}
+	return vm, e.cfg.Store.UpdateVM(ctx, vm)
+}
+
+// watch marks a VM stopped (or, after a crash, in error) when its
+// hypervisor exits on its own (guest poweroff, crash). A stop or delete
+// holds the VM's lock while the process exits and clears its pid (or its
+// record) before releasing it, so the watcher then finds nothing to do.
+func (e *Engine) watch(id, name string, inst hypervisor.Instance) {
+	e.Go(func() {
+		inst.Wait(e.ctx)
+		if e.ctx.Err() != nil {
+			return
+		}
+		unlock := e.locks.lock(name)
+		defer unlock()
+		e.mu.Lock()
+		if e.instances[id] == inst {
+			delete(e.instances, id)
+		}
+		e.mu.Unlock()
+		vm, err := e.cfg.Store.GetVM(e.ctx, id)
+		if err != nil || vm.PID != inst.PID() {
+			return
+		}
+		// A VM still starting is the boot path's to settle (finishBoot).
+		if vm.State != StateRunning && vm.State != StateStopping {
+			return
+		}
+		exit := inst.Exit()
+		e.caps.release(e.ctx, vm)
+		vm.PID = 0
+		if exit.Crashed() {
+			e.log.Error("hypervisor died", "vm", name, "pid", inst.PID(), "how", exit.String())
+			vm.State = StateError
+			vm.Error = "its hypervisor died: " + exit.String() + " (start it again with 'banger vm start " + name + "'; its console log may say why: 'banger vm logs " + name + "')"
+		} else {
+			e.log.Warn("hypervisor exited on its own; marking VM stopped", "vm", name, "pid", inst.PID(), "how", exit.String())
+			vm.State = StateStopped
+		}
+		e.cfg.Store.UpdateVM(e.ctx, vm)
+	})
+}
+
+// Adopt takes over the hypervisors that survived a daemon restart and marks
+// the VMs of the others stopped, keeping their disks; then every capability
+// reconciles the host (Reconcile).
+func (e *Engine) Adopt(ctx context.Context) error {
+	vms, err := e.cfg.Store.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	for i := range vms {
+		vm := &vms[i]
+		if vm.State == StateStopped || (vm.State == StateError && vm.PID == 0) {
+			continue
+		}
+		be, ok := e.backend(vm.Hypervisor, nil)
+		var inst hypervisor.Instance
+		err = nil
+		if ok && vm.PID != 0 {
+			inst, err = be.Attach(ctx, e.spec(vm))
+		}
+		if err != nil && !errors.Is(err, hypervisor.ErrNotRunning) {
+			// A process may still run: keep the record and its device.
+			e.log.Warn("cannot adopt VM's hypervisor; leaving it as it is", "vm", vm.Name, "pid", vm.PID, "err", err)
+			continue
+		}
+		if inst != nil && err == nil {
+			e.log.Info("adopted running VM", "vm", vm.Name, "pid", inst.PID())
+			e.track(vm, inst)
+			name := vm.Name
+			switch vm.State {
+			case StateStopping, StateError:
+				// The previous daemon died mid-stop or mid-failure: finish it.
+				e.Go(func() { e.Stop(name) })
+			case StateCreating, StateStarting:
+				e.Go(func() { e.resumeReadiness(name) })
+			}
+			continue
+		}
+		e.log.Info("VM's hypervisor is gone; marking it stopped", "vm", vm.Name, "state", vm.State)
+		if err := e.caps.release(ctx, vm); err != nil {
+			e.log.Warn("releasing host resources of a stopped VM", "vm", vm.Name, "err", err)
+		}
+		switch vm.State {
+		case StateCreating:
+			vm.State = StateError
+			vm.Error = "bangerd stopped while this VM was being created"
+		case StateError:
+		default:
+			vm.State = StateStopped
+		}
+		vm.PID = 0
+		if err := e.cfg.Store.UpdateVM(ctx, vm); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Reconcile runs every capability's Reconcile hook with the VMs on record,
+// after Adopt: the host is made to hold exactly what they need.
+func (e *Engine) Reconcile(ctx context.Context) error {
+	vms, err := e.cfg.Store.ListVMs(ctx)
+	if err != nil {
+		return fmt.Errorf("listing VMs to reconcile the host: %w", err)
+	}
+	return e.caps.reconcile(ctx, vms)
+}
+
+// resumeReadiness finishes the readiness checks of a VM whose create or start
+// was interrupted by a daemon restart.
+func (e *Engine) resumeReadiness(name string) {
+	vm, unlock, err := e.lockVM(e.ctx, name)
+	if err != nil {
+		return
+	}
+	defer func() { unlock() }()
+	inst, err := e.instance(e.ctx, vm)
+	if err != nil {
+		return // a process may run that cannot be controlled: leave it be
+	}
+	if inst == nil {
+		e.caps.release(e.ctx, vm)
+		vm.State, vm.PID = StateStopped, 0
+		e.cfg.Store.UpdateVM(e.ctx, vm)
+		return
+	}
+	b, err := e.Bundle()
+	if err != nil {
+		e.failBoot(vm, inst, err)
+		return
+	}
+	if vm.State != StateStarting {
+		vm.State = StateStarting
+		e.cfg.Store.UpdateVM(e.ctx, vm)
+	}
+	if err := e.finishBoot(e.ctx, vm, b, inst, newStages(nil), &unlock); err != nil {
+		e.log.Warn("resuming readiness", "vm", vm.Name, "err", err)
+	}
+}

@@ -1,0 +1,156 @@
+package vm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/banger/banger/internal/agent"
+	"github.com/banger/banger/internal/bundle"
+	"github.com/banger/banger/internal/hypervisor"
+	"github.com/banger/banger/internal/logfile"
+	"github.com/banger/banger/internal/store"
+)
+
+// waitReady runs the readiness checks in order: agent health over the agent
+// channel (which also yields the SSH host keys to pin), then one SSH
+// handshake with the bundle key.
+func (e *Engine) waitReady(ctx context.Context, vm *store.VM, b *bundle.Bundle, inst hypervisor.Instance, st *stages) error {
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.ReadyTimeout)
+	defer cancel()
+	var h *agent.Health
+	err := st.run("waiting for agent", func() error {
+		var err error
+		h, err = e.waitAgent(ctx, vm, inst)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if err := e.caps.ready(ctx, vm, h); err != nil {
+		return err
+	}
+	keys, err := ParseHostKeys(h.SSHHostKeys)
+	if err != nil {
+		return err
+	}
+	return st.run("waiting for ssh", func() error {
+		return e.waitSSH(ctx, vm, b, keys, inst)
+	})
+}
+
+// waitAgent polls the guest agent until it answers health with the guest's
+// SSH host keys.
+func (e *Engine) waitAgent(ctx context.Context, vm *store.VM, inst hypervisor.Instance) (*agent.Health, error) {
+	c := &agent.Client{Dial: inst.DialAgent}
+	var last error
+	for {
+		if inst.Exited() {
+			return nil, fmt.Errorf("the hypervisor of %s exited during boot (%s)%s", vm.Name, inst.Exit(), consoleTail(vm))
+		}
+		hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		h, err := c.Health(hctx)
+		cancel()
+		switch {
+		case err == nil && h.OK && len(h.SSHHostKeys) > 0:
+			return h, nil
+		case err == nil:
+			last = errors.New("agent answered, sshd host keys not generated yet")
+		default:
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for the guest agent of %s: %v (last: %v)%s", vm.Name, ctx.Err(), last, consoleTail(vm))
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+// waitSSH retries one SSH handshake with the bundle key, pinned to the host
+// keys the agent reported, until it succeeds.
+func (e *Engine) waitSSH(ctx context.Context, vm *store.VM, b *bundle.Bundle, pinned []ssh.PublicKey, inst hypervisor.Instance) error {
+	keyPath := b.Path(b.SSHKey)
+	if e.cfg.KeyFile != nil {
+		keyPath = e.cfg.KeyFile(b)
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return fmt.Errorf("reading the bundle's ssh key: %w", err)
+	}
+	signer, err := ssh.ParsePrivateKey(keyPEM)
+	if err != nil {
+		return fmt.Errorf("parsing the bundle's ssh key %s: %w", keyPath, err)
+	}
+	var algos []string
+	for _, p := range pinned {
+		algos = append(algos, p.Type())
+	}
+	cfg := &ssh.ClientConfig{
+		User: "root",
+		Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)},
+		HostKeyCallback: func(_ string, _ net.Addr, key ssh.PublicKey) error {
+			for _, p := range pinned {
+				if string(p.Marshal()) == string(key.Marshal()) {
+					return nil
+				}
+			}
+			return fmt.Errorf("ssh host key of %s does not match the key its agent reported", vm.Name)
+		},
+		HostKeyAlgorithms: algos,
+		Timeout:           10 * time.Second,
+	}
+	addr := net.JoinHostPort(vm.IP, "22")
+	var last error
+	// A handshake that times out leaves a pre-auth sshd child in the guest
+	// until its LoginGraceTime; retrying every few seconds on a slow (busy,
+	// emulated) guest piles them up until sshd's MaxStartups drops every new
+	// connection. So each handshake that timed out gets twice as long next.
+	handshake := 15 * time.Second
+	for {
+		if inst.Exited() {
+			return fmt.Errorf("the hypervisor of %s exited during boot (%s)%s", vm.Name, inst.Exit(), consoleTail(vm))
+		}
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		conn, err := e.cfg.Dial(dctx, "tcp", addr)
+		cancel()
+		if err == nil {
+			conn.SetDeadline(time.Now().Add(handshake))
+			stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+			var c ssh.Conn
+			c, _, _, err = ssh.NewClientConn(conn, addr, cfg)
+			stop()
+			if err == nil {
+				c.Close()
+				return nil
+			}
+			conn.Close()
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && handshake < 2*time.Minute {
+				handshake *= 2
+			}
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for ssh on %s (%s): %v (last: %v)%s", vm.Name, addr, ctx.Err(), last, consoleTail(vm))
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+// consoleTail returns the last lines of vm's console log, for errors: read
+// by seeking, bounded and cleaned (the guest wrote it).
+func consoleTail(vm *store.VM) string {
+	lines := logfile.Tail(ConsoleLog(vm), 0, 8, 16<<10)
+	if len(lines) == 0 {
+		return ""
+	}
+	return "\nlast console lines:\n  " + strings.Join(lines, "\n  ")
+}
