@@ -48,9 +48,13 @@ type Options struct {
 	// Backends replace the hypervisors (tests: hypervisortest); nil means
 	// qemu and firecracker.
 	Backends map[string]hypervisor.Backend
-	// NoHost skips what touches the host beyond files (bridge, tables, DNS,
-	// web UI): tests of the API that run without root.
+	// NoHost skips what touches the host beyond files and Runner (host
+	// checks, reconciling the bridge and tables, DNS, the web UI): tests of
+	// the API that run without root.
 	NoHost bool
+	// Dial reaches guests' SSH servers; nil means a net.Dialer (tests: the
+	// fake hypervisor's guests).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Daemon is one running bangerd.
@@ -69,7 +73,11 @@ type Daemon struct {
 	noHost  bool
 	started time.Time
 
-	dns         *dns.Server
+	// cleanups undo what New and Start made, run last first by Close.
+	cleanups []func() error
+	srv      *http.Server
+	served   chan error
+
 	dnsRedirect *dns.Redirect
 	mu          sync.Mutex
 	guestDNS    bool
@@ -102,19 +110,21 @@ func New(opts Options) (*Daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(opts.Paths.DB)
-	if err != nil {
-		lock.Close()
-		return nil, err
-	}
 	cfg := opts.Config
 	uid := os.Geteuid()
 	names := cfg.Names(uid)
 	d := &Daemon{
 		cfg: cfg, paths: opts.Paths, log: opts.Log, r: opts.Runner, names: names, uid: uid,
-		lock: lock, store: st, noHost: opts.NoHost, started: time.Now(), shutdown: make(chan struct{}),
+		lock: lock, noHost: opts.NoHost, started: time.Now(), shutdown: make(chan struct{}),
 		net: &network.Manager{R: opts.Runner, Bridge: names.Bridge, Subnet: names.Subnet},
 	}
+	d.cleanup(lock.Close)
+	st, err := store.Open(opts.Paths.DB)
+	if err != nil {
+		return nil, errors.Join(err, d.Close())
+	}
+	d.store = st
+	d.cleanup(st.Close)
 	d.bundles.explicit = cfg.RuntimeDir
 	d.bundles.log = opts.Log
 	backends := opts.Backends
@@ -125,6 +135,9 @@ func New(opts Options) (*Daemon, error) {
 		}
 	}
 	require := func(ctx context.Context, ops ...string) error {
+		if opts.NoHost {
+			return nil
+		}
 		if err := doctor.Require(ctx, opts.Runner, ops...); err != nil {
 			return err
 		}
@@ -158,7 +171,9 @@ func New(opts Options) (*Daemon, error) {
 		MaxMemoryMiB: hostMemoryMiB(),
 		ReadyTimeout: time.Duration(cfg.ReadyTimeoutSeconds) * time.Second,
 		Requirements: require,
+		Dial:         opts.Dial,
 	})
+	d.cleanup(func() error { d.engine.Close(); return nil })
 	pool := &network.Pool{M: d.net, Size: cfg.TAPPoolSize, Prefix: names.PoolPrefix, UID: os.Getuid(), GID: os.Getgid(), Log: opts.Log.With("component", "tap-pool")}
 	d.engine.SetCapabilities(vm.NewCapabilities(d.engine, vm.Host{
 		Runner:    opts.Runner,
@@ -211,66 +226,89 @@ func (d *Daemon) status() rpc.Status {
 	}
 }
 
-// Serve adopts the VMs on record, reconciles the host, then serves the API
-// on the unix socket until ctx ends or a client asks for shutdown. Running
-// VMs are left running: the next daemon adopts them.
+// cleanup registers fn for Close, which runs the cleanups last first.
+func (d *Daemon) cleanup(fn func() error) { d.cleanups = append(d.cleanups, fn) }
+
+// Serve is Start, Wait and Close: bangerd's whole life.
 func (d *Daemon) Serve(ctx context.Context) error {
-	defer d.Close()
+	err := d.Start(ctx)
+	if err == nil {
+		err = d.Wait(ctx)
+	}
+	return errors.Join(err, d.Close())
+}
+
+// Start serves the API on the unix socket, adopts the VMs on record,
+// reconciles the host (the capabilities' bridge, pool, tables and pins,
+// image directories, DNS) and starts the web UI. A part of the host that
+// cannot be reconciled is logged, and reported by 'banger doctor'; only a
+// socket that cannot be served is an error.
+func (d *Daemon) Start(ctx context.Context) error {
 	ln, err := listenSocket(d.paths.Socket)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(d.paths.Socket)
-	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	d.Start(ctx)
-	if web := d.startWeb(); web != nil {
-		defer web.Close()
-	}
-	d.log.Info("bangerd serving", "socket", d.paths.Socket, "version", Version, "pid", os.Getpid())
+	d.cleanup(func() error {
+		if err := os.Remove(d.paths.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("removing socket %s: %w", d.paths.Socket, err)
+		}
+		return nil
+	})
+	d.srv = &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	d.served = make(chan error, 1)
+	go func() { d.served <- d.srv.Serve(ln) }()
+	d.cleanup(func() error {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := d.srv.Shutdown(sctx); err != nil {
+			d.srv.Close()
+			return fmt.Errorf("shutting down the API: %w", err)
+		}
+		return nil
+	})
 
-	select {
-	case <-ctx.Done():
-	case <-d.shutdown:
-	case err := <-errc:
-		return fmt.Errorf("serving %s: %w", d.paths.Socket, err)
-	}
-	d.log.Info("bangerd stopping; running VMs keep running")
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	srv.Shutdown(sctx)
-	return nil
-}
-
-// Start adopts running hypervisors, then reconciles the host: the
-// capabilities (bridge, pool, tables, pins), image directories and DNS.
-// Each part that fails is logged and reported by 'banger doctor'.
-func (d *Daemon) Start(ctx context.Context) {
 	if err := d.engine.Adopt(ctx); err != nil {
 		d.log.Error("adopting VMs", "err", err)
 	}
 	if err := d.engine.Images().Reconcile(ctx); err != nil {
 		d.log.Warn("reconciling image files", "err", err)
 	}
-	if d.noHost {
-		return
+	if !d.noHost {
+		if err := d.engine.Reconcile(ctx); err != nil {
+			d.log.Warn("reconciling the host", "err", err)
+		}
+		d.startDNS()
+		if web := d.startWeb(); web != nil {
+			d.cleanup(web.Close)
+		}
 	}
-	if err := d.engine.Reconcile(ctx); err != nil {
-		d.log.Warn("reconciling the host", "err", err)
-	}
-	d.startDNS()
+	d.log.Info("bangerd serving", "socket", d.paths.Socket, "version", Version, "pid", os.Getpid())
+	return nil
 }
 
-// Close ends the engine's lifetime and releases the store and the lock.
-// Running VMs keep running.
-func (d *Daemon) Close() {
-	d.engine.Close()
-	if d.dns != nil {
-		d.dns.Close()
+// Wait blocks until ctx ends, a client asks for shutdown or the API server
+// fails.
+func (d *Daemon) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+	case <-d.shutdown:
+	case err := <-d.served:
+		return fmt.Errorf("serving %s: %w", d.paths.Socket, err)
 	}
-	d.store.Close()
-	d.lock.Close()
+	d.log.Info("bangerd stopping; running VMs keep running")
+	return nil
+}
+
+// Close undoes what New and Start made, last first: the web UI, DNS, the
+// API, the engine's lifetime, the store, the lock. Running VMs keep
+// running: the next bangerd adopts them.
+func (d *Daemon) Close() error {
+	var errs []error
+	for i := len(d.cleanups) - 1; i >= 0; i-- {
+		errs = append(errs, d.cleanups[i]())
+	}
+	d.cleanups = nil
+	return errors.Join(errs...)
 }
 
 // startWeb serves the web UI on cfg.WebListenAddr, through the daemon's own

@@ -48,7 +48,7 @@ func (d *Daemon) startDNS() {
 		d.log.Warn("DNS server for .vm not started: no address could be bound")
 		return
 	}
-	d.dns = srv
+	d.cleanup(srv.Close)
 	d.log.Info("serving the vm. zone", "addrs", srv.BoundAddrs())
 
 	ctx := d.engine.Context()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,21 +58,10 @@ func newTestHost(t *testing.T) *testHost {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &testHost{t: t, dir: dir, store: st, bundle: b, fake: &hypervisortest.Backend{BackendName: "qemu", AuthorizedKey: key}, r: &runnertest.Runner{}}
+	h := &testHost{t: t, dir: dir, store: st, bundle: b, fake: &hypervisortest.Backend{BackendName: "qemu", AuthorizedKey: key}}
 	h.known = &KnownHosts{Path: filepath.Join(dir, "state", "known_hosts")}
 	names := network.NamesFor(0)
-	bridge := `[{"ifname":"banger0","flags":["UP"],"linkinfo":{"info_kind":"bridge"},"addr_info":[{"family":"inet","local":"172.30.0.1","prefixlen":24}]}]`
-	h.r.On("ip -j -d addr show dev", func(argv []string) ([]byte, error) {
-		if argv[len(argv)-1] == names.Bridge {
-			return []byte(bridge), nil
-		}
-		return nil, errors.New(`ip: exit status 1: Device "x" does not exist.`)
-	})
-	h.r.Reply("ip -j -d link show", runnertest.Reply{Out: "[]"})
-	h.r.Reply("ip -j addr show", runnertest.Reply{Out: "[]"})
-	h.r.OK("ip", "nft", "sysctl")
-	h.r.Reply("nft -j list table", runnertest.Reply{Err: errors.New("nft: exit status 1: Error: No such file or directory")})
-	h.r.Reply("debugfs", runnertest.Reply{Out: ""}) // images without an opencode unit
+	h.r = runnertest.Host(names.Bridge, netip.PrefixFrom(names.Gateway(), names.Subnet.Bits()).String())
 	return h
 }
 

@@ -3,7 +3,6 @@ package vm
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -11,11 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/doctor"
+	"github.com/banger/banger/internal/image/ext4"
 	"github.com/banger/banger/internal/image/rootfs"
 	"github.com/banger/banger/internal/image/workseed"
 	"github.com/banger/banger/internal/runner"
@@ -133,7 +132,7 @@ func (im *Images) Register(ctx context.Context, b *bundle.Bundle, o RegisterOpti
 		if f.path == "" && f.flag == "--work-seed" {
 			continue
 		}
-		if err := CheckExt4(f.path); err != nil {
+		if err := ext4.Check(f.path); err != nil {
 			return nil, invalid("%s %s: %w", f.flag, truncate(f.path, 200), err)
 		}
 	}
@@ -145,53 +144,6 @@ func (im *Images) Register(ctx context.Context, b *bundle.Bundle, o RegisterOpti
 		return nil, err
 	}
 	return fromRecord(rec), nil
-}
-
-// CheckExt4 refuses anything but an absolute path to a regular file that
-// holds an ext2/3/4 filesystem. It looks before it opens, and opens without
-// blocking, so a FIFO or a device is refused at once.
-func CheckExt4(path string) error {
-	if !filepath.IsAbs(path) {
-		return errors.New("must be an absolute path")
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
-	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("is not a regular file (it is a %s)", kindOf(fi.Mode()))
-	}
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if fi, err = f.Stat(); err != nil {
-		return err
-	}
-	if !fi.Mode().IsRegular() {
-		return errors.New("is not a regular file")
-	}
-	// The ext2/3/4 superblock starts at 1024; its magic 0xEF53 is at offset 0x38.
-	var magic [2]byte
-	if _, err := f.ReadAt(magic[:], 1024+0x38); err != nil || binary.LittleEndian.Uint16(magic[:]) != 0xEF53 {
-		return errors.New("is not an ext4 filesystem image (make one with mkfs.ext4 -d DIR FILE SIZE)")
-	}
-	return nil
-}
-
-func kindOf(m os.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "directory"
-	case m&os.ModeNamedPipe != 0:
-		return "FIFO"
-	case m&os.ModeSocket != 0:
-		return "socket"
-	case m&os.ModeDevice != 0:
-		return "device"
-	}
-	return "special file"
 }
 
 // Delete forgets an image; a built one's files go with it (VMs keep their

@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/banger/banger/internal/image/ext4"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/rpc/rpctest"
 )
@@ -651,10 +652,13 @@ func TestFilePickerUnreadable(t *testing.T) {
 func TestImages(t *testing.T) {
 	f, s, h := newTest(t)
 	dir := s.FileRoots[0]
-	for _, p := range []string{"r.ext4", "s.ext4", "r.qcow2"} {
-		if err := os.WriteFile(filepath.Join(dir, p), []byte("x"), 0o644); err != nil {
+	for _, p := range []string{"r.ext4", "s.ext4"} {
+		if err := ext4.WriteMagic(filepath.Join(dir, p), 1<<20); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "r.qcow2"), []byte("QFI\xfb"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 	os.Mkdir(dir+"/d.ext4", 0o755)
 	outside := t.TempDir()

@@ -112,6 +112,15 @@ func (b *Backend) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.I
 			return nil, fmt.Errorf("fake: starting %s: disk %s: %w", spec.ID, d.ID, err)
 		}
 	}
+	if spec.ConsoleLog != "" {
+		// A hypervisor appends the guest's serial console to its log.
+		f, err := os.OpenFile(spec.ConsoleLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("fake: starting %s: console log: %w", spec.ID, err)
+		}
+		fmt.Fprintf(f, "fake console of %s\n", net.Hostname)
+		f.Close()
+	}
 	inst, err := b.newInstance(spec, net.Client, net.Hostname, bh)
 	if err != nil {
 		return nil, err

@@ -11,14 +11,15 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/banger/banger/internal/image/ext4"
 	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/vm"
 )
 
 // What the fake reports where bangerd reports its host's paths and config.
@@ -48,8 +49,8 @@ var bundleImages = []rpc.Image{
 // running VM; FailBoot, Hold and DelayStop change that for one VM. Created
 // VMs get the next free address from 172.30.0.2, and 2 vCPUs and 1024 MiB
 // unless asked otherwise. A VM's console log reads "console of NAME\n"
-// unless SetConsole says otherwise. A registered path counts as an ext4
-// image when it is absolute and ends in .ext4: the fake reads no files.
+// unless SetConsole says otherwise. A registered path must be what bangerd
+// takes for an ext4 image (ext4.Check; ext4.WriteMagic makes one).
 //
 // Its methods are safe to call while it serves.
 type Fake struct {
@@ -324,12 +325,16 @@ func writeErr(w http.ResponseWriter, e *rpc.Error) { writeJSON(w, statusOf[e.Cod
 
 func writeOK(w http.ResponseWriter) { writeJSON(w, http.StatusOK, map[string]bool{"ok": true}) }
 
-// decode reads a JSON body, refusing unknown fields as bangerd does.
+// decode reads a JSON body, refusing unknown fields and trailing data as
+// bangerd does.
 func decode(r *http.Request, what string, v any) *rpc.Error {
 	dec := json.NewDecoder(r.Body)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return apiError(rpc.CodeInvalid, "decoding %s request: %v", what, err)
+	}
+	if dec.More() {
+		return apiError(rpc.CodeInvalid, "decoding %s request: data after the JSON object", what)
 	}
 	return nil
 }
@@ -432,8 +437,11 @@ func (f *Fake) create(req rpc.CreateRequest) *rpc.Error {
 // planCreate checks a create request as bangerd does, under f.mu, and
 // returns the new VM.
 func (f *Fake) planCreate(req rpc.CreateRequest) (*rpc.VM, *rpc.Error) {
-	if msg := checkVMName(req.Name); msg != "" {
-		return nil, apiError(rpc.CodeInvalid, "%s", msg)
+	if err := vm.ValidateName(req.Name); err != nil {
+		return nil, apiError(rpc.CodeInvalid, "%v", err)
+	}
+	if err := vm.ValidateShape(cmp.Or(req.VCPUs, defaultVCPUs), cmp.Or(req.MemoryMiB, defaultMemoryMiB), 0, hypervisor); err != nil {
+		return nil, apiError(rpc.CodeInvalid, "%v", err)
 	}
 	if vm, ok := f.vms[req.Name]; ok {
 		return nil, apiError(rpc.CodeExists, "a VM named %s already exists (%s): pick another name, or remove it with 'banger vm delete %s'", req.Name, vm.State, req.Name)
@@ -463,19 +471,6 @@ func (f *Fake) freeIP() string {
 		if ip := fmt.Sprintf("172.30.0.%d", i); !used[ip] {
 			return ip
 		}
-	}
-	return ""
-}
-
-var labelRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
-// checkVMName returns why bangerd refuses name, or "".
-func checkVMName(name string) string {
-	switch {
-	case name == "":
-		return "a VM needs a name: pass --name, for example --name testbox"
-	case !labelRE.MatchString(name):
-		return fmt.Sprintf("invalid VM name %q: use 1 to 63 lowercase letters, digits and hyphens, starting and ending with a letter or digit, because the name becomes a DNS name (testbox.vm)", name)
 	}
 	return ""
 }
@@ -695,19 +690,18 @@ func (f *Fake) register(req rpc.RegisterImageRequest) (rpc.Image, *rpc.Error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.registers = append(f.registers, req)
-	if checkVMName(req.Name) != "" {
+	if vm.ValidateName(req.Name) != nil {
 		return rpc.Image{}, apiError(rpc.CodeInvalid, "invalid image name %q: use lowercase letters, digits and hyphens", req.Name)
 	}
 	if _, ok := bundleImage(req.Name); ok {
 		return rpc.Image{}, apiError(rpc.CodeExists, "image %s comes with the runtime bundle: pick another name", req.Name)
 	}
 	for _, p := range []struct{ flag, path string }{{"--rootfs", req.Rootfs}, {"--work-seed", req.WorkSeed}} {
-		switch {
-		case p.path == "" && p.flag == "--work-seed":
-		case !filepath.IsAbs(p.path):
-			return rpc.Image{}, apiError(rpc.CodeInvalid, "%s %s: must be an absolute path", p.flag, p.path)
-		case !strings.HasSuffix(p.path, ".ext4"):
-			return rpc.Image{}, apiError(rpc.CodeInvalid, "%s %s: is not an ext4 filesystem image (make one with mkfs.ext4 -d DIR FILE SIZE)", p.flag, p.path)
+		if p.path == "" && p.flag == "--work-seed" {
+			continue
+		}
+		if err := ext4.Check(p.path); err != nil {
+			return rpc.Image{}, apiError(rpc.CodeInvalid, "%s %s: %v", p.flag, p.path, err)
 		}
 	}
 	img := rpc.Image{Name: req.Name, Rootfs: req.Rootfs, WorkSeed: req.WorkSeed, Size: 1 << 30}
