@@ -208,9 +208,6 @@ func New(opts Options) (*Daemon, error) {
 	return d, nil
 }
 
-// Engine is the daemon's VM engine.
-func (d *Daemon) Engine() *vm.Engine { return d.engine }
-
 // Handler is the daemon's API.
 func (d *Daemon) Handler() http.Handler { return d.api.Handler() }
 

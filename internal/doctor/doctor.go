@@ -394,14 +394,6 @@ func checkDNS(ctx context.Context, in Inputs, add func(Check)) {
 	add(s)
 }
 
-func hostOf(addr string) string {
-	h, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return addr
-	}
-	return h
-}
-
 func checkImageBuild(ctx context.Context, in Inputs, add func(Check)) {
 	c := Check{Area: "images", Name: "image build"}
 	missing := MissingTools(OpRuntimeBuild)

@@ -99,7 +99,7 @@ func TestPackagesOnce(t *testing.T) {
 	}
 }
 
-func TestPrivilegedTools(t *testing.T) {
+func TestPrivileged(t *testing.T) {
 	for _, tc := range []struct {
 		ops  []string
 		want string
@@ -110,14 +110,14 @@ func TestPrivilegedTools(t *testing.T) {
 		{[]string{OpWorkSeed}, ""}, // a work-seed needs no root
 		{[]string{OpSSH, OpDiskSize}, ""},
 	} {
-		if got := strings.Join(PrivilegedTools(tc.ops...), " "); got != tc.want {
-			t.Errorf("PrivilegedTools(%v) = %q, want %q", tc.ops, got, tc.want)
+		if got := strings.Join(privilegedBins(tc.ops...), " "); got != tc.want {
+			t.Errorf("privilegedBins(%v) = %q, want %q", tc.ops, got, tc.want)
 		}
 	}
-	build := PrivilegedTools(OpRuntimeBuild)
+	build := privilegedBins(OpRuntimeBuild)
 	for _, want := range []string{"debootstrap", "chroot", "mkfs.ext4"} {
 		if !strings.Contains(strings.Join(build, " "), want) {
-			t.Errorf("PrivilegedTools(%s) = %v, want %s among them", OpRuntimeBuild, build, want)
+			t.Errorf("privilegedBins(%s) = %v, want %s among them", OpRuntimeBuild, build, want)
 		}
 	}
 }
@@ -147,4 +147,12 @@ func TestEveryPrivilegedToolHasAProbe(t *testing.T) {
 	if len(got) != 2 || strings.Join(got[0], " ") != "ip -V" || strings.Join(got[1], " ") != "nft --version" {
 		t.Errorf("Probes(create, nat) with sysctl missing = %q, want ip -V and nft --version", got)
 	}
+}
+
+func privilegedBins(ops ...string) []string {
+	var out []string
+	for _, t := range privileged(ops) {
+		out = append(out, t.Bin)
+	}
+	return out
 }

@@ -134,15 +134,6 @@ func RequireTools(op string) error {
 		op, strings.Join(bins, ", "), strings.Join(Packages(missing), " "))
 }
 
-// PrivilegedTools lists the binaries that ops run as root, each once.
-func PrivilegedTools(ops ...string) []string {
-	var out []string
-	for _, t := range privileged(ops) {
-		out = append(out, t.Bin)
-	}
-	return out
-}
-
 func privileged(ops []string) []Tool {
 	var out []Tool
 	for _, op := range ops {

@@ -108,35 +108,13 @@ type Config struct {
 	ReadOnlyRoot bool
 	// Network is the guest's static network.
 	Network Network
-	// params are further key=value arguments, in the order first set.
-	params []param
 }
 
-type param struct{ key, value string }
+// MaxCmdline is the longest kernel command line banger writes: x86 Linux
+// takes 2048 bytes, less its terminating NUL.
+const MaxCmdline = 2047
 
-// Set adds the argument key=value, replacing an earlier value of key. An
-// empty value gives the bare flag key.
-func (c *Config) Set(key, value string) {
-	for i := range c.params {
-		if c.params[i].key == key {
-			c.params[i].value = value
-			return
-		}
-	}
-	c.params = append(c.params, param{key, value})
-}
-
-// Get returns the value Set gave key.
-func (c *Config) Get(key string) (string, bool) {
-	for _, p := range c.params {
-		if p.key == key {
-			return p.value, true
-		}
-	}
-	return "", false
-}
-
-// reserved are the keys Config writes itself.
+// reserved are the arguments Config writes itself.
 var reserved = []string{"root", "rw", "ro", "ip"}
 
 // Validate checks every part of c.
@@ -147,22 +125,27 @@ func (c *Config) Validate() error {
 	if err := c.Network.Validate(); err != nil {
 		return fmt.Errorf("guest config: %w", err)
 	}
-	for _, p := range c.params {
-		if p.key == "" || strings.ContainsAny(p.key, "= \t\n\"") {
-			return fmt.Errorf("guest config: argument name %q is not valid", p.key)
+	for _, arg := range strings.Fields(c.BaseArgs) {
+		if i := strings.IndexFunc(arg, func(r rune) bool { return r < 0x21 || r > 0x7e || r == '"' }); i >= 0 {
+			return fmt.Errorf("guest config: base argument %q has a quote or a byte that is not printable ASCII", truncate(arg, 64))
 		}
-		if slices.Contains(reserved, p.key) {
-			return fmt.Errorf("guest config: argument %s is set from the structured fields, not Set", p.key)
-		}
-		if strings.ContainsAny(p.value, " \t\n\"") {
-			return fmt.Errorf("guest config: value of %s (%q) has a space or quote", p.key, p.value)
+		key, _, _ := strings.Cut(arg, "=")
+		if slices.Contains(reserved, key) {
+			return fmt.Errorf("guest config: base argument %q sets %s, which banger writes itself", truncate(arg, 64), key)
 		}
 	}
 	return nil
 }
 
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
 // Cmdline validates c and renders the kernel command line: base arguments,
-// root, rw/ro, ip=, then the further arguments.
+// root, rw/ro and ip=. It is printable ASCII and at most MaxCmdline bytes.
 func (c *Config) Cmdline() (string, error) {
 	if err := c.Validate(); err != nil {
 		return "", err
@@ -173,14 +156,11 @@ func (c *Config) Cmdline() (string, error) {
 		mode = "ro"
 	}
 	args = append(args, "root="+c.Root, mode, c.Network.Arg())
-	for _, p := range c.params {
-		if p.value == "" {
-			args = append(args, p.key)
-		} else {
-			args = append(args, p.key+"="+p.value)
-		}
+	line := strings.Join(args, " ")
+	if len(line) > MaxCmdline {
+		return "", fmt.Errorf("guest config: the kernel command line is %d bytes, more than the %d Linux takes: shorten the bundle's boot_args", len(line), MaxCmdline)
 	}
-	return strings.Join(args, " "), nil
+	return line, nil
 }
 
 // ParseNetwork finds the last ip= argument in a kernel command line and

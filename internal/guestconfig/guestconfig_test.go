@@ -31,15 +31,12 @@ func TestCmdline(t *testing.T) {
 			want: "console=ttyS0 reboot=k panic=1 root=/dev/vda rw ip=172.16.0.5::172.16.0.1:255.255.255.0:testbox:eth0:off:172.16.0.1",
 		},
 		{
-			name: "read-only root, two resolvers, params in order, replaced value",
+			name: "read-only root, two resolvers",
 			edit: func(c *Config) {
 				c.ReadOnlyRoot = true
 				c.Network.DNS = append(c.Network.DNS, a("9.9.9.9"))
-				c.Set("banger.opencode", "1")
-				c.Set("quiet", "")
-				c.Set("banger.opencode", "0")
 			},
-			want: "console=ttyS0 reboot=k panic=1 root=/dev/vda ro ip=172.16.0.5::172.16.0.1:255.255.255.0:testbox:eth0:off:172.16.0.1:9.9.9.9 banger.opencode=0 quiet",
+			want: "console=ttyS0 reboot=k panic=1 root=/dev/vda ro ip=172.16.0.5::172.16.0.1:255.255.255.0:testbox:eth0:off:172.16.0.1:9.9.9.9",
 		},
 		{
 			name: "no gateway, no resolver: trailing fields dropped",
@@ -58,9 +55,12 @@ func TestCmdline(t *testing.T) {
 		{name: "three resolvers", edit: func(c *Config) { c.Network.DNS = []netip.Addr{a("1.1.1.1"), a("1.0.0.1"), a("8.8.8.8")} }, wantErr: "at most 2"},
 		{name: "ipv6 resolver", edit: func(c *Config) { c.Network.DNS = []netip.Addr{a("fd00::53")} }, wantErr: "resolver fd00::53 is not IPv4"},
 		{name: "bad root", edit: func(c *Config) { c.Root = "vda" }, wantErr: "root \"vda\""},
-		{name: "reserved key", edit: func(c *Config) { c.Set("ip", "dhcp") }, wantErr: "structured fields"},
-		{name: "space in value", edit: func(c *Config) { c.Set("x", "a b") }, wantErr: "space or quote"},
-		{name: "bad key", edit: func(c *Config) { c.Set("a=b", "c") }, wantErr: "not valid"},
+		{name: "base args set ip", edit: func(c *Config) { c.BaseArgs += " ip=dhcp" }, wantErr: "banger writes itself"},
+		{name: "base args set rw", edit: func(c *Config) { c.BaseArgs += " rw" }, wantErr: "banger writes itself"},
+		{name: "control byte in base args", edit: func(c *Config) { c.BaseArgs += " a=\x1b[2J" }, wantErr: "not printable ASCII"},
+		{name: "non-ASCII base args", edit: func(c *Config) { c.BaseArgs += " a=é" }, wantErr: "not printable ASCII"},
+		{name: "quote in base args", edit: func(c *Config) { c.BaseArgs += ` a="b` }, wantErr: "quote"},
+		{name: "too long", edit: func(c *Config) { c.BaseArgs += " x=" + strings.Repeat("a", MaxCmdline) }, wantErr: "more than the 2047"},
 		{name: "autoconf dhcp", edit: func(c *Config) { c.Network.Autoconf = "dhcp" }, wantErr: "not supported"},
 	}
 	for _, tt := range tests {
@@ -140,20 +140,5 @@ func TestParseNetwork(t *testing.T) {
 		if !tt.wantErr && !reflect.DeepEqual(got, tt.want) {
 			t.Errorf("ParseNetwork(%q) = %+v, want %+v", tt.cmdline, got, tt.want)
 		}
-	}
-}
-
-func TestSetGet(t *testing.T) {
-	var c Config
-	if _, ok := c.Get("k"); ok {
-		t.Fatal("Get on an empty config found k")
-	}
-	c.Set("k", "1")
-	c.Set("k", "2")
-	if v, ok := c.Get("k"); !ok || v != "2" {
-		t.Fatalf("Get(k) = %q, %v; want 2, true", v, ok)
-	}
-	if len(c.params) != 1 {
-		t.Fatalf("Set twice kept %d params, want 1", len(c.params))
 	}
 }

@@ -478,16 +478,6 @@ func (m *Manager) apply(ctx context.Context, what string, script []string) error
 	return nil
 }
 
-// Ensure creates banger's table with its chains and final drop rule. It does nothing when
-// the table is already right; otherwise (say, after the bridge name changed) it rebuilds
-// the table in one step, keeping the rules of every VM it held.
-func (m *Manager) Ensure(ctx context.Context) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	_, err := m.ensure(ctx)
-	return err
-}
-
 func (m *Manager) ensure(ctx context.Context) (*state, error) {
 	if err := m.validate(); err != nil {
 		return nil, fmt.Errorf("ensuring nft table: %w", err)
@@ -572,21 +562,6 @@ func (m *Manager) Disable(ctx context.Context, id string) error {
 	return nil
 }
 
-// Rules returns the VMs that currently have NAT rules, with their addresses. A missing
-// table means none.
-func (m *Manager) Rules(ctx context.Context) (map[string]netip.Addr, error) {
-	if err := m.validate(); err != nil {
-		return nil, fmt.Errorf("listing nat rules: %w", err)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	st, err := m.read(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return st.vms(), nil
-}
-
 // Reconcile makes the NAT rules match want (VM id -> address) in one step: it ensures the
 // table, removes the rules of VMs not in want or with another address, and adds missing ones.
 // The daemon calls it at start with the running VMs that have NAT.
@@ -644,24 +619,6 @@ func sortedKeys(m map[string]netip.Addr) []string {
 	}
 	slices.Sort(keys)
 	return keys
-}
-
-// Teardown deletes banger's whole table; a missing table is not an error.
-// It leaves ip_forward as it is.
-func (m *Manager) Teardown(ctx context.Context) error {
-	if err := m.validate(); err != nil {
-		return fmt.Errorf("deleting nft table: %w", err)
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	t := m.table()
-	// "add" first makes the delete succeed when the table is absent.
-	script := []string{fmt.Sprintf("add table %s %s", family, t), fmt.Sprintf("delete table %s %s", family, t)}
-	if err := m.apply(ctx, fmt.Sprintf("deleting nft table %s %s", family, t), script); err != nil {
-		return err
-	}
-	m.log().Info("deleted nft table", "table", family+" "+t)
-	return nil
 }
 
 // ForwardingEnabled reports whether net.ipv4.ip_forward is 1 in the calling thread's

@@ -300,9 +300,6 @@ func (m *Manager) ListTAPs(ctx context.Context, prefix string, uid int) ([]strin
 	return names, nil
 }
 
-// TAPName returns root's TAP device name for a VM (see Names.TAPName).
-func TAPName(vmID string) string { return NamesFor(0).TAPName(vmID) }
-
 // MAC returns a locally administered unicast MAC address derived from a guest IP:
 // 02:ba followed by the four bytes of the IPv4 address (the last four of an IPv6 one).
 func MAC(ip netip.Addr) string {

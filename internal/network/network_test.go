@@ -66,7 +66,7 @@ func TestTAPLifecycle(t *testing.T) {
 	if err := m.EnsureBridge(ctx); err != nil {
 		t.Fatal(err)
 	}
-	a, b := TAPName("0123456789abcdef"), TAPName("fedcba9876543210")
+	a, b := NamesFor(0).TAPName("0123456789abcdef"), NamesFor(0).TAPName("fedcba9876543210")
 	for i := range 2 {
 		if err := m.CreateTAP(ctx, a, 65534, 65534); err != nil {
 			t.Fatalf("CreateTAP(%s) #%d: %v", a, i+1, err)
@@ -133,7 +133,7 @@ func TestTAPName(t *testing.T) {
 		{"ünï-cødé_x", "bgtap-n-cd_x"},
 	}
 	for _, tt := range tests {
-		got := TAPName(tt.id)
+		got := NamesFor(0).TAPName(tt.id)
 		if got != tt.want {
 			t.Errorf("TAPName(%q) = %q, want %q", tt.id, got, tt.want)
 		}

@@ -230,12 +230,6 @@ func (e *Engine) lockInstance(ctx context.Context, nameOrID string) (*store.VM, 
 	return vm, inst, unlock, nil
 }
 
-// Instance returns a running VM's hypervisor instance, or nil when it is
-// not running.
-func (e *Engine) Instance(ctx context.Context, vm *store.VM) (hypervisor.Instance, error) {
-	return e.instance(ctx, vm)
-}
-
 // instance returns vm's live hypervisor instance, adopting it when this
 // engine has not seen it yet, or nil when it is not running. An error means
 // a process may still run but cannot be controlled: acting as if it were

@@ -387,7 +387,8 @@ func TestNameIsNotAnIDPrefix(t *testing.T) {
 	h := newTestHost(t)
 	e := h.engine()
 	ctx := context.Background()
-	if err := h.store.CreateVM(ctx, &store.VM{ID: "abc123def456", Name: "box", State: StateStopped}); err != nil {
+	names := network.NamesFor(0)
+	if err := h.store.CreateVMWithLease(ctx, &store.VM{ID: "abc123def456", Name: "box", State: StateStopped}, names.Subnet, names.Gateway()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.byName(ctx, "abc"); !errors.Is(err, store.ErrNotFound) {

@@ -1,7 +1,6 @@
 package vm
 
 import (
-	"fmt"
 	"sync"
 	"time"
 
@@ -57,8 +56,6 @@ func (s *stages) run(name string, fn func() error) error {
 	s.pr.Stage(name, true, took)
 	return nil
 }
-
-func (s *stages) logf(format string, a ...any) { s.pr.Log(fmt.Sprintf(format, a...)) }
 
 func (s *stages) list() []store.Stage {
 	s.mu.Lock()

@@ -42,11 +42,6 @@ func (s *Server) log() *slog.Logger {
 	return s.Log
 }
 
-// Serve runs the default server until ctx ends; see Server.Serve.
-func Serve(ctx context.Context) error {
-	return (&Server{}).Serve(ctx)
-}
-
 // Serve listens on vsock port agent.Port (when the guest has
 // AF_VSOCK) and on the virtio-serial port (when it appears) until ctx ends.
 func (s *Server) Serve(ctx context.Context) error {

@@ -452,13 +452,6 @@ func tail(path string, n int) string {
 	return "(nothing)"
 }
 
-func exitStatus(err error) string {
-	if err == nil {
-		return "exit status 0"
-	}
-	return err.Error()
-}
-
 // instance is one firecracker process.
 type instance struct {
 	log    *slog.Logger

@@ -42,16 +42,6 @@ var otherMagics = []struct {
 	{"lzma", []byte{0x5d, 0x00, 0x00}},
 }
 
-// ExtractVmlinux returns the ELF kernel compressed inside an x86 bzImage.
-// The payload may be LZ4 (legacy frame) or gzip.
-func ExtractVmlinux(bzImage []byte) ([]byte, error) {
-	out, err := extract(bzImage)
-	if err != nil {
-		return nil, fmt.Errorf("extracting vmlinux: %w", err)
-	}
-	return out, nil
-}
-
 func extract(bzImage []byte) ([]byte, error) {
 	payload, err := bzImagePayload(bzImage)
 	if err != nil {

@@ -102,7 +102,7 @@ func TestExtractVmlinux(t *testing.T) {
 		}(), nil, "outside"},
 	}
 	for _, tt := range tests {
-		got, err := ExtractVmlinux(tt.in)
+		got, err := extract(tt.in)
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("ExtractVmlinux(%s) = %v, want error containing %q", tt.name, err, tt.wantErr)
@@ -187,7 +187,7 @@ func TestExtractVmlinuxRealKernel(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%s: %d bytes, payload magic % x", filepath.Base(p.Vmlinuz), len(bz), payload[:4])
-	out, err := ExtractVmlinux(bz)
+	out, err := extract(bz)
 	if err != nil {
 		t.Fatalf("ExtractVmlinux(%s) = %v", p.Vmlinuz, err)
 	}

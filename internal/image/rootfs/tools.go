@@ -72,9 +72,6 @@ func FetchImageTools(ctx context.Context, r runner.Runner, cacheDir string, log 
 	return fetchTools(ctx, r, cacheDir, npmTools(), log)
 }
 
-// ImageToolsKey identifies FetchImageTools' tools for an image cache key.
-func ImageToolsKey() string { return toolsKey(npmTools()) }
-
 // toolsFor returns the npm tools an image of kind carries.
 func toolsFor(kind Kind) []npmTool {
 	if kind == KindDocker {
