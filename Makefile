@@ -13,8 +13,10 @@ LDFLAGS := -s -w -X github.com/banger/banger/internal/daemon.Version=$(VERSION) 
 # Go test timeout for the whole suite (VM tests boot real guests under TCG).
 TEST_TIMEOUT ?= 75m
 BENCH_N ?= 5
+# golangci-lint is a Go module: pinned here, built and cached by go run.
+GOLANGCI_LINT ?= github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all build runtime-bundle dist test unit-test bench-create verify void-kernel rootfs-void verify-void void-fixture clean FORCE
+.PHONY: all build runtime-bundle dist test unit-test lint bench-create verify void-kernel rootfs-void verify-void void-fixture clean FORCE
 
 all: build
 
@@ -53,9 +55,16 @@ test: runtime-bundle
 	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) \
 		$(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) ./...
 
-# Unit tests only: VM tests skip, saying how to enable them.
+# Unit tests only: VM tests skip, saying how to enable them. They need
+# neither root nor qemu nor a bundle (the VM engine runs over a fake
+# hypervisor).
 unit-test:
 	$(GO) test ./...
+
+# go vet, the error style (errorlint, revive's error-strings), unused code,
+# printing outside commands (forbidigo) and formatting: see .golangci.yml.
+lint:
+	$(GO) run $(GOLANGCI_LINT) run ./...
 
 # Creates BENCH_N VMs to first SSH and prints medians and p90s per stage,
 # beside the same image booted by the bare hypervisor.

@@ -96,7 +96,7 @@ func (c *Client) call(ctx context.Context, op string) (*Response, error) {
 // ctxErr prefers the context's error when the context ended the I/O.
 func ctxErr(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
-		return fmt.Errorf("%w (%v)", ctx.Err(), err)
+		return fmt.Errorf("%w (%w)", ctx.Err(), err)
 	}
 	return err
 }

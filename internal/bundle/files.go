@@ -93,7 +93,7 @@ func equalFiles(a, b string) bool {
 		if n != m || !bytes.Equal(bufA[:n], bufB[:m]) {
 			return false
 		}
-		if errA == io.EOF && errB == io.EOF {
+		if errors.Is(errA, io.EOF) && errors.Is(errB, io.EOF) {
 			return true
 		}
 		if errA != nil || errB != nil {
@@ -303,7 +303,7 @@ func SparseCopy(f *os.File, r io.Reader) (int64, error) {
 			}
 			total += int64(n)
 		}
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {

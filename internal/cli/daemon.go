@@ -161,7 +161,7 @@ func (a *app) startDaemon(ctx context.Context) (*rpc.Status, error) {
 		}
 		select {
 		case err := <-exited:
-			return nil, fmt.Errorf("starting bangerd: it exited (%v)%s\nsee its log: %s", err, logTail(logPath, logStart), logPath)
+			return nil, fmt.Errorf("starting bangerd: it exited (%w)%s\nsee its log: %s", err, logTail(logPath, logStart), logPath)
 		case <-deadline.C:
 			return nil, fmt.Errorf("starting bangerd: no answer on %s after %s; see its log: %s", a.socket, daemonStartTimeout, logPath)
 		case <-ctx.Done():

@@ -243,7 +243,7 @@ func (c Config) validateWeb() error {
 	}
 	host, port, err := net.SplitHostPort(c.WebListenAddr)
 	if err != nil {
-		return fmt.Errorf("config: web_listen_addr %q is not host:port (for example 127.0.0.1:7777): %v", c.WebListenAddr, err)
+		return fmt.Errorf("config: web_listen_addr %q is not host:port (for example 127.0.0.1:7777): %w", c.WebListenAddr, err)
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 		return fmt.Errorf("config: web_listen_addr %q: %q is not a port number", c.WebListenAddr, port)

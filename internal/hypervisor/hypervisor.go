@@ -171,7 +171,7 @@ func Select(choice string, firecracker, qemu Backend) (Backend, error) {
 			return firecracker, nil
 		}
 		if err := qemu.Available(); err != nil {
-			return nil, fmt.Errorf("no usable hypervisor: %v; %w", fcErr, err)
+			return nil, fmt.Errorf("no usable hypervisor: %w; %w", fcErr, err)
 		}
 		return qemu, nil
 	}

@@ -146,7 +146,7 @@ func (e *Engine) Delete(nameOrID string) error {
 	e.cancelBoot(vm.ID)
 	if inst != nil {
 		if err := inst.Kill(); err != nil || !inst.Exited() {
-			return fmt.Errorf("stopping VM %s: its hypervisor (pid %d) did not exit: %v (kill it, then retry)", vm.Name, inst.PID(), err)
+			return fmt.Errorf("stopping VM %s: its hypervisor (pid %d) did not exit: %w (kill it, then retry)", vm.Name, inst.PID(), err)
 		}
 	}
 	if err := e.caps.release(ctx, vm); err != nil {

@@ -67,7 +67,7 @@ func (e *Engine) waitAgent(ctx context.Context, vm *store.VM, inst hypervisor.In
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for the guest agent of %s: %v (last: %v)%s", vm.Name, ctx.Err(), last, consoleTail(vm))
+			return nil, fmt.Errorf("waiting for the guest agent of %s: %w (last: %w)%s", vm.Name, ctx.Err(), last, consoleTail(vm))
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
@@ -139,7 +139,7 @@ func (e *Engine) waitSSH(ctx context.Context, vm *store.VM, b *bundle.Bundle, pi
 		last = err
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for ssh on %s (%s): %v (last: %v)%s", vm.Name, addr, ctx.Err(), last, consoleTail(vm))
+			return fmt.Errorf("waiting for ssh on %s (%s): %w (last: %w)%s", vm.Name, addr, ctx.Err(), last, consoleTail(vm))
 		case <-time.After(300 * time.Millisecond):
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -318,5 +317,3 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
-
-var errExit = errors.New("exit")

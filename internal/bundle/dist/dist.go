@@ -376,7 +376,7 @@ func swapDir(src, dst string) error {
 	if err := os.Rename(src, dst); err != nil {
 		if old != "" {
 			if rerr := os.Rename(old, dst); rerr != nil {
-				return fmt.Errorf("moving new bundle into %s: %w (and restoring the old one from %s: %v)", dst, err, old, rerr)
+				return fmt.Errorf("moving new bundle into %s: %w (and restoring the old one from %s: %w)", dst, err, old, rerr)
 			}
 		}
 		return fmt.Errorf("moving new bundle into %s: %w", dst, err)
@@ -407,7 +407,7 @@ func extractTarGz(archive, dir string) error {
 	tr := tar.NewReader(zr)
 	for {
 		hdr, err := tr.Next()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			// Read to the gzip trailer so that truncation and CRC errors show.
 			_, err = io.Copy(io.Discard, zr)
 			return err

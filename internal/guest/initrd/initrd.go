@@ -197,7 +197,7 @@ func waitRoot(root string, timeout time.Duration) (string, error) {
 			return dev, nil
 		}
 		if time.Now().After(deadline) {
-			return "", fmt.Errorf("waiting for root device %s: not there after %v (%v): check the VM's disks and root=", root, timeout, err)
+			return "", fmt.Errorf("waiting for root device %s: not there after %v (%w): check the VM's disks and root=", root, timeout, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
