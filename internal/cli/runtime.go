@@ -93,9 +93,6 @@ chroot: run it as yourself and it asks sudo for exactly those steps (run
     --image minimal --mirror http://mirror.example/debian`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := doctor.Require(cmd.Context(), runner.Default, doctor.OpRuntimeBuild); err != nil {
-				return err
-			}
 			for _, im := range images {
 				for _, k := range strings.Split(im, ",") {
 					k = strings.TrimSpace(k)
@@ -104,6 +101,13 @@ chroot: run it as yourself and it asks sudo for exactly those steps (run
 					}
 					opts.Images = append(opts.Images, rootfs.Kind(k))
 				}
+			}
+			// Bad flags are refused before sudo is asked for anything.
+			if err := opts.Check(); err != nil {
+				return err
+			}
+			if err := doctor.Require(cmd.Context(), runner.Default, doctor.OpRuntimeBuild); err != nil {
+				return err
 			}
 			opts.Log = runtimeLogger(cmd)
 			slog.SetDefault(opts.Log) // the kernel and rootfs steps log there too

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -198,7 +197,7 @@ func needTool(t *testing.T, names ...string) {
 
 func blockCount(t *testing.T, img string) int64 {
 	t.Helper()
-	out, err := exec.Command("dumpe2fs", "-h", img).CombinedOutput()
+	out, err := vmtest.Command("dumpe2fs", "-h", img).CombinedOutput()
 	if err != nil {
 		t.Fatalf("dumpe2fs -h %s: %v: %s", img, err, out)
 	}
@@ -216,7 +215,7 @@ func TestGrow(t *testing.T) {
 	needTool(t, "mkfs.ext4", "e2fsck", "resize2fs", "dumpe2fs")
 	ctx := context.Background()
 	img := filepath.Join(t.TempDir(), "root.ext4")
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-b", "4096", img, "32M").CombinedOutput(); err != nil {
+	if out, err := vmtest.Command("mkfs.ext4", "-q", "-F", "-b", "4096", img, "32M").CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4: %v: %s", err, out)
 	}
 	if got := blockCount(t, img); got != 32<<20 {

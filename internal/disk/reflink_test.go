@@ -27,7 +27,7 @@ func TestCloneReflink(t *testing.T) {
 	if err := os.Truncate(img, 320<<20); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("mkfs.xfs", "-q", "-m", "reflink=1", img).CombinedOutput(); err != nil {
+	if out, err := vmtest.Command("mkfs.xfs", "-q", "-m", "reflink=1", img).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.xfs: %v: %s", err, out)
 	}
 	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {

@@ -3,7 +3,6 @@ package dns
 import (
 	"context"
 	"net/netip"
-	"os/exec"
 	"reflect"
 	"strings"
 	"testing"
@@ -59,7 +58,7 @@ func TestRedirectReal(t *testing.T) {
 		{"-n", guest.Name, "addr", "add", "10.99.0.2/24", "dev", "eth0"},
 		{"-n", guest.Name, "link", "set", "eth0", "up"},
 	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		if out, err := vmtest.Command("ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -448,8 +447,8 @@ func TestBridgeAddress(t *testing.T) {
 	vmtest.Require(t, "DNS on a bridge address", vmtest.Root())
 	ns := vmtest.NewNS(t)
 	// A dummy link where the module exists, else a bridge like bangerd's.
-	if out, err := exec.Command("ip", "-n", ns.Name, "link", "add", "d0", "type", "dummy").CombinedOutput(); err != nil {
-		if out2, err2 := exec.Command("ip", "-n", ns.Name, "link", "add", "d0", "type", "bridge").CombinedOutput(); err2 != nil {
+	if out, err := vmtest.Command("ip", "-n", ns.Name, "link", "add", "d0", "type", "dummy").CombinedOutput(); err != nil {
+		if out2, err2 := vmtest.Command("ip", "-n", ns.Name, "link", "add", "d0", "type", "bridge").CombinedOutput(); err2 != nil {
 			t.Fatalf("adding link d0: dummy: %v: %s; bridge: %v: %s", err, out, err2, out2)
 		}
 	}
@@ -457,7 +456,7 @@ func TestBridgeAddress(t *testing.T) {
 		{"-n", ns.Name, "addr", "add", "10.99.0.1/24", "dev", "d0"},
 		{"-n", ns.Name, "link", "set", "d0", "up"},
 	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		if out, err := vmtest.Command("ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}

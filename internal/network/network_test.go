@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/netip"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -22,7 +21,7 @@ func testManager(t *testing.T) (*Manager, *vmtest.NS) {
 
 func ipOut(t *testing.T, ns *vmtest.NS, args ...string) string {
 	t.Helper()
-	out, err := exec.Command("ip", append([]string{"-n", ns.Name}, args...)...).CombinedOutput()
+	out, err := vmtest.Command("ip", append([]string{"-n", ns.Name}, args...)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 	}

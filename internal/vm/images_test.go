@@ -12,6 +12,7 @@ import (
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/runner"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // testBundle writes a bundle.json with only an SSH key and a default image
@@ -38,7 +39,7 @@ func testBundle(t *testing.T, pub string) *bundle.Bundle {
 // seedKeys reads /.ssh/authorized_keys out of a work-seed image.
 func seedKeys(t *testing.T, seed string) string {
 	t.Helper()
-	out, err := exec.Command("debugfs", "-R", "cat /.ssh/authorized_keys", seed).Output()
+	out, err := vmtest.Command("debugfs", "-R", "cat /.ssh/authorized_keys", seed).Output()
 	if err != nil {
 		t.Fatalf("debugfs cat authorized_keys of %s: %v", seed, err)
 	}

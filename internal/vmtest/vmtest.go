@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -96,4 +97,14 @@ func File(path, hint string) Need {
 		}
 		return nil
 	}
+}
+
+// Command is exec.Command with name found as banger finds host tools
+// (runner.LookPath: PATH, then the sbin directories an ordinary user's
+// PATH lacks). A name that is nowhere is left for the run to report.
+func Command(name string, args ...string) *exec.Cmd {
+	if p, err := runner.LookPath(name); err == nil {
+		name = p
+	}
+	return exec.Command(name, args...)
 }

@@ -279,7 +279,7 @@ func (e *env) ssh(name string, command ...string) string {
 
 // links lists the network devices in the namespace.
 func (e *env) links() []string {
-	out, err := exec.Command("ip", "-n", e.ns.Name, "-o", "link", "show").Output()
+	out, err := vmtest.Command("ip", "-n", e.ns.Name, "-o", "link", "show").Output()
 	if err != nil {
 		e.t.Fatalf("listing links: %v", err)
 	}

@@ -150,7 +150,7 @@ func TestLifecycle(t *testing.T) {
 		e := e.with(t)
 		// An empty ext4: the kernel mounts it, finds no init and panics.
 		img := filepath.Join(e.root, "empty.ext4")
-		if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, "16M").CombinedOutput(); err != nil {
+		if out, err := vmtest.Command("mkfs.ext4", "-q", "-F", img, "16M").CombinedOutput(); err != nil {
 			t.Fatalf("mkfs.ext4: %v: %s", err, out)
 		}
 		e.must("image", "register", "--name", "broken", "--rootfs", img)

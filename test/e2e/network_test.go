@@ -39,7 +39,7 @@ func newUpstreamIn(t *testing.T, ns *vmtest.NS) *upstream {
 		{"-n", u.ns.Name, "addr", "add", "192.0.2.1/24", "dev", "vu"},
 		{"-n", u.ns.Name, "link", "set", "vu", "up"},
 	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		if out, err := vmtest.Command("ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
@@ -119,7 +119,7 @@ func unreachable(err error, stderr string) bool {
 
 // natRules lists banger's nftables table in e's namespace ("" when absent).
 func natRules(t *testing.T, e *env) string {
-	out, err := exec.Command("ip", "netns", "exec", e.ns.Name, "nft", "list", "table", "ip", "banger").CombinedOutput()
+	out, err := vmtest.Command("ip", "netns", "exec", e.ns.Name, "nft", "list", "table", "ip", "banger").CombinedOutput()
 	if err != nil {
 		return ""
 	}
@@ -227,7 +227,7 @@ func TestNetworking(t *testing.T) {
 		// Nor through the host: natbox sends plainbox's packets to the
 		// bridge address, and the host (forwarding on for NAT) routes
 		// them back out of the bridge.
-		mac, err := exec.Command("ip", "netns", "exec", e.ns.Name, "cat", "/sys/class/net/banger0/address").Output()
+		mac, err := vmtest.Command("ip", "netns", "exec", e.ns.Name, "cat", "/sys/class/net/banger0/address").Output()
 		if err != nil {
 			t.Fatalf("reading the bridge's MAC: %v", err)
 		}
@@ -248,7 +248,7 @@ func TestNetworking(t *testing.T) {
 		}
 		c.Close()
 		for _, fam := range []string{"bridge", "inet"} {
-			if out, err := exec.Command("ip", "netns", "exec", e.ns.Name, "nft", "list", "table", fam, "banger").CombinedOutput(); err != nil || !strings.Contains(string(out), "4096") {
+			if out, err := vmtest.Command("ip", "netns", "exec", e.ns.Name, "nft", "list", "table", fam, "banger").CombinedOutput(); err != nil || !strings.Contains(string(out), "4096") {
 				t.Fatalf("nft table %s banger: %v\n%s", fam, err, out)
 			}
 		}

@@ -20,6 +20,7 @@ import (
 	mdns "github.com/miekg/dns"
 
 	"github.com/banger/banger/internal/network"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // debianUserPATH is Debian's default PATH for ordinary users: no /usr/sbin,
@@ -38,17 +39,18 @@ type testUser struct {
 // /etc/sudoers.d ("%u" stands for its name), "" for none.
 func newTestUser(t testing.TB, sudoers string) *testUser {
 	t.Helper()
+	vmtest.Require(t, "a test with a user account of its own", vmtest.Root(), vmtest.Tool("useradd", "passwd"))
 	b := make([]byte, 3)
 	rand.Read(b)
 	name := "bgu" + hex.EncodeToString(b)
-	if out, err := exec.Command("useradd", "--create-home", "--shell", "/bin/bash", name).CombinedOutput(); err != nil {
+	if out, err := vmtest.Command("useradd", "--create-home", "--shell", "/bin/bash", name).CombinedOutput(); err != nil {
 		t.Fatalf("useradd %s: %v: %s", name, err, out)
 	}
 	rule := filepath.Join("/etc/sudoers.d", name)
 	t.Cleanup(func() {
 		os.Remove(rule)
 		exec.Command("pkill", "-KILL", "-u", name).Run()
-		if out, err := exec.Command("userdel", "--remove", name).CombinedOutput(); err != nil {
+		if out, err := vmtest.Command("userdel", "--remove", name).CombinedOutput(); err != nil {
 			t.Errorf("userdel %s: %v: %s", name, err, out)
 		}
 	})
@@ -153,7 +155,7 @@ func TestOrdinaryUser(t *testing.T) {
 	u := newTestUser(t, vmSudoers)
 	names := network.NamesFor(u.UID)
 	squat := names.PoolPrefix + "0"
-	if out, err := exec.Command("ip", "-n", rootEnv.ns.Name, "tuntap", "add", "dev", squat, "mode", "tap", "user", "0", "group", "0").CombinedOutput(); err != nil {
+	if out, err := vmtest.Command("ip", "-n", rootEnv.ns.Name, "tuntap", "add", "dev", squat, "mode", "tap", "user", "0", "group", "0").CombinedOutput(); err != nil {
 		t.Fatalf("adding a root-owned %s: %v: %s", squat, err, out)
 	}
 	rootTables := nftTables(t, rootEnv)
@@ -356,7 +358,7 @@ func queryAt(t *testing.T, e *env, addr, proto, name string) *mdns.Msg {
 // nftTables lists every nft table in e's namespace, by "family name".
 func nftTables(t *testing.T, e *env) map[string]string {
 	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", e.ns.Name, "nft", "list", "tables").Output()
+	out, err := vmtest.Command("ip", "netns", "exec", e.ns.Name, "nft", "list", "tables").Output()
 	if err != nil {
 		t.Fatalf("nft list tables: %v", err)
 	}
@@ -366,7 +368,7 @@ func nftTables(t *testing.T, e *env) map[string]string {
 		if len(f) != 3 {
 			continue
 		}
-		listing, _ := exec.Command("ip", "netns", "exec", e.ns.Name, "nft", "list", "table", f[1], f[2]).Output()
+		listing, _ := vmtest.Command("ip", "netns", "exec", e.ns.Name, "nft", "list", "table", f[1], f[2]).Output()
 		tables[f[1]+" "+f[2]] = string(listing)
 	}
 	return tables
@@ -374,13 +376,13 @@ func nftTables(t *testing.T, e *env) map[string]string {
 
 // natRulesOf lists the NAT table of the given name in e's namespace.
 func natRulesOf(t *testing.T, e *env, table string) string {
-	out, _ := exec.Command("ip", "netns", "exec", e.ns.Name, "nft", "list", "table", "ip", table).CombinedOutput()
+	out, _ := vmtest.Command("ip", "netns", "exec", e.ns.Name, "nft", "list", "table", "ip", table).CombinedOutput()
 	return string(out)
 }
 
 // tapOwner is the owner ip reports for a TAP device.
 func tapOwner(t *testing.T, e *env, dev string) string {
-	out, err := exec.Command("ip", "-n", e.ns.Name, "-d", "link", "show", "dev", dev).CombinedOutput()
+	out, err := vmtest.Command("ip", "-n", e.ns.Name, "-d", "link", "show", "dev", dev).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s: %v: %s", dev, err, out)
 	}

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -347,7 +346,7 @@ func TestWebUILoginOnly(t *testing.T) {
 		{"-n", other.Name, "addr", "add", "192.0.2.1/24", "dev", "vo"},
 		{"-n", other.Name, "link", "set", "vo", "up"},
 	} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		if out, err := vmtest.Command("ip", args...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}

@@ -87,6 +87,10 @@ func Build(ctx context.Context, r runner.Runner, opts Options) error {
 	return build(ctx, r, opts, realSteps())
 }
 
+// Check refuses options Build would refuse, before anything runs, and
+// fills in the defaults.
+func (o *Options) Check() error { return o.defaults() }
+
 func (o *Options) defaults() error {
 	if o.Log == nil {
 		o.Log = slog.Default()

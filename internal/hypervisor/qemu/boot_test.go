@@ -6,7 +6,6 @@ import (
 	"errors"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -129,7 +128,7 @@ func TestBootPanics(t *testing.T) {
 	requireVM(t)
 	vmlinux := testKernel(t)
 	ns := vmtest.NewNS(t)
-	if out, err := exec.Command("ip", "-n", ns.Name, "tuntap", "add", "dev", "tap0", "mode", "tap").CombinedOutput(); err != nil {
+	if out, err := vmtest.Command("ip", "-n", ns.Name, "tuntap", "add", "dev", "tap0", "mode", "tap").CombinedOutput(); err != nil {
 		t.Fatalf("creating tap0 in %s: %v: %s", ns.Name, err, out)
 	}
 	dir := shortDir(t)

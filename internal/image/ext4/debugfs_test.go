@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // TestPutFile writes into a real ext4 image made with mkfs.ext4 and reads
@@ -20,11 +21,11 @@ func TestPutFile(t *testing.T) {
 	}
 	ctx := context.Background()
 	img := filepath.Join(t.TempDir(), "work.ext4")
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, "8M").CombinedOutput(); err != nil {
+	if out, err := vmtest.Command("mkfs.ext4", "-q", "-F", img, "8M").CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4: %v: %s", err, out)
 	}
 	stat := func(name string) string {
-		out, err := exec.Command("debugfs", "-R", "stat "+name, img).Output()
+		out, err := vmtest.Command("debugfs", "-R", "stat "+name, img).Output()
 		if err != nil {
 			t.Fatalf("debugfs stat %s: %v", name, err)
 		}
@@ -34,7 +35,7 @@ func TestPutFile(t *testing.T) {
 		if err := PutFile(ctx, runner.Default, img, "/.config/banger/opencode.env", []byte(content), 0o600); err != nil {
 			t.Fatalf("PutFile #%d: %v", i, err)
 		}
-		got, err := exec.Command("debugfs", "-R", "cat /.config/banger/opencode.env", img).Output()
+		got, err := vmtest.Command("debugfs", "-R", "cat /.config/banger/opencode.env", img).Output()
 		if err != nil || string(got) != content {
 			t.Fatalf("content after PutFile #%d = %q, %v; want %q", i, got, err, content)
 		}

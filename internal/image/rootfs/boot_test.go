@@ -109,7 +109,7 @@ func bootAndCheck(t *testing.T, kind Kind, vmlinux, initrd, rootImg, work string
 		{"addr", "add", "172.30.0.1/24", "dev", "tap0"},
 		{"link", "set", "tap0", "up"},
 	} {
-		if out, err := exec.Command("ip", append([]string{"-n", ns.Name}, args...)...).CombinedOutput(); err != nil {
+		if out, err := vmtest.Command("ip", append([]string{"-n", ns.Name}, args...)...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %v: %v: %s", args, err, out)
 		}
 	}
@@ -237,7 +237,7 @@ func bootAndCheck(t *testing.T, kind Kind, vmlinux, initrd, rootImg, work string
 		dumpConsole()
 		t.Fatalf("qemu still running 60s after the shutdown request")
 	}
-	if b, err := exec.Command("e2fsck", "-fn", work).CombinedOutput(); err != nil {
+	if b, err := vmtest.Command("e2fsck", "-fn", work).CombinedOutput(); err != nil {
 		t.Errorf("work disk not clean after shutdown: e2fsck -fn: %v: %s", err, b)
 	}
 	if testing.Verbose() {

@@ -3,7 +3,6 @@ package rootfs
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -79,7 +78,7 @@ func buildAgent(t *testing.T) string {
 // debugfs runs a debugfs request against an image.
 func debugfs(t *testing.T, img, req string) string {
 	t.Helper()
-	b, err := exec.Command("debugfs", "-R", req, img).CombinedOutput()
+	b, err := vmtest.Command("debugfs", "-R", req, img).CombinedOutput()
 	if err != nil {
 		t.Fatalf("debugfs -R %q %s: %v: %s", req, img, err, b)
 	}

@@ -133,7 +133,7 @@ func boot(t *testing.T, km *KernelManifest, rootImg, work string, signer ssh.Sig
 		{"addr", "add", "172.30.0.1/24", "dev", "tap0"},
 		{"link", "set", "tap0", "up"},
 	} {
-		if out, err := exec.Command("ip", append([]string{"-n", ns.Name}, args...)...).CombinedOutput(); err != nil {
+		if out, err := vmtest.Command("ip", append([]string{"-n", ns.Name}, args...)...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %v: %v: %s", args, err, out)
 		}
 	}
@@ -273,7 +273,7 @@ func boot(t *testing.T, km *KernelManifest, rootImg, work string, signer ssh.Sig
 		t.Fatal("qemu still running 60s after the shutdown request")
 	}
 	// runit's stage 3 unmounted /root: the VM's own disk is clean.
-	if b, err := exec.Command("e2fsck", "-fn", work).CombinedOutput(); err != nil {
+	if b, err := vmtest.Command("e2fsck", "-fn", work).CombinedOutput(); err != nil {
 		dumpConsole()
 		t.Errorf("work disk not clean after shutdown: e2fsck -fn: %v: %s", err, b)
 	}

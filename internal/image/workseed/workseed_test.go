@@ -2,7 +2,6 @@ package workseed
 
 import (
 	"context"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -37,7 +36,7 @@ func TestBuild(t *testing.T) {
 
 func debugfs(t *testing.T, img, req string) string {
 	t.Helper()
-	b, err := exec.Command("debugfs", "-R", req, img).CombinedOutput()
+	b, err := vmtest.Command("debugfs", "-R", req, img).CombinedOutput()
 	if err != nil {
 		t.Fatalf("debugfs -R %q %s: %v: %s", req, img, err, b)
 	}
