@@ -163,3 +163,13 @@ func validName(s string) bool {
 	return s != "" && s != "." && s != ".." && len(s) <= maxComponent &&
 		!strings.ContainsAny(s, "/\x00")
 }
+
+// GuestNames is the name each guest source gets at a host destination, ""
+// where only the guest's resolved path can tell (the archive then names it).
+func GuestNames(srcs []string) []string {
+	out := make([]string, len(srcs))
+	for i, s := range srcs {
+		out[i] = baseName(s, true)
+	}
+	return out
+}
