@@ -331,7 +331,7 @@ func copyFailure(op, vm, dest string, werr error, stderr string) error {
 		}
 	}
 	switch {
-	case strings.Contains(msg, "No space left on device"):
+	case strings.Contains(strings.ToLower(msg), "no space left on device"):
 		return fmt.Errorf("%s: no space left on the guest's disk for %s: free some space (banger vm ssh %s -- df -h) or copy elsewhere; nothing was written there", op, dest, vm)
 	case len(own) > 0:
 		return fmt.Errorf("%s: %s", op, strings.Join(own, "; "))

@@ -48,7 +48,11 @@ done
 stage=$(mktemp -d "${parent%/}/.banger-cp.XXXXXX") || die "cannot write in $parent"
 trap 'rm -rf -- "$stage"' EXIT
 trap 'exit 130' HUP INT TERM PIPE
-tar -x -f - -C "$stage" --no-same-owner --preserve-permissions || die "receiving into $parent failed"
+full() { set -- $(df -P -k -- "$parent" | tail -n 1); [ "${4:-x}" -lt 1024 ] 2>/dev/null; }
+if ! tar -x -f - -C "$stage" --no-same-owner --preserve-permissions; then
+	full && die "no space left on device in $parent"
+	die "receiving into $parent failed"
+fi
 [ -f "$stage/` + DoneMarker + `" ] || die "the copy stream ended early: nothing was written"
 k=0; odd=1
 for a do
