@@ -14,7 +14,7 @@ LDFLAGS := -s -w -X github.com/banger/banger/internal/daemon.Version=$(VERSION) 
 TEST_TIMEOUT ?= 75m
 BENCH_N ?= 5
 
-.PHONY: all build runtime-bundle dist test unit-test bench-create verify void-kernel rootfs-void verify-void void-fixture clean FORCE
+.PHONY: all build runtime-bundle dist test unit-test bench-create bench-cp verify void-kernel rootfs-void verify-void void-fixture clean FORCE
 
 all: build
 
@@ -62,6 +62,12 @@ unit-test:
 bench-create: runtime-bundle
 	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) BANGER_BENCH_N=$(BENCH_N) \
 		$(GO) test -count=1 -timeout 60m -run '^TestBenchCreate$$' -v ./test/e2e
+
+# Copies a 100 MiB file into a minimal VM and back BENCH_N times with
+# banger vm cp, beside plain ssh with each cipher, and prints the medians.
+bench-cp: runtime-bundle
+	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) BANGER_BENCH_N=$(BENCH_N) \
+		$(GO) test -count=1 -timeout 60m -run '^TestBenchCopy$$' -v ./test/e2e
 
 # Void Linux (experimental). VOID_MIRROR names the Void mirror (default
 # Void's public repo-default mirror; file:///path works, e.g. the fixture
