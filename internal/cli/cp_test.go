@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -8,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/rpc/rpctest"
@@ -236,5 +238,33 @@ func TestSSHConfigCommand(t *testing.T) {
 	}
 	if _, err := os.Stat(managed); err == nil {
 		t.Errorf("vm create wrote %s without --install", managed)
+	}
+}
+
+func TestCopyBar(t *testing.T) {
+	var buf bytes.Buffer
+	b := &copyBar{w: &buf, on: true, label: "copying to box:/root/", total: 100 << 20, start: time.Now().Add(-2 * time.Second),
+		stop: make(chan struct{}), stopped: make(chan struct{})}
+	close(b.stopped)
+	b.Add(50 << 20)
+	b.mu.Lock()
+	b.draw()
+	b.mu.Unlock()
+	b.Close(true)
+	b.Summary(100 << 20)
+	out := buf.String()
+	for _, want := range []string{"\r\033[Kcopying to box:/root/  50% [████████████············] 50M/100M 2", "M/s\r", "\r\033[Kcopied 100M in 2."} {
+		if !strings.Contains(out, want) {
+			t.Errorf("copy bar output %q lacks %q", out, want)
+		}
+	}
+	// Not on a terminal (or -q, --json): nothing at all.
+	buf.Reset()
+	q := (&app{stderr: &buf}).newCopyBar(cpOptions{}, "copying", 10)
+	q.Add(10)
+	q.Close(true)
+	q.Summary(10)
+	if buf.Len() != 0 {
+		t.Errorf("copy bar off a terminal wrote %q", buf.String())
 	}
 }
