@@ -6,7 +6,8 @@ set -euo pipefail
 # and the tests make such users.
 packages=(make git ca-certificates qemu-system-x86 debootstrap e2fsprogs iproute2
   openssh-client nftables iptables dpkg-dev apt-utils sudo procps
-  kmod) # kmod: depmod for the Void fixture mirror's kernel package
+  kmod # kmod: depmod for the Void fixture mirror's kernel package
+  rsync) # rsync: test/e2e TestStockSSHTools runs rsync -a through banger ssh-config
 # The web UI's browser test (test/e2e TestWebImageBuildChromium) drives a
 # headless Chromium through ChromeDriver.
 packages+=(chromium chromium-driver)

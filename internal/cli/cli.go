@@ -150,7 +150,7 @@ bangerd on first use; VMs keep running when bangerd stops.`,
 	})
 	root.PersistentFlags().StringVar(&a.socket, "socket", defaultSocket(), "bangerd's unix socket (env BANGER_SOCKET)")
 	root.PersistentFlags().BoolVar(&a.debug, "debug", false, "print what banger does (daemon start, ssh command line)")
-	root.AddCommand(a.newVMCmd(), a.newImageCmd(), a.newUICmd(), a.newDaemonCmd(), a.newDoctorCmd(), a.newSudoersCmd(), a.newVersionCmd(), newRuntimeCmd())
+	root.AddCommand(a.newVMCmd(), a.newSSHConfigCmd(), a.newImageCmd(), a.newUICmd(), a.newDaemonCmd(), a.newDoctorCmd(), a.newSudoersCmd(), a.newVersionCmd(), newRuntimeCmd())
 	return root
 }
 

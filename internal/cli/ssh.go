@@ -86,15 +86,8 @@ func sshCommandArgs(info *rpc.SSHInfo, tty bool, command []string) []string {
 	return append(args, command...)
 }
 
-func (a *app) ssh(ctx context.Context, name string, command []string) error {
-	c, err := a.client(ctx)
-	if err != nil {
-		return err
-	}
-	info, err := c.SSHInfo(ctx, name)
-	if err != nil {
-		return fmt.Errorf("getting ssh details of vm %s: %w", name, err)
-	}
+// requireRunning refuses a VM that cannot take an ssh connection.
+func requireRunning(info *rpc.SSHInfo, name string) error {
 	if info.State != "" && info.State != "running" {
 		switch info.State {
 		case "stopped", "error", "failed", "crashed":
@@ -105,6 +98,21 @@ func (a *app) ssh(ctx context.Context, name string, command []string) error {
 	}
 	if info.IP == "" {
 		return fmt.Errorf("vm %s has no IP address yet: check it with: banger vm show %s", name, name)
+	}
+	return nil
+}
+
+func (a *app) ssh(ctx context.Context, name string, command []string) error {
+	c, err := a.client(ctx)
+	if err != nil {
+		return err
+	}
+	info, err := c.SSHInfo(ctx, name)
+	if err != nil {
+		return fmt.Errorf("getting ssh details of vm %s: %w", name, err)
+	}
+	if err := requireRunning(info, name); err != nil {
+		return err
 	}
 	bin, err := sshBinary()
 	if err != nil {

@@ -29,7 +29,7 @@ func (a *app) newVMCmd() *cobra.Command {
 	cmd.AddCommand(
 		a.newVMCreateCmd(), a.newVMListCmd(), a.newVMShowCmd(),
 		a.newVMStartCmd(), a.newVMStopCmd(), a.newVMDeleteCmd(), a.newVMSetCmd(),
-		a.newVMSSHCmd(), a.newVMLogsCmd(),
+		a.newVMSSHCmd(), a.newVMCpCmd(), a.newVMLogsCmd(),
 	)
 	return cmd
 }
@@ -80,6 +80,7 @@ while waiting, the VM keeps booting in the background.`,
 			if err != nil {
 				return err
 			}
+			defer a.refreshSSHConfig(ctx, c)
 			return a.streamVM(ctx, req.Name, "creating", asJSON, req.NoWait, func(ctx context.Context, fn func(rpc.Event)) (*rpc.VM, error) {
 				return c.CreateVM(ctx, req, fn)
 			})
@@ -272,6 +273,7 @@ failed. With one VM, its boot stages are shown as they run.`,
 		Args:              nameArgs,
 		ValidArgsFunction: a.completeVMs(0, func(vm rpc.VM) bool { return vm.State != "running" }),
 		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, args []string) error {
+			defer a.refreshSSHConfig(ctx, c)
 			names := dedupe(args)
 			if len(names) == 1 && !asJSON {
 				return a.streamVM(ctx, names[0], "starting", false, false, func(ctx context.Context, fn func(rpc.Event)) (*rpc.VM, error) {
@@ -331,6 +333,7 @@ any failed.`,
 		Args:              nameArgs,
 		ValidArgsFunction: a.completeVMs(0, nil),
 		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, args []string) error {
+			defer a.refreshSSHConfig(ctx, c)
 			return a.fanOut(ctx, args, asJSON, fanAction{
 				verb: "deleting",
 				call: func(ctx context.Context, name string) (*rpc.VM, error) {

@@ -145,6 +145,8 @@ func Packages(kind Kind) []string {
 			"systemd-sysv", "udev", "kmod", "openssh-server", "docker.io", "iptables",
 			"tmux", "git", "curl", "ca-certificates", "iproute2", "e2fsprogs",
 			"procps", "less",
+			// rsync on both ends: 'rsync -a' through banger ssh-config.
+			"rsync",
 			// docker applies its AppArmor profile when the kernel has
 			// AppArmor (Debian's does), which needs apparmor_parser.
 			"apparmor",

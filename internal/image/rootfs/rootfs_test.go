@@ -21,6 +21,7 @@ func TestPackages(t *testing.T) {
 	}{
 		{KindDocker, "docker.io", ""},
 		{KindDocker, "systemd-sysv", ""},
+		{KindDocker, "rsync", ""},
 		{KindMinimal, "openssh-server", "systemd-sysv"},
 	}
 	for _, tt := range tests {
