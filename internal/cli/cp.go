@@ -286,7 +286,7 @@ func (a *app) copyFromVM(ctx context.Context, bin string, info *rpc.SSHInfo, pla
 	switch {
 	case errors.As(rerr, &ue):
 		return r.Totals(), fmt.Errorf("%s: refusing its archive: %w; nothing was written to %s", op, rerr, plan.Dest)
-	case werr != nil && (rerr == nil || rerr == io.EOF || !isLocalWriteError(rerr)):
+	case werr != nil && (rerr == nil || errors.Is(rerr, io.EOF) || !isLocalWriteError(rerr)):
 		return r.Totals(), copyFailure(op, plan.VM, plan.Dest, werr, stderr.String())
 	case rerr != nil:
 		return r.Totals(), fmt.Errorf("%s: %w; nothing was written to %s", op, rerr, plan.Dest)
