@@ -49,7 +49,7 @@ dist: runtime-bundle
 	$(BIN)/banger runtime dist --runtime $(RUNTIME) --out $(DIST)
 
 # The whole suite, VM tests included (they need root, qemu and the bundle).
-# -p 1: packages run one at a time, so the TCG guests of internal/rootfs and
+# -p 1: packages run one at a time, so the TCG guests of internal/image/rootfs and
 # test/e2e do not compete for the host's few cores.
 test: runtime-bundle
 	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) \
@@ -113,7 +113,7 @@ verify-void: build
 # Void's mirrors, which these machines cannot reach) and prints its URL:
 #   make void-kernel rootfs-void VOID_MIRROR=$$(make -s void-fixture)
 void-fixture:
-	$(GO) run ./internal/void/fixture/cmd/voidfixture
+	$(GO) run ./internal/xbps/fixture/cmd/voidfixture
 
 clean:
 	rm -rf $(BUILD)
