@@ -15,9 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
-	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/bundle/bundletest"
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/daemon"
@@ -168,18 +165,7 @@ func startFake(t *testing.T) *subject {
 func startDaemon(t *testing.T) *subject {
 	dir := rpctest.TempDir(t)
 	rt := bundletest.Fake(t)
-	b, err := bundle.Load(rt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := os.ReadFile(b.Path(b.SSHKey) + ".pub")
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _, _, _, err := ssh.ParseAuthorizedKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := bundletest.AuthorizedKey(t, rt)
 	cfg := config.Defaults()
 	cfg.RuntimeDir = rt
 	cfg.Hypervisor = "qemu"

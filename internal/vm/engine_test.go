@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/ssh"
-
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/bundle/bundletest"
 	"github.com/banger/banger/internal/hypervisor"
@@ -46,18 +44,12 @@ func newTestHost(t *testing.T) *testHost {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	b, err := bundle.Load(bundletest.Fake(t))
+	rt := bundletest.Fake(t)
+	b, err := bundle.Load(rt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub, err := os.ReadFile(b.Path(b.SSHKey) + ".pub")
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _, _, _, err := ssh.ParseAuthorizedKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := bundletest.AuthorizedKey(t, rt)
 	h := &testHost{t: t, dir: dir, store: st, bundle: b, fake: &hypervisortest.Backend{BackendName: "qemu", AuthorizedKey: key}}
 	h.known = &KnownHosts{Path: filepath.Join(dir, "state", "known_hosts")}
 	names := network.NamesFor(0)

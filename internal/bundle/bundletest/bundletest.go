@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/banger/banger/internal/bundle"
+	"golang.org/x/crypto/ssh"
 )
 
 // KernelVersion is the kernel version of a fake bundle.
@@ -116,4 +117,23 @@ func AssertNoTemps(t testing.TB, dir string) {
 			t.Errorf("temporary %s left beside the bundle", e.Name())
 		}
 	}
+}
+
+// AuthorizedKey is the public half of the SSH key of the bundle in dir:
+// the key its guests let in.
+func AuthorizedKey(t testing.TB, dir string) ssh.PublicKey {
+	t.Helper()
+	b, err := bundle.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := os.ReadFile(b.Path(b.SSHKey) + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _, _, _, err := ssh.ParseAuthorizedKey(pub)
+	if err != nil {
+		t.Fatalf("parsing %s.pub: %v", b.SSHKey, err)
+	}
+	return key
 }
