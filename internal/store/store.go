@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"time"
 
 	"modernc.org/sqlite"
@@ -84,6 +85,9 @@ func Open(path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("opening state database %s: %w", path, err)
 	}
+	if err := refuseEmpty(path); err != nil {
+		return nil, err
+	}
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(10000)")
 	q.Add("_pragma", "journal_mode(WAL)")
@@ -100,11 +104,68 @@ func Open(path string) (*Store, error) {
 	db.SetMaxOpenConns(1)
 	db.SetConnMaxIdleTime(0)
 	s := &Store{db: db}
+	if err := s.check(context.Background(), path); err != nil {
+		db.Close()
+		return nil, err
+	}
 	if err := s.migrate(context.Background()); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("opening state database %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// aside is the advice for a database bangerd will not open.
+func aside(path string) string {
+	return fmt.Sprintf("stop bangerd, move it aside (mv %s %s.broken) and start again with a fresh state, or restore it from a backup; the VMs' disks under the data dir are kept either way", path, path)
+}
+
+// refuseEmpty refuses a database file that exists but is empty while no
+// write-ahead log holds its pages: a truncation, not a new database. Opening
+// it would silently start over and orphan every VM directory.
+func refuseEmpty(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil || fi.Size() > 0 {
+		return nil // a missing file is a new database; other errors surface at open
+	}
+	if wal, err := os.Stat(path + "-wal"); err == nil && wal.Size() > 0 {
+		return nil // a fresh database whose pages are all still in the log
+	}
+	return fmt.Errorf("opening state database %s: the file is empty (0 bytes), so banger's record of its VMs and images is gone: %s", path, aside(path))
+}
+
+// check runs SQLite's quick_check, refusing a database that is not one or
+// is damaged.
+func (s *Store) check(ctx context.Context, path string) error {
+	rows, err := s.db.QueryContext(ctx, `PRAGMA quick_check(8)`)
+	if err != nil {
+		return fmt.Errorf("checking state database %s: %w: %s", path, err, aside(path))
+	}
+	defer rows.Close()
+	var problems []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			return fmt.Errorf("checking state database %s: %w: %s", path, err, aside(path))
+		}
+		if line != "ok" {
+			problems = append(problems, truncate(line, 200))
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("checking state database %s: %w: %s", path, err, aside(path))
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("checking state database %s: it is damaged (%s): %s", path, strings.Join(problems, "; "), aside(path))
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
 }
 
 // Close closes the database.
