@@ -3,12 +3,14 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger/banger/internal/logfile"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/units"
 )
@@ -390,17 +392,29 @@ func (a *app) newVMSetCmd() *cobra.Command {
 }
 
 func (a *app) newVMLogsCmd() *cobra.Command {
-	var follow bool
+	var follow, raw bool
 	cmd := &cobra.Command{
 		Use:   "logs NAME",
 		Short: "Print a VM's serial console",
-		Long:  "Print a VM's serial console: the kernel's and init's messages. With -f, keep printing as the VM writes more, until Ctrl-C.",
+		Long: `Print a VM's serial console: the kernel's and init's messages. With -f, keep printing
+as the VM writes more, until Ctrl-C.
+
+What a guest writes is untrusted: escape sequences and other control characters are
+not passed to your terminal (ESC shows as ^[) unless you ask for --raw. bangerd keeps
+each console log within console_log_max (8M by default), rotating the older part to
+console.log.1; both are printed.`,
 		Example: `  banger vm logs testbox
   banger vm logs -f testbox`,
 		Args:              oneNameArg,
 		ValidArgsFunction: a.completeVMs(1, nil),
 		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, args []string) error {
-			if err := c.Logs(ctx, args[0], follow, a.stdout); err != nil {
+			out := io.Writer(a.stdout)
+			if !raw {
+				cw := &logfile.CleanWriter{W: a.stdout}
+				defer cw.Flush()
+				out = cw
+			}
+			if err := c.Logs(ctx, args[0], follow, out); err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
@@ -410,6 +424,7 @@ func (a *app) newVMLogsCmd() *cobra.Command {
 		}),
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	cmd.Flags().BoolVar(&raw, "raw", false, "pass the guest's bytes through unfiltered, control characters included")
 	return cmd
 }
 

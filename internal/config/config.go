@@ -16,6 +16,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/banger/banger/internal/network"
+	"github.com/banger/banger/internal/units"
 )
 
 // Config is the user's config file ($XDG_CONFIG_HOME/banger/config.toml).
@@ -61,6 +62,10 @@ type Config struct {
 	// TAPPoolSize idle TAP devices are kept ready for fast creates; 0 turns
 	// the pool off.
 	TAPPoolSize int `toml:"tap_pool_size"`
+	// ConsoleLogMax caps each VM's console log ("8M"): past it the log
+	// rotates to console.log.1, so a guest flooding its serial console
+	// cannot fill the host's disk.
+	ConsoleLogMax string `toml:"console_log_max"`
 	// GuestPrivatePorts are guest TCP ports that other guests on the bridge
 	// cannot reach (the host still can): by default the opencode server's
 	// 4096, which runs commands for whoever talks to it. An empty list
@@ -115,10 +120,26 @@ func DefaultsFor(uid int) Config {
 		DNSOnBridge:         true,
 		ResolvedSplitDNS:    true,
 		TAPPoolSize:         2,
+		ConsoleLogMax:       "8M",
 		GuestPrivatePorts:   []int{4096},
 		WebListenAddr:       "127.0.0.1:7777",
 		WebAuth:             "owner",
 	}
+}
+
+// Bounds of console_log_max.
+const (
+	MinConsoleLogMax = 64 << 10
+	MaxConsoleLogMax = 1 << 30
+)
+
+// ConsoleLogMaxBytes is console_log_max in bytes.
+func (c Config) ConsoleLogMaxBytes() (int64, error) {
+	n, err := units.ParseSize(c.ConsoleLogMax)
+	if err != nil || n < MinConsoleLogMax || n > MaxConsoleLogMax {
+		return 0, fmt.Errorf("config: console_log_max = %q: use a size from 64K to 1G, such as \"8M\"", truncate(c.ConsoleLogMax, 64))
+	}
+	return n, nil
 }
 
 // Load reads path on top of the defaults. A missing file is not an error.
@@ -189,6 +210,9 @@ func (c Config) Validate() error {
 	}
 	if c.DNSPort < 0 || c.DNSPort > 65535 {
 		return fmt.Errorf("config: dns_port = %d: use 0 (automatic) or a port 1-65535", c.DNSPort)
+	}
+	if _, err := c.ConsoleLogMaxBytes(); err != nil {
+		return err
 	}
 	if c.TAPPoolSize < 0 || c.TAPPoolSize > 64 {
 		return fmt.Errorf("config: tap_pool_size = %d: use 0 to 64", c.TAPPoolSize)
@@ -356,4 +380,11 @@ func safeDir(dir string, uid int, private bool) bool {
 		mask = 0o077
 	}
 	return fi.Mode().Perm()&mask == 0
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
 }

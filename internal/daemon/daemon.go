@@ -155,23 +155,24 @@ func New(opts Options) (*Daemon, error) {
 	images := &vm.Images{Store: st, R: opts.Runner, Log: opts.Log.With("component", "images"), DataDir: opts.Paths.DataDir,
 		CacheDir: cacheDir, Default: cfg.DefaultImage, Requirements: require}
 	d.engine = vm.New(vm.Config{
-		Store:        st,
-		Backends:     backends,
-		Hypervisor:   cfg.Hypervisor,
-		Bundle:       d.bundles.load,
-		Images:       images,
-		Network:      d.net,
-		Names:        names,
-		Runner:       opts.Runner,
-		Log:          opts.Log,
-		DataDir:      opts.Paths.DataDir,
-		RuntimeDir:   opts.Paths.RuntimeDir,
-		VCPUs:        cfg.VCPUs,
-		MemoryMiB:    cfg.MemoryMiB,
-		MaxMemoryMiB: hostMemoryMiB(),
-		ReadyTimeout: time.Duration(cfg.ReadyTimeoutSeconds) * time.Second,
-		Requirements: require,
-		Dial:         opts.Dial,
+		Store:         st,
+		Backends:      backends,
+		Hypervisor:    cfg.Hypervisor,
+		Bundle:        d.bundles.load,
+		Images:        images,
+		Network:       d.net,
+		Names:         names,
+		Runner:        opts.Runner,
+		Log:           opts.Log,
+		DataDir:       opts.Paths.DataDir,
+		RuntimeDir:    opts.Paths.RuntimeDir,
+		VCPUs:         cfg.VCPUs,
+		MemoryMiB:     cfg.MemoryMiB,
+		MaxMemoryMiB:  hostMemoryMiB(),
+		ReadyTimeout:  time.Duration(cfg.ReadyTimeoutSeconds) * time.Second,
+		ConsoleLogMax: consoleLogMax(cfg),
+		Requirements:  require,
+		Dial:          opts.Dial,
 	})
 	d.cleanup(func() error { d.engine.Close(); return nil })
 	pool := &network.Pool{M: d.net, Size: cfg.TAPPoolSize, Prefix: names.PoolPrefix, UID: os.Getuid(), GID: os.Getgid(), Log: opts.Log.With("component", "tap-pool")}
@@ -457,4 +458,14 @@ func hostMemoryMiB() int {
 		return 0
 	}
 	return int(uint64(si.Totalram) * uint64(si.Unit) >> 20)
+}
+
+// consoleLogMax is console_log_max in bytes (validated when the config
+// loaded), or 0 for the engine's default.
+func consoleLogMax(cfg config.Config) int64 {
+	n, err := cfg.ConsoleLogMaxBytes()
+	if err != nil {
+		return 0
+	}
+	return n
 }

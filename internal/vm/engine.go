@@ -55,6 +55,9 @@ type Config struct {
 	// MaxMemoryMiB bounds a VM's memory (the host's); 0: no bound.
 	MaxMemoryMiB int
 	ReadyTimeout time.Duration
+	// ConsoleLogMax caps each running VM's console log, rotating it past
+	// that (logfile.Rotate); 0 means 8 MiB.
+	ConsoleLogMax int64
 	// Requirements checks the host tools and sudo an operation needs
 	// (doctor.Require); nil checks nothing.
 	Requirements func(ctx context.Context, ops ...string) error
@@ -91,6 +94,9 @@ func New(cfg Config) *Engine {
 	}
 	if cfg.Runner == nil {
 		cfg.Runner = runner.Default
+	}
+	if cfg.ConsoleLogMax == 0 {
+		cfg.ConsoleLogMax = 8 << 20
 	}
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 5 * time.Minute
@@ -262,6 +268,7 @@ func (e *Engine) track(vm *store.VM, inst hypervisor.Instance) {
 	e.instances[vm.ID] = inst
 	e.mu.Unlock()
 	e.watch(vm.ID, vm.Name, inst)
+	e.Go(func() { e.capConsole(vm.Name, ConsoleLog(vm), inst) })
 }
 
 // spec builds the hypervisor spec of vm, less what booting adds (kernel,

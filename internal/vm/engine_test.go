@@ -17,6 +17,7 @@ import (
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/hypervisortest"
 	"github.com/banger/banger/internal/isolation"
+	"github.com/banger/banger/internal/logfile"
 	"github.com/banger/banger/internal/nat"
 	"github.com/banger/banger/internal/network"
 	"github.com/banger/banger/internal/runner/runnertest"
@@ -27,13 +28,14 @@ import (
 // a temporary directory, the fake hypervisor, and a recording runner that
 // plays ip, nft and debugfs.
 type testHost struct {
-	t      *testing.T
-	dir    string
-	store  *store.Store
-	bundle *bundle.Bundle
-	fake   *hypervisortest.Backend
-	r      *runnertest.Runner
-	known  *KnownHosts
+	consoleMax int64 // engine ConsoleLogMax; 0: the default
+	t          *testing.T
+	dir        string
+	store      *store.Store
+	bundle     *bundle.Bundle
+	fake       *hypervisortest.Backend
+	r          *runnertest.Runner
+	known      *KnownHosts
 }
 
 func newTestHost(t *testing.T) *testHost {
@@ -75,8 +77,9 @@ func (h *testHost) engine() *Engine {
 		DataDir:    filepath.Join(h.dir, "data"),
 		RuntimeDir: filepath.Join(h.dir, "run"),
 		VCPUs:      2, MemoryMiB: 512,
-		ReadyTimeout: 5 * time.Second,
-		Dial:         h.fake.Dial,
+		ReadyTimeout:  5 * time.Second,
+		Dial:          h.fake.Dial,
+		ConsoleLogMax: h.consoleMax,
 	})
 	e.SetCapabilities(NewCapabilities(e, Host{
 		Runner: h.r, Net: netm, Names: names,
@@ -399,5 +402,35 @@ func TestNameIsNotAnIDPrefix(t *testing.T) {
 	un()
 	if _, _, err := e.lockVM(ctx, "nosuch"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("lockVM(nosuch) = %v, want ErrNotFound", err)
+	}
+}
+
+// TestConsoleLogCapped: a guest that floods its console cannot grow the
+// log past the cap: the engine rotates it while the VM runs.
+func TestConsoleLogCapped(t *testing.T) {
+	h := newTestHost(t)
+	h.consoleMax = 4096
+	e := h.engine()
+	v := h.mustCreate(e, "noisy")
+	w, err := os.OpenFile(ConsoleLog(v), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	line := strings.Repeat("flood ", 20) + "\n"
+	for range 200 { // 24 KiB, six times the cap
+		w.WriteString(line)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fi, err := os.Stat(ConsoleLog(v))
+		old, oerr := os.Stat(ConsoleLog(v) + logfile.RotatedSuffix)
+		if err == nil && oerr == nil && fi.Size() <= h.consoleMax && old.Size() <= h.consoleMax {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("console log %v %v, rotated %v %v: want both within %d bytes", fi, err, old, oerr, h.consoleMax)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -26,7 +26,8 @@ import (
 // input that changes nothing, a daemon SIGKILL and adoption, stop and start
 // with /root intact, and a delete that leaves nothing behind.
 func TestLifecycle(t *testing.T) {
-	e := newEnv(t)
+	const consoleMax = 256 << 10
+	e := newEnvWith(t, envOpts{config: defaultConfig + "console_log_max = \"256K\"\n"})
 	vm := e.create("box1", "--image", "minimal")
 	t.Logf("created box1 at %s, stages %+v", vm.IP, vm.Stages)
 
@@ -205,6 +206,47 @@ func TestLifecycle(t *testing.T) {
 		e.must("image", "delete", "built")
 		if _, err := os.Stat(dir); !os.IsNotExist(err) {
 			t.Fatalf("built image files left after delete (err %v)", err)
+		}
+	})
+
+	t.Run("a guest flooding its console stays within the cap", func(t *testing.T) {
+		e := e.with(t)
+		got, _ := e.show("box1")
+		log := got.ConsoleLog
+		// A terminal escape (set the window title) and 2 MB of lines, eight
+		// times the cap, written to the serial console as fast as it goes.
+		done := make(chan string, 1)
+		go func() {
+			done <- e.ssh("box1", "sh", "-c", `'printf "\033]0;pwned\007mark\n" > /dev/ttyS0; head -c 2000000 /dev/zero | tr "\0" x | fold -w 99 > /dev/ttyS0; echo flooded'`)
+		}()
+		var biggest int64
+		for flooding := true; flooding; {
+			select {
+			case out := <-done:
+				if !strings.Contains(out, "flooded") {
+					t.Fatalf("flood script: %q", out)
+				}
+				flooding = false
+			case <-time.After(100 * time.Millisecond):
+			}
+			if fi, err := os.Stat(log); err == nil && fi.Size() > biggest {
+				biggest = fi.Size()
+			}
+		}
+		time.Sleep(time.Second)
+		for _, p := range []string{log, log + ".1"} {
+			if fi, err := os.Stat(p); err != nil || fi.Size() > consoleMax {
+				t.Errorf("after the flood %s: %v, %v; want at most %d bytes", p, fi, err, consoleMax)
+			}
+		}
+		// Between checks the guest gets a quarter second (~110 KiB) past the cap.
+		if biggest > consoleMax+512<<10 {
+			t.Errorf("console log reached %d bytes during the flood, want at most the cap %d plus 512 KiB", biggest, consoleMax)
+		}
+		t.Logf("console log peaked at %d bytes under a %d-byte cap", biggest, consoleMax)
+		logs := e.must("vm", "logs", "box1")
+		if strings.ContainsAny(logs, "\x1b\x07\r") || !strings.Contains(logs, strings.Repeat("x", 99)) {
+			t.Errorf("vm logs after the flood passes control characters or lacks the flood: %q", tail(logs, 3))
 		}
 	})
 

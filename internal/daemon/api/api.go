@@ -11,6 +11,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/banger/banger/internal/logfile"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/vm"
 )
@@ -155,6 +156,11 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 	}
 	defer f.Close()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	// The generation before the last rotation comes first.
+	if old, err := os.Open(vm.ConsoleLog(v) + logfile.RotatedSuffix); err == nil {
+		io.Copy(w, old)
+		old.Close()
+	}
 	io.Copy(w, f)
 	if r.URL.Query().Get("follow") == "" {
 		return
@@ -170,6 +176,13 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 		case <-s.Engine.Context().Done():
 			return
 		case <-time.After(250 * time.Millisecond):
+		}
+		// A log shorter than what was read was rotated (it is capped):
+		// go on from its new start.
+		if pos, err := f.Seek(0, io.SeekCurrent); err == nil {
+			if fi, err := f.Stat(); err == nil && fi.Size() < pos {
+				f.Seek(0, io.SeekStart)
+			}
 		}
 		if _, err := io.Copy(w, f); err != nil {
 			return
