@@ -229,10 +229,12 @@ func (i *instance) Snapshot(ctx context.Context, dir string) (err error) {
 				Name    string `json:"name"`
 				MainMAC string `json:"main-mac"`
 			}
-			if err := c.Execute(ctx, "query-rx-filter", map[string]string{"name": n.ID}, &filters); err != nil {
+			// QEMU names NICs by model and creation order (-device order).
+			name := fmt.Sprintf("virtio-net-device.%d", k)
+			if err := c.Execute(ctx, "query-rx-filter", map[string]string{"name": name}, &filters); err != nil {
 				return fmt.Errorf("reading the MAC of nic %s: %w", n.ID, err)
 			}
-			if len(filters) != 1 || !macRE.MatchString(filters[0].MainMAC) {
+			if len(filters) != 1 || filters[0].Name != name || !macRE.MatchString(filters[0].MainMAC) {
 				return fmt.Errorf("reading the MAC of nic %s: qemu answered %+v", n.ID, filters)
 			}
 			meta.NICs[k].MAC = filters[0].MainMAC
@@ -733,7 +735,7 @@ func (b *Backend) Restore(ctx context.Context, spec hypervisor.Spec, dir string)
 		logOffset = fi.Size()
 	}
 	withLog := func(err error) error {
-		if msg := tail(logPath, logOffset); msg != "" {
+		if msg := logErrors(tail(logPath, logOffset)); msg != "" {
 			return fmt.Errorf("%w; the qemu log says: %s", err, msg)
 		}
 		return err
@@ -860,4 +862,16 @@ func parseVersion(out string) (string, error) {
 		return mm[1], nil
 	}
 	return mm[1] + " (" + mm[2] + ")", nil
+}
+
+// logErrors drops QEMU's warnings from a log tail (TCG lists the CPU
+// features it lacks at every start), keeping what says why it failed.
+func logErrors(s string) string {
+	var kept []string
+	for _, line := range strings.Split(s, "\n") {
+		if !strings.Contains(line, ": warning: ") {
+			kept = append(kept, strings.TrimSpace(line))
+		}
+	}
+	return strings.Join(kept, "; ")
 }
