@@ -17,8 +17,10 @@ import (
 const Machine = "microvm,pit=on,pic=on,rtc=on,acpi=on,auto-kernel-cmdline=off"
 
 // memoryBackendID is the id of the memory-backend-file object that holds
-// guest RAM when it lives in a file.
-const memoryBackendID = "ram"
+// guest RAM when it lives in a file. It is the id QEMU gives the microvm
+// machine's own RAM, so that the RAM block has one name in every VM and a
+// snapshot of any of them loads into any other.
+const memoryBackendID = "microvm.ram"
 
 // Agent channel kinds, as a snapshot records them.
 const (

@@ -317,6 +317,27 @@ func snapshotRestore(t *testing.T, rt runtimeFiles, mode string) {
 	if err := pauser.Pause(ctx); err != nil {
 		t.Fatal(err)
 	}
+	if mode == MemoryStream {
+		// A snapshot that fails midway (the disk fills up) leaves the
+		// directory empty and the VM paused, ready for another try.
+		full := t.TempDir()
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", full).CombinedOutput(); err != nil {
+			t.Fatalf("mounting a small tmpfs: %v: %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("umount", full).Run() })
+		err := inst.(hypervisor.Snapshotter).Snapshot(ctx, full)
+		if err == nil || !strings.Contains(err.Error(), "migrating to "+SnapshotStateName) {
+			t.Errorf("Snapshot(onto a full disk) = %v, want a migration error", err)
+		} else {
+			t.Logf("Snapshot(onto a full disk) = %v", err)
+		}
+		if left := dirSizes(t, full); len(left) != 0 {
+			t.Errorf("a failed snapshot left %v", left)
+		}
+		if st, err := inst.(*instance).status(ctx); err != nil || st.Running {
+			t.Errorf("after a failed snapshot the VM is %+v, %v, want paused", st, err)
+		}
+	}
 	t1 := time.Now()
 	if err := inst.(hypervisor.Snapshotter).Snapshot(ctx, snap); err != nil {
 		t.Fatalf("Snapshot() = %v", err)
@@ -415,12 +436,26 @@ func snapshotRestore(t *testing.T, rt runtimeFiles, mode string) {
 	if h3.UptimeMS < h2.UptimeMS {
 		t.Errorf("uptime after pause and resume = %d, want at least %d", h3.UptimeMS, h2.UptimeMS)
 	}
+	if mode == MemoryShared {
+		// A restored VM (RAM private, over the template's file) snapshots
+		// like any other: its RAM goes into the stream. Suspend and fork
+		// of a warm VM need this.
+		again := againRestore(t, b, adopted, dst, ns, h1.SSHHostKeys[0], rt)
+		adopted = again
+	}
+	// A daemon that died in the middle of a restore leaves its marker: the
+	// next daemon kills that QEMU rather than adopt a guest in an unknown state.
 	pid := adopted.PID()
-	if err := adopted.Kill(); err != nil {
+	dir := adopted.(*instance).spec.Dir
+	if err := os.WriteFile(filepath.Join(dir, RestoringFile), []byte(snap+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	spec := adopted.(*instance).spec
+	if _, err := (&Backend{Wrap: wrap, Log: testLogger(t)}).Attach(ctx, spec); !errors.Is(err, hypervisor.ErrNotRunning) || !strings.Contains(err.Error(), "never finished") {
+		t.Errorf("Attach(an unfinished restore) = %v, want ErrNotRunning saying the restore never finished", err)
+	}
 	checkGone(t, pid, ns)
-	assertClean(t, dstDir, ns)
+	assertClean(t, dir, ns)
 
 	if mode == MemoryStream {
 		for p, want := range baseSums {
@@ -558,4 +593,49 @@ func restoreRefusals(t *testing.T, b *Backend, spec hypervisor.Spec, snap string
 		os.Remove(s.ConsoleLog)
 		os.Remove(filepath.Join(s.Dir, LogFile))
 	}
+}
+
+// againRestore pauses and snapshots the restored VM inst (stream mode:
+// its RAM is private), kills it and restores that snapshot onto other
+// copies of its disks; the guest's marker process still runs.
+func againRestore(t *testing.T, b *Backend, inst hypervisor.Instance, spec hypervisor.Spec, ns *netns.NS, hostKey string, rt runtimeFiles) hypervisor.Instance {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	snap2, dir2 := shortDir(t), shortDir(t)
+	if err := inst.(hypervisor.Pauser).Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := inst.(hypervisor.Snapshotter).Snapshot(ctx, snap2); err != nil {
+		t.Fatalf("Snapshot(restored VM) = %v", err)
+	}
+	if m := readMeta(t, snap2); m["memory"] != MemoryStream {
+		t.Errorf("snapshot of a restored VM has memory %v, want %s", m["memory"], MemoryStream)
+	}
+	pid := inst.PID()
+	if err := inst.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	checkGone(t, pid, ns)
+	var disks []hypervisor.Disk
+	for _, d := range spec.Disks {
+		p := filepath.Join(dir2, filepath.Base(d.Path))
+		if _, err := disk.Clone(d.Path, p); err != nil {
+			t.Fatal(err)
+		}
+		d.Path = p
+		disks = append(disks, d)
+	}
+	spec2 := guestSpec(rt, "dst2", dir2, spec.NICs[0].TAP, "02:fc:00:00:00:03", disks)
+	again, err := b.Restore(ctx, spec2, snap2)
+	if err != nil {
+		t.Fatalf("Restore(snapshot of a restored VM) = %v", err)
+	}
+	t.Cleanup(func() { again.Kill() })
+	waitHealth(t, again, spec2.ConsoleLog, time.Minute)
+	out := sshRun(t, ns, rt.key, hostKey, `cat /root/after-restore; pgrep -x sleep >/dev/null && echo sleep-runs`)
+	if !strings.Contains(out, "written") || !strings.Contains(out, "sleep-runs") {
+		t.Errorf("guest restored twice says %q, want its file and its sleep", out)
+	}
+	return again
 }

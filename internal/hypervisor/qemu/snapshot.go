@@ -216,7 +216,10 @@ func (i *instance) Snapshot(ctx context.Context, dir string) (err error) {
 		if err := c.Execute(ctx, "query-status", nil, &st); err != nil {
 			return fmt.Errorf("reading the run state: %w", err)
 		}
-		if st.Running || (st.Status != "paused" && st.Status != "postmigrate") {
+		if st.Status == "postmigrate" {
+			return errors.New("the VM was snapshotted and has not run since (qemu migrates a VM once per run): use that snapshot, or resume the VM first")
+		}
+		if st.Running || st.Status != "paused" {
 			return fmt.Errorf("the VM is %s, not paused: pause it first", st.Status)
 		}
 		var v qmpVersion
@@ -242,7 +245,21 @@ func (i *instance) Snapshot(ctx context.Context, dir string) (err error) {
 		if err := setIgnoreShared(ctx, c, meta.Memory == MemoryShared); err != nil {
 			return err
 		}
-		if err := c.Execute(ctx, "migrate", map[string]any{"uri": "exec:cat > " + shellQuote(state)}, nil); err != nil {
+		// QEMU writes the stream into the file itself, through a descriptor
+		// passed over the monitor, so that a failed write (a full disk)
+		// fails the migration. With "exec:cat > FILE" it does not: QEMU
+		// never learns that cat failed and reports the migration completed.
+		f, err := os.OpenFile(state, os.O_WRONLY|os.O_TRUNC, 0)
+		if err != nil {
+			return err
+		}
+		err = c.SendFD(ctx, migrationFD, f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("passing %s to qemu: %w", SnapshotStateName, err)
+		}
+		if err := c.Execute(ctx, "migrate", map[string]any{"uri": "fd:" + migrationFD}, nil); err != nil {
+			c.Execute(context.WithoutCancel(ctx), "closefd", map[string]string{"fdname": migrationFD}, nil)
 			return fmt.Errorf("starting the migration: %w", err)
 		}
 		if err := waitMigration(ctx, c); err != nil {
@@ -351,10 +368,8 @@ func waitMigration(ctx context.Context, c *qmpClient) error {
 	}
 }
 
-// shellQuote quotes s for /bin/sh, which runs QEMU's exec: URIs.
-func shellQuote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
+// migrationFD is the name of the state file's descriptor in QEMU.
+const migrationFD = "banger-state"
 
 // createPrivate makes an empty 0600 file at path (which must not exist).
 func createPrivate(path string) error {
@@ -773,8 +788,16 @@ func (b *Backend) Restore(ctx context.Context, spec hypervisor.Spec, dir string)
 			if err := setIgnoreShared(lctx, c, meta.Memory == MemoryShared); err != nil {
 				return err
 			}
-			uri := "exec:cat " + shellQuote(filepath.Join(dir, SnapshotStateName))
-			if err := c.Execute(lctx, "migrate-incoming", map[string]string{"uri": uri}, nil); err != nil {
+			f, err := os.Open(filepath.Join(dir, SnapshotStateName))
+			if err != nil {
+				return err
+			}
+			err = c.SendFD(lctx, migrationFD, f)
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("passing %s to qemu: %w", SnapshotStateName, err)
+			}
+			if err := c.Execute(lctx, "migrate-incoming", map[string]string{"uri": "fd:" + migrationFD}, nil); err != nil {
 				return err
 			}
 			if err := waitMigration(lctx, c); err != nil {

@@ -3,7 +3,6 @@ package qemu
 import (
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -50,8 +49,8 @@ func TestCommandMemoryFile(t *testing.T) {
 	spec.Disks[0].Format = hypervisor.DiskQcow2
 	got := (&Backend{Accel: "tcg", vsock: func() bool { return false }}).Command(spec)
 	for _, want := range [][]string{
-		{"-M", Machine + ",memory-backend=ram"},
-		{"-m", "1024", "-smp", "2", "-object", "memory-backend-file,id=ram,size=1024M,mem-path=/dev/shm/vm1.ram,share=on"},
+		{"-M", Machine + ",memory-backend=microvm.ram"},
+		{"-m", "1024", "-smp", "2", "-object", "memory-backend-file,id=microvm.ram,size=1024M,mem-path=/dev/shm/vm1.ram,share=on"},
 		{"-drive", "id=root,file=/var/lib/banger/vm1/root.ext4,format=qcow2,if=none,cache=writeback,aio=threads,discard=unmap"},
 	} {
 		if !hasSeq(got, want) {
@@ -62,7 +61,7 @@ func TestCommandMemoryFile(t *testing.T) {
 	restore.MemFile, restore.Incoming = "/snap/memory.ram", true
 	got = restore.argv("qemu")
 	for _, want := range [][]string{
-		{"-object", "memory-backend-file,id=ram,size=1024M,mem-path=/snap/memory.ram,share=off"},
+		{"-object", "memory-backend-file,id=microvm.ram,size=1024M,mem-path=/snap/memory.ram,share=off"},
 		{"-S", "-incoming", "defer", "-chardev", "socket,id=qmp,path=/run/banger/vm1/qmp.sock,server=on,wait=off"},
 	} {
 		if !hasSeq(got, want) {
@@ -89,7 +88,7 @@ func TestParseLayoutRefuses(t *testing.T) {
 		{"stray argument", with("stray"), `unexpected argument "stray"`},
 		{"bad memory", replace("1024", "lots"), "not a size in MiB"},
 		{"device without drive", replace("virtio-blk-device,drive=root", "virtio-blk-device,drive=other"), "names no drive"},
-		{"memory backend without object", replace(Machine, Machine+",memory-backend=ram"), "do not match"},
+		{"memory backend without object", replace(Machine, Machine+",memory-backend=microvm.ram"), "do not match"},
 		{"no kernel", slices.Delete(slices.Clone(good), slices.Index(good, "-kernel"), slices.Index(good, "-kernel")+2), "no machine"},
 		{"empty", nil, "empty command line"},
 	}
@@ -120,15 +119,6 @@ func TestParseVersion(t *testing.T) {
 	json.Unmarshal([]byte(`{"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}`), &v)
 	if got, want := v.String(), "7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"; got != want {
 		t.Errorf("qmpVersion.String() = %q, want %q", got, want)
-	}
-}
-
-func TestShellQuote(t *testing.T) {
-	for _, s := range []string{"/snap/state.mig", "/it's here/a b", `/x/$(rm -rf)/"q"`, "/new\nline"} {
-		out, err := exec.Command("sh", "-c", "printf %s "+shellQuote(s)).Output()
-		if err != nil || string(out) != s {
-			t.Errorf("sh printf %s = %q, %v, want %q", shellQuote(s), out, err, s)
-		}
 	}
 }
 
