@@ -369,16 +369,11 @@ func snapshotRestore(t *testing.T, rt runtimeFiles, mode string) {
 		t.Errorf("recorded qemu_version = %v, want %q (Version)", meta["qemu_version"], v)
 	}
 
-	srcPID := inst.PID()
-	if err := inst.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	checkGone(t, srcPID, ns)
-	delTap(t, ns, "tap0")
-	addTap(t, ns, "tap1")
-
 	var dstDisks []hypervisor.Disk
 	if mode == MemoryStream {
+		// A fork: the copies are taken while the source is still paused
+		// (QEMU flushed its disks when the migration completed), then the
+		// source goes on running.
 		for _, d := range srcDisks {
 			p := filepath.Join(dstDir, filepath.Base(d.Path))
 			if _, err := disk.Clone(d.Path, p); err != nil {
@@ -387,9 +382,22 @@ func snapshotRestore(t *testing.T, rt runtimeFiles, mode string) {
 			d.Path = p
 			dstDisks = append(dstDisks, d)
 		}
+		if err := pauser.Resume(ctx); err != nil {
+			t.Fatalf("Resume() after a snapshot = %v", err)
+		}
+		if h := waitHealth(t, inst, src.ConsoleLog, 30*time.Second); h.UptimeMS < atSnapshot {
+			t.Errorf("source uptime after resuming = %d, want at least %d", h.UptimeMS, atSnapshot)
+		}
 	} else {
 		dstDisks = overlayDisks(t, []string{srcDisks[0].Path, srcDisks[1].Path}, disk.FormatRaw, dstDir)
 	}
+	srcPID := inst.PID()
+	if err := inst.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	checkGone(t, srcPID, ns)
+	delTap(t, ns, "tap0")
+	addTap(t, ns, "tap1")
 	dst := guestSpec(rt, "dst1", dstDir, "tap1", "02:fc:00:00:00:02", dstDisks)
 
 	restoreRefusals(t, b, dst, snap, ns)
