@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/units"
 )
 
 // QemuImg is the tool that makes and reads qcow2 files (Debian package qemu-utils).
@@ -100,7 +101,7 @@ func Overlay(ctx context.Context, r runner.Runner, base, baseFormat, overlay str
 	}
 	if size < baseSize {
 		return fail(fmt.Errorf("disk size %s is smaller than the image (%s): pick --disk-size %s or more",
-			FormatSize(size), FormatSize(baseSize), roundUpSize(baseSize)))
+			units.FormatSize(size), units.FormatSize(baseSize), units.RoundUp(baseSize)))
 	}
 	dir := filepath.Dir(overlay)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(overlay)+".tmp-*")
@@ -148,13 +149,13 @@ func GrowOverlay(ctx context.Context, r runner.Runner, path string, size int64) 
 	}
 	if size < info.VirtualSize {
 		return fmt.Errorf("growing %s: disk size %s is smaller than the image (%s): pick --disk-size %s or more",
-			path, FormatSize(size), FormatSize(info.VirtualSize), roundUpSize(info.VirtualSize))
+			path, units.FormatSize(size), units.FormatSize(info.VirtualSize), units.RoundUp(info.VirtualSize))
 	}
 	if size == info.VirtualSize {
 		return nil
 	}
 	if _, err := r.Run(ctx, QemuImg, "resize", "-q", "-f", FormatQcow2, path, fmt.Sprint(size)); err != nil {
-		return fmt.Errorf("growing %s to %s: %w", path, FormatSize(size), err)
+		return fmt.Errorf("growing %s to %s: %w", path, units.FormatSize(size), err)
 	}
 	return nil
 }

@@ -4,30 +4,25 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
 )
 
-// needQemuImg skips without qemu-img, unless BANGER_VM_TESTS=1.
+// needQemuImg skips without qemu-img, or fails under BANGER_VM_TESTS=1.
 func needQemuImg(t *testing.T) {
 	t.Helper()
-	if _, err := exec.LookPath(QemuImg); err != nil {
-		if os.Getenv("BANGER_VM_TESTS") == "1" {
-			t.Fatal("qemu-img is missing: apt-get install qemu-utils")
-		}
-		t.Skip("qemu-img is missing (apt-get install qemu-utils)")
-	}
+	vmtest.RequireHost(t, "making qcow2 overlays", vmtest.Tool(QemuImg, "qemu-utils"), vmtest.Tool("qemu-io", "qemu-utils"))
 }
 
 // rawView returns the guest's view of a disk file.
 func rawView(t *testing.T, path string) []byte {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "view.raw")
-	if b, err := exec.Command(QemuImg, "convert", "-O", "raw", path, out).CombinedOutput(); err != nil {
+	if b, err := vmtest.Command(QemuImg, "convert", "-O", "raw", path, out).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img convert %s: %v: %s", path, err, b)
 	}
 	data, err := os.ReadFile(out)
@@ -67,7 +62,7 @@ func TestOverlay(t *testing.T) {
 	}
 
 	// A write lands in the overlay; the base keeps its bytes.
-	if b, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0xab 4096 65536", ov).CombinedOutput(); err != nil {
+	if b, err := vmtest.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0xab 4096 65536", ov).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-io write: %v: %s", err, b)
 	}
 	if now, _ := os.ReadFile(base); !bytes.Equal(now, want) {

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/hypervisor"
-	"github.com/banger/banger/internal/netns"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // benchRestores is how many VMs each snapshot is restored into, all left
@@ -35,12 +35,7 @@ const benchRestores = 4
 //
 // Run: BANGER_VM_TESTS=1 BANGER_RUNTIME=... flock /tmp/banger-vm.lock go test -run '^$' -bench WarmStart -benchtime 1x ./internal/hypervisor/qemu/
 func BenchmarkWarmStart(b *testing.B) {
-	if os.Getenv("BANGER_VM_TESTS") != "1" {
-		b.Skip("boots VMs: needs root, qemu and a bundle; set BANGER_VM_TESTS=1 to run")
-	}
-	if err := (&Backend{}).Available(); err != nil || os.Geteuid() != 0 {
-		b.Fatalf("the warm-start benchmark needs root and qemu (%v)", err)
-	}
+	vmtest.Require(b, "benchmarking warm starts under qemu", vmtest.Root(), vmtest.Tool(DefaultBinary, "qemu-system-x86"), vmtest.Tool("qemu-img", "qemu-utils"))
 	rt := testRuntime(b)
 	rounds := 3
 	if n, err := strconv.Atoi(os.Getenv("BANGER_BENCH_N")); err == nil && n > 0 {
@@ -102,7 +97,7 @@ type warmVM struct {
 // restores it benchRestores times.
 func warmRound(b *testing.B, rt runtimeFiles, image, mode string, round int) warmResult {
 	b.Helper()
-	ns := netns.New(b)
+	ns := vmtest.NewNS(b)
 	addTap(b, ns, "tap0")
 	wrap := []string{"ip", "netns", "exec", ns.Name}
 	be := &Backend{Wrap: wrap}

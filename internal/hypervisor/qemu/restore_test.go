@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -20,8 +19,8 @@ import (
 	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/hypervisor"
-	"github.com/banger/banger/internal/netns"
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // runtimeFiles are the bundle files the restore tests boot.
@@ -29,14 +28,13 @@ type runtimeFiles struct {
 	kernel, initrd, minimal, docker, seed, key string
 }
 
-// testRuntime returns $BANGER_RUNTIME's files; it fails when one is
-// missing (the caller already passed requireVM).
+// testRuntime returns $BANGER_RUNTIME's files; a missing one skips the
+// test, or fails it under BANGER_VM_TESTS=1.
 func testRuntime(t testing.TB) runtimeFiles {
 	t.Helper()
+	hint := "set BANGER_RUNTIME to a built runtime bundle (make runtime-bundle)"
+	vmtest.Require(t, "restoring the bundle's images under qemu", vmtest.Var("BANGER_RUNTIME", hint))
 	dir := os.Getenv("BANGER_RUNTIME")
-	if dir == "" {
-		t.Fatal("the restore tests boot the bundle's images: set BANGER_RUNTIME to a built runtime bundle (make runtime-bundle)")
-	}
 	f := runtimeFiles{
 		kernel:  filepath.Join(dir, "vmlinux"),
 		initrd:  filepath.Join(dir, "initrd.img"),
@@ -45,33 +43,33 @@ func testRuntime(t testing.TB) runtimeFiles {
 		seed:    filepath.Join(dir, "work-seed.ext4"),
 		key:     filepath.Join(dir, "id_ed25519"),
 	}
+	var needs []vmtest.Need
 	for _, p := range []string{f.kernel, f.initrd, f.minimal, f.docker, f.seed, f.key} {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("BANGER_RUNTIME=%s: %v", dir, err)
-		}
+		needs = append(needs, vmtest.File(p, hint))
 	}
+	vmtest.Require(t, "restoring the bundle's images under qemu", needs...)
 	return f
 }
 
 // guestIP is every test guest's address; its TAP's host side is .1.
 const guestIP = "172.30.0.2"
 
-func addTap(t testing.TB, ns *netns.NS, name string) {
+func addTap(t testing.TB, ns *vmtest.NS, name string) {
 	t.Helper()
 	for _, args := range [][]string{
 		{"tuntap", "add", name, "mode", "tap"},
 		{"addr", "add", "172.30.0.1/24", "dev", name},
 		{"link", "set", name, "up"},
 	} {
-		if out, err := exec.Command("ip", append([]string{"-n", ns.Name}, args...)...).CombinedOutput(); err != nil {
+		if out, err := vmtest.Command("ip", append([]string{"-n", ns.Name}, args...)...).CombinedOutput(); err != nil {
 			t.Fatalf("ip %v in %s: %v: %s", args, ns.Name, err, out)
 		}
 	}
 }
 
-func delTap(t testing.TB, ns *netns.NS, name string) {
+func delTap(t testing.TB, ns *vmtest.NS, name string) {
 	t.Helper()
-	if out, err := exec.Command("ip", "-n", ns.Name, "link", "del", name).CombinedOutput(); err != nil {
+	if out, err := vmtest.Command("ip", "-n", ns.Name, "link", "del", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip link del %s in %s: %v: %s", name, ns.Name, err, out)
 	}
 }
@@ -153,7 +151,7 @@ func waitHealth(t testing.TB, inst hypervisor.Instance, console string, timeout 
 
 // sshRun runs script in the guest as root with the bundle key, trusting
 // only hostKey (an authorized_keys line from the agent).
-func sshRun(t testing.TB, ns *netns.NS, keyPath, hostKey, script string) string {
+func sshRun(t testing.TB, ns *vmtest.NS, keyPath, hostKey, script string) string {
 	t.Helper()
 	priv, err := os.ReadFile(keyPath)
 	if err != nil {
@@ -183,7 +181,7 @@ func sshRun(t testing.TB, ns *netns.NS, keyPath, hostKey, script string) string 
 	return ""
 }
 
-func sshOnce(ns *netns.NS, signer ssh.Signer, pinned ssh.PublicKey, script string) (string, error) {
+func sshOnce(ns *vmtest.NS, signer ssh.Signer, pinned ssh.PublicKey, script string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	conn, err := ns.Dial(ctx, "tcp", guestIP+":22")
@@ -231,7 +229,7 @@ func sha(t testing.TB, path string) string {
 
 // assertClean checks that nothing of a VM runs or is left in dir: no
 // qemu, pid file, sockets or restore marker, nothing in the namespace.
-func assertClean(t testing.TB, dir string, ns *netns.NS) {
+func assertClean(t testing.TB, dir string, ns *vmtest.NS) {
 	t.Helper()
 	for _, name := range []string{PIDFile, QMPSocket, AgentSocket, RestoringFile} {
 		if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
@@ -262,6 +260,7 @@ const markerScript = `echo from-the-source > /root/restored-marker && sync && (s
 // restore maps it privately, on qcow2 overlays over the raw source disks.
 func TestSnapshotRestore(t *testing.T) {
 	requireVM(t)
+	vmtest.Require(t, "restoring onto qcow2 overlays", vmtest.Tool("qemu-img", "qemu-utils"))
 	rt := testRuntime(t)
 	for _, mode := range []string{MemoryStream, MemoryShared} {
 		t.Run(mode, func(t *testing.T) { snapshotRestore(t, rt, mode) })
@@ -269,7 +268,7 @@ func TestSnapshotRestore(t *testing.T) {
 }
 
 func snapshotRestore(t *testing.T, rt runtimeFiles, mode string) {
-	ns := netns.New(t)
+	ns := vmtest.NewNS(t)
 	addTap(t, ns, "tap0")
 	srcDir, dstDir, snap := shortDir(t), shortDir(t), shortDir(t)
 	wrap := []string{"ip", "netns", "exec", ns.Name}
@@ -321,10 +320,10 @@ func snapshotRestore(t *testing.T, rt runtimeFiles, mode string) {
 		// A snapshot that fails midway (the disk fills up) leaves the
 		// directory empty and the VM paused, ready for another try.
 		full := t.TempDir()
-		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", full).CombinedOutput(); err != nil {
+		if out, err := vmtest.Command("mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", full).CombinedOutput(); err != nil {
 			t.Fatalf("mounting a small tmpfs: %v: %s", err, out)
 		}
-		t.Cleanup(func() { exec.Command("umount", full).Run() })
+		t.Cleanup(func() { vmtest.Command("umount", full).Run() })
 		err := inst.(hypervisor.Snapshotter).Snapshot(ctx, full)
 		if err == nil || !strings.Contains(err.Error(), "migrating to "+SnapshotStateName) {
 			t.Errorf("Snapshot(onto a full disk) = %v, want a migration error", err)
@@ -535,7 +534,7 @@ func readMeta(t testing.TB, dir string) map[string]any {
 // restoreRefusals checks that snapshots that do not fit are refused before
 // anything starts, and that a load that fails once QEMU runs leaves
 // nothing behind. It restores snap's files as it found them.
-func restoreRefusals(t *testing.T, b *Backend, spec hypervisor.Spec, snap string, ns *netns.NS) {
+func restoreRefusals(t *testing.T, b *Backend, spec hypervisor.Spec, snap string, ns *vmtest.NS) {
 	t.Helper()
 	metaPath := filepath.Join(snap, SnapshotMetaName)
 	orig, err := os.ReadFile(metaPath)
@@ -614,7 +613,7 @@ func restoreRefusals(t *testing.T, b *Backend, spec hypervisor.Spec, snap string
 // againRestore pauses and snapshots the restored VM inst (stream mode:
 // its RAM is private), kills it and restores that snapshot onto other
 // copies of its disks; the guest's marker process still runs.
-func againRestore(t *testing.T, b *Backend, inst hypervisor.Instance, spec hypervisor.Spec, ns *netns.NS, hostKey string, rt runtimeFiles) hypervisor.Instance {
+func againRestore(t *testing.T, b *Backend, inst hypervisor.Instance, spec hypervisor.Spec, ns *vmtest.NS, hostKey string, rt runtimeFiles) hypervisor.Instance {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -705,6 +706,16 @@ func (b *Backend) Restore(ctx context.Context, spec hypervisor.Spec, dir string)
 			}
 			if v != meta.QEMUVersion {
 				return fmt.Errorf("the snapshot was taken by qemu %s and this is %s: boot it cold, or take a new snapshot", meta.QEMUVersion, v)
+			}
+			return nil
+		}},
+		{"checking the TAP devices", func() error {
+			// As in Start: QEMU running as root would create a missing TAP
+			// itself, off the bridge.
+			for _, nic := range spec.NICs {
+				if _, err := net.InterfaceByName(nic.TAP); err != nil && len(b.Wrap) == 0 {
+					return fmt.Errorf("its TAP device %s is missing: %w", nic.TAP, err)
+				}
 			}
 			return nil
 		}},
