@@ -4,10 +4,11 @@ set -euo pipefail
 
 # sudo: an ordinary user's bangerd asks it for its few privileged commands,
 # and the tests make such users.
-packages=(make git ca-certificates qemu-system-x86 debootstrap e2fsprogs iproute2
+packages=(make git ca-certificates qemu-system-x86 qemu-utils debootstrap e2fsprogs iproute2
   openssh-client nftables iptables dpkg-dev apt-utils sudo procps
   kmod # kmod: depmod for the Void fixture mirror's kernel package
   rsync) # rsync: test/e2e TestStockSSHTools runs rsync -a through banger ssh-config
+# qemu-utils: qemu-img, which makes the qcow2 overlays QEMU VMs boot from.
 # The web UI's browser test (test/e2e TestWebImageBuildChromium) drives a
 # headless Chromium through ChromeDriver.
 packages+=(chromium chromium-driver)

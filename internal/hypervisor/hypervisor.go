@@ -37,7 +37,25 @@ type Spec struct {
 	ConsoleLog string
 	// AgentCID is the guest vsock context id (3 or more).
 	AgentCID uint32
+	// MemoryFile, when set, holds the guest's RAM: the backend creates it
+	// (MemoryMiB large, sparse) and maps it shared, so that a snapshot
+	// need not copy RAM at all (a template VM; QEMU only). Snapshot moves
+	// the file into the snapshot, after which the instance must never run
+	// again. Empty means anonymous memory.
+	MemoryFile string
 }
+
+// DiskFormat is the format of a disk's file.
+type DiskFormat string
+
+// Disk formats.
+const (
+	// DiskRaw is a plain image, byte for byte the guest's disk.
+	DiskRaw DiskFormat = "raw"
+	// DiskQcow2 is a qcow2 file, usually an overlay over a read-only base
+	// (QEMU only: Firecracker takes raw files).
+	DiskQcow2 DiskFormat = "qcow2"
+)
 
 // Disk is one virtio block device.
 type Disk struct {
@@ -45,6 +63,21 @@ type Disk struct {
 	Path     string
 	ReadOnly bool
 	Root     bool
+	// Format is the file's format; empty means DiskRaw.
+	Format DiskFormat
+}
+
+// FileFormat returns d's format, DiskRaw when none is set.
+func (d Disk) FileFormat() DiskFormat {
+	if d.Format == "" {
+		return DiskRaw
+	}
+	return d.Format
+}
+
+// Valid reports whether f is a known format (empty counts as DiskRaw).
+func (f DiskFormat) Valid() bool {
+	return f == "" || f == DiskRaw || f == DiskQcow2
 }
 
 // NIC is one virtio network device backed by a host TAP.

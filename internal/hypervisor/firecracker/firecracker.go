@@ -148,6 +148,9 @@ func validate(spec hypervisor.Spec) error {
 	if spec.AgentCID < 3 {
 		return fmt.Errorf("agent CID %d: it must be 3 or more", spec.AgentCID)
 	}
+	if spec.MemoryFile != "" {
+		return fmt.Errorf("guest memory in a file (%s) is a qemu feature: firecracker's snapshots always write the memory out; leave MemoryFile empty", spec.MemoryFile)
+	}
 	seen := map[string]bool{}
 	for i, d := range spec.Disks {
 		if d.ID == "" || d.Path == "" {
@@ -157,6 +160,9 @@ func validate(spec hypervisor.Spec) error {
 			return fmt.Errorf("disk id %s is used twice", d.ID)
 		}
 		seen[d.ID] = true
+		if f := d.FileFormat(); f != hypervisor.DiskRaw {
+			return fmt.Errorf("disk %s (%s) is %s: firecracker takes raw files only; give it a raw clone of the image (disk.Clone), or use qemu", d.ID, d.Path, f)
+		}
 		// Firecracker always attaches the root device as /dev/vda.
 		if d.Root && i != 0 {
 			return fmt.Errorf("root disk %s must be the first disk", d.ID)

@@ -395,6 +395,8 @@ func TestStartRejectsBadSpecs(t *testing.T) {
 		{"root not first", func(s *hypervisor.Spec) { s.Disks[0].Root, s.Disks[1].Root = false, true }, "must be the first disk"},
 		{"duplicate disk", func(s *hypervisor.Spec) { s.Disks[1].ID = "root" }, "used twice"},
 		{"nic without tap", func(s *hypervisor.Spec) { s.NICs[0].TAP = "" }, "needs an id and a tap"},
+		{"qcow2 disk", func(s *hypervisor.Spec) { s.Disks[1].Format = hypervisor.DiskQcow2 }, "is qcow2: firecracker takes raw files only"},
+		{"memory file", func(s *hypervisor.Spec) { s.MemoryFile = "/dev/shm/ram" }, "is a qemu feature"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -343,6 +343,9 @@ func TestRestoreFailuresCleanUp(t *testing.T) {
 		{"missing disk", func(t *testing.T, _ string, _ hypervisor.Spec, spec *hypervisor.Spec) {
 			spec.Disks = spec.Disks[:1]
 		}, []string{"drives root, work and the spec 1 disks"}},
+		{"qcow2 overlay", func(t *testing.T, _ string, _ hypervisor.Spec, spec *hypervisor.Spec) {
+			spec.Disks[1].Format = hypervisor.DiskQcow2
+		}, []string{"checking the spec", "is qcow2: firecracker takes raw files only"}},
 		{"read-only changed", func(t *testing.T, _ string, _ hypervisor.Spec, spec *hypervisor.Spec) {
 			spec.Disks[1].ReadOnly = true
 		}, []string{"drive work was snapshotted with root=false read-only=false"}},

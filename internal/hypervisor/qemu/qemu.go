@@ -13,11 +13,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
+	"sync"
 	"time"
 
-	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/proc"
 	"github.com/banger/banger/internal/runner"
@@ -61,6 +60,10 @@ type Backend struct {
 
 	// vsock overrides the /dev/vhost-vsock check (tests).
 	vsock func() bool
+
+	// Version's answer, for the binary identified by verKey.
+	verMu       sync.Mutex
+	ver, verKey string
 }
 
 var _ hypervisor.Backend = (*Backend)(nil)
@@ -115,85 +118,7 @@ func (b *Backend) useVsock() bool {
 // without Wrap. QEMU daemonizes (-daemonize, -pidfile) once the machine is
 // built; a caller that wants it in the foreground drops those two options.
 func (b *Backend) Command(spec hypervisor.Spec) []string {
-	accel := b.accel()
-	cmdline := spec.Cmdline
-	if accel == "tcg" {
-		cmdline = strings.TrimSpace(cmdline + " " + TCGCmdline)
-	}
-	console := consolePath(spec)
-	argv := []string{
-		b.binary(),
-		"-name", opt(spec.ID),
-		"-accel", accel,
-		// Devices are described to the guest as ACPI nodes; the Debian cloud
-		// kernel cannot take them from the command line, so QEMU must not
-		// add virtio_mmio.device= parameters.
-		"-M", "microvm,pit=on,pic=on,rtc=on,acpi=on,auto-kernel-cmdline=off",
-	}
-	if accel == "kvm" {
-		argv = append(argv, "-cpu", "host")
-	} else {
-		argv = append(argv, "-cpu", TCGCPU)
-	}
-	argv = append(argv,
-		"-m", strconv.Itoa(spec.MemoryMiB),
-		"-smp", strconv.Itoa(spec.VCPUs),
-		"-nodefaults", "-no-user-config", "-display", "none",
-		// A guest reboot ends the VM. Linux resets through the keyboard
-		// controller (reboot=k, and the fallback after ACPI); without one
-		// it ends in a real-mode BIOS restart that QEMU never sees, and the
-		// guest boots again.
-		"-no-reboot", "-device", "i8042",
-		"-kernel", spec.Kernel,
-	)
-	if spec.Initrd != "" {
-		argv = append(argv, "-initrd", spec.Initrd)
-	}
-	argv = append(argv,
-		"-append", cmdline,
-		"-chardev", "file,id=con,path="+opt(console)+",append=on",
-		"-serial", "chardev:con",
-	)
-	for _, d := range spec.Disks {
-		// Host page cache with flushes passed through: fast under a
-		// mostly idle host, and what the guest fsyncs is on disk. Discard
-		// keeps sparse clones sparse.
-		drive := "id=" + d.ID + ",file=" + opt(d.Path) + ",format=raw,if=none,cache=writeback,aio=threads"
-		if d.ReadOnly {
-			drive += ",readonly=on"
-		} else {
-			drive += ",discard=unmap"
-		}
-		argv = append(argv, "-drive", drive, "-device", "virtio-blk-device,drive="+d.ID)
-	}
-	for _, n := range spec.NICs {
-		argv = append(argv,
-			"-netdev", "tap,id="+n.ID+",ifname="+opt(n.TAP)+",script=no,downscript=no",
-			"-device", "virtio-net-device,netdev="+n.ID+",mac="+n.MAC,
-		)
-	}
-	argv = append(argv,
-		"-object", "rng-random,filename=/dev/urandom,id=rng0",
-		"-device", "virtio-rng-device,rng=rng0",
-	)
-	if b.useVsock() {
-		argv = append(argv, "-device", "vhost-vsock-device,guest-cid="+strconv.FormatUint(uint64(spec.AgentCID), 10))
-	} else {
-		argv = append(argv,
-			"-device", "virtio-serial-device",
-			"-chardev", "socket,id=agent,path="+opt(filepath.Join(spec.Dir, AgentSocket))+",server=on,wait=off",
-			"-device", "virtserialport,chardev=agent,name="+agent.SerialName,
-		)
-	}
-	argv = append(argv,
-		"-chardev", qmpChardev(spec.Dir),
-		"-mon", "chardev=qmp,mode=control",
-		// After -daemonize QEMU's stderr goes to the -D file instead of
-		// /dev/null, so start-up and run-time errors are kept.
-		"-D", filepath.Join(spec.Dir, LogFile),
-		"-daemonize", "-pidfile", filepath.Join(spec.Dir, PIDFile),
-	)
-	return argv
+	return b.layoutOf(spec).argv(b.binary())
 }
 
 // consolePath is where the guest console goes: spec.ConsoleLog, or
@@ -237,6 +162,12 @@ func validate(spec hypervisor.Spec) error {
 		if !qemuID.MatchString(d.ID) {
 			errs = append(errs, fmt.Errorf("disk id %q must be a letter followed by letters, digits, '.', '-' or '_'", d.ID))
 		}
+		if !d.Format.Valid() {
+			errs = append(errs, fmt.Errorf("disk %s has format %q: use %s or %s", d.ID, d.Format, hypervisor.DiskRaw, hypervisor.DiskQcow2))
+		}
+	}
+	if spec.MemoryFile != "" && !filepath.IsAbs(spec.MemoryFile) {
+		errs = append(errs, fmt.Errorf("memory file %q is not absolute", spec.MemoryFile))
 	}
 	for _, n := range spec.NICs {
 		if !qemuID.MatchString(n.ID) {
@@ -254,7 +185,7 @@ func validate(spec hypervisor.Spec) error {
 
 // Start implements hypervisor.Backend. QEMU detaches from the caller: it
 // outlives ctx and the calling process.
-func (b *Backend) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.Instance, error) {
+func (b *Backend) Start(ctx context.Context, spec hypervisor.Spec) (_ hypervisor.Instance, err error) {
 	if err := validate(spec); err != nil {
 		return nil, err
 	}
@@ -269,10 +200,30 @@ func (b *Backend) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.I
 		inst.p.Close()
 		return nil, fmt.Errorf("starting vm %s: qemu already runs for it as pid %d (stop it first)", spec.ID, inst.pid)
 	}
-	for _, name := range []string{PIDFile, QMPSocket, AgentSocket} {
+	for _, name := range []string{PIDFile, QMPSocket, AgentSocket, RestoringFile} {
 		if err := os.Remove(filepath.Join(spec.Dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("removing stale %s of vm %s: %w", name, spec.ID, err)
 		}
+	}
+	if spec.MemoryFile != "" {
+		// A fresh, private, sparse file: QEMU maps it shared and the guest's
+		// RAM lives there. An existing one may be a snapshot's, which
+		// restored VMs map: it is never reused or truncated.
+		f, err := os.OpenFile(spec.MemoryFile, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("starting vm %s: creating its memory file: %w (remove it, or choose another path)", spec.ID, err)
+		}
+		err = f.Truncate(int64(spec.MemoryMiB) << 20)
+		f.Close()
+		if err != nil {
+			os.Remove(spec.MemoryFile)
+			return nil, fmt.Errorf("starting vm %s: sizing its memory file %s: %w", spec.ID, spec.MemoryFile, err)
+		}
+		defer func() {
+			if err != nil {
+				os.Remove(spec.MemoryFile)
+			}
+		}()
 	}
 	// QEMU daemonizes with umask 027: make its files first, private, and
 	// it appends to them.
@@ -329,13 +280,37 @@ func (b *Backend) killStray(spec hypervisor.Spec) {
 	inst.p.Kill(0, 5*time.Second)
 }
 
-// Attach implements hypervisor.Backend.
+// Attach implements hypervisor.Backend. A QEMU whose restore never
+// finished (RestoringFile is still there: a daemon died during Restore) is
+// killed: nobody can tell what state its guest is in.
 func (b *Backend) Attach(ctx context.Context, spec hypervisor.Spec) (hypervisor.Instance, error) {
 	inst, _, err := b.adopt(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
+	marker := filepath.Join(spec.Dir, RestoringFile)
+	if _, err := os.Stat(marker); err == nil {
+		b.log().Warn("killing qemu whose restore never finished", "vm", spec.ID, "pid", inst.pid)
+		inst.requested.Store(true)
+		kerr := inst.p.Kill(0, 10*time.Second)
+		for _, name := range []string{PIDFile, QMPSocket, AgentSocket, RestoringFile} {
+			os.Remove(filepath.Join(spec.Dir, name))
+		}
+		if kerr != nil {
+			return nil, fmt.Errorf("attaching to qemu pid %d of vm %s: its restore never finished, and killing it failed: %w", inst.pid, spec.ID, kerr)
+		}
+		return nil, fmt.Errorf("attaching to qemu of vm %s: its restore from a snapshot never finished (killed it): %w", spec.ID, hypervisor.ErrNotRunning)
+	}
 	return inst, nil
+}
+
+// lookPath finds bin as exec.LookPath does.
+func lookPath(bin string) (string, error) {
+	p, err := exec.LookPath(bin)
+	if err != nil {
+		return "", fmt.Errorf("finding %s: %w (it is in the Debian package qemu-system-x86: run apt-get install qemu-system-x86)", bin, err)
+	}
+	return p, nil
 }
 
 // adopt finds the QEMU of spec through its pid file and checks that its

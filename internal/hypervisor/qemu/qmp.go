@@ -8,9 +8,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // defaultQMPTimeout bounds one QMP exchange when the caller's context has no
@@ -36,6 +40,9 @@ type qmpClient struct {
 	nextID int
 	// Events holds asynchronous events read while waiting for replies.
 	events []string
+	// fds is the SCM_RIGHTS message sent with the next command (SendFD).
+	fds  []byte
+	unix *net.UnixConn
 }
 
 type qmpMessage struct {
@@ -95,6 +102,24 @@ func (c *qmpClient) Execute(ctx context.Context, command string, args, out any) 
 	return c.executeLocked(command, args, out)
 }
 
+// SendFD hands f to QEMU under name (QMP getfd, the descriptor passed as
+// SCM_RIGHTS), for a later "fd:name" migration URI. QEMU keeps its own
+// copy; the caller closes f.
+func (c *qmpClient) SendFD(ctx context.Context, name string, f *os.File) error {
+	uc, ok := c.conn.(*net.UnixConn)
+	if !ok {
+		return errors.New("qmp getfd: the monitor is not a unix socket")
+	}
+	stop := c.bound(ctx)
+	defer stop()
+	c.fds = unix.UnixRights(int(f.Fd()))
+	c.unix = uc
+	defer func() { c.fds = nil }()
+	err := c.executeLocked("getfd", map[string]string{"fdname": name}, nil)
+	runtime.KeepAlive(f)
+	return err
+}
+
 func (c *qmpClient) executeLocked(command string, args, out any) error {
 	c.nextID++
 	id := strconv.Itoa(c.nextID)
@@ -107,7 +132,12 @@ func (c *qmpClient) executeLocked(command string, args, out any) error {
 	if err != nil {
 		return fmt.Errorf("encoding qmp command %s: %w", command, err)
 	}
-	if _, err := c.conn.Write(append(b, '\n')); err != nil {
+	if c.fds != nil {
+		_, _, err = c.unix.WriteMsgUnix(append(b, '\n'), c.fds, nil)
+	} else {
+		_, err = c.conn.Write(append(b, '\n'))
+	}
+	if err != nil {
 		return fmt.Errorf("sending qmp command %s: %w", command, err)
 	}
 	for {

@@ -1,0 +1,129 @@
+package disk
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
+)
+
+// needQemuImg skips without qemu-img, or fails under BANGER_VM_TESTS=1.
+func needQemuImg(t *testing.T) {
+	t.Helper()
+	vmtest.RequireHost(t, "making qcow2 overlays", vmtest.Tool(QemuImg, "qemu-utils"), vmtest.Tool("qemu-io", "qemu-utils"))
+}
+
+// rawView returns the guest's view of a disk file.
+func rawView(t *testing.T, path string) []byte {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "view.raw")
+	if b, err := vmtest.Command(QemuImg, "convert", "-O", "raw", path, out).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert %s: %v: %s", path, err, b)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func TestOverlay(t *testing.T) {
+	needQemuImg(t)
+	ctx := context.Background()
+	r := runner.Default
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.raw")
+	want := makeSparse(t, base)
+
+	ov := filepath.Join(dir, "vm.qcow2")
+	if err := Overlay(ctx, r, base, FormatRaw, ov, 0); err != nil {
+		t.Fatalf("Overlay() = %v", err)
+	}
+	info, err := ReadInfo(ctx, r, ov)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Format != FormatQcow2 || info.VirtualSize != int64(len(want)) || info.BackingFile != base || info.BackingFormat != FormatRaw {
+		t.Errorf("ReadInfo(overlay) = %+v, want qcow2 of %d bytes over raw %s", info, len(want), base)
+	}
+	if info.ActualSize > 1<<20 {
+		t.Errorf("overlay takes %d bytes on the host, want under 1 MiB", info.ActualSize)
+	}
+	if fi, _ := os.Stat(ov); fi.Mode().Perm() != 0o600 {
+		t.Errorf("overlay mode = %v, want 0600", fi.Mode().Perm())
+	}
+	if !bytes.Equal(rawView(t, ov), want) {
+		t.Error("the overlay does not read as its base")
+	}
+
+	// A write lands in the overlay; the base keeps its bytes.
+	if b, err := vmtest.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0xab 4096 65536", ov).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io write: %v: %s", err, b)
+	}
+	if now, _ := os.ReadFile(base); !bytes.Equal(now, want) {
+		t.Error("writing the overlay changed its base")
+	}
+	view := rawView(t, ov)
+	if !bytes.Equal(view[4096:4096+65536], bytes.Repeat([]byte{0xab}, 65536)) || !bytes.Equal(view[:4096], want[:4096]) {
+		t.Error("the overlay does not read back what was written over its base")
+	}
+
+	// An overlay over an overlay (a template's disk) reads through both.
+	chain := filepath.Join(dir, "fork.qcow2")
+	if err := Overlay(ctx, r, ov, FormatQcow2, chain, 128<<20); err != nil {
+		t.Fatalf("Overlay(over qcow2) = %v", err)
+	}
+	if got := rawView(t, chain); !bytes.Equal(got[:len(view)], view) || len(got) != 128<<20 {
+		t.Errorf("the chained overlay reads %d bytes that differ from its base's", len(got))
+	}
+
+	if err := GrowOverlay(ctx, r, ov, 256<<20); err != nil {
+		t.Fatalf("GrowOverlay() = %v", err)
+	}
+	if info, _ := ReadInfo(ctx, r, ov); info.VirtualSize != 256<<20 {
+		t.Errorf("virtual size after GrowOverlay(256M) = %d, want %d", info.VirtualSize, 256<<20)
+	}
+	if err := GrowOverlay(ctx, r, ov, 256<<20); err != nil {
+		t.Errorf("GrowOverlay(same size) = %v, want nil", err)
+	}
+}
+
+func TestOverlayRefuses(t *testing.T) {
+	needQemuImg(t)
+	ctx := context.Background()
+	r := runner.Default
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.raw")
+	makeSparse(t, base)
+	ov := filepath.Join(dir, "vm.qcow2")
+	if err := Overlay(ctx, r, base, FormatRaw, ov, 0); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"smaller than the base", Overlay(ctx, r, base, FormatRaw, filepath.Join(dir, "small.qcow2"), 1<<20), "smaller than the image (64M): pick --disk-size 64M"},
+		{"unknown base format", Overlay(ctx, r, base, "vmdk", filepath.Join(dir, "x.qcow2"), 0), `base format "vmdk"`},
+		{"missing base", Overlay(ctx, r, filepath.Join(dir, "nope"), FormatRaw, filepath.Join(dir, "y.qcow2"), 0), "no such file"},
+		{"shrink", GrowOverlay(ctx, r, ov, 1<<20), "smaller than the image"},
+		{"grow a raw file", GrowOverlay(ctx, r, base, 1<<30), "it is raw, not qcow2"},
+	}
+	for _, tt := range tests {
+		if tt.err == nil || !strings.Contains(tt.err.Error(), tt.want) {
+			t.Errorf("%s = %v, want an error containing %q", tt.name, tt.err, tt.want)
+		}
+	}
+	// Nothing is left of the refused overlays.
+	names, _ := filepath.Glob(filepath.Join(dir, "*"))
+	hidden, _ := filepath.Glob(filepath.Join(dir, ".*"))
+	if len(names) != 2 || len(hidden) != 0 {
+		t.Errorf("files after the refusals = %q %q, want only base.raw and vm.qcow2", names, hidden)
+	}
+}
