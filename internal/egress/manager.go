@@ -156,10 +156,11 @@ type Manager struct {
 
 	now func() time.Time // tests
 
-	nftMu sync.Mutex // serializes read-modify-write of the table; taken before mu
-	mu    sync.Mutex // guards the maps below
-	vms   map[string]*vmState
-	byIP  map[netip.Addr]*vmState
+	nftMu   sync.Mutex // serializes read-modify-write of the table; taken before mu
+	updates int8       // whether "add" updates an element's timeout: 0 unknown, 1 yes, -1 no (under nftMu)
+	mu      sync.Mutex // guards the maps below
+	vms     map[string]*vmState
+	byIP    map[netip.Addr]*vmState
 }
 
 // vmState is what the manager keeps of one VM with a policy in the table.
@@ -363,7 +364,7 @@ func (m *Manager) Apply(ctx context.Context, vm VM) error {
 	}
 	gen := newGen(oldGen)
 	keys := pre[s.id]
-	script := append(l.baseScript(), l.createScript(s, gen, have, learnScript(l.t(), objectsOf(s.id), keys, nil))...)
+	script := append(l.baseScript(), l.createScript(s, gen, have, learnScript(l.t(), objectsOf(s.id), keys, nil, nil))...)
 	if err := m.apply(ctx, fmt.Sprintf("applying egress policy to vm %s", s.id), script); err != nil {
 		return err
 	}
@@ -510,7 +511,7 @@ func (m *Manager) reconcileLocked(ctx context.Context, l layout, st *tableState,
 			vs.logged = maps(vs.counters)
 			states[s.id] = vs
 			if keys := pre[s.id]; len(keys) > 0 {
-				script = append(script, learnScript(l.t(), o, keys, nil)...)
+				script = append(script, learnScript(l.t(), o, keys, func(learnKey) bool { return m.updates != 1 }, nil)...)
 			}
 			kept = append(kept, s.id)
 			continue
@@ -523,7 +524,7 @@ func (m *Manager) reconcileLocked(ctx context.Context, l layout, st *tableState,
 			}
 		}
 		gen := newGen(oldGen)
-		script = append(script, l.createScript(s, gen, nil, learnScript(l.t(), o, pre[s.id], nil))...)
+		script = append(script, l.createScript(s, gen, nil, learnScript(l.t(), o, pre[s.id], nil, nil))...)
 		states[s.id] = newState(s, fp, gen)
 		added = append(added, s.id)
 	}
@@ -717,9 +718,10 @@ func deniedName(p Policy, names []string) bool {
 }
 
 // learn adds keys to a VM's learned sets, each with its timeout, skipping
-// those the sets already hold for as long, and evicting what expires first
-// when a VM would hold more than maxLearned. The caller holds nftMu.
-func (m *Manager) learn(ctx context.Context, id string, keys map[learnKey]time.Duration) error {
+// those the sets already hold for at least need (what the guest may cache
+// the answer for), and evicting what expires first when a VM would hold
+// more than maxLearned. The caller holds nftMu.
+func (m *Manager) learn(ctx context.Context, id string, keys map[learnKey]time.Duration, need time.Duration) error {
 	m.mu.Lock()
 	vs := m.vms[id]
 	if vs == nil {
@@ -728,27 +730,40 @@ func (m *Manager) learn(ctx context.Context, id string, keys map[learnKey]time.D
 	}
 	now := m.clock()
 	for k, exp := range vs.learned {
-		if !exp.After(now) {
+		// The kernel collects an expired element within about a second;
+		// until then a plain add might find it, so it is kept a while.
+		if now.Sub(exp) > expiredKeep {
 			delete(vs.learned, k)
 		}
 	}
 	add := map[learnKey]time.Duration{}
 	for k, d := range keys {
-		if exp, ok := vs.learned[k]; ok && exp.Sub(now) >= d-time.Second {
+		if exp, ok := vs.learned[k]; ok && exp.Sub(now) >= min(need, d) {
 			continue
 		}
 		add[k] = d
 	}
 	var evict []learnKey
-	if over := len(vs.learned) + len(add) - maxLearned; over > 0 {
+	live := 0
+	for _, exp := range vs.learned {
+		if exp.After(now) {
+			live++
+		}
+	}
+	if over := live + len(add) - maxLearned; over > 0 {
 		var cands []learnKey
-		for k := range vs.learned {
-			if _, adding := add[k]; !adding {
+		for k, exp := range vs.learned {
+			if _, adding := add[k]; !adding && exp.After(now) {
 				cands = append(cands, k)
 			}
 		}
 		slices.SortFunc(cands, func(a, b learnKey) int { return vs.learned[a].Compare(vs.learned[b]) })
 		evict = cands[:min(over, len(cands))]
+	}
+	known, anyKnown := map[learnKey]bool{}, false
+	for k := range add {
+		_, known[k] = vs.learned[k]
+		anyKnown = anyKnown || known[k]
 	}
 	m.mu.Unlock()
 	if len(add) == 0 {
@@ -758,7 +773,11 @@ func (m *Manager) learn(ctx context.Context, id string, keys map[learnKey]time.D
 	if err != nil {
 		return err
 	}
-	if err := m.apply(ctx, fmt.Sprintf("adding resolved addresses to vm %s's egress sets", id), learnScript(l.t(), objectsOf(id), add, evict)); err != nil {
+	if anyKnown && m.updates == 0 {
+		m.probe(ctx, l)
+	}
+	replace := func(k learnKey) bool { return known[k] && m.updates != 1 }
+	if err := m.apply(ctx, fmt.Sprintf("adding resolved addresses to vm %s's egress sets", id), learnScript(l.t(), objectsOf(id), add, replace, evict)); err != nil {
 		return err
 	}
 	m.mu.Lock()
@@ -772,6 +791,30 @@ func (m *Manager) learn(ctx context.Context, id string, keys map[learnKey]time.D
 	}
 	m.mu.Unlock()
 	return nil
+}
+
+// expiredKeep is how long learn remembers an expired key as possibly
+// still in its set.
+const expiredKeep = 5 * time.Second
+
+// probe finds out once whether re-adding an element updates its timeout
+// (Linux 6.10 and later), so refreshing a learned address can skip the
+// slower delete; on any failure it assumes not. The caller holds nftMu.
+func (m *Manager) probe(ctx context.Context, l layout) {
+	m.updates = -1
+	create, readd, remove := probeScripts(l.t())
+	defer m.apply(ctx, "removing the nft probe set", remove)
+	if m.apply(ctx, "probing nft timeouts", create) != nil || m.apply(ctx, "probing nft timeouts", readd) != nil {
+		return
+	}
+	out, err := m.runner().RunPrivileged(ctx, "nft", "-j", "list", "set", "ip", l.table, probeSet)
+	if err != nil {
+		return
+	}
+	if ok, err := probeUpdated(out); err == nil && ok {
+		m.updates = 1
+	}
+	m.log().Debug("probed nft element timeouts", "add_updates_timeout", m.updates == 1)
 }
 
 // The dns.Filter side: banger's DNS server asks the manager about every
@@ -882,7 +925,10 @@ func (m *Manager) Answer(client netip.Addr, name string, a dns.Answer) (dns.Verd
 	m.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), nftTimeout)
 	defer cancel()
-	if err := m.learn(ctx, id, keys); err != nil {
+	// The guest may cache the answer for its TTL (capped at MaxTTL): the
+	// sets must hold its addresses at least that long, and a little more.
+	need := min(time.Duration(a.TTL)*time.Second+grace, MaxTimeout)
+	if err := m.learn(ctx, id, keys, need); err != nil {
 		return dns.Verdict{}, err
 	}
 	return v, nil

@@ -27,6 +27,7 @@ type fakeNFT struct {
 	counters string
 	seen     string
 	fail     error
+	probe    string // the probe set's listing
 	scripts  []string
 }
 
@@ -50,6 +51,9 @@ func (f *fakeNFT) RunPrivileged(ctx context.Context, name string, args ...string
 		case "counters":
 			return []byte(cmp.Or(f.counters, `{"nftables": []}`)), nil
 		case "set":
+			if len(args) > 5 && args[5] == probeSet {
+				return []byte(cmp.Or(f.probe, `{"nftables": []}`)), nil
+			}
 			return []byte(cmp.Or(f.seen, `{"nftables": []}`)), nil
 		}
 	}
@@ -60,10 +64,16 @@ func (f *fakeNFT) RunPrivileged(ctx context.Context, name string, args ...string
 	return nil, f.fail
 }
 
+// taken returns the scripts run since the last call, without the probe's.
 func (f *fakeNFT) taken() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	s := f.scripts
+	var s []string
+	for _, x := range f.scripts {
+		if !strings.Contains(x, " "+probeSet) {
+			s = append(s, x)
+		}
+	}
 	f.scripts = nil
 	return s
 }
@@ -374,8 +384,25 @@ func TestLearnSkipsAndEvicts(t *testing.T) {
 	if n := ans(600); n != 1 {
 		t.Errorf("an answer outliving the set's element ran %d scripts, want 1", n)
 	}
+	if m.updates != -1 {
+		t.Errorf("after a refresh with a probe that failed, updates = %d, want -1 (delete and add)", m.updates)
+	}
 	c.add(time.Hour)
 	if n := ans(300); n != 1 {
+		t.Errorf("an answer after the element expired ran %d scripts, want 1", n)
+	}
+	// A TTL under the 30 s floor: the element covers the guest's 5 s cache
+	// for 25 s more, so the next answers need no nft.
+	c.add(time.Hour)
+	if n := ans(5); n != 1 {
+		t.Errorf("a 5 s answer ran %d scripts, want 1", n)
+	}
+	c.add(20 * time.Second)
+	if n := ans(5); n != 0 {
+		t.Errorf("a 5 s answer 20 s into a 30 s element ran %d scripts, want 0", n)
+	}
+	c.add(5 * time.Second)
+	if n := ans(5); n != 1 {
 		t.Errorf("an answer after the element expired ran %d scripts, want 1", n)
 	}
 
@@ -385,11 +412,11 @@ func TestLearnSkipsAndEvicts(t *testing.T) {
 		keys[learnKey{addr: netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})}] = time.Hour
 	}
 	m.nftMu.Lock()
-	if err := m.learn(ctx, "vm1", keys); err != nil {
+	if err := m.learn(ctx, "vm1", keys, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	f.taken()
-	if err := m.learn(ctx, "vm1", map[learnKey]time.Duration{{addr: addr2}: time.Hour}); err != nil {
+	if err := m.learn(ctx, "vm1", map[learnKey]time.Duration{{addr: addr2}: time.Hour}, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	m.nftMu.Unlock()
@@ -502,5 +529,33 @@ func TestRefreshDenied(t *testing.T) {
 	s := f.taken()
 	if len(s) != 1 || !strings.Contains(s[0], "v_vm1_ddns { 198.51.100.8 timeout 300s }") {
 		t.Errorf("tick after the refresh time ran %q, want the new address added", s)
+	}
+}
+
+// TestRefreshPath: a refresh deletes and re-adds the element unless the
+// probe showed that "add" updates timeouts; new keys are always plain adds.
+func TestRefreshPath(t *testing.T) {
+	for _, updates := range []bool{false, true} {
+		m, f, c := applied(t, Policy{Mode: ModeAllow, Allow: mustParse(t, "github.com")})
+		if updates {
+			f.probe = `{"nftables": [{"set": {"name": "probe", "elem": [{"elem": {"val": "0.0.0.1", "timeout": 1000, "expires": 999}}]}}]}`
+		}
+		answer := func(ttl uint32) string {
+			if _, err := m.Answer(vmIP, "github.com.", dns.Answer{Names: []string{"github.com."}, Addrs: []netip.Addr{addr1}, TTL: ttl}); err != nil {
+				t.Fatal(err)
+			}
+			return strings.Join(f.taken(), "\n")
+		}
+		if s := answer(60); strings.Contains(s, "delete") {
+			t.Errorf("updates %v: a new address = %q, want a plain add", updates, s)
+		}
+		c.add(50 * time.Second)
+		if s := answer(60); strings.Contains(s, "delete") == updates {
+			t.Errorf("updates %v: a refresh = %q, want delete %v", updates, s, !updates)
+		}
+		c.add(time.Hour)
+		if s := answer(60); strings.Contains(s, "delete") {
+			t.Errorf("updates %v: an address expired long ago = %q, want a plain add", updates, s)
+		}
 	}
 }

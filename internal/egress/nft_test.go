@@ -36,7 +36,7 @@ func TestScriptGolden(t *testing.T) {
 			map[learnKey]time.Duration{{deny: true, addr: a("198.51.100.7")}: 5 * time.Minute, {deny: true, addr: a("198.51.100.8")}: time.Hour}},
 	}
 	for _, tt := range tests {
-		got := strings.Join(append(testLayout.baseScript(), testLayout.createScript(tt.s, 0xbeef, nil, learnScript(testLayout.t(), objectsOf(tt.s.id), tt.learned, nil))...), "\n") + "\n"
+		got := strings.Join(append(testLayout.baseScript(), testLayout.createScript(tt.s, 0xbeef, nil, learnScript(testLayout.t(), objectsOf(tt.s.id), tt.learned, nil, nil))...), "\n") + "\n"
 		path := filepath.Join("testdata", tt.file)
 		if *update {
 			if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
@@ -257,13 +257,12 @@ func TestTimeouts(t *testing.T) {
 
 func TestLearnScript(t *testing.T) {
 	a := netip.MustParseAddr
+	known := learnKey{addr: a("192.0.2.2"), proto: "tcp", port: 443}
 	got := learnScript("ip t", objectsOf("vm1"), map[learnKey]time.Duration{
-		{addr: a("192.0.2.2"), proto: "tcp", port: 443}: time.Minute,
-		{addr: a("192.0.2.1")}:                          30 * time.Second,
-	}, []learnKey{{deny: true, addr: a("198.51.100.1")}})
+		known:                  time.Minute,
+		{addr: a("192.0.2.1")}: 30 * time.Second,
+	}, func(k learnKey) bool { return k == known }, []learnKey{{deny: true, addr: a("198.51.100.1")}})
 	want := []string{
-		"add element ip t v_vm1_adns { 192.0.2.1 timeout 30s }",
-		"delete element ip t v_vm1_adns { 192.0.2.1 }",
 		"add element ip t v_vm1_adns { 192.0.2.1 timeout 30s }",
 		"add element ip t v_vm1_adnsp { 192.0.2.2 . tcp . 443 timeout 60s }",
 		"delete element ip t v_vm1_adnsp { 192.0.2.2 . tcp . 443 }",
@@ -273,5 +272,24 @@ func TestLearnScript(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("learnScript() =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestProbeUpdated(t *testing.T) {
+	tests := []struct {
+		out  string
+		want bool
+		err  bool
+	}{
+		{`{"nftables": [{"metainfo": {}}, {"set": {"name": "probe", "elem": [{"elem": {"val": "0.0.0.1", "timeout": 1000, "expires": 999}}]}}]}`, true, false},
+		{`{"nftables": [{"set": {"name": "probe", "elem": [{"elem": {"val": "0.0.0.1", "timeout": 10, "expires": 9}}]}}]}`, false, false},
+		{`{"nftables": [{"set": {"name": "probe"}}]}`, false, true},
+		{`{`, false, true},
+	}
+	for _, tt := range tests {
+		got, err := probeUpdated([]byte(tt.out))
+		if got != tt.want || (err != nil) != tt.err {
+			t.Errorf("probeUpdated(%s) = %v, %v; want %v, error %v", tt.out, got, err, tt.want, tt.err)
+		}
 	}
 }

@@ -293,7 +293,7 @@ func (m *Manager) refreshDenied(ctx context.Context) error {
 		if vs == nil || vs.spec.policy.Mode != ModeDeny {
 			continue
 		}
-		if err := m.learn(ctx, s.id, keys[s.id]); err != nil {
+		if err := m.learn(ctx, s.id, keys[s.id], MaxTimeout); err != nil {
 			errs = append(errs, err)
 		}
 	}
