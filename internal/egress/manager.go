@@ -894,7 +894,11 @@ func (m *Manager) Answer(client netip.Addr, name string, a dns.Answer) (dns.Verd
 			allowed = allowed || e.MatchesName(name)
 		}
 		if !allowed || deniedName(p, chain) {
-			m.refusedName(vs, name, ReasonDenied)
+			r := ReasonDenied
+			if !allowed { // the policy changed since Query
+				r = ReasonUnlisted
+			}
+			m.refusedName(vs, name, r)
 			m.mu.Unlock()
 			return dns.Verdict{Refuse: true}, nil
 		}

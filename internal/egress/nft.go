@@ -289,6 +289,10 @@ func (l layout) rules(s spec, gen uint16) []string {
 		fmt.Sprintf("add rule %s %s ip daddr %s meta l4proto { tcp, udp } th dport %s %s", t, o.in, l.gateway, dnsPorts, acc),
 		fmt.Sprintf("add rule %s %s ip daddr @%s %s", t, o.in, o.anet, acc),
 		fmt.Sprintf("add rule %s %s %s @%s %s", t, o.in, port, o.aport, acc),
+		// Broadcast and multicast that reach the host (mDNS, LLMNR) are
+		// dropped without counting: they are a guest's chatter, not a
+		// connection it tried.
+		fmt.Sprintf("add rule %s %s fib daddr type { broadcast, multicast } drop", t, o.in),
 		fmt.Sprintf("add rule %s %s %s", t, o.in, refuse(ReasonHost)))
 	return r
 }
