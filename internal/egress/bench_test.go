@@ -85,7 +85,7 @@ func BenchmarkDNSAnswer(b *testing.B) {
 	fresh := func() string { return fmt.Sprintf("n%d.bench.test.", n.Add(1)%(1<<16)) }
 	ctx := context.Background()
 	apply := func(p Policy) {
-		if err := w.m.Apply(ctx, VM{ID: "vm1", IP: guestIP, Policy: p}); err != nil {
+		if err := w.m.Apply(ctx, VM{ID: "vm1", IP: guestIP, TAP: "vg", Policy: p}); err != nil {
 			b.Fatal(err)
 		}
 	}

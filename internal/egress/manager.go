@@ -70,6 +70,7 @@ type Resolver interface {
 type VM struct {
 	ID     string
 	IP     netip.Addr // the guest's address on the owner's bridge
+	TAP    string     // the guest's TAP device, a port of the bridge
 	Policy Policy
 }
 
@@ -224,7 +225,7 @@ func (m *Manager) layout() (layout, error) {
 	if !nameRE.MatchString(m.Table) {
 		return layout{}, fmt.Errorf("egress table name %q is invalid: use letters, digits and '_', starting with a letter", m.Table)
 	}
-	if m.Bridge == "" || len(m.Bridge) > 15 || strings.ContainsAny(m.Bridge, "\"\\/: \t\n;*") {
+	if !validIfName(m.Bridge) {
 		return layout{}, fmt.Errorf("bridge name %q is invalid: use 1 to 15 characters without quotes, '/', ':', '*' or spaces", m.Bridge)
 	}
 	if !m.Subnet.IsValid() || !m.Subnet.Addr().Is4() {
@@ -241,6 +242,11 @@ func (m *Manager) layout() (layout, error) {
 		return layout{}, fmt.Errorf("dns port %d is out of range 1-65535", m.DNSPort)
 	}
 	return layout{table: m.Table, bridge: m.Bridge, gateway: gw, dnsPort: uint16(m.DNSPort)}, nil
+}
+
+// validIfName reports whether s can be an interface name in nft rules.
+func validIfName(s string) bool {
+	return s != "" && len(s) <= 15 && !strings.ContainsAny(s, "\"\\/: \t\n;*")
 }
 
 // check validates a VM and returns its spec.
@@ -260,20 +266,46 @@ func (m *Manager) check(vm VM) (spec, error) {
 	}
 	p := vm.Policy
 	p.Mode = p.Effective()
-	return spec{id: vm.ID, ip: ip, policy: p}, nil
+	if p.Mode != ModeOpen && !validIfName(vm.TAP) {
+		return spec{}, fmt.Errorf("vm %s TAP device name %q is invalid: give the vm's bridge port, 1 to 15 characters without quotes, '/', ':', '*' or spaces", vm.ID, vm.TAP)
+	}
+	return spec{id: vm.ID, ip: ip, tap: vm.TAP, policy: p}, nil
 }
 
+// read lists the ip and bridge tables.
 func (m *Manager) read(ctx context.Context) (*tableState, error) {
-	out, err := m.runner().RunPrivileged(ctx, "nft", "-j", "list", "table", "ip", m.Table)
-	if err != nil {
-		if strings.Contains(err.Error(), "No such file or directory") {
-			return &tableState{vms: map[string]*vmListing{}}, nil
+	list := func(family string) ([]byte, bool, error) {
+		out, err := m.runner().RunPrivileged(ctx, "nft", "-j", "list", "table", family, m.Table)
+		if err != nil {
+			if strings.Contains(err.Error(), "No such file or directory") {
+				return nil, false, nil
+			}
+			return nil, false, fmt.Errorf("listing nft table %s %s: %w", family, m.Table, err)
 		}
-		return nil, fmt.Errorf("listing nft table ip %s: %w", m.Table, err)
+		return out, true, nil
 	}
-	st, err := parseListing(out)
+	out, ok, err := list("ip")
 	if err != nil {
-		return nil, fmt.Errorf("listing nft table ip %s: %w", m.Table, err)
+		return nil, err
+	}
+	st := &tableState{vms: map[string]*vmListing{}}
+	if ok {
+		if st, err = parseListing(out); err != nil {
+			return nil, fmt.Errorf("listing nft table ip %s: %w", m.Table, err)
+		}
+	}
+	out, ok, err = list("bridge")
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		if err := parseBridgeListing(out, st); err != nil {
+			return nil, fmt.Errorf("listing nft table bridge %s: %w", m.Table, err)
+		}
+	}
+	// Only one of the two tables is not as banger makes them.
+	if st.exists != st.bexists {
+		st.exists, st.baseOK = true, false
 	}
 	return st, nil
 }
@@ -302,9 +334,10 @@ func newGen(avoid ...uint16) uint16 {
 	}
 }
 
-// complete reports whether a listed VM has every object and both jumps.
+// complete reports whether a listed VM has every object and all its jumps.
 func (v *vmListing) complete() bool {
-	return v != nil && len(v.jumps) == 2 && len(v.chains) == 3 && len(v.sets) == 9 && len(v.counters) == len(Reasons)
+	return v != nil && len(v.jumps) == 2 && len(v.chains) == 3 && len(v.sets) == 9 && len(v.counters) == len(ipReasons) &&
+		len(v.bjumps) == 1 && v.bchain && v.bcounter
 }
 
 // Apply gives a VM its policy, replacing any it had, in one nft
@@ -468,7 +501,7 @@ func (m *Manager) reconcileLocked(ctx context.Context, l layout, st *tableState,
 	rebuild := st.exists && (!st.baseOK || st.baseRules > 0)
 	var script []string
 	if rebuild {
-		script = append(script, "add table "+l.t(), "delete table "+l.t())
+		script = append(script, "add table "+l.t(), "delete table "+l.t(), "add table "+l.b(), "delete table "+l.b())
 	}
 	script = append(script, l.baseScript()...)
 	wanted := map[string]bool{}
@@ -505,9 +538,10 @@ func (m *Manager) reconcileLocked(ctx context.Context, l layout, st *tableState,
 					vs.learned[k] = now.Add(e.expires)
 				}
 			}
-			for _, r := range Reasons {
+			for _, r := range ipReasons {
 				vs.counters[r] = have.counters[o.counter(r)]
 			}
+			vs.counters[ReasonSpoofed] = have.spoofed
 			vs.logged = maps(vs.counters)
 			states[s.id] = vs
 			if keys := pre[s.id]; len(keys) > 0 {
@@ -567,8 +601,8 @@ func (m *Manager) Teardown(ctx context.Context) error {
 	}
 	m.nftMu.Lock()
 	defer m.nftMu.Unlock()
-	t := "ip " + m.Table
-	if err := m.apply(ctx, "deleting nft table "+t, []string{"add table " + t, "delete table " + t}); err != nil {
+	t, b := "ip "+m.Table, "bridge "+m.Table
+	if err := m.apply(ctx, "deleting nft tables "+t+" and "+b, []string{"add table " + t, "delete table " + t, "add table " + b, "delete table " + b}); err != nil {
 		return err
 	}
 	m.mu.Lock()

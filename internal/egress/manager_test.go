@@ -24,6 +24,7 @@ import (
 type fakeNFT struct {
 	mu       sync.Mutex
 	listing  []byte // nil: no table
+	blisting []byte // the bridge table's; nil: none
 	counters string
 	seen     string
 	fail     error
@@ -44,6 +45,12 @@ func (f *fakeNFT) RunPrivileged(ctx context.Context, name string, args ...string
 	if len(args) >= 3 && args[0] == "-j" && args[1] == "list" {
 		switch args[2] {
 		case "table":
+			if args[3] == "bridge" {
+				if f.blisting == nil {
+					return nil, errors.New("nft -j list table: exit status 1: Error: No such file or directory")
+				}
+				return f.blisting, nil
+			}
 			if f.listing == nil {
 				return nil, errors.New("nft -j list table: exit status 1: Error: No such file or directory")
 			}
@@ -132,6 +139,8 @@ func TestApplyChecks(t *testing.T) {
 		{VM{ID: "vm1"}, "outside the guest subnet"},
 		{VM{ID: "vm1", IP: netip.MustParseAddr("172.30.0.1")}, "the bridge's own"},
 		{VM{ID: "vm1", IP: vmIP, Policy: Policy{Mode: "bogus"}}, "is not default"},
+		{VM{ID: "vm1", IP: vmIP}, "TAP device name"},
+		{VM{ID: "vm1", IP: vmIP, TAP: `tap"x`}, "TAP device name"},
 	}
 	for _, tt := range tests {
 		err := m.Apply(ctx, tt.vm)
@@ -143,7 +152,7 @@ func TestApplyChecks(t *testing.T) {
 		t.Errorf("refused Applys ran nft: %q", s)
 	}
 	bad := &Manager{R: f, Table: "bad table", Bridge: "banger0", Subnet: netip.MustParsePrefix("172.30.0.0/24")}
-	if err := bad.Apply(ctx, VM{ID: "vm1", IP: vmIP}); err == nil || !strings.Contains(err.Error(), "table name") {
+	if err := bad.Apply(ctx, VM{ID: "vm1", IP: vmIP, TAP: "bgtap-vm1"}); err == nil || !strings.Contains(err.Error(), "table name") {
 		t.Errorf("Apply() with table %q = %v, want an error about it", bad.Table, err)
 	}
 }
@@ -153,7 +162,7 @@ func TestApplyScript(t *testing.T) {
 	c := &clock{t: t0}
 	m := newTestManager(f, c)
 	p := Policy{Mode: ModeDeny, Deny: mustParse(t, "evil.example,nowhere.example")}
-	if err := m.Apply(ctx, VM{ID: "vm1", IP: vmIP, Policy: p}); err != nil {
+	if err := m.Apply(ctx, VM{ID: "vm1", IP: vmIP, TAP: "bgtap-vm1", Policy: p}); err != nil {
 		t.Fatal(err)
 	}
 	s := f.taken()
@@ -181,13 +190,13 @@ func TestApplyScript(t *testing.T) {
 	}
 
 	// Another VM cannot take vm1's address.
-	if err := m.Apply(ctx, VM{ID: "vm2", IP: vmIP}); err == nil || !strings.Contains(err.Error(), "is vm vm1's") {
+	if err := m.Apply(ctx, VM{ID: "vm2", IP: vmIP, TAP: "bgtap-vm2"}); err == nil || !strings.Contains(err.Error(), "is vm vm1's") {
 		t.Errorf("Apply(vm2 at vm1's address) = %v, want an error naming vm1", err)
 	}
 
 	// A failed transaction changes no state.
 	f.fail = errors.New("nft: exit status 1")
-	if err := m.Apply(ctx, VM{ID: "vm3", IP: otherIP}); err == nil || !strings.Contains(err.Error(), "applying egress policy to vm vm3") {
+	if err := m.Apply(ctx, VM{ID: "vm3", IP: otherIP, TAP: "bgtap-vm3"}); err == nil || !strings.Contains(err.Error(), "applying egress policy to vm vm3") {
 		t.Errorf("Apply(vm3) with nft failing = %v, want the error", err)
 	}
 	if _, ok := m.Addrs()["vm3"]; ok {
@@ -219,17 +228,22 @@ func TestReconcileScript(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeNFT{listing: b}
+	bb, err := os.ReadFile(filepath.Join("testdata", "listing-bridge.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeNFT{listing: b, blisting: bb}
 	m := newTestManager(f, &clock{t: t0})
 	m.Subnet = netip.MustParsePrefix("172.30.9.0/24")
-	if err := m.Reconcile(ctx, []VM{{ID: "vm3", IP: netip.MustParseAddr("172.30.9.4")}}); err != nil {
+	if err := m.Reconcile(ctx, []VM{{ID: "vm3", IP: netip.MustParseAddr("172.30.9.4"), TAP: "bgtap-vm3"}}); err != nil {
 		t.Fatal(err)
 	}
 	s := f.taken()
 	if len(s) != 1 {
 		t.Fatalf("Reconcile() ran %d scripts, want 1 transaction", len(s))
 	}
-	for _, want := range []string{"delete chain ip banger_egress v_vm-1.a_fwd", "delete set ip banger_egress v_vm2_seen", "delete counter ip banger_egress v_vm2_host", "jump v_vm3_fwd"} {
+	for _, want := range []string{"delete chain ip banger_egress v_vm-1.a_fwd", "delete set ip banger_egress v_vm2_seen", "delete counter ip banger_egress v_vm2_host",
+		"delete chain bridge banger_egress v_vm2_port", "delete counter bridge banger_egress v_vm-1.a_spoofed", "jump v_vm3_fwd", `iifname "bgtap-vm3" jump v_vm3_port`} {
 		if !strings.Contains(s[0], want) {
 			t.Errorf("Reconcile() script lacks %q:\n%s", want, s[0])
 		}
@@ -242,11 +256,19 @@ func TestReconcileScript(t *testing.T) {
 	if err := m.Reconcile(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	if s := f.taken(); len(s) != 1 || !strings.HasPrefix(s[0], "add table ip banger_egress\ndelete table ip banger_egress\nadd table") {
+	if s := f.taken(); len(s) != 1 || !strings.HasPrefix(s[0], "add table ip banger_egress\ndelete table ip banger_egress\nadd table bridge banger_egress\ndelete table bridge banger_egress\n") {
 		t.Errorf("Reconcile() of a damaged table = %q, want a rebuild", s)
 	}
+	// So is an ip table without its bridge table.
+	f.listing, f.blisting = b, nil
+	if err := m.Reconcile(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if s := f.taken(); len(s) != 1 || !strings.Contains(s[0], "delete table bridge banger_egress") {
+		t.Errorf("Reconcile() without the bridge table = %q, want a rebuild", s)
+	}
 	same := netip.MustParseAddr("172.30.9.9")
-	if err := m.Reconcile(ctx, []VM{{ID: "a", IP: same}, {ID: "b", IP: same}}); err == nil || !strings.Contains(err.Error(), "share address") {
+	if err := m.Reconcile(ctx, []VM{{ID: "a", IP: same, TAP: "t1"}, {ID: "b", IP: same, TAP: "t2"}}); err == nil || !strings.Contains(err.Error(), "share address") {
 		t.Errorf("Reconcile() of two vms at one address = %v, want an error", err)
 	}
 }
@@ -257,7 +279,7 @@ func applied(t *testing.T, p Policy) (*Manager, *fakeNFT, *clock) {
 	f := &fakeNFT{}
 	c := &clock{t: t0}
 	m := newTestManager(f, c)
-	if err := m.Apply(ctx, VM{ID: "vm1", IP: vmIP, Policy: p}); err != nil {
+	if err := m.Apply(ctx, VM{ID: "vm1", IP: vmIP, TAP: "bgtap-vm1", Policy: p}); err != nil {
 		t.Fatal(err)
 	}
 	f.taken()
@@ -462,7 +484,12 @@ func TestHarvestAndLog(t *testing.T) {
 	var mu sync.Mutex
 	m.Log = slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return buf.Write(p) }), nil))
 	counters := func(private, host uint64) string {
-		return fmt.Sprintf(`{"nftables": [{"metainfo": {}}, {"counter": {"name": "v_vm1_private", "packets": %d, "bytes": %d}}, {"counter": {"name": "v_vm1_host", "packets": %d, "bytes": 60}}, {"counter": {"name": "v_vm9_host", "packets": 99, "bytes": 1}}]}`, private, private*60, host)
+		return fmt.Sprintf(`{"nftables": [{"metainfo": {}},
+			{"counter": {"family": "ip", "table": "banger_egress", "name": "v_vm1_private", "packets": %d, "bytes": %d}},
+			{"counter": {"family": "ip", "table": "banger_egress", "name": "v_vm1_host", "packets": %d, "bytes": 60}},
+			{"counter": {"family": "bridge", "table": "banger_egress", "name": "v_vm1_spoofed", "packets": 2, "bytes": 120}},
+			{"counter": {"family": "ip", "table": "other", "name": "v_vm1_denied", "packets": 5, "bytes": 1}},
+			{"counter": {"family": "ip", "table": "banger_egress", "name": "v_vm9_host", "packets": 99, "bytes": 1}}]}`, private, private*60, host)
 	}
 	f.counters = counters(3, 1)
 	f.seen = `{"nftables": [{"set": {"name": "v_vm1_seen", "elem": [
@@ -479,16 +506,16 @@ func TestHarvestAndLog(t *testing.T) {
 		{Time: t0.Add(-10 * time.Second), Addr: "10.20.0.5:80/tcp", Reason: ReasonPrivate},
 		{Time: t0.Add(-600 * time.Second), Addr: "172.30.0.1:22/tcp", Reason: ReasonHost},
 	}
-	if st.Refused["private"] != (Counter{3, 180}) || st.Refused["host"].Packets != 1 || fmt.Sprint(st.Recent) != fmt.Sprint(want) {
-		t.Errorf("Stats() = %+v, want private 3/180, host 1 and recent %v", st, want)
+	if st.Refused["private"] != (Counter{3, 180}) || st.Refused["host"].Packets != 1 || st.Refused["spoofed"].Packets != 2 || st.Refused["denied"].Packets != 0 || fmt.Sprint(st.Recent) != fmt.Sprint(want) {
+		t.Errorf("Stats() = %+v, want private 3/180, host 1, spoofed 2, denied 0 and recent %v", st, want)
 	}
 	lines := func() int {
 		mu.Lock()
 		defer mu.Unlock()
 		return strings.Count(buf.String(), "egress refused")
 	}
-	if lines() != 1 || !strings.Contains(buf.String(), `by_reason="private=3 host=1"`) {
-		t.Errorf("log after the first tick = %q, want one line with private=3 host=1", buf.String())
+	if lines() != 1 || !strings.Contains(buf.String(), `by_reason="private=3 host=1 spoofed=2"`) {
+		t.Errorf("log after the first tick = %q, want one line with private=3 host=1 spoofed=2", buf.String())
 	}
 	// More refusals within LogEvery wait for the next line.
 	f.counters = counters(10, 1)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,6 +20,8 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/banger/banger/internal/dns"
 	"github.com/banger/banger/internal/nat"
@@ -54,6 +57,7 @@ func needNamespaces(t testing.TB) {
 // H serves HTTP on its uplink and bridge addresses, port 8080, and P on 80.
 type fixture struct {
 	h, g, p, u *netns.NS
+	udp        chan string // payloads received on spoofDst
 }
 
 var (
@@ -67,6 +71,8 @@ var (
 	deniedIP  = "198.51.100.10"
 	lanIP     = "10.20.0.5"
 	metaIP    = "169.254.169.254"
+	hostIP6   = "[fd00:9::1]:8080" // the host on the bridge, over IPv6
+	spoofDst  = netip.MustParseAddrPort(deniedIP + ":9999")
 )
 
 // inHost runs the calling test (or benchmark) again in a test binary
@@ -83,7 +89,7 @@ func inHost(tb testing.TB, args ...string) *fixture {
 		if len(names) != 4 {
 			tb.Fatalf("%s=%q, want four namespace names", hostEnv, env)
 		}
-		fx := &fixture{&netns.NS{Name: names[0]}, &netns.NS{Name: names[1]}, &netns.NS{Name: names[2]}, &netns.NS{Name: names[3]}}
+		fx := &fixture{h: &netns.NS{Name: names[0]}, g: &netns.NS{Name: names[1]}, p: &netns.NS{Name: names[2]}, u: &netns.NS{Name: names[3]}}
 		fx.setup(tb)
 		return fx
 	}
@@ -145,6 +151,8 @@ func (fx *fixture) setup(t testing.TB) {
 		{"ip", "-n", u, "addr", "add", deniedIP + "/32", "dev", "lo"},
 		{"ip", "-n", u, "addr", "add", lanIP + "/32", "dev", "lo"},
 		{"ip", "-n", u, "addr", "add", metaIP + "/32", "dev", "lo"},
+		{"ip", "addr", "add", "fd00:9::1/64", "dev", "br0", "nodad"},
+		{"ip", "-n", g, "addr", "add", "fd00:9::2/64", "dev", "eth0", "nodad"},
 		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
 	} {
 		run(t, argv[0], argv[1:]...)
@@ -154,8 +162,76 @@ func (fx *fixture) setup(t testing.TB) {
 	}
 	serveHTTP(t, nil, hostIP.String()+":8080")
 	serveHTTP(t, nil, gateway.String()+":8080")
+	serveHTTP(t, nil, hostIP6)
 	serveHTTP(t, fx.p, peerIP.String()+":80")
 	fx.serveUpstreamDNS(t)
+	fx.recvUDP(t)
+}
+
+// recvUDP records the payloads that reach U on spoofDst.
+func (fx *fixture) recvUDP(t testing.TB) {
+	var pc net.PacketConn
+	if err := fx.u.Do(func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", spoofDst.String())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	fx.udp = make(chan string, 64)
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case fx.udp <- string(buf[:n]):
+			default:
+			}
+		}
+	}()
+}
+
+// spoofed sends a UDP packet from G with P's address as its source, as a
+// guest that wants another guest's policy would, and reports whether it
+// reached U.
+func (fx *fixture) spoofed(t testing.TB, marker string) bool {
+	t.Helper()
+	payload := []byte(marker)
+	pkt := make([]byte, 28+len(payload))
+	pkt[0] = 0x45 // IPv4, 20-byte header; the kernel fills length, id and checksum
+	pkt[8], pkt[9] = 64, 17
+	src, dst := peerIP.As4(), spoofDst.Addr().As4()
+	copy(pkt[12:16], src[:])
+	copy(pkt[16:20], dst[:])
+	binary.BigEndian.PutUint16(pkt[20:], 40000)
+	binary.BigEndian.PutUint16(pkt[22:], spoofDst.Port())
+	binary.BigEndian.PutUint16(pkt[24:], uint16(8+len(payload)))
+	copy(pkt[28:], payload)
+	if err := fx.g.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet4{Addr: dst})
+	}); err != nil {
+		t.Fatalf("sending a spoofed packet from the guest: %v", err)
+	}
+	timeout := time.After(time.Second)
+	for {
+		select {
+		case got := <-fx.udp:
+			if got == marker {
+				return true
+			}
+		case <-timeout:
+			return false
+		}
+	}
 }
 
 // serveHTTP answers every request with the listen address, in ns (nil: here).
@@ -416,7 +492,7 @@ func (w *world) direct(what string, want bool) {
 
 func (w *world) apply(p Policy) {
 	w.t.Helper()
-	if err := w.m.Apply(context.Background(), VM{ID: "vm1", IP: guestIP, Policy: p}); err != nil {
+	if err := w.m.Apply(context.Background(), VM{ID: "vm1", IP: guestIP, TAP: "vg", Policy: p}); err != nil {
 		w.t.Fatalf("Apply(vm1, %s) = %v", p, err)
 	}
 }
@@ -449,7 +525,7 @@ func TestEgressReal(t *testing.T) {
 	ctx := context.Background()
 	w := fx.start(t)
 	public := []string{allowedIP, deniedIP}
-	closed := []string{lanIP, metaIP, hostIP.String() + ":8080", gateway.String() + ":8080"}
+	closed := []string{lanIP, metaIP, hostIP.String() + ":8080", gateway.String() + ":8080", hostIP6}
 
 	// Control: with NAT and no policy, the guest reaches everything, so
 	// every refusal below is the policy's.
@@ -457,6 +533,9 @@ func TestEgressReal(t *testing.T) {
 		w.reach("no policy", a, true)
 	}
 	w.direct("no policy", true)
+	if !fx.spoofed(t, "control") {
+		t.Fatalf("no policy: a packet from the guest with the other guest's address did not reach upstream, so the spoofing checks below prove nothing")
+	}
 
 	// The default.
 	w.apply(Policy{})
@@ -470,6 +549,9 @@ func TestEgressReal(t *testing.T) {
 	w.reach("default: the other guest, on the bridge", peerIP.String(), true)
 	w.resolves("default: the other guest by name", "peer.vm", []string{peerIP.String()})
 	w.direct("default", true)
+	if fx.spoofed(t, "default") {
+		t.Errorf("default: a packet from the guest with the other guest's address (which has no policy) reached upstream")
+	}
 
 	// A connection opened under one policy is judged again under the next.
 	conn, err := fx.g.Dial(ctx, "tcp", deniedIP+":80")
@@ -511,6 +593,9 @@ func TestEgressReal(t *testing.T) {
 		w.reach("allow", a, false)
 	}
 	w.direct("allow", false)
+	if fx.spoofed(t, "allow") {
+		t.Errorf("allow: a packet from the guest with the other guest's address (which has no policy) reached upstream")
+	}
 	w.reach("allow: the other guest, on the bridge", peerIP.String(), true)
 	w.resolves("allow: the other guest by name", "peer.vm", []string{peerIP.String()})
 	if set := run(t, "nft", "list", "set", "ip", "banger_egress", "v_vm1_adns"); !strings.Contains(set, allowedIP+" timeout 30s") {
@@ -521,7 +606,7 @@ func TestEgressReal(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("allow: stats %+v", st)
-	for _, r := range []Reason{ReasonUnlisted, ReasonPrivate, ReasonHost, ReasonResolver} {
+	for _, r := range []Reason{ReasonUnlisted, ReasonPrivate, ReasonHost, ReasonResolver, ReasonSpoofed} {
 		if st.Refused[r.String()].Packets == 0 {
 			t.Errorf("allow: Stats().Refused[%s] = %+v, want packets", r, st.Refused[r.String()])
 		}
@@ -546,6 +631,9 @@ func TestEgressReal(t *testing.T) {
 	}
 	w.resolves("open", "denied.test", []string{deniedIP})
 	w.direct("open", true)
+	if !fx.spoofed(t, "open") {
+		t.Errorf("open: a spoofed packet did not reach upstream, want no filtering at all")
+	}
 	if tb := w.table(); strings.Contains(tb, "v_vm1") || strings.Contains(tb, "vm:vm1") {
 		t.Errorf("open: table still holds vm1:\n%s", tb)
 	}
@@ -583,10 +671,10 @@ func TestEgressReal(t *testing.T) {
 
 	// Reconcile: vm2 goes, vm1 stays as it is, even for a new manager (a
 	// restarted daemon), and keeps its learned addresses and generation.
-	if err := w.m.Apply(ctx, VM{ID: "vm2", IP: peerIP}); err != nil {
+	if err := w.m.Apply(ctx, VM{ID: "vm2", IP: peerIP, TAP: "vp"}); err != nil {
 		t.Fatal(err)
 	}
-	vm1 := VM{ID: "vm1", IP: guestIP, Policy: Policy{Mode: ModeDeny, Deny: mustList(t, "denied.test")}}
+	vm1 := VM{ID: "vm1", IP: guestIP, TAP: "vg", Policy: Policy{Mode: ModeDeny, Deny: mustList(t, "denied.test")}}
 	chain := run(t, "nft", "list", "chain", "ip", "banger_egress", "v_vm1_fwd")
 	m2 := &Manager{Table: w.m.Table, Bridge: w.m.Bridge, Subnet: w.m.Subnet, Resolver: w.dns, Log: w.m.Log}
 	for i, mgr := range []*Manager{w.m, m2} {
@@ -660,7 +748,7 @@ func TestEgressUserDNS(t *testing.T) {
 	if !works() {
 		t.Fatalf("guest query peer.vm via %s:53 without a policy failed, want the redirect to answer", gateway)
 	}
-	allow := VM{ID: "vm1", IP: guestIP, Policy: Policy{Mode: ModeAllow, Allow: mustList(t, "allowed.test")}}
+	allow := VM{ID: "vm1", IP: guestIP, TAP: "vg", Policy: Policy{Mode: ModeAllow, Allow: mustList(t, "allowed.test")}}
 	for _, tt := range []struct {
 		port int
 		want bool

@@ -47,10 +47,17 @@ const (
 	ReasonUnlisted
 	// ReasonHost: the host's own addresses (banger's DNS excepted).
 	ReasonHost
+	// ReasonSpoofed: a frame from the VM's TAP device that is not IPv4
+	// from its own address or ARP for it.
+	ReasonSpoofed
 )
 
 // Reasons lists every Reason, in counter order.
-var Reasons = []Reason{ReasonDenied, ReasonResolver, ReasonPrivate, ReasonUnlisted, ReasonHost}
+var Reasons = []Reason{ReasonDenied, ReasonResolver, ReasonPrivate, ReasonUnlisted, ReasonHost, ReasonSpoofed}
+
+// ipReasons have counters in the ip table (ReasonSpoofed's is in the
+// bridge table).
+var ipReasons = Reasons[:len(Reasons)-1]
 
 func (r Reason) String() string {
 	switch r {
@@ -64,6 +71,8 @@ func (r Reason) String() string {
 		return "unlisted"
 	case ReasonHost:
 		return "host"
+	case ReasonSpoofed:
+		return "spoofed"
 	}
 	return "reason" + strconv.Itoa(int(r))
 }
@@ -95,6 +104,9 @@ const (
 	chainIn     = "input"
 	chainPrio   = "filter - 10"
 	chainPrioN  = -10
+	chainPre    = "prerouting" // the bridge table's base chain
+	// bridgePrioN is chainPrio in the bridge family, where filter is -200.
+	bridgePrioN = -210
 )
 
 // objects are the nftables objects of one VM, all named v_<id>_*.
@@ -104,6 +116,7 @@ type objects struct {
 	anet, aport, adns, adnsp string // allowed: static networks, with ports, learned, learned with ports
 	dnet, dport, ddns, ddnsp string // denied, likewise
 	seen                     string // recently refused destinations
+	port                     string // the bridge table's chain for the VM's TAP device
 }
 
 func objectsOf(id string) objects {
@@ -112,7 +125,7 @@ func objectsOf(id string) objects {
 		id: id, fwd: p + "fwd", in: p + "in", refuse: p + "refuse",
 		anet: p + "anet", aport: p + "aport", adns: p + "adns", adnsp: p + "adnsp",
 		dnet: p + "dnet", dport: p + "dport", ddns: p + "ddns", ddnsp: p + "ddnsp",
-		seen: p + "seen",
+		seen: p + "seen", port: p + "port",
 	}
 }
 
@@ -161,6 +174,10 @@ type layout struct {
 
 func (l layout) t() string { return "ip " + l.table }
 
+// b is the bridge table of the same name, which keeps a filtered guest to
+// its own address (see Manager).
+func (l layout) b() string { return "bridge " + l.table }
+
 // baseScript creates the table, its base chains and the closed set when
 // missing, and sets the closed set's elements; it never touches a VM.
 func (l layout) baseScript() []string {
@@ -176,6 +193,8 @@ func (l layout) baseScript() []string {
 		fmt.Sprintf("add set %s %s { type %s; %s }", t, closedSet, typeAddr, flagsNet),
 		fmt.Sprintf("flush set %s %s", t, closedSet),
 		fmt.Sprintf("add element %s %s { %s }", t, closedSet, strings.Join(closed, ", ")),
+		"add table " + l.b(),
+		fmt.Sprintf("add chain %s %s { type filter hook prerouting priority %s; policy accept; }", l.b(), chainPre, chainPrio),
 	}
 }
 
@@ -183,6 +202,7 @@ func (l layout) baseScript() []string {
 type spec struct {
 	id     string
 	ip     netip.Addr
+	tap    string
 	policy Policy
 }
 
@@ -294,6 +314,16 @@ func (l layout) rules(s spec, gen uint16) []string {
 		// connection it tried.
 		fmt.Sprintf("add rule %s %s fib daddr type { broadcast, multicast } drop", t, o.in),
 		fmt.Sprintf("add rule %s %s %s", t, o.in, refuse(ReasonHost)))
+
+	// Frames from the VM's TAP device: only IPv4 from its own address and
+	// ARP for it. Anything else (another guest's address, which would take
+	// that guest's policy; IPv6, which this table does not see and which
+	// reaches the host's link-local addresses) is dropped.
+	b := l.b()
+	r = append(r,
+		fmt.Sprintf("add rule %s %s ether type ip ip saddr %s return", b, o.port, s.ip),
+		fmt.Sprintf("add rule %s %s ether type arp arp saddr ip %s return", b, o.port, s.ip),
+		fmt.Sprintf("add rule %s %s counter name %s drop", b, o.port, o.counter(ReasonSpoofed)))
 	return r
 }
 
@@ -306,6 +336,7 @@ func (l layout) jumpRules(s spec) []string {
 	return []string{
 		fmt.Sprintf("add rule %s %s iifname %q oifname != %q ip saddr %s jump %s comment %s", t, chainFwd, l.bridge, l.bridge, s.ip, o.fwd, c),
 		fmt.Sprintf("add rule %s %s iifname %q ip saddr %s jump %s comment %s", t, chainIn, l.bridge, s.ip, o.in, c),
+		fmt.Sprintf("add rule %s %s iifname %q jump %s comment %s", l.b(), chainPre, s.tap, o.port, c),
 	}
 }
 
@@ -407,7 +438,7 @@ func (l layout) createScript(s spec, gen uint16, have *vmListing, learned []stri
 	t, o := l.t(), objectsOf(s.id)
 	var out []string
 	if have != nil {
-		out = append(out, deleteJumps(t, have)...)
+		out = append(out, l.deleteJumps(have)...)
 	}
 	for _, c := range o.chains() {
 		out = append(out, fmt.Sprintf("add chain %s %s", t, c))
@@ -421,19 +452,27 @@ func (l layout) createScript(s spec, gen uint16, have *vmListing, learned []stri
 			out = append(out, fmt.Sprintf("flush set %s %s", t, d[0]))
 		}
 	}
-	for _, r := range Reasons {
+	for _, r := range ipReasons {
 		out = append(out, fmt.Sprintf("add counter %s %s", t, o.counter(r)))
 	}
+	out = append(out, fmt.Sprintf("add chain %s %s", l.b(), o.port))
+	if have != nil && have.bchain {
+		out = append(out, fmt.Sprintf("flush chain %s %s", l.b(), o.port))
+	}
+	out = append(out, fmt.Sprintf("add counter %s %s", l.b(), o.counter(ReasonSpoofed)))
 	out = append(out, l.rules(s, gen)...)
 	out = append(out, l.staticElements(s)...)
 	out = append(out, learned...)
 	return append(out, l.jumpRules(s)...)
 }
 
-func deleteJumps(t string, have *vmListing) []string {
+func (l layout) deleteJumps(have *vmListing) []string {
 	var out []string
 	for _, j := range have.jumps {
-		out = append(out, fmt.Sprintf("delete rule %s %s handle %d", t, j.chain, j.handle))
+		out = append(out, fmt.Sprintf("delete rule %s %s handle %d", l.t(), j.chain, j.handle))
+	}
+	for _, j := range have.bjumps {
+		out = append(out, fmt.Sprintf("delete rule %s %s handle %d", l.b(), j.chain, j.handle))
 	}
 	return out
 }
@@ -441,7 +480,13 @@ func deleteJumps(t string, have *vmListing) []string {
 // removeScript deletes everything of a VM that the listing shows.
 func (l layout) removeScript(have *vmListing) []string {
 	t, o := l.t(), objectsOf(have.id)
-	out := deleteJumps(t, have)
+	out := l.deleteJumps(have)
+	if have.bchain {
+		out = append(out, fmt.Sprintf("flush chain %s %s", l.b(), o.port), fmt.Sprintf("delete chain %s %s", l.b(), o.port))
+	}
+	if have.bcounter {
+		out = append(out, fmt.Sprintf("delete counter %s %s", l.b(), o.counter(ReasonSpoofed)))
+	}
 	for _, c := range o.chains() {
 		if have.chains[c] {
 			out = append(out, fmt.Sprintf("flush chain %s %s", t, c))
@@ -624,7 +669,8 @@ type tableState struct {
 	exists    bool
 	baseOK    bool // base chains and closed set as baseScript makes them
 	vms       map[string]*vmListing
-	baseRules int // rules in the base chains that are no VM's jump
+	baseRules int  // rules in the base chains that are no VM's jump
+	bexists   bool // the bridge table exists
 }
 
 type jump struct {
@@ -642,6 +688,10 @@ type vmListing struct {
 	fp       string
 	gen      uint16
 	elems    map[string][]element // learned and seen sets' elements
+	bjumps   []jump               // in the bridge table
+	bchain   bool
+	bcounter bool
+	spoofed  Counter
 }
 
 // Counter is a packet and byte count.
@@ -659,7 +709,7 @@ type element struct {
 	expires time.Duration
 }
 
-var objRE = regexp.MustCompile(`^v_([A-Za-z0-9][A-Za-z0-9_.-]{0,63})_(fwd|in|refuse|anet|aport|adns|adnsp|dnet|dport|ddns|ddnsp|seen|denied|resolver|private|unlisted|host)$`)
+var objRE = regexp.MustCompile(`^v_([A-Za-z0-9][A-Za-z0-9_.-]{0,63})_(fwd|in|refuse|anet|aport|adns|adnsp|dnet|dport|ddns|ddnsp|seen|denied|resolver|private|unlisted|host|port|spoofed)$`)
 
 // parseListing reads `nft -j list table` output.
 func parseListing(out []byte) (*tableState, error) {
@@ -741,6 +791,62 @@ func parseListing(out []byte) (*tableState, error) {
 	want := fmt.Sprintf("filter %%s %d accept", chainPrioN)
 	st.baseOK = closedOK && base[chainFwd] == fmt.Sprintf(want, "forward") && base[chainIn] == fmt.Sprintf(want, "input") && len(base) == 2
 	return st, nil
+}
+
+// parseBridgeListing adds `nft -j list table bridge` output to st and
+// checks the bridge table's base chain.
+func parseBridgeListing(out []byte, st *tableState) error {
+	var l listing
+	if err := json.Unmarshal(out, &l); err != nil {
+		return fmt.Errorf("parsing nft json: %w", err)
+	}
+	st.bexists = true
+	vm := func(id string) *vmListing {
+		v := st.vms[id]
+		if v == nil {
+			v = &vmListing{id: id, chains: map[string]bool{}, sets: map[string]bool{}, counters: map[string]Counter{}, elems: map[string][]element{}}
+			st.vms[id] = v
+		}
+		return v
+	}
+	var base []string
+	for _, o := range l.Nftables {
+		switch {
+		case o.Chain != nil:
+			c := o.Chain
+			if c.Name == chainPre {
+				prio := "none"
+				if c.Prio != nil {
+					prio = strconv.Itoa(*c.Prio)
+				}
+				base = append(base, c.Type+" "+c.Hook+" "+prio+" "+c.Policy)
+			} else if m := objRE.FindStringSubmatch(c.Name); m != nil && m[2] == "port" {
+				vm(m[1]).bchain = true
+			} else {
+				st.baseRules++ // not ours
+			}
+		case o.Rule != nil:
+			if o.Rule.Chain != chainPre {
+				continue
+			}
+			if id, ok := strings.CutPrefix(o.Rule.Comment, jumpTag); ok && idRE.MatchString(id) {
+				v := vm(id)
+				v.bjumps = append(v.bjumps, jump{o.Rule.Chain, o.Rule.Handle})
+			} else {
+				st.baseRules++
+			}
+		case o.Counter != nil:
+			if m := objRE.FindStringSubmatch(o.Counter.Name); m != nil && m[2] == "spoofed" {
+				v := vm(m[1])
+				v.bcounter = true
+				v.spoofed = Counter{o.Counter.Packets, o.Counter.Bytes}
+			}
+		}
+	}
+	if len(base) != 1 || base[0] != fmt.Sprintf("filter prerouting %d accept", bridgePrioN) {
+		st.baseOK = false
+	}
+	return nil
 }
 
 // closedMatches reports whether the closed set holds exactly Closed.

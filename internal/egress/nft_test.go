@@ -18,7 +18,7 @@ var testLayout = layout{table: "banger_u1000_egress", bridge: "banger1000", gate
 
 func testSpec(t *testing.T, id string, mode Mode, allow, deny string) spec {
 	t.Helper()
-	return spec{id: id, ip: netip.MustParseAddr("172.30.236.2"), policy: Policy{Mode: mode, Allow: mustParse(t, allow), Deny: mustParse(t, deny)}}
+	return spec{id: id, ip: netip.MustParseAddr("172.30.236.2"), tap: "bgt1000-" + id[:min(len(id), 7)], policy: Policy{Mode: mode, Allow: mustParse(t, allow), Deny: mustParse(t, deny)}}
 }
 
 // TestScriptGolden compares the scripts a VM gets with testdata; run with
@@ -77,7 +77,7 @@ func TestCreateScriptRefills(t *testing.T) {
 		}
 	}
 	// The jumps go last, after everything they point at.
-	if !strings.Contains(script[len(script)-2], "jump v_vm1_fwd") || !strings.Contains(script[len(script)-1], "jump v_vm1_in") {
+	if !strings.Contains(script[len(script)-3], "jump v_vm1_fwd") || !strings.Contains(script[len(script)-2], "jump v_vm1_in") || !strings.Contains(script[len(script)-1], "jump v_vm1_port") {
 		t.Errorf("createScript does not end with the jumps:\n%s", joined)
 	}
 }
@@ -86,10 +86,14 @@ func TestRemoveScript(t *testing.T) {
 	have := &vmListing{id: "vm1", jumps: []jump{{"forward", 7}},
 		chains:   map[string]bool{"v_vm1_fwd": true, "v_vm1_refuse": true},
 		sets:     map[string]bool{"v_vm1_seen": true, "v_vm1_adns": true},
-		counters: map[string]Counter{"v_vm1_host": {}}}
+		counters: map[string]Counter{"v_vm1_host": {}}, bjumps: []jump{{"prerouting", 3}}, bchain: true, bcounter: true}
 	got := testLayout.removeScript(have)
 	want := []string{
 		"delete rule ip banger_u1000_egress forward handle 7",
+		"delete rule bridge banger_u1000_egress prerouting handle 3",
+		"flush chain bridge banger_u1000_egress v_vm1_port",
+		"delete chain bridge banger_u1000_egress v_vm1_port",
+		"delete counter bridge banger_u1000_egress v_vm1_spoofed",
 		"flush chain ip banger_u1000_egress v_vm1_fwd",
 		"flush chain ip banger_u1000_egress v_vm1_refuse",
 		"delete chain ip banger_u1000_egress v_vm1_fwd",
@@ -135,7 +139,8 @@ func TestFingerprint(t *testing.T) {
 		testSpec(t, "vm1", ModeAllow, "github.com,gitlab.com", ""),
 		testSpec(t, "vm1", ModeDeny, "", "github.com"),
 		testSpec(t, "vm2", ModeAllow, "github.com", ""),
-		{id: "vm1", ip: netip.MustParseAddr("172.30.236.3"), policy: base.policy},
+		{id: "vm1", ip: netip.MustParseAddr("172.30.236.3"), tap: base.tap, policy: base.policy},
+		{id: "vm1", ip: base.ip, tap: "bgt1000-other", policy: base.policy},
 	}
 	for _, s := range other {
 		if got := testLayout.fingerprint(s); got == fp {
@@ -172,7 +177,8 @@ func TestParseComment(t *testing.T) {
 }
 
 // TestParseListing reads what the real nft 1.0.6 listed for the scripts of
-// two VMs (testdata/listing.json: vm-1.a allowed, vm2 denied).
+// two VMs (testdata/listing.json and listing-bridge.json: vm-1.a allowed,
+// vm2 denied).
 func TestParseListing(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join("testdata", "listing.json"))
 	if err != nil {
@@ -180,6 +186,13 @@ func TestParseListing(t *testing.T) {
 	}
 	st, err := parseListing(b)
 	if err != nil {
+		t.Fatal(err)
+	}
+	bb, err := os.ReadFile(filepath.Join("testdata", "listing-bridge.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := parseBridgeListing(bb, st); err != nil {
 		t.Fatal(err)
 	}
 	if !st.exists || !st.baseOK || st.baseRules != 0 || len(st.vms) != 2 {
@@ -215,6 +228,12 @@ func TestParseListing(t *testing.T) {
 		}
 	}
 
+	if bad := strings.Replace(string(bb), `"prio": -210`, `"prio": -200`, 1); true {
+		st, _ := parseListing(b)
+		if err := parseBridgeListing([]byte(bad), st); err != nil || st.baseOK {
+			t.Errorf("parseBridgeListing() with priority -200: base ok %v, %v; want not ok", st.baseOK, err)
+		}
+	}
 	// A changed base is noticed.
 	for _, damage := range []struct{ from, to string }{
 		{`"prio": -10`, `"prio": 0`},

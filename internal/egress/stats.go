@@ -69,7 +69,7 @@ func (r *ring) list() []Denial { return slices.Clone(r.items) }
 type Stats struct {
 	Policy Policy `json:"policy"`
 	// Refused counts the packets and bytes dropped, by reason ("denied",
-	// "resolver", "private", "unlisted", "host").
+	// "resolver", "private", "unlisted", "host", "spoofed").
 	Refused map[string]Counter `json:"refused"`
 	// NamesRefused counts DNS questions answered NXDOMAIN by the policy.
 	NamesRefused uint64 `json:"names_refused"`
@@ -115,6 +115,8 @@ func (m *Manager) Stats(ctx context.Context, id string) (Stats, error) {
 type counterListing struct {
 	Nftables []struct {
 		Counter *struct {
+			Family  string `json:"family"`
+			Table   string `json:"table"`
 			Name    string `json:"name"`
 			Packets uint64 `json:"packets"`
 			Bytes   uint64 `json:"bytes"`
@@ -135,11 +137,10 @@ type setListing struct {
 // counters grew (or all given, with force), their seen sets, and records
 // the destinations refused in their rings. Nil ids means every VM.
 func (m *Manager) harvest(ctx context.Context, ids []string, force bool) error {
-	out, err := m.runner().RunPrivileged(ctx, "nft", "-j", "list", "counters", "table", "ip", m.Table)
+	// One listing of every table's counters, of which the manager reads
+	// its two tables' (the names do not repeat between them).
+	out, err := m.runner().RunPrivileged(ctx, "nft", "-j", "list", "counters")
 	if err != nil {
-		if strings.Contains(err.Error(), "No such file or directory") {
-			return nil
-		}
 		return fmt.Errorf("reading egress counters: %w", err)
 	}
 	var cl counterListing
@@ -148,7 +149,7 @@ func (m *Manager) harvest(ctx context.Context, ids []string, force bool) error {
 	}
 	counts := map[string]Counter{}
 	for _, o := range cl.Nftables {
-		if c := o.Counter; c != nil {
+		if c := o.Counter; c != nil && c.Table == m.Table && (c.Family == "ip" || c.Family == "bridge") {
 			counts[c.Name] = Counter{c.Packets, c.Bytes}
 		}
 	}
