@@ -75,8 +75,9 @@ type VM struct {
 }
 
 // Manager enforces the egress policies of one bangerd owner's VMs in the
-// nftables table "ip <Table>" (TableName of the owner's base name), which
-// holds nothing else and which nothing else touches:
+// nftables tables "ip <Table>" and "bridge <Table>" (TableName of the
+// owner's base name), which hold nothing else and which nothing else
+// touches:
 //
 //	table ip banger_egress {
 //		set closed { type ipv4_addr; flags interval; elements = { 0.0.0.0/8, 10.0.0.0/8, ... } }
@@ -106,6 +107,19 @@ type VM struct {
 //			address and allowed networks pass; the rest -> refuse (host) }
 //		chain v_<id>_refuse { record in v_<id>_seen; drop }
 //	}
+//	table bridge banger_egress {
+//		chain prerouting { type filter hook prerouting priority filter - 10; policy accept;
+//			iifname "bgtap-<id>" jump v_<id>_port comment "vm:<id>"
+//		}
+//		chain v_<id>_port { ip saddr 172.30.0.2 return; arp saddr ip 172.30.0.2 return; counter name v_<id>_spoofed drop }
+//	}
+//
+// The rules above know a guest by its source address, so the bridge table
+// keeps a filtered guest to it: a frame from its TAP device must be IPv4
+// from its own address or ARP for it. Without that, a guest could send with
+// another guest's address (and that guest's policy, or none), or over IPv6,
+// which the ip table never sees and which reaches the host's link-local
+// addresses on the bridge.
 //
 // Why a table of its own with base chains at priority filter - 10 rather
 // than rules in the NAT table's forward chain: the NAT table (internal/nat)
