@@ -44,6 +44,9 @@ type Server struct {
 	Timeout time.Duration
 	// Log defaults to slog.Default().
 	Log *slog.Logger
+	// Filter, when set, decides per client which names outside the zone
+	// are resolved (see Filter); nil forwards every query.
+	Filter Filter
 
 	mu      sync.Mutex
 	servers []*mdns.Server
@@ -233,7 +236,7 @@ func nameServerAddr(bound []string) netip.Addr {
 
 // serveDNS answers one query.
 func (s *Server) serveDNS(w mdns.ResponseWriter, req *mdns.Msg) {
-	resp := s.answer(req, isTCP(w))
+	resp := s.answer(req, isTCP(w), clientAddr(w))
 	if resp == nil {
 		return
 	}
@@ -247,8 +250,9 @@ func isTCP(w mdns.ResponseWriter) bool {
 	return ok
 }
 
-// answer builds the response to req; tcp says how the client asked.
-func (s *Server) answer(req *mdns.Msg, tcp bool) *mdns.Msg {
+// answer builds the response to req; tcp says how the client asked and
+// client is who asked.
+func (s *Server) answer(req *mdns.Msg, tcp bool, client netip.Addr) *mdns.Msg {
 	if len(req.Question) != 1 {
 		m := new(mdns.Msg)
 		m.SetRcode(req, mdns.RcodeFormatError)
@@ -257,6 +261,9 @@ func (s *Server) answer(req *mdns.Msg, tcp bool) *mdns.Msg {
 	q := req.Question[0]
 	name := strings.ToLower(q.Name)
 	if !mdns.IsSubDomain(s.Zone, name) {
+		if s.Filter != nil && client.IsValid() {
+			return s.filtered(req, tcp, client, name)
+		}
 		return s.forward(req, tcp)
 	}
 
@@ -358,12 +365,19 @@ func (s *Server) soa() mdns.RR {
 func (s *Server) forward(req *mdns.Msg, tcp bool) *mdns.Msg {
 	resp, err := s.fwd.exchange(req)
 	if err != nil {
-		s.Log.Debug("forwarding dns query", "name", req.Question[0].Name, "err", err)
-		m := new(mdns.Msg)
-		m.SetRcode(req, mdns.RcodeServerFailure)
-		m.RecursionAvailable = s.fwd.enabled()
-		return m
+		return s.forwardFailed(req, err)
 	}
+	return s.relay(req, resp, tcp)
+}
+
+// forwardFailed is the SERVFAIL for a query no upstream answered.
+func (s *Server) forwardFailed(req *mdns.Msg, err error) *mdns.Msg {
+	s.Log.Debug("forwarding dns query", "name", req.Question[0].Name, "err", err)
+	return s.servfail(req)
+}
+
+// relay returns an upstream answer to the client, sized for it.
+func (s *Server) relay(req, resp *mdns.Msg, tcp bool) *mdns.Msg {
 	resp.Id = req.Id
 	if !tcp {
 		size := mdns.MinMsgSize
