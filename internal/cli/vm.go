@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/logfile"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/units"
@@ -40,6 +41,7 @@ func (a *app) newVMCreateCmd() *cobra.Command {
 	var (
 		req    rpc.CreateRequest
 		asJSON bool
+		eg     egressFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "create NAME",
@@ -57,7 +59,10 @@ while waiting, the VM keeps booting in the background.`,
   banger vm create --name build1 --vcpus 4 --memory 4G --disk-size 20G --nat --json
 
   # The minimal image, without waiting for the guest
-  banger vm create tiny --image minimal --memory 512M --no-wait`,
+  banger vm create tiny --image minimal --memory 512M --no-wait
+
+  # For a coding agent: only GitHub and npm are reachable
+  banger vm create agent1 --egress-allow 'github.com,*.github.com,registry.npmjs.org'`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 1 {
 				return usagef(cmd, "vm create takes one NAME, got %d: %s", len(args), strings.Join(args, " "))
@@ -77,6 +82,14 @@ while waiting, the VM keeps booting in the background.`,
 			if req.VCPUs < 0 {
 				return usagef(cmd, "--vcpus must be positive, got %d", req.VCPUs)
 			}
+			if cmd.Flags().Changed("vcpus") && req.VCPUs == 0 {
+				return usagef(cmd, "--vcpus 0 is no VM: give 1 or more, or leave it out for bangerd's default")
+			}
+			p, err := eg.policy(cmd)
+			if err != nil {
+				return err
+			}
+			req.Egress = p
 			ctx := cmd.Context()
 			c, err := a.client(ctx)
 			if err != nil {
@@ -95,7 +108,8 @@ while waiting, the VM keeps booting in the background.`,
 	f.IntVar(&req.VCPUs, "vcpus", 0, "number of virtual CPUs (default from bangerd's config)")
 	f.Var(mibValue{&req.MemoryMiB}, "memory", "memory: MiB or with a unit: 1024, 512M, 2G (default from bangerd's config)")
 	f.StringVar(&req.DiskSize, "disk-size", "", "grow the root disk to this size, for example 8G")
-	f.BoolVar(&req.NAT, "nat", false, "give the VM internet access through NAT")
+	f.BoolVar(&req.NAT, "nat", false, "give the VM internet access through NAT (the public internet; not the host or private ranges unless an egress flag opens them)")
+	eg.add(f, false)
 	f.BoolVar(&req.NoWait, "no-wait", false, "return once the VM boots, without waiting for ssh")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON on stdout")
 	cmd.RegisterFlagCompletionFunc("image", a.completeImages)
@@ -239,6 +253,12 @@ func (a *app) printVM(vm *rpc.VM) error {
 		row("pid", fmt.Sprint(vm.PID))
 	}
 	row("nat", onOff(vm.NAT))
+	if vm.NAT {
+		row("egress", orDash(vm.Egress))
+	}
+	if vm.EgressStats != nil {
+		printEgressStats(tw, vm.EgressStats)
+	}
 	if vm.CreatedAt.IsZero() {
 		row("created", "-")
 	} else {
@@ -360,18 +380,58 @@ any failed.`,
 }
 
 func (a *app) newVMSetCmd() *cobra.Command {
-	var asJSON, nat, noNAT bool
+	var (
+		asJSON, nat, noNAT bool
+		eg                 egressFlags
+	)
 	cmd := &cobra.Command{
-		Use:   "set (--nat | --no-nat) NAME...",
+		Use:   "set (--nat | --no-nat | --egress-...) NAME...",
 		Short: "Change VMs' settings",
-		Long:  "Change settings of existing VMs, running or not. NAT gives a VM internet access through the host.",
+		Long: `Change settings of existing VMs, running or not; a running VM changes at once,
+without a reboot.
+
+NAT gives a VM outbound access through the host. What it may reach is its egress
+policy:
+  default   the public internet, but not the host's own addresses, private ranges
+            (10/8, 172.16/12, 192.168/16), CGNAT, link-local (cloud metadata),
+            loopback or multicast; every NAT VM starts with it
+  allow     only what --egress-allow lists (domains are allowed at the addresses
+            banger's DNS answered for them; other names get NXDOMAIN)
+  deny      the default minus what --egress-deny lists
+  open      everything the host reaches
+Open connections are judged again under a new policy. Setting a policy other than
+open turns NAT on. 'banger vm show' prints the policy and what it refused.`,
 		Example: `  banger vm set --nat testbox
-  banger vm set --no-nat web db`,
+  banger vm set --no-nat web db
+  banger vm set --egress-allow 'github.com,*.github.com' agent1
+  banger vm set --egress-deny 'pastebin.com,203.0.113.0/24' agent1
+  banger vm set --egress-allow 10.1.2.0/24:5432/tcp,github.com agent1   # a LAN database too
+  banger vm set --egress-policy ./egress.toml agent1
+  banger vm set --egress-open agent1`,
 		Args:              nameArgs,
 		ValidArgsFunction: a.completeVMs(0, nil),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if nat == noNAT {
-				return usagef(cmd, "vm set needs exactly one of --nat or --no-nat")
+			if nat && noNAT {
+				return usagef(cmd, "give --nat or --no-nat, not both")
+			}
+			p, err := eg.policy(cmd)
+			if err != nil {
+				return err
+			}
+			var req rpc.SetRequest
+			switch {
+			case nat:
+				req.NAT = &nat
+			case noNAT:
+				off := false
+				req.NAT = &off
+			}
+			req.Egress = p
+			if req.NAT == nil && req.Egress == nil {
+				return usagef(cmd, "vm set needs --nat, --no-nat or an egress flag (--egress-allow, --egress-deny, --egress-policy, --egress-open, --egress-default)")
+			}
+			if noNAT && p != nil && p.Mode != string(egress.ModeOpen) {
+				return usagef(cmd, "an egress policy is for outbound traffic, which --no-nat turns off: give one or the other")
 			}
 			ctx := cmd.Context()
 			c, err := a.client(ctx)
@@ -379,15 +439,25 @@ func (a *app) newVMSetCmd() *cobra.Command {
 				return err
 			}
 			return a.fanOut(ctx, args, asJSON, fanAction{
-				verb: "setting nat on",
-				call: func(ctx context.Context, name string) (*rpc.VM, error) { return c.SetVM(ctx, name, &nat) },
-				ok:   func(r rpc.Result) string { return fmt.Sprintf("%s: nat %s", r.Name, onOff(nat)) },
+				verb: "changing",
+				call: func(ctx context.Context, name string) (*rpc.VM, error) { return c.SetVM(ctx, name, req) },
+				ok: func(r rpc.Result) string {
+					if r.VM == nil {
+						return r.Name + ": changed"
+					}
+					if req.Egress == nil {
+						return fmt.Sprintf("%s: nat %s", r.Name, onOff(r.VM.NAT))
+					}
+					return fmt.Sprintf("%s: nat %s, egress %s", r.Name, onOff(r.VM.NAT), r.VM.Egress)
+				},
 			})
 		},
 	}
-	cmd.Flags().BoolVar(&nat, "nat", false, "give the VMs internet access through NAT")
-	cmd.Flags().BoolVar(&noNAT, "no-nat", false, "remove the VMs' NAT")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the per-VM results as JSON")
+	f := cmd.Flags()
+	f.BoolVar(&nat, "nat", false, "give the VMs outbound access through NAT")
+	f.BoolVar(&noNAT, "no-nat", false, "remove the VMs' NAT")
+	eg.add(f, true)
+	f.BoolVar(&asJSON, "json", false, "print the per-VM results as JSON")
 	return cmd
 }
 

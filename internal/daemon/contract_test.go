@@ -98,6 +98,28 @@ var contract = []struct {
 		{list, "list"},
 		{status, "status vms=0 running=0 hypervisor=qemu"},
 	}},
+	{"egress policies: given at create, changed, refused when malformed", []step{
+		// Names need banger's DNS on the bridge, which a daemon without
+		// host networking does not serve: running VMs here get networks.
+		{createWith(rpc.CreateRequest{Name: "agent", Image: "minimal", Egress: &rpc.Egress{Mode: "allow", Allow: []string{"192.0.2.0/24", "10.1.2.0/24:5432/tcp"}}}),
+			"streamed; agent running image=minimal vcpus=2 mem=1024 nat=true ip=.2"},
+		{egressOf("agent"), "agent nat=true egress=allow 192.0.2.0/24,10.1.2.0/24:5432/tcp"},
+		{setEgress("agent", &rpc.Egress{Mode: "deny", Deny: []string{"198.51.100.7"}}), "agent nat=true egress=deny 198.51.100.7"},
+		{setEgress("agent", &rpc.Egress{Mode: "open"}), "agent nat=true egress=open"},
+		{setEgress("agent", &rpc.Egress{Mode: "default"}), "agent nat=true egress=default"},
+		{setEgress("agent", &rpc.Egress{Mode: "open", Allow: []string{"github.com"}}), "error 400 invalid"},
+		{setEgress("agent", &rpc.Egress{Mode: "allow", Allow: []string{"not a name"}}), "error 400 invalid"},
+		{setEgress("agent", &rpc.Egress{Mode: "sideways"}), "error 400 invalid"},
+		{createWith(rpc.CreateRequest{Name: "bad", Egress: &rpc.Egress{Mode: "default", Allow: []string{"github.com"}}}), "error 400 invalid"},
+		{raw("POST", "/v1/vms/agent/set", `{"egress":{"mode":"allow","allow":["x.test"],"extra":1}}`), "400 invalid"},
+		{egressOf("agent"), "agent nat=true egress=default"},
+		{create("plain", "minimal"), "streamed; plain running image=minimal vcpus=2 mem=1024 nat=false ip=.3"},
+		{egressOf("plain"), "plain nat=false egress=default"},
+		{setEgress("plain", &rpc.Egress{Mode: "allow", Allow: []string{"10.9.0.0/16"}}), "plain nat=true egress=allow 10.9.0.0/16"},
+		{stop("plain"), "plain stopped image=minimal vcpus=2 mem=1024 nat=true ip=.3"},
+		{setEgress("plain", &rpc.Egress{Mode: "allow", Allow: []string{"github.com", "*.npmjs.org"}}), "plain nat=true egress=allow github.com,*.npmjs.org"},
+		{list, "list agent:running plain:stopped"},
+	}},
 	{"images: register, use, refuse, delete", []step{
 		{register("mine", "relative.ext4"), "error 400 invalid"},
 		{register("mine", "/nonexistent/x.ext4"), "error 400 invalid"},
@@ -273,7 +295,29 @@ func stop(name string) func(context.Context, *subject) string {
 }
 
 func setNAT(name string, on bool) func(context.Context, *subject) string {
-	return func(ctx context.Context, s *subject) string { return vmLine(s.c.SetVM(ctx, name, &on)) }
+	return func(ctx context.Context, s *subject) string {
+		return vmLine(s.c.SetVM(ctx, name, rpc.SetRequest{NAT: &on}))
+	}
+}
+
+func setEgress(name string, e *rpc.Egress) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		v, err := s.c.SetVM(ctx, name, rpc.SetRequest{Egress: e})
+		if err != nil {
+			return errLine(err)
+		}
+		return fmt.Sprintf("%s nat=%t egress=%s", v.Name, v.NAT, v.Egress)
+	}
+}
+
+func egressOf(name string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		v, err := s.c.GetVM(ctx, name)
+		if err != nil {
+			return errLine(err)
+		}
+		return fmt.Sprintf("%s nat=%t egress=%s", v.Name, v.NAT, v.Egress)
+	}
 }
 
 func del(name string) func(context.Context, *subject) string {

@@ -179,9 +179,9 @@ func (c *Client) DeleteVM(ctx context.Context, name string) error {
 }
 
 // SetVM changes a VM's settings.
-func (c *Client) SetVM(ctx context.Context, name string, nat *bool) (*VM, error) {
+func (c *Client) SetVM(ctx context.Context, name string, req SetRequest) (*VM, error) {
 	var vm VM
-	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/set", map[string]any{"nat": nat}, &vm)
+	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/set", req, &vm)
 }
 
 // SSHInfo returns what is needed to ssh into a VM.

@@ -18,8 +18,15 @@ type VM struct {
 	TAP           string `json:"tap,omitempty"`
 	PID           int    `json:"pid,omitempty"`
 	NAT           bool   `json:"nat"`
-	Dir           string `json:"dir"`
-	ConsoleLog    string `json:"console_log"`
+	// Egress is the VM's egress policy in one line ("default", "allow
+	// github.com,*.npmjs.org", "deny evil.example", "open"); it applies
+	// while NAT is on.
+	Egress string `json:"egress"`
+	// EgressStats is what the policy refused; only GET /v1/vms/{name}
+	// fills it, for a running NAT VM with a policy in force.
+	EgressStats *EgressStats `json:"egress_stats,omitempty"`
+	Dir         string       `json:"dir"`
+	ConsoleLog  string       `json:"console_log"`
 	// OpencodePassword is the basic-auth password (user "opencode") of the
 	// guest's opencode server. bangerd's VM views never carry it, so lists
 	// and the web UI do not show it; 'banger vm show' fills it in from
@@ -51,8 +58,57 @@ type CreateRequest struct {
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskSize  string `json:"disk_size,omitempty"`
 	NAT       bool   `json:"nat,omitempty"`
+	// Egress is the VM's egress policy; nil is the default. A policy other
+	// than open turns NAT on.
+	Egress *Egress `json:"egress,omitempty"`
 	// NoWait returns as soon as the hypervisor is up.
 	NoWait bool `json:"no_wait,omitempty"`
+}
+
+// SetRequest is the body of POST /v1/vms/{name}/set: nil fields are left
+// as they are.
+type SetRequest struct {
+	NAT *bool `json:"nat,omitempty"`
+	// Egress replaces the egress policy; a policy other than open turns
+	// NAT on.
+	Egress *Egress `json:"egress,omitempty"`
+}
+
+// Egress is an egress policy: mode "default", "allow", "deny" or "open",
+// and lists of entries (domains such as github.com or *.npmjs.org, IPv4
+// networks, each with an optional :port and /tcp or /udp).
+type Egress struct {
+	Mode  string   `json:"mode"`
+	Allow []string `json:"allow,omitempty"`
+	Deny  []string `json:"deny,omitempty"`
+}
+
+// EgressStats is what a VM's egress policy refused.
+type EgressStats struct {
+	// Refused counts dropped packets and bytes by reason: denied,
+	// resolver, private, unlisted, host, spoofed.
+	Refused map[string]EgressCounter `json:"refused"`
+	// NamesRefused counts DNS questions answered NXDOMAIN.
+	NamesRefused uint64 `json:"names_refused"`
+	// Recent are the latest refused names and destinations, newest first.
+	Recent []EgressDenial `json:"recent"`
+	// Learned counts the addresses banger's DNS opened that have not
+	// expired.
+	Learned int `json:"learned"`
+}
+
+// EgressCounter is a count of refused packets.
+type EgressCounter struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// EgressDenial is one refused name or destination.
+type EgressDenial struct {
+	Time   time.Time `json:"time"`
+	Name   string    `json:"name,omitempty"`
+	Addr   string    `json:"addr,omitempty"`
+	Reason string    `json:"reason"`
 }
 
 // Event is one line of a streamed long operation (create, start).

@@ -73,6 +73,8 @@ var migrations = []string{
 	CREATE INDEX vm_stages_vm_id ON vm_stages(vm_id);`,
 	// 2: the SSH key a managed image's work-seed authorizes.
 	`ALTER TABLE images ADD COLUMN seed_key TEXT NOT NULL DEFAULT '';`,
+	// 3: a VM's egress policy (JSON; '' is the default policy).
+	`ALTER TABLE vms ADD COLUMN egress TEXT NOT NULL DEFAULT '';`,
 }
 
 // Store is an open state database. It is safe for concurrent use.

@@ -34,18 +34,21 @@ type VM struct {
 	PID           int
 	CID           uint32
 	NAT           bool
-	Dir           string // data dir holding the VM's disks
-	RuntimeDir    string
-	Error         string
-	CreatedAt     time.Time
-	UpdatedAt     time.Time
+	// Egress is the VM's egress policy as JSON (egress.Policy); "" is the
+	// default policy.
+	Egress     string
+	Dir        string // data dir holding the VM's disks
+	RuntimeDir string
+	Error      string
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
 }
 
 // MinCID is the lowest vsock context ID handed to guests (0-2 are reserved).
 const MinCID = 3
 
 const vmColumns = `id, name, image, state, hypervisor, vcpus, memory_mib, disk_size_bytes,
-	ip, mac, tap, pid, cid, nat, dir, runtime_dir, error, created_at, updated_at`
+	ip, mac, tap, pid, cid, nat, dir, runtime_dir, error, created_at, updated_at, egress`
 
 type querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
@@ -103,10 +106,10 @@ func prepareVM(vm *VM) error {
 
 func insertVM(ctx context.Context, q querier, vm *VM) error {
 	_, err := q.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		vm.ID, vm.Name, vm.Image, vm.State, vm.Hypervisor, vm.VCPUs, vm.MemoryMiB, vm.DiskSizeBytes,
 		nullString(vm.IP), vm.MAC, nullString(vm.TAP), vm.PID, nullCID(vm.CID), vm.NAT,
-		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt))
+		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt), vm.Egress)
 	return conflict(err)
 }
 
@@ -224,10 +227,10 @@ func (s *Store) UpdateVM(ctx context.Context, vm *VM) error {
 	updated := time.Now().UTC()
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name = ?, image = ?, state = ?, hypervisor = ?,
 		vcpus = ?, memory_mib = ?, disk_size_bytes = ?, ip = ?, mac = ?, tap = ?, pid = ?, cid = ?,
-		nat = ?, dir = ?, runtime_dir = ?, error = ?, updated_at = ? WHERE id = ?`,
+		nat = ?, dir = ?, runtime_dir = ?, error = ?, updated_at = ?, egress = ? WHERE id = ?`,
 		vm.Name, vm.Image, vm.State, vm.Hypervisor, vm.VCPUs, vm.MemoryMiB, vm.DiskSizeBytes,
 		nullString(vm.IP), vm.MAC, nullString(vm.TAP), vm.PID, nullCID(vm.CID), vm.NAT,
-		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(updated), vm.ID)
+		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(updated), vm.Egress, vm.ID)
 	if err != nil {
 		return fmt.Errorf("updating vm %s: %w", vm.Name, conflict(err))
 	}
@@ -270,7 +273,7 @@ func (s *Store) queryVMs(ctx context.Context, query string, args ...any) ([]VM, 
 		)
 		if err := rows.Scan(&vm.ID, &vm.Name, &vm.Image, &vm.State, &vm.Hypervisor, &vm.VCPUs,
 			&vm.MemoryMiB, &vm.DiskSizeBytes, &ip, &vm.MAC, &tap, &vm.PID, &cid, &vm.NAT,
-			&vm.Dir, &vm.RuntimeDir, &vm.Error, &created, &updated); err != nil {
+			&vm.Dir, &vm.RuntimeDir, &vm.Error, &created, &updated, &vm.Egress); err != nil {
 			return nil, err
 		}
 		vm.IP, vm.TAP, vm.CID = ip.String, tap.String, uint32(cid.Int64)

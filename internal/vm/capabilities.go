@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/banger/banger/internal/doctor"
+	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/isolation"
 	"github.com/banger/banger/internal/nat"
 	"github.com/banger/banger/internal/network"
@@ -15,12 +16,14 @@ import (
 // Host is what the standard capabilities work with: the owner's network
 // devices and tables, its resolver and its known_hosts.
 type Host struct {
-	Runner    runner.Runner
-	Log       *slog.Logger
-	Net       *network.Manager
-	Pool      *network.Pool
-	Names     network.Names
-	NAT       *nat.Manager
+	Runner runner.Runner
+	Log    *slog.Logger
+	Net    *network.Manager
+	Pool   *network.Pool
+	Names  network.Names
+	NAT    *nat.Manager
+	// Egress enforces NAT VMs' egress policies; nil enforces none.
+	Egress    *egress.Manager
 	Isolation *isolation.Manager
 	Known     *KnownHosts
 	Images    *Images
@@ -47,6 +50,7 @@ func NewCapabilities(e *Engine, h Host) []Capability {
 		&tapCap{net: h.Net, pool: h.Pool, names: h.Names, uid: os.Getuid(), gid: os.Getgid(), refill: refill, log: h.Log.With("capability", "network device")},
 		&dnsCap{gateway: func() netip.Addr { return h.Net.Gateway() }, served: h.DNSServed, upstreams: h.Upstreams},
 		&natCap{nat: h.NAT, log: h.Log, haveNFT: haveTools(doctor.OpNAT)},
+		&egressCap{m: h.Egress, served: h.DNSServed, haveNFT: haveTools(doctor.OpNAT)},
 		&isolationCap{iso: h.Isolation, haveNFT: haveTools(doctor.OpIsolation), spawn: e.Go, ctx: e.Context, log: h.Log},
 		&hostKeysCap{known: h.Known},
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/doctor"
+	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/guestconfig"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/network"
@@ -30,6 +31,9 @@ type CreateOptions struct {
 	// image's size); 0 keeps the image's.
 	DiskSize int64
 	NAT      bool
+	// Egress is the VM's egress policy; nil is the default. A policy other
+	// than open is for outbound traffic, so it turns NAT on.
+	Egress *egress.Policy
 }
 
 // Plan is a validated create: everything that can be refused is refused
@@ -51,6 +55,14 @@ func (e *Engine) Plan(ctx context.Context, o CreateOptions) (*Plan, error) {
 		return nil, exists("a VM named %s already exists (%s): pick another name, or remove it with 'banger vm delete %s'", o.Name, vm.State, o.Name)
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return nil, err
+	}
+	if o.Egress != nil {
+		if err := o.Egress.Validate(); err != nil {
+			return nil, invalid("%w", err)
+		}
+		if o.Egress.Effective() != egress.ModeOpen {
+			o.NAT = true
+		}
 	}
 	b, err := e.Bundle()
 	if err != nil {
@@ -136,6 +148,11 @@ func (e *Engine) Create(p *Plan, pr Progress) (*store.VM, error) {
 		NAT:           p.Options.NAT,
 		Dir:           dataDir,
 		RuntimeDir:    rtDir,
+	}
+	if p.Options.Egress != nil {
+		if err := SetPolicy(vm, *p.Options.Egress); err != nil {
+			return nil, err
+		}
 	}
 	net := e.cfg.Network
 	if err := e.cfg.Store.CreateVMWithLease(ctx, vm, net.GuestSubnet(), net.Gateway()); err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/bundle/bundletest"
+	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/hypervisortest"
 	"github.com/banger/banger/internal/isolation"
@@ -85,6 +86,7 @@ func (h *testHost) engine() *Engine {
 		Runner: h.r, Net: netm, Names: names,
 		Pool:      &network.Pool{M: netm, Prefix: names.PoolPrefix},
 		NAT:       &nat.Manager{R: h.r, Table: names.Table, Bridge: names.Bridge, Subnet: names.Subnet},
+		Egress:    &egress.Manager{R: h.r, Table: egress.TableName(names.Table), Bridge: names.Bridge, Subnet: names.Subnet},
 		Isolation: &isolation.Manager{R: h.r, Table: names.Table, Bridge: names.Bridge, TAPPrefixes: []string{names.TAPPrefix}},
 		Known:     h.known, Images: images,
 		DNSServed: func() bool { return true },
@@ -433,4 +435,85 @@ func TestConsoleLogCapped(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestEgressFollowsNAT: a policy is applied at boot to NAT VMs only,
+// changed at once on a running VM, and removed by open, stop and delete;
+// bad policies change nothing.
+func TestEgressFollowsNAT(t *testing.T) {
+	h := newTestHost(t)
+	e := h.engine()
+	ctx := context.Background()
+	// A policy in force is one the manager tracks (its counters can be
+	// read); the rules it wrote are the egress package's to test.
+	inForce := func(id string) bool {
+		_, err := e.EgressStats(ctx, &store.VM{ID: id})
+		return !errors.Is(err, egress.ErrNoPolicy)
+	}
+	applied := func(id string) bool {
+		for _, c := range h.r.Calls() {
+			if strings.HasPrefix(c, "priv nft") && strings.Contains(c, "v_"+id+"_fwd") {
+				return inForce(id)
+			}
+		}
+		return false
+	}
+	removed := func(id string) bool { return !inForce(id) }
+	plain := h.mustCreate(e, "plain")
+	if applied(plain.ID) {
+		t.Errorf("a VM without NAT got egress rules")
+	}
+	p, err := e.Plan(ctx, CreateOptions{Name: "agent", Image: "minimal", Egress: &egress.Policy{Mode: egress.ModeAllow, Allow: mustList(t, "192.0.2.0/24")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := e.Create(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !v.NAT || !applied(v.ID) {
+		t.Fatalf("agent: nat %v, rules applied %v; want an allow policy to turn NAT on and apply", v.NAT, applied(v.ID))
+	}
+	if got, _ := PolicyOf(v); got.String() != "allow 192.0.2.0/24" {
+		t.Errorf("agent's policy = %q", got)
+	}
+
+	// Bad input changes nothing.
+	bad := &egress.Policy{Mode: egress.ModeOpen, Allow: mustList(t, "10.0.0.0/8")}
+	if _, err := e.Set("agent", SetOptions{Egress: bad}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Set(open with a list) = %v, want ErrInvalid", err)
+	}
+	if got, _ := e.Get(ctx, "agent"); got.Egress != v.Egress {
+		t.Errorf("a refused change changed the record: %q, was %q", got.Egress, v.Egress)
+	}
+
+	h.r.Reset()
+	open := egress.Open()
+	if v, err = e.Set("agent", SetOptions{Egress: &open}); err != nil || !v.NAT {
+		t.Fatalf("Set(open) = %+v, %v", v, err)
+	}
+	if !removed(v.ID) {
+		t.Errorf("open left the VM's rules: %q", h.r.Calls())
+	}
+	h.r.Reset()
+	def := egress.Policy{}
+	if v, err = e.Set("agent", SetOptions{Egress: &def}); err != nil || v.Egress != "" || !applied(v.ID) {
+		t.Fatalf("Set(default) = %+v, %v; applied %v", v, err, applied(v.ID))
+	}
+	h.r.Reset()
+	if _, err := e.Stop("agent"); err != nil {
+		t.Fatal(err)
+	}
+	if !removed(v.ID) {
+		t.Errorf("stop left the VM's rules: %q", h.r.Calls())
+	}
+}
+
+func mustList(t *testing.T, s string) []egress.Entry {
+	t.Helper()
+	l, err := egress.ParseList(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/doctor"
+	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/logfile"
 	"github.com/banger/banger/internal/store"
@@ -171,9 +172,14 @@ func (e *Engine) Delete(nameOrID string) error {
 // SetOptions change a VM's settings; nil fields stay as they are.
 type SetOptions struct {
 	NAT *bool
+	// Egress replaces the VM's egress policy. A policy other than open is
+	// for outbound traffic, so it turns NAT on.
+	Egress *egress.Policy
 }
 
-// Set changes a VM's settings, at once when it runs.
+// Set changes a VM's settings, at once when it runs. Bad input changes
+// nothing; a running VM whose change fails keeps its old settings on
+// record.
 func (e *Engine) Set(nameOrID string, o SetOptions) (*store.VM, error) {
 	ctx := e.ctx
 	vm, unlock, err := e.lockVM(ctx, nameOrID)
@@ -181,25 +187,48 @@ func (e *Engine) Set(nameOrID string, o SetOptions) (*store.VM, error) {
 		return nil, err
 	}
 	defer unlock()
+	next := *vm
+	if o.Egress != nil {
+		if err := SetPolicy(&next, *o.Egress); err != nil {
+			return nil, err
+		}
+		if o.Egress.Effective() != egress.ModeOpen && o.NAT == nil {
+			next.NAT = true
+		}
+	}
+	if o.NAT != nil {
+		next.NAT = *o.NAT
+	}
+	if next.NAT == vm.NAT && next.Egress == vm.Egress {
+		return vm, nil
+	}
 	running := vm.State == StateRunning || vm.State == StateStarting
-	if o.NAT != nil && *o.NAT != vm.NAT && (*o.NAT || running) {
+	if next.NAT || running {
 		if err := e.cfg.Requirements(ctx, doctor.OpNAT); err != nil {
 			return nil, unavailable(err)
 		}
 	}
-	if o.NAT != nil && *o.NAT != vm.NAT {
-		vm.NAT = *o.NAT
-		if running {
-			for _, c := range e.caps {
-				if n, ok := c.(*natCap); ok {
-					if err := n.apply(ctx, vm); err != nil {
-						return nil, fmt.Errorf("changing NAT of %s: %w", vm.Name, err)
-					}
-				}
+	if running {
+		if err := e.caps.update(ctx, &next); err != nil {
+			// Put the running VM's rules back as they were on record.
+			if rerr := e.caps.update(context.WithoutCancel(ctx), vm); rerr != nil {
+				e.log.Warn("restoring a VM's settings after a failed change", "vm", vm.Name, "err", rerr)
 			}
+			return nil, err
 		}
 	}
-	return vm, e.cfg.Store.UpdateVM(ctx, vm)
+	return &next, e.cfg.Store.UpdateVM(ctx, &next)
+}
+
+// EgressStats is what a VM's egress policy refused; egress.ErrNoPolicy
+// when none is in force (no NAT, open, not running).
+func (e *Engine) EgressStats(ctx context.Context, vm *store.VM) (egress.Stats, error) {
+	for _, c := range e.caps {
+		if ec, ok := c.(*egressCap); ok {
+			return ec.Stats(ctx, vm)
+		}
+	}
+	return egress.Stats{}, egress.ErrNoPolicy
 }
 
 // watch marks a VM stopped (or, after a crash, in error) when its

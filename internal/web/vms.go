@@ -210,7 +210,7 @@ func (s *Server) setNAT(w http.ResponseWriter, r *http.Request) {
 	}
 	var vm *rpc.VM
 	if err == nil {
-		if vm, err = s.Client.SetVM(r.Context(), name, &nat); err != nil {
+		if vm, err = s.Client.SetVM(r.Context(), name, rpc.SetRequest{NAT: &nat}); err != nil {
 			err = fmt.Errorf("setting nat on vm %s: %w", name, err)
 		}
 	}

@@ -2,10 +2,13 @@ package api
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
 
+	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/opencode"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/store"
@@ -30,6 +33,7 @@ func View(ctx context.Context, st *store.Store, v *store.VM) *rpc.VM {
 		TAP:           v.TAP,
 		PID:           v.PID,
 		NAT:           v.NAT,
+		Egress:        egressLine(v),
 		Dir:           v.Dir,
 		ConsoleLog:    vm.ConsoleLog(v),
 		Error:         v.Error,
@@ -39,6 +43,43 @@ func View(ctx context.Context, st *store.Store, v *store.VM) *rpc.VM {
 		for _, s := range stages {
 			out.Stages = append(out.Stages, rpc.Stage{Name: s.Stage, DurationMS: float64(s.Duration) / float64(time.Millisecond)})
 		}
+	}
+	return out
+}
+
+// egressLine is the VM's policy in one line.
+func egressLine(v *store.VM) string {
+	p, err := vm.PolicyOf(v)
+	if err != nil {
+		return "unreadable: " + err.Error()
+	}
+	return p.String()
+}
+
+// policy turns a wire policy into the engine's, validated.
+func policy(e *rpc.Egress) (*egress.Policy, error) {
+	if e == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("encoding egress policy: %w", err)
+	}
+	var p egress.Policy
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("invalid egress policy: %w: %w", err, errBadRequest)
+	}
+	return &p, nil
+}
+
+// egressStats is the wire form of what a policy refused.
+func egressStats(st egress.Stats) *rpc.EgressStats {
+	out := &rpc.EgressStats{Refused: map[string]rpc.EgressCounter{}, NamesRefused: st.NamesRefused, Learned: st.Learned, Recent: []rpc.EgressDenial{}}
+	for k, c := range st.Refused {
+		out.Refused[k] = rpc.EgressCounter{Packets: c.Packets, Bytes: c.Bytes}
+	}
+	for _, d := range st.Recent {
+		out.Recent = append(out.Recent, rpc.EgressDenial{Time: d.Time, Name: d.Name, Addr: d.Addr, Reason: d.Reason.String()})
 	}
 	return out
 }
@@ -66,7 +107,15 @@ func (s *Server) handleShow(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	writeJSON(w, 200, s.view(r.Context(), v))
+	out := s.view(r.Context(), v)
+	if v.NAT && v.State == vm.StateRunning {
+		if st, err := s.Engine.EgressStats(r.Context(), v); err == nil {
+			out.EgressStats = egressStats(st)
+		} else if !errors.Is(err, egress.ErrNoPolicy) {
+			s.log().Warn("reading egress counters", "vm", v.Name, "err", err)
+		}
+	}
+	writeJSON(w, 200, out)
 }
 
 // createOptions turns a create request into the engine's options.
@@ -85,6 +134,11 @@ func createOptions(req rpc.CreateRequest) (vm.CreateOptions, error) {
 		}
 		o.DiskSize = n
 	}
+	p, err := policy(req.Egress)
+	if err != nil {
+		return o, err
+	}
+	o.Egress = p
 	return o, nil
 }
 
@@ -152,18 +206,18 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, map[string]bool{"ok": true})
 }
 
-// SetRequest is the body of POST /v1/vms/{name}/set.
-type SetRequest struct {
-	NAT *bool `json:"nat"`
-}
-
 func (s *Server) handleSet(w http.ResponseWriter, r *http.Request) {
-	var req SetRequest
+	var req rpc.SetRequest
 	if err := decode(r, "set", &req); err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	v, err := s.Engine.Set(r.PathValue("name"), vm.SetOptions{NAT: req.NAT})
+	p, err := policy(req.Egress)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	v, err := s.Engine.Set(r.PathValue("name"), vm.SetOptions{NAT: req.NAT, Egress: p})
 	if err != nil {
 		s.writeErr(w, err)
 		return

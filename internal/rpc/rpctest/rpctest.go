@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/image/ext4"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/vm"
@@ -179,6 +180,9 @@ func (f *Fake) serve(ctx context.Context, ln net.Listener) error {
 // Add records vm as it is given, with an id and a creation time 5 minutes
 // ago if it has none.
 func (f *Fake) Add(vm rpc.VM) {
+	if vm.Egress == "" {
+		vm.Egress = "default"
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if vm.ID == "" {
@@ -446,12 +450,42 @@ func (f *Fake) planCreate(req rpc.CreateRequest) (*rpc.VM, *rpc.Error) {
 	if vm, ok := f.vms[req.Name]; ok {
 		return nil, apiError(rpc.CodeExists, "a VM named %s already exists (%s): pick another name, or remove it with 'banger vm delete %s'", req.Name, vm.State, req.Name)
 	}
+	p, e := policy(req.Egress)
+	if e != nil {
+		return nil, e
+	}
 	image := cmp.Or(req.Image, defaultImage)
 	if _, ok := f.image(image); !ok {
 		return nil, apiError(rpc.CodeInvalid, "finding image %q in runtime bundle %s: no such image: use one of docker, minimal (or register one with 'banger image register --name %s --rootfs PATH')", image, bundleDir, image)
 	}
-	return &rpc.VM{ID: f.newID(), Name: req.Name, Image: image, State: "creating", Hypervisor: hypervisor, IP: f.freeIP(), NAT: req.NAT,
-		VCPUs: cmp.Or(req.VCPUs, defaultVCPUs), MemoryMiB: cmp.Or(req.MemoryMiB, defaultMemoryMiB), CreatedAt: time.Now()}, nil
+	v := &rpc.VM{ID: f.newID(), Name: req.Name, Image: image, State: "creating", Hypervisor: hypervisor, IP: f.freeIP(), NAT: req.NAT,
+		Egress: "default", VCPUs: cmp.Or(req.VCPUs, defaultVCPUs), MemoryMiB: cmp.Or(req.MemoryMiB, defaultMemoryMiB), CreatedAt: time.Now()}
+	setPolicy(v, p)
+	return v, nil
+}
+
+// policy reads a wire egress policy as bangerd does; nil for none.
+func policy(w *rpc.Egress) (*egress.Policy, *rpc.Error) {
+	if w == nil {
+		return nil, nil
+	}
+	b, _ := json.Marshal(w)
+	var p egress.Policy
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, apiError(rpc.CodeInvalid, "invalid egress policy: %v", err)
+	}
+	return &p, nil
+}
+
+// setPolicy gives vm the policy p, which turns NAT on unless it is open.
+func setPolicy(vm *rpc.VM, p *egress.Policy) {
+	if p == nil {
+		return
+	}
+	vm.Egress = p.String()
+	if p.Effective() != egress.ModeOpen {
+		vm.NAT = true
+	}
 }
 
 // newID returns a new VM id, under f.mu.
@@ -586,14 +620,18 @@ func (f *Fake) handleStop(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *Fake) handleSet(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		NAT *bool `json:"nat"`
-	}
+	var req rpc.SetRequest
 	if e := decode(r, "set", &req); e != nil {
 		writeErr(w, e)
 		return
 	}
+	p, e := policy(req.Egress)
+	if e != nil {
+		writeErr(w, e)
+		return
+	}
 	f.withVM(func(vm *rpc.VM) any {
+		setPolicy(vm, p)
 		if req.NAT != nil {
 			vm.NAT = *req.NAT
 		}
