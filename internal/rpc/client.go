@@ -128,10 +128,12 @@ func (c *Client) streamEvents(ctx context.Context, method, path string, in any, 
 			return &ev, &APIError{Status: 500, Err: Error{Message: ev.Error, Code: ev.Code}}
 		}
 	}
-	if err := sc.Err(); err != nil {
+	if err := sc.Err(); err != nil && ctx.Err() == nil {
+		return nil, fmt.Errorf("%s %s: bangerd went away before it finished (%w): it may have been stopped or crashed; what it was doing goes on or is reconciled when it starts again: see 'banger daemon status' and 'banger vm list'", method, path, err)
+	} else if err != nil {
 		return nil, fmt.Errorf("reading events from %s %s: %w", method, path, err)
 	}
-	return nil, fmt.Errorf("%s %s: bangerd closed the stream before finishing (see bangerd's log)", method, path)
+	return nil, fmt.Errorf("%s %s: bangerd closed the stream before finishing: see 'banger daemon status' and bangerd's log", method, path)
 }
 
 // Status returns the daemon status.

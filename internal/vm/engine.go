@@ -213,7 +213,11 @@ func (e *Engine) lockVM(ctx context.Context, nameOrID string) (*store.VM, func()
 		return nil, nil, err
 	}
 	unlock := e.locks.lock(vm.Name)
+	name := vm.Name
 	vm, err = e.Get(ctx, vm.ID)
+	if errors.Is(err, ErrNotFound) {
+		err = notFound("VM %s was deleted meanwhile: see 'banger vm list'", name)
+	}
 	if err != nil {
 		unlock()
 		return nil, nil, err

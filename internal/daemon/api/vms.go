@@ -183,8 +183,10 @@ func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
 	s.stream(w, r, pr, func() (rpc.Event, error) {
 		v, err := s.Engine.Start(name, pr)
 		if err != nil {
+			s.log().Error("start failed", "vm", name, "err", err)
 			return rpc.Event{}, err
 		}
+		s.log().Info("started VM", "vm", v.Name, "ip", v.IP)
 		return rpc.Event{VM: s.view(s.Engine.Context(), v)}, nil
 	})
 }
