@@ -268,6 +268,8 @@ func (d *Daemon) Start(ctx context.Context) error {
 		}
 		return nil
 	})
+	// The API sets read and write deadlines per request (api.ReadTimeout,
+	// api.WriteTimeout): its streams run for minutes.
 	d.srv = &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	d.served = make(chan error, 1)
 	go func() { d.served <- d.srv.Serve(ln) }()
