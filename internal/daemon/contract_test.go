@@ -134,6 +134,16 @@ var contract = []struct {
 		{delImage("mine"), "ok"},
 		{images, "images docker(default,managed) minimal(managed)"},
 	}},
+	{"an image with its own kernel", []step{
+		{registerKernel("own", "vmlinux", "initrd.img", "6.12.68_1"), "image own(-,own 6.12.68_1)"},
+		{images, "images docker(default,managed) minimal(managed) own(-,own 6.12.68_1)"},
+		{create("k", "own"), "streamed; k running image=own vcpus=2 mem=1024 nat=false ip=.2"},
+		{registerKernel("bad1", "vmlinux", "", ""), "error 400 invalid"},
+		{registerKernel("bad2", "initrd.img", "initrd.img", ""), "error 400 invalid"},
+		{registerKernel("bad3", "vmlinux", "vmlinux", ""), "error 400 invalid"},
+		{registerKernel("bad4", "vmlinux", "initrd.img", "two"), "error 400 invalid"},
+		{images, "images docker(default,managed) minimal(managed) own(-,own 6.12.68_1)"},
+	}},
 	{"a failed boot leaves the VM in the error state, and it starts again", []step{
 		{failBoots("dud", true), ""},
 		{create("dud", "minimal"), "error 500 internal"},
@@ -372,6 +382,48 @@ func register(name, rootfs string) func(context.Context, *subject) string {
 	}
 }
 
+// registerKernel registers an image with its own kernel and initrd (files
+// the step makes in the subject's directory: "vmlinux" is an ELF file,
+// "initrd.img" a gzip one; "" leaves the flag out) and modules of the
+// given release ("" leaves --modules out, "two" makes a dir holding two
+// releases).
+func registerKernel(name, kernelFile, initrdFile, release string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		content := map[string]string{"vmlinux": "\x7fELF\x02\x01\x01 kernel", "initrd.img": "\x1f\x8b\x08 initramfs"}
+		for f, c := range content {
+			os.WriteFile(filepath.Join(s.dir, f), []byte(c), 0o644)
+		}
+		rootfs := filepath.Join(s.dir, name+".ext4")
+		if err := ext4.WriteMagic(rootfs, 4<<20); err != nil {
+			return err.Error()
+		}
+		req := rpc.RegisterImageRequest{Name: name, Rootfs: rootfs}
+		if kernelFile != "" {
+			req.Kernel = filepath.Join(s.dir, kernelFile)
+		}
+		if initrdFile != "" {
+			req.Initrd = filepath.Join(s.dir, initrdFile)
+		}
+		if release != "" {
+			mods := filepath.Join(s.dir, "modules-"+name)
+			rels := []string{release}
+			if release == "two" {
+				rels = []string{"6.1.0-1", "6.1.0-2"}
+			}
+			for _, r := range rels {
+				os.MkdirAll(filepath.Join(mods, r), 0o755)
+				os.WriteFile(filepath.Join(mods, r, "modules.order"), nil, 0o644)
+			}
+			req.Modules = mods
+		}
+		img, err := s.c.RegisterImage(ctx, req)
+		if err != nil {
+			return errLine(err)
+		}
+		return "image " + imageLine(*img)
+	}
+}
+
 func delImage(name string) func(context.Context, *subject) string {
 	return func(ctx context.Context, s *subject) string { return okLine(s.c.DeleteImage(ctx, name)) }
 }
@@ -442,6 +494,9 @@ func imageLine(img rpc.Image) string {
 	}
 	if len(flags) == 0 {
 		flags = []string{"-"}
+	}
+	if img.Kernel != "" {
+		flags = append(flags, "own "+img.KernelVersion)
 	}
 	return img.Name + "(" + strings.Join(flags, ",") + ")"
 }

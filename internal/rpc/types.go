@@ -167,6 +167,13 @@ type Image struct {
 	Default  bool   `json:"default"`
 	Managed  bool   `json:"managed"`
 	Size     int64  `json:"size_bytes"`
+	// Kernel and Initrd are the image's own kernel and initramfs; empty
+	// when its VMs boot the bundle's. Modules is its modules dir.
+	Kernel  string `json:"kernel,omitempty"`
+	Initrd  string `json:"initrd,omitempty"`
+	Modules string `json:"modules,omitempty"`
+	// KernelVersion is the release its VMs boot, when known.
+	KernelVersion string `json:"kernel_version,omitempty"`
 }
 
 // RegisterImageRequest records an existing ext4 image under a name.
@@ -174,6 +181,12 @@ type RegisterImageRequest struct {
 	Name     string `json:"name"`
 	Rootfs   string `json:"rootfs"`
 	WorkSeed string `json:"work_seed,omitempty"`
+	// Kernel and Initrd (both or neither) are an ELF kernel and its
+	// initramfs the image's VMs boot instead of the bundle's; Modules is
+	// their lib/modules/<release> dir.
+	Kernel  string `json:"kernel,omitempty"`
+	Initrd  string `json:"initrd,omitempty"`
+	Modules string `json:"modules,omitempty"`
 }
 
 // BuildImageRequest asks bangerd to build a Debian image with debootstrap.

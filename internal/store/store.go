@@ -75,6 +75,14 @@ var migrations = []string{
 	`ALTER TABLE images ADD COLUMN seed_key TEXT NOT NULL DEFAULT '';`,
 	// 3: a VM's egress policy (JSON; '' is the default policy).
 	`ALTER TABLE vms ADD COLUMN egress TEXT NOT NULL DEFAULT '';`,
+	// 4: images that carry their own kernel, initramfs and modules, and
+	// the kernel each VM boots ('' is the bundle's).
+	`ALTER TABLE images ADD COLUMN kernel TEXT NOT NULL DEFAULT '';
+	ALTER TABLE images ADD COLUMN initrd TEXT NOT NULL DEFAULT '';
+	ALTER TABLE images ADD COLUMN modules TEXT NOT NULL DEFAULT '';
+	ALTER TABLE images ADD COLUMN kernel_version TEXT NOT NULL DEFAULT '';
+	ALTER TABLE vms ADD COLUMN kernel TEXT NOT NULL DEFAULT '';
+	ALTER TABLE vms ADD COLUMN initrd TEXT NOT NULL DEFAULT '';`,
 }
 
 // Store is an open state database. It is safe for concurrent use.

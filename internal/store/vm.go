@@ -36,19 +36,22 @@ type VM struct {
 	NAT           bool
 	// Egress is the VM's egress policy as JSON (egress.Policy); "" is the
 	// default policy.
-	Egress     string
-	Dir        string // data dir holding the VM's disks
-	RuntimeDir string
-	Error      string
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
+	Egress string
+	// Kernel and Initrd are what the VM boots, its image's own; "" is the
+	// bundle's.
+	Kernel, Initrd string
+	Dir            string // data dir holding the VM's disks
+	RuntimeDir     string
+	Error          string
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
 }
 
 // MinCID is the lowest vsock context ID handed to guests (0-2 are reserved).
 const MinCID = 3
 
 const vmColumns = `id, name, image, state, hypervisor, vcpus, memory_mib, disk_size_bytes,
-	ip, mac, tap, pid, cid, nat, dir, runtime_dir, error, created_at, updated_at, egress`
+	ip, mac, tap, pid, cid, nat, dir, runtime_dir, error, created_at, updated_at, egress, kernel, initrd`
 
 type querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
@@ -106,10 +109,10 @@ func prepareVM(vm *VM) error {
 
 func insertVM(ctx context.Context, q querier, vm *VM) error {
 	_, err := q.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		vm.ID, vm.Name, vm.Image, vm.State, vm.Hypervisor, vm.VCPUs, vm.MemoryMiB, vm.DiskSizeBytes,
 		nullString(vm.IP), vm.MAC, nullString(vm.TAP), vm.PID, nullCID(vm.CID), vm.NAT,
-		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt), vm.Egress)
+		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt), vm.Egress, vm.Kernel, vm.Initrd)
 	return conflict(err)
 }
 
@@ -273,7 +276,7 @@ func (s *Store) queryVMs(ctx context.Context, query string, args ...any) ([]VM, 
 		)
 		if err := rows.Scan(&vm.ID, &vm.Name, &vm.Image, &vm.State, &vm.Hypervisor, &vm.VCPUs,
 			&vm.MemoryMiB, &vm.DiskSizeBytes, &ip, &vm.MAC, &tap, &vm.PID, &cid, &vm.NAT,
-			&vm.Dir, &vm.RuntimeDir, &vm.Error, &created, &updated, &vm.Egress); err != nil {
+			&vm.Dir, &vm.RuntimeDir, &vm.Error, &created, &updated, &vm.Egress, &vm.Kernel, &vm.Initrd); err != nil {
 			return nil, err
 		}
 		vm.IP, vm.TAP, vm.CID = ip.String, tap.String, uint32(cid.Int64)

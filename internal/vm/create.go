@@ -117,6 +117,28 @@ func (e *Engine) Plan(ctx context.Context, o CreateOptions) (*Plan, error) {
 	return p, nil
 }
 
+// bootFiles are the kernel and initramfs vm boots: its image's own, or the
+// bundle's.
+func bootFiles(vm *store.VM, b *bundle.Bundle) (kernel, initrd string) {
+	if vm.Kernel != "" {
+		return vm.Kernel, vm.Initrd
+	}
+	return b.Path(b.Kernel), b.Path(b.Initrd)
+}
+
+// checkBootFiles says clearly when the image kernel a VM boots is gone.
+func checkBootFiles(vm *store.VM) error {
+	for _, f := range []string{vm.Kernel, vm.Initrd} {
+		if f == "" {
+			continue
+		}
+		if _, err := os.Stat(f); err != nil {
+			return unavailable(fmt.Errorf("VM %s boots its image's own kernel, and %s is gone (%w): put it back, or recreate the VM", vm.Name, f, err))
+		}
+	}
+	return nil
+}
+
 func newID() string {
 	b := make([]byte, 6)
 	rand.Read(b)
@@ -146,6 +168,8 @@ func (e *Engine) Create(p *Plan, pr Progress) (*store.VM, error) {
 		MemoryMiB:     p.Options.MemoryMiB,
 		DiskSizeBytes: p.diskSize,
 		NAT:           p.Options.NAT,
+		Kernel:        p.Image.Kernel,
+		Initrd:        p.Image.Initrd,
 		Dir:           dataDir,
 		RuntimeDir:    rtDir,
 	}
@@ -207,6 +231,10 @@ func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 			e.log.Warn("releasing after a failed boot", "vm", vm.Name, "err", err)
 		}
 	}
+	if err := checkBootFiles(vm); err != nil {
+		release()
+		return nil, err
+	}
 	var cmdline string
 	err := st.run("network", func() error {
 		if err := e.caps.prepare(ctx, vm, &g); err != nil {
@@ -229,7 +257,8 @@ func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 		sctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
 		spec := e.spec(vm)
-		spec.Kernel, spec.Initrd, spec.Cmdline = b.Path(b.Kernel), b.Path(b.Initrd), cmdline
+		spec.Kernel, spec.Initrd = bootFiles(vm, b)
+		spec.Cmdline = cmdline
 		var err error
 		inst, err = be.Start(sctx, spec)
 		return err

@@ -17,6 +17,7 @@ import (
 	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/hypervisortest"
+	"github.com/banger/banger/internal/image/ext4"
 	"github.com/banger/banger/internal/isolation"
 	"github.com/banger/banger/internal/logfile"
 	"github.com/banger/banger/internal/nat"
@@ -516,4 +517,50 @@ func mustList(t *testing.T, s string) []egress.Entry {
 		t.Fatal(err)
 	}
 	return l
+}
+
+// TestImageKernel: the VMs of an image with its own kernel boot it, not the
+// bundle's, and say clearly when it is gone.
+func TestImageKernel(t *testing.T) {
+	h := newTestHost(t)
+	e := h.engine()
+	ctx := context.Background()
+	dir := t.TempDir()
+	kern, initrd, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "initrd.img"), filepath.Join(dir, "root.ext4")
+	os.WriteFile(kern, []byte("\x7fELF own kernel"), 0o644)
+	os.WriteFile(initrd, []byte("\x1f\x8b own initrd"), 0o644)
+	if err := ext4.WriteMagic(rootfs, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Images().Register(ctx, h.bundle, RegisterOptions{Name: "own", Rootfs: rootfs, Kernel: kern}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("register with --kernel alone = %v, want ErrInvalid", err)
+	}
+	if _, err := e.Images().Register(ctx, h.bundle, RegisterOptions{Name: "own", Rootfs: rootfs, Kernel: kern, Initrd: initrd}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := e.Plan(ctx, CreateOptions{Name: "k", Image: "own"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := e.Create(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := h.fake.Running()
+	if len(running) != 1 || running[0].Spec().Kernel != kern || running[0].Spec().Initrd != initrd {
+		t.Fatalf("the VM booted %+v, want the image's own kernel %s", running, kern)
+	}
+	h.mustCreate(e, "plain")
+	for _, inst := range h.fake.Running() {
+		if strings.Contains(inst.Spec().Cmdline, ":plain:") && inst.Spec().Kernel != h.bundle.Path(h.bundle.Kernel) {
+			t.Errorf("a bundle image's VM booted %s, want the bundle's kernel", inst.Spec().Kernel)
+		}
+	}
+	if _, err := e.Stop(v.Name); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(kern)
+	if _, err := e.Start(v.Name, nil); err == nil || !strings.Contains(err.Error(), "boots its image's own kernel, and "+kern+" is gone") {
+		t.Errorf("start with the image's kernel gone = %v, want it said", err)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -145,6 +146,40 @@ func TestLifecycle(t *testing.T) {
 		if _, err := os.Stat(img); err != nil {
 			t.Fatalf("image delete removed the user's file: %v", err)
 		}
+
+		// The same rootfs with a kernel of its own: copies of the bundle's,
+		// so the guest still matches its modules, at paths of the image's.
+		own := filepath.Join(e.root, "own-kernel")
+		os.MkdirAll(own, 0o755)
+		for _, f := range []string{"vmlinux", "initrd.img"} {
+			if out, err := exec.Command("cp", filepath.Join(e.runtime, f), own).CombinedOutput(); err != nil {
+				t.Fatalf("copying %s: %v: %s", f, err, out)
+			}
+		}
+		if _, stderr, err := e.banger(ctx, "image", "register", "--name", "ownk", "--rootfs", img, "--kernel", filepath.Join(own, "initrd.img"), "--initrd", filepath.Join(own, "initrd.img")); err == nil || !strings.Contains(stderr, "not an ELF kernel") {
+			t.Errorf("registering an initramfs as the kernel: %v, %q; want it refused", err, stderr)
+		}
+		e.must("image", "register", "--name", "ownk", "--rootfs", img, "--kernel", filepath.Join(own, "vmlinux"),
+			"--initrd", filepath.Join(own, "initrd.img"), "--modules", filepath.Join(e.runtime, "modules"))
+		release := strings.TrimSpace(e.ssh("box1", "uname", "-r"))
+		if out := e.must("image", "list"); !strings.Contains(out, "own "+release) {
+			t.Errorf("image list does not show ownk's own kernel %s:\n%s", release, out)
+		}
+		e.create("ownk1", "--image", "ownk")
+		if got := strings.TrimSpace(e.ssh("ownk1", "uname", "-r")); got != release {
+			t.Errorf("ownk1 runs kernel %q, want %q", got, release)
+		}
+		var booted bool
+		for _, pid := range e.hypervisorPIDs() {
+			if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmd), filepath.Join(own, "vmlinux")) {
+				booted = true
+			}
+		}
+		if !booted {
+			t.Errorf("no hypervisor boots the image's own kernel %s", filepath.Join(own, "vmlinux"))
+		}
+		e.must("vm", "delete", "--force", "ownk1")
+		e.must("image", "delete", "ownk")
 	})
 
 	t.Run("a guest that never answers is kept in the error state", func(t *testing.T) {

@@ -17,8 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger/banger/internal/bundle/bundletest"
 	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/image/ext4"
+	"github.com/banger/banger/internal/image/kernel"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/vm"
 )
@@ -36,8 +38,8 @@ const (
 
 // bundleImages are the images of the fake's runtime bundle.
 var bundleImages = []rpc.Image{
-	{Name: "docker", Rootfs: bundleDir + "/rootfs-docker.ext4", WorkSeed: bundleDir + "/work-seed.ext4", Default: true, Managed: true, Size: 2 << 30},
-	{Name: "minimal", Rootfs: bundleDir + "/rootfs-minimal.ext4", WorkSeed: bundleDir + "/work-seed.ext4", Managed: true, Size: 300 << 20},
+	{Name: "docker", Rootfs: bundleDir + "/rootfs-docker.ext4", WorkSeed: bundleDir + "/work-seed.ext4", Default: true, Managed: true, Size: 2 << 30, KernelVersion: bundletest.KernelVersion},
+	{Name: "minimal", Rootfs: bundleDir + "/rootfs-minimal.ext4", WorkSeed: bundleDir + "/work-seed.ext4", Managed: true, Size: 300 << 20, KernelVersion: bundletest.KernelVersion},
 }
 
 // Fake is bangerd's API over state in memory: the same routes, status codes,
@@ -742,7 +744,26 @@ func (f *Fake) register(req rpc.RegisterImageRequest) (rpc.Image, *rpc.Error) {
 			return rpc.Image{}, apiError(rpc.CodeInvalid, "%s %s: %v", p.flag, p.path, err)
 		}
 	}
-	img := rpc.Image{Name: req.Name, Rootfs: req.Rootfs, WorkSeed: req.WorkSeed, Size: 1 << 30}
+	img := rpc.Image{Name: req.Name, Rootfs: req.Rootfs, WorkSeed: req.WorkSeed, Size: 1 << 30, Kernel: req.Kernel, Initrd: req.Initrd, Modules: req.Modules}
+	switch {
+	case req.Kernel == "" && req.Initrd == "" && req.Modules == "":
+	case req.Kernel == "" || req.Initrd == "":
+		return rpc.Image{}, apiError(rpc.CodeInvalid, "an image's own kernel needs both --kernel and --initrd")
+	default:
+		if err := kernel.CheckKernel(req.Kernel); err != nil {
+			return rpc.Image{}, apiError(rpc.CodeInvalid, "--kernel %s: %v", req.Kernel, err)
+		}
+		if err := kernel.CheckInitrd(req.Initrd); err != nil {
+			return rpc.Image{}, apiError(rpc.CodeInvalid, "--initrd %s: %v", req.Initrd, err)
+		}
+		if req.Modules != "" {
+			rel, err := kernel.ModulesRelease(req.Modules)
+			if err != nil {
+				return rpc.Image{}, apiError(rpc.CodeInvalid, "--modules %s: %v", req.Modules, err)
+			}
+			img.KernelVersion = rel
+		}
+	}
 	f.images[img.Name] = img
 	return img, nil
 }
