@@ -52,7 +52,7 @@ var Tools = []Tool{
 	{Bin: "debugfs", Package: "e2fsprogs", For: []string{OpCreate, OpRuntimeBuild, OpWorkSeed}},
 	{Bin: "ssh", Package: "openssh-client", For: []string{OpSSH}},
 	{Bin: "nft", Package: "nftables", For: []string{OpNAT, OpIsolation, OpDNSRedirect}, RootFor: []string{OpNAT, OpIsolation, OpDNSRedirect}, Probe: []string{"--version"},
-		Why: "keeps banger's own nftables tables: NAT, guest isolation, the DNS redirect of an unprivileged bangerd"},
+		Why: "keeps banger's own nftables tables: NAT, egress policies, guest isolation, the DNS redirect of an unprivileged bangerd"},
 	{Bin: "sysctl", Package: "procps", For: []string{OpNAT}, RootFor: []string{OpNAT}, Probe: []string{"--version"},
 		Why: "sets net.ipv4.ip_forward=1 when the first NAT guest starts"},
 	{Bin: "resolvectl", Package: "systemd-resolved", For: []string{OpSplitDNS}, RootFor: []string{OpSplitDNS}, Probe: []string{"--version"},
