@@ -77,8 +77,12 @@ func FormatSize(n int64) string {
 
 // RoundUp returns n rounded up to a whole unit (G from 1G, M from 1M, else K),
 // formatted so ParseSize accepts it: the smallest tidy size that is at least n.
+// A unit whose rounding would pass the largest size gives way to a smaller one.
 func RoundUp(n int64) string {
 	for _, u := range sizeUnits[1:] {
+		if n > math.MaxInt64-(u.size-1) {
+			continue
+		}
 		if n >= u.size || u.suffix == "K" {
 			return strconv.FormatInt((n+u.size-1)/u.size, 10) + u.suffix
 		}

@@ -1,6 +1,7 @@
 package units
 
 import (
+	"math"
 	"testing"
 )
 
@@ -73,6 +74,8 @@ func TestRoundUpSize(t *testing.T) {
 		{300<<20 + 1, "301M"},
 		{1, "1K"},
 		{0, "0K"},
+		{math.MaxInt64 - 1<<30, "8589934591G"},
+		{math.MaxInt64, "9223372036854775807"}, // found by FuzzParseSize: 1G more overflowed
 	}
 	for _, tt := range tests {
 		if got := RoundUp(tt.in); got != tt.want {
