@@ -2,6 +2,7 @@ package units
 
 import (
 	"math"
+	"strings"
 	"testing"
 )
 
@@ -39,6 +40,27 @@ func TestParseSize(t *testing.T) {
 		got, err := ParseSize(tt.in)
 		if (err == nil) != tt.ok || got != tt.want {
 			t.Errorf("ParseSize(%q) = %d, %v, want %d (ok=%v)", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+// TestSizeErrorsQuoteAnExcerpt: a huge bad size is not echoed whole (found
+// by FuzzParseSize and FuzzParseMiB).
+func TestSizeErrorsQuoteAnExcerpt(t *testing.T) {
+	huge := strings.Repeat("x", 1<<20)
+	for name, parse := range map[string]func(string) error{
+		"ParseSize": func(s string) error { _, err := ParseSize(s); return err },
+		"ParseMiB":  func(s string) error { _, err := ParseMiB(s); return err },
+	} {
+		for _, in := range []string{huge, huge + "G", strings.Repeat("9", 1<<20) + "T"} {
+			err := parse(in)
+			if err == nil {
+				t.Errorf("%s(%d bytes) = nil, want an error", name, len(in))
+				continue
+			}
+			if msg := err.Error(); len(msg) > 200 || !strings.Contains(msg, `xxx..."`) && !strings.Contains(msg, `999..."`) {
+				t.Errorf("%s(%d bytes) = an error of %d bytes starting %.80q, want one quoting a short excerpt", name, len(in), len(msg), msg)
+			}
 		}
 	}
 }
