@@ -122,6 +122,9 @@ func (c *Config) Validate() error {
 	if !strings.HasPrefix(c.Root, "/dev/") && !strings.HasPrefix(c.Root, "LABEL=") && !strings.HasPrefix(c.Root, "UUID=") {
 		return fmt.Errorf("guest config: root %q is not a /dev/ path, LABEL= or UUID=", truncate(c.Root, 64))
 	}
+	if c.Root == "LABEL=" || c.Root == "UUID=" {
+		return fmt.Errorf("guest config: root %q names no label or UUID", c.Root)
+	}
 	if !isArg(c.Root) {
 		return fmt.Errorf("guest config: root %q has a space, a quote or a byte that is not printable ASCII", truncate(c.Root, 64))
 	}
