@@ -89,6 +89,8 @@ var contract = []struct {
 		{raw("POST", "/v1/vms", `{"name":"x"} {"name":"y"}`), "400 invalid"},
 		{raw("POST", "/v1/vms", `{"name":`), "400 invalid"},
 		{raw("POST", "/v1/vms/x/set", `{"nat":"yes"}`), "400 invalid"},
+		{raw("POST", "/v1/vms/x/set", `null`), "400 invalid"},
+		{raw("POST", "/v1/vms/x/set", `{"nat":true}]`), "400 invalid"},
 		{start("ghost"), "error 404 not_found"},
 		{stop("ghost"), "error 404 not_found"},
 		{setNAT("ghost", true), "error 404 not_found"},

@@ -2,6 +2,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -157,8 +158,8 @@ var errBadRequest = errors.New("bad request")
 // the body is echoed back beyond a short excerpt.
 func decode(r *http.Request, what string, v any) error {
 	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return fmt.Errorf("decoding %s request: %w: the body is over %d bytes", what, errBadRequest, MaxBody)
@@ -167,6 +168,15 @@ func decode(r *http.Request, what string, v any) error {
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return fmt.Errorf("decoding %s request: %w: data after the JSON object", what, errBadRequest)
+	}
+	// null would decode as {} into a struct.
+	if raw[0] != '{' {
+		return fmt.Errorf("decoding %s request: %w: the body is not a JSON object", what, errBadRequest)
+	}
+	strict := json.NewDecoder(bytes.NewReader(raw))
+	strict.DisallowUnknownFields()
+	if err := strict.Decode(v); err != nil {
+		return fmt.Errorf("decoding %s request: %w: %s", what, errBadRequest, excerpt(err.Error()))
 	}
 	return nil
 }

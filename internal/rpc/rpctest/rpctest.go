@@ -2,11 +2,13 @@
 package rpctest
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -331,16 +333,24 @@ func writeErr(w http.ResponseWriter, e *rpc.Error) { writeJSON(w, statusOf[e.Cod
 
 func writeOK(w http.ResponseWriter) { writeJSON(w, http.StatusOK, map[string]bool{"ok": true}) }
 
-// decode reads a JSON body, refusing unknown fields and trailing data as
-// bangerd does.
+// decode reads a JSON body that is one object, refusing unknown fields and
+// trailing data as bangerd does.
 func decode(r *http.Request, what string, v any) *rpc.Error {
 	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
 		return apiError(rpc.CodeInvalid, "decoding %s request: %v", what, err)
 	}
-	if dec.More() {
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return apiError(rpc.CodeInvalid, "decoding %s request: data after the JSON object", what)
+	}
+	if raw[0] != '{' {
+		return apiError(rpc.CodeInvalid, "decoding %s request: the body is not a JSON object", what)
+	}
+	strict := json.NewDecoder(bytes.NewReader(raw))
+	strict.DisallowUnknownFields()
+	if err := strict.Decode(v); err != nil {
+		return apiError(rpc.CodeInvalid, "decoding %s request: %v", what, err)
 	}
 	return nil
 }
