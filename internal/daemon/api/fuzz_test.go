@@ -23,7 +23,7 @@ var requestTypes = []struct {
 	new  func() any
 }{
 	{"create", func() any { return new(rpc.CreateRequest) }},
-	{"set", func() any { return new(SetRequest) }},
+	{"set", func() any { return new(rpc.SetRequest) }},
 	{"register", func() any { return new(rpc.RegisterImageRequest) }},
 	{"build", func() any { return new(rpc.BuildImageRequest) }},
 }
