@@ -14,17 +14,29 @@ import (
 	"time"
 )
 
-// ErrInUse is wrapped by the error of a host port that something else
-// already listens on.
-var ErrInUse = errors.New("host port in use")
+// Why a host port cannot be listened on; errors.Is tells Listen's and
+// Probe's errors apart by them.
+var (
+	// ErrInUse: something else listens on the host port already.
+	ErrInUse = errors.New("host port in use")
+	// ErrDenied: this process may not listen there (a port below 1024 for
+	// an unprivileged bangerd).
+	ErrDenied = errors.New("host port not allowed")
+	// ErrNoAddress: the host address is not one of the host's.
+	ErrNoAddress = errors.New("host address not on this host")
+)
 
-// ErrDenied is wrapped by the error of a host port this process may not
-// listen on (a privileged port for an unprivileged bangerd).
-var ErrDenied = errors.New("host port not allowed")
+// listenError is a refused listen: its message says what to do, kind says
+// why (ErrInUse and the others), and it wraps the socket's error.
+type listenError struct {
+	kind  error
+	msg   string
+	cause error
+}
 
-// ErrNoAddress is wrapped by the error of a host address that is not one
-// of the host's.
-var ErrNoAddress = errors.New("host address not on this host")
+func (e *listenError) Error() string        { return e.msg }
+func (e *listenError) Unwrap() error        { return e.cause }
+func (e *listenError) Is(target error) bool { return target == e.kind }
 
 // Limits bound what one forward takes from the host; the zero value of a
 // field means its default. The guest is untrusted: it may hold connections
@@ -133,7 +145,7 @@ func Listen(spec Spec, guest netip.Addr, dial Dialer, lim Limits, log *slog.Logg
 	}
 	if err != nil {
 		f.cancel()
-		return nil, listenError(spec, err)
+		return nil, refused(spec, err)
 	}
 	f.wg.Add(1)
 	if spec.Proto == TCP {
@@ -159,7 +171,7 @@ func Probe(spec Spec) error {
 		c, err = net.ListenUDP(network(spec), net.UDPAddrFromAddrPort(netip.AddrPortFrom(spec.HostIP, spec.HostPort)))
 	}
 	if err != nil {
-		return listenError(spec, err)
+		return refused(spec, err)
 	}
 	return c.Close()
 }
@@ -176,15 +188,15 @@ func network(s Spec) string {
 	return s.Proto + "6"
 }
 
-// listenError says why a host port cannot be listened on, and what to do.
-func listenError(s Spec, err error) error {
+// refused says why a host port cannot be listened on, and what to do.
+func refused(s Spec, err error) error {
 	switch {
 	case errors.Is(err, syscall.EADDRINUSE):
-		return fmt.Errorf("host port %s/%s is already in use: pick another host port (see 'ss -lntup' for what listens there): %w", s.Host(), s.Proto, ErrInUse)
+		return &listenError{ErrInUse, fmt.Sprintf("host port %s/%s is already in use: pick another host port (see 'ss -lntup' for what listens there)", s.Host(), s.Proto), err}
 	case errors.Is(err, syscall.EACCES):
-		return fmt.Errorf("host port %s/%s: bangerd may not listen on ports below 1024 as an ordinary user: pick a host port of 1024 or more: %w", s.Host(), s.Proto, ErrDenied)
+		return &listenError{ErrDenied, fmt.Sprintf("host port %s/%s: bangerd may not listen on ports below 1024 as an ordinary user: pick a host port of 1024 or more", s.Host(), s.Proto), err}
 	case errors.Is(err, syscall.EADDRNOTAVAIL):
-		return fmt.Errorf("host address %s is not an address of this host: use 127.0.0.1 (the default), 0.0.0.0 or one of the host's addresses: %w", s.HostIP, ErrNoAddress)
+		return &listenError{ErrNoAddress, fmt.Sprintf("host address %s is not an address of this host: use 127.0.0.1 (the default), 0.0.0.0 or one of the host's addresses", s.HostIP), err}
 	}
 	return fmt.Errorf("listening on host port %s/%s: %w", s.Host(), s.Proto, err)
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/banger/banger/internal/isolation"
 	"github.com/banger/banger/internal/nat"
 	"github.com/banger/banger/internal/network"
+	"github.com/banger/banger/internal/portfwd"
 	"github.com/banger/banger/internal/runner"
 )
 
@@ -28,6 +29,9 @@ type Host struct {
 	// address's port 53; Upstreams are the host's resolvers.
 	DNSServed func() bool
 	Upstreams func() ([]string, error)
+	// PortLimits bound each published port's relay (zero: portfwd's
+	// defaults).
+	PortLimits portfwd.Limits
 }
 
 // NewCapabilities returns the standard capabilities in the order they are
@@ -41,6 +45,13 @@ func NewCapabilities(e *Engine, h Host) []Capability {
 			h.Pool.Refill(e.Context())
 		}
 	}
+	ports := &portsCap{dial: e.cfg.Dial, limits: h.PortLimits, log: h.Log.With("capability", "published ports")}
+	// The relays live in bangerd: they end with the engine (a restarted
+	// bangerd listens again, Reconcile).
+	e.Go(func() {
+		<-e.Context().Done()
+		ports.closeAll()
+	})
 	return []Capability{
 		&diskCap{images: h.Images, r: h.Runner},
 		&opencodeCap{r: h.Runner, log: h.Log},
@@ -49,6 +60,9 @@ func NewCapabilities(e *Engine, h Host) []Capability {
 		&natCap{nat: h.NAT, log: h.Log, haveNFT: haveTools(doctor.OpNAT)},
 		&isolationCap{iso: h.Isolation, haveNFT: haveTools(doctor.OpIsolation), spawn: e.Go, ctx: e.Context, log: h.Log},
 		&hostKeysCap{known: h.Known},
+		// Last prepared, first released: a stop closes the published
+		// ports before anything else goes.
+		ports,
 	}
 }
 
