@@ -178,10 +178,28 @@ func (c *Client) DeleteVM(ctx context.Context, name string) error {
 	return c.call(ctx, "DELETE", "/v1/vms/"+url.PathEscape(name), nil, nil)
 }
 
-// SetVM changes a VM's settings.
+// SetVM changes a VM's NAT.
 func (c *Client) SetVM(ctx context.Context, name string, nat *bool) (*VM, error) {
+	return c.Set(ctx, name, SetRequest{NAT: nat})
+}
+
+// Set changes a VM's settings.
+func (c *Client) Set(ctx context.Context, name string, req SetRequest) (*VM, error) {
 	var vm VM
-	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/set", map[string]any{"nat": nat}, &vm)
+	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/set", req, &vm)
+}
+
+// AddPorts publishes more ports of a VM: at once when it runs, else from
+// its next start.
+func (c *Client) AddPorts(ctx context.Context, name string, ports []Port) (*VM, error) {
+	var vm VM
+	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/ports", PortsRequest{Ports: ports}, &vm)
+}
+
+// RemovePorts stops publishing ports of a VM.
+func (c *Client) RemovePorts(ctx context.Context, name string, refs []PortRef) (*VM, error) {
+	var vm VM
+	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/ports/remove", UnpublishRequest{Ports: refs}, &vm)
 }
 
 // SSHInfo returns what is needed to ssh into a VM.

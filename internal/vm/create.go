@@ -44,7 +44,9 @@ const (
 	// DefaultWorkSize is a new VM's /root disk: sparse, so it takes host
 	// space only as the guest writes.
 	DefaultWorkSize int64 = 16 << 30
-	// MaxWorkSize bounds it.
+	// MinWorkSize and MaxWorkSize bound it; MinWorkSize is the size of the
+	// work-seed banger builds.
+	MinWorkSize int64 = 64 << 20
 	MaxWorkSize int64 = 16 << 40
 )
 
@@ -144,9 +146,9 @@ func (e *Engine) planWorkSize(img *Image, asked int64) (int64, error) {
 	if asked == 0 {
 		return max(e.cfg.WorkSize, seed), nil
 	}
-	if asked < seed {
-		return 0, invalid("work size %s is smaller than the /root seed of image %s (%s): pick --work-size %s or more",
-			units.FormatSize(asked), img.Name, units.FormatSize(seed), units.RoundUp(seed))
+	if least := max(seed, MinWorkSize); asked < least {
+		return 0, invalid("work size %s is too small: a /root of image %s needs %s or more: pick --work-size %s or more",
+			units.FormatSize(asked), img.Name, units.FormatSize(least), units.RoundUp(least))
 	}
 	if asked > MaxWorkSize {
 		return 0, invalid("work size %s is more than banger allows (%s): pick a smaller --work-size", units.FormatSize(asked), units.FormatSize(MaxWorkSize))

@@ -431,7 +431,7 @@ func TestWorkSize(t *testing.T) {
 		o    CreateOptions
 		want string
 	}{
-		{CreateOptions{Name: "x", Image: "minimal", WorkSize: 1}, "smaller than the /root seed"},
+		{CreateOptions{Name: "x", Image: "minimal", WorkSize: 1}, "a /root of image minimal needs 64M or more"},
 		{CreateOptions{Name: "x", Image: "minimal", WorkSize: MaxWorkSize + 1}, "more than banger allows"},
 	} {
 		if _, err := e.Plan(context.Background(), tt.o); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -291,7 +292,7 @@ func TestCreateOp(t *testing.T) {
 	if !slices.Equal(v.Stages, want) {
 		t.Errorf("op stages = %+v, want %+v", v.Stages, want)
 	}
-	if creates := f.Creates(); len(creates) != 1 || creates[0] != (rpc.CreateRequest{Name: "web1", Image: "minimal", VCPUs: 4, MemoryMiB: 2048, DiskSize: "16G", NAT: true}) {
+	if creates := f.Creates(); len(creates) != 1 || !reflect.DeepEqual(creates[0], rpc.CreateRequest{Name: "web1", Image: "minimal", VCPUs: 4, MemoryMiB: 2048, DiskSize: "16G", NAT: true}) {
 		t.Errorf("create requests = %+v", creates)
 	}
 	w = do(t, h, request{method: "GET", target: loc})
