@@ -94,7 +94,9 @@ func (c *portsCap) Reconcile(_ context.Context, vms []store.VM) error {
 			}
 			if err := c.open(vm, []portfwd.Spec{s}); err != nil {
 				errs = append(errs, fmt.Errorf("VM %s: %w", vm.Name, withRemoveHint(vm, err)))
+				continue
 			}
+			c.log.Info("listening again on a published port", "vm", vm.Name, "port", s.String())
 		}
 	}
 	c.mu.Lock()
