@@ -313,3 +313,105 @@ func TestUDPSessions(t *testing.T) {
 		t.Errorf("Probe after Close = %v, want the port free", err)
 	}
 }
+
+// BenchmarkTCP moves 64 MiB per op from a loopback server to a client,
+// through a forward and directly, to show what the relay itself costs.
+func BenchmarkTCP(b *testing.B) {
+	const size = 64 << 20
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		buf := make([]byte, 256<<10)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				for left := size; left > 0; left -= len(buf) {
+					if _, err := c.Write(buf[:min(left, len(buf))]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	port := uint16(l.Addr().(*net.TCPAddr).Port)
+	sp := Spec{Proto: TCP, HostIP: loopback, GuestPort: port}
+	for p := uint16(20000); ; p++ {
+		if sp.HostPort = p; Probe(sp) == nil {
+			break
+		}
+	}
+	f, err := Listen(sp, loopback, (&net.Dialer{}).DialContext, Limits{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	for _, path := range []struct{ name, addr string }{{"forward", f.Addr().String()}, {"direct", l.Addr().String()}} {
+		b.Run(path.name, func(b *testing.B) {
+			b.SetBytes(size)
+			for b.Loop() {
+				c, err := net.Dial("tcp", path.addr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				n, err := io.Copy(io.Discard, c)
+				c.Close()
+				if err != nil || n != size {
+					b.Fatalf("read %d bytes, %v", n, err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkConnect is a new connection's first byte, through a forward and
+// directly.
+func BenchmarkConnect(b *testing.B) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("x"))
+			c.Close()
+		}
+	}()
+	sp := Spec{Proto: TCP, HostIP: loopback, GuestPort: uint16(l.Addr().(*net.TCPAddr).Port)}
+	for p := uint16(21000); ; p++ {
+		if sp.HostPort = p; Probe(sp) == nil {
+			break
+		}
+	}
+	f, err := Listen(sp, loopback, (&net.Dialer{}).DialContext, Limits{}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	for _, path := range []struct{ name, addr string }{{"forward", f.Addr().String()}, {"direct", l.Addr().String()}} {
+		b.Run(path.name, func(b *testing.B) {
+			buf := make([]byte, 1)
+			for b.Loop() {
+				c, err := net.Dial("tcp", path.addr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, buf); err != nil {
+					b.Fatal(err)
+				}
+				c.Close()
+			}
+		})
+	}
+}
