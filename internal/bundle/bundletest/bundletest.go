@@ -6,8 +6,9 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/banger/banger/internal/bundle"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/banger/banger/internal/bundle"
 )
 
 // KernelVersion is the kernel version of a fake bundle.
