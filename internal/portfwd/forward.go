@@ -77,6 +77,20 @@ func (l Limits) withDefaults() Limits {
 	return l
 }
 
+// Config is how a forward serves: its bounds, whom it turns away, where
+// it logs.
+type Config struct {
+	Limits
+	// Refuse, when set, turns away the peers it reports true for: their
+	// connections are closed at once and their datagrams dropped, before
+	// anything reaches the guest. bangerd refuses its own guests, so that
+	// a port published on an address guests reach (0.0.0.0) is no way
+	// around guest isolation.
+	Refuse func(peer netip.Addr) bool
+	// Log gets the forward's warnings (nil: slog's default).
+	Log *slog.Logger
+}
+
 // maxDatagram is the largest UDP payload (IPv4 and IPv6 without jumbograms).
 const maxDatagram = 65535
 
@@ -93,15 +107,18 @@ type Stats struct {
 	Refused uint64
 	// DialFailed is the connections (or sessions) the guest did not take.
 	DialFailed uint64
+	// RefusedPeers is the connections (or datagrams) of refused peers.
+	RefusedPeers uint64
 }
 
 // Forward is one published port, listening from Listen until Close.
 type Forward struct {
-	spec  Spec
-	guest netip.AddrPort
-	dial  Dialer
-	lim   Limits
-	log   *slog.Logger
+	spec   Spec
+	guest  netip.AddrPort
+	dial   Dialer
+	lim    Limits
+	refuse func(netip.Addr) bool
+	log    *slog.Logger
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -116,23 +133,28 @@ type Forward struct {
 	sessions map[netip.AddrPort]*udpSession
 	closed   bool
 
-	active                       atomic.Int64
-	accepted, refused, dialFails atomic.Uint64
-	lastWarn                     atomic.Int64 // unix nanoseconds of the last limit warning
+	active                                     atomic.Int64
+	accepted, refused, dialFails, refusedPeers atomic.Uint64
+	lastWarn                                   atomic.Int64 // unix nanoseconds of the last limit warning
 }
 
 // Listen binds spec's host address and relays what arrives to guest's
 // GuestPort until Close. A busy port is an error wrapping ErrInUse, a
 // privileged one ErrDenied, a foreign address ErrNoAddress; nothing is
 // left listening then.
-func Listen(spec Spec, guest netip.Addr, dial Dialer, lim Limits, log *slog.Logger) (*Forward, error) {
+func Listen(spec Spec, guest netip.Addr, dial Dialer, cfg Config) (*Forward, error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
+	log := cfg.Log
 	if log == nil {
 		log = slog.Default()
 	}
-	f := &Forward{spec: spec, guest: netip.AddrPortFrom(guest, spec.GuestPort), dial: dial, lim: lim.withDefaults(),
+	refuse := cfg.Refuse
+	if refuse == nil {
+		refuse = func(netip.Addr) bool { return false }
+	}
+	f := &Forward{spec: spec, guest: netip.AddrPortFrom(guest, spec.GuestPort), dial: dial, lim: cfg.Limits.withDefaults(), refuse: refuse,
 		log: log.With("port", spec.String()), conns: map[net.Conn]struct{}{}, sessions: map[netip.AddrPort]*udpSession{}}
 	f.bufs.New = func() any { b := make([]byte, f.lim.BufSize); return &b }
 	f.ctx, f.cancel = context.WithCancel(context.Background())
@@ -214,7 +236,18 @@ func (f *Forward) Addr() net.Addr {
 
 // Stats returns the forward's counters.
 func (f *Forward) Stats() Stats {
-	return Stats{Active: int(f.active.Load()), Accepted: f.accepted.Load(), Refused: f.refused.Load(), DialFailed: f.dialFails.Load()}
+	return Stats{Active: int(f.active.Load()), Accepted: f.accepted.Load(), Refused: f.refused.Load(), DialFailed: f.dialFails.Load(),
+		RefusedPeers: f.refusedPeers.Load()}
+}
+
+// refusesPeer reports whether a TCP peer is one to turn away.
+func (f *Forward) refusesPeer(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return true // not a TCP peer: nothing to serve
+	}
+	ap := ta.AddrPort()
+	return f.refuse(ap.Addr().Unmap())
 }
 
 // Close stops listening, ends every relayed connection and session, and
@@ -299,6 +332,11 @@ func (f *Forward) acceptLoop() {
 			continue
 		}
 		backoff = 0
+		if f.refusesPeer(c.RemoteAddr()) {
+			f.refusedPeers.Add(1)
+			c.Close()
+			continue
+		}
 		if f.active.Load() >= int64(f.lim.MaxConns) {
 			f.refused.Add(1)
 			c.Close()
@@ -392,6 +430,10 @@ func (f *Forward) udpLoop() {
 			case <-f.ctx.Done():
 				return
 			}
+			continue
+		}
+		if f.refuse(peer.Addr().Unmap()) {
+			f.refusedPeers.Add(1)
 			continue
 		}
 		s := f.session(peer)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -76,7 +77,7 @@ func listen(t *testing.T, proto string, guestPort uint16, lim Limits) *Forward {
 	t.Helper()
 	sp := Spec{Proto: proto, HostIP: loopback, HostPort: freePort(t, proto), GuestPort: guestPort}
 	var d net.Dialer
-	f, err := Listen(sp, loopback, d.DialContext, lim, slog.New(slog.DiscardHandler))
+	f, err := Listen(sp, loopback, d.DialContext, Config{Limits: lim, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatalf("Listen(%s) = %v", sp, err)
 	}
@@ -207,7 +208,7 @@ func TestBusyPortIsRefused(t *testing.T) {
 			defer taken.Close()
 			sp := Spec{Proto: proto, HostIP: loopback, HostPort: port, GuestPort: 80}
 			for name, err := range map[string]error{"Probe": Probe(sp), "Listen": func() error {
-				f, err := Listen(sp, loopback, (&net.Dialer{}).DialContext, Limits{}, nil)
+				f, err := Listen(sp, loopback, (&net.Dialer{}).DialContext, Config{Log: slog.New(slog.DiscardHandler)})
 				if err == nil {
 					f.Close()
 				}
@@ -347,7 +348,7 @@ func BenchmarkTCP(b *testing.B) {
 			break
 		}
 	}
-	f, err := Listen(sp, loopback, (&net.Dialer{}).DialContext, Limits{}, slog.New(slog.DiscardHandler))
+	f, err := Listen(sp, loopback, (&net.Dialer{}).DialContext, Config{Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -394,7 +395,7 @@ func BenchmarkConnect(b *testing.B) {
 			break
 		}
 	}
-	f, err := Listen(sp, loopback, (&net.Dialer{}).DialContext, Limits{}, slog.New(slog.DiscardHandler))
+	f, err := Listen(sp, loopback, (&net.Dialer{}).DialContext, Config{Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -414,4 +415,59 @@ func BenchmarkConnect(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestRefusedPeers: peers Refuse names get nothing from the guest, over
+// TCP or UDP; others are served.
+func TestRefusedPeers(t *testing.T) {
+	var d net.Dialer
+	refuse := func(a netip.Addr) bool { return a == loopback }
+	tcpPort := guestTCP(t, func(c net.Conn) { c.Write([]byte("hi\n")) })
+	udpPort := guestUDP(t, func(b []byte) []byte { return b })
+	for _, proto := range []string{TCP, UDP} {
+		guestPort := tcpPort
+		if proto == UDP {
+			guestPort = udpPort
+		}
+		sp := Spec{Proto: proto, HostIP: netip.MustParseAddr("0.0.0.0"), HostPort: freePort(t, proto), GuestPort: guestPort}
+		f, err := Listen(sp, loopback, d.DialContext, Config{Refuse: refuse, Log: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		// 127.0.0.1 is refused; 127.0.0.2, another loopback address, is not.
+		for _, from := range []string{"127.0.0.1", "127.0.0.2"} {
+			got, err := ask(proto, from, fmt.Sprintf("127.0.0.1:%d", sp.HostPort))
+			if want := from != "127.0.0.1"; (err == nil) != want {
+				t.Errorf("%s from %s: %q, %v; want served %t", proto, from, got, err, want)
+			}
+		}
+		if st := f.Stats(); st.RefusedPeers == 0 || st.Accepted != 1 {
+			t.Errorf("%s Stats() = %+v, want refused peers and one served", proto, st)
+		}
+	}
+}
+
+// ask sends one line (or datagram) from the local address from to addr
+// and reads the answer.
+func ask(proto, from, addr string) (string, error) {
+	var laddr net.Addr = &net.TCPAddr{IP: net.ParseIP(from)}
+	if proto == UDP {
+		laddr = &net.UDPAddr{IP: net.ParseIP(from)}
+	}
+	c, err := (&net.Dialer{LocalAddr: laddr, Timeout: time.Second}).Dial(proto, addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(300 * time.Millisecond))
+	if proto == UDP {
+		c.Write([]byte("hi\n"))
+	}
+	buf := make([]byte, 16)
+	n, err := c.Read(buf)
+	if n == 0 && err == nil {
+		err = io.EOF
+	}
+	return string(buf[:n]), err
 }

@@ -45,7 +45,7 @@ func NewCapabilities(e *Engine, h Host) []Capability {
 			h.Pool.Refill(e.Context())
 		}
 	}
-	ports := &portsCap{dial: e.cfg.Dial, limits: h.PortLimits, log: h.Log.With("capability", "published ports")}
+	ports := &portsCap{dial: e.cfg.Dial, limits: h.PortLimits, log: h.Log.With("capability", "published ports"), refuse: guestPeer(h.Net)}
 	// The relays live in bangerd: they end with the engine (a restarted
 	// bangerd listens again, Reconcile).
 	e.Go(func() {
@@ -63,6 +63,18 @@ func NewCapabilities(e *Engine, h Host) []Capability {
 		// Last prepared, first released: a stop closes the published
 		// ports before anything else goes.
 		ports,
+	}
+}
+
+// guestPeer reports whether an address is one of the owner's guests (the
+// guests' subnet, less the bridge's own address, which is the host's):
+// published ports turn them away, as guest isolation would.
+func guestPeer(m *network.Manager) func(netip.Addr) bool {
+	if m == nil {
+		return nil
+	}
+	return func(a netip.Addr) bool {
+		return m.GuestSubnet().Contains(a) && a != m.Gateway()
 	}
 }
 

@@ -720,3 +720,17 @@ func TestPublishedPorts(t *testing.T) {
 		t.Errorf("the port now published by other answers %q, %v", got, err)
 	}
 }
+
+func TestGuestPeer(t *testing.T) {
+	refuse := guestPeer(&network.Manager{Subnet: netip.MustParsePrefix("172.30.0.0/24")})
+	for _, tt := range []struct {
+		addr string
+		want bool
+	}{
+		{"172.30.0.2", true}, {"172.30.0.254", true}, {"172.30.0.1", false}, {"127.0.0.1", false}, {"172.30.1.2", false}, {"192.0.2.1", false},
+	} {
+		if got := refuse(netip.MustParseAddr(tt.addr)); got != tt.want {
+			t.Errorf("guestPeer(%s) = %t, want %t", tt.addr, got, tt.want)
+		}
+	}
+}

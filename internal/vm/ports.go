@@ -19,7 +19,7 @@ import (
 // portsCap publishes the ports a VM asks for on host addresses, through
 // bangerd's own userspace relay (internal/portfwd): it needs no root, no
 // firewall rule and no route, so an unprivileged bangerd publishes ports
-// as root's does. Each boot listens before the hypervisor starts (a busy
+// as root's does. Connections from the owner's guests are turned away. Each boot listens before the hypervisor starts (a busy
 // port fails the boot at stage "network"), every end of the hypervisor
 // closes the listeners and their connections, and a restarted bangerd
 // listens again for the VMs it adopted.
@@ -28,6 +28,9 @@ type portsCap struct {
 	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
 	limits portfwd.Limits
 	log    *slog.Logger
+	// refuse turns peers away: the owner's own guests, so that a port
+	// published on an address they reach is no way around isolation.
+	refuse func(netip.Addr) bool
 
 	mu     sync.Mutex
 	fwds   map[string][]*portfwd.Forward // by VM id
@@ -127,7 +130,7 @@ func (c *portsCap) open(vm *store.VM, specs []portfwd.Spec) error {
 	}
 	var opened []*portfwd.Forward
 	for _, s := range specs {
-		f, err := portfwd.Listen(s, guest, c.dial, c.limits, c.log.With("vm", vm.Name))
+		f, err := portfwd.Listen(s, guest, c.dial, portfwd.Config{Limits: c.limits, Refuse: c.refuse, Log: c.log.With("vm", vm.Name)})
 		if err != nil {
 			for _, o := range opened {
 				o.Close()

@@ -305,6 +305,25 @@ func TestRoomAndPorts(t *testing.T) {
 		e.fails(1, "VM pub publishes no host port 18081/tcp", "vm", "port", "rm", "pub", "18081")
 	})
 
+	t.Run("a port on every address answers the host, not the guests", func(t *testing.T) {
+		e := e.with(t)
+		e.must("vm", "port", "add", "pub", "0.0.0.0:18082:8080")
+		gw := strings.TrimSuffix(vm.IP, ".2") + ".1"
+		if got, err := e.get("http://" + gw + ":18082/"); err != nil || got != hello {
+			t.Errorf("the host through its bridge address %s:18082 = %q, %v; want %q", gw, got, err, hello)
+		}
+		// A guest reaching the port through the host would get around
+		// guest isolation: bangerd closes such connections at once.
+		script := `exec 3<>/dev/tcp/` + gw + `/18082 || exit 0; printf 'GET / HTTP/1.0\r\n\r\n' >&3; timeout 5 cat <&3`
+		if out, _, _ := e.banger(context.Background(), "vm", "ssh", "pub", "--", "bash", "-c", shq(script)); strings.Contains(out, "hello from") {
+			t.Errorf("a guest reached a published port through the host: %q", out)
+		}
+		if out := e.ssh("pub", "bash", "-c", shq(`exec 3<>/dev/tcp/127.0.0.1/8080; printf 'GET / HTTP/1.0\r\n\r\n' >&3; timeout 5 cat <&3`)); !strings.Contains(out, hello) {
+			t.Errorf("the same request inside the guest, to its own server: %q", out)
+		}
+		e.must("vm", "port", "rm", "pub", "0.0.0.0:18082")
+	})
+
 	t.Run("stop closes the ports; a grown /root keeps its files; start reopens them", func(t *testing.T) {
 		e := e.with(t)
 		e.fails(1, "/root grows only while the VM is stopped", "vm", "set", "--work-size", "24G", "pub")
