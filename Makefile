@@ -16,7 +16,7 @@ BENCH_N ?= 5
 # golangci-lint is a Go module: pinned here, built and cached by go run.
 GOLANGCI_LINT ?= github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all build runtime-bundle dist test unit-test lint fuzz bench-create bench-cp verify void-kernel rootfs-void verify-void void-fixture clean FORCE
+.PHONY: all build runtime-bundle dist test unit-test lint fuzz bench-create bench-cp bench-ports verify void-kernel rootfs-void verify-void void-fixture clean FORCE
 
 all: build
 
@@ -120,6 +120,14 @@ bench-create: runtime-bundle
 bench-cp: runtime-bundle
 	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) BANGER_BENCH_N=$(BENCH_N) \
 		$(GO) test -count=1 -timeout 60m -run '^TestBenchCopy$$' -v ./test/e2e
+
+# Moves 100 MiB each way BANGER_BENCH_N times through a minimal VM's published port
+# and directly to its address, times new connections and UDP round trips on both
+# paths, and prints the medians; then the relay alone on loopback (go bench).
+bench-ports: runtime-bundle
+	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) BANGER_BENCH_N=$(BENCH_N) \
+		$(GO) test -count=1 -timeout 60m -run '^TestBenchPorts$$' -v ./test/e2e
+	$(GO) test -run '^$$' -bench . -count $(BENCH_N) ./internal/portfwd
 
 # Void Linux (experimental). VOID_MIRROR names the Void mirror (default
 # Void's public repo-default mirror; file:///path works, e.g. the fixture

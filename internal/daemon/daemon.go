@@ -171,6 +171,7 @@ func New(opts Options) (*Daemon, error) {
 		RuntimeDir:    opts.Paths.RuntimeDir,
 		VCPUs:         cfg.VCPUs,
 		MemoryMiB:     cfg.MemoryMiB,
+		WorkSize:      cfg.WorkSizeBytes(),
 		MaxMemoryMiB:  hostMemoryMiB(),
 		ReadyTimeout:  time.Duration(cfg.ReadyTimeoutSeconds) * time.Second,
 		ConsoleLogMax: consoleLogMax(cfg),

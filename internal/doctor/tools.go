@@ -47,8 +47,9 @@ var Tools = []Tool{
 	{Bin: "ip", Package: "iproute2", For: []string{OpCreate}, RootFor: []string{OpCreate}, Probe: []string{"-V"},
 		Why: "creates the bridge and each VM's TAP device, attaches them, removes them"},
 	{Bin: "qemu-system-x86_64", Package: "qemu-system-x86", For: []string{OpQEMU}},
-	{Bin: "e2fsck", Package: "e2fsprogs", For: []string{OpDiskSize, OpRuntimeBuild}},
-	{Bin: "resize2fs", Package: "e2fsprogs", For: []string{OpDiskSize}},
+	// Every create grows the VM's /root disk from its work-seed's size.
+	{Bin: "e2fsck", Package: "e2fsprogs", For: []string{OpCreate, OpDiskSize, OpRuntimeBuild}},
+	{Bin: "resize2fs", Package: "e2fsprogs", For: []string{OpCreate, OpDiskSize}},
 	{Bin: "debugfs", Package: "e2fsprogs", For: []string{OpCreate, OpRuntimeBuild, OpWorkSeed}},
 	{Bin: "ssh", Package: "openssh-client", For: []string{OpSSH}},
 	{Bin: "nft", Package: "nftables", For: []string{OpNAT, OpIsolation, OpDNSRedirect}, RootFor: []string{OpNAT, OpIsolation, OpDNSRedirect}, Probe: []string{"--version"},

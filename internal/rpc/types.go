@@ -13,6 +13,8 @@ type VM struct {
 	VCPUs         int    `json:"vcpus"`
 	MemoryMiB     int    `json:"memory_mib"`
 	DiskSizeBytes int64  `json:"disk_size_bytes"`
+	// WorkSizeBytes is the size of the VM's /root disk (sparse on the host).
+	WorkSizeBytes int64  `json:"work_size_bytes"`
 	IP            string `json:"ip"`
 	MAC           string `json:"mac"`
 	TAP           string `json:"tap,omitempty"`
@@ -35,6 +37,42 @@ type VM struct {
 	Error            string    `json:"error,omitempty"`
 	CreatedAt        time.Time `json:"created_at"`
 	Stages           []Stage   `json:"stages,omitempty"`
+	// Ports are the ports the VM publishes on the host (never null).
+	Ports []Port `json:"ports"`
+}
+
+// Port is one port a VM publishes: connections to HostIP:HostPort on the
+// host (datagrams, for udp) reach GuestPort on the guest.
+type Port struct {
+	// Proto is "tcp" (the default when empty in a request) or "udp".
+	Proto string `json:"proto"`
+	// HostIP is the host address it listens on; empty in a request means
+	// 127.0.0.1, the host's loopback.
+	HostIP    string `json:"host_ip"`
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+	// Listening says bangerd listens on it now (it does while the VM runs).
+	// Only answers carry it.
+	Listening bool `json:"listening"`
+}
+
+// PortRef names published ports to remove: a host port, its protocol
+// ("" is tcp) and, unless empty (any), its host address.
+type PortRef struct {
+	Proto    string `json:"proto,omitempty"`
+	HostIP   string `json:"host_ip,omitempty"`
+	HostPort int    `json:"host_port"`
+}
+
+// PortsRequest publishes more ports of a VM (POST /v1/vms/{name}/ports).
+type PortsRequest struct {
+	Ports []Port `json:"ports"`
+}
+
+// UnpublishRequest stops publishing ports of a VM
+// (POST /v1/vms/{name}/ports/remove).
+type UnpublishRequest struct {
+	Ports []PortRef `json:"ports"`
 }
 
 // OpencodeAuth is how to reach a VM's opencode server.
@@ -57,10 +95,15 @@ type CreateRequest struct {
 	VCPUs     int    `json:"vcpus,omitempty"`
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskSize  string `json:"disk_size,omitempty"`
-	NAT       bool   `json:"nat,omitempty"`
+	// WorkSize is the size of the /root disk ("32G"); empty: bangerd's
+	// work_size (16G unless configured).
+	WorkSize string `json:"work_size,omitempty"`
+	NAT      bool   `json:"nat,omitempty"`
 	// Egress is the VM's egress policy; nil is the default. A policy other
 	// than open turns NAT on.
 	Egress *Egress `json:"egress,omitempty"`
+	// Ports are published on the host from the first boot.
+	Ports []Port `json:"ports,omitempty"`
 	// NoWait returns as soon as the hypervisor is up.
 	NoWait bool `json:"no_wait,omitempty"`
 }
@@ -72,6 +115,8 @@ type SetRequest struct {
 	// Egress replaces the egress policy; a policy other than open turns
 	// NAT on.
 	Egress *Egress `json:"egress,omitempty"`
+	// WorkSize grows a stopped VM's /root disk ("32G"); it never shrinks.
+	WorkSize string `json:"work_size,omitempty"`
 }
 
 // Egress is an egress policy: mode "default", "allow", "deny" or "open",

@@ -411,10 +411,11 @@ func TestConcurrentCreate(t *testing.T) {
 }
 
 // TestDefaultImage boots the default docker image through the daemon and
-// reaches its opencode server from the host by name (dock.vm:4096).
+// reaches its opencode server from the host by name (dock.vm:4096) and
+// through a port published on the host's loopback (127.0.0.1:14096).
 func TestDefaultImage(t *testing.T) {
 	e := newEnv(t)
-	vm := e.create("dock")
+	vm := e.create("dock", "--publish", "14096:4096")
 	t.Logf("docker image ready, stages %+v", vm.Stages)
 	out := e.ssh("dock", "sh", "-c", "'docker --version && tmux -V && git --version && curl --version | head -n 1 && mise --version && opencode --version'")
 	for _, want := range []string{"Docker version", "tmux", "git version", "curl", "2026.", "1."} {
@@ -474,6 +475,17 @@ func TestDefaultImage(t *testing.T) {
 			t.Errorf("opencode without the password answered %s, want 401", resp.Status)
 		}
 	}
+
+	// The same server through the published port, with and without its
+	// password, and again after bangerd restarts.
+	t.Run("published on host loopback", func(t *testing.T) {
+		e := e.with(t)
+		e.publishedOpencode(shown.OpencodePassword, "after create")
+		e.client().Shutdown(context.Background())
+		e.startDaemon()
+		e.waitAnswer("http://127.0.0.1:14096/global/health", 30*time.Second)
+		e.publishedOpencode(shown.OpencodePassword, "after a bangerd restart")
+	})
 
 	// tmux sessions come back after a stop and start, with their windows
 	// and directories (banger-tmux.service saves at shutdown, restores at

@@ -47,6 +47,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/vms/{name}/start", s.handleStart)
 	mux.HandleFunc("POST /v1/vms/{name}/stop", s.handleStop)
 	mux.HandleFunc("POST /v1/vms/{name}/set", s.handleSet)
+	mux.HandleFunc("POST /v1/vms/{name}/ports", s.handleAddPorts)
+	mux.HandleFunc("POST /v1/vms/{name}/ports/remove", s.handleRemovePorts)
 	mux.HandleFunc("GET /v1/vms/{name}/ssh", s.handleSSH)
 	mux.HandleFunc("GET /v1/vms/{name}/opencode", s.handleOpencode)
 	mux.HandleFunc("GET /v1/vms/{name}/logs", s.handleLogs)

@@ -103,7 +103,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, pr *progress, op
 		inner := pr.booted
 		pr.booted = func(v *store.VM) {
 			inner(v)
-			finish(rpc.Event{Type: "done", VM: View(r.Context(), s.Engine.Store(), v)})
+			finish(rpc.Event{Type: "done", VM: View(r.Context(), s.Engine, v)})
 		}
 	}
 	s.Engine.Go(func() {
