@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -160,12 +162,32 @@ func Load(path string) (Config, error) {
 	if err != nil {
 		return c, fmt.Errorf("reading config %s: %w", path, err)
 	}
+	// The TOML decoder matches keys without regard to case; banger's keys
+	// are spelled one way, so that what is set is what IsDefined sees.
+	for _, k := range md.Keys() {
+		if name := k.String(); !slices.Contains(keyNames(), name) {
+			return c, fmt.Errorf("reading config %s: unknown key %.64q: keys are lower case, such as %.64q: check its spelling", path, name, strings.ToLower(name))
+		}
+	}
 	c.dnsUpstreamsSet = md.IsDefined("dns_upstreams")
 	c.webFileRootsSet = md.IsDefined("web_file_roots")
 	if und := md.Undecoded(); len(und) > 0 {
 		return c, fmt.Errorf("reading config %s: unknown key %q: remove it or check its spelling", path, und[0].String())
 	}
 	return c, c.Validate()
+}
+
+// keyNames are the config file's keys, as the Config fields' toml tags
+// spell them.
+func keyNames() []string {
+	t := reflect.TypeFor[Config]()
+	var names []string
+	for i := range t.NumField() {
+		if n, _, _ := strings.Cut(t.Field(i).Tag.Get("toml"), ","); n != "" && n != "-" {
+			names = append(names, n)
+		}
+	}
+	return names
 }
 
 // Limits of the values Validate accepts.

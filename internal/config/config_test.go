@@ -19,6 +19,7 @@ func TestLoad(t *testing.T) {
 		}, ""},
 		{"empty upstreams is set", "dns_upstreams = []\n", func(c Config) bool { return c.DNSUpstreamsSet() && len(c.DNSUpstreams) == 0 }, ""},
 		{"unknown key", "hypervisr = \"qemu\"\n", nil, "unknown key \"hypervisr\""},
+		{"key in another case", "DNS_Upstreams = []\n", nil, "unknown key \"DNS_Upstreams\": keys are lower case, such as \"dns_upstreams\""},
 		{"bad hypervisor", "hypervisor = \"kvm\"\n", nil, "not auto, firecracker or qemu"},
 		{"bad subnet", "subnet = \"10.0.0.0/30\"\n", nil, "not an IPv4 prefix"},
 		{"bad pool", "tap_pool_size = -1\n", nil, "tap_pool_size"},
