@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -97,6 +98,7 @@ var contract = []struct {
 		{start("box"), "streamed; box running image=minimal vcpus=2 mem=1024 nat=true ip=.2"},
 		{start("box"), "streamed; box running image=minimal vcpus=2 mem=1024 nat=true ip=.2"},
 		{logs("box"), "logs ok"},
+		{logsTail("box", 64), "logs ok"},
 		{opencode("box"), "error 404 not_found"},
 		{del("box"), "ok"},
 		{get("box"), "error 404 not_found"},
@@ -128,6 +130,9 @@ var contract = []struct {
 		{setNAT("ghost", true), "error 404 not_found"},
 		{sshInfo("ghost"), "error 404 not_found"},
 		{logs("ghost"), "error 404 not_found"},
+		{logsTail("ghost", 64), "error 404 not_found"},
+		{logsTail("ghost", 0), "error 400 invalid"},
+		{logsTail("ghost", rpc.MaxTailBytes+1), "error 400 invalid"},
 		{del("ghost"), "error 404 not_found"},
 		{list, "list"},
 		{status, "status vms=0 running=0 hypervisor=qemu"},
@@ -432,6 +437,21 @@ func logs(name string) func(context.Context, *subject) string {
 	return func(ctx context.Context, s *subject) string {
 		if err := s.c.Logs(ctx, name, false, io.Discard); err != nil {
 			return errLine(err)
+		}
+		return "logs ok"
+	}
+}
+
+// logsTail reads the last n bytes of a console log: "logs ok" when no
+// more than n came.
+func logsTail(name string, n int64) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		var b bytes.Buffer
+		if err := s.c.LogsTail(ctx, name, n, &b); err != nil {
+			return errLine(err)
+		}
+		if int64(b.Len()) > n {
+			return fmt.Sprintf("logs of %d bytes, over the tail of %d", b.Len(), n)
 		}
 		return "logs ok"
 	}

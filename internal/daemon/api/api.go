@@ -214,7 +214,15 @@ func (s *Server) handleShutdown(w http.ResponseWriter, r *http.Request) {
 	s.Shutdown()
 }
 
+// handleLogs answers a VM's console log: all of it (its rotated generation
+// first), or with ?tail_bytes=N only its last N bytes, read by seeking;
+// with ?follow it then goes on with what the guest writes.
 func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
+	tail, err := rpc.ParseTailBytes(r.URL.Query().Get("tail_bytes"))
+	if err != nil {
+		s.writeErr(w, fmt.Errorf("reading the console log of VM %s: %w: %w", excerpt(r.PathValue("name")), errBadRequest, err))
+		return
+	}
 	v, err := s.Engine.Get(r.Context(), r.PathValue("name"))
 	if err != nil {
 		s.writeErr(w, err)
@@ -226,14 +234,26 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
-	longAnswer(w)
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	// The generation before the last rotation comes first.
-	if old, err := os.Open(vm.ConsoleLog(v) + logfile.RotatedSuffix); err == nil {
-		io.Copy(w, old)
-		old.Close()
+	if tail != 0 {
+		data, end, err := logfile.Last(f, vm.ConsoleLog(v)+logfile.RotatedSuffix, tail)
+		if err != nil {
+			s.writeErr(w, fmt.Errorf("reading the console log of VM %s: %w", v.Name, err))
+			return
+		}
+		f.Seek(end, io.SeekStart)
+		longAnswer(w)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write(data)
+	} else {
+		longAnswer(w)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		// The generation before the last rotation comes first.
+		if old, err := os.Open(vm.ConsoleLog(v) + logfile.RotatedSuffix); err == nil {
+			io.Copy(w, old)
+			old.Close()
+		}
+		io.Copy(w, f)
 	}
-	io.Copy(w, f)
 	if r.URL.Query().Get("follow") == "" {
 		return
 	}
