@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/daemon"
+	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/rpc/rpctest"
 	"github.com/banger/banger/internal/runner/runnertest"
 )
@@ -43,4 +45,17 @@ func TestOneDaemonPerState(t *testing.T) {
 		t.Fatalf("a bangerd after the first closed = %v", err)
 	}
 	second.Close()
+}
+
+// bangerd bounds a VM's memory by the host's: a create asking for more
+// than any host has is refused, naming the host's memory.
+func TestCreateBoundedByHostMemory(t *testing.T) {
+	s := startDaemon(t)
+	_, err := s.c.CreateVM(context.Background(), rpc.CreateRequest{Name: "huge", MemoryMiB: 1 << 30}, nil)
+	if !rpc.IsCode(err, rpc.CodeInvalid) || !strings.Contains(err.Error(), "more than this host has") {
+		t.Fatalf("create with 1 PiB of memory = %v, want invalid: more than this host has", err)
+	}
+	if vms, err := s.c.ListVMs(context.Background()); err != nil || len(vms) != 0 {
+		t.Errorf("after the refused create: VMs %v, %v; want none", vms, err)
+	}
 }

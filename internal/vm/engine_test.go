@@ -35,6 +35,7 @@ import (
 // plays ip, nft and debugfs.
 type testHost struct {
 	consoleMax int64 // engine ConsoleLogMax; 0: the default
+	maxMemory  int   // engine MaxMemoryMiB; 0: no bound
 	t          *testing.T
 	dir        string
 	store      *store.Store
@@ -86,6 +87,7 @@ func (h *testHost) engine() *Engine {
 		ReadyTimeout:  5 * time.Second,
 		Dial:          h.fake.Dial,
 		ConsoleLogMax: h.consoleMax,
+		MaxMemoryMiB:  h.maxMemory,
 	})
 	e.SetCapabilities(NewCapabilities(e, Host{
 		Runner: h.r, Net: netm, Names: names,
@@ -379,6 +381,29 @@ func TestBadInputChangesNothing(t *testing.T) {
 	}
 	if vms, _ := e.List(context.Background()); len(vms) != 0 || len(h.r.Calls()) != 0 {
 		t.Errorf("refused plans changed something: %d VMs, commands %q", len(vms), h.r.Calls())
+	}
+}
+
+// Plan bounds a VM's memory by the host's (Config.MaxMemoryMiB).
+func TestPlanBoundsMemoryByTheHost(t *testing.T) {
+	h := newTestHost(t)
+	h.maxMemory = 2048
+	e := h.engine()
+	for _, tt := range []struct {
+		mem  int
+		want string // in the error; "" for none
+	}{
+		{2048, ""},
+		{2049, "memory 2049 MiB is more than this host has (2048 MiB)"},
+		{1 << 20, "more than this host has (2048 MiB): use a smaller --memory"},
+	} {
+		_, err := e.Plan(context.Background(), CreateOptions{Name: "big", Image: "minimal", MemoryMiB: tt.mem})
+		if tt.want == "" && err != nil {
+			t.Errorf("Plan(memory %d) = %v, want no error", tt.mem, err)
+		}
+		if tt.want != "" && (!errors.Is(err, ErrInvalid) || !strings.Contains(fmt.Sprint(err), tt.want)) {
+			t.Errorf("Plan(memory %d) = %v, want %v with %q", tt.mem, err, ErrInvalid, tt.want)
+		}
 	}
 }
 
