@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -283,7 +284,10 @@ func startFake(t *testing.T) *subject {
 	}}
 }
 
-func startDaemon(t *testing.T) *subject {
+func startDaemon(t *testing.T) *subject { return startDaemonLog(t, nil) }
+
+// startDaemonLog is startDaemon logging to log (nil: slog's default).
+func startDaemonLog(t *testing.T, log *slog.Logger) *subject {
 	dir := rpctest.TempDir(t)
 	rt := bundletest.Fake(t)
 	key := bundletest.AuthorizedKey(t, rt)
@@ -304,6 +308,7 @@ func startDaemon(t *testing.T) *subject {
 		Backends: map[string]hypervisor.Backend{"qemu": fake, "firecracker": &hypervisortest.Backend{BackendName: "firecracker"}},
 		NoHost:   true,
 		Dial:     fake.Dial,
+		Log:      log,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -1,11 +1,15 @@
 package daemon_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/banger/banger/internal/config"
@@ -57,5 +61,51 @@ func TestCreateBoundedByHostMemory(t *testing.T) {
 	}
 	if vms, err := s.c.ListVMs(context.Background()); err != nil || len(vms) != 0 {
 		t.Errorf("after the refused create: VMs %v, %v; want none", vms, err)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// A failed vm start is logged, with the VM's name and the error.
+func TestStartFailureIsLogged(t *testing.T) {
+	var buf syncBuffer
+	s := startDaemonLog(t, slog.New(slog.NewJSONHandler(&buf, nil)))
+	ctx := context.Background()
+	if _, err := s.c.CreateVM(ctx, rpc.CreateRequest{Name: "box", Image: "minimal"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.c.StopVM(ctx, "box"); err != nil {
+		t.Fatal(err)
+	}
+	s.failBoots("box", true)
+	_, startErr := s.c.StartVM(ctx, "box", nil)
+	if startErr == nil {
+		t.Fatal("start of a VM whose hypervisor exits at boot succeeded")
+	}
+	var found bool
+	for line := range strings.Lines(buf.String()) {
+		var rec struct{ Level, Msg, VM, Err string }
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "start failed" && rec.Level == "ERROR" && rec.VM == "box" && rec.Err != "" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("start failed with %v, but bangerd logged no ERROR \"start failed\" record for vm box with the error:\n%s", startErr, buf.String())
 	}
 }
