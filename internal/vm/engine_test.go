@@ -922,3 +922,50 @@ func TestGuestPeer(t *testing.T) {
 		}
 	}
 }
+
+// An operation that waited on a VM's lock while the VM was deleted is told
+// so by the VM's name, not its id.
+func TestDeletedWhileWaitingOnTheLock(t *testing.T) {
+	h := newTestHost(t)
+	e := h.engine()
+	v := h.mustCreate(e, "box")
+	for _, op := range []struct {
+		name string
+		do   func() error
+	}{
+		{"stop", func() error { _, err := e.Stop("box"); return err }},
+		{"start", func() error { _, err := e.Start("box", nil); return err }},
+		{"delete", func() error { return e.Delete("box") }},
+	} {
+		t.Run(op.name, func(t *testing.T) {
+			if op.name != "stop" {
+				v = h.mustCreate(e, "box")
+			}
+			// The test holds the lock, as a delete does while it works.
+			unlock := e.locks.lock("box")
+			done := make(chan error, 1)
+			go func() { done <- op.do() }()
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+				e.locks.mu.Lock()
+				waiting := e.locks.m["box"] != nil && e.locks.m["box"].users == 2
+				e.locks.mu.Unlock()
+				if waiting {
+					break
+				}
+				if time.Now().After(deadline) {
+					unlock()
+					t.Fatalf("%s of box never waited on its lock", op.name)
+				}
+			}
+			if err := h.store.DeleteVM(context.Background(), v.ID); err != nil {
+				unlock()
+				t.Fatal(err)
+			}
+			unlock()
+			err := <-done
+			if !errors.Is(err, ErrNotFound) || !strings.Contains(fmt.Sprint(err), "VM box was deleted meanwhile") || strings.Contains(fmt.Sprint(err), v.ID) {
+				t.Errorf("%s of a VM deleted while it waited = %v, want %v: VM box was deleted meanwhile (no id %s)", op.name, err, ErrNotFound, v.ID)
+			}
+		})
+	}
+}
