@@ -284,10 +284,15 @@ func startFake(t *testing.T) *subject {
 	}}
 }
 
-func startDaemon(t *testing.T) *subject { return startDaemonLog(t, nil) }
+func startDaemon(t *testing.T) *subject { return startDaemonWith(t, nil) }
 
-// startDaemonLog is startDaemon logging to log (nil: slog's default).
+// startDaemonLog is startDaemon logging to log.
 func startDaemonLog(t *testing.T, log *slog.Logger) *subject {
+	return startDaemonWith(t, func(o *daemon.Options) { o.Log = log })
+}
+
+// startDaemonWith is startDaemon with options changed by opt (nil: none).
+func startDaemonWith(t *testing.T, opt func(*daemon.Options)) *subject {
 	dir := rpctest.TempDir(t)
 	rt := bundletest.Fake(t)
 	key := bundletest.AuthorizedKey(t, rt)
@@ -299,7 +304,7 @@ func startDaemonLog(t *testing.T, log *slog.Logger) *subject {
 	names := cfg.Names(os.Geteuid())
 	fake := &hypervisortest.Backend{BackendName: "qemu", AuthorizedKey: key}
 	state := filepath.Join(dir, "state")
-	d, err := daemon.New(daemon.Options{
+	opts := daemon.Options{
 		Config: cfg,
 		Paths: config.Paths{StateDir: state, DataDir: filepath.Join(dir, "data"), RuntimeDir: filepath.Join(dir, "run"),
 			Socket: filepath.Join(dir, "bangerd.sock"), DB: filepath.Join(state, "banger.db"),
@@ -308,8 +313,11 @@ func startDaemonLog(t *testing.T, log *slog.Logger) *subject {
 		Backends: map[string]hypervisor.Backend{"qemu": fake, "firecracker": &hypervisortest.Backend{BackendName: "firecracker"}},
 		NoHost:   true,
 		Dial:     fake.Dial,
-		Log:      log,
-	})
+	}
+	if opt != nil {
+		opt(&opts)
+	}
+	d, err := daemon.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}

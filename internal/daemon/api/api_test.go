@@ -13,10 +13,7 @@ import (
 // TestSlowBody: a request body that never arrives is refused once the read
 // deadline passes, instead of holding a connection and a goroutine forever.
 func TestSlowBody(t *testing.T) {
-	old := readTimeout
-	readTimeout = 300 * time.Millisecond
-	t.Cleanup(func() { readTimeout = old })
-	srv := httptest.NewServer((&Server{}).Handler())
+	srv := httptest.NewServer((&Server{Timeouts: Timeouts{Read: 300 * time.Millisecond}}).Handler())
 	t.Cleanup(srv.Close)
 	c, err := net.Dial("tcp", srv.Listener.Addr().String())
 	if err != nil {
