@@ -2,6 +2,7 @@ package api
 
 import (
 	"bufio"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -52,7 +53,8 @@ func TestBodyCap(t *testing.T) {
 			break
 		}
 	}
-	if resp.StatusCode != http.StatusBadRequest || b.Len() > 2048 {
-		t.Errorf("a %d-byte body: %d with a %d-byte answer, want 400 and a short one", len(big), resp.StatusCode, b.Len())
+	want := fmt.Sprintf("the body is over %d bytes", MaxBody)
+	if resp.StatusCode != http.StatusBadRequest || b.Len() > 2048 || !strings.Contains(b.String(), want) {
+		t.Errorf("a %d-byte body: %d with a %d-byte answer %.200q, want 400 and a short one saying %q", len(big), resp.StatusCode, b.Len(), b.String(), want)
 	}
 }
