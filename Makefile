@@ -158,7 +158,7 @@ verify-void: build
 		staged=$$($(BIN)/banger runtime void-kernel --check --out $$rt/void-kernel); eval "$$staged"; \
 		reg="$$reg --kernel $$kernel --initrd $$initrd --modules $$modules"; expect=(--expect-kernel "$$kernel_version"); \
 	fi; \
-	scripts/verify.sh --image void-exp --register "$$reg" "$${expect[@]}"
+	scripts/verify.sh --image void-exp --opencode --register "$$reg" "$${expect[@]}"
 
 # Builds the local Void mirror made from Debian's binaries (the stand-in for
 # Void's mirrors, which these machines cannot reach) and prints its URL:
