@@ -75,6 +75,16 @@ var migrations = []string{
 	`ALTER TABLE images ADD COLUMN seed_key TEXT NOT NULL DEFAULT '';`,
 	// 3: a VM's egress policy (JSON; '' is the default policy).
 	`ALTER TABLE vms ADD COLUMN egress TEXT NOT NULL DEFAULT '';`,
+	// 4: the host folders each VM mounts, in their order (a folder's
+	// place is its virtio-fs tag).
+	`CREATE TABLE vm_mounts (
+		vm_id     TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+		idx       INTEGER NOT NULL,
+		host      TEXT NOT NULL,
+		guest     TEXT NOT NULL,
+		read_only INTEGER NOT NULL DEFAULT 0,
+		PRIMARY KEY (vm_id, idx)
+	);`,
 }
 
 // Store is an open state database. It is safe for concurrent use.

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -103,7 +104,7 @@ func TestVMCRUD(t *testing.T) {
 			t.Errorf("GetVM(%q).CreatedAt = %v, want %v", key, got.CreatedAt, vm.CreatedAt)
 		}
 		got.CreatedAt, got.UpdatedAt = vm.CreatedAt, vm.UpdatedAt
-		if *got != *vm {
+		if !reflect.DeepEqual(*got, *vm) {
 			t.Errorf("GetVM(%q) = %+v, want %+v", key, *got, *vm)
 		}
 	}
@@ -474,7 +475,7 @@ func TestMigrateKeepsImages(t *testing.T) {
 	}
 	// Roll the schema back to version 1 by hand.
 	for _, q := range []string{
-		`DROP TABLE vm_stages`, `DROP TABLE vms`, `DROP TABLE images`, `DELETE FROM schema_migrations`,
+		`DROP TABLE vm_mounts`, `DROP TABLE vm_stages`, `DROP TABLE vms`, `DROP TABLE images`, `DELETE FROM schema_migrations`,
 		migrations[0],
 		`INSERT INTO schema_migrations (version, applied_at) VALUES (1, 'x')`,
 		`INSERT INTO images (name, rootfs, work_seed, managed, created_at) VALUES ('old', '/o/rootfs.ext4', '', 1, '2026-01-02T03:04:05Z')`,
@@ -498,5 +499,81 @@ func TestMigrateKeepsImages(t *testing.T) {
 	}
 	if img.Rootfs != "/o/rootfs.ext4" || !img.Managed || img.SeedKey != "" {
 		t.Errorf("migrated image = %+v, want rootfs /o/rootfs.ext4, managed, no seed key", img)
+	}
+}
+
+func TestMounts(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	subnet, gw := netip.MustParsePrefix("172.30.0.0/24"), netip.MustParseAddr("172.30.0.1")
+	ms := []Mount{{Host: "/home/dev/src", Guest: "/root/src"}, {Host: "/srv/docs", Guest: "/srv/docs", ReadOnly: true}}
+	a := &VM{Name: "a", Mounts: ms}
+	if err := s.CreateVMWithLease(ctx, a, subnet, gw); err != nil {
+		t.Fatal(err)
+	}
+	b := &VM{Name: "b"}
+	if err := s.CreateVMWithLease(ctx, b, subnet, gw); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetVM(ctx, "a")
+	if err != nil || !reflect.DeepEqual(got.Mounts, ms) {
+		t.Fatalf("GetVM(a).Mounts = %+v, %v; want %+v", got.Mounts, err, ms)
+	}
+	list, _ := s.ListVMs(ctx)
+	if len(list) != 2 || !reflect.DeepEqual(list[0].Mounts, ms) || list[1].Mounts != nil {
+		t.Errorf("ListVMs mounts = %+v, want a's and none for b", list)
+	}
+	// UpdateVM keeps them.
+	got.Mounts = nil
+	got.State = StateRunning
+	if err := s.UpdateVM(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.GetVM(ctx, "a"); !reflect.DeepEqual(again.Mounts, ms) {
+		t.Errorf("after UpdateVM: mounts %+v, want them kept", again.Mounts)
+	}
+	// A refused create records none of its mounts.
+	dup := &VM{Name: "a", Mounts: ms}
+	if err := s.CreateVMWithLease(ctx, dup, subnet, gw); !errors.Is(err, ErrExists) {
+		t.Errorf("CreateVMWithLease(a again) = %v, want ErrExists", err)
+	}
+	// Deleting a VM deletes its mounts.
+	if err := s.DeleteVM(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	s.db.QueryRow(`SELECT COUNT(*) FROM vm_mounts`).Scan(&n)
+	if n != 0 {
+		t.Errorf("%d mount rows left after DeleteVM", n)
+	}
+}
+
+// TestMigrateKeepsVMs opens a database left at schema version 2 (before
+// mounts) and checks that its VMs survive, with no mounts.
+func TestMigrateKeepsVMs(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "banger.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`DROP TABLE vm_mounts`, `DROP TABLE vm_stages`, `DROP TABLE vms`, `DROP TABLE images`, `DELETE FROM schema_migrations`,
+		migrations[0], migrations[1],
+		`INSERT INTO schema_migrations (version, applied_at) VALUES (1, 'x'), (2, 'x')`,
+		`INSERT INTO vms (id, name, state, ip, created_at, updated_at) VALUES ('abc', 'old', 'stopped', '172.30.0.2', '2026-01-02T03:04:05Z', '2026-01-02T03:04:05Z')`,
+	} {
+		if _, err := s.db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	s.Close()
+	if s, err = Open(path); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	vm, err := s.GetVM(ctx, "old")
+	if err != nil || vm.State != StateStopped || vm.Mounts != nil {
+		t.Fatalf("migrated VM = %+v, %v; want it stopped, without mounts", vm, err)
 	}
 }

@@ -42,6 +42,17 @@ type VM struct {
 	Error      string
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
+	// Mounts are the host folders the VM mounts, fixed at create (UpdateVM
+	// leaves them alone).
+	Mounts []Mount
+}
+
+// Mount is one host folder a VM mounts: Host on the host, at Guest in the
+// guest, read-only or not.
+type Mount struct {
+	Host     string
+	Guest    string
+	ReadOnly bool
 }
 
 // MinCID is the lowest vsock context ID handed to guests (0-2 are reserved).
@@ -72,7 +83,10 @@ func (s *Store) CreateVMWithLease(ctx context.Context, vm *VM, subnet netip.Pref
 			return err
 		}
 		vm.IP, vm.CID = ip.String(), cid
-		return insertVM(ctx, tx, vm)
+		if err := insertVM(ctx, tx, vm); err != nil {
+			return err
+		}
+		return insertMounts(ctx, tx, vm.ID, vm.Mounts)
 	})
 	if err != nil {
 		return fmt.Errorf("creating vm %s: %w", vm.Name, err)
@@ -111,6 +125,16 @@ func insertVM(ctx context.Context, q querier, vm *VM) error {
 		nullString(vm.IP), vm.MAC, nullString(vm.TAP), vm.PID, nullCID(vm.CID), vm.NAT,
 		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt), vm.Egress)
 	return conflict(err)
+}
+
+func insertMounts(ctx context.Context, q querier, id string, ms []Mount) error {
+	for i, m := range ms {
+		if _, err := q.ExecContext(ctx, `INSERT INTO vm_mounts (vm_id, idx, host, guest, read_only) VALUES (?, ?, ?, ?, ?)`,
+			id, i, m.Host, m.Guest, m.ReadOnly); err != nil {
+			return fmt.Errorf("recording mount %s: %w", m.Guest, conflict(err))
+		}
+	}
+	return nil
 }
 
 func allocateIP(ctx context.Context, q querier, subnet netip.Prefix, reserved []netip.Addr) (netip.Addr, error) {
@@ -243,7 +267,7 @@ func (s *Store) UpdateVM(ctx context.Context, vm *VM) error {
 	return nil
 }
 
-// DeleteVM deletes the VM with this ID and its stage timings.
+// DeleteVM deletes the VM with this ID, its stage timings and its mounts.
 func (s *Store) DeleteVM(ctx context.Context, id string) error {
 	res, err := s.db.ExecContext(ctx, `DELETE FROM vms WHERE id = ?`, id)
 	if err != nil {
@@ -285,7 +309,41 @@ func (s *Store) queryVMs(ctx context.Context, query string, args ...any) ([]VM, 
 		}
 		vms = append(vms, vm)
 	}
-	return vms, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows.Close() // one connection: free it for the mounts' query
+	return vms, s.loadMounts(ctx, vms)
+}
+
+// loadMounts fills the Mounts of vms.
+func (s *Store) loadMounts(ctx context.Context, vms []VM) error {
+	if len(vms) == 0 {
+		return nil
+	}
+	byID := make(map[string]*VM, len(vms))
+	args := make([]any, len(vms))
+	for i := range vms {
+		byID[vms[i].ID] = &vms[i]
+		args[i] = vms[i].ID
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT vm_id, host, guest, read_only FROM vm_mounts
+		WHERE vm_id IN (?`+strings.Repeat(", ?", len(vms)-1)+`) ORDER BY vm_id, idx`, args...)
+	if err != nil {
+		return fmt.Errorf("reading mounts: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var m Mount
+		if err := rows.Scan(&id, &m.Host, &m.Guest, &m.ReadOnly); err != nil {
+			return fmt.Errorf("reading mounts: %w", err)
+		}
+		if vm := byID[id]; vm != nil {
+			vm.Mounts = append(vm.Mounts, m)
+		}
+	}
+	return rows.Err()
 }
 
 func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
