@@ -86,6 +86,16 @@ func IdentityFor(source string, readOnly bool) (Identity, error) {
 	return Identity{UID: int(st.Uid), GID: int(st.Gid)}, nil
 }
 
+// Process is a running file server as bangerd watches it; *proc.Process
+// is one.
+type Process interface {
+	PID() int
+	// Done is closed when the process has exited.
+	Done() <-chan struct{}
+	// Close releases the handle; the process runs on.
+	Close()
+}
+
 // Server starts, adopts and stops virtiofsd processes. The zero value is
 // ready to use.
 type Server struct {

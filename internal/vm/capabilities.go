@@ -31,6 +31,8 @@ type Host struct {
 	// address's port 53; Upstreams are the host's resolvers.
 	DNSServed func() bool
 	Upstreams func() ([]string, error)
+	// Shares serves host folders (VirtiofsShares); nil serves none.
+	Shares ShareServer
 }
 
 // NewCapabilities returns the standard capabilities in the order they are
@@ -53,6 +55,7 @@ func NewCapabilities(e *Engine, h Host) []Capability {
 		&egressCap{m: h.Egress, served: h.DNSServed, haveNFT: haveTools(doctor.OpNAT)},
 		&isolationCap{iso: h.Isolation, haveNFT: haveTools(doctor.OpIsolation), spawn: e.Go, ctx: e.Context, log: h.Log},
 		&hostKeysCap{known: h.Known},
+		&mountsCap{server: h.Shares, agent: e.agentFor, ctx: e.Context, log: h.Log.With("capability", "host folders")},
 	}
 }
 
