@@ -286,4 +286,3 @@ func TestMountsNeedQEMU(t *testing.T) {
 		t.Errorf("Plan(firecracker, mounts) = %v, want a refusal saying host folders need qemu", err)
 	}
 }
-
