@@ -61,7 +61,12 @@ func (s Share) argv0() string { return "virtiofsd:" + s.Socket }
 // the helper has raised the descriptor limit (virtiofsd holds one per
 // file the guest has looked up), so virtiofsd leaves it alone.
 func (s Share) Argv() []string {
-	return []string{s.argv0(), "--fd=3", "-o", "source=" + s.Source, "-o", "cache=auto", "--rlimit-nofile=0"}
+	return []string{s.argv0(), "--fd=3", "-o", "source=" + optEscape(s.Source), "-o", "cache=auto", "--rlimit-nofile=0"}
+}
+
+// optEscape escapes a value inside virtiofsd's comma-separated -o list.
+func optEscape(v string) string {
+	return strings.NewReplacer(`\`, `\\`, ",", `\,`).Replace(v)
 }
 
 // Identity is the host user and group a guest's root acts as on a folder:

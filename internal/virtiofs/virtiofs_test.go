@@ -53,6 +53,10 @@ func TestArgv(t *testing.T) {
 	if got := sh.Argv(); !reflect.DeepEqual(got, want) {
 		t.Errorf("Argv() = %q, want %q", got, want)
 	}
+	odd := Share{Source: `/home/dev/a,b\c`, Socket: "/run/fs0.sock"}
+	if got := odd.Argv()[3]; got != `source=/home/dev/a\,b\\c` {
+		t.Errorf("Argv()[3] of %s = %s, want the comma and backslash escaped", odd.Source, got)
+	}
 	if got := sh.LogFile(); got != "/run/banger/vms/abc/fs0.log" {
 		t.Errorf("LogFile() = %q, want /run/banger/vms/abc/fs0.log", got)
 	}
@@ -72,7 +76,7 @@ func serveNeeds() vmtest.Need {
 func TestServe(t *testing.T) {
 	vmtest.RequireHost(t, "serving folders with virtiofsd", serveNeeds())
 	dir := ownedTempDir(t)
-	ro, rw := filepath.Join(dir, "ro"), filepath.Join(dir, "rw")
+	ro, rw := filepath.Join(dir, "read,only"), filepath.Join(dir, "rw")
 	for _, d := range []string{ro, rw} {
 		os.Mkdir(d, 0o755)
 		os.WriteFile(filepath.Join(d, "hello"), []byte("hi\n"), 0o644)

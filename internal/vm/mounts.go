@@ -296,9 +296,6 @@ func checkHostFolder(p string, readOnly bool, private []string) (string, error) 
 		return "", fmt.Errorf("host folder %s is longer than %d bytes", truncate(p, 40), MaxMountHostPath)
 	case strings.ContainsFunc(p, func(r rune) bool { return r < 0x20 || r == 0x7f }):
 		return "", fmt.Errorf("host folder %q has control characters", truncate(p, 80))
-	case strings.ContainsAny(p, `,\`):
-		// virtiofsd's option syntax takes neither.
-		return "", fmt.Errorf("host folder %s has a comma or a backslash, which virtiofsd cannot take: rename it, or mount a folder above it", p)
 	case !filepath.IsAbs(p):
 		return "", fmt.Errorf("host folder %s is not an absolute path", p)
 	case filepath.Clean(p) != p:
@@ -314,9 +311,6 @@ func checkHostFolder(p string, readOnly bool, private []string) (string, error) 
 	}
 	if !fi.IsDir() {
 		return "", fmt.Errorf("host folder %s is not a directory: mount the folder that holds it", p)
-	}
-	if strings.ContainsAny(real, `,\`) {
-		return "", fmt.Errorf("host folder %s is %s, which has a comma or a backslash that virtiofsd cannot take", p, real)
 	}
 	if real == "/" {
 		return "", errors.New("host folder / is the host's whole filesystem: share a folder inside it")

@@ -20,6 +20,7 @@ import (
 	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/image/ext4"
 	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/vm"
 )
 
@@ -458,8 +459,20 @@ func (f *Fake) planCreate(req rpc.CreateRequest) (*rpc.VM, *rpc.Error) {
 	if _, ok := f.image(image); !ok {
 		return nil, apiError(rpc.CodeInvalid, "finding image %q in runtime bundle %s: no such image: use one of docker, minimal (or register one with 'banger image register --name %s --rootfs PATH')", image, bundleDir, image)
 	}
+	var asked []store.Mount
+	for _, m := range req.Mounts {
+		asked = append(asked, store.Mount{Host: m.Host, Guest: m.Guest, ReadOnly: m.ReadOnly})
+	}
+	kept, err := vm.ValidateMounts(asked, []string{bundleDir, stateDir, dataDir})
+	if err != nil {
+		return nil, apiError(rpc.CodeInvalid, "%v", err)
+	}
+	var mounts []rpc.Mount
+	for _, m := range kept {
+		mounts = append(mounts, rpc.Mount{Host: m.Host, Guest: m.Guest, ReadOnly: m.ReadOnly})
+	}
 	v := &rpc.VM{ID: f.newID(), Name: req.Name, Image: image, State: "creating", Hypervisor: hypervisor, IP: f.freeIP(), NAT: req.NAT,
-		Egress: "default", VCPUs: cmp.Or(req.VCPUs, defaultVCPUs), MemoryMiB: cmp.Or(req.MemoryMiB, defaultMemoryMiB), CreatedAt: time.Now()}
+		Egress: "default", VCPUs: cmp.Or(req.VCPUs, defaultVCPUs), MemoryMiB: cmp.Or(req.MemoryMiB, defaultMemoryMiB), Mounts: mounts, CreatedAt: time.Now()}
 	setPolicy(v, p)
 	return v, nil
 }
