@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -101,7 +102,7 @@ func TestCreateProgressPlain(t *testing.T) {
 		t.Errorf("stderr = %q, but bangerd was already running", r.stderr)
 	}
 	want := rpc.CreateRequest{Name: "testbox", MemoryMiB: 2048, NAT: true}
-	if creates := f.Creates(); len(creates) != 1 || creates[0] != want {
+	if creates := f.Creates(); len(creates) != 1 || !reflect.DeepEqual(creates[0], want) {
 		t.Errorf("create requests = %+v, want [%+v]", creates, want)
 	}
 }

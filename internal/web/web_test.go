@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -291,7 +292,7 @@ func TestCreateOp(t *testing.T) {
 	if !slices.Equal(v.Stages, want) {
 		t.Errorf("op stages = %+v, want %+v", v.Stages, want)
 	}
-	if creates := f.Creates(); len(creates) != 1 || creates[0] != (rpc.CreateRequest{Name: "web1", Image: "minimal", VCPUs: 4, MemoryMiB: 2048, DiskSize: "16G", NAT: true}) {
+	if creates := f.Creates(); len(creates) != 1 || !reflect.DeepEqual(creates[0], rpc.CreateRequest{Name: "web1", Image: "minimal", VCPUs: 4, MemoryMiB: 2048, DiskSize: "16G", NAT: true}) {
 		t.Errorf("create requests = %+v", creates)
 	}
 	w = do(t, h, request{method: "GET", target: loc})
@@ -404,13 +405,16 @@ func TestStopDeleteNAT(t *testing.T) {
 
 func TestVMPage(t *testing.T) {
 	f, _, h := newTest(t)
+	f.Add(rpc.VM{Name: "shared", State: "running", Mounts: []rpc.Mount{{Host: "/home/dev/<src>", Guest: "/root/src"}, {Host: "/srv/docs", Guest: "/srv/docs", ReadOnly: true}}})
+	w := do(t, h, request{method: "GET", target: "/vms/shared"})
+	mustContain(t, w.Body.String(), "/home/dev/&lt;src&gt; &rarr; /root/src (read-write)", "/srv/docs &rarr; /srv/docs (read-only)")
 	var b strings.Builder
 	for i := range 300 {
 		fmt.Fprintf(&b, "line %d\r\n", i)
 	}
 	b.WriteString("\x1b[1;32mOK\x1b[0m <script>alert(1)</script>")
 	f.SetConsole("alpha", b.String())
-	w := do(t, h, request{method: "GET", target: "/vms/alpha"})
+	w = do(t, h, request{method: "GET", target: "/vms/alpha"})
 	if w.Code != 200 {
 		t.Fatalf("GET /vms/alpha = %d: %s", w.Code, w.Body)
 	}
