@@ -502,6 +502,9 @@ func readFrom(path string, offset int64, max int64) string {
 	return string(b)
 }
 
+// LogTail is the end of sh's log, for errors.
+func (s Share) LogTail() string { return logTail(s.LogFile(), 0) }
+
 // logTail is the end of what was logged after offset, for errors.
 func logTail(path string, offset int64) string {
 	s := strings.TrimSpace(readFrom(path, offset, 64<<10))

@@ -173,16 +173,43 @@ func (c *mountsCap) Ready(ctx context.Context, vm *store.VM, _ *agent.Health) er
 	if len(vm.Mounts) == 0 {
 		return nil
 	}
+	if err := c.alive(vm); err != nil {
+		return err
+	}
 	cl, err := c.agent(vm)
 	if err != nil {
 		return err
 	}
 	if err := cl.Mount(ctx, guestMounts(vm)); err != nil {
+		if aerr := c.alive(vm); aerr != nil {
+			return aerr
+		}
 		msg := guestText(err.Error(), 600)
 		if strings.Contains(msg, "unknown op") {
 			return fmt.Errorf("the guest agent of %s cannot mount host folders: its image predates them: rebuild the image ('make runtime-bundle', or 'banger image build')", vm.Name)
 		}
 		return fmt.Errorf("mounting host folders in %s: %s", vm.Name, msg)
+	}
+	return nil
+}
+
+// alive checks that every file server of vm still runs: one that died
+// (virtiofsd gives up on a device it cannot serve) leaves the guest's
+// mount hanging, so the boot fails with its log instead.
+func (c *mountsCap) alive(vm *store.VM) error {
+	c.mu.Lock()
+	w := c.serving[vm.ID]
+	c.mu.Unlock()
+	if w == nil {
+		return nil
+	}
+	for i, p := range w.procs {
+		select {
+		case <-p.Done():
+			sh := shares(vm)[i]
+			return fmt.Errorf("the file server of host folder %s exited%s", sh.Source, sh.LogTail())
+		default:
+		}
 	}
 	return nil
 }

@@ -181,6 +181,20 @@ func TestMountsFailures(t *testing.T) {
 	}
 	h.shares.FailStart = nil
 
+	// A server that exits once the hypervisor connects fails the boot.
+	h.shares.DieOnConnect = true
+	_, err = h.createWith(e, CreateOptions{Name: "box", Image: "minimal", Mounts: []store.Mount{{Host: src, Guest: "/root/src"}}})
+	if err == nil || !strings.Contains(err.Error(), "the file server of host folder "+src+" exited") {
+		t.Fatalf("create with a server that dies = %v, want it named", err)
+	}
+	if v, err := e.Get(context.Background(), "box"); err != nil || v.State != StateError || len(h.fake.Running()) != 0 || len(h.serving()) != 0 {
+		t.Errorf("after the failed boot: %+v, %v, %d guests, serving %q; want the VM in error and nothing running", v, err, len(h.fake.Running()), h.serving())
+	}
+	if err := e.Delete("box"); err != nil {
+		t.Fatal(err)
+	}
+	h.shares.DieOnConnect = false
+
 	if _, err := h.createWith(e, CreateOptions{Name: "box", Image: "minimal", Mounts: []store.Mount{{Host: src, Guest: "/root/src"}}}); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -65,8 +66,27 @@ func MountVirtiofs(m agent.Mount) error {
 	case err != nil:
 		return fmt.Errorf("mounting %s on %s: %w", m.Tag, m.Path, err)
 	}
+	// mount(2) does not wait for the server: ask it something, so that a
+	// server that is gone is an error now rather than a hang later.
+	answered := make(chan error, 1)
+	go func() {
+		var st unix.Statfs_t
+		answered <- unix.Statfs(m.Path, &st)
+	}()
+	select {
+	case err = <-answered:
+	case <-time.After(mountAnswer):
+		err = fmt.Errorf("no answer in %v (is its virtiofsd gone?)", mountAnswer)
+	}
+	if err != nil {
+		unix.Unmount(m.Path, unix.MNT_DETACH)
+		return fmt.Errorf("mounting %s on %s: %w", m.Tag, m.Path, err)
+	}
 	return nil
 }
+
+// mountAnswer bounds the first request to a new mount.
+const mountAnswer = 20 * time.Second
 
 // mountEntry is one line of /proc/self/mountinfo.
 type mountEntry struct {

@@ -22,6 +22,9 @@ type Shares struct {
 	starts  int
 	// FailStart makes Start fail with this error.
 	FailStart error
+	// DieOnConnect makes the next servers exit once the hypervisor
+	// connects, as virtiofsd does on a device it cannot serve.
+	DieOnConnect bool
 }
 
 type share struct {
@@ -59,6 +62,14 @@ func (f *Shares) Start(_ context.Context, sh virtiofs.Share) (virtiofs.Process, 
 	f.starts++
 	s := &share{sh: sh, ln: ln, done: make(chan struct{}), pid: 200000 + f.starts}
 	f.serving[sh.Socket] = s
+	if f.DieOnConnect {
+		go func() {
+			if c, err := ln.Accept(); err == nil {
+				c.Close()
+			}
+			f.Crash(sh.Socket)
+		}()
+	}
 	return s, nil
 }
 

@@ -273,6 +273,11 @@ func parseLayout(args []string) (layout, error) {
 			l.Cmdline = val
 		case "-incoming":
 			l.Incoming = true
+		case "-global":
+			if val == modernMMIO {
+				return l, errShares
+			}
+			return l, bad(flag, val, "not a property banger sets")
 		case "-serial", "-mon", "-display":
 		case "-D":
 			l.Dir = filepath.Dir(val)

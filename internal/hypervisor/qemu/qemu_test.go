@@ -74,7 +74,7 @@ func TestCommand(t *testing.T) {
 				{"-chardev", "socket,id=qmp,path=/run/banger/vm1/qmp.sock,server=on,wait=off", "-mon", "chardev=qmp,mode=control"},
 				{"-D", "/run/banger/vm1/qemu.log", "-daemonize", "-pidfile", "/run/banger/vm1/qemu.pid"},
 			},
-			not: []string{"host", "vhost-vsock-device,guest-cid=7", "memory-backend-memfd,id=microvm.ram,size=1024M,share=on"},
+			not: []string{"host", "vhost-vsock-device,guest-cid=7", "memory-backend-memfd,id=microvm.ram,size=1024M,share=on", "virtio-mmio.force-legacy=false"},
 		},
 		{
 			name: "kvm vsock",
@@ -94,7 +94,7 @@ func TestCommand(t *testing.T) {
 			spec: shareSpec,
 			want: [][]string{
 				{"-M", "microvm,pit=on,pic=on,rtc=on,acpi=on,auto-kernel-cmdline=off,memory-backend=microvm.ram"},
-				{"-object", "memory-backend-memfd,id=microvm.ram,size=1024M,share=on"},
+				{"-global", "virtio-mmio.force-legacy=false", "-object", "memory-backend-memfd,id=microvm.ram,size=1024M,share=on"},
 				{"-chardev", "socket,id=fs0,path=/run/banger/vm1/fs0.sock", "-device", "vhost-user-fs-device,chardev=fs0,tag=banger0,queue-size=1024"},
 				{"-chardev", "socket,id=fs1,path=/run/a,,b/fs1.sock", "-device", "vhost-user-fs-device,chardev=fs1,tag=banger1,queue-size=1024"},
 			},

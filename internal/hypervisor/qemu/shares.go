@@ -28,10 +28,18 @@ type layoutShare struct {
 // virtiofsd maps guest memory, so it lives in a shared memfd.
 func (l layout) sharedRAM() bool { return len(l.Shares) > 0 && l.MemFile == "" }
 
-// shareArgs are the QEMU options of l's shares: the shared RAM, and a
-// vhost-user-fs device (virtio-mmio) per share on its server's socket.
+// modernMMIO makes every virtio-mmio transport a version 2 (virtio 1.0)
+// one: microvm's default is the legacy transport, which virtiofsd
+// (libvhost-user) refuses.
+const modernMMIO = "virtio-mmio.force-legacy=false"
+
+// shareArgs are the QEMU options of l's shares: modern virtio-mmio, the
+// shared RAM, and a vhost-user-fs device per share on its server's socket.
 func (l layout) shareArgs() []string {
-	var argv []string
+	if len(l.Shares) == 0 {
+		return nil
+	}
+	argv := []string{"-global", modernMMIO}
 	if l.sharedRAM() {
 		argv = append(argv, "-object", "memory-backend-memfd,id="+memoryBackendID+",size="+strconv.Itoa(l.MemoryMiB)+"M,share=on")
 	}
