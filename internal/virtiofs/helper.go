@@ -76,8 +76,11 @@ func helper(args []string) error {
 func waitForMaps(args []string) error {
 	goPipe := os.NewFile(fdGo, "go")
 	buf := make([]byte, len(goLine))
-	if _, err := io.ReadFull(goPipe, buf); err != nil || string(buf) != goLine {
-		return fmt.Errorf("bangerd did not finish the user namespace (%v)", err)
+	if _, err := io.ReadFull(goPipe, buf); err != nil {
+		return fmt.Errorf("bangerd did not finish the user namespace: %w", err)
+	}
+	if string(buf) != goLine {
+		return fmt.Errorf("bangerd did not finish the user namespace: it sent %q", buf)
 	}
 	goPipe.Close()
 	if os.Getuid() != 0 || os.Getgid() != 0 {
