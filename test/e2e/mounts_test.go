@@ -196,9 +196,10 @@ func TestMounts(t *testing.T) {
 }
 
 // TestMountsAsUser proves host folders through an ordinary user's bangerd,
-// with exactly banger's sudoers rule: virtiofsd runs as the user, the
-// guest's root acts as the user, and the user's own read-only folder is
-// still read-only for the guest and on the host.
+// with exactly banger's sudoers rule (virtiofsd needs no sudo): virtiofsd
+// runs as the user, the guest's root acts as the user, the user's own
+// read-only folder is still read-only for the guest and on the host, and
+// the mounts come back after a stop and start and a bangerd restart.
 func TestMountsAsUser(t *testing.T) {
 	openTUN(t)
 	u := newTestUser(t, vmSudoers)
@@ -207,12 +208,29 @@ func TestMountsAsUser(t *testing.T) {
 	u.own(t, filepath.Join(u.Home, "share"))
 	e.create("umnt", "--image", "minimal", "--mount", rw+":/root/rw", "--mount", ro+":/srv/docs:ro")
 	e.checkMounts(t, "umnt", rw, ro, u.UID, "as "+u.Name)
-	for _, pid := range e.virtiofsds() {
+	servers := e.virtiofsds()
+	if len(servers) != 4 {
+		t.Errorf("virtiofsd processes of %s's bangerd = %v, want 4 (two and their sandboxes)", u.Name, servers)
+	}
+	for _, pid := range servers {
 		st, err := os.Stat(fmt.Sprintf("/proc/%d", pid))
 		if err == nil && int(st.Sys().(*syscall.Stat_t).Uid) != u.UID {
 			t.Errorf("virtiofsd %d runs as uid %d, want %s's %d", pid, st.Sys().(*syscall.Stat_t).Uid, u.Name, u.UID)
 		}
 	}
+	e.must("vm", "stop", "umnt")
+	if p := e.virtiofsds(); len(p) != 0 {
+		t.Errorf("virtiofsd processes after stop as %s = %v, want none", u.Name, p)
+	}
+	e.must("vm", "start", "umnt")
+	e.checkMounts(t, "umnt", rw, ro, u.UID, "as "+u.Name+" after stop and start")
+	before := e.virtiofsds()
+	e.killDaemon()
+	e.startDaemon()
+	if after := e.virtiofsds(); !slices.Equal(before, after) {
+		t.Errorf("virtiofsd processes across a restart of %s's bangerd: %v, then %v; want the same", u.Name, before, after)
+	}
+	e.checkMounts(t, "umnt", rw, ro, u.UID, "as "+u.Name+" after a bangerd restart")
 	e.must("vm", "delete", "--force", "umnt")
 	if p := e.virtiofsds(); len(p) != 0 {
 		t.Errorf("virtiofsd processes after delete = %v, want none", p)
