@@ -175,6 +175,7 @@ func New(opts Options) (*Daemon, error) {
 		PrivateDirs:   []string{opts.Paths.StateDir, opts.Paths.DataDir, opts.Paths.RuntimeDir, cacheDir},
 		VCPUs:         cfg.VCPUs,
 		MemoryMiB:     cfg.MemoryMiB,
+		WorkSize:      cfg.WorkSizeBytes(),
 		MaxMemoryMiB:  hostMemoryMiB(),
 		ReadyTimeout:  time.Duration(cfg.ReadyTimeoutSeconds) * time.Second,
 		ConsoleLogMax: consoleLogMax(cfg),
@@ -277,6 +278,8 @@ func (d *Daemon) Start(ctx context.Context) error {
 		}
 		return nil
 	})
+	// The API sets read and write deadlines per request (api.ReadTimeout,
+	// api.WriteTimeout): its streams run for minutes.
 	d.srv = &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	d.served = make(chan error, 1)
 	go func() { d.served <- d.srv.Serve(ln) }()

@@ -186,6 +186,19 @@ func (c *Client) SetVM(ctx context.Context, name string, req SetRequest) (*VM, e
 	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/set", req, &vm)
 }
 
+// AddPorts publishes more ports of a VM: at once when it runs, else from
+// its next start.
+func (c *Client) AddPorts(ctx context.Context, name string, ports []Port) (*VM, error) {
+	var vm VM
+	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/ports", PortsRequest{Ports: ports}, &vm)
+}
+
+// RemovePorts stops publishing ports of a VM.
+func (c *Client) RemovePorts(ctx context.Context, name string, refs []PortRef) (*VM, error) {
+	var vm VM
+	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/ports/remove", UnpublishRequest{Ports: refs}, &vm)
+}
+
 // SSHInfo returns what is needed to ssh into a VM.
 func (c *Client) SSHInfo(ctx context.Context, name string) (*SSHInfo, error) {
 	var s SSHInfo

@@ -13,6 +13,8 @@ type VM struct {
 	VCPUs         int    `json:"vcpus"`
 	MemoryMiB     int    `json:"memory_mib"`
 	DiskSizeBytes int64  `json:"disk_size_bytes"`
+	// WorkSizeBytes is the size of the VM's /root disk (sparse on the host).
+	WorkSizeBytes int64  `json:"work_size_bytes"`
 	IP            string `json:"ip"`
 	MAC           string `json:"mac"`
 	TAP           string `json:"tap,omitempty"`
@@ -37,6 +39,42 @@ type VM struct {
 	Error            string    `json:"error,omitempty"`
 	CreatedAt        time.Time `json:"created_at"`
 	Stages           []Stage   `json:"stages,omitempty"`
+	// Ports are the ports the VM publishes on the host (never null).
+	Ports []Port `json:"ports"`
+}
+
+// Port is one port a VM publishes: connections to HostIP:HostPort on the
+// host (datagrams, for udp) reach GuestPort on the guest.
+type Port struct {
+	// Proto is "tcp" (the default when empty in a request) or "udp".
+	Proto string `json:"proto"`
+	// HostIP is the host address it listens on; empty in a request means
+	// 127.0.0.1, the host's loopback.
+	HostIP    string `json:"host_ip"`
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+	// Listening says bangerd listens on it now (it does while the VM runs).
+	// Only answers carry it.
+	Listening bool `json:"listening"`
+}
+
+// PortRef names published ports to remove: a host port, its protocol
+// ("" is tcp) and, unless empty (any), its host address.
+type PortRef struct {
+	Proto    string `json:"proto,omitempty"`
+	HostIP   string `json:"host_ip,omitempty"`
+	HostPort int    `json:"host_port"`
+}
+
+// PortsRequest publishes more ports of a VM (POST /v1/vms/{name}/ports).
+type PortsRequest struct {
+	Ports []Port `json:"ports"`
+}
+
+// UnpublishRequest stops publishing ports of a VM
+// (POST /v1/vms/{name}/ports/remove).
+type UnpublishRequest struct {
+	Ports []PortRef `json:"ports"`
 }
 
 // Mount is one host folder a VM mounts: Host on the host at Guest in the
@@ -67,13 +105,18 @@ type CreateRequest struct {
 	VCPUs     int    `json:"vcpus,omitempty"`
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskSize  string `json:"disk_size,omitempty"`
-	NAT       bool   `json:"nat,omitempty"`
+	// WorkSize is the size of the /root disk ("32G"); empty: bangerd's
+	// work_size (16G unless configured).
+	WorkSize string `json:"work_size,omitempty"`
+	NAT      bool   `json:"nat,omitempty"`
 	// Egress is the VM's egress policy; nil is the default. A policy other
 	// than open turns NAT on.
 	Egress *Egress `json:"egress,omitempty"`
 	// Mounts are host folders to mount at every boot (absolute paths;
 	// QEMU only).
 	Mounts []Mount `json:"mounts,omitempty"`
+	// Ports are published on the host from the first boot.
+	Ports []Port `json:"ports,omitempty"`
 	// NoWait returns as soon as the hypervisor is up.
 	NoWait bool `json:"no_wait,omitempty"`
 }
@@ -85,6 +128,8 @@ type SetRequest struct {
 	// Egress replaces the egress policy; a policy other than open turns
 	// NAT on.
 	Egress *Egress `json:"egress,omitempty"`
+	// WorkSize grows a stopped VM's /root disk ("32G"); it never shrinks.
+	WorkSize string `json:"work_size,omitempty"`
 }
 
 // Egress is an egress policy: mode "default", "allow", "deny" or "open",
@@ -180,6 +225,13 @@ type Image struct {
 	Default  bool   `json:"default"`
 	Managed  bool   `json:"managed"`
 	Size     int64  `json:"size_bytes"`
+	// Kernel and Initrd are the image's own kernel and initramfs; empty
+	// when its VMs boot the bundle's. Modules is its modules dir.
+	Kernel  string `json:"kernel,omitempty"`
+	Initrd  string `json:"initrd,omitempty"`
+	Modules string `json:"modules,omitempty"`
+	// KernelVersion is the release its VMs boot, when known.
+	KernelVersion string `json:"kernel_version,omitempty"`
 }
 
 // RegisterImageRequest records an existing ext4 image under a name.
@@ -187,6 +239,12 @@ type RegisterImageRequest struct {
 	Name     string `json:"name"`
 	Rootfs   string `json:"rootfs"`
 	WorkSeed string `json:"work_seed,omitempty"`
+	// Kernel and Initrd (both or neither) are an ELF kernel and its
+	// initramfs the image's VMs boot instead of the bundle's; Modules is
+	// their lib/modules/<release> dir.
+	Kernel  string `json:"kernel,omitempty"`
+	Initrd  string `json:"initrd,omitempty"`
+	Modules string `json:"modules,omitempty"`
 }
 
 // BuildImageRequest asks bangerd to build a Debian image with debootstrap.

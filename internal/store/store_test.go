@@ -475,7 +475,7 @@ func TestMigrateKeepsImages(t *testing.T) {
 	}
 	// Roll the schema back to version 1 by hand.
 	for _, q := range []string{
-		`DROP TABLE vm_mounts`, `DROP TABLE vm_stages`, `DROP TABLE vms`, `DROP TABLE images`, `DELETE FROM schema_migrations`,
+		`DROP TABLE vm_mounts`, `DROP TABLE vm_ports`, `DROP TABLE vm_stages`, `DROP TABLE vms`, `DROP TABLE images`, `DELETE FROM schema_migrations`,
 		migrations[0],
 		`INSERT INTO schema_migrations (version, applied_at) VALUES (1, 'x')`,
 		`INSERT INTO images (name, rootfs, work_seed, managed, created_at) VALUES ('old', '/o/rootfs.ext4', '', 1, '2026-01-02T03:04:05Z')`,
@@ -549,7 +549,8 @@ func TestMounts(t *testing.T) {
 }
 
 // TestMigrateKeepsVMs opens a database left at schema version 2 (before
-// mounts) and checks that its VMs survive, with no mounts.
+// work sizes, ports and mounts) and checks that its VMs survive, with no
+// size recorded, no ports and no mounts.
 func TestMigrateKeepsVMs(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "banger.db")
@@ -558,7 +559,7 @@ func TestMigrateKeepsVMs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, q := range []string{
-		`DROP TABLE vm_mounts`, `DROP TABLE vm_stages`, `DROP TABLE vms`, `DROP TABLE images`, `DELETE FROM schema_migrations`,
+		`DROP TABLE vm_mounts`, `DROP TABLE vm_ports`, `DROP TABLE vm_stages`, `DROP TABLE vms`, `DROP TABLE images`, `DELETE FROM schema_migrations`,
 		migrations[0], migrations[1],
 		`INSERT INTO schema_migrations (version, applied_at) VALUES (1, 'x'), (2, 'x')`,
 		`INSERT INTO vms (id, name, state, ip, created_at, updated_at) VALUES ('abc', 'old', 'stopped', '172.30.0.2', '2026-01-02T03:04:05Z', '2026-01-02T03:04:05Z')`,
@@ -573,7 +574,72 @@ func TestMigrateKeepsVMs(t *testing.T) {
 	}
 	defer s.Close()
 	vm, err := s.GetVM(ctx, "old")
-	if err != nil || vm.State != StateStopped || vm.Mounts != nil {
-		t.Fatalf("migrated VM = %+v, %v; want it stopped, without mounts", vm, err)
+	if err != nil || vm.State != StateStopped || vm.WorkSizeBytes != 0 || vm.Ports != nil || vm.Mounts != nil {
+		t.Fatalf("migrated VM = %+v, %v; want it stopped, without a work size, ports or mounts", vm, err)
+	}
+}
+
+func TestPorts(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	subnet, gw := netip.MustParsePrefix("172.30.0.0/24"), netip.MustParseAddr("172.30.0.1")
+	web := []Port{{Proto: "tcp", HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 80}, {Proto: "udp", HostIP: "0.0.0.0", HostPort: 5353, GuestPort: 53}}
+	a := &VM{Name: "a", WorkSizeBytes: 16 << 30, Ports: web}
+	if err := s.CreateVMWithLease(ctx, a, subnet, gw); err != nil {
+		t.Fatal(err)
+	}
+	b := &VM{Name: "b"}
+	if err := s.CreateVMWithLease(ctx, b, subnet, gw); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetVM(ctx, "a")
+	if err != nil || got.WorkSizeBytes != 16<<30 || !reflect.DeepEqual(got.Ports, web) {
+		t.Fatalf("GetVM(a) = %+v, %v; want its work size and ports %+v", got, err, web)
+	}
+	// Another VM cannot take a port a VM publishes, and changes nothing.
+	clash := &VM{Name: "c", Ports: []Port{{Proto: "tcp", HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 81}}}
+	if err := s.CreateVMWithLease(ctx, clash, subnet, gw); !errors.Is(err, ErrExists) {
+		t.Errorf("CreateVMWithLease with a taken port = %v, want ErrExists", err)
+	}
+	if _, err := s.GetVM(ctx, "c"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a refused create left VM c: %v", err)
+	}
+	mine := []Port{{Proto: "tcp", HostIP: "127.0.0.1", HostPort: 9000, GuestPort: 9000}}
+	if err := s.SetVMPorts(ctx, b.ID, append(mine, web[0])); !errors.Is(err, ErrExists) {
+		t.Errorf("SetVMPorts with a's port = %v, want ErrExists", err)
+	}
+	if got, _ := s.GetVM(ctx, "b"); got.Ports != nil {
+		t.Errorf("a refused SetVMPorts left b with %+v", got.Ports)
+	}
+	if err := s.SetVMPorts(ctx, b.ID, mine); err != nil {
+		t.Fatal(err)
+	}
+	list, _ := s.ListVMs(ctx)
+	if len(list) != 2 || !reflect.DeepEqual(list[0].Ports, web) || !reflect.DeepEqual(list[1].Ports, mine) {
+		t.Errorf("ListVMs ports = %+v", list)
+	}
+	// UpdateVM keeps the ports; SetVMPorts(nil) removes them.
+	got.Ports = nil
+	got.WorkSizeBytes = 32 << 30
+	if err := s.UpdateVM(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.GetVM(ctx, "a"); again.WorkSizeBytes != 32<<30 || !reflect.DeepEqual(again.Ports, web) {
+		t.Errorf("after UpdateVM: %+v, want work size 32G and the ports kept", again)
+	}
+	if err := s.SetVMPorts(ctx, "nosuch", mine); !errors.Is(err, ErrNotFound) {
+		t.Errorf("SetVMPorts(nosuch) = %v, want ErrNotFound", err)
+	}
+	// Deleting a VM frees its ports.
+	if err := s.DeleteVM(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetVMPorts(ctx, b.ID, web); err != nil {
+		t.Errorf("taking a deleted VM's ports: %v", err)
+	}
+	var n int
+	s.db.QueryRow(`SELECT COUNT(*) FROM vm_ports WHERE vm_id = ?`, a.ID).Scan(&n)
+	if n != 0 {
+		t.Errorf("%d ports of a deleted VM left", n)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/banger/banger/internal/isolation"
 	"github.com/banger/banger/internal/nat"
 	"github.com/banger/banger/internal/network"
+	"github.com/banger/banger/internal/portfwd"
 	"github.com/banger/banger/internal/runner"
 )
 
@@ -33,6 +34,9 @@ type Host struct {
 	Upstreams func() ([]string, error)
 	// Shares serves host folders (VirtiofsShares); nil serves none.
 	Shares ShareServer
+	// PortLimits bound each published port's relay (zero: portfwd's
+	// defaults).
+	PortLimits portfwd.Limits
 }
 
 // NewCapabilities returns the standard capabilities in the order they are
@@ -46,6 +50,13 @@ func NewCapabilities(e *Engine, h Host) []Capability {
 			h.Pool.Refill(e.Context())
 		}
 	}
+	ports := &portsCap{dial: e.cfg.Dial, limits: h.PortLimits, log: h.Log.With("capability", "published ports"), refuse: guestPeer(h.Net)}
+	// The relays live in bangerd: they end with the engine (a restarted
+	// bangerd listens again, Reconcile).
+	e.Go(func() {
+		<-e.Context().Done()
+		ports.closeAll()
+	})
 	return []Capability{
 		&diskCap{images: h.Images, r: h.Runner},
 		&opencodeCap{r: h.Runner, log: h.Log},
@@ -56,6 +67,21 @@ func NewCapabilities(e *Engine, h Host) []Capability {
 		&isolationCap{iso: h.Isolation, haveNFT: haveTools(doctor.OpIsolation), spawn: e.Go, ctx: e.Context, log: h.Log},
 		&hostKeysCap{known: h.Known},
 		&mountsCap{server: h.Shares, agent: e.agentFor, ctx: e.Context, log: h.Log.With("capability", "host folders")},
+		// Last prepared, first released: a stop closes the published
+		// ports before anything else goes.
+		ports,
+	}
+}
+
+// guestPeer reports whether an address is one of the owner's guests (the
+// guests' subnet, less the bridge's own address, which is the host's):
+// published ports turn them away, as guest isolation would.
+func guestPeer(m *network.Manager) func(netip.Addr) bool {
+	if m == nil {
+		return nil
+	}
+	return func(a netip.Addr) bool {
+		return m.GuestSubnet().Contains(a) && a != m.Gateway()
 	}
 }
 

@@ -56,6 +56,8 @@ type Config struct {
 	PrivateDirs []string
 	// Defaults of a create that names no size.
 	VCPUs, MemoryMiB int
+	// WorkSize is the size of a new VM's /root disk (0: DefaultWorkSize).
+	WorkSize int64
 	// MaxMemoryMiB bounds a VM's memory (the host's); 0: no bound.
 	MaxMemoryMiB int
 	ReadyTimeout time.Duration
@@ -85,6 +87,9 @@ type Engine struct {
 	wg     sync.WaitGroup
 
 	locks keyedLocks // by VM name
+	// portsMu serialises the checks and records of published ports across
+	// VMs, whose name locks do not exclude each other.
+	portsMu sync.Mutex
 
 	mu        sync.Mutex
 	instances map[string]hypervisor.Instance // by VM id
@@ -104,6 +109,9 @@ func New(cfg Config) *Engine {
 	}
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 5 * time.Minute
+	}
+	if cfg.WorkSize == 0 {
+		cfg.WorkSize = DefaultWorkSize
 	}
 	if cfg.Dial == nil {
 		var d net.Dialer
