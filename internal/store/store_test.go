@@ -597,12 +597,12 @@ func TestPorts(t *testing.T) {
 		t.Fatalf("GetVM(a) = %+v, %v; want its work size and ports %+v", got, err, web)
 	}
 	// Another VM cannot take a port a VM publishes, and changes nothing.
-	clash := &VM{Name: "c", Ports: []Port{{Proto: "tcp", HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 81}}}
+	clash := &VM{Name: "clash", Ports: []Port{{Proto: "tcp", HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 81}}}
 	if err := s.CreateVMWithLease(ctx, clash, subnet, gw); !errors.Is(err, ErrExists) {
 		t.Errorf("CreateVMWithLease with a taken port = %v, want ErrExists", err)
 	}
-	if _, err := s.GetVM(ctx, "c"); !errors.Is(err, ErrNotFound) {
-		t.Errorf("a refused create left VM c: %v", err)
+	if _, err := s.GetVM(ctx, "clash"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a refused create left VM clash: %v", err)
 	}
 	mine := []Port{{Proto: "tcp", HostIP: "127.0.0.1", HostPort: 9000, GuestPort: 9000}}
 	if err := s.SetVMPorts(ctx, b.ID, append(mine, web[0])); !errors.Is(err, ErrExists) {
