@@ -97,12 +97,12 @@ if ((opencode)); then
   [[ -n $ip && -n $pass ]] || fail "vm show --json gives no address or opencode password"
   code=
   for _ in $(seq 60); do
-    code=$(inns curl -s -o /dev/null -w '%{http_code}' -u "opencode:$pass" "http://$ip:4096/global/health" || true)
+    code=$(inns curl -s -m 10 -o /dev/null -w '%{http_code}' -u "opencode:$pass" "http://$ip:4096/global/health" || true)
     [[ $code == 200 ]] && break
     sleep 1
   done
   [[ $code == 200 ]] || fail "opencode on $ip:4096 answered $code with the VM's password, want 200"
-  code=$(inns curl -s -o /dev/null -w '%{http_code}' "http://$ip:4096/global/health" || true)
+  code=$(inns curl -s -m 10 -o /dev/null -w '%{http_code}' "http://$ip:4096/global/health" || true)
   [[ $code == 401 ]] || fail "opencode on $ip:4096 answered $code without a password, want 401"
   echo "opencode answers with its password and refuses without it"
 fi
