@@ -70,8 +70,8 @@ func main() {
 			fmt.Fprintf(os.Stderr, "banger-vsock-agent ssh-host-key: unexpected arguments %q\n%s", os.Args[2:], usage)
 			os.Exit(2)
 		}
-		host, _ := os.Hostname()
-		wrote, err := hostkey.Ensure(hostkey.DefaultPath, "root@"+host)
+		cmdline, _ := os.ReadFile("/proc/cmdline")
+		wrote, err := hostkey.Ensure(hostkey.DefaultPath, hostkey.Comment(string(cmdline)))
 		if err != nil {
 			fail(err)
 		}

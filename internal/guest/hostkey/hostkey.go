@@ -12,11 +12,25 @@ import (
 	"path/filepath"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/banger/banger/internal/guestconfig"
 )
 
 // DefaultPath is the ed25519 host key sshd is configured with in banger's
 // images; the public key is DefaultPath + ".pub".
 const DefaultPath = "/etc/ssh/ssh_host_ed25519_key"
+
+// Comment is the host key's comment, as ssh-keygen would write it:
+// root@ and the VM's hostname, taken from the ip= argument of cmdline
+// (sshd starts beside the network setup, which may not have set the
+// hostname yet), else the current hostname.
+func Comment(cmdline string) string {
+	if c, err := guestconfig.ParseNetwork(cmdline); err == nil && c.Hostname != "" {
+		return "root@" + c.Hostname
+	}
+	host, _ := os.Hostname()
+	return "root@" + host
+}
 
 // Ensure makes the ed25519 host key at path (mode 0600, OpenSSH format)
 // and its public key at path.pub (0644), as ssh-keygen -t ed25519 -N ""

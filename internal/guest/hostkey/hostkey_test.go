@@ -77,3 +77,17 @@ func TestEnsureErrors(t *testing.T) {
 		t.Errorf("Ensure(in a missing directory) = %v, want a writing error", err)
 	}
 }
+
+func TestComment(t *testing.T) {
+	host, _ := os.Hostname()
+	tests := []struct{ cmdline, want string }{
+		{"console=ttyS0 ip=172.16.0.2::172.16.0.1:255.255.255.0:vm1:eth0:off:172.16.0.1 rw", "root@vm1"},
+		{"ip=172.16.0.2::172.16.0.1:255.255.255.0::eth0:off", "root@" + host},
+		{"console=ttyS0", "root@" + host},
+	}
+	for _, tt := range tests {
+		if got := Comment(tt.cmdline); got != tt.want {
+			t.Errorf("Comment(%q) = %q, want %q", tt.cmdline, got, tt.want)
+		}
+	}
+}
