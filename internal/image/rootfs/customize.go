@@ -54,7 +54,7 @@ const resolvConf = "# Written at boot by banger-vsock-agent net-setup from the k
 const netUnit = `[Unit]
 Description=banger guest network from the kernel ip= argument
 DefaultDependencies=no
-Before=network-pre.target ssh.service banger-agent.service
+Before=network-pre.target banger-agent.service
 Wants=network-pre.target
 
 [Service]
@@ -99,6 +99,7 @@ Type=simple
 ExecStart=` + AgentPath + ` serve
 Restart=always
 RestartSec=1
+StartupCPUWeight=10000
 
 [Install]
 WantedBy=multi-user.target
@@ -109,7 +110,11 @@ WantedBy=multi-user.target
 // authorized_keys at login; the agent, which says it is ready, waits for
 // all three). The host key is made on first boot by the agent binary, in
 // Go: a shell and ssh-keygen would cost about half a second under TCG.
-// Only ed25519: RSA generation costs seconds under TCG.
+// Only ed25519: RSA generation costs seconds under TCG. Until boot
+// finishes, sshd (and so the host's first login, which is what makes the
+// VM ready) and the agent outweigh everything that starts after the agent
+// (StartupCPUWeight; the default weight is 100); afterwards all weigh the
+// same again.
 const sshDropIn = `# Written by banger.
 [Unit]
 DefaultDependencies=no
@@ -120,6 +125,7 @@ Before=shutdown.target
 [Service]
 ExecStartPre=
 ExecStartPre=` + AgentPath + ` ssh-host-key
+StartupCPUWeight=10000
 `
 
 // afterAgentDropIn orders a unit of early boot after the agent. Every
