@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"fmt"
 	"os"
 
 	"github.com/banger/banger/internal/disk"
@@ -11,7 +12,8 @@ import (
 
 // diskCap gives each VM a copy-on-write clone of its image's rootfs, grown
 // to the asked size, and its own /root disk cloned from the image's
-// work-seed. A stop keeps both; a delete removes them.
+// work-seed and grown to the VM's work size (sparse: the host pays only for
+// what the guest writes). A stop keeps both; a delete removes them.
 type diskCap struct {
 	NoCapability
 	images *Images
@@ -37,8 +39,22 @@ func (c *diskCap) Create(ctx context.Context, vm *store.VM, p *Plan) error {
 	if err != nil {
 		return err
 	}
-	_, err = disk.Clone(seed, WorkDisk(vm))
-	return err
+	work := WorkDisk(vm)
+	if _, err := disk.Clone(seed, work); err != nil {
+		return err
+	}
+	size, err := disk.Size(work)
+	if err != nil {
+		return err
+	}
+	if vm.WorkSizeBytes > size {
+		if err := disk.Grow(ctx, c.r, work, vm.WorkSizeBytes); err != nil {
+			return fmt.Errorf("growing /root: %w", err)
+		}
+		size = vm.WorkSizeBytes
+	}
+	vm.WorkSizeBytes = size // a seed rebuilt bigger than planned
+	return nil
 }
 
 func (*diskCap) Destroy(_ context.Context, vm *store.VM) error {

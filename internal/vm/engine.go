@@ -52,6 +52,8 @@ type Config struct {
 	DataDir, RuntimeDir string
 	// Defaults of a create that names no size.
 	VCPUs, MemoryMiB int
+	// WorkSize is the size of a new VM's /root disk (0: DefaultWorkSize).
+	WorkSize int64
 	// MaxMemoryMiB bounds a VM's memory (the host's); 0: no bound.
 	MaxMemoryMiB int
 	ReadyTimeout time.Duration
@@ -81,6 +83,9 @@ type Engine struct {
 	wg     sync.WaitGroup
 
 	locks keyedLocks // by VM name
+	// portsMu serialises the checks and records of published ports across
+	// VMs, whose name locks do not exclude each other.
+	portsMu sync.Mutex
 
 	mu        sync.Mutex
 	instances map[string]hypervisor.Instance // by VM id
@@ -100,6 +105,9 @@ func New(cfg Config) *Engine {
 	}
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 5 * time.Minute
+	}
+	if cfg.WorkSize == 0 {
+		cfg.WorkSize = DefaultWorkSize
 	}
 	if cfg.Dial == nil {
 		var d net.Dialer
@@ -213,7 +221,11 @@ func (e *Engine) lockVM(ctx context.Context, nameOrID string) (*store.VM, func()
 		return nil, nil, err
 	}
 	unlock := e.locks.lock(vm.Name)
+	name := vm.Name
 	vm, err = e.Get(ctx, vm.ID)
+	if errors.Is(err, ErrNotFound) {
+		err = notFound("VM %s was deleted meanwhile: see 'banger vm list'", name)
+	}
 	if err != nil {
 		unlock()
 		return nil, nil, err

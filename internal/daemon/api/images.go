@@ -3,12 +3,18 @@ package api
 import (
 	"net/http"
 
+	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/vm"
 )
 
-func imageView(img *vm.Image) rpc.Image {
-	return rpc.Image{Name: img.Name, Rootfs: img.Rootfs, WorkSeed: img.WorkSeed, Default: img.Default, Managed: img.Managed, Size: img.Size()}
+func imageView(img *vm.Image, b *bundle.Bundle) rpc.Image {
+	v := rpc.Image{Name: img.Name, Rootfs: img.Rootfs, WorkSeed: img.WorkSeed, Default: img.Default, Managed: img.Managed, Size: img.Size(),
+		Kernel: img.Kernel, Initrd: img.Initrd, Modules: img.Modules, KernelVersion: img.KernelVersion}
+	if img.Kernel == "" && b != nil {
+		v.KernelVersion = b.KernelVersion
+	}
+	return v
 }
 
 func (s *Server) handleImages(w http.ResponseWriter, r *http.Request) {
@@ -24,7 +30,7 @@ func (s *Server) handleImages(w http.ResponseWriter, r *http.Request) {
 	}
 	out := []rpc.Image{}
 	for i := range imgs {
-		out = append(out, imageView(&imgs[i]))
+		out = append(out, imageView(&imgs[i], b))
 	}
 	writeJSON(w, 200, out)
 }
@@ -40,12 +46,13 @@ func (s *Server) handleRegisterImage(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	img, err := s.Engine.Images().Register(r.Context(), b, vm.RegisterOptions{Name: req.Name, Rootfs: req.Rootfs, WorkSeed: req.WorkSeed})
+	img, err := s.Engine.Images().Register(r.Context(), b, vm.RegisterOptions{Name: req.Name, Rootfs: req.Rootfs, WorkSeed: req.WorkSeed,
+		Kernel: req.Kernel, Initrd: req.Initrd, Modules: req.Modules})
 	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	writeJSON(w, 200, imageView(img))
+	writeJSON(w, 200, imageView(img, b))
 }
 
 func (s *Server) handleDeleteImage(w http.ResponseWriter, r *http.Request) {
@@ -79,7 +86,7 @@ func (s *Server) handleBuildImage(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return rpc.Event{}, err
 		}
-		v := imageView(img)
+		v := imageView(img, b)
 		return rpc.Event{Image: &v}, nil
 	})
 }
