@@ -16,7 +16,7 @@ BENCH_N ?= 5
 # golangci-lint is a Go module: pinned here, built and cached by go run.
 GOLANGCI_LINT ?= github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all build runtime-bundle dist test unit-test lint fuzz bench-create bench-coldboot bench-cp bench-ports verify void-kernel rootfs-void verify-void void-fixture clean FORCE
+.PHONY: all build runtime-bundle dist test unit-test lint fuzz bench-create bench-coldboot bench-cp bench-ports bench-mounts verify void-kernel rootfs-void verify-void void-fixture clean FORCE
 
 all: build
 
@@ -128,6 +128,13 @@ bench-cp: runtime-bundle
 	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) BANGER_BENCH_N=$(BENCH_N) \
 		$(GO) test -count=1 -timeout 60m -run '^TestBenchCopy$$' -v ./test/e2e
 
+# Writes and reads a 256 MiB file and runs git status on a 10,000-file tree
+# BANGER_BENCH_N times in a docker image VM, through a virtio-fs host folder
+# and inside /root, and prints the medians.
+bench-mounts: runtime-bundle
+	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) BANGER_BENCH_N=$(BENCH_N) \
+		$(GO) test -count=1 -timeout 60m -run '^TestBenchMounts$$' -v ./test/e2e
+
 # Moves 100 MiB each way BANGER_BENCH_N times through a minimal VM's published port
 # and directly to its address, times new connections and UDP round trips on both
 # paths, and prints the medians; then the relay alone on loopback (go bench).
@@ -165,7 +172,7 @@ verify-void: build
 		staged=$$($(BIN)/banger runtime void-kernel --check --out $$rt/void-kernel); eval "$$staged"; \
 		reg="$$reg --kernel $$kernel --initrd $$initrd --modules $$modules"; expect=(--expect-kernel "$$kernel_version"); \
 	fi; \
-	scripts/verify.sh --image void-exp --register "$$reg" "$${expect[@]}"
+	scripts/verify.sh --image void-exp --opencode --register "$$reg" "$${expect[@]}"
 
 # Builds the local Void mirror made from Debian's binaries (the stand-in for
 # Void's mirrors, which these machines cannot reach) and prints its URL:

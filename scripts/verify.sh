@@ -4,7 +4,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: scripts/verify.sh [--nat] [--image NAME] [--register ARGS] [--expect-kernel VERSION] [--keep-logs]
+usage: scripts/verify.sh [--nat] [--image NAME] [--register ARGS] [--expect-kernel VERSION] [--opencode] [--keep-logs]
 
 Runs a private bangerd with its own state inside a network namespace this
 script creates, then: creates a VM, runs a command over ssh, stops it and
@@ -22,6 +22,8 @@ host network are not touched.
                 spaces: --rootfs R --work-seed W [--kernel K --initrd I --modules M])
   --expect-kernel VERSION
                 fail unless the guest's uname -r is VERSION
+  --opencode    also check the image's opencode server on port 4096: it
+                answers with the VM's own password and refuses without it
   --keep-logs   keep the daemon log and state directory for inspection
 
 Needs root, 'make build runtime-bundle', and the tools 'banger doctor' checks.
@@ -33,12 +35,14 @@ image=minimal
 keep=0
 register=
 expect_kernel=
+opencode=0
 while (($#)); do
   case $1 in
     --nat) nat=1 ;;
     --image) image=${2:?--image needs a name}; shift ;;
     --register) register=${2:?--register needs the arguments of banger image register}; shift ;;
     --expect-kernel) expect_kernel=${2:?--expect-kernel needs a kernel release}; shift ;;
+    --opencode) opencode=1 ;;
     --keep-logs) keep=1 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "verify: unknown argument $1" >&2; usage >&2; exit 2 ;;
@@ -51,6 +55,10 @@ keep_state=$keep
 source "$(dirname "$0")/lib/sandbox.sh"
 if ((nat)) && ! command -v python3 >/dev/null; then
   echo "verify: --nat needs python3 for the upstream HTTP server: apt-get install python3" >&2
+  exit 1
+fi
+if ((opencode)) && ! command -v curl >/dev/null; then
+  echo "verify: --opencode needs curl: apt-get install curl" >&2
   exit 1
 fi
 up=bgu-$$
@@ -79,6 +87,24 @@ if [[ -n $expect_kernel ]]; then
   got=$(banger vm ssh verify -- uname -r)
   [[ $got == "$expect_kernel" ]] || fail "the guest runs kernel $got, want $expect_kernel"
   echo "guest kernel is $got"
+fi
+
+if ((opencode)); then
+  step "opencode on 4096 with the VM's password"
+  show=$(banger vm show verify --json)
+  ip=$(sed -n 's/.*"ip": *"\([0-9.]*\)".*/\1/p' <<<"$show" | head -1)
+  pass=$(sed -n 's/.*"opencode_password": *"\([^"]*\)".*/\1/p' <<<"$show" | head -1)
+  [[ -n $ip && -n $pass ]] || fail "vm show --json gives no address or opencode password"
+  code=
+  for _ in $(seq 60); do
+    code=$(inns curl -s -o /dev/null -w '%{http_code}' -u "opencode:$pass" "http://$ip:4096/global/health" || true)
+    [[ $code == 200 ]] && break
+    sleep 1
+  done
+  [[ $code == 200 ]] || fail "opencode on $ip:4096 answered $code with the VM's password, want 200"
+  code=$(inns curl -s -o /dev/null -w '%{http_code}' "http://$ip:4096/global/health" || true)
+  [[ $code == 401 ]] || fail "opencode on $ip:4096 answered $code without a password, want 401"
+  echo "opencode answers with its password and refuses without it"
 fi
 
 if ((nat)); then

@@ -1,11 +1,13 @@
 package daemon_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -97,6 +99,7 @@ var contract = []struct {
 		{start("box"), "streamed; box running image=minimal vcpus=2 mem=1024 nat=true ip=.2"},
 		{start("box"), "streamed; box running image=minimal vcpus=2 mem=1024 nat=true ip=.2"},
 		{logs("box"), "logs ok"},
+		{logsTail("box", 64), "logs ok"},
 		{opencode("box"), "error 404 not_found"},
 		{del("box"), "ok"},
 		{get("box"), "error 404 not_found"},
@@ -128,6 +131,9 @@ var contract = []struct {
 		{setNAT("ghost", true), "error 404 not_found"},
 		{sshInfo("ghost"), "error 404 not_found"},
 		{logs("ghost"), "error 404 not_found"},
+		{logsTail("ghost", 64), "error 404 not_found"},
+		{logsTail("ghost", 0), "error 400 invalid"},
+		{logsTail("ghost", rpc.MaxTailBytes+1), "error 400 invalid"},
 		{del("ghost"), "error 404 not_found"},
 		{list, "list"},
 		{status, "status vms=0 running=0 hypervisor=qemu"},
@@ -167,6 +173,24 @@ var contract = []struct {
 		{del("m"), "ok"},
 		{delImage("mine"), "ok"},
 		{images, "images docker(default,managed) minimal(managed)"},
+	}},
+	{"host folders are kept with the VM and shown; bad ones are refused", []step{
+		{createMounts("mnt", "src:/root/src", "docs:/srv/docs:ro"), "streamed; mnt running mounts=src:/root/src,docs:/srv/docs:ro"},
+		{getMounts("mnt"), "mnt running mounts=src:/root/src,docs:/srv/docs:ro"},
+		{stop("mnt"), "mnt stopped image=docker vcpus=2 mem=1024 nat=false ip=.2"},
+		{start("mnt"), "streamed; mnt running image=docker vcpus=2 mem=1024 nat=false ip=.2"},
+		{getMounts("mnt"), "mnt running mounts=src:/root/src,docs:/srv/docs:ro"},
+		{createMounts("x", "src:/etc/src"), "error 400 invalid"},
+		{createMounts("x", "src:/root"), "error 400 invalid"},
+		{createMounts("x", "gone:/root/src"), "error 400 invalid"},
+		{createMounts("x", "src:/srv", "docs:/srv/docs"), "error 400 invalid"},
+		{createMounts("x", "src:/root/a", "src:/root/b"), "error 400 invalid"},
+		{createWith(rpc.CreateRequest{Name: "x", Mounts: []rpc.Mount{{Host: "relative", Guest: "/root/src"}}}), "error 400 invalid"},
+		{raw("POST", "/v1/vms", `{"name":"x","mounts":[{"host":"/tmp","guest":"/srv/t","surprise":1}]}`), "400 invalid"},
+		{raw("POST", "/v1/vms", `{"name":"x","mounts":{"host":"/tmp"}}`), "400 invalid"},
+		{list, "list mnt:running"},
+		{del("mnt"), "ok"},
+		{list, "list"},
 	}},
 	{"an image with its own kernel", []step{
 		{registerKernel("own", "vmlinux", "initrd.img", "6.12.68_1"), "image own(-,own 6.12.68_1)"},
@@ -278,7 +302,15 @@ func startFake(t *testing.T) *subject {
 	}}
 }
 
-func startDaemon(t *testing.T) *subject {
+func startDaemon(t *testing.T) *subject { return startDaemonWith(t, nil) }
+
+// startDaemonLog is startDaemon logging to log.
+func startDaemonLog(t *testing.T, log *slog.Logger) *subject {
+	return startDaemonWith(t, func(o *daemon.Options) { o.Log = log })
+}
+
+// startDaemonWith is startDaemon with options changed by opt (nil: none).
+func startDaemonWith(t *testing.T, opt func(*daemon.Options)) *subject {
 	dir := rpctest.TempDir(t)
 	rt := bundletest.Fake(t)
 	key := bundletest.AuthorizedKey(t, rt)
@@ -290,7 +322,7 @@ func startDaemon(t *testing.T) *subject {
 	names := cfg.Names(os.Geteuid())
 	fake := &hypervisortest.Backend{BackendName: "qemu", AuthorizedKey: key}
 	state := filepath.Join(dir, "state")
-	d, err := daemon.New(daemon.Options{
+	opts := daemon.Options{
 		Config: cfg,
 		Paths: config.Paths{StateDir: state, DataDir: filepath.Join(dir, "data"), RuntimeDir: filepath.Join(dir, "run"),
 			Socket: filepath.Join(dir, "bangerd.sock"), DB: filepath.Join(state, "banger.db"),
@@ -299,7 +331,12 @@ func startDaemon(t *testing.T) *subject {
 		Backends: map[string]hypervisor.Backend{"qemu": fake, "firecracker": &hypervisortest.Backend{BackendName: "firecracker"}},
 		NoHost:   true,
 		Dial:     fake.Dial,
-	})
+		Shares:   &hypervisortest.Shares{},
+	}
+	if opt != nil {
+		opt(&opts)
+	}
+	d, err := daemon.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -372,6 +409,61 @@ func createWith(req rpc.CreateRequest) func(context.Context, *subject) string {
 	}
 }
 
+// createMounts creates a VM with host folders "NAME:GUEST[:ro]", NAME a
+// folder the step makes in the subject's directory ("gone" is never made).
+func createMounts(name string, specs ...string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		req := rpc.CreateRequest{Name: name}
+		for _, spec := range specs {
+			f := strings.Split(spec, ":")
+			host := filepath.Join(s.dir, f[0])
+			if f[0] != "gone" {
+				os.MkdirAll(host, 0o755)
+				if os.Geteuid() == 0 {
+					os.Chown(host, 65534, 65534) // a root bangerd refuses root-owned read-write folders
+				}
+			}
+			req.Mounts = append(req.Mounts, rpc.Mount{Host: host, Guest: f[1], ReadOnly: len(f) > 2 && f[2] == "ro"})
+		}
+		var evs []rpc.Event
+		v, err := s.c.CreateVM(ctx, req, func(ev rpc.Event) { evs = append(evs, ev) })
+		line := streamLine(evs, v, err)
+		if err != nil || !strings.HasPrefix(line, "streamed; ") {
+			return line
+		}
+		return "streamed; " + mountsLine(s, v)
+	}
+}
+
+func getMounts(name string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		v, err := s.c.GetVM(ctx, name)
+		if err != nil {
+			return errLine(err)
+		}
+		return mountsLine(s, v)
+	}
+}
+
+// mountsLine is a VM's state and mounts, host folders relative to the
+// subject's directory.
+func mountsLine(s *subject, v *rpc.VM) string {
+	dir, _ := filepath.EvalSymlinks(s.dir)
+	var ms []string
+	for _, m := range v.Mounts {
+		rel, err := filepath.Rel(dir, m.Host)
+		if err != nil {
+			rel = m.Host
+		}
+		e := rel + ":" + m.Guest
+		if m.ReadOnly {
+			e += ":ro"
+		}
+		ms = append(ms, e)
+	}
+	return fmt.Sprintf("%s %s mounts=%s", v.Name, v.State, strings.Join(ms, ","))
+}
+
 func start(name string) func(context.Context, *subject) string {
 	return func(ctx context.Context, s *subject) string {
 		var evs []rpc.Event
@@ -432,6 +524,21 @@ func logs(name string) func(context.Context, *subject) string {
 	return func(ctx context.Context, s *subject) string {
 		if err := s.c.Logs(ctx, name, false, io.Discard); err != nil {
 			return errLine(err)
+		}
+		return "logs ok"
+	}
+}
+
+// logsTail reads the last n bytes of a console log: "logs ok" when no
+// more than n came.
+func logsTail(name string, n int64) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		var b bytes.Buffer
+		if err := s.c.LogsTail(ctx, name, n, &b); err != nil {
+			return errLine(err)
+		}
+		if int64(b.Len()) > n {
+			return fmt.Sprintf("logs of %d bytes, over the tail of %d", b.Len(), n)
 		}
 		return "logs ok"
 	}

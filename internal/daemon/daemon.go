@@ -32,6 +32,7 @@ import (
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/runner"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/virtiofs"
 	"github.com/banger/banger/internal/vm"
 	"github.com/banger/banger/internal/web"
 	"github.com/banger/banger/internal/web/login"
@@ -56,6 +57,11 @@ type Options struct {
 	// Dial reaches guests' SSH servers; nil means a net.Dialer (tests: the
 	// fake hypervisor's guests).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// APITimeouts bound the API's connections (zero: the defaults; tests
+	// shorten them).
+	APITimeouts api.Timeouts
+	// Shares serves host folders; nil means virtiofsd (none with NoHost).
+	Shares vm.ShareServer
 }
 
 // Daemon is one running bangerd.
@@ -169,6 +175,7 @@ func New(opts Options) (*Daemon, error) {
 		Log:           opts.Log,
 		DataDir:       opts.Paths.DataDir,
 		RuntimeDir:    opts.Paths.RuntimeDir,
+		PrivateDirs:   []string{opts.Paths.StateDir, opts.Paths.DataDir, opts.Paths.RuntimeDir, cacheDir},
 		VCPUs:         cfg.VCPUs,
 		MemoryMiB:     cfg.MemoryMiB,
 		WorkSize:      cfg.WorkSizeBytes(),
@@ -191,6 +198,10 @@ func New(opts Options) (*Daemon, error) {
 		d.egress.DNSPort = port
 	}
 	d.dns.Filter = d.egress
+	shares := opts.Shares
+	if shares == nil && !opts.NoHost {
+		shares = vm.VirtiofsShares(&virtiofs.Server{Runner: opts.Runner, Log: opts.Log.With("component", "virtiofsd")})
+	}
 	pool := &network.Pool{M: d.net, Size: cfg.TAPPoolSize, Prefix: names.PoolPrefix, UID: os.Getuid(), GID: os.Getgid(), Log: opts.Log.With("component", "tap-pool")}
 	d.engine.SetCapabilities(vm.NewCapabilities(d.engine, vm.Host{
 		Runner:    opts.Runner,
@@ -205,6 +216,7 @@ func New(opts Options) (*Daemon, error) {
 		Images:    images,
 		DNSServed: d.guestDNSServed,
 		Upstreams: d.dnsUpstreams,
+		Shares:    shares,
 	}))
 	if port := cfg.BridgeDNSPort(uid); port != 53 {
 		d.dnsRedirect = &dns.Redirect{R: opts.Runner, Table: names.Table + "_dns", Bridge: names.Bridge, Gateway: names.Gateway(), Port: port}
@@ -215,6 +227,7 @@ func New(opts Options) (*Daemon, error) {
 		Status:     d.status,
 		Shutdown:   func() { d.shutdownOnce.Do(func() { close(d.shutdown) }) },
 		KnownHosts: opts.Paths.KnownHosts,
+		Timeouts:   opts.APITimeouts,
 		KeyFile: func() (string, error) {
 			b, err := d.engine.Bundle()
 			if err != nil {
@@ -269,9 +282,9 @@ func (d *Daemon) Start(ctx context.Context) error {
 		}
 		return nil
 	})
-	// The API sets read and write deadlines per request (api.ReadTimeout,
-	// api.WriteTimeout): its streams run for minutes.
-	d.srv = &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	// The API sets read and write deadlines per request (api.Timeouts):
+	// its streams run for minutes.
+	d.srv = d.api.HTTPServer()
 	d.served = make(chan error, 1)
 	go func() { d.served <- d.srv.Serve(ln) }()
 	d.cleanup(func() error {

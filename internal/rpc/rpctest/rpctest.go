@@ -26,6 +26,7 @@ import (
 	"github.com/banger/banger/internal/image/kernel"
 	"github.com/banger/banger/internal/portfwd"
 	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/units"
 	"github.com/banger/banger/internal/vm"
 )
@@ -84,7 +85,9 @@ type Fake struct {
 	holds     map[string]*hold
 	stopDelay map[string]time.Duration
 	consoles  map[string]string
-	opencode  map[string]string // opencode passwords, by VM name
+	// consoleServed counts the console bytes answered.
+	consoleServed int
+	opencode      map[string]string // opencode passwords, by VM name
 
 	shutdown     chan struct{} // closed by POST /v1/shutdown
 	shutdownOnce sync.Once
@@ -276,6 +279,13 @@ func (f *Fake) SetConsole(name, text string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.consoles[name] = text
+}
+
+// ConsoleBytesServed returns how many console log bytes f has answered.
+func (f *Fake) ConsoleBytesServed() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.consoleServed
 }
 
 // hold is a boot waiting for release.
@@ -569,6 +579,18 @@ func (f *Fake) planCreate(req rpc.CreateRequest) (*rpc.VM, *rpc.Error) {
 	if _, ok := f.image(image); !ok {
 		return nil, apiError(rpc.CodeInvalid, "finding image %q in runtime bundle %s: no such image: use one of docker, minimal (or register one with 'banger image register --name %s --rootfs PATH')", image, bundleDir, image)
 	}
+	var asked []store.Mount
+	for _, m := range req.Mounts {
+		asked = append(asked, store.Mount{Host: m.Host, Guest: m.Guest, ReadOnly: m.ReadOnly})
+	}
+	kept, err := vm.ValidateMounts(asked, []string{bundleDir, stateDir, dataDir})
+	if err != nil {
+		return nil, apiError(rpc.CodeInvalid, "%v", err)
+	}
+	var mounts []rpc.Mount
+	for _, m := range kept {
+		mounts = append(mounts, rpc.Mount{Host: m.Host, Guest: m.Guest, ReadOnly: m.ReadOnly})
+	}
 	work := int64(defaultWorkSize)
 	if req.WorkSize != "" {
 		var e *rpc.Error
@@ -587,7 +609,7 @@ func (f *Fake) planCreate(req rpc.CreateRequest) (*rpc.VM, *rpc.Error) {
 		return nil, e
 	}
 	vm := &rpc.VM{ID: f.newID(), Name: req.Name, Image: image, State: "creating", Hypervisor: hypervisor, IP: f.freeIP(), NAT: req.NAT,
-		Egress: "default", VCPUs: cmp.Or(req.VCPUs, defaultVCPUs), MemoryMiB: cmp.Or(req.MemoryMiB, defaultMemoryMiB), WorkSizeBytes: work, CreatedAt: time.Now()}
+		Egress: "default", VCPUs: cmp.Or(req.VCPUs, defaultVCPUs), MemoryMiB: cmp.Or(req.MemoryMiB, defaultMemoryMiB), WorkSizeBytes: work, Mounts: mounts, CreatedAt: time.Now()}
 	for _, s := range sp {
 		vm.Ports = append(vm.Ports, portOf(s))
 	}
@@ -877,8 +899,6 @@ func (f *Fake) handleRemovePorts(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// handleLogs answers the console log; with ?follow it then keeps the
-// answer open, as bangerd does, until the client goes away.
 func (f *Fake) handleOpencode(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	vm, e := f.find(r.PathValue("name"))
@@ -896,7 +916,15 @@ func (f *Fake) handleOpencode(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, rpc.OpencodeAuth{URL: "http://" + vm.Name + ".vm:4096", User: "opencode", Password: pw})
 }
 
+// handleLogs answers the console log, or with ?tail_bytes=N its last N
+// bytes from the first whole line; with ?follow it then keeps the answer
+// open, as bangerd does, until the client goes away.
 func (f *Fake) handleLogs(w http.ResponseWriter, r *http.Request) {
+	tail, err := rpc.ParseTailBytes(r.URL.Query().Get("tail_bytes"))
+	if err != nil {
+		writeErr(w, apiError(rpc.CodeInvalid, "reading the console log of VM %s: bad request: %v", r.PathValue("name"), err))
+		return
+	}
 	f.mu.Lock()
 	vm, e := f.find(r.PathValue("name"))
 	var text string
@@ -905,6 +933,15 @@ func (f *Fake) handleLogs(w http.ResponseWriter, r *http.Request) {
 		if text, ok = f.consoles[vm.Name]; !ok {
 			text = "console of " + vm.Name + "\n"
 		}
+		if tail > 0 && int64(len(text)) > tail {
+			cut := text[len(text)-int(tail)-1:]
+			if i := strings.IndexByte(cut, '\n'); i >= 0 && i < len(cut)-1 {
+				text = cut[i+1:]
+			} else {
+				text = cut[1:]
+			}
+		}
+		f.consoleServed += len(text)
 	}
 	f.mu.Unlock()
 	if e != nil {
