@@ -421,14 +421,14 @@ func TestDefaultImage(t *testing.T) {
 	vm := e.create("dock", "--publish", "14096:4096")
 	t.Logf("docker image ready, stages %+v", vm.Stages)
 
-	// Right after readiness dockerd may not run yet: docker.socket holds
-	// the first client until it does. The image's static agent binary,
-	// imported as a one-file image, runs in a container with no registry.
+	// dockerd starts after readiness: wait for it (bounded), then run a
+	// container. The image's static agent binary, imported as a one-file
+	// image, runs in a container with no registry.
 	ready := time.Now()
-	if out := strings.TrimSpace(e.ssh("dock", "docker", "info", "--format", "'{{.ServerVersion}}'")); out == "" || strings.ContainsAny(out, " \n") {
-		t.Errorf("docker info right after readiness = %q, want the server version", out)
+	if out := strings.TrimSpace(e.ssh("dock", "sh", "-c", "'timeout 300 sh -c \"until docker info >/dev/null 2>&1; do sleep 1; done\"; docker info --format {{.ServerVersion}}'")); out == "" || strings.ContainsAny(out, " \n") {
+		t.Errorf("docker info after readiness = %q, want the server version", out)
 	}
-	t.Logf("docker info answered %v after readiness", time.Since(ready).Round(time.Millisecond))
+	t.Logf("docker answered %v after readiness", time.Since(ready).Round(time.Millisecond))
 	out := e.ssh("dock", "sh", "-c", "'tar -C /usr/local/bin -c banger-vsock-agent | docker import - banger-e2e:agent >/dev/null && docker run --rm --network none banger-e2e:agent /banger-vsock-agent help'")
 	if !strings.Contains(out, "usage: banger-vsock-agent") {
 		t.Errorf("docker run of an imported image said %q, want the agent's usage", out)
