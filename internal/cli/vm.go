@@ -61,18 +61,7 @@ they take host space only as the guest writes.
 ` + publishHelp + `
 
 The name may be given as an argument or with --name. If you press Ctrl-C
-while waiting, the VM keeps booting in the background.
-
---mount HOSTDIR:GUESTDIR shares a host folder with the guest, mounted at
-GUESTDIR at every boot (repeat it for more, up to 8; add :ro for read-only,
-which both the guest and the host enforce). Files are live on both sides:
-no copy is made. The guest's root acts on the folder as you (bangerd's
-user; for a root bangerd, the folder's owner), so it reads and writes what
-you may, and files it makes are yours; other guest users cannot create files.
-GUESTDIR is an absolute path such as /root/src or /srv/data, not a system
-folder (/, /root, /etc, /usr, /proc...). HOSTDIR must exist; it may not be
-/ or hold banger's own files (so not your whole home). Host folders need
-QEMU (virtiofsd): with hypervisor = auto such VMs boot on QEMU.`,
+while waiting, the VM keeps booting in the background.`,
 		Example: `  # A VM with the default image
   banger vm create testbox
 
@@ -86,10 +75,7 @@ QEMU (virtiofsd): with hypervisor = auto such VMs boot on QEMU.`,
   banger vm create tiny --image minimal --memory 512M --no-wait
 
   # For a coding agent: only GitHub and npm are reachable
-  banger vm create agent1 --egress-allow 'github.com,*.github.com,registry.npmjs.org'
-
-  # Work on a checkout from the host, with reference docs read-only
-  banger vm create dev --mount ./myproject:/root/myproject --mount ~/docs:/srv/docs:ro`,
+  banger vm create agent1 --egress-allow 'github.com,*.github.com,registry.npmjs.org'`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 1 {
 				return usagef(cmd, "vm create takes one NAME, got %d: %s", len(args), strings.Join(args, " "))
@@ -149,7 +135,6 @@ QEMU (virtiofsd): with hypervisor = auto such VMs boot on QEMU.`,
 	f.StringArrayVarP(&publish, "publish", "p", nil, "publish a guest port on the host: [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp] (repeatable)")
 	f.BoolVar(&req.NAT, "nat", false, "give the VM internet access through NAT (the public internet; not the host or private ranges unless an egress flag opens them)")
 	eg.add(f, false)
-	f.Var(mountValue{&req.Mounts}, "mount", "share a host folder at a guest folder, :ro for read-only (repeatable), for example ./src:/root/src")
 	f.BoolVar(&req.NoWait, "no-wait", false, "return once the VM boots, without waiting for ssh")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON on stdout")
 	cmd.RegisterFlagCompletionFunc("image", a.completeImages)
@@ -301,13 +286,6 @@ func (a *app) printVM(vm *rpc.VM) error {
 	}
 	if vm.EgressStats != nil {
 		printEgressStats(tw, vm.EgressStats)
-	}
-	for _, m := range vm.Mounts {
-		mode := "read-write"
-		if m.ReadOnly {
-			mode = "read-only"
-		}
-		row("mount", fmt.Sprintf("%s -> %s (%s)", m.Host, m.Guest, mode))
 	}
 	for i, p := range vm.Ports {
 		k := ""
