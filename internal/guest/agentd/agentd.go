@@ -91,8 +91,10 @@ func (s *Server) acceptLoop(ctx context.Context, ln *vsockListener) {
 	}
 }
 
-// serialLoop serves the virtio-serial port. A read returns EOF while no host
-// side is connected, so the port is reopened after a short pause.
+// serialLoop serves the virtio-serial port. The port stays open for the
+// agent's life: closing it makes the guest kernel discard what the host has
+// sent and not yet been read, which is how a request sent just as the host
+// reconnected was lost (and the host waited for its answer for minutes).
 func (s *Server) serialLoop(ctx context.Context) {
 	announced := false
 	for ctx.Err() == nil {
@@ -112,14 +114,31 @@ func (s *Server) serialLoop(ctx context.Context) {
 			announced = true
 		}
 		stop := context.AfterFunc(ctx, func() { f.Close() })
-		err = s.ServeConn(f)
+		err = s.servePort(ctx, f)
 		stop()
 		f.Close()
-		if err != nil && ctx.Err() == nil {
-			s.log().Debug("serving serial port", "err", err)
+		if ctx.Err() == nil {
+			s.log().Warn("serving serial port; reopening it", "path", path, "err", err)
+			sleep(ctx, time.Second)
 		}
-		sleep(ctx, 100*time.Millisecond)
 	}
+}
+
+// serialPause is how often an idle port is read while no host side is
+// connected: a read then returns EOF at once.
+const serialPause = 50 * time.Millisecond
+
+// servePort answers requests on an open port until a read fails or ctx
+// ends. EOF only means that no host side is connected now: it waits a
+// little and reads again, with the port still open.
+func (s *Server) servePort(ctx context.Context, port io.ReadWriter) error {
+	for ctx.Err() == nil {
+		if err := s.ServeConn(port); err != nil {
+			return err
+		}
+		sleep(ctx, serialPause)
+	}
+	return ctx.Err()
 }
 
 // findSerialPort returns the agent's port device. Without udev (the minimal

@@ -3,11 +3,14 @@ package agentd
 import (
 	"bufio"
 	"context"
+	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -170,5 +173,66 @@ func TestVsockLoopback(t *testing.T) {
 	got, err := bufio.NewReader(f).ReadString('\n')
 	if err != nil || !strings.Contains(got, `"ok":true`) {
 		t.Errorf("health over vsock = %q, %v, want an ok answer", got, err)
+	}
+}
+
+// scriptedPort reads its chunks in order, an empty chunk being one EOF
+// (as a virtio-serial port reads while no host side is connected), then
+// EOF for good; it records what is written.
+type scriptedPort struct {
+	mu     sync.Mutex
+	chunks []string
+	out    strings.Builder
+}
+
+func (p *scriptedPort) Read(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.chunks) == 0 {
+		return 0, io.EOF
+	}
+	c := p.chunks[0]
+	p.chunks = p.chunks[1:]
+	if c == "" {
+		return 0, io.EOF
+	}
+	return copy(b, c), nil
+}
+
+func (p *scriptedPort) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.Write(b)
+}
+
+func (p *scriptedPort) written() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+// TestServePortAcrossReconnects: a request that arrives after the host side
+// went away and came back (EOFs between) is answered on the same port.
+func TestServePortAcrossReconnects(t *testing.T) {
+	port := &scriptedPort{chunks: []string{
+		`{"op":"shutdown-not","id":1}` + "\n", "", "", `{"op":"nope","id":2}` + "\n", "", `{"op":"again","id":3}` + "\n",
+	}}
+	srv := &Server{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.servePort(ctx, port) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for strings.Count(port.written(), "\n") < 3 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("servePort = %v, want context.Canceled once ctx ends", err)
+	}
+	got := port.written()
+	for _, id := range []string{`"id":1`, `"id":2`, `"id":3`} {
+		if !strings.Contains(got, id) {
+			t.Errorf("answers %q lack %s: a request after an EOF was not served", got, id)
+		}
 	}
 }
