@@ -16,7 +16,7 @@ BENCH_N ?= 5
 # golangci-lint is a Go module: pinned here, built and cached by go run.
 GOLANGCI_LINT ?= github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all build runtime-bundle dist test unit-test lint fuzz bench-create bench-coldboot bench-cp bench-ports verify void-kernel rootfs-void verify-void void-fixture clean FORCE
+.PHONY: all build runtime-bundle dist test unit-test lint fuzz bench-create bench-coldboot bench-cp bench-ports bench-mounts verify void-kernel rootfs-void verify-void void-fixture clean FORCE
 
 all: build
 
@@ -125,6 +125,13 @@ bench-coldboot: runtime-bundle
 bench-cp: runtime-bundle
 	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) BANGER_BENCH_N=$(BENCH_N) \
 		$(GO) test -count=1 -timeout 60m -run '^TestBenchCopy$$' -v ./test/e2e
+
+# Writes and reads a 256 MiB file and runs git status on a 10,000-file tree
+# BANGER_BENCH_N times in a docker image VM, through a virtio-fs host folder
+# and inside /root, and prints the medians.
+bench-mounts: runtime-bundle
+	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) BANGER_BENCH_N=$(BENCH_N) \
+		$(GO) test -count=1 -timeout 60m -run '^TestBenchMounts$$' -v ./test/e2e
 
 # Moves 100 MiB each way BANGER_BENCH_N times through a minimal VM's published port
 # and directly to its address, times new connections and UDP round trips on both

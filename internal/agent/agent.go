@@ -15,6 +15,9 @@ const SerialPath = "/dev/virtio-ports/" + SerialName
 const (
 	OpHealth   = "health"
 	OpShutdown = "shutdown"
+	// OpMount mounts the request's host folders (virtio-fs devices); ones
+	// already mounted are left as they are.
+	OpMount = "mount"
 )
 
 // MaxLine bounds one protocol line, both ways.
@@ -26,6 +29,8 @@ type Request struct {
 	// ID is echoed in the response when set, so a client can skip a stale
 	// answer left on a shared stream (virtio-serial) by an earlier request.
 	ID uint64 `json:"id,omitempty"`
+	// Mounts are OpMount's folders.
+	Mounts []Mount `json:"mounts,omitempty"`
 }
 
 // Response is one line from the guest.

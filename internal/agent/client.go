@@ -50,7 +50,19 @@ func (c *Client) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// Mount asks the guest to mount host folders, and returns once they are
+// mounted (or were already).
+func (c *Client) Mount(ctx context.Context, ms []Mount) error {
+	_, err := c.do(ctx, Request{Op: OpMount, Mounts: ms})
+	return err
+}
+
 func (c *Client) call(ctx context.Context, op string) (*Response, error) {
+	return c.do(ctx, Request{Op: op})
+}
+
+func (c *Client) do(ctx context.Context, req Request) (*Response, error) {
+	op := req.Op
 	if c.Dial == nil {
 		return nil, fmt.Errorf("agent %s: client has no Dial function", op)
 	}
@@ -66,7 +78,8 @@ func (c *Client) call(ctx context.Context, op string) (*Response, error) {
 	defer stop()
 
 	id := nextID.Add(1)
-	b, _ := json.Marshal(Request{Op: op, ID: id})
+	req.ID = id
+	b, _ := json.Marshal(req)
 	if _, err := conn.Write(append(b, '\n')); err != nil {
 		return nil, fmt.Errorf("agent %s: writing request: %w", op, ctxErr(ctx, err))
 	}

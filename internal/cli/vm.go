@@ -61,7 +61,18 @@ they take host space only as the guest writes.
 ` + publishHelp + `
 
 The name may be given as an argument or with --name. If you press Ctrl-C
-while waiting, the VM keeps booting in the background.`,
+while waiting, the VM keeps booting in the background.
+
+--mount HOSTDIR:GUESTDIR shares a host folder with the guest, mounted at
+GUESTDIR at every boot (repeat it for more, up to 8; add :ro for read-only,
+which both the guest and the host enforce). Files are live on both sides:
+no copy is made. The guest's root acts on the folder as you (bangerd's
+user; for a root bangerd, the folder's owner), so it reads and writes what
+you may, and files it makes are yours; other guest users cannot create files.
+GUESTDIR is an absolute path such as /root/src or /srv/data, not a system
+folder (/, /root, /etc, /usr, /proc...). HOSTDIR must exist; it may not be
+/ or hold banger's own files (so not your whole home). Host folders need
+QEMU (virtiofsd): with hypervisor = auto such VMs boot on QEMU.`,
 		Example: `  # A VM with the default image
   banger vm create testbox
 
@@ -75,7 +86,10 @@ while waiting, the VM keeps booting in the background.`,
   banger vm create tiny --image minimal --memory 512M --no-wait
 
   # For a coding agent: only GitHub and npm are reachable
-  banger vm create agent1 --egress-allow 'github.com,*.github.com,registry.npmjs.org'`,
+  banger vm create agent1 --egress-allow 'github.com,*.github.com,registry.npmjs.org'
+
+  # Work on a checkout from the host, with reference docs read-only
+  banger vm create dev --mount ./myproject:/root/myproject --mount ~/docs:/srv/docs:ro`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 1 {
 				return usagef(cmd, "vm create takes one NAME, got %d: %s", len(args), strings.Join(args, " "))
@@ -135,6 +149,7 @@ while waiting, the VM keeps booting in the background.`,
 	f.StringArrayVarP(&publish, "publish", "p", nil, "publish a guest port on the host: [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp] (repeatable)")
 	f.BoolVar(&req.NAT, "nat", false, "give the VM internet access through NAT (the public internet; not the host or private ranges unless an egress flag opens them)")
 	eg.add(f, false)
+	f.Var(mountValue{&req.Mounts}, "mount", "share a host folder at a guest folder, :ro for read-only (repeatable), for example ./src:/root/src")
 	f.BoolVar(&req.NoWait, "no-wait", false, "return once the VM boots, without waiting for ssh")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON on stdout")
 	cmd.RegisterFlagCompletionFunc("image", a.completeImages)
@@ -286,6 +301,13 @@ func (a *app) printVM(vm *rpc.VM) error {
 	}
 	if vm.EgressStats != nil {
 		printEgressStats(tw, vm.EgressStats)
+	}
+	for _, m := range vm.Mounts {
+		mode := "read-write"
+		if m.ReadOnly {
+			mode = "read-only"
+		}
+		row("mount", fmt.Sprintf("%s -> %s (%s)", m.Host, m.Guest, mode))
 	}
 	for i, p := range vm.Ports {
 		k := ""

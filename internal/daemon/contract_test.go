@@ -174,6 +174,24 @@ var contract = []struct {
 		{delImage("mine"), "ok"},
 		{images, "images docker(default,managed) minimal(managed)"},
 	}},
+	{"host folders are kept with the VM and shown; bad ones are refused", []step{
+		{createMounts("mnt", "src:/root/src", "docs:/srv/docs:ro"), "streamed; mnt running mounts=src:/root/src,docs:/srv/docs:ro"},
+		{getMounts("mnt"), "mnt running mounts=src:/root/src,docs:/srv/docs:ro"},
+		{stop("mnt"), "mnt stopped image=docker vcpus=2 mem=1024 nat=false ip=.2"},
+		{start("mnt"), "streamed; mnt running image=docker vcpus=2 mem=1024 nat=false ip=.2"},
+		{getMounts("mnt"), "mnt running mounts=src:/root/src,docs:/srv/docs:ro"},
+		{createMounts("x", "src:/etc/src"), "error 400 invalid"},
+		{createMounts("x", "src:/root"), "error 400 invalid"},
+		{createMounts("x", "gone:/root/src"), "error 400 invalid"},
+		{createMounts("x", "src:/srv", "docs:/srv/docs"), "error 400 invalid"},
+		{createMounts("x", "src:/root/a", "src:/root/b"), "error 400 invalid"},
+		{createWith(rpc.CreateRequest{Name: "x", Mounts: []rpc.Mount{{Host: "relative", Guest: "/root/src"}}}), "error 400 invalid"},
+		{raw("POST", "/v1/vms", `{"name":"x","mounts":[{"host":"/tmp","guest":"/srv/t","surprise":1}]}`), "400 invalid"},
+		{raw("POST", "/v1/vms", `{"name":"x","mounts":{"host":"/tmp"}}`), "400 invalid"},
+		{list, "list mnt:running"},
+		{del("mnt"), "ok"},
+		{list, "list"},
+	}},
 	{"an image with its own kernel", []step{
 		{registerKernel("own", "vmlinux", "initrd.img", "6.12.68_1"), "image own(-,own 6.12.68_1)"},
 		{images, "images docker(default,managed) minimal(managed) own(-,own 6.12.68_1)"},
@@ -313,6 +331,7 @@ func startDaemonWith(t *testing.T, opt func(*daemon.Options)) *subject {
 		Backends: map[string]hypervisor.Backend{"qemu": fake, "firecracker": &hypervisortest.Backend{BackendName: "firecracker"}},
 		NoHost:   true,
 		Dial:     fake.Dial,
+		Shares:   &hypervisortest.Shares{},
 	}
 	if opt != nil {
 		opt(&opts)
@@ -388,6 +407,61 @@ func createWith(req rpc.CreateRequest) func(context.Context, *subject) string {
 		v, err := s.c.CreateVM(ctx, req, func(ev rpc.Event) { evs = append(evs, ev) })
 		return streamLine(evs, v, err)
 	}
+}
+
+// createMounts creates a VM with host folders "NAME:GUEST[:ro]", NAME a
+// folder the step makes in the subject's directory ("gone" is never made).
+func createMounts(name string, specs ...string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		req := rpc.CreateRequest{Name: name}
+		for _, spec := range specs {
+			f := strings.Split(spec, ":")
+			host := filepath.Join(s.dir, f[0])
+			if f[0] != "gone" {
+				os.MkdirAll(host, 0o755)
+				if os.Geteuid() == 0 {
+					os.Chown(host, 65534, 65534) // a root bangerd refuses root-owned read-write folders
+				}
+			}
+			req.Mounts = append(req.Mounts, rpc.Mount{Host: host, Guest: f[1], ReadOnly: len(f) > 2 && f[2] == "ro"})
+		}
+		var evs []rpc.Event
+		v, err := s.c.CreateVM(ctx, req, func(ev rpc.Event) { evs = append(evs, ev) })
+		line := streamLine(evs, v, err)
+		if err != nil || !strings.HasPrefix(line, "streamed; ") {
+			return line
+		}
+		return "streamed; " + mountsLine(s, v)
+	}
+}
+
+func getMounts(name string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		v, err := s.c.GetVM(ctx, name)
+		if err != nil {
+			return errLine(err)
+		}
+		return mountsLine(s, v)
+	}
+}
+
+// mountsLine is a VM's state and mounts, host folders relative to the
+// subject's directory.
+func mountsLine(s *subject, v *rpc.VM) string {
+	dir, _ := filepath.EvalSymlinks(s.dir)
+	var ms []string
+	for _, m := range v.Mounts {
+		rel, err := filepath.Rel(dir, m.Host)
+		if err != nil {
+			rel = m.Host
+		}
+		e := rel + ":" + m.Guest
+		if m.ReadOnly {
+			e += ":ro"
+		}
+		ms = append(ms, e)
+	}
+	return fmt.Sprintf("%s %s mounts=%s", v.Name, v.State, strings.Join(ms, ","))
 }
 
 func start(name string) func(context.Context, *subject) string {

@@ -32,6 +32,7 @@ import (
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/runner"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/virtiofs"
 	"github.com/banger/banger/internal/vm"
 	"github.com/banger/banger/internal/web"
 	"github.com/banger/banger/internal/web/login"
@@ -59,6 +60,8 @@ type Options struct {
 	// APITimeouts bound the API's connections (zero: the defaults; tests
 	// shorten them).
 	APITimeouts api.Timeouts
+	// Shares serves host folders; nil means virtiofsd (none with NoHost).
+	Shares vm.ShareServer
 }
 
 // Daemon is one running bangerd.
@@ -172,6 +175,7 @@ func New(opts Options) (*Daemon, error) {
 		Log:           opts.Log,
 		DataDir:       opts.Paths.DataDir,
 		RuntimeDir:    opts.Paths.RuntimeDir,
+		PrivateDirs:   []string{opts.Paths.StateDir, opts.Paths.DataDir, opts.Paths.RuntimeDir, cacheDir},
 		VCPUs:         cfg.VCPUs,
 		MemoryMiB:     cfg.MemoryMiB,
 		WorkSize:      cfg.WorkSizeBytes(),
@@ -194,6 +198,10 @@ func New(opts Options) (*Daemon, error) {
 		d.egress.DNSPort = port
 	}
 	d.dns.Filter = d.egress
+	shares := opts.Shares
+	if shares == nil && !opts.NoHost {
+		shares = vm.VirtiofsShares(&virtiofs.Server{Runner: opts.Runner, Log: opts.Log.With("component", "virtiofsd")})
+	}
 	pool := &network.Pool{M: d.net, Size: cfg.TAPPoolSize, Prefix: names.PoolPrefix, UID: os.Getuid(), GID: os.Getgid(), Log: opts.Log.With("component", "tap-pool")}
 	d.engine.SetCapabilities(vm.NewCapabilities(d.engine, vm.Host{
 		Runner:    opts.Runner,
@@ -208,6 +216,7 @@ func New(opts Options) (*Daemon, error) {
 		Images:    images,
 		DNSServed: d.guestDNSServed,
 		Upstreams: d.dnsUpstreams,
+		Shares:    shares,
 	}))
 	if port := cfg.BridgeDNSPort(uid); port != 53 {
 		d.dnsRedirect = &dns.Redirect{R: opts.Runner, Table: names.Table + "_dns", Bridge: names.Bridge, Gateway: names.Gateway(), Port: port}

@@ -13,11 +13,16 @@ import (
 	"github.com/banger/banger/internal/config"
 	"github.com/banger/banger/internal/hypervisor/proc"
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/virtiofs"
 )
 
 // Main is bangerd's entry point: it parses flags and serves until SIGINT or
 // SIGTERM. It returns the process exit code.
 func Main(args []string, stderr io.Writer) int {
+	if virtiofs.IsHelper() {
+		// bangerd re-executed to set up a host folder's virtiofsd.
+		return virtiofs.HelperMain()
+	}
 	fs := flag.NewFlagSet("bangerd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	paths := config.DefaultPaths()

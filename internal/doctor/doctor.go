@@ -22,6 +22,7 @@ import (
 	"github.com/banger/banger/internal/nat"
 	"github.com/banger/banger/internal/network"
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/virtiofs"
 )
 
 // Status is the outcome of one check.
@@ -100,6 +101,7 @@ func Run(ctx context.Context, in Inputs) Report {
 	checkNetwork(ctx, in, add)
 	checkDNS(ctx, in, add)
 	checkImageBuild(ctx, in, add)
+	add(checkMounts())
 
 	r.OK = true
 	for _, c := range r.Checks {
@@ -413,4 +415,22 @@ func checkImageBuild(ctx context.Context, in Inputs, add func(Check)) {
 		}
 	}
 	add(c)
+}
+
+// checkMounts says whether this host can serve host folders (vm create
+// --mount): virtiofsd, and for an ordinary user newgidmap and a
+// subordinate gid range.
+func checkMounts() Check {
+	c := Check{Area: "vm", Name: "host folders"}
+	err := (&virtiofs.Server{}).Check()
+	if err == nil {
+		c.Status, c.Detail = OK, "virtiofsd can serve host folders to QEMU guests (vm create --mount)"
+		return c
+	}
+	c.Status, c.Detail = Warn, "vm create --mount is unavailable: "+err.Error()
+	// The error ends with the command that fixes it.
+	if _, cmd, ok := strings.Cut(err.Error(), ": run '"); ok {
+		c.Fix, _, _ = strings.Cut(cmd, "'")
+	}
+	return c
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/virtiofs"
 )
 
 // Tool is a host program banger runs, with the Debian package providing it.
@@ -40,6 +41,9 @@ const (
 	OpIsolation    = "guest isolation"
 	OpDNSRedirect  = "dns for an unprivileged bangerd"
 	OpSplitDNS     = "systemd-resolved split dns"
+	// OpMounts serves host folders: virtiofsd and, for an ordinary user,
+	// newgidmap and a subordinate gid range (virtiofs.Server.Check).
+	OpMounts = "vm create --mount"
 )
 
 // Tools is every host tool banger uses.
@@ -166,6 +170,11 @@ func Require(ctx context.Context, r runner.Runner, ops ...string) error {
 	for _, op := range ops {
 		if err := RequireTools(op); err != nil {
 			return err
+		}
+		if op == OpMounts {
+			if err := (&virtiofs.Server{}).Check(); err != nil {
+				return err
+			}
 		}
 	}
 	if err := runner.CheckPrivileged(ctx, r, Probes(ops...)...); err != nil {

@@ -43,6 +43,18 @@ type Spec struct {
 	// the file into the snapshot, after which the instance must never run
 	// again. Empty means anonymous memory.
 	MemoryFile string
+	// Shares are host folders served to the guest over vhost-user
+	// (virtio-fs, QEMU only): the backend connects each to its socket,
+	// which must be served before Start, and maps guest memory shared so
+	// the server can reach it.
+	Shares []Share
+}
+
+// Share is one virtio-fs device: the guest mounts it by Tag; a vhost-user
+// server (virtiofsd) serves it on Socket.
+type Share struct {
+	Tag    string
+	Socket string
 }
 
 // DiskFormat is the format of a disk's file.

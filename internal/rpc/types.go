@@ -27,8 +27,10 @@ type VM struct {
 	// EgressStats is what the policy refused; only GET /v1/vms/{name}
 	// fills it, for a running NAT VM with a policy in force.
 	EgressStats *EgressStats `json:"egress_stats,omitempty"`
-	Dir         string       `json:"dir"`
-	ConsoleLog  string       `json:"console_log"`
+	// Mounts are the host folders the VM mounts.
+	Mounts     []Mount `json:"mounts,omitempty"`
+	Dir        string  `json:"dir"`
+	ConsoleLog string  `json:"console_log"`
 	// OpencodePassword is the basic-auth password (user "opencode") of the
 	// guest's opencode server. bangerd's VM views never carry it, so lists
 	// and the web UI do not show it; 'banger vm show' fills it in from
@@ -75,6 +77,14 @@ type UnpublishRequest struct {
 	Ports []PortRef `json:"ports"`
 }
 
+// Mount is one host folder a VM mounts: Host on the host at Guest in the
+// guest, read-only or not.
+type Mount struct {
+	Host     string `json:"host"`
+	Guest    string `json:"guest"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+}
+
 // OpencodeAuth is how to reach a VM's opencode server.
 type OpencodeAuth struct {
 	URL      string `json:"url"`
@@ -102,6 +112,9 @@ type CreateRequest struct {
 	// Egress is the VM's egress policy; nil is the default. A policy other
 	// than open turns NAT on.
 	Egress *Egress `json:"egress,omitempty"`
+	// Mounts are host folders to mount at every boot (absolute paths;
+	// QEMU only).
+	Mounts []Mount `json:"mounts,omitempty"`
 	// Ports are published on the host from the first boot.
 	Ports []Port `json:"ports,omitempty"`
 	// NoWait returns as soon as the hypervisor is up.

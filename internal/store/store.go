@@ -95,6 +95,16 @@ var migrations = []string{
 		PRIMARY KEY (proto, host_ip, host_port)
 	);
 	CREATE INDEX vm_ports_vm_id ON vm_ports(vm_id);`,
+	// 6: the host folders each VM mounts, in their order (a folder's
+	// place is its virtio-fs tag).
+	`CREATE TABLE vm_mounts (
+		vm_id     TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+		idx       INTEGER NOT NULL,
+		host      TEXT NOT NULL,
+		guest     TEXT NOT NULL,
+		read_only INTEGER NOT NULL DEFAULT 0,
+		PRIMARY KEY (vm_id, idx)
+	);`,
 }
 
 // Store is an open state database. It is safe for concurrent use.

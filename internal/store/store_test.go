@@ -475,7 +475,7 @@ func TestMigrateKeepsImages(t *testing.T) {
 	}
 	// Roll the schema back to version 1 by hand.
 	for _, q := range []string{
-		`DROP TABLE vm_ports`, `DROP TABLE vm_stages`, `DROP TABLE vms`, `DROP TABLE images`, `DELETE FROM schema_migrations`,
+		`DROP TABLE vm_mounts`, `DROP TABLE vm_ports`, `DROP TABLE vm_stages`, `DROP TABLE vms`, `DROP TABLE images`, `DELETE FROM schema_migrations`,
 		migrations[0],
 		`INSERT INTO schema_migrations (version, applied_at) VALUES (1, 'x')`,
 		`INSERT INTO images (name, rootfs, work_seed, managed, created_at) VALUES ('old', '/o/rootfs.ext4', '', 1, '2026-01-02T03:04:05Z')`,
@@ -502,9 +502,55 @@ func TestMigrateKeepsImages(t *testing.T) {
 	}
 }
 
+func TestMounts(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	subnet, gw := netip.MustParsePrefix("172.30.0.0/24"), netip.MustParseAddr("172.30.0.1")
+	ms := []Mount{{Host: "/home/dev/src", Guest: "/root/src"}, {Host: "/srv/docs", Guest: "/srv/docs", ReadOnly: true}}
+	a := &VM{Name: "a", Mounts: ms}
+	if err := s.CreateVMWithLease(ctx, a, subnet, gw); err != nil {
+		t.Fatal(err)
+	}
+	b := &VM{Name: "b"}
+	if err := s.CreateVMWithLease(ctx, b, subnet, gw); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetVM(ctx, "a")
+	if err != nil || !reflect.DeepEqual(got.Mounts, ms) {
+		t.Fatalf("GetVM(a).Mounts = %+v, %v; want %+v", got.Mounts, err, ms)
+	}
+	list, _ := s.ListVMs(ctx)
+	if len(list) != 2 || !reflect.DeepEqual(list[0].Mounts, ms) || list[1].Mounts != nil {
+		t.Errorf("ListVMs mounts = %+v, want a's and none for b", list)
+	}
+	// UpdateVM keeps them.
+	got.Mounts = nil
+	got.State = StateRunning
+	if err := s.UpdateVM(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.GetVM(ctx, "a"); !reflect.DeepEqual(again.Mounts, ms) {
+		t.Errorf("after UpdateVM: mounts %+v, want them kept", again.Mounts)
+	}
+	// A refused create records none of its mounts.
+	dup := &VM{Name: "a", Mounts: ms}
+	if err := s.CreateVMWithLease(ctx, dup, subnet, gw); !errors.Is(err, ErrExists) {
+		t.Errorf("CreateVMWithLease(a again) = %v, want ErrExists", err)
+	}
+	// Deleting a VM deletes its mounts.
+	if err := s.DeleteVM(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	s.db.QueryRow(`SELECT COUNT(*) FROM vm_mounts`).Scan(&n)
+	if n != 0 {
+		t.Errorf("%d mount rows left after DeleteVM", n)
+	}
+}
+
 // TestMigrateKeepsVMs opens a database left at schema version 2 (before
-// work sizes and ports) and checks that its VMs survive, with no size
-// recorded and no ports.
+// work sizes, ports and mounts) and checks that its VMs survive, with no
+// size recorded, no ports and no mounts.
 func TestMigrateKeepsVMs(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "banger.db")
@@ -513,7 +559,7 @@ func TestMigrateKeepsVMs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, q := range []string{
-		`DROP TABLE vm_ports`, `DROP TABLE vm_stages`, `DROP TABLE vms`, `DROP TABLE images`, `DELETE FROM schema_migrations`,
+		`DROP TABLE vm_mounts`, `DROP TABLE vm_ports`, `DROP TABLE vm_stages`, `DROP TABLE vms`, `DROP TABLE images`, `DELETE FROM schema_migrations`,
 		migrations[0], migrations[1],
 		`INSERT INTO schema_migrations (version, applied_at) VALUES (1, 'x'), (2, 'x')`,
 		`INSERT INTO vms (id, name, state, ip, created_at, updated_at) VALUES ('abc', 'old', 'stopped', '172.30.0.2', '2026-01-02T03:04:05Z', '2026-01-02T03:04:05Z')`,
@@ -528,8 +574,8 @@ func TestMigrateKeepsVMs(t *testing.T) {
 	}
 	defer s.Close()
 	vm, err := s.GetVM(ctx, "old")
-	if err != nil || vm.State != StateStopped || vm.WorkSizeBytes != 0 || vm.Ports != nil {
-		t.Fatalf("migrated VM = %+v, %v; want it stopped, without a work size or ports", vm, err)
+	if err != nil || vm.State != StateStopped || vm.WorkSizeBytes != 0 || vm.Ports != nil || vm.Mounts != nil {
+		t.Fatalf("migrated VM = %+v, %v; want it stopped, without a work size, ports or mounts", vm, err)
 	}
 }
 
@@ -551,12 +597,12 @@ func TestPorts(t *testing.T) {
 		t.Fatalf("GetVM(a) = %+v, %v; want its work size and ports %+v", got, err, web)
 	}
 	// Another VM cannot take a port a VM publishes, and changes nothing.
-	clash := &VM{Name: "c", Ports: []Port{{Proto: "tcp", HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 81}}}
+	clash := &VM{Name: "clash", Ports: []Port{{Proto: "tcp", HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 81}}}
 	if err := s.CreateVMWithLease(ctx, clash, subnet, gw); !errors.Is(err, ErrExists) {
 		t.Errorf("CreateVMWithLease with a taken port = %v, want ErrExists", err)
 	}
-	if _, err := s.GetVM(ctx, "c"); !errors.Is(err, ErrNotFound) {
-		t.Errorf("a refused create left VM c: %v", err)
+	if _, err := s.GetVM(ctx, "clash"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a refused create left VM clash: %v", err)
 	}
 	mine := []Port{{Proto: "tcp", HostIP: "127.0.0.1", HostPort: 9000, GuestPort: 9000}}
 	if err := s.SetVMPorts(ctx, b.ID, append(mine, web[0])); !errors.Is(err, ErrExists) {

@@ -50,6 +50,17 @@ type VM struct {
 	// Ports are the ports the VM publishes on the host, in the order they
 	// were added. UpdateVM leaves them alone: SetVMPorts changes them.
 	Ports []Port
+	// Mounts are the host folders the VM mounts, fixed at create (UpdateVM
+	// leaves them alone).
+	Mounts []Mount
+}
+
+// Mount is one host folder a VM mounts: Host on the host, at Guest in the
+// guest, read-only or not.
+type Mount struct {
+	Host     string
+	Guest    string
+	ReadOnly bool
 }
 
 // Port is one port a VM publishes: HostIP:HostPort on the host, relayed to
@@ -73,7 +84,7 @@ type querier interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
-// CreateVMWithLease inserts vm, with its ports, after picking, in the same transaction,
+// CreateVMWithLease inserts vm, with its ports and mounts, after picking, in the same transaction,
 // the lowest free host address of subnet (never the network, broadcast or gateway
 // address) and the lowest free CID; it fills vm.IP and vm.CID. Concurrent calls never
 // share a lease. A port another VM publishes is an error wrapping ErrExists.
@@ -94,7 +105,10 @@ func (s *Store) CreateVMWithLease(ctx context.Context, vm *VM, subnet netip.Pref
 		if err := insertVM(ctx, tx, vm); err != nil {
 			return err
 		}
-		return insertPorts(ctx, tx, vm.ID, vm.Ports)
+		if err := insertPorts(ctx, tx, vm.ID, vm.Ports); err != nil {
+			return err
+		}
+		return insertMounts(ctx, tx, vm.ID, vm.Mounts)
 	})
 	if err != nil {
 		return fmt.Errorf("creating vm %s: %w", vm.Name, err)
@@ -141,6 +155,16 @@ func insertPorts(ctx context.Context, q querier, id string, ports []Port) error 
 		if _, err := q.ExecContext(ctx, `INSERT INTO vm_ports (vm_id, proto, host_ip, host_port, guest_port) VALUES (?, ?, ?, ?, ?)`,
 			id, p.Proto, p.HostIP, p.HostPort, p.GuestPort); err != nil {
 			return fmt.Errorf("recording port %s:%d/%s: %w", p.HostIP, p.HostPort, p.Proto, conflict(err))
+		}
+	}
+	return nil
+}
+
+func insertMounts(ctx context.Context, q querier, id string, ms []Mount) error {
+	for i, m := range ms {
+		if _, err := q.ExecContext(ctx, `INSERT INTO vm_mounts (vm_id, idx, host, guest, read_only) VALUES (?, ?, ?, ?, ?)`,
+			id, i, m.Host, m.Guest, m.ReadOnly); err != nil {
+			return fmt.Errorf("recording mount %s: %w", m.Guest, conflict(err))
 		}
 	}
 	return nil
@@ -299,7 +323,7 @@ func (s *Store) UpdateVM(ctx context.Context, vm *VM) error {
 	return nil
 }
 
-// DeleteVM deletes the VM with this ID, its stage timings and its ports.
+// DeleteVM deletes the VM with this ID, its stage timings, its ports and its mounts.
 func (s *Store) DeleteVM(ctx context.Context, id string) error {
 	res, err := s.db.ExecContext(ctx, `DELETE FROM vms WHERE id = ?`, id)
 	if err != nil {
@@ -345,8 +369,11 @@ func (s *Store) queryVMs(ctx context.Context, query string, args ...any) ([]VM, 
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	rows.Close() // one connection: free it for the ports' query
-	return vms, s.loadPorts(ctx, vms)
+	rows.Close() // one connection: free it for the ports' and mounts' queries
+	if err := s.loadPorts(ctx, vms); err != nil {
+		return vms, err
+	}
+	return vms, s.loadMounts(ctx, vms)
 }
 
 // loadPorts fills the Ports of vms.
@@ -374,6 +401,36 @@ func (s *Store) loadPorts(ctx context.Context, vms []VM) error {
 		}
 		if vm := byID[id]; vm != nil {
 			vm.Ports = append(vm.Ports, p)
+		}
+	}
+	return rows.Err()
+}
+
+// loadMounts fills the Mounts of vms.
+func (s *Store) loadMounts(ctx context.Context, vms []VM) error {
+	if len(vms) == 0 {
+		return nil
+	}
+	byID := make(map[string]*VM, len(vms))
+	args := make([]any, len(vms))
+	for i := range vms {
+		byID[vms[i].ID] = &vms[i]
+		args[i] = vms[i].ID
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT vm_id, host, guest, read_only FROM vm_mounts
+		WHERE vm_id IN (?`+strings.Repeat(", ?", len(vms)-1)+`) ORDER BY vm_id, idx`, args...)
+	if err != nil {
+		return fmt.Errorf("reading mounts: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var m Mount
+		if err := rows.Scan(&id, &m.Host, &m.Guest, &m.ReadOnly); err != nil {
+			return fmt.Errorf("reading mounts: %w", err)
+		}
+		if vm := byID[id]; vm != nil {
+			vm.Mounts = append(vm.Mounts, m)
 		}
 	}
 	return rows.Err()

@@ -32,6 +32,8 @@ type Host struct {
 	// address's port 53; Upstreams are the host's resolvers.
 	DNSServed func() bool
 	Upstreams func() ([]string, error)
+	// Shares serves host folders (VirtiofsShares); nil serves none.
+	Shares ShareServer
 	// PortLimits bound each published port's relay (zero: portfwd's
 	// defaults).
 	PortLimits portfwd.Limits
@@ -64,6 +66,7 @@ func NewCapabilities(e *Engine, h Host) []Capability {
 		&egressCap{m: h.Egress, served: h.DNSServed, haveNFT: haveTools(doctor.OpNAT)},
 		&isolationCap{iso: h.Isolation, haveNFT: haveTools(doctor.OpIsolation), spawn: e.Go, ctx: e.Context, log: h.Log},
 		&hostKeysCap{known: h.Known},
+		&mountsCap{server: h.Shares, agent: e.agentFor, ctx: e.Context, log: h.Log.With("capability", "host folders")},
 		// Last prepared, first released: a stop closes the published
 		// ports before anything else goes.
 		ports,

@@ -39,6 +39,8 @@ type CreateOptions struct {
 	// Egress is the VM's egress policy; nil is the default. A policy other
 	// than open is for outbound traffic, so it turns NAT on.
 	Egress *egress.Policy
+	// Mounts are host folders the guest mounts at every boot (QEMU only).
+	Mounts []store.Mount
 	// Ports are published on the host from the first boot.
 	Ports []portfwd.Spec
 }
@@ -62,6 +64,7 @@ type Plan struct {
 	Image    *Image
 	backend  hypervisor.Backend
 	diskSize int64
+	mounts   []store.Mount // validated, host folders resolved
 	workSize int64
 }
 
@@ -101,6 +104,15 @@ func (e *Engine) Plan(ctx context.Context, o CreateOptions) (*Plan, error) {
 	if err != nil {
 		return nil, unavailable(err)
 	}
+	mounts, err := ValidateMounts(o.Mounts, append([]string{b.Dir()}, e.cfg.PrivateDirs...))
+	if err != nil {
+		return nil, invalid("%w", err)
+	}
+	if len(mounts) > 0 {
+		if be, err = e.sharingBackend(b, be); err != nil {
+			return nil, err
+		}
+	}
 	// The same tool checks 'banger doctor' reports, so the two never disagree.
 	ops := []string{doctor.OpCreate}
 	if be.Name() == "qemu" {
@@ -111,6 +123,9 @@ func (e *Engine) Plan(ctx context.Context, o CreateOptions) (*Plan, error) {
 	}
 	if o.NAT {
 		ops = append(ops, doctor.OpNAT)
+	}
+	if len(mounts) > 0 {
+		ops = append(ops, doctor.OpMounts)
 	}
 	if e.cfg.Images.SeedStale(img, b) {
 		ops = append(ops, doctor.OpWorkSeed)
@@ -125,7 +140,7 @@ func (e *Engine) Plan(ctx context.Context, o CreateOptions) (*Plan, error) {
 	if err != nil {
 		return nil, unavailable(fmt.Errorf("image %s: %w (rebuild the bundle with 'make runtime-bundle')", img.Name, err))
 	}
-	p := &Plan{Options: o, Bundle: b, Image: img, backend: be, diskSize: imgSize}
+	p := &Plan{Options: o, Bundle: b, Image: img, backend: be, diskSize: imgSize, mounts: mounts}
 	if o.DiskSize != 0 {
 		if o.DiskSize < imgSize {
 			return nil, invalid("disk size %s is smaller than image %s (%s): pick --disk-size %s or more",
@@ -143,6 +158,27 @@ func (e *Engine) Plan(ctx context.Context, o CreateOptions) (*Plan, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// sharingBackend is the backend of a VM with host folders: firecracker has
+// no shared filesystem device, so with hypervisor = auto QEMU serves it
+// instead, and a firecracker chosen by the config is refused.
+func (e *Engine) sharingBackend(b *bundle.Bundle, be hypervisor.Backend) (hypervisor.Backend, error) {
+	if be.Name() != "firecracker" {
+		return be, nil
+	}
+	if e.cfg.Hypervisor == "firecracker" {
+		return nil, invalid("host folders need qemu: firecracker has no shared filesystem device: set hypervisor = \"auto\" or \"qemu\" in config.toml, or copy files with 'banger vm cp'")
+	}
+	q, ok := e.backend("qemu", b)
+	if !ok {
+		return nil, unavailable(errors.New("host folders need qemu, and this bangerd has no qemu backend"))
+	}
+	if err := q.Available(); err != nil {
+		return nil, unavailable(fmt.Errorf("host folders need qemu (firecracker has no shared filesystem device): %w", err))
+	}
+	e.log.Info("host folders: using qemu, firecracker has no shared filesystem device")
+	return q, nil
 }
 
 // bootFiles are the kernel and initramfs vm boots: its image's own, or the
@@ -221,6 +257,7 @@ func (e *Engine) Create(p *Plan, pr Progress) (*store.VM, error) {
 		DiskSizeBytes: p.diskSize,
 		WorkSizeBytes: p.workSize,
 		NAT:           p.Options.NAT,
+		Mounts:        p.mounts,
 		Kernel:        p.Image.Kernel,
 		Initrd:        p.Image.Initrd,
 		Dir:           dataDir,

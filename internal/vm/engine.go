@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/network"
@@ -50,6 +51,9 @@ type Config struct {
 	Log     *slog.Logger
 	// DataDir holds the VMs' disks (vms/<id>); RuntimeDir their sockets.
 	DataDir, RuntimeDir string
+	// PrivateDirs are host directories no host folder of a VM may hold or
+	// be inside (banger's state; the bundle is added to them).
+	PrivateDirs []string
 	// Defaults of a create that names no size.
 	VCPUs, MemoryMiB int
 	// WorkSize is the size of a new VM's /root disk (0: DefaultWorkSize).
@@ -297,8 +301,20 @@ func (e *Engine) spec(vm *store.VM) hypervisor.Spec {
 			{ID: "root", Path: RootDisk(vm), Root: true},
 			{ID: "work", Path: WorkDisk(vm)},
 		},
-		NICs: []hypervisor.NIC{{ID: "eth0", TAP: vm.TAP, MAC: vm.MAC}},
+		NICs:   []hypervisor.NIC{{ID: "eth0", TAP: vm.TAP, MAC: vm.MAC}},
+		Shares: hypervisorShares(vm),
 	}
+}
+
+// agentFor is a client of the guest agent of vm's running instance.
+func (e *Engine) agentFor(vm *store.VM) (*agent.Client, error) {
+	e.mu.Lock()
+	inst := e.instances[vm.ID]
+	e.mu.Unlock()
+	if inst == nil || inst.Exited() {
+		return nil, fmt.Errorf("VM %s is not running", vm.Name)
+	}
+	return &agent.Client{Dial: inst.DialAgent}, nil
 }
 
 // A VM's files in its data directory.

@@ -43,6 +43,7 @@ type testHost struct {
 	fake       *hypervisortest.Backend
 	r          *runnertest.Runner
 	known      *KnownHosts
+	shares     *hypervisortest.Shares
 }
 
 func newTestHost(t *testing.T) *testHost {
@@ -59,7 +60,7 @@ func newTestHost(t *testing.T) *testHost {
 		t.Fatal(err)
 	}
 	key := bundletest.AuthorizedKey(t, rt)
-	h := &testHost{t: t, dir: dir, store: st, bundle: b, fake: &hypervisortest.Backend{BackendName: "qemu", AuthorizedKey: key}}
+	h := &testHost{t: t, dir: dir, store: st, bundle: b, fake: &hypervisortest.Backend{BackendName: "qemu", AuthorizedKey: key}, shares: &hypervisortest.Shares{}}
 	h.known = &KnownHosts{Path: filepath.Join(dir, "state", "known_hosts")}
 	names := network.NamesFor(0)
 	h.r = runnertest.Host(names.Bridge, netip.PrefixFrom(names.Gateway(), names.Subnet.Bits()).String())
@@ -73,17 +74,18 @@ func (h *testHost) engine() *Engine {
 	images := &Images{Store: h.store, R: h.r, DataDir: filepath.Join(h.dir, "data"), CacheDir: filepath.Join(h.dir, "cache")}
 	netm := &network.Manager{R: h.r, Bridge: names.Bridge, Subnet: names.Subnet}
 	e := New(Config{
-		Store:      h.store,
-		Backends:   map[string]hypervisor.Backend{"qemu": h.fake, "firecracker": &hypervisortest.Backend{BackendName: "firecracker"}},
-		Hypervisor: "qemu",
-		Bundle:     func() (*bundle.Bundle, error) { return h.bundle, nil },
-		Images:     images,
-		Network:    netm,
-		Names:      names,
-		Runner:     h.r,
-		DataDir:    filepath.Join(h.dir, "data"),
-		RuntimeDir: filepath.Join(h.dir, "run"),
-		VCPUs:      2, MemoryMiB: 512,
+		Store:       h.store,
+		Backends:    map[string]hypervisor.Backend{"qemu": h.fake, "firecracker": &hypervisortest.Backend{BackendName: "firecracker"}},
+		Hypervisor:  "qemu",
+		Bundle:      func() (*bundle.Bundle, error) { return h.bundle, nil },
+		Images:      images,
+		Network:     netm,
+		Names:       names,
+		Runner:      h.r,
+		DataDir:     filepath.Join(h.dir, "data"),
+		RuntimeDir:  filepath.Join(h.dir, "run"),
+		PrivateDirs: []string{h.dir},
+		VCPUs:       2, MemoryMiB: 512,
 		ReadyTimeout:  5 * time.Second,
 		Dial:          h.fake.Dial,
 		ConsoleLogMax: h.consoleMax,
@@ -98,6 +100,7 @@ func (h *testHost) engine() *Engine {
 		Known:     h.known, Images: images,
 		DNSServed: func() bool { return true },
 		Upstreams: func() ([]string, error) { return nil, nil },
+		Shares:    h.shares,
 	}))
 	h.t.Cleanup(e.Close)
 	return e

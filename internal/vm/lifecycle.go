@@ -54,7 +54,11 @@ func (e *Engine) Start(nameOrID string, pr Progress) (*store.VM, error) {
 	if err := be.Available(); err != nil {
 		return nil, unavailable(fmt.Errorf("VM %s needs %s: %w", vm.Name, be.Name(), err))
 	}
-	if err := e.cfg.Requirements(ctx, bootOps(vm)...); err != nil {
+	ops := bootOps(vm)
+	if len(vm.Mounts) > 0 {
+		ops = append(ops, doctor.OpMounts)
+	}
+	if err := e.cfg.Requirements(ctx, ops...); err != nil {
 		return nil, unavailable(err)
 	}
 	st := newStages(pr)

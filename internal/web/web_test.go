@@ -429,13 +429,16 @@ func TestVMPageReadsTheConsoleTail(t *testing.T) {
 
 func TestVMPage(t *testing.T) {
 	f, _, h := newTest(t)
+	f.Add(rpc.VM{Name: "shared", State: "running", Mounts: []rpc.Mount{{Host: "/home/dev/<src>", Guest: "/root/src"}, {Host: "/srv/docs", Guest: "/srv/docs", ReadOnly: true}}})
+	w := do(t, h, request{method: "GET", target: "/vms/shared"})
+	mustContain(t, w.Body.String(), "/home/dev/&lt;src&gt; &rarr; /root/src (read-write)", "/srv/docs &rarr; /srv/docs (read-only)")
 	var b strings.Builder
 	for i := range 300 {
 		fmt.Fprintf(&b, "line %d\r\n", i)
 	}
 	b.WriteString("\x1b[1;32mOK\x1b[0m <script>alert(1)</script>")
 	f.SetConsole("alpha", b.String())
-	w := do(t, h, request{method: "GET", target: "/vms/alpha"})
+	w = do(t, h, request{method: "GET", target: "/vms/alpha"})
 	if w.Code != 200 {
 		t.Fatalf("GET /vms/alpha = %d: %s", w.Code, w.Body)
 	}

@@ -49,6 +49,9 @@ func View(ctx context.Context, e *vm.Engine, v *store.VM) *rpc.VM {
 	for _, p := range e.Ports(v) {
 		out.Ports = append(out.Ports, rpc.Port{Proto: p.Proto, HostIP: p.HostIP.String(), HostPort: int(p.HostPort), GuestPort: int(p.GuestPort), Listening: p.Listening})
 	}
+	for _, m := range v.Mounts {
+		out.Mounts = append(out.Mounts, rpc.Mount{Host: m.Host, Guest: m.Guest, ReadOnly: m.ReadOnly})
+	}
 	if stages, err := st.StageDurations(ctx, v.ID); err == nil {
 		for _, s := range stages {
 			out.Stages = append(out.Stages, rpc.Stage{Name: s.Stage, DurationMS: float64(s.Duration) / float64(time.Millisecond)})
@@ -131,6 +134,9 @@ func (s *Server) handleShow(w http.ResponseWriter, r *http.Request) {
 // createOptions turns a create request into the engine's options.
 func createOptions(req rpc.CreateRequest) (vm.CreateOptions, error) {
 	o := vm.CreateOptions{Name: req.Name, Image: req.Image, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, NAT: req.NAT}
+	for _, m := range req.Mounts {
+		o.Mounts = append(o.Mounts, store.Mount{Host: m.Host, Guest: m.Guest, ReadOnly: m.ReadOnly})
+	}
 	if req.VCPUs < 0 {
 		return o, fmt.Errorf("invalid vcpus %d: use 1 to %d, or 0 for the default: %w", req.VCPUs, vm.MaxVCPUs, errBadRequest)
 	}

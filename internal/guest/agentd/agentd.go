@@ -31,6 +31,9 @@ type Server struct {
 	HostKeyGlob string
 	// Log receives diagnostics; default slog.Default().
 	Log *slog.Logger
+	// Mount mounts one host folder for OpMount, once the whole request
+	// passed agent.CheckMounts; default MountVirtiofs.
+	Mount func(agent.Mount) error
 
 	once sync.Once
 }
@@ -219,8 +222,10 @@ func (s *Server) handle(req agent.Request) agent.Response {
 		return s.health()
 	case agent.OpShutdown:
 		return agent.Response{OK: true}
+	case agent.OpMount:
+		return s.mount(req.Mounts)
 	default:
-		return agent.Response{Error: fmt.Sprintf("unknown op %q: use %q or %q", req.Op, agent.OpHealth, agent.OpShutdown)}
+		return agent.Response{Error: fmt.Sprintf("unknown op %q: use %q, %q or %q", req.Op, agent.OpHealth, agent.OpShutdown, agent.OpMount)}
 	}
 }
 

@@ -81,7 +81,7 @@ func TestServeConnLines(t *testing.T) {
 	tests := []struct {
 		in, want string
 	}{
-		{`{"op":"reboot-now"}`, `{"ok":false,"error":"unknown op \"reboot-now\": use \"health\" or \"shutdown\""}`},
+		{`{"op":"reboot-now"}`, `{"ok":false,"error":"unknown op \"reboot-now\": use \"health\", \"shutdown\" or \"mount\""}`},
 		{`not json`, `"ok":false`},
 		{`{"op":"health","id":7}`, `"id":7`},
 		{`{"op":"shutdown"}`, `{"ok":true}`},

@@ -162,7 +162,8 @@ func (s *supervisor) stop(grace time.Duration) {
 	unix.Kill(pid, unix.SIGKILL)
 }
 
-// halt stops every process, unmounts /root, syncs and reboots.
+// halt stops every process, unmounts the host folders and /root, syncs and
+// reboots.
 func halt(log *slog.Logger, sup *supervisor) error {
 	log.Info("stopping sshd and all processes")
 	sup.stop(2 * time.Second)
@@ -174,6 +175,10 @@ func halt(log *slog.Logger, sup *supervisor) error {
 	}()
 	agentd.KillAll(2 * time.Second)
 	unix.Sync()
+	// Host folders may be mounted inside /root.
+	if err := agentd.UnmountVirtiofs(); err != nil {
+		log.Warn("unmounting host folders", "err", err)
+	}
 	if err := unix.Unmount("/root", 0); err != nil && !errors.Is(err, unix.EINVAL) {
 		log.Warn("unmounting /root", "err", err)
 		unix.Unmount("/root", unix.MNT_DETACH)

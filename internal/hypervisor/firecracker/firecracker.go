@@ -151,6 +151,9 @@ func validate(spec hypervisor.Spec) error {
 	if spec.MemoryFile != "" {
 		return fmt.Errorf("guest memory in a file (%s) is a qemu feature: firecracker's snapshots always write the memory out; leave MemoryFile empty", spec.MemoryFile)
 	}
+	if len(spec.Shares) > 0 {
+		return fmt.Errorf("%d shared folders: firecracker has no shared filesystem device (virtio-fs or 9p); host folders need qemu", len(spec.Shares))
+	}
 	seen := map[string]bool{}
 	for i, d := range spec.Disks {
 		if d.ID == "" || d.Path == "" {

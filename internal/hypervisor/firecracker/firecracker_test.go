@@ -311,6 +311,18 @@ func TestStartFailureCleansUp(t *testing.T) {
 	assertGone(t, spec)
 }
 
+// TestStartRefusesShares checks that a spec with shared folders is refused
+// before a firecracker process exists: firecracker has no virtio-fs.
+func TestStartRefusesShares(t *testing.T) {
+	spec := testSpec(t)
+	spec.Shares = []hypervisor.Share{{Tag: "banger0", Socket: filepath.Join(spec.Dir, "fs0.sock")}}
+	_, err := fakeBackend(t).Start(ctxT(t), spec)
+	if err == nil || !strings.Contains(err.Error(), "host folders need qemu") {
+		t.Errorf("Start with a share = %v, want a refusal saying host folders need qemu", err)
+	}
+	assertGone(t, spec)
+}
+
 func TestStartWhenFirecrackerDies(t *testing.T) {
 	spec := testSpec(t)
 	b := Backend{Binary: "/bin/sleep", Log: slog.New(slog.NewTextHandler(io.Discard, nil))}

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/guest/agentd"
 	"github.com/banger/banger/internal/guestconfig"
 	"github.com/banger/banger/internal/hypervisor"
@@ -115,6 +116,14 @@ func (b *Backend) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.I
 	b.mu.Unlock()
 	if bh.FailStart != nil {
 		return nil, bh.FailStart
+	}
+	for _, s := range spec.Shares {
+		// QEMU connects to each share's server as it starts.
+		c, err := (&net.Dialer{}).DialContext(ctx, "unix", s.Socket)
+		if err != nil {
+			return nil, fmt.Errorf("fake: starting %s: share %s: %w", spec.ID, s.Tag, err)
+		}
+		c.Close()
 	}
 	net, err := guestconfig.ParseNetwork(spec.Cmdline)
 	if err != nil {
@@ -229,6 +238,7 @@ type Instance struct {
 	done      chan struct{}
 	end       hypervisor.Exit
 	requested bool
+	mounts    []agent.Mount
 }
 
 func (b *Backend) newInstance(spec hypervisor.Spec, ip netip.Addr, hostname string, bh Behavior) (*Instance, error) {
@@ -253,7 +263,7 @@ func (b *Backend) newInstance(spec hypervisor.Spec, ip netip.Addr, hostname stri
 	pid := 100000 + b.nextPID
 	b.mu.Unlock()
 	inst := &Instance{b: b, spec: spec, pid: pid, ip: ip, behavior: bh, hostKey: signer, keyFile: keyFile, done: make(chan struct{})}
-	inst.agent = &agentd.Server{HostKeyGlob: keyFile, Shutdown: func() {
+	inst.agent = &agentd.Server{HostKeyGlob: keyFile, Mount: inst.mount, Shutdown: func() {
 		inst.exit(hypervisor.Exit{Known: true, Code: 0})
 	}}
 	_ = hostname

@@ -54,6 +54,9 @@ type layout struct {
 	MemShared bool
 	// Incoming starts QEMU paused, waiting for migrate-incoming.
 	Incoming bool
+	// Shares are virtio-fs devices (host folders); they put guest RAM in
+	// a shared memfd unless MemFile holds it.
+	Shares []layoutShare
 }
 
 type layoutDisk struct {
@@ -101,6 +104,9 @@ func (b *Backend) layoutOf(spec hypervisor.Spec) layout {
 	for _, n := range spec.NICs {
 		l.NICs = append(l.NICs, layoutNIC{ID: n.ID, TAP: n.TAP, MAC: n.MAC})
 	}
+	for _, sh := range spec.Shares {
+		l.Shares = append(l.Shares, layoutShare{Tag: sh.Tag, Socket: sh.Socket})
+	}
 	return l
 }
 
@@ -115,7 +121,7 @@ func cpuFor(accel string) string {
 // argv is the QEMU command line of l, starting with bin.
 func (l layout) argv(bin string) []string {
 	machine := l.Machine
-	if l.MemFile != "" {
+	if l.MemFile != "" || l.sharedRAM() {
 		machine += ",memory-backend=" + memoryBackendID
 	}
 	argv := []string{
@@ -169,6 +175,7 @@ func (l layout) argv(bin string) []string {
 			"-device", "virtio-net-device,netdev="+n.ID+",mac="+n.MAC,
 		)
 	}
+	argv = append(argv, l.shareArgs()...)
 	argv = append(argv,
 		"-object", "rng-random,filename=/dev/urandom,id=rng0",
 		"-device", "virtio-rng-device,rng=rng0",
@@ -266,6 +273,11 @@ func parseLayout(args []string) (layout, error) {
 			l.Cmdline = val
 		case "-incoming":
 			l.Incoming = true
+		case "-global":
+			if val == modernMMIO {
+				return l, errShares
+			}
+			return l, bad(flag, val, "not a property banger sets")
 		case "-serial", "-mon", "-display":
 		case "-D":
 			l.Dir = filepath.Dir(val)
@@ -278,6 +290,8 @@ func parseLayout(args []string) (layout, error) {
 			case kind == "socket" && kv["id"] == "agent":
 				l.Agent = agentSerial
 			case kind == "socket" && kv["id"] == "qmp":
+			case kind == "socket" && strings.HasPrefix(kv["id"], "fs"):
+				return l, errShares
 			default:
 				return l, bad(flag, val, "not a chardev banger makes")
 			}
@@ -285,6 +299,8 @@ func parseLayout(args []string) (layout, error) {
 			kind, kv := optKind(val)
 			switch kind {
 			case "rng-random":
+			case "memory-backend-memfd":
+				return l, errShares
 			case "memory-backend-file":
 				if kv["id"] != memoryBackendID {
 					return l, bad(flag, val, "not banger's memory backend")
@@ -317,6 +333,8 @@ func parseLayout(args []string) (layout, error) {
 		case "-device":
 			kind, kv := optKind(val)
 			switch kind {
+			case "vhost-user-fs-device":
+				return l, errShares
 			case "i8042", "virtio-rng-device", "virtio-serial-device", "virtserialport":
 			case "virtio-blk-device":
 				if _, ok := drives[kv["drive"]]; !ok {

@@ -177,6 +177,7 @@ func validate(spec hypervisor.Spec) error {
 			errs = append(errs, fmt.Errorf("nic %s needs a tap and a mac", n.ID))
 		}
 	}
+	errs = append(errs, validateShares(spec)...)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("checking spec of vm %s: %w", spec.ID, err)
 	}

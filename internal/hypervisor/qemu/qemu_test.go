@@ -49,6 +49,8 @@ func TestCommand(t *testing.T) {
 	yes := func() bool { return true }
 	roSpec := testSpec()
 	roSpec.Disks = append(roSpec.Disks, hypervisor.Disk{ID: "seed", Path: "/b/seed,1.ext4", ReadOnly: true})
+	shareSpec := testSpec()
+	shareSpec.Shares = []hypervisor.Share{{Tag: "banger0", Socket: "/run/banger/vm1/fs0.sock"}, {Tag: "banger1", Socket: "/run/a,b/fs1.sock"}}
 	tests := []struct {
 		name string
 		b    *Backend
@@ -72,7 +74,7 @@ func TestCommand(t *testing.T) {
 				{"-chardev", "socket,id=qmp,path=/run/banger/vm1/qmp.sock,server=on,wait=off", "-mon", "chardev=qmp,mode=control"},
 				{"-D", "/run/banger/vm1/qemu.log", "-daemonize", "-pidfile", "/run/banger/vm1/qemu.pid"},
 			},
-			not: []string{"host", "vhost-vsock-device,guest-cid=7"},
+			not: []string{"host", "vhost-vsock-device,guest-cid=7", "memory-backend-memfd,id=microvm.ram,size=1024M,share=on", "virtio-mmio.force-legacy=false"},
 		},
 		{
 			name: "kvm vsock",
@@ -85,6 +87,17 @@ func TestCommand(t *testing.T) {
 				{"-device", "vhost-vsock-device,guest-cid=7"},
 			},
 			not: []string{"virtio-serial-device", "virtserialport,chardev=agent,name=org.banger.agent"},
+		},
+		{
+			name: "shared folders: shared RAM and a vhost-user-fs device each",
+			b:    &Backend{Accel: "tcg", vsock: no},
+			spec: shareSpec,
+			want: [][]string{
+				{"-M", "microvm,pit=on,pic=on,rtc=on,acpi=on,auto-kernel-cmdline=off,memory-backend=microvm.ram"},
+				{"-global", "virtio-mmio.force-legacy=false", "-object", "memory-backend-memfd,id=microvm.ram,size=1024M,share=on"},
+				{"-chardev", "socket,id=fs0,path=/run/banger/vm1/fs0.sock", "-device", "vhost-user-fs-device,chardev=fs0,tag=banger0,queue-size=1024"},
+				{"-chardev", "socket,id=fs1,path=/run/a,,b/fs1.sock", "-device", "vhost-user-fs-device,chardev=fs1,tag=banger1,queue-size=1024"},
+			},
 		},
 		{
 			name: "read-only disk with a comma",
@@ -136,6 +149,12 @@ func TestValidate(t *testing.T) {
 	rel.Dir = "run/vm1"
 	noMem := testSpec()
 	noMem.MemoryMiB = 0
+	badTag := testSpec()
+	badTag.Shares = []hypervisor.Share{{Tag: "ban ger", Socket: "/run/fs0.sock"}}
+	twoTags := testSpec()
+	twoTags.Shares = []hypervisor.Share{{Tag: "banger0", Socket: "/run/fs0.sock"}, {Tag: "banger0", Socket: "/run/fs1.sock"}}
+	relSocket := testSpec()
+	relSocket.Shares = []hypervisor.Share{{Tag: "banger0", Socket: "fs0.sock"}}
 	tests := []struct {
 		name string
 		spec hypervisor.Spec
@@ -147,6 +166,9 @@ func TestValidate(t *testing.T) {
 		{"no tap", noTap, "needs a tap and a mac"},
 		{"relative dir", rel, "not absolute"},
 		{"no memory", noMem, "must be positive"},
+		{"bad share tag", badTag, `share tag "ban ger"`},
+		{"share tag twice", twoTags, "share tag banger0 is used twice"},
+		{"relative share socket", relSocket, `socket "fs0.sock" must be an absolute path`},
 	}
 	for _, tt := range tests {
 		err := validate(tt.spec)

@@ -91,6 +91,7 @@ func TestParseLayoutRefuses(t *testing.T) {
 		{"memory backend without object", replace(Machine, Machine+",memory-backend=microvm.ram"), "do not match"},
 		{"no kernel", slices.Delete(slices.Clone(good), slices.Index(good, "-kernel"), slices.Index(good, "-kernel")+2), "no machine"},
 		{"empty", nil, "empty command line"},
+		{"host folders", sharesArgv(), "cannot be snapshotted"},
 	}
 	for _, tt := range tests {
 		_, err := parseLayout(tt.args)
@@ -277,4 +278,11 @@ func TestReadSnapshot(t *testing.T) {
 			t.Errorf("readSnapshot(%s) = %v, want an error containing %q", tt.name, err, tt.want)
 		}
 	}
+}
+
+// sharesArgv is the command line of a VM with a host folder.
+func sharesArgv() []string {
+	spec := testSpec()
+	spec.Shares = []hypervisor.Share{{Tag: "banger0", Socket: "/run/banger/vm1/fs0.sock"}}
+	return (&Backend{Accel: "tcg", vsock: func() bool { return false }}).Command(spec)
 }

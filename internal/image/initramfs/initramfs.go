@@ -30,9 +30,11 @@ type Spec struct {
 }
 
 // DefaultModules are the modules a banger guest needs before it can mount its
-// root disk and talk to the host. Built-in ones are skipped by kernel.LoadOrder.
+// root disk and talk to the host, and virtiofs (with fuse) for host folders,
+// which the minimal image, carrying no modules, could not load later.
+// Built-in ones are skipped by kernel.LoadOrder.
 func DefaultModules() []string {
-	return []string{"virtio_mmio", "virtio_blk", "virtio_net", "virtio_console", "virtio_rng", "vmw_vsock_virtio_transport", "ext4"}
+	return []string{"virtio_mmio", "virtio_blk", "virtio_net", "virtio_console", "virtio_rng", "vmw_vsock_virtio_transport", "ext4", "virtiofs"}
 }
 
 // entry is one file or directory of the archive.

@@ -182,7 +182,7 @@ func TestWriteErrors(t *testing.T) {
 
 func TestDefaultModules(t *testing.T) {
 	got := DefaultModules()
-	for _, want := range []string{"virtio_mmio", "virtio_blk", "virtio_net", "virtio_console", "virtio_rng", "vmw_vsock_virtio_transport", "ext4"} {
+	for _, want := range []string{"virtio_mmio", "virtio_blk", "virtio_net", "virtio_console", "virtio_rng", "vmw_vsock_virtio_transport", "ext4", "virtiofs"} {
 		if !slices.Contains(got, want) {
 			t.Errorf("DefaultModules() = %v, want it to contain %s", got, want)
 		}

@@ -26,6 +26,7 @@ import (
 	"github.com/banger/banger/internal/image/kernel"
 	"github.com/banger/banger/internal/portfwd"
 	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/units"
 	"github.com/banger/banger/internal/vm"
 )
@@ -578,6 +579,18 @@ func (f *Fake) planCreate(req rpc.CreateRequest) (*rpc.VM, *rpc.Error) {
 	if _, ok := f.image(image); !ok {
 		return nil, apiError(rpc.CodeInvalid, "finding image %q in runtime bundle %s: no such image: use one of docker, minimal (or register one with 'banger image register --name %s --rootfs PATH')", image, bundleDir, image)
 	}
+	var asked []store.Mount
+	for _, m := range req.Mounts {
+		asked = append(asked, store.Mount{Host: m.Host, Guest: m.Guest, ReadOnly: m.ReadOnly})
+	}
+	kept, err := vm.ValidateMounts(asked, []string{bundleDir, stateDir, dataDir})
+	if err != nil {
+		return nil, apiError(rpc.CodeInvalid, "%v", err)
+	}
+	var mounts []rpc.Mount
+	for _, m := range kept {
+		mounts = append(mounts, rpc.Mount{Host: m.Host, Guest: m.Guest, ReadOnly: m.ReadOnly})
+	}
 	work := int64(defaultWorkSize)
 	if req.WorkSize != "" {
 		var e *rpc.Error
@@ -596,7 +609,7 @@ func (f *Fake) planCreate(req rpc.CreateRequest) (*rpc.VM, *rpc.Error) {
 		return nil, e
 	}
 	vm := &rpc.VM{ID: f.newID(), Name: req.Name, Image: image, State: "creating", Hypervisor: hypervisor, IP: f.freeIP(), NAT: req.NAT,
-		Egress: "default", VCPUs: cmp.Or(req.VCPUs, defaultVCPUs), MemoryMiB: cmp.Or(req.MemoryMiB, defaultMemoryMiB), WorkSizeBytes: work, CreatedAt: time.Now()}
+		Egress: "default", VCPUs: cmp.Or(req.VCPUs, defaultVCPUs), MemoryMiB: cmp.Or(req.MemoryMiB, defaultMemoryMiB), WorkSizeBytes: work, Mounts: mounts, CreatedAt: time.Now()}
 	for _, s := range sp {
 		vm.Ports = append(vm.Ports, portOf(s))
 	}
