@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -126,6 +127,10 @@ func (c *mountsCap) Prepare(ctx context.Context, vm *store.VM, _ *guestconfig.Co
 	return nil
 }
 
+// serverExitGrace is how long a file server may be gone before its VM's
+// release, so that the end of the VM, which ends it too, is not reported.
+const serverExitGrace = 5 * time.Second
+
 // watch keeps the servers of vm until Release, and logs one that ends
 // while the VM still needs it: its guest's mount then fails.
 func (c *mountsCap) watch(vm *store.VM, procs []virtiofs.Process) {
@@ -143,6 +148,15 @@ func (c *mountsCap) watch(vm *store.VM, procs []virtiofs.Process) {
 		go func() {
 			select {
 			case <-p.Done():
+				// virtiofsd also ends with its VM, when QEMU closes the
+				// socket: then the stop that follows releases it.
+				select {
+				case <-w.stop:
+					return
+				case <-c.ctx().Done():
+					return
+				case <-time.After(serverExitGrace):
+				}
 				c.log.Error("the file server of a host folder exited while its VM runs: the guest's mount fails until the VM is stopped and started",
 					"vm", name, "host", m.Host, "guest", m.Guest, "pid", p.PID())
 			case <-w.stop:
