@@ -244,7 +244,7 @@ func (s *Server) health(detail bool) agent.Response {
 	if err != nil {
 		return agent.Response{Error: fmt.Sprintf("reading hostname: %v", err)}
 	}
-	resp := agent.Response{OK: true, Hostname: host, UptimeMS: uptimeMS(), SSHHostKeys: sys.HostKeys(),
+	resp := agent.Response{OK: true, Hostname: host, UptimeMS: sys.UptimeMS(), SSHHostKeys: sys.HostKeys(),
 		Ops: agent.Ops, MachineID: sys.MachineID()}
 	if detail {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/banger/banger/internal/agent"
@@ -16,6 +18,9 @@ import (
 // them.
 type System interface {
 	Hostname() (string, error)
+	// UptimeMS is how long the machine has been up (a restore continues
+	// the snapshotted machine's).
+	UptimeMS() int64
 	// MachineID is /etc/machine-id, "" when there is none.
 	MachineID() string
 	// HostKeys are the SSH host public keys, one authorized_keys line each.
@@ -44,9 +49,10 @@ type System interface {
 // identityTimeout bounds one identity request in the guest.
 const identityTimeout = 2 * time.Minute
 
-// identity applies id in its fields' order and answers with the guest's
-// health afterwards. Nothing is applied of an identity that does not
-// validate; a failing step ends the request, naming what it had applied.
+// identity applies id (clock and entropy first, then the rest at once) and
+// answers with the guest's health afterwards. Nothing is applied of an
+// identity that does not validate; a failing step fails the request,
+// which names what was applied.
 func (s *Server) identity(id *agent.Identity) agent.Response {
 	if id == nil {
 		return agent.Response{Error: "identity: the request carries no identity"}
@@ -60,45 +66,73 @@ func (s *Server) identity(id *agent.Identity) agent.Response {
 	ctx, cancel := context.WithTimeout(context.Background(), identityTimeout)
 	defer cancel()
 	sys := s.system()
-	var applied []string
-	steps := []struct {
+	type step struct {
 		name string
 		on   bool
 		fn   func() error
-	}{
-		{"clock", id.TimeUnixNano != 0, func() error { return sys.SetClock(time.Unix(0, id.TimeUnixNano)) }},
-		{"entropy", len(id.Entropy) > 0, func() error { return sys.AddEntropy(id.Entropy) }},
-		{"network", id.Hostname != "" || id.Network != nil, func() error {
-			mac := ""
-			if id.Network != nil {
-				mac = id.Network.MAC
-			}
-			return sys.SetNetwork(ctx, nc, mac)
-		}},
-		{"machine-id", id.MachineID != "", func() error { return sys.SetMachineID(id.MachineID) }},
-		{"host-keys", id.NewHostKeys, func() error { return sys.NewHostKeys(ctx) }},
-		{"opencode-password", id.OpencodePassword != "", func() error {
-			changed, err := sys.SetOpencodePassword(ctx, id.OpencodePassword)
-			if err == nil && !changed {
-				return errUnchanged
-			}
-			return err
-		}},
-		{"filesystems", id.GrowFilesystems, func() error { return sys.GrowFilesystems(ctx) }},
 	}
-	for _, st := range steps {
-		if !st.on {
-			continue
+	// The clock and the RNG come first, one after the other: keys and ids
+	// are made from the reseeded RNG. The rest is independent, and runs
+	// at once (the ip process and the fsyncs are slow under emulation).
+	phases := [][]step{
+		{
+			{"clock", id.TimeUnixNano != 0, func() error { return sys.SetClock(time.Unix(0, id.TimeUnixNano)) }},
+			{"entropy", len(id.Entropy) > 0, func() error { return sys.AddEntropy(id.Entropy) }},
+		},
+		{
+			{"network", id.Hostname != "" || id.Network != nil, func() error {
+				mac := ""
+				if id.Network != nil {
+					mac = id.Network.MAC
+				}
+				return sys.SetNetwork(ctx, nc, mac)
+			}},
+			{"machine-id", id.MachineID != "", func() error { return sys.SetMachineID(id.MachineID) }},
+			{"host-keys", id.NewHostKeys, func() error { return sys.NewHostKeys(ctx) }},
+			{"opencode-password", id.OpencodePassword != "", func() error {
+				changed, err := sys.SetOpencodePassword(ctx, id.OpencodePassword)
+				if err == nil && !changed {
+					return errUnchanged
+				}
+				return err
+			}},
+			{"filesystems", id.GrowFilesystems, func() error { return sys.GrowFilesystems(ctx) }},
+		},
+	}
+	var applied []string
+	for i, phase := range phases {
+		errs := make([]error, len(phase))
+		var wg sync.WaitGroup
+		for k, st := range phase {
+			if !st.on {
+				errs[k] = errUnchanged
+				continue
+			}
+			if i == 0 {
+				errs[k] = st.fn()
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[k] = st.fn()
+			}()
 		}
-		err := st.fn()
-		if errors.Is(err, errUnchanged) {
-			continue
+		wg.Wait()
+		var failed []string
+		for k, err := range errs {
+			switch {
+			case errors.Is(err, errUnchanged):
+			case err != nil:
+				failed = append(failed, fmt.Sprintf("%s: %v", phase[k].name, err))
+			default:
+				applied = append(applied, phase[k].name)
+			}
 		}
-		if err != nil {
-			s.log().Error("identity step failed", "step", st.name, "err", err, "applied", applied)
-			return agent.Response{Error: fmt.Sprintf("identity: %s: %v (applied before it: %v)", st.name, err, applied)}
+		if len(failed) > 0 {
+			s.log().Error("identity failed", "failed", failed, "applied", applied)
+			return agent.Response{Error: fmt.Sprintf("identity: %s (applied: %v)", strings.Join(failed, "; "), applied)}
 		}
-		applied = append(applied, st.name)
 	}
 	s.log().Info("identity applied", "what", id.String(), "applied", applied)
 	resp := s.health(false)

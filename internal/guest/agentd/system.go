@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,6 +43,8 @@ type osSystem struct {
 var _ System = osSystem{}
 
 func (osSystem) Hostname() (string, error) { return os.Hostname() }
+
+func (osSystem) UptimeMS() int64 { return uptimeMS() }
 
 func (osSystem) MachineID() string {
 	b, err := os.ReadFile("/etc/machine-id")
@@ -194,9 +197,8 @@ func (osSystem) SetMachineID(id string) error {
 // NewHostKeys makes a fresh key for each host key file whose type it knows
 // (ed25519; ecdsa and rsa, which banger's images do not use), ed25519 when
 // there is none, and writes each pair under a temporary name before
-// renaming it over the old one. sshd reads its host keys at every
-// connection (it re-executes itself for each), so new connections get the
-// new keys; it is also asked to reload (SIGHUP) when its pid file names it.
+// renaming it over the old one. sshd needs no reload: it re-executes itself
+// for every connection, which reads the host keys again.
 func (o osSystem) NewHostKeys(context.Context) error {
 	pubs, _ := filepath.Glob(o.hostKeyGlob)
 	sort.Strings(pubs)
@@ -284,20 +286,27 @@ func (osSystem) SetOpencodePassword(ctx context.Context, pw string) (bool, error
 	if err := writeAtomic(agent.OpencodeEnvFile, want, 0o600); err != nil {
 		return false, fmt.Errorf("writing %s: %w", agent.OpencodeEnvFile, err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
+	// The restart runs after the answer: the server takes a while to come
+	// up, and the host waits for ssh, not for it. Its failure is logged.
+	var argvs [][]string
 	switch {
 	case systemdRunning() && exists("/etc/systemd/system/"+OpencodeUnit):
-		exec.CommandContext(ctx, "systemctl", "reset-failed", OpencodeUnit).Run()
-		// --no-block: the server takes a while to come up, and the host
-		// waits for ssh, not for it.
-		if out, err := exec.CommandContext(ctx, "systemctl", "--no-block", "restart", OpencodeUnit).CombinedOutput(); err != nil {
-			return true, fmt.Errorf("restarting %s: %w: %s", OpencodeUnit, err, clip(strings.TrimSpace(string(out)), 300))
-		}
+		// Starts without the file failed: clear them, or systemd refuses.
+		argvs = [][]string{{"systemctl", "reset-failed", OpencodeUnit}, {"systemctl", "--no-block", "restart", OpencodeUnit}}
 	case runitRunning() && exists("/etc/sv/opencode-server"):
-		if out, err := exec.CommandContext(ctx, "sv", "restart", "opencode-server").CombinedOutput(); err != nil {
-			return true, fmt.Errorf("restarting opencode-server: %w: %s", err, clip(strings.TrimSpace(string(out)), 300))
-		}
+		argvs = [][]string{{"sv", "restart", "opencode-server"}}
+	}
+	if len(argvs) > 0 {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			for i, argv := range argvs {
+				out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+				if err != nil && i == len(argvs)-1 {
+					slog.Error("restarting the opencode server", "argv", argv, "err", err, "output", clip(strings.TrimSpace(string(out)), 300))
+				}
+			}
+		}()
 	}
 	return true, nil
 }
