@@ -70,6 +70,13 @@ func Install(ctx context.Context, r runner.Runner, root, dir, pw string) error {
 	if err := ext4.PutFile(ctx, r, root, EnvFile, Env(pw), 0o600); err != nil {
 		return err
 	}
+	return Keep(dir, pw)
+}
+
+// Keep records pw as the password of the VM whose directory is dir, for a
+// guest that gets it from its agent (a disk bangerd cannot write into: a
+// qcow2 overlay, or the copy of a running guest's).
+func Keep(dir, pw string) error {
 	return os.WriteFile(filepath.Join(dir, PasswordFile), []byte(pw+"\n"), 0o600)
 }
 

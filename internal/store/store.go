@@ -73,6 +73,10 @@ var migrations = []string{
 	CREATE INDEX vm_stages_vm_id ON vm_stages(vm_id);`,
 	// 2: the SSH key a managed image's work-seed authorizes.
 	`ALTER TABLE images ADD COLUMN seed_key TEXT NOT NULL DEFAULT '';`,
+	// 3: the format of a VM's disk files: raw clones, or qcow2 overlays over
+	// banger's read-only bases. Never guessed from the files: a guest
+	// controls a raw disk's bytes.
+	`ALTER TABLE vms ADD COLUMN disk_format TEXT NOT NULL DEFAULT 'raw';`,
 }
 
 // Store is an open state database. It is safe for concurrent use.

@@ -16,6 +16,9 @@ const (
 	StateRunning  = "running"
 	StateStopped  = "stopped"
 	StateError    = "error"
+	// StateSuspended: the guest's memory and devices are saved in its
+	// directory and no hypervisor runs.
+	StateSuspended = "suspended"
 )
 
 // VM is one microVM's persisted state.
@@ -36,6 +39,8 @@ type VM struct {
 	NAT           bool
 	Dir           string // data dir holding the VM's disks
 	RuntimeDir    string
+	// DiskFormat is the format of the VM's disk files: "raw" or "qcow2".
+	DiskFormat string
 	Error         string
 	CreatedAt     time.Time
 	UpdatedAt     time.Time
@@ -45,7 +50,7 @@ type VM struct {
 const MinCID = 3
 
 const vmColumns = `id, name, image, state, hypervisor, vcpus, memory_mib, disk_size_bytes,
-	ip, mac, tap, pid, cid, nat, dir, runtime_dir, error, created_at, updated_at`
+	ip, mac, tap, pid, cid, nat, dir, runtime_dir, error, created_at, updated_at, disk_format`
 
 type querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
@@ -98,15 +103,16 @@ func prepareVM(vm *VM) error {
 	if vm.State == "" {
 		vm.State = StateCreating
 	}
+	vm.DiskFormat = diskFormat(vm.DiskFormat)
 	return nil
 }
 
 func insertVM(ctx context.Context, q querier, vm *VM) error {
 	_, err := q.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		vm.ID, vm.Name, vm.Image, vm.State, vm.Hypervisor, vm.VCPUs, vm.MemoryMiB, vm.DiskSizeBytes,
 		nullString(vm.IP), vm.MAC, nullString(vm.TAP), vm.PID, nullCID(vm.CID), vm.NAT,
-		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt))
+		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt), diskFormat(vm.DiskFormat))
 	return conflict(err)
 }
 
@@ -224,10 +230,10 @@ func (s *Store) UpdateVM(ctx context.Context, vm *VM) error {
 	updated := time.Now().UTC()
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name = ?, image = ?, state = ?, hypervisor = ?,
 		vcpus = ?, memory_mib = ?, disk_size_bytes = ?, ip = ?, mac = ?, tap = ?, pid = ?, cid = ?,
-		nat = ?, dir = ?, runtime_dir = ?, error = ?, updated_at = ? WHERE id = ?`,
+		nat = ?, dir = ?, runtime_dir = ?, error = ?, updated_at = ?, disk_format = ? WHERE id = ?`,
 		vm.Name, vm.Image, vm.State, vm.Hypervisor, vm.VCPUs, vm.MemoryMiB, vm.DiskSizeBytes,
 		nullString(vm.IP), vm.MAC, nullString(vm.TAP), vm.PID, nullCID(vm.CID), vm.NAT,
-		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(updated), vm.ID)
+		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(updated), diskFormat(vm.DiskFormat), vm.ID)
 	if err != nil {
 		return fmt.Errorf("updating vm %s: %w", vm.Name, conflict(err))
 	}
@@ -270,7 +276,7 @@ func (s *Store) queryVMs(ctx context.Context, query string, args ...any) ([]VM, 
 		)
 		if err := rows.Scan(&vm.ID, &vm.Name, &vm.Image, &vm.State, &vm.Hypervisor, &vm.VCPUs,
 			&vm.MemoryMiB, &vm.DiskSizeBytes, &ip, &vm.MAC, &tap, &vm.PID, &cid, &vm.NAT,
-			&vm.Dir, &vm.RuntimeDir, &vm.Error, &created, &updated); err != nil {
+			&vm.Dir, &vm.RuntimeDir, &vm.Error, &created, &updated, &vm.DiskFormat); err != nil {
 			return nil, err
 		}
 		vm.IP, vm.TAP, vm.CID = ip.String, tap.String, uint32(cid.Int64)
@@ -283,6 +289,14 @@ func (s *Store) queryVMs(ctx context.Context, query string, args ...any) ([]VM, 
 		vms = append(vms, vm)
 	}
 	return vms, rows.Err()
+}
+
+// diskFormat is how a VM's disk format is stored: raw unless said.
+func diskFormat(f string) string {
+	if f == "" {
+		return "raw"
+	}
+	return f
 }
 
 func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
