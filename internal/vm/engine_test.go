@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -29,6 +30,8 @@ import (
 // plays ip, nft and debugfs.
 type testHost struct {
 	consoleMax int64 // engine ConsoleLogMax; 0: the default
+	memoryMiB  int   // engine MemoryMiB; 0: 512
+	autoWarm   bool  // engine WarmAfterCreate
 	t          *testing.T
 	dir        string
 	store      *store.Store
@@ -76,10 +79,11 @@ func (h *testHost) engine() *Engine {
 		Runner:     h.r,
 		DataDir:    filepath.Join(h.dir, "data"),
 		RuntimeDir: filepath.Join(h.dir, "run"),
-		VCPUs:      2, MemoryMiB: 512,
-		ReadyTimeout:  5 * time.Second,
-		Dial:          h.fake.Dial,
-		ConsoleLogMax: h.consoleMax,
+		VCPUs:      2, MemoryMiB: cmp.Or(h.memoryMiB, 512),
+		ReadyTimeout:    5 * time.Second,
+		Dial:            h.fake.Dial,
+		ConsoleLogMax:   h.consoleMax,
+		WarmAfterCreate: h.autoWarm,
 	})
 	e.SetCapabilities(NewCapabilities(e, Host{
 		Runner: h.r, Net: netm, Names: names,

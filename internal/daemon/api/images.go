@@ -50,7 +50,7 @@ func (s *Server) handleRegisterImage(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleDeleteImage(w http.ResponseWriter, r *http.Request) {
 	b, _ := s.Engine.Bundle()
-	if err := s.Engine.Images().Delete(r.Context(), b, r.PathValue("name")); err != nil {
+	if err := s.Engine.DeleteImage(r.Context(), b, r.PathValue("name")); err != nil {
 		s.writeErr(w, err)
 		return
 	}
