@@ -53,6 +53,13 @@ type CreateRequest struct {
 	NAT       bool   `json:"nat,omitempty"`
 	// NoWait returns as soon as the hypervisor is up.
 	NoWait bool `json:"no_wait,omitempty"`
+	// Cold boots the VM even when a snapshot of its image fits.
+	Cold bool `json:"cold,omitempty"`
+}
+
+// ForkRequest names the copy of POST /v1/vms/{name}/fork.
+type ForkRequest struct {
+	Name string `json:"name"`
 }
 
 // Event is one line of a streamed long operation (create, start).
@@ -111,6 +118,12 @@ type Image struct {
 	Default  bool   `json:"default"`
 	Managed  bool   `json:"managed"`
 	Size     int64  `json:"size_bytes"`
+	// Warm says whether creates with the default sizes restore a snapshot
+	// of the image: "ready", "building", "stale" (WarmReason says why it no
+	// longer fits) or "none".
+	Warm       string     `json:"warm"`
+	WarmReason string     `json:"warm_reason,omitempty"`
+	WarmSince  *time.Time `json:"warm_since,omitempty"`
 }
 
 // RegisterImageRequest records an existing ext4 image under a name.

@@ -1,14 +1,27 @@
 package api
 
 import (
+	"context"
 	"net/http"
 
+	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/vm"
 )
 
 func imageView(img *vm.Image) rpc.Image {
-	return rpc.Image{Name: img.Name, Rootfs: img.Rootfs, WorkSeed: img.WorkSeed, Default: img.Default, Managed: img.Managed, Size: img.Size()}
+	return rpc.Image{Name: img.Name, Rootfs: img.Rootfs, WorkSeed: img.WorkSeed, Default: img.Default, Managed: img.Managed, Size: img.Size(), Warm: vm.WarmNone}
+}
+
+// warmView is imageView with whether creates of the image are warm.
+func (s *Server) warmView(ctx context.Context, b *bundle.Bundle, img *vm.Image) rpc.Image {
+	v := imageView(img)
+	st := s.Engine.WarmStatus(ctx, b, img)
+	v.Warm, v.WarmReason = st.State, st.Reason
+	if !st.Created.IsZero() {
+		v.WarmSince = &st.Created
+	}
+	return v
 }
 
 func (s *Server) handleImages(w http.ResponseWriter, r *http.Request) {
@@ -24,7 +37,7 @@ func (s *Server) handleImages(w http.ResponseWriter, r *http.Request) {
 	}
 	out := []rpc.Image{}
 	for i := range imgs {
-		out = append(out, imageView(&imgs[i]))
+		out = append(out, s.warmView(r.Context(), b, &imgs[i]))
 	}
 	writeJSON(w, 200, out)
 }
@@ -55,6 +68,32 @@ func (s *Server) handleDeleteImage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, 200, map[string]bool{"ok": true})
+}
+
+func (s *Server) handleWarmImage(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	b, err := s.Engine.Bundle()
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	if _, err := s.Engine.Images().Resolve(r.Context(), b, name); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	pr := &progress{}
+	s.stream(w, r, pr, func() (rpc.Event, error) {
+		ctx := s.Engine.Context()
+		if _, err := s.Engine.Warm(ctx, name, pr); err != nil {
+			return rpc.Event{}, err
+		}
+		img, err := s.Engine.Images().Resolve(ctx, b, name)
+		if err != nil {
+			return rpc.Event{}, err
+		}
+		v := s.warmView(ctx, b, img)
+		return rpc.Event{Image: &v}, nil
+	})
 }
 
 func (s *Server) handleBuildImage(w http.ResponseWriter, r *http.Request) {
