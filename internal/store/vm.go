@@ -41,9 +41,9 @@ type VM struct {
 	RuntimeDir    string
 	// DiskFormat is the format of the VM's disk files: "raw" or "qcow2".
 	DiskFormat string
-	Error         string
-	CreatedAt     time.Time
-	UpdatedAt     time.Time
+	Error      string
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
 }
 
 // MinCID is the lowest vsock context ID handed to guests (0-2 are reserved).
