@@ -243,7 +243,11 @@ func (a *app) printVM(vm *rpc.VM) error {
 	row("hypervisor", orDash(vm.Hypervisor))
 	row("vcpus", fmt.Sprint(vm.VCPUs))
 	row("memory", units.MiB(vm.MemoryMiB))
-	row("disk", units.Bytes(vm.DiskSizeBytes))
+	disk := units.Bytes(vm.DiskSizeBytes)
+	if vm.DiskFormat == "qcow2" {
+		disk += " (copy-on-write overlays)"
+	}
+	row("disk", disk)
 	row("ip", orDash(vm.IP))
 	row("mac", orDash(vm.MAC))
 	if vm.TAP != "" {

@@ -19,7 +19,11 @@ type VM struct {
 	PID           int    `json:"pid,omitempty"`
 	NAT           bool   `json:"nat"`
 	Dir           string `json:"dir"`
-	ConsoleLog    string `json:"console_log"`
+	// DiskFormat is the format of the VM's disk files in Dir: "qcow2"
+	// (root.qcow2 and work.qcow2, copy-on-write over banger's read-only
+	// bases) or "raw" (rootfs.ext4 and work.ext4).
+	DiskFormat string `json:"disk_format,omitempty"`
+	ConsoleLog string `json:"console_log"`
 	// OpencodePassword is the basic-auth password (user "opencode") of the
 	// guest's opencode server. bangerd's VM views never carry it, so lists
 	// and the web UI do not show it; 'banger vm show' fills it in from

@@ -360,7 +360,7 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listing VMs to reconcile the host: %w", err)
 	}
-	return errors.Join(e.caps.reconcile(ctx, vms), e.collect(ctx, true))
+	return errors.Join(e.reapTemplateVMs(ctx), e.caps.reconcile(ctx, vms), e.collect(ctx, true))
 }
 
 // resumeReadiness finishes the readiness checks of a VM whose create or start

@@ -700,3 +700,30 @@ func plural(n int, one, many string) string {
 	}
 	return many
 }
+
+// reapTemplateVMs ends the template VMs that a daemon which died during a
+// template build left running (their runtime directories name them), and
+// removes their TAP devices and those directories; collect then removes
+// the builds' half-made templates. It runs at daemon start, when no build runs.
+func (e *Engine) reapTemplateVMs(ctx context.Context) error {
+	var errs []error
+	for _, dir := range subdirs(filepath.Join(e.cfg.RuntimeDir, "templates"), func(string) bool { return true }) {
+		spec := hypervisor.Spec{ID: "t" + filepath.Base(dir), Dir: dir}
+		for _, be := range e.cfg.Backends {
+			inst, err := be.Attach(ctx, spec)
+			if err != nil {
+				continue
+			}
+			e.log.Info("killing a template VM a stopped daemon left running", "dir", dir, "pid", inst.PID())
+			if r, ok := inst.(interface{ MarkRequested() }); ok {
+				r.MarkRequested()
+			}
+			errs = append(errs, inst.Kill())
+		}
+		if err := e.cfg.Network.DeleteTAP(ctx, e.cfg.Names.TAPName("t"+filepath.Base(dir))); err != nil {
+			errs = append(errs, fmt.Errorf("removing the TAP device of template VM %s: %w", filepath.Base(dir), err))
+		}
+		errs = append(errs, os.RemoveAll(dir))
+	}
+	return errors.Join(errs...)
+}

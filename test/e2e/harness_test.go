@@ -56,8 +56,10 @@ type envOpts struct {
 }
 
 // defaultConfig keeps the daemon's DNS forwarding inside the test: no
-// upstream resolvers unless a test names one in its namespaces.
-const defaultConfig = "dns_upstreams = []\n"
+// upstream resolvers unless a test names one in its namespaces. No image
+// is snapshotted in the background after a create (a template VM would
+// run beside the test's): the warm tests turn it on.
+const defaultConfig = "dns_upstreams = []\nwarm_after_create = false\n"
 
 func newEnv(t testing.TB) *env {
 	return newEnvWith(t, envOpts{})
@@ -307,6 +309,14 @@ func (e *env) hypervisorPIDs() []int {
 		}
 	}
 	return pids
+}
+
+// diskFiles are the names of vm's disk files in its directory.
+func diskFiles(vm rpc.VM) []string {
+	if vm.DiskFormat == "qcow2" {
+		return []string{"root.qcow2", "work.qcow2"}
+	}
+	return []string{"rootfs.ext4", "work.ext4"}
 }
 
 func contains(list []string, s string) bool {

@@ -31,6 +31,7 @@ func View(ctx context.Context, st *store.Store, v *store.VM) *rpc.VM {
 		PID:           v.PID,
 		NAT:           v.NAT,
 		Dir:           v.Dir,
+		DiskFormat:    v.DiskFormat,
 		ConsoleLog:    vm.ConsoleLog(v),
 		Error:         v.Error,
 		CreatedAt:     v.CreatedAt,

@@ -20,7 +20,6 @@ import (
 
 // recorder is a System that records what the agent changes.
 type recorder struct {
-	osSystem
 	mu       sync.Mutex
 	calls    []string
 	net      guestconfig.Network

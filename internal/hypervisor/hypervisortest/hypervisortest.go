@@ -593,8 +593,10 @@ func (i *Instance) Snapshot(_ context.Context, dir string) error {
 	if !filepath.IsAbs(dir) {
 		return fail(errors.New("not an absolute path"))
 	}
-	if ents, err := os.ReadDir(dir); err != nil || len(ents) > 0 {
-		return fail(fmt.Errorf("the directory is missing or not empty (%v)", err))
+	if ents, err := os.ReadDir(dir); err != nil {
+		return fail(err)
+	} else if len(ents) > 0 {
+		return fail(errors.New("the directory is not empty"))
 	}
 	i.mu.Lock()
 	defer i.mu.Unlock()
@@ -658,8 +660,11 @@ func (b *Backend) Restore(_ context.Context, spec hypervisor.Spec, dir string) (
 	var s snapshot
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&s); err != nil || s.Format != 1 {
-		return fail(fmt.Errorf("the snapshot does not parse (%v): take a new one", err))
+	if err := dec.Decode(&s); err != nil {
+		return fail(fmt.Errorf("the snapshot does not parse: %w: take a new one", err))
+	}
+	if s.Format != 1 {
+		return fail(fmt.Errorf("snapshot format %d: take a new one", s.Format))
 	}
 	v, _ := b.Version(context.Background())
 	switch {
