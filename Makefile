@@ -16,7 +16,7 @@ BENCH_N ?= 5
 # golangci-lint is a Go module: pinned here, built and cached by go run.
 GOLANGCI_LINT ?= github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all build runtime-bundle dist test unit-test lint bench-create bench-cp verify void-kernel rootfs-void verify-void void-fixture clean FORCE
+.PHONY: all build runtime-bundle dist test unit-test lint fuzz bench-create bench-cp bench-ports verify void-kernel rootfs-void verify-void void-fixture clean FORCE
 
 all: build
 
@@ -66,6 +66,49 @@ unit-test:
 lint:
 	$(GO) run $(GOLANGCI_LINT) run ./...
 
+# Fuzz targets of every decoder that takes outside input, as package:FuzzName.
+# go test ./... (make unit-test, make test, CI) runs each one's seeds and
+# testdata/fuzz corpus as ordinary tests; make fuzz mutates each for FUZZTIME
+# (30s each, about 9 minutes in all; FUZZTIME=5s is a brief pass) with
+# FUZZ_PARALLEL workers. FUZZ=regexp picks targets by package:FuzzName.
+# New findings go to the package's testdata/fuzz/FuzzName/: fix the bug and
+# commit the input. A Fuzz function missing from this list fails the target.
+FUZZTIME ?= 30s
+FUZZ_PARALLEL ?= 1
+FUZZ ?= .
+FUZZ_TARGETS := \
+	./internal/agent:FuzzClientReply \
+	./internal/vm:FuzzHostKeyPinning \
+	./internal/guestconfig:FuzzParseNetwork \
+	./internal/guestconfig:FuzzCmdline \
+	./internal/guest/initrd:FuzzParseCmdline \
+	./internal/guest/initrd:FuzzHostCmdline \
+	./internal/config:FuzzLoad \
+	./internal/daemon/api:FuzzDecode \
+	./internal/dns:FuzzQuery \
+	./internal/dns:FuzzUpstreamAnswer \
+	./internal/guest/tmux:FuzzTmuxParsePanes \
+	./internal/guest/tmux:FuzzTmuxRestore \
+	./internal/bundle:FuzzLoad \
+	./internal/bundle/dist:FuzzReadManifest \
+	./internal/bundle/dist:FuzzExtractTarGz \
+	./internal/units:FuzzParseSize \
+	./internal/units:FuzzParseMiB
+
+fuzz:
+	@found=$$(grep -ro --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' internal cmd | \
+		sed -E 's#^(.*)/[^/]*:func (Fuzz[A-Za-z0-9_]*)$$#./\1:\2#' | sort); \
+	listed=$$(printf '%s\n' $(FUZZ_TARGETS) | sort); \
+	if [[ "$$found" != "$$listed" ]]; then \
+		echo "fuzz: FUZZ_TARGETS in the Makefile and the Fuzz functions differ:" >&2; \
+		diff <(echo "$$listed") <(echo "$$found") >&2 || true; exit 1; \
+	fi
+	@for t in $(FUZZ_TARGETS); do \
+		[[ $$t =~ $(FUZZ) ]] || continue; \
+		echo "== $$t for $(FUZZTIME)"; \
+		$(GO) test "$${t%%:*}" -run '^$$' -fuzz "^$${t#*:}\$$" -fuzztime $(FUZZTIME) -parallel $(FUZZ_PARALLEL) || exit 1; \
+	done
+
 # Creates BENCH_N VMs to first SSH and prints medians and p90s per stage,
 # beside the same image booted by the bare hypervisor.
 bench-create: runtime-bundle
@@ -77,6 +120,14 @@ bench-create: runtime-bundle
 bench-cp: runtime-bundle
 	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) BANGER_BENCH_N=$(BENCH_N) \
 		$(GO) test -count=1 -timeout 60m -run '^TestBenchCopy$$' -v ./test/e2e
+
+# Moves 100 MiB each way BANGER_BENCH_N times through a minimal VM's published port
+# and directly to its address, times new connections and UDP round trips on both
+# paths, and prints the medians; then the relay alone on loopback (go bench).
+bench-ports: runtime-bundle
+	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) BANGER_BENCH_N=$(BENCH_N) \
+		$(GO) test -count=1 -timeout 60m -run '^TestBenchPorts$$' -v ./test/e2e
+	$(GO) test -run '^$$' -bench . -count $(BENCH_N) ./internal/portfwd
 
 # Void Linux (experimental). VOID_MIRROR names the Void mirror (default
 # Void's public repo-default mirror; file:///path works, e.g. the fixture

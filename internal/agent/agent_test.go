@@ -30,6 +30,29 @@ func TestClientSkipsStale(t *testing.T) {
 	}
 }
 
+// TestClientGuestError: a guest's error message reaches the user short and
+// without control characters (found by FuzzClientReply).
+func TestClientGuestError(t *testing.T) {
+	for _, tt := range []struct{ guest, want string }{
+		{`unknown op \"health\"`, `agent health: unknown op "health"`},
+		{`000\b`, "agent health: 000"},
+		{`\u001b[2J\u001b]0;owned\u0007 \u009b1m` + strings.Repeat("x", 300), "agent health: [2J]0;owned 1m" + strings.Repeat("x", 256-19) + "..."},
+	} {
+		c := &Client{Dial: func(ctx context.Context) (net.Conn, error) {
+			a, b := net.Pipe()
+			go func() {
+				defer b.Close()
+				bufio.NewReader(b).ReadString('\n')
+				b.Write([]byte(`{"ok":false,"error":"` + tt.guest + `"}` + "\n"))
+			}()
+			return a, nil
+		}}
+		if _, err := c.Health(context.Background()); err == nil || err.Error() != tt.want {
+			t.Errorf("Health() with guest error %q = %v, want %q", tt.guest, err, tt.want)
+		}
+	}
+}
+
 func TestClientDeadline(t *testing.T) {
 	c := &Client{Dial: func(ctx context.Context) (net.Conn, error) {
 		a, b := net.Pipe()

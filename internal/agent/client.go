@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
 )
 
 // Health is the guest's answer to a health or identity request.
@@ -123,7 +125,7 @@ func (c *Client) call(ctx context.Context, req Request) (*Response, error) {
 			if resp.Error == "" {
 				resp.Error = "guest answered not ok"
 			}
-			return nil, fmt.Errorf("agent %s: %s", op, resp.Error)
+			return nil, fmt.Errorf("agent %s: %s", op, guestText(resp.Error))
 		}
 		return &resp, nil
 	}
@@ -132,6 +134,29 @@ func (c *Client) call(ctx context.Context, req Request) (*Response, error) {
 		err = errors.New("connection closed before an answer")
 	}
 	return nil, fmt.Errorf("agent %s: reading answer: %w", op, ctxErr(ctx, err))
+}
+
+// maxGuestText bounds how much of a guest's error message the client passes on.
+const maxGuestText = 256
+
+// guestText makes a message from the guest safe to show: at most
+// maxGuestText bytes of valid UTF-8 without control characters (a guest
+// could otherwise write escape sequences to the user's terminal).
+func guestText(s string) string {
+	cut := len(s) > maxGuestText
+	if cut {
+		s = s[:maxGuestText]
+	}
+	s = strings.Map(func(r rune) rune {
+		if unicode.Is(unicode.Cc, r) {
+			return -1
+		}
+		return r
+	}, strings.ToValidUTF8(s, "\uFFFD"))
+	if cut {
+		s += "..."
+	}
+	return s
 }
 
 // ctxErr prefers the context's error when the context ended the I/O.

@@ -98,6 +98,11 @@ func Load(dir string) (*Bundle, error) {
 	if b.Schema != Schema {
 		return nil, fmt.Errorf("loading runtime bundle %s: schema %d, this banger reads schema %d: rebuild it with `make runtime-bundle`", abs, b.Schema, Schema)
 	}
+	for i, im := range b.Images {
+		if im.Name == "" {
+			return nil, fmt.Errorf("loading runtime bundle %s: image %d in %s has no name: rebuild it with `make runtime-bundle`", abs, i+1, FileName)
+		}
+	}
 	for _, rel := range b.referenced() {
 		if err := checkRel(rel); err != nil {
 			return nil, fmt.Errorf("loading runtime bundle %s: %w", abs, err)

@@ -15,6 +15,7 @@ func TestLoadErrors(t *testing.T) {
 	bundletest.WriteFile(t, filepath.Join(dir, "bad", bundle.FileName), "{not json")
 	bundletest.WriteFile(t, filepath.Join(dir, "schema2", bundle.FileName), `{"schema": 2}`)
 	bundletest.WriteFile(t, filepath.Join(dir, "escape", bundle.FileName), `{"schema": 1, "kernel": "../vmlinux"}`)
+	bundletest.WriteFile(t, filepath.Join(dir, "unnamed", bundle.FileName), `{"schema": 1, "images": [{"name": "a"}, {"rootfs": "r.ext4"}]}`)
 	tests := []struct {
 		dir  string
 		want string
@@ -23,6 +24,8 @@ func TestLoadErrors(t *testing.T) {
 		{"bad", "parsing bundle.json"},
 		{"schema2", "schema 2, this banger reads schema 1"},
 		{"escape", `"../vmlinux" leaves the bundle directory`},
+		// Found by FuzzLoad: Image could never find it.
+		{"unnamed", "image 2 in bundle.json has no name"},
 	}
 	for _, tt := range tests {
 		_, err := bundle.Load(filepath.Join(dir, tt.dir))

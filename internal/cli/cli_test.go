@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -101,7 +102,7 @@ func TestCreateProgressPlain(t *testing.T) {
 		t.Errorf("stderr = %q, but bangerd was already running", r.stderr)
 	}
 	want := rpc.CreateRequest{Name: "testbox", MemoryMiB: 2048, NAT: true}
-	if creates := f.Creates(); len(creates) != 1 || creates[0] != want {
+	if creates := f.Creates(); len(creates) != 1 || !reflect.DeepEqual(creates[0], want) {
 		t.Errorf("create requests = %+v, want [%+v]", creates, want)
 	}
 }
@@ -504,5 +505,125 @@ func TestProgressTTY(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("progress output %q lacks %q", out, want)
 		}
+	}
+}
+
+func TestCreateWorkSizeAndPublish(t *testing.T) {
+	isolate(t)
+	f := rpctest.Start(t)
+	r := run(t, "--socket", f.Socket, "vm", "create", "web", "--work-size", "64G", "-p", "18080:80", "--publish", "0.0.0.0:15353:53/udp")
+	if r.code != 0 {
+		t.Fatalf("create = %d %q", r.code, r.stderr)
+	}
+	want := rpc.CreateRequest{Name: "web", WorkSize: "64G", Ports: []rpc.Port{
+		{Proto: "tcp", HostIP: "127.0.0.1", HostPort: 18080, GuestPort: 80},
+		{Proto: "udp", HostIP: "0.0.0.0", HostPort: 15353, GuestPort: 53},
+	}}
+	if creates := f.Creates(); len(creates) != 1 || !reflect.DeepEqual(creates[0], want) {
+		t.Errorf("create requests = %+v, want [%+v]", creates, want)
+	}
+	r = run(t, "--socket", f.Socket, "vm", "show", "web")
+	var rows []string
+	for _, l := range strings.Split(r.stdout, "\n") {
+		rows = append(rows, strings.Join(strings.Fields(l), " "))
+	}
+	for _, want := range []string{"/root disk: 64G", "ports: 127.0.0.1:18080 -> 80/tcp (listening)", "0.0.0.0:15353 -> 53/udp (listening)"} {
+		if !slices.Contains(rows, want) {
+			t.Errorf("vm show lacks the row %q:\n%s", want, r.stdout)
+		}
+	}
+	r = run(t, "--socket", f.Socket, "vm", "list", "--json")
+	var vms []rpc.VM
+	if err := json.Unmarshal([]byte(r.stdout), &vms); err != nil || len(vms) != 1 || len(vms[0].Ports) != 2 || vms[0].WorkSizeBytes != 64<<30 {
+		t.Errorf("vm list --json = %q (%v), want web with its ports and work size", r.stdout, err)
+	}
+	// Bad specs are usage errors, and nothing reaches bangerd.
+	for _, args := range [][]string{
+		{"-p", "80"}, {"-p", "8080:80/sctp"}, {"-p", "::1:8080:80"}, {"-p", "8080:80", "-p", "0.0.0.0:8080:81"}, {"--work-size", "lots"}, {"--work-size", "0"},
+	} {
+		r := run(t, append([]string{"--socket", f.Socket, "vm", "create", "bad"}, args...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, "--help' for usage") {
+			t.Errorf("create %q = %d %q, want a usage error", args, r.code, r.stderr)
+		}
+	}
+	if n := len(f.Creates()); n != 1 {
+		t.Errorf("bad creates reached bangerd: %d requests", n)
+	}
+}
+
+func TestPortCommands(t *testing.T) {
+	isolate(t)
+	f := rpctest.Start(t)
+	f.Add(rpc.VM{Name: "box", State: "running"})
+	f.Add(rpc.VM{Name: "idle", State: "stopped"})
+	sock := []string{"--socket", f.Socket, "vm", "port"}
+	if r := run(t, append(sock, "list", "box")...); r.code != 0 || r.stdout != "" || !strings.Contains(r.stderr, "box publishes no ports. Add one with: banger vm port add box") {
+		t.Errorf("port list of none = %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	if r := run(t, append(sock, "list", "box", "--json")...); r.code != 0 || strings.TrimSpace(r.stdout) != "[]" {
+		t.Errorf("port list --json of none = %d %q, want []", r.code, r.stdout)
+	}
+	r := run(t, append(sock, "add", "box", "18080:80", "15353:53/udp")...)
+	if r.code != 0 || r.stdout != "box: published 127.0.0.1:18080 -> 80/tcp (answering now)\nbox: published 127.0.0.1:15353 -> 53/udp (answering now)\n" {
+		t.Errorf("port add box = %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	if r := run(t, append(sock, "add", "idle", "18081:80")...); r.code != 0 || r.stdout != "idle: published 127.0.0.1:18081 -> 80/tcp (from its next start)\n" {
+		t.Errorf("port add idle = %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	r = run(t, append(sock, "ls", "box")...)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if r.code != 0 || len(lines) != 3 || !slices.Equal(strings.Fields(lines[0]), []string{"HOST", "GUEST", "PROTO", "STATE"}) ||
+		!slices.Equal(strings.Fields(lines[2]), []string{"127.0.0.1:15353", "53", "udp", "listening"}) {
+		t.Errorf("port ls box = %d %q", r.code, r.stdout)
+	}
+	// Refusals: another VM's port, a bad spec, a port not published.
+	if r := run(t, append(sock, "add", "idle", "18080:80")...); r.code != 1 || !strings.Contains(r.stderr, "error: publishing ports of vm idle: host port 127.0.0.1:18080/tcp is published by VM box already") {
+		t.Errorf("port add of box's port to idle = %d %q", r.code, r.stderr)
+	}
+	for _, args := range [][]string{{"add", "box"}, {"add", "box", "80"}, {"rm", "box"}, {"rm", "box", "x"}, {"list"}} {
+		if r := run(t, append(sock, args...)...); r.code != 2 {
+			t.Errorf("port %q = %d %q, want a usage error", args, r.code, r.stderr)
+		}
+	}
+	if r := run(t, append(sock, "rm", "box", "18080", "9999")...); r.code != 1 || !strings.Contains(r.stderr, "VM box publishes no host port 9999/tcp") {
+		t.Errorf("port rm of an unpublished port = %d %q", r.code, r.stderr)
+	}
+	if vm, _ := f.VM("box"); len(vm.Ports) != 2 {
+		t.Errorf("a refused rm removed ports: %+v", vm.Ports)
+	}
+	if r := run(t, append(sock, "rm", "box", "18080")...); r.code != 0 || r.stdout != "box: removed 127.0.0.1:18080 -> 80/tcp\n" {
+		t.Errorf("port rm box 18080 = %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	// Completion offers the VM's published ports.
+	r = run(t, "__completeNoDesc", "--socket", f.Socket, "vm", "port", "rm", "box", "")
+	if !strings.Contains(r.stdout, "127.0.0.1:15353/udp\n") || strings.Contains(r.stdout, "18080") {
+		t.Errorf("completion of port rm box = %q", r.stdout)
+	}
+	r = run(t, "__completeNoDesc", "--socket", f.Socket, "vm", "port", "add", "")
+	if !strings.Contains(r.stdout, "box\n") || !strings.Contains(r.stdout, "idle\n") {
+		t.Errorf("completion of port add = %q", r.stdout)
+	}
+}
+
+func TestSetWorkSize(t *testing.T) {
+	isolate(t)
+	f := rpctest.Start(t)
+	f.Add(rpc.VM{Name: "a", State: "stopped", WorkSizeBytes: 16 << 30})
+	f.Add(rpc.VM{Name: "b", State: "running", WorkSizeBytes: 16 << 30})
+	if r := run(t, "--socket", f.Socket, "vm", "set", "--work-size", "64G", "a"); r.code != 0 || r.stdout != "a: /root 64G\n" {
+		t.Errorf("set --work-size 64G a = %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	if vm, _ := f.VM("a"); vm.WorkSizeBytes != 64<<30 {
+		t.Errorf("a's work size = %d after set", vm.WorkSizeBytes)
+	}
+	r := run(t, "--socket", f.Socket, "vm", "set", "--work-size", "32G", "a", "b")
+	if r.code != 1 || !strings.Contains(r.stderr, "error: changing settings of a: work size 32G is smaller") || !strings.Contains(r.stderr, "error: changing settings of b: VM b is running: /root grows only while the VM is stopped") {
+		t.Errorf("set --work-size 32G a b = %d %q", r.code, r.stderr)
+	}
+	if r := run(t, "--socket", f.Socket, "vm", "set", "--nat", "--work-size", "128G", "a"); r.code != 0 || r.stdout != "a: nat on, /root 128G\n" {
+		t.Errorf("set --nat --work-size = %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	if r := run(t, "--socket", f.Socket, "vm", "set", "--work-size", "big", "a"); r.code != 2 {
+		t.Errorf("set --work-size big = %d, want a usage error", r.code)
 	}
 }

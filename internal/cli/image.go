@@ -74,7 +74,7 @@ and network access to a Debian mirror.`,
 func (a *app) newImageRegisterCmd() *cobra.Command {
 	var req rpc.RegisterImageRequest
 	cmd := &cobra.Command{
-		Use:   "register --name NAME --rootfs PATH [--work-seed PATH]",
+		Use:   "register --name NAME --rootfs PATH [--work-seed PATH] [--kernel PATH --initrd PATH [--modules DIR]]",
 		Short: "Register an existing ext4 rootfs as an image",
 		Long: `Register an ext4 root filesystem you built yourself as an image VMs can boot
 from. banger never changes or deletes the file: each VM boots a copy-on-write
@@ -83,13 +83,25 @@ not change.
 
 The image must follow banger's guest contract (docs/architecture.md): the
 banger-vsock-agent service, sshd, and the network bootstrap from ip=. Without
---work-seed, VMs get the bundle's default /root seed.`,
+--work-seed, VMs get the bundle's default /root seed.
+
+An image may carry its own kernel: --kernel an ELF vmlinux and --initrd the
+initramfs that loads its virtio drivers (banger's, as 'banger runtime void-kernel'
+stages it), with --modules the lib/modules/<release> dir the rootfs carries.
+Its VMs boot them instead of the bundle's, on either hypervisor; 'banger image
+list' shows which kernel each image boots. banger reads these files at every
+boot and never changes them.`,
 		Example: `  banger image register --name local --rootfs /srv/images/rootfs.ext4
-  banger vm create --name try --image local`,
+  banger vm create --name try --image local
+
+  # An image with its own kernel (what make verify-void registers)
+  banger image register --name void-exp --rootfs build/runtime/rootfs-void.ext4 \
+    --work-seed build/runtime/work-seed-void.ext4 --kernel build/runtime/void-kernel/vmlinux \
+    --initrd build/runtime/void-kernel/initrd.img --modules build/runtime/void-kernel/modules`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			for _, p := range []*string{&req.Rootfs, &req.WorkSeed} {
+			for _, p := range []*string{&req.Rootfs, &req.WorkSeed, &req.Kernel, &req.Initrd, &req.Modules} {
 				if *p != "" {
 					abs, err := filepath.Abs(*p)
 					if err != nil {
@@ -106,6 +118,10 @@ banger-vsock-agent service, sshd, and the network bootstrap from ip=. Without
 			if err != nil {
 				return fmt.Errorf("registering image %s: %w", req.Name, err)
 			}
+			if img.Kernel != "" {
+				fmt.Fprintf(a.stdout, "registered image %s (%s), booting its own kernel %s\n", img.Name, img.Rootfs, orDash(img.KernelVersion))
+				return nil
+			}
 			fmt.Fprintf(a.stdout, "registered image %s (%s)\n", img.Name, img.Rootfs)
 			return nil
 		},
@@ -113,6 +129,9 @@ banger-vsock-agent service, sshd, and the network bootstrap from ip=. Without
 	cmd.Flags().StringVar(&req.Name, "name", "", "image name (required)")
 	cmd.Flags().StringVar(&req.Rootfs, "rootfs", "", "path to the ext4 root filesystem (required)")
 	cmd.Flags().StringVar(&req.WorkSeed, "work-seed", "", "path to an ext4 image seeding each VM's /root")
+	cmd.Flags().StringVar(&req.Kernel, "kernel", "", "the image's own ELF kernel (vmlinux), booted instead of the bundle's; needs --initrd")
+	cmd.Flags().StringVar(&req.Initrd, "initrd", "", "the initramfs booted with --kernel")
+	cmd.Flags().StringVar(&req.Modules, "modules", "", "the kernel's lib/modules/<release> dir (banger records its release)")
 	cmd.MarkFlagRequired("name")
 	cmd.MarkFlagRequired("rootfs")
 	return cmd
@@ -213,14 +232,14 @@ func (a *app) newImageListCmd() *cobra.Command {
 				return nil
 			}
 			tw := newTable(a.stdout)
-			fmt.Fprintln(tw, "NAME\tDEFAULT\tSIZE\tWARM\tROOTFS")
+			fmt.Fprintln(tw, "NAME\tDEFAULT\tSIZE\tKERNEL\tWARM\tROOTFS")
 			var stale []string
 			for _, img := range imgs {
 				def := ""
 				if img.Default {
 					def = "*"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Name, def, units.Bytes(img.Size), orDash(img.Warm), orDash(img.Rootfs))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", img.Name, def, units.Bytes(img.Size), kernelOf(img), orDash(img.Warm), orDash(img.Rootfs))
 				if img.WarmReason != "" {
 					stale = append(stale, fmt.Sprintf("%s: %s", img.Name, img.WarmReason))
 				}
@@ -254,4 +273,16 @@ func (a *app) completeImages(cmd *cobra.Command, _ []string, toComplete string) 
 		}
 		return out, err
 	})
+}
+
+// kernelOf says which kernel an image's VMs boot.
+func kernelOf(img rpc.Image) string {
+	switch {
+	case img.Kernel == "":
+		return "bundle " + orDash(img.KernelVersion)
+	case img.KernelVersion != "":
+		return "own " + img.KernelVersion
+	default:
+		return "own " + filepath.Base(img.Kernel)
+	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/logfile"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/units"
@@ -32,15 +33,17 @@ func (a *app) newVMCmd() *cobra.Command {
 		a.newVMCreateCmd(), a.newVMListCmd(), a.newVMShowCmd(),
 		a.newVMStartCmd(), a.newVMStopCmd(), a.newVMSuspendCmd(), a.newVMResumeCmd(), a.newVMForkCmd(),
 		a.newVMDeleteCmd(), a.newVMSetCmd(),
-		a.newVMSSHCmd(), a.newVMCpCmd(), a.newVMLogsCmd(),
+		a.newVMSSHCmd(), a.newVMCpCmd(), a.newVMLogsCmd(), a.newVMPortCmd(),
 	)
 	return cmd
 }
 
 func (a *app) newVMCreateCmd() *cobra.Command {
 	var (
-		req    rpc.CreateRequest
-		asJSON bool
+		req     rpc.CreateRequest
+		asJSON  bool
+		eg      egressFlags
+		publish []string
 	)
 	cmd := &cobra.Command{
 		Use:   "create NAME",
@@ -48,6 +51,15 @@ func (a *app) newVMCreateCmd() *cobra.Command {
 		Long: `Create a VM and boot it, showing each stage as it runs, then wait until
 the guest answers ssh. Without flags the VM gets the default image and the
 daemon's default CPU and memory sizes.
+
+Each VM has two disks: its root disk, a copy-on-write clone of the image
+(the image's size unless --disk-size grows it; docker keeps its images and
+containers there, in /var/lib/docker), and its own /root, 16G unless
+--work-size (or bangerd's work_size) says otherwise. Both are sparse files:
+they take host space only as the guest writes.
+
+--publish makes a guest port answer on the host (repeat it for more):
+` + publishHelp + `
 
 The name may be given as an argument or with --name. If you press Ctrl-C
 while waiting, the VM keeps booting in the background.
@@ -64,11 +76,16 @@ says why. --cold boots cold anyway.`,
   banger vm create testbox
 
   # Bigger, with internet access through NAT, printed as JSON
-  banger vm create --name build1 --vcpus 4 --memory 4G --disk-size 20G --nat --json
+  banger vm create --name build1 --vcpus 4 --memory 4G --disk-size 20G --work-size 64G --nat --json
+
+  # Its web app on the host's loopback port 3000, and opencode on 4096
+  banger vm create web --publish 3000:3000 --publish 4096:4096
 
   # The minimal image, without waiting for the guest
   banger vm create tiny --image minimal --memory 512M --no-wait
 
+  # For a coding agent: only GitHub and npm are reachable
+  banger vm create agent1 --egress-allow 'github.com,*.github.com,registry.npmjs.org'
   # A cold boot even where a snapshot of the image fits
   banger vm create fresh --cold`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -90,6 +107,24 @@ says why. --cold boots cold anyway.`,
 			if req.VCPUs < 0 {
 				return usagef(cmd, "--vcpus must be positive, got %d", req.VCPUs)
 			}
+			if cmd.Flags().Changed("vcpus") && req.VCPUs == 0 {
+				return usagef(cmd, "--vcpus 0 is no VM: give 1 or more, or leave it out for bangerd's default")
+			}
+			if req.WorkSize != "" {
+				if n, err := units.ParseSize(req.WorkSize); err != nil || n <= 0 {
+					return usagef(cmd, "invalid --work-size %q: want a size such as 32G", req.WorkSize)
+				}
+			}
+			ports, err := parsePublish(publish)
+			if err != nil {
+				return usagef(cmd, "--publish: %s", err)
+			}
+			req.Ports = ports
+			p, err := eg.policy(cmd)
+			if err != nil {
+				return err
+			}
+			req.Egress = p
 			ctx := cmd.Context()
 			c, err := a.client(ctx)
 			if err != nil {
@@ -108,13 +143,18 @@ says why. --cold boots cold anyway.`,
 	f.IntVar(&req.VCPUs, "vcpus", 0, "number of virtual CPUs (default from bangerd's config)")
 	f.Var(mibValue{&req.MemoryMiB}, "memory", "memory: MiB or with a unit: 1024, 512M, 2G (default from bangerd's config)")
 	f.StringVar(&req.DiskSize, "disk-size", "", "grow the root disk to this size, for example 8G")
-	f.BoolVar(&req.NAT, "nat", false, "give the VM internet access through NAT")
+	f.StringVar(&req.WorkSize, "work-size", "", "size of the VM's /root disk, for example 64G (default from bangerd's work_size: 16G)")
+	f.StringArrayVarP(&publish, "publish", "p", nil, "publish a guest port on the host: [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp] (repeatable)")
+	f.BoolVar(&req.NAT, "nat", false, "give the VM internet access through NAT (the public internet; not the host or private ranges unless an egress flag opens them)")
+	eg.add(f, false)
 	f.BoolVar(&req.NoWait, "no-wait", false, "return once the VM boots, without waiting for ssh")
 	f.BoolVar(&req.Cold, "cold", false, "boot the kernel even when a snapshot of the image fits (see below)")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON on stdout")
 	cmd.RegisterFlagCompletionFunc("image", a.completeImages)
 	cmd.RegisterFlagCompletionFunc("memory", cobra.FixedCompletions([]string{"512M", "1G", "2G", "4G", "8G"}, cobra.ShellCompDirectiveNoFileComp))
 	cmd.RegisterFlagCompletionFunc("disk-size", cobra.FixedCompletions([]string{"8G", "16G", "32G", "64G"}, cobra.ShellCompDirectiveNoFileComp))
+	cmd.RegisterFlagCompletionFunc("work-size", cobra.FixedCompletions([]string{"16G", "32G", "64G", "128G"}, cobra.ShellCompDirectiveNoFileComp))
+	cmd.RegisterFlagCompletionFunc("publish", cobra.NoFileCompletions)
 	return cmd
 }
 
@@ -248,6 +288,7 @@ func (a *app) printVM(vm *rpc.VM) error {
 		disk += " (copy-on-write overlays)"
 	}
 	row("disk", disk)
+	row("/root disk", units.Bytes(vm.WorkSizeBytes))
 	row("ip", orDash(vm.IP))
 	row("mac", orDash(vm.MAC))
 	if vm.TAP != "" {
@@ -257,6 +298,19 @@ func (a *app) printVM(vm *rpc.VM) error {
 		row("pid", fmt.Sprint(vm.PID))
 	}
 	row("nat", onOff(vm.NAT))
+	if vm.NAT {
+		row("egress", orDash(vm.Egress))
+	}
+	if vm.EgressStats != nil {
+		printEgressStats(tw, vm.EgressStats)
+	}
+	for i, p := range vm.Ports {
+		k := ""
+		if i == 0 {
+			k = "ports:"
+		}
+		fmt.Fprintf(tw, "%s\t%s (%s)\n", k, portLine(p), portState(p))
+	}
 	if vm.CreatedAt.IsZero() {
 		row("created", "-")
 	} else {
@@ -478,18 +532,76 @@ any failed.`,
 }
 
 func (a *app) newVMSetCmd() *cobra.Command {
-	var asJSON, nat, noNAT bool
+	var (
+		asJSON, nat, noNAT bool
+		eg                 egressFlags
+		workSize           string
+	)
 	cmd := &cobra.Command{
-		Use:   "set (--nat | --no-nat) NAME...",
+		Use:   "set (--nat | --no-nat | --egress-... | --work-size SIZE) NAME...",
 		Short: "Change VMs' settings",
-		Long:  "Change settings of existing VMs, running or not. NAT gives a VM internet access through the host.",
+		Long: `Change settings of existing VMs. NAT and egress change at once, without a
+reboot, on a running VM too.
+
+NAT gives a VM outbound access through the host. What it may reach is its egress
+policy:
+  default   the public internet, but not the host's own addresses, private ranges
+            (10/8, 172.16/12, 192.168/16), CGNAT, link-local (cloud metadata),
+            loopback or multicast; every NAT VM starts with it
+  allow     only what --egress-allow lists (domains are allowed at the addresses
+            banger's DNS answered for them; other names get NXDOMAIN)
+  deny      the default minus what --egress-deny lists
+  open      everything the host reaches
+Open connections are judged again under a new policy. Setting a policy other than
+open turns NAT on. 'banger vm show' prints the policy and what it refused.
+
+--work-size grows a stopped VM's /root disk to SIZE, keeping its files (stop
+the VM first: its hypervisor has the disk open while it runs). The disk only
+grows: a SIZE below its size is refused, and so is a running VM, and then
+nothing changes. The disk stays sparse: it takes host space only as the
+guest writes.`,
 		Example: `  banger vm set --nat testbox
-  banger vm set --no-nat web db`,
+  banger vm set --no-nat web db
+  banger vm set --egress-allow 'github.com,*.github.com' agent1
+  banger vm set --egress-deny 'pastebin.com,203.0.113.0/24' agent1
+  banger vm set --egress-allow 10.1.2.0/24:5432/tcp,github.com agent1   # a LAN database too
+  banger vm set --egress-policy ./egress.toml agent1
+  banger vm set --egress-open agent1
+
+  # More room on /root
+  banger vm stop testbox
+  banger vm set --work-size 64G testbox
+  banger vm start testbox`,
 		Args:              nameArgs,
 		ValidArgsFunction: a.completeVMs(0, nil),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if nat == noNAT {
-				return usagef(cmd, "vm set needs exactly one of --nat or --no-nat")
+			if nat && noNAT {
+				return usagef(cmd, "give --nat or --no-nat, not both")
+			}
+			p, err := eg.policy(cmd)
+			if err != nil {
+				return err
+			}
+			var req rpc.SetRequest
+			var did []string
+			if nat || noNAT {
+				req.NAT = &nat
+				did = append(did, "nat "+onOff(nat))
+			}
+			req.Egress = p
+			if workSize != "" {
+				n, err := units.ParseSize(workSize)
+				if err != nil || n <= 0 {
+					return usagef(cmd, "invalid --work-size %q: want a size such as 64G", workSize)
+				}
+				req.WorkSize = workSize
+				did = append(did, "/root "+units.FormatSize(n))
+			}
+			if req.NAT == nil && req.Egress == nil && req.WorkSize == "" {
+				return usagef(cmd, "vm set needs a setting: --nat, --no-nat, --work-size SIZE or an egress flag (--egress-allow, --egress-deny, --egress-policy, --egress-open, --egress-default)")
+			}
+			if noNAT && p != nil && p.Mode != string(egress.ModeOpen) {
+				return usagef(cmd, "an egress policy is for outbound traffic, which --no-nat turns off: give one or the other")
 			}
 			ctx := cmd.Context()
 			c, err := a.client(ctx)
@@ -497,15 +609,31 @@ func (a *app) newVMSetCmd() *cobra.Command {
 				return err
 			}
 			return a.fanOut(ctx, args, asJSON, fanAction{
-				verb: "setting nat on",
-				call: func(ctx context.Context, name string) (*rpc.VM, error) { return c.SetVM(ctx, name, &nat) },
-				ok:   func(r rpc.Result) string { return fmt.Sprintf("%s: nat %s", r.Name, onOff(nat)) },
+				verb: "changing settings of",
+				call: func(ctx context.Context, name string) (*rpc.VM, error) { return c.SetVM(ctx, name, req) },
+				ok: func(r rpc.Result) string {
+					parts := slices.Clip(did)
+					if r.VM != nil && req.Egress != nil {
+						if req.NAT == nil {
+							parts = append(parts, "nat "+onOff(r.VM.NAT))
+						}
+						parts = append(parts, "egress "+r.VM.Egress)
+					}
+					if len(parts) == 0 {
+						return r.Name + ": changed"
+					}
+					return fmt.Sprintf("%s: %s", r.Name, strings.Join(parts, ", "))
+				},
 			})
 		},
 	}
-	cmd.Flags().BoolVar(&nat, "nat", false, "give the VMs internet access through NAT")
-	cmd.Flags().BoolVar(&noNAT, "no-nat", false, "remove the VMs' NAT")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the per-VM results as JSON")
+	f := cmd.Flags()
+	f.BoolVar(&nat, "nat", false, "give the VMs outbound access through NAT")
+	f.BoolVar(&noNAT, "no-nat", false, "remove the VMs' NAT")
+	eg.add(f, true)
+	f.StringVar(&workSize, "work-size", "", "grow the stopped VMs' /root disk to this size, for example 64G")
+	cmd.RegisterFlagCompletionFunc("work-size", cobra.FixedCompletions([]string{"32G", "64G", "128G"}, cobra.ShellCompDirectiveNoFileComp))
+	f.BoolVar(&asJSON, "json", false, "print the per-VM results as JSON")
 	return cmd
 }
 

@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -40,6 +42,10 @@ type Config struct {
 	MemoryMiB    int    `toml:"memory_mib"`
 	// ReadyTimeoutSeconds bounds how long create/start wait for the guest.
 	ReadyTimeoutSeconds int `toml:"ready_timeout_seconds"`
+	// WorkSize is the size of a new VM's /root disk ("16G"), unless the
+	// create names one. The disk is sparse: it takes host space only as
+	// the guest writes to it.
+	WorkSize string `toml:"work_size"`
 
 	// DNSListen are host addresses bangerd also serves the .vm zone on
 	// (root: 127.0.0.1:53; a user: none, since port 53 needs root). The
@@ -120,6 +126,7 @@ func DefaultsFor(uid int) Config {
 		VCPUs:               2,
 		MemoryMiB:           1024,
 		ReadyTimeoutSeconds: 300,
+		WorkSize:            DefaultWorkSize,
 		DNSListen:           listen,
 		DNSOnBridge:         true,
 		ResolvedSplitDNS:    true,
@@ -160,6 +167,13 @@ func Load(path string) (Config, error) {
 	if err != nil {
 		return c, fmt.Errorf("reading config %s: %w", path, err)
 	}
+	// The TOML decoder matches keys without regard to case; banger's keys
+	// are spelled one way, so that what is set is what IsDefined sees.
+	for _, k := range md.Keys() {
+		if name := k.String(); !slices.Contains(keyNames(), name) {
+			return c, fmt.Errorf("reading config %s: unknown key %.64q: keys are lower case, such as %.64q: check its spelling", path, name, strings.ToLower(name))
+		}
+	}
 	c.dnsUpstreamsSet = md.IsDefined("dns_upstreams")
 	c.webFileRootsSet = md.IsDefined("web_file_roots")
 	if und := md.Undecoded(); len(und) > 0 {
@@ -168,12 +182,41 @@ func Load(path string) (Config, error) {
 	return c, c.Validate()
 }
 
+// keyNames are the config file's keys, as the Config fields' toml tags
+// spell them.
+func keyNames() []string {
+	t := reflect.TypeFor[Config]()
+	var names []string
+	for i := range t.NumField() {
+		if n, _, _ := strings.Cut(t.Field(i).Tag.Get("toml"), ","); n != "" && n != "-" {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
 // Limits of the values Validate accepts.
 const (
 	MaxVCPUs            = 32
 	MinMemoryMiB        = 256
 	MaxReadyTimeoutSecs = 3600
+	// MinWorkSize is the work-seed's size: /root disks only grow.
+	MinWorkSize = 64 << 20
+	MaxWorkSize = 16 << 40
 )
+
+// DefaultWorkSize is the size of a new VM's /root disk.
+const DefaultWorkSize = "16G"
+
+// WorkSizeBytes is WorkSize in bytes (0 when it does not parse: Validate
+// refuses that).
+func (c Config) WorkSizeBytes() int64 {
+	n, err := units.ParseSize(c.WorkSize)
+	if err != nil {
+		return 0
+	}
+	return n
+}
 
 // Validate checks every value that has a fixed form or range; errors name
 // the config key.
@@ -200,6 +243,11 @@ func (c Config) Validate() error {
 	}
 	if c.ReadyTimeoutSeconds < 1 || c.ReadyTimeoutSeconds > MaxReadyTimeoutSecs {
 		return fmt.Errorf("config: ready_timeout_seconds = %d: use 1 to %d", c.ReadyTimeoutSeconds, MaxReadyTimeoutSecs)
+	}
+	if n, err := units.ParseSize(c.WorkSize); err != nil {
+		return fmt.Errorf("config: work_size = %q: %w (for example work_size = %q)", c.WorkSize, err, DefaultWorkSize)
+	} else if n < MinWorkSize || n > MaxWorkSize {
+		return fmt.Errorf("config: work_size = %q: use %s to %s", c.WorkSize, units.FormatSize(MinWorkSize), units.FormatSize(MaxWorkSize))
 	}
 	for _, a := range c.DNSListen {
 		if _, err := netip.ParseAddrPort(a); err != nil {

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -21,9 +22,11 @@ import (
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/hypervisortest"
 	"github.com/banger/banger/internal/image/ext4"
+	"github.com/banger/banger/internal/portfwd"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/rpc/rpctest"
 	"github.com/banger/banger/internal/runner/runnertest"
+	"github.com/banger/banger/internal/units"
 )
 
 // subject is one implementation of bangerd's API under contract.
@@ -34,6 +37,35 @@ type subject struct {
 	failBoots func(name string, on bool)
 	// dir is a directory for files the scenarios make.
 	dir string
+	// ports are the free host ports the scenario's "$a", "$b"... stand for.
+	ports map[string]int
+	t     testing.TB
+}
+
+// port returns the free host port sym ("$a") stands for in this subject,
+// picking one the first time.
+func (s *subject) port(t testing.TB, sym string) int {
+	if s.ports == nil {
+		s.ports = map[string]int{}
+	}
+	if p, ok := s.ports[sym]; ok {
+		return p
+	}
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	s.ports[sym] = l.Addr().(*net.TCPAddr).Port
+	return s.ports[sym]
+}
+
+// symbols writes the subject's ports back as their symbols.
+func (s *subject) symbols(line string) string {
+	for sym, p := range s.ports {
+		line = strings.ReplaceAll(line, ":"+strconv.Itoa(p)+":", ":"+sym+":")
+	}
+	return line
 }
 
 // step is one call of a scenario, and the line it must give.
@@ -89,6 +121,8 @@ var contract = []struct {
 		{raw("POST", "/v1/vms", `{"name":"x"} {"name":"y"}`), "400 invalid"},
 		{raw("POST", "/v1/vms", `{"name":`), "400 invalid"},
 		{raw("POST", "/v1/vms/x/set", `{"nat":"yes"}`), "400 invalid"},
+		{raw("POST", "/v1/vms/x/set", `null`), "400 invalid"},
+		{raw("POST", "/v1/vms/x/set", `{"nat":true}]`), "400 invalid"},
 		{start("ghost"), "error 404 not_found"},
 		{stop("ghost"), "error 404 not_found"},
 		{setNAT("ghost", true), "error 404 not_found"},
@@ -97,6 +131,28 @@ var contract = []struct {
 		{del("ghost"), "error 404 not_found"},
 		{list, "list"},
 		{status, "status vms=0 running=0 hypervisor=qemu"},
+	}},
+	{"egress policies: given at create, changed, refused when malformed", []step{
+		// Names need banger's DNS on the bridge, which a daemon without
+		// host networking does not serve: running VMs here get networks.
+		{createWith(rpc.CreateRequest{Name: "agent", Image: "minimal", Egress: &rpc.Egress{Mode: "allow", Allow: []string{"192.0.2.0/24", "10.1.2.0/24:5432/tcp"}}}),
+			"streamed; agent running image=minimal vcpus=2 mem=1024 nat=true ip=.2"},
+		{egressOf("agent"), "agent nat=true egress=allow 192.0.2.0/24,10.1.2.0/24:5432/tcp"},
+		{setEgress("agent", &rpc.Egress{Mode: "deny", Deny: []string{"198.51.100.7"}}), "agent nat=true egress=deny 198.51.100.7"},
+		{setEgress("agent", &rpc.Egress{Mode: "open"}), "agent nat=true egress=open"},
+		{setEgress("agent", &rpc.Egress{Mode: "default"}), "agent nat=true egress=default"},
+		{setEgress("agent", &rpc.Egress{Mode: "open", Allow: []string{"github.com"}}), "error 400 invalid"},
+		{setEgress("agent", &rpc.Egress{Mode: "allow", Allow: []string{"not a name"}}), "error 400 invalid"},
+		{setEgress("agent", &rpc.Egress{Mode: "sideways"}), "error 400 invalid"},
+		{createWith(rpc.CreateRequest{Name: "bad", Egress: &rpc.Egress{Mode: "default", Allow: []string{"github.com"}}}), "error 400 invalid"},
+		{raw("POST", "/v1/vms/agent/set", `{"egress":{"mode":"allow","allow":["x.test"],"extra":1}}`), "400 invalid"},
+		{egressOf("agent"), "agent nat=true egress=default"},
+		{create("plain", "minimal"), "streamed; plain running image=minimal vcpus=2 mem=1024 nat=false ip=.3"},
+		{egressOf("plain"), "plain nat=false egress=default"},
+		{setEgress("plain", &rpc.Egress{Mode: "allow", Allow: []string{"10.9.0.0/16"}}), "plain nat=true egress=allow 10.9.0.0/16"},
+		{stop("plain"), "plain stopped image=minimal vcpus=2 mem=1024 nat=true ip=.3"},
+		{setEgress("plain", &rpc.Egress{Mode: "allow", Allow: []string{"github.com", "*.npmjs.org"}}), "plain nat=true egress=allow github.com,*.npmjs.org"},
+		{list, "list agent:running plain:stopped"},
 	}},
 	{"images: register, use, refuse, delete", []step{
 		{register("mine", "relative.ext4"), "error 400 invalid"},
@@ -155,6 +211,65 @@ var contract = []struct {
 		{del("w"), "ok"},
 		{del("c"), "ok"},
 	}},
+	{"an image with its own kernel", []step{
+		{registerKernel("own", "vmlinux", "initrd.img", "6.12.68_1"), "image own(-,own 6.12.68_1)"},
+		{images, "images docker(default,managed) minimal(managed) own(-,own 6.12.68_1)"},
+		{create("k", "own"), "streamed; k running image=own vcpus=2 mem=1024 nat=false ip=.2"},
+		{registerKernel("bad1", "vmlinux", "", ""), "error 400 invalid"},
+		{registerKernel("bad2", "initrd.img", "initrd.img", ""), "error 400 invalid"},
+		{registerKernel("bad3", "vmlinux", "vmlinux", ""), "error 400 invalid"},
+		{registerKernel("bad4", "vmlinux", "initrd.img", "two"), "error 400 invalid"},
+		{images, "images docker(default,managed) minimal(managed) own(-,own 6.12.68_1)"},
+	}},
+	{"published ports and the /root size", []step{
+		{create("plain", "minimal"), "streamed; plain running image=minimal vcpus=2 mem=1024 nat=false ip=.2"},
+		{ports("plain"), "plain work=16G ports="},
+		{createPorts("web", "20G", "$a:80"), "streamed; web running image=minimal vcpus=2 mem=1024 nat=false ip=.3"},
+		{ports("web"), "web work=20G ports=127.0.0.1:$a:80/tcp(on)"},
+		{addPorts("web", "$b:53/udp", "0.0.0.0:$c:8080"), "web work=20G ports=127.0.0.1:$a:80/tcp(on) 127.0.0.1:$b:53/udp(on) 0.0.0.0:$c:8080/tcp(on)"},
+		{listPorts, "list plain: web:127.0.0.1:$a:80/tcp,127.0.0.1:$b:53/udp,0.0.0.0:$c:8080/tcp"},
+		{addPorts("web", "$a:81"), "error 400 invalid"},
+		{addPorts("web", "$c:81"), "error 400 invalid"},
+		{addPorts("plain", "$a:80"), "error 409 exists"},
+		{addPorts("plain", "0.0.0.0:$a:80"), "error 409 exists"},
+		{createPorts("late", "", "$c:80"), "error 409 exists"},
+		{hold("$d"), ""},
+		{addPorts("plain", "$d:80"), "error 409 exists"},
+		{createPorts("late", "", "$d:80"), "error 409 exists"},
+		{createPorts("late", "1M", ""), "error 400 invalid"},
+		{createPorts("late", "lots", ""), "error 400 invalid"},
+		{raw("POST", "/v1/vms/plain/ports", `{"ports":[{"host_port":8080,"guest_port":80,"proto":"sctp"}]}`), "400 invalid"},
+		{raw("POST", "/v1/vms/plain/ports", `{"ports":[{"host_port":70000,"guest_port":80}]}`), "400 invalid"},
+		{raw("POST", "/v1/vms/plain/ports", `{"ports":[{"host_port":8080,"guest_port":0}]}`), "400 invalid"},
+		{raw("POST", "/v1/vms/plain/ports", `{"ports":[{"host_ip":"localhost","host_port":8080,"guest_port":80}]}`), "400 invalid"},
+		{raw("POST", "/v1/vms/plain/ports", `{"ports":[{"host_ip":"224.0.0.1","host_port":8080,"guest_port":80}]}`), "400 invalid"},
+		{raw("POST", "/v1/vms/plain/ports", `{"ports":[]}`), "400 invalid"},
+		{raw("POST", "/v1/vms/plain/ports", `{"ports":[{"host_port":8080,"guest_port":80,"extra":1}]}`), "400 invalid"},
+		{raw("POST", "/v1/vms/plain/ports/remove", `{"ports":[{"host_port":0}]}`), "400 invalid"},
+		{ports("plain"), "plain work=16G ports="},
+		{removePorts("web", "$b/udp"), "web work=20G ports=127.0.0.1:$a:80/tcp(on) 0.0.0.0:$c:8080/tcp(on)"},
+		{removePorts("web", "$b/udp"), "error 404 not_found"},
+		{removePorts("web", "$a/udp"), "error 404 not_found"},
+		{removePorts("web", "127.0.0.2:$a"), "error 404 not_found"},
+		{removePorts("ghost", "$a"), "error 404 not_found"},
+		{addPorts("ghost", "$e:80"), "error 404 not_found"},
+		{setWork("web", "40G"), "error 400 invalid"},
+		{stop("web"), "web stopped image=minimal vcpus=2 mem=1024 nat=false ip=.3"},
+		{ports("web"), "web work=20G ports=127.0.0.1:$a:80/tcp(off) 0.0.0.0:$c:8080/tcp(off)"},
+		{addPorts("web", "$e:22"), "web work=20G ports=127.0.0.1:$a:80/tcp(off) 0.0.0.0:$c:8080/tcp(off) 127.0.0.1:$e:22/tcp(off)"},
+		{addPorts("plain", "$e:22"), "error 409 exists"},
+		{setWork("web", "10G"), "error 400 invalid"},
+		{setWork("web", "0"), "error 400 invalid"},
+		{setWork("web", "lots"), "error 400 invalid"},
+		{ports("web"), "web work=20G ports=127.0.0.1:$a:80/tcp(off) 0.0.0.0:$c:8080/tcp(off) 127.0.0.1:$e:22/tcp(off)"},
+		{setWork("web", "40G"), "web work=40G ports=127.0.0.1:$a:80/tcp(off) 0.0.0.0:$c:8080/tcp(off) 127.0.0.1:$e:22/tcp(off)"},
+		{setWork("ghost", "40G"), "error 404 not_found"},
+		{start("web"), "streamed; web running image=minimal vcpus=2 mem=1024 nat=false ip=.3"},
+		{removePorts("web", "$c"), "web work=40G ports=127.0.0.1:$a:80/tcp(on) 127.0.0.1:$e:22/tcp(on)"},
+		{del("web"), "ok"},
+		{addPorts("plain", "$a:80", "$e:22"), "plain work=16G ports=127.0.0.1:$a:80/tcp(on) 127.0.0.1:$e:22/tcp(on)"},
+		{del("plain"), "ok"},
+	}},
 	{"a failed boot leaves the VM in the error state, and it starts again", []step{
 		{failBoots("dud", true), ""},
 		{create("dud", "minimal"), "error 500 internal"},
@@ -184,7 +299,8 @@ func TestContract(t *testing.T) {
 					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 					defer cancel()
 					for i, st := range sc.steps {
-						if got := st.do(ctx, s); got != st.want {
+						s.t = t
+						if got := s.symbols(st.do(ctx, s)); got != st.want {
 							t.Errorf("step %d: got  %q\n\twant %q", i+1, got, st.want)
 						}
 					}
@@ -369,7 +485,29 @@ func stop(name string) func(context.Context, *subject) string {
 }
 
 func setNAT(name string, on bool) func(context.Context, *subject) string {
-	return func(ctx context.Context, s *subject) string { return vmLine(s.c.SetVM(ctx, name, &on)) }
+	return func(ctx context.Context, s *subject) string {
+		return vmLine(s.c.SetVM(ctx, name, rpc.SetRequest{NAT: &on}))
+	}
+}
+
+func setEgress(name string, e *rpc.Egress) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		v, err := s.c.SetVM(ctx, name, rpc.SetRequest{Egress: e})
+		if err != nil {
+			return errLine(err)
+		}
+		return fmt.Sprintf("%s nat=%t egress=%s", v.Name, v.NAT, v.Egress)
+	}
+}
+
+func egressOf(name string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		v, err := s.c.GetVM(ctx, name)
+		if err != nil {
+			return errLine(err)
+		}
+		return fmt.Sprintf("%s nat=%t egress=%s", v.Name, v.NAT, v.Egress)
+	}
 }
 
 func del(name string) func(context.Context, *subject) string {
@@ -424,8 +562,169 @@ func register(name, rootfs string) func(context.Context, *subject) string {
 	}
 }
 
+// registerKernel registers an image with its own kernel and initrd (files
+// the step makes in the subject's directory: "vmlinux" is an ELF file,
+// "initrd.img" a gzip one; "" leaves the flag out) and modules of the
+// given release ("" leaves --modules out, "two" makes a dir holding two
+// releases).
+func registerKernel(name, kernelFile, initrdFile, release string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		content := map[string]string{"vmlinux": "\x7fELF\x02\x01\x01 kernel", "initrd.img": "\x1f\x8b\x08 initramfs"}
+		for f, c := range content {
+			os.WriteFile(filepath.Join(s.dir, f), []byte(c), 0o644)
+		}
+		rootfs := filepath.Join(s.dir, name+".ext4")
+		if err := ext4.WriteMagic(rootfs, 4<<20); err != nil {
+			return err.Error()
+		}
+		req := rpc.RegisterImageRequest{Name: name, Rootfs: rootfs}
+		if kernelFile != "" {
+			req.Kernel = filepath.Join(s.dir, kernelFile)
+		}
+		if initrdFile != "" {
+			req.Initrd = filepath.Join(s.dir, initrdFile)
+		}
+		if release != "" {
+			mods := filepath.Join(s.dir, "modules-"+name)
+			rels := []string{release}
+			if release == "two" {
+				rels = []string{"6.1.0-1", "6.1.0-2"}
+			}
+			for _, r := range rels {
+				os.MkdirAll(filepath.Join(mods, r), 0o755)
+				os.WriteFile(filepath.Join(mods, r, "modules.order"), nil, 0o644)
+			}
+			req.Modules = mods
+		}
+		img, err := s.c.RegisterImage(ctx, req)
+		if err != nil {
+			return errLine(err)
+		}
+		return "image " + imageLine(*img)
+	}
+}
+
 func delImage(name string) func(context.Context, *subject) string {
 	return func(ctx context.Context, s *subject) string { return okLine(s.c.DeleteImage(ctx, name)) }
+}
+
+// spec writes sym's port into a publish spec or port reference ("$a:80").
+func (s *subject) spec(in string) string {
+	for _, sym := range []string{"$a", "$b", "$c", "$d", "$e"} {
+		if strings.Contains(in, sym) {
+			in = strings.ReplaceAll(in, sym, strconv.Itoa(s.port(s.t, sym)))
+		}
+	}
+	return in
+}
+
+func apiPorts(s *subject, specs []string) []rpc.Port {
+	var out []rpc.Port
+	for _, in := range specs {
+		sp, err := portfwd.ParseSpec(s.spec(in))
+		if err != nil {
+			s.t.Fatalf("spec %q: %v", in, err)
+		}
+		out = append(out, rpc.Port{Proto: sp.Proto, HostIP: sp.HostIP.String(), HostPort: int(sp.HostPort), GuestPort: int(sp.GuestPort)})
+	}
+	return out
+}
+
+// createPorts creates a minimal VM with a /root size ("" for the default)
+// and a published port ("" for none).
+func createPorts(name, work, spec string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		req := rpc.CreateRequest{Name: name, Image: "minimal", WorkSize: work}
+		if spec != "" {
+			req.Ports = apiPorts(s, []string{spec})
+		}
+		return createWith(req)(ctx, s)
+	}
+}
+
+func addPorts(name string, specs ...string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		return portsLine(s.c.AddPorts(ctx, name, apiPorts(s, specs)))
+	}
+}
+
+func removePorts(name string, sels ...string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		var refs []rpc.PortRef
+		for _, in := range sels {
+			sel, err := portfwd.ParseSelector(s.spec(in))
+			if err != nil {
+				s.t.Fatalf("selector %q: %v", in, err)
+			}
+			ref := rpc.PortRef{Proto: sel.Proto, HostPort: int(sel.HostPort)}
+			if sel.HostIP.IsValid() {
+				ref.HostIP = sel.HostIP.String()
+			}
+			refs = append(refs, ref)
+		}
+		return portsLine(s.c.RemovePorts(ctx, name, refs))
+	}
+}
+
+func setWork(name, size string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		return portsLine(s.c.SetVM(ctx, name, rpc.SetRequest{WorkSize: size}))
+	}
+}
+
+func ports(name string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string { return portsLine(s.c.GetVM(ctx, name)) }
+}
+
+// listPorts gives each listed VM's ports, as vm list --json has them.
+func listPorts(ctx context.Context, s *subject) string {
+	vms, err := s.c.ListVMs(ctx)
+	if err != nil {
+		return errLine(err)
+	}
+	out := []string{"list"}
+	for _, v := range vms {
+		if v.Ports == nil {
+			return "list: " + v.Name + " has null ports"
+		}
+		var ps []string
+		for _, p := range v.Ports {
+			ps = append(ps, fmt.Sprintf("%s:%d:%d/%s", p.HostIP, p.HostPort, p.GuestPort, p.Proto))
+		}
+		out = append(out, v.Name+":"+strings.Join(ps, ","))
+	}
+	return strings.Join(out, " ")
+}
+
+// hold listens on sym's port on 127.0.0.1, as another program would.
+func hold(sym string) func(context.Context, *subject) string {
+	return func(_ context.Context, s *subject) string {
+		l, err := net.Listen("tcp4", "127.0.0.1:"+strconv.Itoa(s.port(s.t, sym)))
+		if err != nil {
+			return err.Error()
+		}
+		s.t.Cleanup(func() { l.Close() })
+		return ""
+	}
+}
+
+// portsLine gives a VM's /root size and ports, each "(on)" when listening.
+func portsLine(v *rpc.VM, err error) string {
+	if err != nil {
+		return errLine(err)
+	}
+	if v.Ports == nil {
+		return v.Name + ": null ports"
+	}
+	var ps []string
+	for _, p := range v.Ports {
+		on := "off"
+		if p.Listening {
+			on = "on"
+		}
+		ps = append(ps, fmt.Sprintf("%s:%d:%d/%s(%s)", p.HostIP, p.HostPort, p.GuestPort, p.Proto, on))
+	}
+	return fmt.Sprintf("%s work=%s ports=%s", v.Name, units.FormatSize(v.WorkSizeBytes), strings.Join(ps, " "))
 }
 
 func failBoots(name string, on bool) func(context.Context, *subject) string {
@@ -494,6 +793,9 @@ func imageLine(img rpc.Image) string {
 	}
 	if len(flags) == 0 {
 		flags = []string{"-"}
+	}
+	if img.Kernel != "" {
+		flags = append(flags, "own "+img.KernelVersion)
 	}
 	return img.Name + "(" + strings.Join(flags, ",") + ")"
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/banger/banger/internal/daemon/api"
 	"github.com/banger/banger/internal/dns"
 	"github.com/banger/banger/internal/doctor"
+	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/firecracker"
 	"github.com/banger/banger/internal/hypervisor/qemu"
@@ -78,7 +79,9 @@ type Daemon struct {
 	srv      *http.Server
 	served   chan error
 
+	dns         *dns.Server
 	dnsRedirect *dns.Redirect
+	egress      *egress.Manager
 	mu          sync.Mutex
 	guestDNS    bool
 
@@ -168,6 +171,7 @@ func New(opts Options) (*Daemon, error) {
 		RuntimeDir:      opts.Paths.RuntimeDir,
 		VCPUs:           cfg.VCPUs,
 		MemoryMiB:       cfg.MemoryMiB,
+		WorkSize:        cfg.WorkSizeBytes(),
 		MaxMemoryMiB:    hostMemoryMiB(),
 		ReadyTimeout:    time.Duration(cfg.ReadyTimeoutSeconds) * time.Second,
 		ConsoleLogMax:   consoleLogMax(cfg),
@@ -176,6 +180,18 @@ func New(opts Options) (*Daemon, error) {
 		Dial:            opts.Dial,
 	})
 	d.cleanup(func() error { d.engine.Close(); return nil })
+	// The DNS server exists from the start, for the egress policies to
+	// resolve through; Start binds it.
+	d.dns = &dns.Server{Lookup: d.lookupName, Log: opts.Log.With("component", "dns")}
+	if cfg.DNSUpstreamsSet() {
+		d.dns.Upstreams = append([]string{}, cfg.DNSUpstreams...)
+	}
+	d.egress = &egress.Manager{R: opts.Runner, Table: egress.TableName(names.Table), Bridge: names.Bridge,
+		Subnet: names.Subnet, Gateway: names.Gateway(), Resolver: d.dns, Log: opts.Log.With("component", "egress")}
+	if port := cfg.BridgeDNSPort(uid); port != 53 {
+		d.egress.DNSPort = port
+	}
+	d.dns.Filter = d.egress
 	pool := &network.Pool{M: d.net, Size: cfg.TAPPoolSize, Prefix: names.PoolPrefix, UID: os.Getuid(), GID: os.Getgid(), Log: opts.Log.With("component", "tap-pool")}
 	d.engine.SetCapabilities(vm.NewCapabilities(d.engine, vm.Host{
 		Runner:    opts.Runner,
@@ -184,6 +200,7 @@ func New(opts Options) (*Daemon, error) {
 		Pool:      pool,
 		Names:     names,
 		NAT:       &nat.Manager{R: opts.Runner, Table: names.Table, Bridge: names.Bridge, Subnet: names.Subnet, Log: opts.Log.With("component", "nat")},
+		Egress:    d.egress,
 		Isolation: &isolation.Manager{R: opts.Runner, Table: names.Table, Ports: cfg.GuestPrivatePorts, Bridge: names.Bridge, TAPPrefixes: []string{names.TAPPrefix, names.PoolPrefix}},
 		Known:     &vm.KnownHosts{Path: opts.Paths.KnownHosts},
 		Images:    images,
@@ -253,6 +270,8 @@ func (d *Daemon) Start(ctx context.Context) error {
 		}
 		return nil
 	})
+	// The API sets read and write deadlines per request (api.ReadTimeout,
+	// api.WriteTimeout): its streams run for minutes.
 	d.srv = &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	d.served = make(chan error, 1)
 	go func() { d.served <- d.srv.Serve(ln) }()
@@ -277,6 +296,7 @@ func (d *Daemon) Start(ctx context.Context) error {
 			d.log.Warn("reconciling the host", "err", err)
 		}
 		d.startDNS()
+		d.engine.Go(func() { d.egress.Run(d.engine.Context()) })
 		if web := d.startWeb(); web != nil {
 			d.cleanup(web.Close)
 		}

@@ -26,10 +26,7 @@ func (d *Daemon) startDNS() {
 	if len(addrs) == 0 {
 		return
 	}
-	srv := &dns.Server{Lookup: d.lookupName, Log: d.log.With("component", "dns")}
-	if d.cfg.DNSUpstreamsSet() {
-		srv.Upstreams = append([]string{}, d.cfg.DNSUpstreams...)
-	}
+	srv := d.dns
 	for len(addrs) > 0 {
 		srv.Addrs = addrs
 		err := srv.Start()

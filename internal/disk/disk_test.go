@@ -267,5 +267,13 @@ func TestGrowFsckStatus(t *testing.T) {
 		if (err == nil) != tt.ok {
 			t.Errorf("Grow() with e2fsck exit %d = %v, want ok=%v", tt.status, err, tt.ok)
 		}
+		// A refused check leaves the image as it was, so a retry grows it.
+		want := int64(1 << 20)
+		if !tt.ok {
+			want = 1
+		}
+		if n, _ := Size(img); n != want {
+			t.Errorf("Size() after Grow() with e2fsck exit %d = %d, want %d", tt.status, n, want)
+		}
 	}
 }

@@ -39,11 +39,12 @@ func Grow(ctx context.Context, r runner.Runner, path string, size int64) error {
 		return fmt.Errorf("growing %s to %s: %w", path, units.FormatSize(size), err)
 	}
 	// resize2fs insists on a freshly checked filesystem. Exit status 1 means e2fsck
-	// fixed something, which is fine for an image nobody has mounted.
+	// fixed something, which is fine for an image nobody has mounted. Until
+	// resize2fs runs nothing but the file's length changed: a failure puts it back.
 	if _, err := r.Run(ctx, "e2fsck", "-f", "-y", path); err != nil {
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
-			return fmt.Errorf("checking filesystem of %s: %w", path, err)
+			return errors.Join(fmt.Errorf("checking filesystem of %s: %w", path, err), os.Truncate(path, cur))
 		}
 	}
 	if _, err := r.Run(ctx, "resize2fs", path); err != nil {

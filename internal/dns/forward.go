@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -155,7 +156,8 @@ func (f *forwarder) describe() []string {
 
 // exchange asks each upstream in turn over UDP, retrying over TCP when the
 // answer is truncated. SERVFAIL and REFUSED answers move on to the next
-// upstream but are returned when no upstream does better.
+// upstream but are returned when no upstream does better; a message that is
+// not a response to req's question moves on too, and is never returned.
 func (f *forwarder) exchange(req *mdns.Msg) (*mdns.Msg, error) {
 	ups := f.upstreams()
 	if len(ups) == 0 {
@@ -179,6 +181,10 @@ func (f *forwarder) exchange(req *mdns.Msg) (*mdns.Msg, error) {
 				errs = append(errs, fmt.Errorf("asking upstream %s over tcp: %w", addr, err))
 			}
 		}
+		if !answers(r, req) {
+			errs = append(errs, fmt.Errorf("asking upstream %s: its answer is not a response to the question asked", addr))
+			continue
+		}
 		if r.Rcode == mdns.RcodeServerFailure || r.Rcode == mdns.RcodeRefused {
 			last = r
 			continue
@@ -189,4 +195,13 @@ func (f *forwarder) exchange(req *mdns.Msg) (*mdns.Msg, error) {
 		return last, nil
 	}
 	return nil, errors.Join(errs...)
+}
+
+// answers reports whether r is a response to req's one question.
+func answers(r, req *mdns.Msg) bool {
+	if !r.Response || len(r.Question) != 1 || len(req.Question) != 1 {
+		return false
+	}
+	a, q := r.Question[0], req.Question[0]
+	return strings.EqualFold(a.Name, q.Name) && a.Qtype == q.Qtype && a.Qclass == q.Qclass
 }

@@ -352,6 +352,47 @@ func TestForwardFallsBack(t *testing.T) {
 	}
 }
 
+// TestForwardSkipsNonAnswers: an upstream message that is not a response
+// to the question asked is never relayed (found by FuzzUpstreamAnswer); the
+// next upstream is asked, and without one the client gets SERVFAIL.
+func TestForwardSkipsNonAnswers(t *testing.T) {
+	for name, edit := range map[string]func(m *mdns.Msg){
+		"not a response": func(m *mdns.Msg) { m.Response = false },
+		"other question": func(m *mdns.Msg) { m.Question[0].Name = "other.example." },
+		"other type":     func(m *mdns.Msg) { m.Question[0].Qtype = mdns.TypeMX },
+		"no question":    func(m *mdns.Msg) { m.Question = nil },
+		"two questions":  func(m *mdns.Msg) { m.Question = append(m.Question, m.Question[0]) },
+		"same, recased":  nil,
+	} {
+		bad := fakeUpstream(t, func(w mdns.ResponseWriter, req *mdns.Msg) {
+			m := new(mdns.Msg)
+			m.SetReply(req)
+			m.Question[0].Name = "EXAMPLE.com."
+			rr, _ := mdns.NewRR("example.com. 60 IN A 6.6.6.6")
+			m.Answer = append(m.Answer, rr)
+			if edit != nil {
+				edit(m)
+			}
+			w.WriteMsg(m)
+		})
+		want := "A 6.6.6.6"
+		if edit != nil {
+			want = "A 192.0.2.1"
+		}
+		s := startServer(t, &Server{Upstreams: []string{bad, exampleUpstream(t, nil)}})
+		if got := rdata(query(t, "udp", s.Addr(), "example.com.", mdns.TypeA).Answer); !slices.Equal(got, []string{want}) {
+			t.Errorf("query(example.com. A) with an upstream answering %s first = %q, want %q", name, got, want)
+		}
+		if edit == nil {
+			continue
+		}
+		s = startServer(t, &Server{Upstreams: []string{bad}})
+		if r := query(t, "udp", s.Addr(), "example.com.", mdns.TypeA); r.Rcode != mdns.RcodeServerFailure || len(r.Answer) != 0 {
+			t.Errorf("query(example.com. A) with only an upstream answering %s = %s %q, want SERVFAIL", name, mdns.RcodeToString[r.Rcode], rdata(r.Answer))
+		}
+	}
+}
+
 func TestNoUpstreamServfail(t *testing.T) {
 	s := startServer(t, &Server{Lookup: testVMs().lookup, Upstreams: []string{}})
 	r := query(t, "udp", s.Addr(), "example.com.", mdns.TypeA)

@@ -17,10 +17,11 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/dns"
+	"github.com/banger/banger/internal/runner/runnertest"
 )
 
-// fakeNFT stands in for nft at the runner boundary: listings come from the
-// test, scripts are recorded and succeed unless fail is set.
+// fakeNFT is nft's state for the recording runner (runnertest): listings
+// come from the test, scripts are recorded and succeed unless fail is set.
 type fakeNFT struct {
 	mu       sync.Mutex
 	listing  []byte // nil: no table
@@ -32,43 +33,45 @@ type fakeNFT struct {
 	scripts  []string
 }
 
-func (f *fakeNFT) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	return nil, fmt.Errorf("unexpected unprivileged %s", name)
-}
-
-func (f *fakeNFT) RunPrivileged(ctx context.Context, name string, args ...string) ([]byte, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if name != "nft" {
-		return nil, fmt.Errorf("unexpected %s", name)
-	}
-	if len(args) >= 3 && args[0] == "-j" && args[1] == "list" {
-		switch args[2] {
-		case "table":
-			if args[3] == "bridge" {
-				if f.blisting == nil {
-					return nil, errors.New("nft -j list table: exit status 1: Error: No such file or directory")
-				}
-				return f.blisting, nil
-			}
-			if f.listing == nil {
-				return nil, errors.New("nft -j list table: exit status 1: Error: No such file or directory")
-			}
-			return f.listing, nil
-		case "counters":
-			return []byte(cmp.Or(f.counters, `{"nftables": []}`)), nil
-		case "set":
-			if len(args) > 5 && args[5] == probeSet {
-				return []byte(cmp.Or(f.probe, `{"nftables": []}`)), nil
-			}
-			return []byte(cmp.Or(f.seen, `{"nftables": []}`)), nil
+// runner answers nft from f's state; any other command fails.
+func (f *fakeNFT) runner() *runnertest.Runner {
+	r := &runnertest.Runner{}
+	noTable := errors.New("nft -j list table: exit status 1: Error: No such file or directory")
+	r.On("nft -j list table", func(argv []string) ([]byte, error) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		listing := f.listing
+		if argv[4] == "bridge" {
+			listing = f.blisting
 		}
-	}
-	if len(args) != 1 {
-		return nil, fmt.Errorf("unexpected nft %q", args)
-	}
-	f.scripts = append(f.scripts, args[0])
-	return nil, f.fail
+		if listing == nil {
+			return nil, noTable
+		}
+		return listing, nil
+	})
+	r.On("nft -j list counters", func([]string) ([]byte, error) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return []byte(cmp.Or(f.counters, `{"nftables": []}`)), nil
+	})
+	r.On("nft -j list set", func(argv []string) ([]byte, error) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if len(argv) > 6 && argv[6] == probeSet {
+			return []byte(cmp.Or(f.probe, `{"nftables": []}`)), nil
+		}
+		return []byte(cmp.Or(f.seen, `{"nftables": []}`)), nil
+	})
+	r.On("nft", func(argv []string) ([]byte, error) {
+		if len(argv) != 2 {
+			return nil, fmt.Errorf("unexpected nft %q", argv[1:])
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.scripts = append(f.scripts, argv[1])
+		return nil, f.fail
+	})
+	return r
 }
 
 // taken returns the scripts run since the last call, without the probe's.
@@ -111,7 +114,7 @@ func (c *clock) add(d time.Duration) {
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func newTestManager(f *fakeNFT, c *clock) *Manager {
-	return &Manager{R: f, Table: "banger_egress", Bridge: "banger0", Subnet: netip.MustParsePrefix("172.30.0.0/24"),
+	return &Manager{R: f.runner(), Table: "banger_egress", Bridge: "banger0", Subnet: netip.MustParsePrefix("172.30.0.0/24"),
 		Log: quiet(), now: c.now, Resolver: fakeResolver{"evil.example": {netip.MustParseAddr("198.51.100.7")}}}
 }
 
@@ -151,7 +154,7 @@ func TestApplyChecks(t *testing.T) {
 	if s := f.taken(); len(s) != 0 {
 		t.Errorf("refused Applys ran nft: %q", s)
 	}
-	bad := &Manager{R: f, Table: "bad table", Bridge: "banger0", Subnet: netip.MustParsePrefix("172.30.0.0/24")}
+	bad := &Manager{R: f.runner(), Table: "bad table", Bridge: "banger0", Subnet: netip.MustParsePrefix("172.30.0.0/24")}
 	if err := bad.Apply(ctx, VM{ID: "vm1", IP: vmIP, TAP: "bgtap-vm1"}); err == nil || !strings.Contains(err.Error(), "table name") {
 		t.Errorf("Apply() with table %q = %v, want an error about it", bad.Table, err)
 	}

@@ -25,8 +25,8 @@ import (
 
 	"github.com/banger/banger/internal/dns"
 	"github.com/banger/banger/internal/nat"
-	"github.com/banger/banger/internal/netns"
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
 )
 
 // hostEnv carries the fixture's namespace names to the test binary that
@@ -37,15 +37,7 @@ const hostEnv = "BANGER_EGRESS_FIXTURE"
 // missing prerequisite.
 func needNamespaces(t testing.TB) {
 	t.Helper()
-	if os.Getenv("BANGER_VM_TESTS") != "1" {
-		t.Skip("needs root, nftables and network namespaces: set BANGER_VM_TESTS=1 to run")
-	}
-	if os.Geteuid() != 0 {
-		t.Fatal("BANGER_VM_TESTS=1 but not root: run the tests as root")
-	}
-	if _, err := runner.LookPath("nft"); err != nil {
-		t.Fatal("nft not found: apt-get install nftables")
-	}
+	vmtest.Require(t, "this egress test (network namespaces and nftables)", vmtest.Root(), vmtest.Tool("nft", "nftables"))
 }
 
 // fixture is the network the real tests run in: H, the host, with bridge
@@ -56,7 +48,7 @@ func needNamespaces(t testing.TB) {
 // lan.test) and 169.254.169.254 (cloud metadata), and DNS on 203.0.113.1.
 // H serves HTTP on its uplink and bridge addresses, port 8080, and P on 80.
 type fixture struct {
-	h, g, p, u *netns.NS
+	h, g, p, u *vmtest.NS
 	udp        chan string // payloads received on spoofDst
 }
 
@@ -89,12 +81,12 @@ func inHost(tb testing.TB, args ...string) *fixture {
 		if len(names) != 4 {
 			tb.Fatalf("%s=%q, want four namespace names", hostEnv, env)
 		}
-		fx := &fixture{h: &netns.NS{Name: names[0]}, g: &netns.NS{Name: names[1]}, p: &netns.NS{Name: names[2]}, u: &netns.NS{Name: names[3]}}
+		fx := &fixture{h: &vmtest.NS{Name: names[0]}, g: &vmtest.NS{Name: names[1]}, p: &vmtest.NS{Name: names[2]}, u: &vmtest.NS{Name: names[3]}}
 		fx.setup(tb)
 		return fx
 	}
 	needNamespaces(tb)
-	h, g, p, u := netns.New(tb), netns.New(tb), netns.New(tb), netns.New(tb)
+	h, g, p, u := vmtest.NewNS(tb), vmtest.NewNS(tb), vmtest.NewNS(tb), vmtest.NewNS(tb)
 	if len(args) == 0 {
 		args = []string{"-test.run=^" + tb.Name() + "$", "-test.v"}
 	}
@@ -235,7 +227,7 @@ func (fx *fixture) spoofed(t testing.TB, marker string) bool {
 }
 
 // serveHTTP answers every request with the listen address, in ns (nil: here).
-func serveHTTP(t testing.TB, ns *netns.NS, addr string) {
+func serveHTTP(t testing.TB, ns *vmtest.NS, addr string) {
 	t.Helper()
 	var ln net.Listener
 	listen := func() error {
@@ -316,7 +308,7 @@ func (fx *fixture) serveUpstreamDNS(t testing.TB) {
 }
 
 // fetch GETs http://addr/ from ns and checks the body names addr.
-func fetch(ns *netns.NS, addr string) error {
+func fetch(ns *vmtest.NS, addr string) error {
 	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true, DialContext: ns.Dial}}
 	resp, err := client.Get("http://" + addr + "/")
 	if err != nil {
@@ -334,7 +326,7 @@ func fetch(ns *netns.NS, addr string) error {
 }
 
 // ask queries server from ns for name's A records.
-func ask(ns *netns.NS, server, name string, timeout time.Duration) (*mdns.Msg, error) {
+func ask(ns *vmtest.NS, server, name string, timeout time.Duration) (*mdns.Msg, error) {
 	var r *mdns.Msg
 	err := ns.Do(func() error {
 		m := new(mdns.Msg)
@@ -719,7 +711,7 @@ func TestEgressReal(t *testing.T) {
 func TestEgressUserDNS(t *testing.T) {
 	needNamespaces(t)
 	ctx := context.Background()
-	h, g := netns.New(t), netns.New(t)
+	h, g := vmtest.NewNS(t), vmtest.NewNS(t)
 	for _, argv := range [][]string{
 		{"ip", "-n", h.Name, "link", "add", "br0", "type", "bridge"},
 		{"ip", "-n", h.Name, "addr", "add", "172.30.9.1/24", "dev", "br0"},

@@ -58,8 +58,8 @@ func (n Network) Validate() error {
 	if n.Hostname != "" && !isLabel(n.Hostname) {
 		return fmt.Errorf("guest network: hostname %q is not a DNS label (letters, digits and '-', at most 63)", n.Hostname)
 	}
-	if strings.ContainsAny(n.Device, ": \t\n\"/") {
-		return fmt.Errorf("guest network: device name %q is not valid", n.Device)
+	if !isArg(n.Device) || strings.ContainsAny(n.Device, ":/") {
+		return fmt.Errorf("guest network: device name %q is not valid: use printable ASCII without spaces, quotes, ':' or '/'", truncate(n.Device, 64))
 	}
 	switch n.Autoconf {
 	case "", "off", "none", "static":
@@ -120,14 +120,23 @@ var reserved = []string{"root", "rw", "ro", "ip"}
 // Validate checks every part of c.
 func (c *Config) Validate() error {
 	if !strings.HasPrefix(c.Root, "/dev/") && !strings.HasPrefix(c.Root, "LABEL=") && !strings.HasPrefix(c.Root, "UUID=") {
-		return fmt.Errorf("guest config: root %q is not a /dev/ path, LABEL= or UUID=", c.Root)
+		return fmt.Errorf("guest config: root %q is not a /dev/ path, LABEL= or UUID=", truncate(c.Root, 64))
+	}
+	if c.Root == "LABEL=" || c.Root == "UUID=" {
+		return fmt.Errorf("guest config: root %q names no label or UUID", c.Root)
+	}
+	if !isArg(c.Root) {
+		return fmt.Errorf("guest config: root %q has a space, a quote or a byte that is not printable ASCII", truncate(c.Root, 64))
 	}
 	if err := c.Network.Validate(); err != nil {
 		return fmt.Errorf("guest config: %w", err)
 	}
 	for _, arg := range strings.Fields(c.BaseArgs) {
-		if i := strings.IndexFunc(arg, func(r rune) bool { return r < 0x21 || r > 0x7e || r == '"' }); i >= 0 {
+		if !isArg(arg) {
 			return fmt.Errorf("guest config: base argument %q has a quote or a byte that is not printable ASCII", truncate(arg, 64))
+		}
+		if arg == "--" {
+			return errors.New("guest config: base argument \"--\" would hand root= and ip= to init instead of the kernel: remove it from the bundle's boot_args")
 		}
 		key, _, _ := strings.Cut(arg, "=")
 		if slices.Contains(reserved, key) {
@@ -135,6 +144,12 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// isArg reports whether s can be written as (part of) one kernel argument:
+// printable ASCII without spaces or quotes.
+func isArg(s string) bool {
+	return !strings.ContainsFunc(s, func(r rune) bool { return r < 0x21 || r > 0x7e || r == '"' })
 }
 
 func truncate(s string, n int) string {

@@ -61,6 +61,14 @@ func TestCmdline(t *testing.T) {
 		{name: "non-ASCII base args", edit: func(c *Config) { c.BaseArgs += " a=é" }, wantErr: "not printable ASCII"},
 		{name: "quote in base args", edit: func(c *Config) { c.BaseArgs += ` a="b` }, wantErr: "quote"},
 		{name: "too long", edit: func(c *Config) { c.BaseArgs += " x=" + strings.Repeat("a", MaxCmdline) }, wantErr: "more than the 2047"},
+		// Found by FuzzHostCmdline: the guest's /init refuses it.
+		{name: "empty label", edit: func(c *Config) { c.Root = "LABEL=" }, wantErr: "names no label or UUID"},
+		{name: "space in root", edit: func(c *Config) { c.Root = "/dev/vda init=/bin/sh" }, wantErr: "has a space"},
+		{name: "quote in root", edit: func(c *Config) { c.Root = `LABEL="a` }, wantErr: "has a space, a quote"},
+		{name: "form feed in device", edit: func(c *Config) { c.Network.Device = "et\fh0" }, wantErr: "device name"},
+		// Found by FuzzCmdline: the device was written into ip= unchecked.
+		{name: "non-ASCII device", edit: func(c *Config) { c.Network.Device = "\xb0" }, wantErr: "device name"},
+		{name: "base args end the kernel's arguments", edit: func(c *Config) { c.BaseArgs += " --" }, wantErr: `"--" would hand root= and ip= to init`},
 		{name: "autoconf dhcp", edit: func(c *Config) { c.Network.Autoconf = "dhcp" }, wantErr: "not supported"},
 	}
 	for _, tt := range tests {

@@ -128,10 +128,12 @@ func (c *Client) streamEvents(ctx context.Context, method, path string, in any, 
 			return &ev, &APIError{Status: 500, Err: Error{Message: ev.Error, Code: ev.Code}}
 		}
 	}
-	if err := sc.Err(); err != nil {
+	if err := sc.Err(); err != nil && ctx.Err() == nil {
+		return nil, fmt.Errorf("%s %s: bangerd went away before it finished (%w): it may have been stopped or crashed; what it was doing goes on or is reconciled when it starts again: see 'banger daemon status' and 'banger vm list'", method, path, err)
+	} else if err != nil {
 		return nil, fmt.Errorf("reading events from %s %s: %w", method, path, err)
 	}
-	return nil, fmt.Errorf("%s %s: bangerd closed the stream before finishing (see bangerd's log)", method, path)
+	return nil, fmt.Errorf("%s %s: bangerd closed the stream before finishing: see 'banger daemon status' and bangerd's log", method, path)
 }
 
 // Status returns the daemon status.
@@ -208,9 +210,22 @@ func (c *Client) DeleteVM(ctx context.Context, name string) error {
 }
 
 // SetVM changes a VM's settings.
-func (c *Client) SetVM(ctx context.Context, name string, nat *bool) (*VM, error) {
+func (c *Client) SetVM(ctx context.Context, name string, req SetRequest) (*VM, error) {
 	var vm VM
-	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/set", map[string]any{"nat": nat}, &vm)
+	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/set", req, &vm)
+}
+
+// AddPorts publishes more ports of a VM: at once when it runs, else from
+// its next start.
+func (c *Client) AddPorts(ctx context.Context, name string, ports []Port) (*VM, error) {
+	var vm VM
+	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/ports", PortsRequest{Ports: ports}, &vm)
+}
+
+// RemovePorts stops publishing ports of a VM.
+func (c *Client) RemovePorts(ctx context.Context, name string, refs []PortRef) (*VM, error) {
+	var vm VM
+	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/ports/remove", UnpublishRequest{Ports: refs}, &vm)
 }
 
 // SSHInfo returns what is needed to ssh into a VM.

@@ -13,12 +13,21 @@ type VM struct {
 	VCPUs         int    `json:"vcpus"`
 	MemoryMiB     int    `json:"memory_mib"`
 	DiskSizeBytes int64  `json:"disk_size_bytes"`
+	// WorkSizeBytes is the size of the VM's /root disk (sparse on the host).
+	WorkSizeBytes int64  `json:"work_size_bytes"`
 	IP            string `json:"ip"`
 	MAC           string `json:"mac"`
 	TAP           string `json:"tap,omitempty"`
 	PID           int    `json:"pid,omitempty"`
 	NAT           bool   `json:"nat"`
-	Dir           string `json:"dir"`
+	// Egress is the VM's egress policy in one line ("default", "allow
+	// github.com,*.npmjs.org", "deny evil.example", "open"); it applies
+	// while NAT is on.
+	Egress string `json:"egress"`
+	// EgressStats is what the policy refused; only GET /v1/vms/{name}
+	// fills it, for a running NAT VM with a policy in force.
+	EgressStats *EgressStats `json:"egress_stats,omitempty"`
+	Dir         string       `json:"dir"`
 	// DiskFormat is the format of the VM's disk files in Dir: "qcow2"
 	// (root.qcow2 and work.qcow2, copy-on-write over banger's read-only
 	// bases) or "raw" (rootfs.ext4 and work.ext4).
@@ -32,6 +41,42 @@ type VM struct {
 	Error            string    `json:"error,omitempty"`
 	CreatedAt        time.Time `json:"created_at"`
 	Stages           []Stage   `json:"stages,omitempty"`
+	// Ports are the ports the VM publishes on the host (never null).
+	Ports []Port `json:"ports"`
+}
+
+// Port is one port a VM publishes: connections to HostIP:HostPort on the
+// host (datagrams, for udp) reach GuestPort on the guest.
+type Port struct {
+	// Proto is "tcp" (the default when empty in a request) or "udp".
+	Proto string `json:"proto"`
+	// HostIP is the host address it listens on; empty in a request means
+	// 127.0.0.1, the host's loopback.
+	HostIP    string `json:"host_ip"`
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+	// Listening says bangerd listens on it now (it does while the VM runs).
+	// Only answers carry it.
+	Listening bool `json:"listening"`
+}
+
+// PortRef names published ports to remove: a host port, its protocol
+// ("" is tcp) and, unless empty (any), its host address.
+type PortRef struct {
+	Proto    string `json:"proto,omitempty"`
+	HostIP   string `json:"host_ip,omitempty"`
+	HostPort int    `json:"host_port"`
+}
+
+// PortsRequest publishes more ports of a VM (POST /v1/vms/{name}/ports).
+type PortsRequest struct {
+	Ports []Port `json:"ports"`
+}
+
+// UnpublishRequest stops publishing ports of a VM
+// (POST /v1/vms/{name}/ports/remove).
+type UnpublishRequest struct {
+	Ports []PortRef `json:"ports"`
 }
 
 // OpencodeAuth is how to reach a VM's opencode server.
@@ -54,7 +99,15 @@ type CreateRequest struct {
 	VCPUs     int    `json:"vcpus,omitempty"`
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskSize  string `json:"disk_size,omitempty"`
-	NAT       bool   `json:"nat,omitempty"`
+	// WorkSize is the size of the /root disk ("32G"); empty: bangerd's
+	// work_size (16G unless configured).
+	WorkSize string `json:"work_size,omitempty"`
+	NAT      bool   `json:"nat,omitempty"`
+	// Egress is the VM's egress policy; nil is the default. A policy other
+	// than open turns NAT on.
+	Egress *Egress `json:"egress,omitempty"`
+	// Ports are published on the host from the first boot.
+	Ports []Port `json:"ports,omitempty"`
 	// NoWait returns as soon as the hypervisor is up.
 	NoWait bool `json:"no_wait,omitempty"`
 	// Cold boots the VM even when a snapshot of its image fits.
@@ -64,6 +117,54 @@ type CreateRequest struct {
 // ForkRequest names the copy of POST /v1/vms/{name}/fork.
 type ForkRequest struct {
 	Name string `json:"name"`
+}
+
+// SetRequest is the body of POST /v1/vms/{name}/set: nil fields are left
+// as they are.
+type SetRequest struct {
+	NAT *bool `json:"nat,omitempty"`
+	// Egress replaces the egress policy; a policy other than open turns
+	// NAT on.
+	Egress *Egress `json:"egress,omitempty"`
+	// WorkSize grows a stopped VM's /root disk ("32G"); it never shrinks.
+	WorkSize string `json:"work_size,omitempty"`
+}
+
+// Egress is an egress policy: mode "default", "allow", "deny" or "open",
+// and lists of entries (domains such as github.com or *.npmjs.org, IPv4
+// networks, each with an optional :port and /tcp or /udp).
+type Egress struct {
+	Mode  string   `json:"mode"`
+	Allow []string `json:"allow,omitempty"`
+	Deny  []string `json:"deny,omitempty"`
+}
+
+// EgressStats is what a VM's egress policy refused.
+type EgressStats struct {
+	// Refused counts dropped packets and bytes by reason: denied,
+	// resolver, private, unlisted, host, spoofed.
+	Refused map[string]EgressCounter `json:"refused"`
+	// NamesRefused counts DNS questions answered NXDOMAIN.
+	NamesRefused uint64 `json:"names_refused"`
+	// Recent are the latest refused names and destinations, newest first.
+	Recent []EgressDenial `json:"recent"`
+	// Learned counts the addresses banger's DNS opened that have not
+	// expired.
+	Learned int `json:"learned"`
+}
+
+// EgressCounter is a count of refused packets.
+type EgressCounter struct {
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
+}
+
+// EgressDenial is one refused name or destination.
+type EgressDenial struct {
+	Time   time.Time `json:"time"`
+	Name   string    `json:"name,omitempty"`
+	Addr   string    `json:"addr,omitempty"`
+	Reason string    `json:"reason"`
 }
 
 // Event is one line of a streamed long operation (create, start).
@@ -128,6 +229,13 @@ type Image struct {
 	Warm       string     `json:"warm"`
 	WarmReason string     `json:"warm_reason,omitempty"`
 	WarmSince  *time.Time `json:"warm_since,omitempty"`
+	// Kernel and Initrd are the image's own kernel and initramfs; empty
+	// when its VMs boot the bundle's. Modules is its modules dir.
+	Kernel  string `json:"kernel,omitempty"`
+	Initrd  string `json:"initrd,omitempty"`
+	Modules string `json:"modules,omitempty"`
+	// KernelVersion is the release its VMs boot, when known.
+	KernelVersion string `json:"kernel_version,omitempty"`
 }
 
 // RegisterImageRequest records an existing ext4 image under a name.
@@ -135,6 +243,12 @@ type RegisterImageRequest struct {
 	Name     string `json:"name"`
 	Rootfs   string `json:"rootfs"`
 	WorkSeed string `json:"work_seed,omitempty"`
+	// Kernel and Initrd (both or neither) are an ELF kernel and its
+	// initramfs the image's VMs boot instead of the bundle's; Modules is
+	// their lib/modules/<release> dir.
+	Kernel  string `json:"kernel,omitempty"`
+	Initrd  string `json:"initrd,omitempty"`
+	Modules string `json:"modules,omitempty"`
 }
 
 // BuildImageRequest asks bangerd to build a Debian image with debootstrap.

@@ -15,8 +15,12 @@ type Image struct {
 	Managed  bool // banger owns the files and deletes them with the image
 	// SeedKey is the sha256 (hex) of the public key WorkSeed authorizes for
 	// root, when banger built the seed; empty when unknown.
-	SeedKey   string
-	CreatedAt time.Time
+	SeedKey string
+	// Kernel and Initrd are the image's own kernel and initramfs, ""
+	// for the bundle's; Modules is its modules dir and KernelVersion their
+	// release.
+	Kernel, Initrd, Modules, KernelVersion string
+	CreatedAt                              time.Time
 }
 
 // UpsertImage inserts img or replaces the image of the same name. A zero CreatedAt is
@@ -28,11 +32,13 @@ func (s *Store) UpsertImage(ctx context.Context, img *Image) error {
 	if img.CreatedAt.IsZero() {
 		img.CreatedAt = time.Now().UTC()
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO images (name, rootfs, work_seed, managed, seed_key, created_at)
-		VALUES (?, ?, ?, ?, ?, ?)
+	_, err := s.db.ExecContext(ctx, `INSERT INTO images (name, rootfs, work_seed, managed, seed_key, created_at, kernel, initrd, modules, kernel_version)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT(name) DO UPDATE SET rootfs = excluded.rootfs, work_seed = excluded.work_seed,
-			managed = excluded.managed, seed_key = excluded.seed_key`,
-		img.Name, img.Rootfs, img.WorkSeed, img.Managed, img.SeedKey, formatTime(img.CreatedAt))
+			managed = excluded.managed, seed_key = excluded.seed_key, kernel = excluded.kernel,
+			initrd = excluded.initrd, modules = excluded.modules, kernel_version = excluded.kernel_version`,
+		img.Name, img.Rootfs, img.WorkSeed, img.Managed, img.SeedKey, formatTime(img.CreatedAt),
+		img.Kernel, img.Initrd, img.Modules, img.KernelVersion)
 	if err != nil {
 		return fmt.Errorf("saving image %s: %w", img.Name, err)
 	}
@@ -41,7 +47,7 @@ func (s *Store) UpsertImage(ctx context.Context, img *Image) error {
 
 // GetImage returns the named image or an error wrapping ErrNotFound.
 func (s *Store) GetImage(ctx context.Context, name string) (*Image, error) {
-	imgs, err := s.queryImages(ctx, `SELECT name, rootfs, work_seed, managed, seed_key, created_at FROM images WHERE name = ?`, name)
+	imgs, err := s.queryImages(ctx, `SELECT name, rootfs, work_seed, managed, seed_key, created_at, kernel, initrd, modules, kernel_version FROM images WHERE name = ?`, name)
 	if err != nil {
 		return nil, fmt.Errorf("getting image %s: %w", name, err)
 	}
@@ -53,7 +59,7 @@ func (s *Store) GetImage(ctx context.Context, name string) (*Image, error) {
 
 // ListImages returns every image ordered by name.
 func (s *Store) ListImages(ctx context.Context) ([]Image, error) {
-	imgs, err := s.queryImages(ctx, `SELECT name, rootfs, work_seed, managed, seed_key, created_at FROM images ORDER BY name`)
+	imgs, err := s.queryImages(ctx, `SELECT name, rootfs, work_seed, managed, seed_key, created_at, kernel, initrd, modules, kernel_version FROM images ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("listing images: %w", err)
 	}
@@ -86,7 +92,8 @@ func (s *Store) queryImages(ctx context.Context, query string, args ...any) ([]I
 			img     Image
 			created string
 		)
-		if err := rows.Scan(&img.Name, &img.Rootfs, &img.WorkSeed, &img.Managed, &img.SeedKey, &created); err != nil {
+		if err := rows.Scan(&img.Name, &img.Rootfs, &img.WorkSeed, &img.Managed, &img.SeedKey, &created,
+			&img.Kernel, &img.Initrd, &img.Modules, &img.KernelVersion); err != nil {
 			return nil, err
 		}
 		if img.CreatedAt, err = parseTime(created); err != nil {

@@ -73,7 +73,29 @@ var migrations = []string{
 	CREATE INDEX vm_stages_vm_id ON vm_stages(vm_id);`,
 	// 2: the SSH key a managed image's work-seed authorizes.
 	`ALTER TABLE images ADD COLUMN seed_key TEXT NOT NULL DEFAULT '';`,
-	// 3: the format of a VM's disk files: raw clones, or qcow2 overlays over
+	// 3: a VM's egress policy (JSON; '' is the default policy).
+	`ALTER TABLE vms ADD COLUMN egress TEXT NOT NULL DEFAULT '';`,
+	// 4: images that carry their own kernel, initramfs and modules, and
+	// the kernel each VM boots ('' is the bundle's).
+	`ALTER TABLE images ADD COLUMN kernel TEXT NOT NULL DEFAULT '';
+	ALTER TABLE images ADD COLUMN initrd TEXT NOT NULL DEFAULT '';
+	ALTER TABLE images ADD COLUMN modules TEXT NOT NULL DEFAULT '';
+	ALTER TABLE images ADD COLUMN kernel_version TEXT NOT NULL DEFAULT '';
+	ALTER TABLE vms ADD COLUMN kernel TEXT NOT NULL DEFAULT '';
+	ALTER TABLE vms ADD COLUMN initrd TEXT NOT NULL DEFAULT '';`,
+	// 5: the size of each VM's /root disk, and the ports VMs publish on the
+	// host (one host address, port and protocol belongs to one VM).
+	`ALTER TABLE vms ADD COLUMN work_size_bytes INTEGER NOT NULL DEFAULT 0;
+	CREATE TABLE vm_ports (
+		vm_id      TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+		proto      TEXT NOT NULL,
+		host_ip    TEXT NOT NULL,
+		host_port  INTEGER NOT NULL,
+		guest_port INTEGER NOT NULL,
+		PRIMARY KEY (proto, host_ip, host_port)
+	);
+	CREATE INDEX vm_ports_vm_id ON vm_ports(vm_id);`,
+	// 6: the format of a VM's disk files: raw clones, or qcow2 overlays over
 	// banger's read-only bases. Never guessed from the files: a guest
 	// controls a raw disk's bytes.
 	`ALTER TABLE vms ADD COLUMN disk_format TEXT NOT NULL DEFAULT 'raw';`,

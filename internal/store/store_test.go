@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -103,7 +104,7 @@ func TestVMCRUD(t *testing.T) {
 			t.Errorf("GetVM(%q).CreatedAt = %v, want %v", key, got.CreatedAt, vm.CreatedAt)
 		}
 		got.CreatedAt, got.UpdatedAt = vm.CreatedAt, vm.UpdatedAt
-		if *got != *vm {
+		if !reflect.DeepEqual(*got, *vm) {
 			t.Errorf("GetVM(%q) = %+v, want %+v", key, *got, *vm)
 		}
 	}
@@ -484,7 +485,7 @@ func TestMigrateKeepsImages(t *testing.T) {
 	}
 	// Roll the schema back to version 1 by hand.
 	for _, q := range []string{
-		`DROP TABLE vm_stages`, `DROP TABLE vms`, `DROP TABLE images`, `DELETE FROM schema_migrations`,
+		`DROP TABLE vm_ports`, `DROP TABLE vm_stages`, `DROP TABLE vms`, `DROP TABLE images`, `DELETE FROM schema_migrations`,
 		migrations[0],
 		`INSERT INTO schema_migrations (version, applied_at) VALUES (1, 'x')`,
 		`INSERT INTO images (name, rootfs, work_seed, managed, created_at) VALUES ('old', '/o/rootfs.ext4', '', 1, '2026-01-02T03:04:05Z')`,
@@ -508,5 +509,101 @@ func TestMigrateKeepsImages(t *testing.T) {
 	}
 	if img.Rootfs != "/o/rootfs.ext4" || !img.Managed || img.SeedKey != "" {
 		t.Errorf("migrated image = %+v, want rootfs /o/rootfs.ext4, managed, no seed key", img)
+	}
+}
+
+// TestMigrateKeepsVMs opens a database left at schema version 2 (before
+// work sizes and ports) and checks that its VMs survive, with no size
+// recorded and no ports.
+func TestMigrateKeepsVMs(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "banger.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`DROP TABLE vm_ports`, `DROP TABLE vm_stages`, `DROP TABLE vms`, `DROP TABLE images`, `DELETE FROM schema_migrations`,
+		migrations[0], migrations[1],
+		`INSERT INTO schema_migrations (version, applied_at) VALUES (1, 'x'), (2, 'x')`,
+		`INSERT INTO vms (id, name, state, ip, created_at, updated_at) VALUES ('abc', 'old', 'stopped', '172.30.0.2', '2026-01-02T03:04:05Z', '2026-01-02T03:04:05Z')`,
+	} {
+		if _, err := s.db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	s.Close()
+	if s, err = Open(path); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	vm, err := s.GetVM(ctx, "old")
+	if err != nil || vm.State != StateStopped || vm.WorkSizeBytes != 0 || vm.Ports != nil {
+		t.Fatalf("migrated VM = %+v, %v; want it stopped, without a work size or ports", vm, err)
+	}
+}
+
+func TestPorts(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	subnet, gw := netip.MustParsePrefix("172.30.0.0/24"), netip.MustParseAddr("172.30.0.1")
+	web := []Port{{Proto: "tcp", HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 80}, {Proto: "udp", HostIP: "0.0.0.0", HostPort: 5353, GuestPort: 53}}
+	a := &VM{Name: "a", WorkSizeBytes: 16 << 30, Ports: web}
+	if err := s.CreateVMWithLease(ctx, a, subnet, gw); err != nil {
+		t.Fatal(err)
+	}
+	b := &VM{Name: "b"}
+	if err := s.CreateVMWithLease(ctx, b, subnet, gw); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetVM(ctx, "a")
+	if err != nil || got.WorkSizeBytes != 16<<30 || !reflect.DeepEqual(got.Ports, web) {
+		t.Fatalf("GetVM(a) = %+v, %v; want its work size and ports %+v", got, err, web)
+	}
+	// Another VM cannot take a port a VM publishes, and changes nothing.
+	clash := &VM{Name: "c", Ports: []Port{{Proto: "tcp", HostIP: "127.0.0.1", HostPort: 8080, GuestPort: 81}}}
+	if err := s.CreateVMWithLease(ctx, clash, subnet, gw); !errors.Is(err, ErrExists) {
+		t.Errorf("CreateVMWithLease with a taken port = %v, want ErrExists", err)
+	}
+	if _, err := s.GetVM(ctx, "c"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a refused create left VM c: %v", err)
+	}
+	mine := []Port{{Proto: "tcp", HostIP: "127.0.0.1", HostPort: 9000, GuestPort: 9000}}
+	if err := s.SetVMPorts(ctx, b.ID, append(mine, web[0])); !errors.Is(err, ErrExists) {
+		t.Errorf("SetVMPorts with a's port = %v, want ErrExists", err)
+	}
+	if got, _ := s.GetVM(ctx, "b"); got.Ports != nil {
+		t.Errorf("a refused SetVMPorts left b with %+v", got.Ports)
+	}
+	if err := s.SetVMPorts(ctx, b.ID, mine); err != nil {
+		t.Fatal(err)
+	}
+	list, _ := s.ListVMs(ctx)
+	if len(list) != 2 || !reflect.DeepEqual(list[0].Ports, web) || !reflect.DeepEqual(list[1].Ports, mine) {
+		t.Errorf("ListVMs ports = %+v", list)
+	}
+	// UpdateVM keeps the ports; SetVMPorts(nil) removes them.
+	got.Ports = nil
+	got.WorkSizeBytes = 32 << 30
+	if err := s.UpdateVM(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.GetVM(ctx, "a"); again.WorkSizeBytes != 32<<30 || !reflect.DeepEqual(again.Ports, web) {
+		t.Errorf("after UpdateVM: %+v, want work size 32G and the ports kept", again)
+	}
+	if err := s.SetVMPorts(ctx, "nosuch", mine); !errors.Is(err, ErrNotFound) {
+		t.Errorf("SetVMPorts(nosuch) = %v, want ErrNotFound", err)
+	}
+	// Deleting a VM frees its ports.
+	if err := s.DeleteVM(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetVMPorts(ctx, b.ID, web); err != nil {
+		t.Errorf("taking a deleted VM's ports: %v", err)
+	}
+	var n int
+	s.db.QueryRow(`SELECT COUNT(*) FROM vm_ports WHERE vm_id = ?`, a.ID).Scan(&n)
+	if n != 0 {
+		t.Errorf("%d ports of a deleted VM left", n)
 	}
 }

@@ -31,35 +31,57 @@ type VM struct {
 	VCPUs         int
 	MemoryMiB     int
 	DiskSizeBytes int64
+	// WorkSizeBytes is the size of the VM's /root disk.
+	WorkSizeBytes int64
 	IP            string
 	MAC           string
 	TAP           string
 	PID           int
 	CID           uint32
 	NAT           bool
-	Dir           string // data dir holding the VM's disks
-	RuntimeDir    string
+	// Egress is the VM's egress policy as JSON (egress.Policy); "" is the
+	// default policy.
+	Egress string
+	// Kernel and Initrd are what the VM boots, its image's own; "" is the
+	// bundle's.
+	Kernel, Initrd string
+	Dir            string // data dir holding the VM's disks
+	RuntimeDir     string
 	// DiskFormat is the format of the VM's disk files: "raw" or "qcow2".
 	DiskFormat string
 	Error      string
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
+	// Ports are the ports the VM publishes on the host, in the order they
+	// were added. UpdateVM leaves them alone: SetVMPorts changes them.
+	Ports []Port
+}
+
+// Port is one port a VM publishes: HostIP:HostPort on the host, relayed to
+// GuestPort on the guest, for Proto ("tcp" or "udp").
+type Port struct {
+	Proto     string
+	HostIP    string
+	HostPort  int
+	GuestPort int
 }
 
 // MinCID is the lowest vsock context ID handed to guests (0-2 are reserved).
 const MinCID = 3
 
 const vmColumns = `id, name, image, state, hypervisor, vcpus, memory_mib, disk_size_bytes,
-	ip, mac, tap, pid, cid, nat, dir, runtime_dir, error, created_at, updated_at, disk_format`
+	ip, mac, tap, pid, cid, nat, dir, runtime_dir, error, created_at, updated_at, egress, kernel, initrd,
+	work_size_bytes, disk_format`
 
 type querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
-// CreateVMWithLease inserts vm after picking, in the same transaction, the lowest free
-// host address of subnet (never the network, broadcast or gateway address) and the
-// lowest free CID; it fills vm.IP and vm.CID. Concurrent calls never share a lease.
+// CreateVMWithLease inserts vm, with its ports, after picking, in the same transaction,
+// the lowest free host address of subnet (never the network, broadcast or gateway
+// address) and the lowest free CID; it fills vm.IP and vm.CID. Concurrent calls never
+// share a lease. A port another VM publishes is an error wrapping ErrExists.
 func (s *Store) CreateVMWithLease(ctx context.Context, vm *VM, subnet netip.Prefix, gateway netip.Addr) error {
 	if err := prepareVM(vm); err != nil {
 		return fmt.Errorf("creating vm %s: %w", vm.Name, err)
@@ -74,7 +96,10 @@ func (s *Store) CreateVMWithLease(ctx context.Context, vm *VM, subnet netip.Pref
 			return err
 		}
 		vm.IP, vm.CID = ip.String(), cid
-		return insertVM(ctx, tx, vm)
+		if err := insertVM(ctx, tx, vm); err != nil {
+			return err
+		}
+		return insertPorts(ctx, tx, vm.ID, vm.Ports)
 	})
 	if err != nil {
 		return fmt.Errorf("creating vm %s: %w", vm.Name, err)
@@ -109,11 +134,45 @@ func prepareVM(vm *VM) error {
 
 func insertVM(ctx context.Context, q querier, vm *VM) error {
 	_, err := q.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		vm.ID, vm.Name, vm.Image, vm.State, vm.Hypervisor, vm.VCPUs, vm.MemoryMiB, vm.DiskSizeBytes,
 		nullString(vm.IP), vm.MAC, nullString(vm.TAP), vm.PID, nullCID(vm.CID), vm.NAT,
-		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt), diskFormat(vm.DiskFormat))
+		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt), vm.Egress, vm.Kernel, vm.Initrd,
+		vm.WorkSizeBytes, diskFormat(vm.DiskFormat))
 	return conflict(err)
+}
+
+func insertPorts(ctx context.Context, q querier, id string, ports []Port) error {
+	for _, p := range ports {
+		if _, err := q.ExecContext(ctx, `INSERT INTO vm_ports (vm_id, proto, host_ip, host_port, guest_port) VALUES (?, ?, ?, ?, ?)`,
+			id, p.Proto, p.HostIP, p.HostPort, p.GuestPort); err != nil {
+			return fmt.Errorf("recording port %s:%d/%s: %w", p.HostIP, p.HostPort, p.Proto, conflict(err))
+		}
+	}
+	return nil
+}
+
+// SetVMPorts replaces the ports of the VM with this ID, in one transaction.
+// A port another VM publishes is an error wrapping ErrExists, and changes
+// nothing.
+func (s *Store) SetVMPorts(ctx context.Context, id string, ports []Port) error {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM vms WHERE id = ?`, id).Scan(&n); err != nil {
+			return err
+		}
+		if n == 0 {
+			return ErrNotFound
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM vm_ports WHERE vm_id = ?`, id); err != nil {
+			return err
+		}
+		return insertPorts(ctx, tx, id, ports)
+	})
+	if err != nil {
+		return fmt.Errorf("setting the ports of vm %s: %w", id, err)
+	}
+	return nil
 }
 
 func allocateIP(ctx context.Context, q querier, subnet netip.Prefix, reserved []netip.Addr) (netip.Addr, error) {
@@ -230,10 +289,10 @@ func (s *Store) UpdateVM(ctx context.Context, vm *VM) error {
 	updated := time.Now().UTC()
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name = ?, image = ?, state = ?, hypervisor = ?,
 		vcpus = ?, memory_mib = ?, disk_size_bytes = ?, ip = ?, mac = ?, tap = ?, pid = ?, cid = ?,
-		nat = ?, dir = ?, runtime_dir = ?, error = ?, updated_at = ?, disk_format = ? WHERE id = ?`,
+		nat = ?, dir = ?, runtime_dir = ?, error = ?, updated_at = ?, egress = ?, work_size_bytes = ?, disk_format = ? WHERE id = ?`,
 		vm.Name, vm.Image, vm.State, vm.Hypervisor, vm.VCPUs, vm.MemoryMiB, vm.DiskSizeBytes,
 		nullString(vm.IP), vm.MAC, nullString(vm.TAP), vm.PID, nullCID(vm.CID), vm.NAT,
-		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(updated), diskFormat(vm.DiskFormat), vm.ID)
+		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(updated), vm.Egress, vm.WorkSizeBytes, diskFormat(vm.DiskFormat), vm.ID)
 	if err != nil {
 		return fmt.Errorf("updating vm %s: %w", vm.Name, conflict(err))
 	}
@@ -246,7 +305,7 @@ func (s *Store) UpdateVM(ctx context.Context, vm *VM) error {
 	return nil
 }
 
-// DeleteVM deletes the VM with this ID and its stage timings.
+// DeleteVM deletes the VM with this ID, its stage timings and its ports.
 func (s *Store) DeleteVM(ctx context.Context, id string) error {
 	res, err := s.db.ExecContext(ctx, `DELETE FROM vms WHERE id = ?`, id)
 	if err != nil {
@@ -276,7 +335,8 @@ func (s *Store) queryVMs(ctx context.Context, query string, args ...any) ([]VM, 
 		)
 		if err := rows.Scan(&vm.ID, &vm.Name, &vm.Image, &vm.State, &vm.Hypervisor, &vm.VCPUs,
 			&vm.MemoryMiB, &vm.DiskSizeBytes, &ip, &vm.MAC, &tap, &vm.PID, &cid, &vm.NAT,
-			&vm.Dir, &vm.RuntimeDir, &vm.Error, &created, &updated, &vm.DiskFormat); err != nil {
+			&vm.Dir, &vm.RuntimeDir, &vm.Error, &created, &updated, &vm.Egress, &vm.Kernel, &vm.Initrd,
+			&vm.WorkSizeBytes, &vm.DiskFormat); err != nil {
 			return nil, err
 		}
 		vm.IP, vm.TAP, vm.CID = ip.String, tap.String, uint32(cid.Int64)
@@ -288,7 +348,41 @@ func (s *Store) queryVMs(ctx context.Context, query string, args ...any) ([]VM, 
 		}
 		vms = append(vms, vm)
 	}
-	return vms, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows.Close() // one connection: free it for the ports' query
+	return vms, s.loadPorts(ctx, vms)
+}
+
+// loadPorts fills the Ports of vms.
+func (s *Store) loadPorts(ctx context.Context, vms []VM) error {
+	if len(vms) == 0 {
+		return nil
+	}
+	byID := make(map[string]*VM, len(vms))
+	args := make([]any, len(vms))
+	for i := range vms {
+		byID[vms[i].ID] = &vms[i]
+		args[i] = vms[i].ID
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT vm_id, proto, host_ip, host_port, guest_port FROM vm_ports
+		WHERE vm_id IN (?`+strings.Repeat(", ?", len(vms)-1)+`) ORDER BY rowid`, args...)
+	if err != nil {
+		return fmt.Errorf("reading ports: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var p Port
+		if err := rows.Scan(&id, &p.Proto, &p.HostIP, &p.HostPort, &p.GuestPort); err != nil {
+			return fmt.Errorf("reading ports: %w", err)
+		}
+		if vm := byID[id]; vm != nil {
+			vm.Ports = append(vm.Ports, p)
+		}
+	}
+	return rows.Err()
 }
 
 // diskFormat is how a VM's disk format is stored: raw unless said.

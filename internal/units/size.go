@@ -34,13 +34,13 @@ func ParseSize(s string) (int64, error) {
 			break
 		}
 	}
-	bad := fmt.Errorf("parsing size %q: want bytes or a number with K, M, G or T, like 8G or 512M", s)
+	bad := fmt.Errorf("parsing size %q: want bytes or a number with K, M, G or T, like 8G or 512M", excerpt(s))
 	if t == "" || iec && mult == 1 || strings.HasPrefix(t, "+") || strings.HasPrefix(t, "-") {
 		return 0, bad
 	}
 	if n, err := strconv.ParseInt(t, 10, 64); err == nil {
 		if n > math.MaxInt64/mult {
-			return 0, fmt.Errorf("parsing size %q: too large", s)
+			return 0, fmt.Errorf("parsing size %q: too large", excerpt(s))
 		}
 		return n * mult, nil
 	}
@@ -50,12 +50,24 @@ func ParseSize(s string) (int64, error) {
 	}
 	v := f * float64(mult)
 	if v >= math.MaxInt64 {
-		return 0, fmt.Errorf("parsing size %q: too large", s)
+		return 0, fmt.Errorf("parsing size %q: too large", excerpt(s))
 	}
 	if v != math.Trunc(v) {
-		return 0, fmt.Errorf("parsing size %q: not a whole number of bytes", s)
+		return 0, fmt.Errorf("parsing size %q: not a whole number of bytes", excerpt(s))
 	}
 	return int64(v), nil
+}
+
+// maxExcerpt bounds how much of a bad input an error quotes: sizes reach
+// bangerd from API clients and web forms.
+const maxExcerpt = 64
+
+// excerpt is s cut to maxExcerpt bytes, for quoting in errors.
+func excerpt(s string) string {
+	if len(s) > maxExcerpt {
+		return s[:maxExcerpt] + "..."
+	}
+	return s
 }
 
 // FormatSize renders n for people: in the largest unit that divides it exactly ("8G",
@@ -77,8 +89,12 @@ func FormatSize(n int64) string {
 
 // RoundUp returns n rounded up to a whole unit (G from 1G, M from 1M, else K),
 // formatted so ParseSize accepts it: the smallest tidy size that is at least n.
+// A unit whose rounding would pass the largest size gives way to a smaller one.
 func RoundUp(n int64) string {
 	for _, u := range sizeUnits[1:] {
+		if n > math.MaxInt64-(u.size-1) {
+			continue
+		}
 		if n >= u.size || u.suffix == "K" {
 			return strconv.FormatInt((n+u.size-1)/u.size, 10) + u.suffix
 		}

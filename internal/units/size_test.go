@@ -1,6 +1,8 @@
 package units
 
 import (
+	"math"
+	"strings"
 	"testing"
 )
 
@@ -42,6 +44,27 @@ func TestParseSize(t *testing.T) {
 	}
 }
 
+// TestSizeErrorsQuoteAnExcerpt: a huge bad size is not echoed whole (found
+// by FuzzParseSize and FuzzParseMiB).
+func TestSizeErrorsQuoteAnExcerpt(t *testing.T) {
+	huge := strings.Repeat("x", 1<<20)
+	for name, parse := range map[string]func(string) error{
+		"ParseSize": func(s string) error { _, err := ParseSize(s); return err },
+		"ParseMiB":  func(s string) error { _, err := ParseMiB(s); return err },
+	} {
+		for _, in := range []string{huge, huge + "G", strings.Repeat("9", 1<<20) + "T"} {
+			err := parse(in)
+			if err == nil {
+				t.Errorf("%s(%d bytes) = nil, want an error", name, len(in))
+				continue
+			}
+			if msg := err.Error(); len(msg) > 200 || !strings.Contains(msg, `xxx..."`) && !strings.Contains(msg, `999..."`) {
+				t.Errorf("%s(%d bytes) = an error of %d bytes starting %.80q, want one quoting a short excerpt", name, len(in), len(msg), msg)
+			}
+		}
+	}
+}
+
 func TestFormatSize(t *testing.T) {
 	tests := []struct {
 		in   int64
@@ -73,6 +96,8 @@ func TestRoundUpSize(t *testing.T) {
 		{300<<20 + 1, "301M"},
 		{1, "1K"},
 		{0, "0K"},
+		{math.MaxInt64 - 1<<30, "8589934591G"},
+		{math.MaxInt64, "9223372036854775807"}, // found by FuzzParseSize: 1G more overflowed
 	}
 	for _, tt := range tests {
 		if got := RoundUp(tt.in); got != tt.want {

@@ -84,16 +84,16 @@ func ParseMiB(s string) (int, error) {
 	t := strings.TrimSpace(s)
 	if n, err := strconv.ParseInt(t, 10, 64); err == nil {
 		if n < 1 || n > math.MaxInt32 {
-			return 0, fmt.Errorf("memory %q is not a whole positive number of MiB: use for example 512M or 2G", s)
+			return 0, fmt.Errorf("memory %q is not a whole positive number of MiB: use for example 512M or 2G", excerpt(s))
 		}
 		return int(n), nil
 	}
 	b, err := ParseSize(t)
 	if err != nil {
-		return 0, fmt.Errorf("memory %q is not a size: use MiB (1024) or a unit (512M, 2G)", s)
+		return 0, fmt.Errorf("memory %q is not a size: use MiB (1024) or a unit (512M, 2G)", excerpt(s))
 	}
 	if b < 1<<20 || b%(1<<20) != 0 || b/(1<<20) > math.MaxInt32 {
-		return 0, fmt.Errorf("memory %q is not a whole positive number of MiB: use for example 512M or 2G", s)
+		return 0, fmt.Errorf("memory %q is not a whole positive number of MiB: use for example 512M or 2G", excerpt(s))
 	}
 	return int(b >> 20), nil
 }

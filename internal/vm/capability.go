@@ -42,6 +42,12 @@ type Capability interface {
 	Reconcile(ctx context.Context, vms []store.VM) error
 }
 
+// Updater is a capability that can apply a changed setting (vm set) to a
+// running VM at once, without a reboot.
+type Updater interface {
+	Update(ctx context.Context, vm *store.VM) error
+}
+
 // NoCapability implements every hook as a no-op.
 type NoCapability struct{}
 
@@ -83,6 +89,18 @@ func (cs capabilities) restoring(ctx context.Context, vm *store.VM) error {
 	for _, c := range cs {
 		if err := c.Restoring(ctx, vm); err != nil {
 			return fmt.Errorf("restoring VM %s: %s: %w", vm.Name, c.Name(), err)
+		}
+	}
+	return nil
+}
+
+// update runs every Update hook in order, stopping at the first failure.
+func (cs capabilities) update(ctx context.Context, vm *store.VM) error {
+	for _, c := range cs {
+		if u, ok := c.(Updater); ok {
+			if err := u.Update(ctx, vm); err != nil {
+				return fmt.Errorf("changing VM %s: %s: %w", vm.Name, c.Name(), err)
+			}
 		}
 	}
 	return nil

@@ -15,9 +15,12 @@ import (
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/doctor"
+	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/guestconfig"
 	"github.com/banger/banger/internal/hypervisor"
+	"github.com/banger/banger/internal/image/workseed"
 	"github.com/banger/banger/internal/network"
+	"github.com/banger/banger/internal/portfwd"
 	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/units"
 )
@@ -31,10 +34,29 @@ type CreateOptions struct {
 	// DiskSize grows the root disk to this many bytes (never below the
 	// image's size); 0 keeps the image's.
 	DiskSize int64
+	// WorkSize is the size of the /root disk (never below the work-seed's);
+	// 0 means the engine's default.
+	WorkSize int64
 	NAT      bool
 	// Cold boots the VM even when a snapshot of its image fits.
 	Cold bool
+	// Egress is the VM's egress policy; nil is the default. A policy other
+	// than open is for outbound traffic, so it turns NAT on.
+	Egress *egress.Policy
+	// Ports are published on the host from the first boot.
+	Ports []portfwd.Spec
 }
+
+// Sizes of the /root disk.
+const (
+	// DefaultWorkSize is a new VM's /root disk: sparse, so it takes host
+	// space only as the guest writes.
+	DefaultWorkSize int64 = 16 << 30
+	// MinWorkSize and MaxWorkSize bound it; MinWorkSize is the size of the
+	// work-seed banger builds.
+	MinWorkSize int64 = 64 << 20
+	MaxWorkSize int64 = 16 << 40
+)
 
 // Plan is a validated create: everything that can be refused is refused
 // before anything changes. It carries the bundle it was made with.
@@ -69,6 +91,14 @@ func (e *Engine) Plan(ctx context.Context, o CreateOptions) (*Plan, error) {
 		return nil, exists("a VM named %s already exists (%s): pick another name, or remove it with 'banger vm delete %s'", o.Name, vm.State, o.Name)
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return nil, err
+	}
+	if o.Egress != nil {
+		if err := o.Egress.Validate(); err != nil {
+			return nil, invalid("%w", err)
+		}
+		if o.Egress.Effective() != egress.ModeOpen {
+			o.NAT = true
+		}
 	}
 	b, err := e.Bundle()
 	if err != nil {
@@ -120,28 +150,62 @@ func (e *Engine) Plan(ctx context.Context, o CreateOptions) (*Plan, error) {
 		}
 		p.diskSize = o.DiskSize
 	}
-	if p.workSize, err = e.defaultWorkSize(b, img); err != nil {
-		return nil, unavailable(err)
+	if p.workSize, err = e.planWorkSize(img, o.WorkSize); err != nil {
+		return nil, err
+	}
+	e.portsMu.Lock()
+	err = e.checkPorts(ctx, "", nil, o.Ports, true)
+	e.portsMu.Unlock()
+	if err != nil {
+		return nil, err
 	}
 	p.warm, p.coldReason = e.pickWarm(ctx, p)
 	return p, nil
 }
 
-// defaultWorkSize is the size of a new VM's /root disk: its image's
-// work-seed's.
-func (e *Engine) defaultWorkSize(b *bundle.Bundle, img *Image) (int64, error) {
-	seed, err := e.cfg.Images.seedPath(b, img)
-	if err != nil {
-		return 0, err
+// bootFiles are the kernel and initramfs vm boots: its image's own, or the
+// bundle's.
+func bootFiles(vm *store.VM, b *bundle.Bundle) (kernel, initrd string) {
+	if vm.Kernel != "" {
+		return vm.Kernel, vm.Initrd
 	}
-	if seed == "" {
-		return 0, nil // built at the create (SeedFor); grows to its size
+	return b.Path(b.Kernel), b.Path(b.Initrd)
+}
+
+// checkBootFiles says clearly when the image kernel a VM boots is gone.
+func checkBootFiles(vm *store.VM) error {
+	for _, f := range []string{vm.Kernel, vm.Initrd} {
+		if f == "" {
+			continue
+		}
+		if _, err := os.Stat(f); err != nil {
+			return unavailable(fmt.Errorf("VM %s boots its image's own kernel, and %s is gone (%w): put it back, or recreate the VM", vm.Name, f, err))
+		}
 	}
-	n, err := disk.Size(seed)
-	if err != nil {
-		return 0, fmt.Errorf("image %s's work-seed: %w (rebuild the bundle with 'make runtime-bundle')", img.Name, err)
+	return nil
+}
+
+// planWorkSize is the size of a new VM's /root disk: asked (at least the
+// image's work-seed, at most MaxWorkSize) or the default (at least the
+// seed).
+func (e *Engine) planWorkSize(img *Image, asked int64) (int64, error) {
+	seed, _ := units.ParseSize(workseed.Size) // what a seed still to be built has
+	if img.WorkSeed != "" {
+		if n, err := disk.Size(img.WorkSeed); err == nil {
+			seed = n
+		}
 	}
-	return n, nil
+	if asked == 0 {
+		return max(e.cfg.WorkSize, seed), nil
+	}
+	if least := max(seed, MinWorkSize); asked < least {
+		return 0, invalid("work size %s is too small: a /root of image %s needs %s or more: pick --work-size %s or more",
+			units.FormatSize(asked), img.Name, units.FormatSize(least), units.RoundUp(least))
+	}
+	if asked > MaxWorkSize {
+		return 0, invalid("work size %s is more than banger allows (%s): pick a smaller --work-size", units.FormatSize(asked), units.FormatSize(MaxWorkSize))
+	}
+	return asked, nil
 }
 
 // pickWarm returns the template a create restores, or why it boots cold.
@@ -181,6 +245,7 @@ func (e *Engine) Create(p *Plan, pr Progress) (*store.VM, error) {
 	if vm, err := e.byName(ctx, p.Options.Name); err == nil {
 		return nil, exists("a VM named %s already exists (%s): pick another name", p.Options.Name, vm.State)
 	}
+
 	st := newStages(pr)
 	if p.warm != nil {
 		if _, err := readTemplate(p.warm.dir); err != nil {
@@ -239,17 +304,24 @@ func (e *Engine) create(ctx context.Context, p *Plan, st *stages, unlock *func()
 		VCPUs:         p.Options.VCPUs,
 		MemoryMiB:     p.Options.MemoryMiB,
 		DiskSizeBytes: p.diskSize,
+		WorkSizeBytes: p.workSize,
 		NAT:           p.Options.NAT,
+		Kernel:        p.Image.Kernel,
+		Initrd:        p.Image.Initrd,
 		Dir:           dataDir,
 		RuntimeDir:    rtDir,
 		DiskFormat:    p.diskFormat,
 	}
-	net := e.cfg.Network
-	if err := e.cfg.Store.CreateVMWithLease(ctx, vm, net.GuestSubnet(), net.Gateway()); err != nil {
-		if errors.Is(err, store.ErrExists) {
-			return nil, nil, exists("a VM named %s already exists: pick another name", vm.Name)
+	if p.Options.Egress != nil {
+		if err := SetPolicy(vm, *p.Options.Egress); err != nil {
+			return nil, nil, err
 		}
-		return nil, nil, fmt.Errorf("recording VM %s: %w", vm.Name, err)
+	}
+	for _, s := range p.Options.Ports {
+		vm.Ports = append(vm.Ports, portOf(s))
+	}
+	if err := e.record(ctx, vm); err != nil {
+		return nil, nil, err
 	}
 	ip, _ := netip.ParseAddr(vm.IP)
 	vm.MAC = network.MAC(ip)
@@ -288,6 +360,29 @@ func (e *Engine) create(ctx context.Context, p *Plan, st *stages, unlock *func()
 		return nil, nil, err
 	}
 	return vm, h, nil
+}
+
+// record writes a new VM with its leases. Another VM may have published
+// one of its ports since the plan: the check and the record are made under
+// the same lock.
+func (e *Engine) record(ctx context.Context, vm *store.VM) error {
+	e.portsMu.Lock()
+	defer e.portsMu.Unlock()
+	specs, err := vmSpecs(vm)
+	if err != nil {
+		return err
+	}
+	if err := e.checkPorts(ctx, "", nil, specs, false); err != nil {
+		return err
+	}
+	net := e.cfg.Network
+	if err := e.cfg.Store.CreateVMWithLease(ctx, vm, net.GuestSubnet(), net.Gateway()); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return exists("a VM named %s already exists: pick another name", vm.Name)
+		}
+		return fmt.Errorf("recording VM %s: %w", vm.Name, err)
+	}
+	return nil
 }
 
 // bootKind says how a boot brings up its guest.
@@ -338,6 +433,10 @@ func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 			e.log.Warn("releasing after a failed boot", "vm", vm.Name, "err", err)
 		}
 	}
+	if err := checkBootFiles(vm); err != nil {
+		release()
+		return nil, nil, err
+	}
 	var cmdline string
 	err := st.run("network", func() error {
 		if err := e.caps.prepare(ctx, vm, &bs.guest); err != nil {
@@ -376,7 +475,8 @@ func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 		sctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
 		spec := e.spec(vm)
-		spec.Kernel, spec.Initrd, spec.Cmdline = b.Path(b.Kernel), b.Path(b.Initrd), cmdline
+		spec.Kernel, spec.Initrd = bootFiles(vm, b)
+		spec.Cmdline = cmdline
 		if m.kind == coldBoot {
 			var err error
 			inst, err = be.Start(sctx, spec)

@@ -407,7 +407,15 @@ func (c *diskCap) Create(ctx context.Context, vm *store.VM, p *Plan) error {
 	if err != nil {
 		return err
 	}
-	return c.disks.forImage(ctx, vm.Dir, p.diskFormat, p.Image, seed, p.diskSize, p.workSize)
+	work := p.workSize
+	if n, err := disk.Size(seed); err == nil && n > work {
+		work = n // a seed rebuilt bigger than planned
+	}
+	if err := c.disks.forImage(ctx, vm.Dir, p.diskFormat, p.Image, seed, p.diskSize, work); err != nil {
+		return err
+	}
+	vm.WorkSizeBytes = work
+	return nil
 }
 
 // Prepare refuses to boot a VM whose disks read from a base that is gone

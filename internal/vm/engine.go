@@ -58,6 +58,8 @@ type Config struct {
 	DataDir, RuntimeDir string
 	// Defaults of a create that names no size.
 	VCPUs, MemoryMiB int
+	// WorkSize is the size of a new VM's /root disk (0: DefaultWorkSize).
+	WorkSize int64
 	// MaxMemoryMiB bounds a VM's memory (the host's); 0: no bound.
 	MaxMemoryMiB int
 	ReadyTimeout time.Duration
@@ -89,9 +91,12 @@ type Engine struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	locks  keyedLocks // by VM name
-	tlocks keyedLocks // template builds, by image name
-	disks  *disks
+	locks keyedLocks // by VM name
+	// portsMu serialises the checks and records of published ports across
+	// VMs, whose name locks do not exclude each other.
+	portsMu sync.Mutex
+	tlocks  keyedLocks // template builds, by image name
+	disks   *disks
 
 	mu         sync.Mutex
 	instances  map[string]hypervisor.Instance // by VM id
@@ -113,6 +118,9 @@ func New(cfg Config) *Engine {
 	}
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 5 * time.Minute
+	}
+	if cfg.WorkSize == 0 {
+		cfg.WorkSize = DefaultWorkSize
 	}
 	if cfg.Dial == nil {
 		var d net.Dialer
@@ -228,7 +236,11 @@ func (e *Engine) lockVM(ctx context.Context, nameOrID string) (*store.VM, func()
 		return nil, nil, err
 	}
 	unlock := e.locks.lock(vm.Name)
+	name := vm.Name
 	vm, err = e.Get(ctx, vm.ID)
+	if errors.Is(err, ErrNotFound) {
+		err = notFound("VM %s was deleted meanwhile: see 'banger vm list'", name)
+	}
 	if err != nil {
 		unlock()
 		return nil, nil, err

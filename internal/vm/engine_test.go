@@ -1,10 +1,13 @@
 package vm
 
 import (
+	"bufio"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -15,12 +18,15 @@ import (
 
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/bundle/bundletest"
+	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/hypervisor/hypervisortest"
+	"github.com/banger/banger/internal/image/ext4"
 	"github.com/banger/banger/internal/isolation"
 	"github.com/banger/banger/internal/logfile"
 	"github.com/banger/banger/internal/nat"
 	"github.com/banger/banger/internal/network"
+	"github.com/banger/banger/internal/portfwd"
 	"github.com/banger/banger/internal/runner/runnertest"
 	"github.com/banger/banger/internal/store"
 )
@@ -89,6 +95,7 @@ func (h *testHost) engine() *Engine {
 		Runner: h.r, Net: netm, Names: names,
 		Pool:      &network.Pool{M: netm, Prefix: names.PoolPrefix},
 		NAT:       &nat.Manager{R: h.r, Table: names.Table, Bridge: names.Bridge, Subnet: names.Subnet},
+		Egress:    &egress.Manager{R: h.r, Table: egress.TableName(names.Table), Bridge: names.Bridge, Subnet: names.Subnet},
 		Isolation: &isolation.Manager{R: h.r, Table: names.Table, Bridge: names.Bridge, TAPPrefixes: []string{names.TAPPrefix}},
 		Known:     h.known, Images: images,
 		DNSServed: func() bool { return true },
@@ -436,5 +443,461 @@ func TestConsoleLogCapped(t *testing.T) {
 			t.Fatalf("console log %v %v, rotated %v %v: want both within %d bytes", fi, err, old, oerr, h.consoleMax)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestEgressFollowsNAT: a policy is applied at boot to NAT VMs only,
+// changed at once on a running VM, and removed by open, stop and delete;
+// bad policies change nothing.
+func TestEgressFollowsNAT(t *testing.T) {
+	h := newTestHost(t)
+	e := h.engine()
+	ctx := context.Background()
+	// A policy in force is one the manager tracks (its counters can be
+	// read); the rules it wrote are the egress package's to test.
+	inForce := func(id string) bool {
+		_, err := e.EgressStats(ctx, &store.VM{ID: id})
+		return !errors.Is(err, egress.ErrNoPolicy)
+	}
+	applied := func(id string) bool {
+		for _, c := range h.r.Calls() {
+			if strings.HasPrefix(c, "priv nft") && strings.Contains(c, "v_"+id+"_fwd") {
+				return inForce(id)
+			}
+		}
+		return false
+	}
+	removed := func(id string) bool { return !inForce(id) }
+	plain := h.mustCreate(e, "plain")
+	if applied(plain.ID) {
+		t.Errorf("a VM without NAT got egress rules")
+	}
+	p, err := e.Plan(ctx, CreateOptions{Name: "agent", Image: "minimal", Egress: &egress.Policy{Mode: egress.ModeAllow, Allow: mustList(t, "192.0.2.0/24")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := e.Create(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !v.NAT || !applied(v.ID) {
+		t.Fatalf("agent: nat %v, rules applied %v; want an allow policy to turn NAT on and apply", v.NAT, applied(v.ID))
+	}
+	if got, _ := PolicyOf(v); got.String() != "allow 192.0.2.0/24" {
+		t.Errorf("agent's policy = %q", got)
+	}
+
+	// Bad input changes nothing.
+	bad := &egress.Policy{Mode: egress.ModeOpen, Allow: mustList(t, "10.0.0.0/8")}
+	if _, err := e.Set("agent", SetOptions{Egress: bad}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("Set(open with a list) = %v, want ErrInvalid", err)
+	}
+	if got, _ := e.Get(ctx, "agent"); got.Egress != v.Egress {
+		t.Errorf("a refused change changed the record: %q, was %q", got.Egress, v.Egress)
+	}
+
+	h.r.Reset()
+	open := egress.Open()
+	if v, err = e.Set("agent", SetOptions{Egress: &open}); err != nil || !v.NAT {
+		t.Fatalf("Set(open) = %+v, %v", v, err)
+	}
+	if !removed(v.ID) {
+		t.Errorf("open left the VM's rules: %q", h.r.Calls())
+	}
+	h.r.Reset()
+	def := egress.Policy{}
+	if v, err = e.Set("agent", SetOptions{Egress: &def}); err != nil || v.Egress != "" || !applied(v.ID) {
+		t.Fatalf("Set(default) = %+v, %v; applied %v", v, err, applied(v.ID))
+	}
+	h.r.Reset()
+	if _, err := e.Stop("agent"); err != nil {
+		t.Fatal(err)
+	}
+	if !removed(v.ID) {
+		t.Errorf("stop left the VM's rules: %q", h.r.Calls())
+	}
+}
+
+func mustList(t *testing.T, s string) []egress.Entry {
+	t.Helper()
+	l, err := egress.ParseList(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// TestImageKernel: the VMs of an image with its own kernel boot it, not the
+// bundle's, and say clearly when it is gone.
+func TestImageKernel(t *testing.T) {
+	h := newTestHost(t)
+	e := h.engine()
+	ctx := context.Background()
+	dir := t.TempDir()
+	kern, initrd, rootfs := filepath.Join(dir, "vmlinux"), filepath.Join(dir, "initrd.img"), filepath.Join(dir, "root.ext4")
+	os.WriteFile(kern, []byte("\x7fELF own kernel"), 0o644)
+	os.WriteFile(initrd, []byte("\x1f\x8b own initrd"), 0o644)
+	if err := ext4.WriteMagic(rootfs, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Images().Register(ctx, h.bundle, RegisterOptions{Name: "own", Rootfs: rootfs, Kernel: kern}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("register with --kernel alone = %v, want ErrInvalid", err)
+	}
+	if _, err := e.Images().Register(ctx, h.bundle, RegisterOptions{Name: "own", Rootfs: rootfs, Kernel: kern, Initrd: initrd}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := e.Plan(ctx, CreateOptions{Name: "k", Image: "own"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := e.Create(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := h.fake.Running()
+	if len(running) != 1 || running[0].Spec().Kernel != kern || running[0].Spec().Initrd != initrd {
+		t.Fatalf("the VM booted %+v, want the image's own kernel %s", running, kern)
+	}
+	h.mustCreate(e, "plain")
+	for _, inst := range h.fake.Running() {
+		if strings.Contains(inst.Spec().Cmdline, ":plain:") && inst.Spec().Kernel != h.bundle.Path(h.bundle.Kernel) {
+			t.Errorf("a bundle image's VM booted %s, want the bundle's kernel", inst.Spec().Kernel)
+		}
+	}
+	if _, err := e.Stop(v.Name); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(kern)
+	if _, err := e.Start(v.Name, nil); err == nil || !strings.Contains(err.Error(), "boots its image's own kernel, and "+kern+" is gone") {
+		t.Errorf("start with the image's kernel gone = %v, want it said", err)
+	}
+}
+
+// TestWorkSize: a new VM's /root disk is the default size (sparse) or the
+// asked one; a stopped VM's grows and keeps its record; shrinking, growing
+// a running VM and too small a size are refused and change nothing.
+func TestWorkSize(t *testing.T) {
+	h := newTestHost(t)
+	e := h.engine()
+	v := h.mustCreate(e, "room")
+	if fi, err := os.Stat(WorkDisk(v)); err != nil || fi.Size() != DefaultWorkSize || v.WorkSizeBytes != DefaultWorkSize {
+		t.Fatalf("default /root: %v, %v, recorded %d; want %d", fi, err, v.WorkSizeBytes, DefaultWorkSize)
+	}
+	if !strings.Contains(strings.Join(h.r.Calls(), "\n"), "run resize2fs "+WorkDisk(v)) {
+		t.Errorf("create did not resize the /root filesystem: %q", h.r.Calls())
+	}
+	p, err := e.Plan(context.Background(), CreateOptions{Name: "big", Image: "minimal", WorkSize: 40 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big, err := e.Create(p, nil)
+	if err != nil || big.WorkSizeBytes != 40<<30 {
+		t.Fatalf("create --work-size 40G = %+v, %v", big, err)
+	}
+	for _, tt := range []struct {
+		o    CreateOptions
+		want string
+	}{
+		{CreateOptions{Name: "x", Image: "minimal", WorkSize: 1}, "a /root of image minimal needs 64M or more"},
+		{CreateOptions{Name: "x", Image: "minimal", WorkSize: MaxWorkSize + 1}, "more than banger allows"},
+	} {
+		if _, err := e.Plan(context.Background(), tt.o); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("Plan(work size %d) = %v, want ErrInvalid with %q", tt.o.WorkSize, err, tt.want)
+		}
+	}
+
+	refuse := func(size int64, want string) {
+		t.Helper()
+		h.r.Reset()
+		if _, err := e.Set("room", SetOptions{WorkSize: size}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), want) {
+			t.Errorf("Set(work size %d) = %v, want ErrInvalid with %q", size, err, want)
+		}
+		got, _ := e.Get(context.Background(), "room")
+		fi, _ := os.Stat(WorkDisk(v))
+		if got.WorkSizeBytes != fi.Size() || len(h.r.Calls()) != 0 {
+			t.Errorf("refused Set changed things: recorded %d, disk %d, commands %q", got.WorkSizeBytes, fi.Size(), h.r.Calls())
+		}
+	}
+	refuse(32<<30, "grows only while the VM is stopped")
+	if _, err := e.Stop("room"); err != nil {
+		t.Fatal(err)
+	}
+	refuse(8<<30, "/root only grows: pick --work-size 16G or more")
+	refuse(MaxWorkSize+1, "more than banger allows")
+	nat := true
+	if got, err := e.Set("room", SetOptions{WorkSize: 32 << 30, NAT: &nat}); err != nil || got.WorkSizeBytes != 32<<30 || !got.NAT {
+		t.Fatalf("Set(32G, nat) on a stopped VM = %+v, %v", got, err)
+	}
+	if fi, _ := os.Stat(WorkDisk(v)); fi.Size() != 32<<30 {
+		t.Errorf("grown /root is %d bytes, want 32G", fi.Size())
+	}
+	if got, _ := e.Get(context.Background(), "room"); got.WorkSizeBytes != 32<<30 {
+		t.Errorf("recorded work size %d after the grow, want 32G", got.WorkSizeBytes)
+	}
+	// The same size again is nothing to do.
+	h.r.Reset()
+	if _, err := e.Set("room", SetOptions{WorkSize: 32 << 30}); err != nil || strings.Contains(strings.Join(h.r.Calls(), "\n"), "resize2fs") {
+		t.Errorf("Set(same size) = %v, commands %q; want nothing done", err, h.r.Calls())
+	}
+	if _, err := e.Start("room", nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// guestServices gives the fake's guests a TCP server on 8080 that greets
+// with its address and then echoes, and a UDP echo server on 5353.
+func guestServices(b *hypervisortest.Backend) {
+	b.Serve("tcp", 8080, func(guest netip.Addr, c net.Conn) {
+		fmt.Fprintf(c, "hello from %s\n", guest)
+		io.Copy(c, c)
+	})
+	b.Serve("udp", 5353, func(guest netip.Addr, c net.Conn) {
+		buf := make([]byte, 2048)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			c.Write(append([]byte("echo "), buf[:n]...))
+		}
+	})
+}
+
+// freePort returns a loopback port nothing listens on now.
+func freePort(t *testing.T) uint16 {
+	t.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return uint16(l.Addr().(*net.TCPAddr).Port)
+}
+
+// greeting reads the first line a published TCP port answers, or the error.
+func greeting(port uint16) (string, error) {
+	c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 2*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+func udpEcho(port uint16, msg string) (string, error) {
+	c, err := net.Dial("udp4", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 2048)
+	n, err := c.Read(buf)
+	return string(buf[:n]), err
+}
+
+func mustSpec(t *testing.T, s string) portfwd.Spec {
+	t.Helper()
+	sp, err := portfwd.ParseSpec(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sp
+}
+
+// TestPublishedPorts follows the published-ports capability through a
+// VM's life over the fake hypervisor: listening from the create, closed by
+// a stop, a poweroff and a delete, back after a start and after a bangerd
+// restart, added and removed while running or stopped, and refused when
+// busy, taken by another VM or overlapping.
+func TestPublishedPorts(t *testing.T) {
+	h := newTestHost(t)
+	guestServices(h.fake)
+	e := h.engine()
+	ctx := context.Background()
+	web, dns := freePort(t), freePort(t)
+	webSpec := mustSpec(t, fmt.Sprintf("%d:8080", web))
+	dnsSpec := mustSpec(t, fmt.Sprintf("%d:5353/udp", dns))
+	p, err := e.Plan(ctx, CreateOptions{Name: "pub", Image: "minimal", Ports: []portfwd.Spec{webSpec, dnsSpec}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := e.Create(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "hello from " + v.IP
+	answers := func(when string) {
+		t.Helper()
+		if got, err := greeting(web); err != nil || got != want {
+			t.Errorf("%s: TCP port %d answers %q, %v; want %q", when, web, got, err, want)
+		}
+		if got, err := udpEcho(dns, "q"); err != nil || got != "echo q" {
+			t.Errorf("%s: UDP port %d answers %q, %v; want the echo", when, dns, got, err)
+		}
+	}
+	closed := func(when string) {
+		t.Helper()
+		if _, err := greeting(web); err == nil {
+			t.Errorf("%s: TCP port %d still answers", when, web)
+		}
+		for _, s := range []portfwd.Spec{webSpec, dnsSpec} {
+			if err := portfwd.Probe(s); err != nil {
+				t.Errorf("%s: %s is not free: %v", when, s, err)
+			}
+		}
+	}
+	answers("after create")
+	if ps := e.Ports(v); len(ps) != 2 || !ps[0].Listening || !ps[1].Listening || ps[0].Spec != webSpec {
+		t.Errorf("Ports() = %+v, want both listening", ps)
+	}
+
+	// Refusals change nothing: a busy host port, one another VM has, one
+	// that overlaps the VM's own.
+	busy, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	busyPort := uint16(busy.Addr().(*net.TCPAddr).Port)
+	other := h.mustCreate(e, "other")
+	for _, tt := range []struct {
+		vm   string
+		spec string
+		kind error
+		want string
+	}{
+		{"pub", fmt.Sprintf("%d:80", busyPort), ErrExists, "is already in use: pick another host port"},
+		{"other", fmt.Sprintf("%d:80", web), ErrExists, "is published by VM pub already"},
+		{"other", fmt.Sprintf("0.0.0.0:%d:80", web), ErrExists, "is published by VM pub already"},
+		{"pub", fmt.Sprintf("0.0.0.0:%d:80", web), ErrInvalid, "both take host port"},
+	} {
+		if _, err := e.AddPorts(tt.vm, []portfwd.Spec{mustSpec(t, tt.spec)}); !errors.Is(err, tt.kind) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("AddPorts(%s, %s) = %v, want %v with %q", tt.vm, tt.spec, err, tt.kind, tt.want)
+		}
+	}
+	if _, err := e.Plan(ctx, CreateOptions{Name: "late", Image: "minimal", Ports: []portfwd.Spec{mustSpec(t, fmt.Sprintf("%d:80", busyPort))}}); !errors.Is(err, ErrExists) {
+		t.Errorf("Plan with a busy port = %v, want ErrExists", err)
+	}
+	for _, name := range []string{"pub", "other"} {
+		if got, _ := e.Get(ctx, name); len(got.Ports) != map[string]int{"pub": 2, "other": 0}[name] {
+			t.Errorf("refusals changed the ports of %s: %+v", name, got.Ports)
+		}
+	}
+
+	// Added to a running VM: listening at once; removed: closed at once.
+	extra := freePort(t)
+	extraSpec := mustSpec(t, fmt.Sprintf("%d:8080", extra))
+	if got, err := e.AddPorts("pub", []portfwd.Spec{extraSpec}); err != nil || len(got.Ports) != 3 {
+		t.Fatalf("AddPorts(pub) = %+v, %v", got, err)
+	}
+	if got, err := greeting(extra); err != nil || got != want {
+		t.Errorf("added port %d answers %q, %v", extra, got, err)
+	}
+	if _, err := e.RemovePorts("pub", []portfwd.Selector{{Proto: "tcp", HostPort: 1}}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("RemovePorts(an unpublished port) = %v, want ErrNotFound", err)
+	}
+	if got, err := e.RemovePorts("pub", []portfwd.Selector{{Proto: "tcp", HostPort: extra}}); err != nil || len(got.Ports) != 2 {
+		t.Fatalf("RemovePorts(pub, %d) = %+v, %v", extra, got, err)
+	}
+	if err := portfwd.Probe(extraSpec); err != nil {
+		t.Errorf("removed port %d still taken: %v", extra, err)
+	}
+
+	if _, err := e.Stop("pub"); err != nil {
+		t.Fatal(err)
+	}
+	closed("after stop")
+	if ps := e.Ports(v); len(ps) != 2 || ps[0].Listening {
+		t.Errorf("Ports() of a stopped VM = %+v, want none listening", ps)
+	}
+	// Added to a stopped VM: recorded, listened on at the next start.
+	if _, err := e.AddPorts("pub", []portfwd.Spec{extraSpec}); err != nil {
+		t.Fatal(err)
+	}
+	if err := portfwd.Probe(extraSpec); err != nil {
+		t.Errorf("a port added to a stopped VM is listened on: %v", err)
+	}
+	if _, err := e.Start("pub", nil); err != nil {
+		t.Fatal(err)
+	}
+	answers("after start")
+	if got, err := greeting(extra); err != nil || got != want {
+		t.Errorf("port added while stopped, after start: %q, %v", got, err)
+	}
+
+	// A bangerd restart: the old engine's relays end with it, the new one
+	// listens again for the VM it adopts.
+	e.Close()
+	closed("with bangerd down")
+	e = h.engine()
+	if err := e.Adopt(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	answers("after a bangerd restart")
+
+	// A start whose port was taken meanwhile fails at "network", saying
+	// how to go on, and leaves nothing listening.
+	if _, err := e.Stop("pub"); err != nil {
+		t.Fatal(err)
+	}
+	squat, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", web))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.Start("pub", nil)
+	squat.Close()
+	if err == nil || !strings.Contains(err.Error(), "is already in use") || !strings.Contains(err.Error(), fmt.Sprintf("banger vm port rm pub 127.0.0.1:%d/tcp", web)) {
+		t.Errorf("start with a taken port = %v, want the busy port and how to remove it", err)
+	}
+	closed("after the refused start")
+	if _, err := e.Start("pub", nil); err != nil {
+		t.Fatal(err)
+	}
+	answers("after the port was freed")
+
+	// A guest that powers off ends its relays too.
+	for _, inst := range h.fake.Running() {
+		if strings.Contains(inst.Spec().Cmdline, ":pub:eth0") {
+			inst.PowerOff()
+		}
+	}
+	waitState(t, e, "pub", StateStopped)
+	closed("after a guest poweroff")
+	if _, err := e.Start("pub", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Delete("pub"); err != nil {
+		t.Fatal(err)
+	}
+	closed("after delete")
+	// The deleted VM's ports are free for another.
+	if _, err := e.AddPorts("other", []portfwd.Spec{webSpec}); err != nil {
+		t.Errorf("taking a deleted VM's port: %v", err)
+	}
+	if got, err := greeting(web); err != nil || got != "hello from "+other.IP {
+		t.Errorf("the port now published by other answers %q, %v", got, err)
+	}
+}
+
+func TestGuestPeer(t *testing.T) {
+	refuse := guestPeer(&network.Manager{Subnet: netip.MustParsePrefix("172.30.0.0/24")})
+	for _, tt := range []struct {
+		addr string
+		want bool
+	}{
+		{"172.30.0.2", true}, {"172.30.0.254", true}, {"172.30.0.1", false}, {"127.0.0.1", false}, {"172.30.1.2", false}, {"192.0.2.1", false},
+	} {
+		if got := refuse(netip.MustParseAddr(tt.addr)); got != tt.want {
+			t.Errorf("guestPeer(%s) = %t, want %t", tt.addr, got, tt.want)
+		}
 	}
 }

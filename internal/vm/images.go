@@ -15,6 +15,7 @@ import (
 	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/image/ext4"
+	"github.com/banger/banger/internal/image/kernel"
 	"github.com/banger/banger/internal/image/rootfs"
 	"github.com/banger/banger/internal/image/workseed"
 	"github.com/banger/banger/internal/runner"
@@ -35,6 +36,10 @@ type Image struct {
 	// Bundled is set for the bundle's own images.
 	Bundled bool
 	Default bool
+	// Kernel and Initrd are the image's own kernel and initramfs, booted
+	// instead of the bundle's; Modules is their modules dir and
+	// KernelVersion its release. All empty: the bundle's kernel.
+	Kernel, Initrd, Modules, KernelVersion string
 }
 
 // Images is the image catalogue: the bundle's images, the registered ones
@@ -109,12 +114,15 @@ func (im *Images) List(ctx context.Context, b *bundle.Bundle) ([]Image, error) {
 }
 
 func fromRecord(rec *store.Image) *Image {
-	return &Image{Name: rec.Name, Rootfs: rec.Rootfs, WorkSeed: rec.WorkSeed, SeedKey: rec.SeedKey, Managed: rec.Managed, Registered: true}
+	return &Image{Name: rec.Name, Rootfs: rec.Rootfs, WorkSeed: rec.WorkSeed, SeedKey: rec.SeedKey, Managed: rec.Managed, Registered: true,
+		Kernel: rec.Kernel, Initrd: rec.Initrd, Modules: rec.Modules, KernelVersion: rec.KernelVersion}
 }
 
-// RegisterOptions name an ext4 image a user built.
+// RegisterOptions name an ext4 image a user built and, optionally, the
+// kernel it boots: an ELF kernel with its initramfs, and their modules.
 type RegisterOptions struct {
-	Name, Rootfs, WorkSeed string
+	Name, Rootfs, WorkSeed  string
+	Kernel, Initrd, Modules string
 }
 
 // Register records an unmanaged image: banger boots clones of its files
@@ -136,14 +144,42 @@ func (im *Images) Register(ctx context.Context, b *bundle.Bundle, o RegisterOpti
 			return nil, invalid("%s %s: %w", f.flag, truncate(f.path, 200), err)
 		}
 	}
+	rec := &store.Image{Name: o.Name, Rootfs: o.Rootfs, WorkSeed: o.WorkSeed, Kernel: o.Kernel, Initrd: o.Initrd, Modules: o.Modules}
+	if err := checkKernel(rec); err != nil {
+		return nil, err
+	}
 	if old, err := im.Store.GetImage(ctx, o.Name); err == nil && old.Managed {
 		return nil, exists("image %s was built by banger: delete it first with 'banger image delete %s'", o.Name, o.Name)
 	}
-	rec := &store.Image{Name: o.Name, Rootfs: o.Rootfs, WorkSeed: o.WorkSeed}
 	if err := im.Store.UpsertImage(ctx, rec); err != nil {
 		return nil, err
 	}
 	return fromRecord(rec), nil
+}
+
+// checkKernel checks an image's own kernel, initramfs and modules, and
+// records the modules' release.
+func checkKernel(rec *store.Image) error {
+	switch {
+	case rec.Kernel == "" && rec.Initrd == "" && rec.Modules == "":
+		return nil
+	case rec.Kernel == "" || rec.Initrd == "":
+		return invalid("an image's own kernel needs both --kernel and --initrd (banger's guests load their disk drivers from the initramfs)")
+	}
+	if err := kernel.CheckKernel(rec.Kernel); err != nil {
+		return invalid("--kernel %s: %w", truncate(rec.Kernel, 200), err)
+	}
+	if err := kernel.CheckInitrd(rec.Initrd); err != nil {
+		return invalid("--initrd %s: %w", truncate(rec.Initrd, 200), err)
+	}
+	if rec.Modules != "" {
+		rel, err := kernel.ModulesRelease(rec.Modules)
+		if err != nil {
+			return invalid("--modules %s: %w", truncate(rec.Modules, 200), err)
+		}
+		rec.KernelVersion = rel
+	}
+	return nil
 }
 
 // Delete forgets an image; a built one's files go with it (VMs keep their

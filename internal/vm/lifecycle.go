@@ -9,10 +9,13 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/agent"
+	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/doctor"
+	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/logfile"
 	"github.com/banger/banger/internal/store"
+	"github.com/banger/banger/internal/units"
 )
 
 // bootOps are the doctor operations a boot or release of vm needs.
@@ -190,12 +193,21 @@ func (e *Engine) Delete(nameOrID string) error {
 	return nil
 }
 
-// SetOptions change a VM's settings; nil fields stay as they are.
+// SetOptions change a VM's settings; nil or zero fields stay as they are.
 type SetOptions struct {
 	NAT *bool
+	// Egress replaces the VM's egress policy. A policy other than open is
+	// for outbound traffic, so it turns NAT on.
+	Egress *egress.Policy
+	// WorkSize grows a stopped VM's /root disk to this many bytes,
+	// keeping its files; it never shrinks.
+	WorkSize int64
 }
 
-// Set changes a VM's settings, at once when it runs.
+// Set changes a VM's settings: NAT and egress at once when the VM runs,
+// the /root disk only while it is stopped. Every setting is checked before
+// any changes, so a refusal changes nothing; a running VM whose change
+// fails keeps its old settings on record.
 func (e *Engine) Set(nameOrID string, o SetOptions) (*store.VM, error) {
 	ctx := e.ctx
 	vm, unlock, err := e.lockVM(ctx, nameOrID)
@@ -203,25 +215,100 @@ func (e *Engine) Set(nameOrID string, o SetOptions) (*store.VM, error) {
 		return nil, err
 	}
 	defer unlock()
+	next := *vm
+	if o.Egress != nil {
+		if err := SetPolicy(&next, *o.Egress); err != nil {
+			return nil, err
+		}
+		if o.Egress.Effective() != egress.ModeOpen && o.NAT == nil {
+			next.NAT = true
+		}
+	}
+	if o.NAT != nil {
+		next.NAT = *o.NAT
+	}
+	netChange := next.NAT != vm.NAT || next.Egress != vm.Egress
+	grow := false
+	if o.WorkSize != 0 {
+		if grow, err = e.checkGrowWork(ctx, vm, o.WorkSize); err != nil {
+			return nil, err
+		}
+	}
+	if !netChange && !grow {
+		return vm, nil
+	}
 	running := vm.State == StateRunning || vm.State == StateStarting
-	if o.NAT != nil && *o.NAT != vm.NAT && (*o.NAT || running) {
-		if err := e.cfg.Requirements(ctx, doctor.OpNAT); err != nil {
+	var ops []string
+	if netChange && (next.NAT || running) {
+		ops = append(ops, doctor.OpNAT)
+	}
+	if grow {
+		ops = append(ops, doctor.OpDiskSize)
+	}
+	if len(ops) > 0 {
+		if err := e.cfg.Requirements(ctx, ops...); err != nil {
 			return nil, unavailable(err)
 		}
 	}
-	if o.NAT != nil && *o.NAT != vm.NAT {
-		vm.NAT = *o.NAT
-		if running {
-			for _, c := range e.caps {
-				if n, ok := c.(*natCap); ok {
-					if err := n.apply(ctx, vm); err != nil {
-						return nil, fmt.Errorf("changing NAT of %s: %w", vm.Name, err)
-					}
-				}
+	if grow {
+		if err := growDisk(ctx, e.cfg.Runner, WorkDisk(vm), vm.DiskFormat, o.WorkSize); err != nil {
+			return nil, fmt.Errorf("growing /root of %s to %s: %w", vm.Name, units.FormatSize(o.WorkSize), err)
+		}
+		e.log.Info("grew /root", "vm", vm.Name, "from", units.FormatSize(vm.WorkSizeBytes), "to", units.FormatSize(o.WorkSize))
+		next.WorkSizeBytes = o.WorkSize
+	}
+	if netChange && running {
+		if err := e.caps.update(ctx, &next); err != nil {
+			// Put the running VM's rules back as they were on record.
+			if rerr := e.caps.update(context.WithoutCancel(ctx), vm); rerr != nil {
+				e.log.Warn("restoring a VM's settings after a failed change", "vm", vm.Name, "err", rerr)
 			}
+			return nil, err
 		}
 	}
-	return vm, e.cfg.Store.UpdateVM(ctx, vm)
+	return &next, e.cfg.Store.UpdateVM(ctx, &next)
+}
+
+// EgressStats is what a VM's egress policy refused; egress.ErrNoPolicy
+// when none is in force (no NAT, open, not running).
+func (e *Engine) EgressStats(ctx context.Context, vm *store.VM) (egress.Stats, error) {
+	for _, c := range e.caps {
+		if ec, ok := c.(*egressCap); ok {
+			return ec.Stats(ctx, vm)
+		}
+	}
+	return egress.Stats{}, egress.ErrNoPolicy
+}
+
+// checkGrowWork refuses to grow the /root disk of a VM that is not
+// stopped (its hypervisor has the disk open) or to shrink it; it reports
+// whether size is more than the disk has now.
+func (e *Engine) checkGrowWork(ctx context.Context, vm *store.VM, size int64) (bool, error) {
+	if vm.State != StateStopped && vm.State != StateError {
+		return false, invalid("VM %s is %s: /root grows only while the VM is stopped: stop it with 'banger vm stop %s', then run this again", vm.Name, vm.State, vm.Name)
+	}
+	inst, err := e.instance(ctx, vm)
+	if err != nil {
+		return false, err
+	}
+	if inst != nil {
+		return false, invalid("VM %s is %s but its hypervisor (pid %d) still runs: stop it with 'banger vm stop %s', then run this again", vm.Name, vm.State, inst.PID(), vm.Name)
+	}
+	cur, err := disk.Size(WorkDisk(vm))
+	if err != nil {
+		return false, fmt.Errorf("VM %s: its /root disk: %w", vm.Name, err)
+	}
+	if vm.DiskFormat == string(hypervisor.DiskQcow2) {
+		cur = vm.WorkSizeBytes // the overlay's file is not its disk's size
+	}
+	if size < cur {
+		return false, invalid("work size %s is smaller than the /root of %s (%s): /root only grows: pick --work-size %s or more",
+			units.FormatSize(size), vm.Name, units.FormatSize(cur), units.RoundUp(cur))
+	}
+	if size > MaxWorkSize {
+		return false, invalid("work size %s is more than banger allows (%s): pick a smaller --work-size", units.FormatSize(size), units.FormatSize(MaxWorkSize))
+	}
+	return size > cur, nil
 }
 
 // watch marks a VM stopped (or, after a crash, in error) when its
@@ -301,6 +388,15 @@ func (e *Engine) Adopt(ctx context.Context) error {
 	}
 	for i := range vms {
 		vm := &vms[i]
+		if vm.WorkSizeBytes == 0 && vm.DiskFormat != string(hypervisor.DiskQcow2) {
+			// Recorded before banger kept /root's size.
+			if n, err := disk.Size(WorkDisk(vm)); err == nil {
+				vm.WorkSizeBytes = n
+				if err := e.cfg.Store.UpdateVM(ctx, vm); err != nil {
+					return err
+				}
+			}
+		}
 		if vm.State == StateStopped || vm.State == StateSuspended || (vm.State == StateError && vm.PID == 0) {
 			continue
 		}

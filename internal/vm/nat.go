@@ -30,6 +30,9 @@ func (c *natCap) Prepare(ctx context.Context, vm *store.VM, _ *guestconfig.Confi
 	return c.apply(ctx, vm)
 }
 
+// Update adds or removes vm's NAT rules to match vm.NAT.
+func (c *natCap) Update(ctx context.Context, vm *store.VM) error { return c.apply(ctx, vm) }
+
 // apply adds or removes vm's NAT rules to match vm.NAT.
 func (c *natCap) apply(ctx context.Context, vm *store.VM) error {
 	if !vm.NAT {

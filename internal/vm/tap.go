@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/guestconfig"
@@ -26,6 +27,18 @@ type tapCap struct {
 
 	mu   sync.Mutex
 	down map[string]string // TAP devices held down until Ready, by VM id
+	// adopted is set once Reconcile took the pool's existing devices back:
+	// until then the pool is not refilled, or a release during Adopt
+	// would fill it beside the devices Reconcile is about to adopt, past
+	// its size.
+	adopted atomic.Bool
+}
+
+// refillAdopted refills the pool once it has been adopted.
+func (c *tapCap) refillAdopted() {
+	if c.adopted.Load() {
+		c.refill()
+	}
 }
 
 func (*tapCap) Name() string { return "network device" }
@@ -39,7 +52,7 @@ func (c *tapCap) Prepare(ctx context.Context, vm *store.VM, g *guestconfig.Confi
 	vm.TAP = c.names.TAPName(vm.ID)
 	if tap := c.pool.Take(); tap != "" {
 		vm.TAP = tap
-		c.refill()
+		c.refillAdopted()
 	}
 	// Idempotent: for a pooled device this re-checks that it still exists
 	// and is attached to the bridge.
@@ -96,13 +109,14 @@ func (c *tapCap) Release(ctx context.Context, vm *store.VM) error {
 		return nil
 	}
 	err := c.net.DeleteTAP(ctx, vm.TAP)
-	c.refill()
+	c.refillAdopted()
 	return err
 }
 
 // Reconcile removes this owner's TAP devices no live hypervisor uses, then
-// brings up the bridge and the pool, adopting idle pool devices. It runs
-// after Adopt, so the pool never holds more than its size.
+// brings up the bridge and the pool, adopting idle pool devices, and only
+// then lets the pool refill. It runs after Adopt, so the pool never holds
+// more than its size.
 func (c *tapCap) Reconcile(ctx context.Context, vms []store.VM) error {
 	inUse := map[string]bool{}
 	for _, vm := range vms {
@@ -127,6 +141,7 @@ func (c *tapCap) Reconcile(ctx context.Context, vms []store.VM) error {
 	if err := c.pool.Adopt(ctx, inUse); err != nil {
 		return fmt.Errorf("adopting tap pool: %w", err)
 	}
+	c.adopted.Store(true)
 	c.refill()
 	return nil
 }

@@ -196,14 +196,19 @@ func (e *Engine) warmFit(ctx context.Context, t *template, p *Plan) string {
 		return fmt.Sprintf("the snapshot of image %s was taken by %s %s, this is %s (%v)", img, t.Hypervisor, t.HypervisorVersion, v, err)
 	}
 	b := p.Bundle
+	kernel, initrd := imageBootFiles(p.Image, b)
+	whose := "the bundle's"
+	if p.Image.Kernel != "" {
+		whose = "image " + img + "'s"
+	}
 	for _, f := range []struct {
 		what string
 		rec  fileID
 		path string
 	}{
 		{"image " + img + "'s rootfs", t.Rootfs, p.Image.Rootfs},
-		{"the bundle's kernel", t.Kernel, b.Path(b.Kernel)},
-		{"the bundle's initrd", t.Initrd, b.Path(b.Initrd)},
+		{whose + " kernel", t.Kernel, kernel},
+		{whose + " initrd", t.Initrd, initrd},
 	} {
 		if now, err := identify(f.path); err != nil || now != f.rec {
 			return fmt.Sprintf("%s changed since the snapshot was taken (%s)", f.what, changed(f.rec, now, err))
@@ -302,7 +307,7 @@ func (e *Engine) templatePlan(ctx context.Context, b *bundle.Bundle, img *Image)
 	if p.diskSize, err = disk.Size(img.Rootfs); err != nil {
 		return nil, unavailable(fmt.Errorf("image %s: %w", img.Name, err))
 	}
-	if p.workSize, err = e.defaultWorkSize(b, img); err != nil {
+	if p.workSize, err = e.planWorkSize(img, 0); err != nil {
 		return nil, unavailable(err)
 	}
 	return p, nil
@@ -408,6 +413,7 @@ func (e *Engine) buildTemplate(ctx context.Context, p *Plan, st *stages) (_ *tem
 	}()
 	t0 := time.Now()
 	b := p.Bundle
+	kernel, initrd := imageBootFiles(p.Image, b)
 	id := newID()
 	final := filepath.Join(e.templatesDir(name), id)
 	build := filepath.Join(e.templatesDir(name), ".build-"+id)
@@ -429,7 +435,7 @@ func (e *Engine) buildTemplate(ctx context.Context, p *Plan, st *stages) (_ *tem
 	for _, f := range []struct {
 		dst  *fileID
 		path string
-	}{{&t.Rootfs, p.Image.Rootfs}, {&t.Kernel, b.Path(b.Kernel)}, {&t.Initrd, b.Path(b.Initrd)}} {
+	}{{&t.Rootfs, p.Image.Rootfs}, {&t.Kernel, kernel}, {&t.Initrd, initrd}} {
 		if *f.dst, err = identify(f.path); err != nil {
 			return nil, err
 		}
@@ -472,7 +478,7 @@ func (e *Engine) buildTemplate(ctx context.Context, p *Plan, st *stages) (_ *tem
 		return nil, err
 	}
 	spec := hypervisor.Spec{
-		ID: "t" + id, Dir: rt, Kernel: b.Path(b.Kernel), Initrd: b.Path(b.Initrd), Cmdline: cmdline,
+		ID: "t" + id, Dir: rt, Kernel: kernel, Initrd: initrd, Cmdline: cmdline,
 		VCPUs: p.Options.VCPUs, MemoryMiB: p.Options.MemoryMiB, ConsoleLog: filepath.Join(build, "console.log"),
 		// The highest CIDs are the templates': leases start at the lowest.
 		AgentCID: templateCID(id),
@@ -726,4 +732,13 @@ func (e *Engine) reapTemplateVMs(ctx context.Context) error {
 		errs = append(errs, os.RemoveAll(dir))
 	}
 	return errors.Join(errs...)
+}
+
+// imageBootFiles are the kernel and initramfs img's VMs boot: its own, or
+// the bundle's.
+func imageBootFiles(img *Image, b *bundle.Bundle) (kernel, initrd string) {
+	if img.Kernel != "" {
+		return img.Kernel, img.Initrd
+	}
+	return b.Path(b.Kernel), b.Path(b.Initrd)
 }

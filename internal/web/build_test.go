@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/banger/banger/internal/rpc"
 )
@@ -125,7 +126,13 @@ func TestBuildImage(t *testing.T) {
 	}
 	// While it runs: the page shows the stage and the log, and refreshes
 	// itself without JavaScript; the images page lists it in progress.
+	// The operation reads the stream in the background: wait for its
+	// first log line to arrive.
 	body := do(t, h, request{method: "GET", target: loc}).Body.String()
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(body, "running debootstrap") && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		body = do(t, h, request{method: "GET", target: loc}).Body.String()
+	}
 	mustContain(t, body, "<h1>Building image web</h1>", `<a href="/images" aria-current="page">Images</a>`, `<noscript><meta http-equiv="refresh" content="1"></noscript>`,
 		`class="stage-running"><span class="stage-name">building minimal image</span>`, "running debootstrap suite=bookworm", `data-done="false"`)
 	mustContain(t, do(t, h, request{method: "GET", target: "/images"}).Body.String(), "In progress", `href="`+loc+`"`, "Building image web")

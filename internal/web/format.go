@@ -3,7 +3,9 @@ package web
 import (
 	"bytes"
 	"html/template"
+	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -22,6 +24,16 @@ var funcs = template.FuncMap{
 	"stateClass": stateClass,
 	"totalMS":    totalMS,
 	"actions":    func(vm rpc.VM, back string) vmActions { return vmActions{VM: vm, Back: back} },
+	"port":       portText,
+}
+
+// portText is a published port as people read it: 127.0.0.1:8080 -> 80/tcp.
+func portText(p rpc.Port) string {
+	host := p.HostIP + ":" + strconv.Itoa(p.HostPort)
+	if ip, err := netip.ParseAddr(p.HostIP); err == nil {
+		host = netip.AddrPortFrom(ip, uint16(p.HostPort)).String()
+	}
+	return host + " -> " + strconv.Itoa(p.GuestPort) + "/" + p.Proto
 }
 
 // vmActions is the data of the "vm-actions" template: a VM's buttons.

@@ -7,7 +7,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode"
 
+	"github.com/banger/banger/internal/portfwd"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/units"
 )
@@ -128,6 +130,7 @@ func parseCreateForm(r *http.Request) (rpc.CreateRequest, error) {
 		Name:     strings.TrimSpace(f.Get("name")),
 		Image:    strings.TrimSpace(f.Get("image")),
 		DiskSize: strings.TrimSpace(f.Get("disk_size")),
+		WorkSize: strings.TrimSpace(f.Get("work_size")),
 		NAT:      f.Get("nat") != "",
 	}
 	if req.Name == "" {
@@ -146,6 +149,20 @@ func parseCreateForm(r *http.Request) (rpc.CreateRequest, error) {
 			return req, inputErrorf("creating vm %s: %v", req.Name, err)
 		}
 		req.MemoryMiB = n
+	}
+	var specs []portfwd.Spec
+	for _, field := range strings.FieldsFunc(f.Get("publish"), func(r rune) bool { return r == ',' || unicode.IsSpace(r) }) {
+		s, err := portfwd.ParseSpec(field)
+		if err != nil {
+			return req, inputErrorf("creating vm %s: %v", req.Name, err)
+		}
+		specs = append(specs, s)
+	}
+	if err := portfwd.Check(specs); err != nil {
+		return req, inputErrorf("creating vm %s: %v", req.Name, err)
+	}
+	for _, s := range specs {
+		req.Ports = append(req.Ports, rpc.Port{Proto: s.Proto, HostIP: s.HostIP.String(), HostPort: int(s.HostPort), GuestPort: int(s.GuestPort)})
 	}
 	return req, nil
 }
@@ -219,7 +236,7 @@ func (s *Server) setNAT(w http.ResponseWriter, r *http.Request) {
 	}
 	var vm *rpc.VM
 	if err == nil {
-		if vm, err = s.Client.SetVM(r.Context(), name, &nat); err != nil {
+		if vm, err = s.Client.SetVM(r.Context(), name, rpc.SetRequest{NAT: &nat}); err != nil {
 			err = fmt.Errorf("setting nat on vm %s: %w", name, err)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -293,7 +294,7 @@ func TestCreateOp(t *testing.T) {
 	if !slices.Equal(v.Stages, want) {
 		t.Errorf("op stages = %+v, want %+v", v.Stages, want)
 	}
-	if creates := f.Creates(); len(creates) != 1 || creates[0] != (rpc.CreateRequest{Name: "web1", Image: "minimal", VCPUs: 4, MemoryMiB: 2048, DiskSize: "16G", NAT: true}) {
+	if creates := f.Creates(); len(creates) != 1 || !reflect.DeepEqual(creates[0], rpc.CreateRequest{Name: "web1", Image: "minimal", VCPUs: 4, MemoryMiB: 2048, DiskSize: "16G", NAT: true}) {
 		t.Errorf("create requests = %+v", creates)
 	}
 	w = do(t, h, request{method: "GET", target: loc})
@@ -327,6 +328,8 @@ func TestCreateFormErrors(t *testing.T) {
 		{url.Values{"name": {" "}}, "needs a name"},
 		{url.Values{"name": {"x"}, "vcpus": {"-1"}}, "vCPUs must be a positive whole number"},
 		{url.Values{"name": {"x"}, "memory": {"lots"}}, `memory "lots" is not a size`},
+		{url.Values{"name": {"x"}, "publish": {"8080:80 80"}}, `invalid port spec "80"`},
+		{url.Values{"name": {"x"}, "publish": {"8080:80, 0.0.0.0:8080:81"}}, "both take host port 8080/tcp"},
 	} {
 		w := do(t, h, request{method: "POST", target: "/vms", form: tc.form})
 		fl := flashOf(t, w)
@@ -893,5 +896,36 @@ func TestOpTablePrunes(t *testing.T) {
 	}
 	if _, ok := tbl.view(running.id); !ok {
 		t.Errorf("a running op was pruned")
+	}
+}
+
+// TestPortsAndWorkSize: the list and the VM page show a VM's published
+// ports and its /root disk, and the create form takes both.
+func TestPortsAndWorkSize(t *testing.T) {
+	f, _, h := newTest(t)
+	f.Add(rpc.VM{Name: "gamma", State: "running", WorkSizeBytes: 16 << 30, Ports: []rpc.Port{
+		{Proto: "tcp", HostIP: "127.0.0.1", HostPort: 18080, GuestPort: 80}, {Proto: "udp", HostIP: "0.0.0.0", HostPort: 15353, GuestPort: 53}}})
+	w := do(t, h, request{method: "GET", target: "/"})
+	mustContain(t, w.Body.String(), "<th>Ports</th>", "127.0.0.1:18080 -&gt; 80/tcp<br>0.0.0.0:15353 -&gt; 53/udp", `name="work_size"`, `name="publish"`)
+	w = do(t, h, request{method: "GET", target: "/vms/gamma"})
+	mustContain(t, w.Body.String(), "<dt>/root disk</dt><dd>16G</dd>",
+		`<div class="mono port">127.0.0.1:18080 -&gt; 80/tcp <span class="muted">listening</span></div>`)
+	w = do(t, h, request{method: "GET", target: "/vms/alpha"})
+	mustContain(t, w.Body.String(), "none published")
+	w = do(t, h, request{method: "GET", target: "/vms/gamma", json: true})
+	if j := decode[vmJSON](t, w); len(j.VM.Ports) != 2 || !j.VM.Ports[0].Listening || j.VM.WorkSizeBytes != 16<<30 {
+		t.Errorf("VM JSON ports = %+v, work size %d", j.VM.Ports, j.VM.WorkSizeBytes)
+	}
+
+	form := url.Values{"name": {"delta"}, "work_size": {"64G"}, "publish": {"18081:80,  0.0.0.0:15354:53/udp"}}
+	w = do(t, h, request{method: "POST", target: "/vms", form: form, json: true})
+	if w.Code != http.StatusAccepted {
+		t.Fatalf("POST /vms = %d: %s", w.Code, w.Body)
+	}
+	pollOp(t, h, decode[opView](t, w).URL)
+	want := rpc.CreateRequest{Name: "delta", WorkSize: "64G", Ports: []rpc.Port{
+		{Proto: "tcp", HostIP: "127.0.0.1", HostPort: 18081, GuestPort: 80}, {Proto: "udp", HostIP: "0.0.0.0", HostPort: 15354, GuestPort: 53}}}
+	if creates := f.Creates(); len(creates) != 1 || !reflect.DeepEqual(creates[0], want) {
+		t.Errorf("create requests = %+v, want [%+v]", creates, want)
 	}
 }

@@ -319,6 +319,30 @@ func diskFiles(vm rpc.VM) []string {
 	return []string{"rootfs.ext4", "work.ext4"}
 }
 
+// virtualSize is the size of the disk in the file at path: a qcow2
+// overlay's virtual size, a raw file's size.
+func virtualSize(t testing.TB, path string) int64 {
+	t.Helper()
+	if !strings.HasSuffix(path, ".qcow2") {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	out, err := exec.Command("qemu-img", "info", "--force-share", "--output=json", path).Output()
+	if err != nil {
+		t.Fatalf("qemu-img info %s: %v", path, err)
+	}
+	var info struct {
+		VirtualSize int64 `json:"virtual-size"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil {
+		t.Fatalf("qemu-img info %s: %v", path, err)
+	}
+	return info.VirtualSize
+}
+
 func contains(list []string, s string) bool {
 	for _, x := range list {
 		if x == s {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -145,6 +146,40 @@ func TestLifecycle(t *testing.T) {
 		if _, err := os.Stat(img); err != nil {
 			t.Fatalf("image delete removed the user's file: %v", err)
 		}
+
+		// The same rootfs with a kernel of its own: copies of the bundle's,
+		// so the guest still matches its modules, at paths of the image's.
+		own := filepath.Join(e.root, "own-kernel")
+		os.MkdirAll(own, 0o755)
+		for _, f := range []string{"vmlinux", "initrd.img"} {
+			if out, err := exec.Command("cp", filepath.Join(e.runtime, f), own).CombinedOutput(); err != nil {
+				t.Fatalf("copying %s: %v: %s", f, err, out)
+			}
+		}
+		if _, stderr, err := e.banger(ctx, "image", "register", "--name", "ownk", "--rootfs", img, "--kernel", filepath.Join(own, "initrd.img"), "--initrd", filepath.Join(own, "initrd.img")); err == nil || !strings.Contains(stderr, "not an ELF kernel") {
+			t.Errorf("registering an initramfs as the kernel: %v, %q; want it refused", err, stderr)
+		}
+		e.must("image", "register", "--name", "ownk", "--rootfs", img, "--kernel", filepath.Join(own, "vmlinux"),
+			"--initrd", filepath.Join(own, "initrd.img"), "--modules", filepath.Join(e.runtime, "modules"))
+		release := strings.TrimSpace(e.ssh("box1", "uname", "-r"))
+		if out := e.must("image", "list"); !strings.Contains(out, "own "+release) {
+			t.Errorf("image list does not show ownk's own kernel %s:\n%s", release, out)
+		}
+		e.create("ownk1", "--image", "ownk")
+		if got := strings.TrimSpace(e.ssh("ownk1", "uname", "-r")); got != release {
+			t.Errorf("ownk1 runs kernel %q, want %q", got, release)
+		}
+		var booted bool
+		for _, pid := range e.hypervisorPIDs() {
+			if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmd), filepath.Join(own, "vmlinux")) {
+				booted = true
+			}
+		}
+		if !booted {
+			t.Errorf("no hypervisor boots the image's own kernel %s", filepath.Join(own, "vmlinux"))
+		}
+		e.must("vm", "delete", "--force", "ownk1")
+		e.must("image", "delete", "ownk")
 	})
 
 	t.Run("a guest that never answers is kept in the error state", func(t *testing.T) {
@@ -376,10 +411,11 @@ func TestConcurrentCreate(t *testing.T) {
 }
 
 // TestDefaultImage boots the default docker image through the daemon and
-// reaches its opencode server from the host by name (dock.vm:4096).
+// reaches its opencode server from the host by name (dock.vm:4096) and
+// through a port published on the host's loopback (127.0.0.1:14096).
 func TestDefaultImage(t *testing.T) {
 	e := newEnv(t)
-	vm := e.create("dock")
+	vm := e.create("dock", "--publish", "14096:4096")
 	t.Logf("docker image ready, stages %+v", vm.Stages)
 	out := e.ssh("dock", "sh", "-c", "'docker --version && tmux -V && git --version && curl --version | head -n 1 && mise --version && opencode --version'")
 	for _, want := range []string{"Docker version", "tmux", "git version", "curl", "2026.", "1."} {
@@ -439,6 +475,17 @@ func TestDefaultImage(t *testing.T) {
 			t.Errorf("opencode without the password answered %s, want 401", resp.Status)
 		}
 	}
+
+	// The same server through the published port, with and without its
+	// password, and again after bangerd restarts.
+	t.Run("published on host loopback", func(t *testing.T) {
+		e := e.with(t)
+		e.publishedOpencode(shown.OpencodePassword, "after create")
+		e.client().Shutdown(context.Background())
+		e.startDaemon()
+		e.waitAnswer("http://127.0.0.1:14096/global/health", 30*time.Second)
+		e.publishedOpencode(shown.OpencodePassword, "after a bangerd restart")
+	})
 
 	// tmux sessions come back after a stop and start, with their windows
 	// and directories (banger-tmux.service saves at shutdown, restores at

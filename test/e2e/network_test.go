@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -255,6 +257,44 @@ func TestNetworking(t *testing.T) {
 		d, _, err := e.banger(ctx, "doctor")
 		if !strings.Contains(d, "ports [4096] reachable from the host only") {
 			t.Errorf("doctor does not report the isolation (%v):\n%s", err, d)
+		}
+	})
+
+	t.Run("a restart that releases a VM keeps the pool at its size", func(t *testing.T) {
+		e := e.with(t)
+		// plainbox's hypervisor dies while bangerd is down: the restarted
+		// daemon releases its pool TAP device, and must adopt before it
+		// refills, or the pool grows past tap_pool_size.
+		e.killDaemon()
+		var plainPID int
+		for _, p := range e.hypervisorPIDs() {
+			if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p)); strings.Contains(string(cmd), plainbox.ID) {
+				plainPID = p
+			}
+		}
+		if plainPID == 0 {
+			t.Fatalf("no hypervisor of plainbox among %v", e.hypervisorPIDs())
+		}
+		syscall.Kill(plainPID, syscall.SIGKILL)
+		e.startDaemon()
+		idle := func() (n int) {
+			for _, l := range e.links() {
+				if strings.HasPrefix(l, "tap-pool-") && l != natbox.TAP {
+					n++
+				}
+			}
+			return n
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for idle() != 2 && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		time.Sleep(time.Second) // a late refill would show now
+		if n := idle(); n != 2 {
+			t.Errorf("idle pool taps after the restart = %d, want tap_pool_size (2): %v", n, e.links())
+		}
+		if got, _ := e.show("plainbox"); got.State == "running" {
+			t.Errorf("plainbox after its hypervisor died with bangerd down: %s, want stopped or error", got.State)
 		}
 	})
 

@@ -214,6 +214,19 @@ func TestOrdinaryUser(t *testing.T) {
 		if got := natRulesOf(t, e, names.Table); !strings.Contains(got, vm.IP) {
 			t.Errorf("table ip %s lacks u1's rules:\n%s", names.Table, got)
 		}
+		// An egress policy, applied through the same sudo rule and DNS
+		// redirect: a list without the upstream closes it, open reopens it.
+		e.must("vm", "set", "--egress-allow", "198.51.100.0/24,allowed.test", "u1")
+		if _, _, err := e.banger(context.Background(), "vm", "ssh", "u1", "--", fetch); err == nil {
+			t.Errorf("u1 reached the upstream past an allow list that does not name it")
+		}
+		if out, _, err := e.banger(context.Background(), "vm", "ssh", "u1", "--", "getent", "hosts", "outside.example"); err == nil {
+			t.Errorf("u1 resolved a name its allow list does not name: %q", out)
+		}
+		e.must("vm", "set", "--egress-open", "u1")
+		if out := e.ssh("u1", fetch); !strings.Contains(out, "hello-from-upstream") {
+			t.Fatalf("fetch after --egress-open = %q", out)
+		}
 	})
 
 	t.Run("stop and start keep /root", func(t *testing.T) {

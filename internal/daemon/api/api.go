@@ -2,6 +2,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/banger/banger/internal/logfile"
@@ -48,6 +50,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/vms/{name}/suspend", s.handleSuspend)
 	mux.HandleFunc("POST /v1/vms/{name}/resume", s.handleResume)
 	mux.HandleFunc("POST /v1/vms/{name}/fork", s.handleFork)
+	mux.HandleFunc("POST /v1/vms/{name}/ports", s.handleAddPorts)
+	mux.HandleFunc("POST /v1/vms/{name}/ports/remove", s.handleRemovePorts)
 	mux.HandleFunc("GET /v1/vms/{name}/ssh", s.handleSSH)
 	mux.HandleFunc("GET /v1/vms/{name}/opencode", s.handleOpencode)
 	mux.HandleFunc("GET /v1/vms/{name}/logs", s.handleLogs)
@@ -56,7 +60,65 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/images/build", s.handleBuildImage)
 	mux.HandleFunc("DELETE /v1/images/{name}", s.handleDeleteImage)
 	mux.HandleFunc("POST /v1/images/{name}/warm", s.handleWarmImage)
-	return http.MaxBytesHandler(mux, MaxBody)
+	return http.MaxBytesHandler(writeDeadline(mux), MaxBody)
+}
+
+// Deadlines of one request. ReadTimeout bounds reading its body: a body
+// that never arrives is refused. WriteTimeout bounds each write of the
+// answer: a client that stops reading is cut off, and a long stream
+// (create, logs -f) extends it before every write (extendWrite).
+const (
+	ReadTimeout  = 30 * time.Second
+	WriteTimeout = time.Minute
+)
+
+// readTimeout is ReadTimeout; tests shorten it.
+var readTimeout = ReadTimeout
+
+// writeDeadline gives every request its read and write deadlines. The
+// read deadline holds until the body has been read to its end. (A
+// server-wide ReadTimeout would also cut off long answers: its deadline
+// stays on the connection while the handler runs, and its expiry cancels
+// the request.)
+func writeDeadline(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		extendWrite(w)
+		if r.Body != nil && r.Body != http.NoBody {
+			rc := http.NewResponseController(w)
+			rc.SetReadDeadline(time.Now().Add(readTimeout))
+			r.Body = &readAll{ReadCloser: r.Body, done: func() { rc.SetReadDeadline(time.Time{}) }}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// readAll calls done once its body has been read to the end. A body that
+// failed (the deadline passed) keeps its deadline, so that the server's
+// own read of what is left after the handler fails too and closes the
+// connection.
+type readAll struct {
+	io.ReadCloser
+	done func()
+	once sync.Once
+}
+
+func (b *readAll) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if errors.Is(err, io.EOF) {
+		b.once.Do(b.done)
+	}
+	return n, err
+}
+
+// longAnswer lifts the read deadline of a request whose body was read and
+// whose answer streams for as long as it takes.
+func longAnswer(w http.ResponseWriter) {
+	http.NewResponseController(w).SetReadDeadline(time.Time{})
+}
+
+// extendWrite moves w's write deadline WriteTimeout ahead.
+func extendWrite(w http.ResponseWriter) {
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(WriteTimeout))
 }
 
 func (s *Server) log() *slog.Logger {
@@ -102,8 +164,8 @@ var errBadRequest = errors.New("bad request")
 // the body is echoed back beyond a short excerpt.
 func decode(r *http.Request, what string, v any) error {
 	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return fmt.Errorf("decoding %s request: %w: the body is over %d bytes", what, errBadRequest, MaxBody)
@@ -112,6 +174,15 @@ func decode(r *http.Request, what string, v any) error {
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return fmt.Errorf("decoding %s request: %w: data after the JSON object", what, errBadRequest)
+	}
+	// null would decode as {} into a struct.
+	if raw[0] != '{' {
+		return fmt.Errorf("decoding %s request: %w: the body is not a JSON object", what, errBadRequest)
+	}
+	strict := json.NewDecoder(bytes.NewReader(raw))
+	strict.DisallowUnknownFields()
+	if err := strict.Decode(v); err != nil {
+		return fmt.Errorf("decoding %s request: %w: %s", what, errBadRequest, excerpt(err.Error()))
 	}
 	return nil
 }
@@ -159,6 +230,7 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
+	longAnswer(w)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	// The generation before the last rotation comes first.
 	if old, err := os.Open(vm.ConsoleLog(v) + logfile.RotatedSuffix); err == nil {
@@ -181,6 +253,7 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-time.After(250 * time.Millisecond):
 		}
+		extendWrite(w)
 		// A log shorter than what was read was rotated (it is capped):
 		// go on from its new start.
 		if pos, err := f.Seek(0, io.SeekCurrent); err == nil {

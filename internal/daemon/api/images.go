@@ -9,13 +9,18 @@ import (
 	"github.com/banger/banger/internal/vm"
 )
 
-func imageView(img *vm.Image) rpc.Image {
-	return rpc.Image{Name: img.Name, Rootfs: img.Rootfs, WorkSeed: img.WorkSeed, Default: img.Default, Managed: img.Managed, Size: img.Size(), Warm: vm.WarmNone}
+func imageView(img *vm.Image, b *bundle.Bundle) rpc.Image {
+	v := rpc.Image{Name: img.Name, Rootfs: img.Rootfs, WorkSeed: img.WorkSeed, Default: img.Default, Managed: img.Managed, Size: img.Size(),
+		Kernel: img.Kernel, Initrd: img.Initrd, Modules: img.Modules, KernelVersion: img.KernelVersion, Warm: vm.WarmNone}
+	if img.Kernel == "" && b != nil {
+		v.KernelVersion = b.KernelVersion
+	}
+	return v
 }
 
 // warmView is imageView with whether creates of the image are warm.
 func (s *Server) warmView(ctx context.Context, b *bundle.Bundle, img *vm.Image) rpc.Image {
-	v := imageView(img)
+	v := imageView(img, b)
 	st := s.Engine.WarmStatus(ctx, b, img)
 	v.Warm, v.WarmReason = st.State, st.Reason
 	if !st.Created.IsZero() {
@@ -53,12 +58,13 @@ func (s *Server) handleRegisterImage(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	img, err := s.Engine.Images().Register(r.Context(), b, vm.RegisterOptions{Name: req.Name, Rootfs: req.Rootfs, WorkSeed: req.WorkSeed})
+	img, err := s.Engine.Images().Register(r.Context(), b, vm.RegisterOptions{Name: req.Name, Rootfs: req.Rootfs, WorkSeed: req.WorkSeed,
+		Kernel: req.Kernel, Initrd: req.Initrd, Modules: req.Modules})
 	if err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	writeJSON(w, 200, imageView(img))
+	writeJSON(w, 200, imageView(img, b))
 }
 
 func (s *Server) handleDeleteImage(w http.ResponseWriter, r *http.Request) {
@@ -118,7 +124,7 @@ func (s *Server) handleBuildImage(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			return rpc.Event{}, err
 		}
-		v := imageView(img)
+		v := imageView(img, b)
 		return rpc.Event{Image: &v}, nil
 	})
 }

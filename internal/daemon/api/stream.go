@@ -79,6 +79,7 @@ func finalEvent(done rpc.Event, err error) rpc.Event {
 // early, when set, is how op may end the stream before it returns (the
 // --no-wait create): the event it sends is the last one.
 func (s *Server) stream(w http.ResponseWriter, r *http.Request, pr *progress, op func() (rpc.Event, error)) {
+	longAnswer(w)
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(200)
 	flusher, _ := w.(http.Flusher)
@@ -102,7 +103,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, pr *progress, op
 		inner := pr.booted
 		pr.booted = func(v *store.VM) {
 			inner(v)
-			finish(rpc.Event{Type: "done", VM: View(r.Context(), s.Engine.Store(), v)})
+			finish(rpc.Event{Type: "done", VM: View(r.Context(), s.Engine, v)})
 		}
 	}
 	s.Engine.Go(func() {
@@ -113,6 +114,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, pr *progress, op
 	for {
 		select {
 		case ev, ok := <-events:
+			extendWrite(w)
 			if !ok {
 				enc.Encode(<-final)
 				return

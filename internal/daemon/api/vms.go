@@ -1,21 +1,29 @@
 package api
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"time"
 
+	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/opencode"
+	"github.com/banger/banger/internal/portfwd"
 	"github.com/banger/banger/internal/rpc"
 	"github.com/banger/banger/internal/store"
 	"github.com/banger/banger/internal/units"
 	"github.com/banger/banger/internal/vm"
 )
 
-// View converts a stored VM into its API form. VM views never carry the
-// opencode password: only the opencode endpoint does.
-func View(ctx context.Context, st *store.Store, v *store.VM) *rpc.VM {
+// View converts a stored VM into its API form, with the state of its
+// published ports. VM views never carry the opencode password: only the
+// opencode endpoint does.
+func View(ctx context.Context, e *vm.Engine, v *store.VM) *rpc.VM {
+	st := e.Store()
 	out := &rpc.VM{
 		ID:            v.ID,
 		Name:          v.Name,
@@ -25,16 +33,22 @@ func View(ctx context.Context, st *store.Store, v *store.VM) *rpc.VM {
 		VCPUs:         v.VCPUs,
 		MemoryMiB:     v.MemoryMiB,
 		DiskSizeBytes: v.DiskSizeBytes,
+		WorkSizeBytes: v.WorkSizeBytes,
 		IP:            v.IP,
 		MAC:           v.MAC,
 		TAP:           v.TAP,
 		PID:           v.PID,
 		NAT:           v.NAT,
+		Egress:        egressLine(v),
 		Dir:           v.Dir,
 		DiskFormat:    v.DiskFormat,
 		ConsoleLog:    vm.ConsoleLog(v),
 		Error:         v.Error,
 		CreatedAt:     v.CreatedAt,
+		Ports:         []rpc.Port{},
+	}
+	for _, p := range e.Ports(v) {
+		out.Ports = append(out.Ports, rpc.Port{Proto: p.Proto, HostIP: p.HostIP.String(), HostPort: int(p.HostPort), GuestPort: int(p.GuestPort), Listening: p.Listening})
 	}
 	if stages, err := st.StageDurations(ctx, v.ID); err == nil {
 		for _, s := range stages {
@@ -44,8 +58,45 @@ func View(ctx context.Context, st *store.Store, v *store.VM) *rpc.VM {
 	return out
 }
 
+// egressLine is the VM's policy in one line.
+func egressLine(v *store.VM) string {
+	p, err := vm.PolicyOf(v)
+	if err != nil {
+		return "unreadable: " + err.Error()
+	}
+	return p.String()
+}
+
+// policy turns a wire policy into the engine's, validated.
+func policy(e *rpc.Egress) (*egress.Policy, error) {
+	if e == nil {
+		return nil, nil
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("encoding egress policy: %w", err)
+	}
+	var p egress.Policy
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, fmt.Errorf("invalid egress policy: %w: %w", err, errBadRequest)
+	}
+	return &p, nil
+}
+
+// egressStats is the wire form of what a policy refused.
+func egressStats(st egress.Stats) *rpc.EgressStats {
+	out := &rpc.EgressStats{Refused: map[string]rpc.EgressCounter{}, NamesRefused: st.NamesRefused, Learned: st.Learned, Recent: []rpc.EgressDenial{}}
+	for k, c := range st.Refused {
+		out.Refused[k] = rpc.EgressCounter{Packets: c.Packets, Bytes: c.Bytes}
+	}
+	for _, d := range st.Recent {
+		out.Recent = append(out.Recent, rpc.EgressDenial{Time: d.Time, Name: d.Name, Addr: d.Addr, Reason: d.Reason.String()})
+	}
+	return out
+}
+
 func (s *Server) view(ctx context.Context, v *store.VM) *rpc.VM {
-	return View(ctx, s.Engine.Store(), v)
+	return View(ctx, s.Engine, v)
 }
 
 func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
@@ -67,7 +118,15 @@ func (s *Server) handleShow(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	writeJSON(w, 200, s.view(r.Context(), v))
+	out := s.view(r.Context(), v)
+	if v.NAT && v.State == vm.StateRunning {
+		if st, err := s.Engine.EgressStats(r.Context(), v); err == nil {
+			out.EgressStats = egressStats(st)
+		} else if !errors.Is(err, egress.ErrNoPolicy) {
+			s.log().Warn("reading egress counters", "vm", v.Name, "err", err)
+		}
+	}
+	writeJSON(w, 200, out)
 }
 
 // createOptions turns a create request into the engine's options.
@@ -86,7 +145,93 @@ func createOptions(req rpc.CreateRequest) (vm.CreateOptions, error) {
 		}
 		o.DiskSize = n
 	}
-	return o, nil
+	if req.WorkSize != "" {
+		n, err := parseWorkSize(req.WorkSize)
+		if err != nil {
+			return o, err
+		}
+		o.WorkSize = n
+	}
+	p, err := policy(req.Egress)
+	if err != nil {
+		return o, err
+	}
+	o.Egress = p
+	o.Ports, err = specs(req.Ports)
+	return o, err
+}
+
+// parseWorkSize reads a /root disk size.
+func parseWorkSize(s string) (int64, error) {
+	n, err := units.ParseSize(s)
+	if err == nil && n <= 0 {
+		err = errors.New("a size is more than 0")
+	}
+	if err != nil {
+		return 0, fmt.Errorf("invalid --work-size %q: %w: %w", excerpt(s), err, errBadRequest)
+	}
+	return n, nil
+}
+
+// specs turns the API's ports into publish specs: proto "" is tcp and
+// host_ip "" is 127.0.0.1.
+func specs(ports []rpc.Port) ([]portfwd.Spec, error) {
+	if len(ports) > portfwd.MaxPerVM {
+		return nil, fmt.Errorf("publishing %d ports: a VM publishes at most %d: %w", len(ports), portfwd.MaxPerVM, errBadRequest)
+	}
+	var out []portfwd.Spec
+	for _, p := range ports {
+		s := portfwd.Spec{Proto: cmp.Or(p.Proto, portfwd.TCP), HostIP: portfwd.DefaultHostIP}
+		if p.HostIP != "" {
+			ip, err := netip.ParseAddr(p.HostIP)
+			if err != nil {
+				return nil, fmt.Errorf("invalid port: host_ip %q is not an IP address: %w", excerpt(p.HostIP), errBadRequest)
+			}
+			s.HostIP = ip
+		}
+		for _, n := range []struct {
+			name string
+			v    int
+			to   *uint16
+		}{{"host_port", p.HostPort, &s.HostPort}, {"guest_port", p.GuestPort, &s.GuestPort}} {
+			if n.v < 1 || n.v > 65535 {
+				return nil, fmt.Errorf("invalid port: %s %d is not from 1 to 65535: %w", n.name, n.v, errBadRequest)
+			}
+			*n.to = uint16(n.v)
+		}
+		if err := s.Validate(); err != nil {
+			return nil, fmt.Errorf("%w: %w", err, errBadRequest)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// selectors turns the API's port references into selectors.
+func selectors(refs []rpc.PortRef) ([]portfwd.Selector, error) {
+	if len(refs) > portfwd.MaxPerVM {
+		return nil, fmt.Errorf("removing %d ports: a VM publishes at most %d: %w", len(refs), portfwd.MaxPerVM, errBadRequest)
+	}
+	var out []portfwd.Selector
+	for _, r := range refs {
+		sel := portfwd.Selector{Proto: cmp.Or(r.Proto, portfwd.TCP)}
+		if sel.Proto != portfwd.TCP && sel.Proto != portfwd.UDP {
+			return nil, fmt.Errorf("invalid port: proto %q is not tcp or udp: %w", excerpt(r.Proto), errBadRequest)
+		}
+		if r.HostIP != "" {
+			ip, err := netip.ParseAddr(r.HostIP)
+			if err != nil {
+				return nil, fmt.Errorf("invalid port: host_ip %q is not an IP address: %w", excerpt(r.HostIP), errBadRequest)
+			}
+			sel.HostIP = ip
+		}
+		if r.HostPort < 1 || r.HostPort > 65535 {
+			return nil, fmt.Errorf("invalid port: host_port %d is not from 1 to 65535: %w", r.HostPort, errBadRequest)
+		}
+		sel.HostPort = uint16(r.HostPort)
+		out = append(out, sel)
+	}
+	return out, nil
 }
 
 func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
@@ -130,8 +275,10 @@ func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
 	s.stream(w, r, pr, func() (rpc.Event, error) {
 		v, err := s.Engine.Start(name, pr)
 		if err != nil {
+			s.log().Error("start failed", "vm", name, "err", err)
 			return rpc.Event{}, err
 		}
+		s.log().Info("started VM", "vm", v.Name, "ip", v.IP)
 		return rpc.Event{VM: s.view(s.Engine.Context(), v)}, nil
 	})
 }
@@ -201,18 +348,65 @@ func (s *Server) handleDelete(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, 200, map[string]bool{"ok": true})
 }
 
-// SetRequest is the body of POST /v1/vms/{name}/set.
-type SetRequest struct {
-	NAT *bool `json:"nat"`
-}
-
 func (s *Server) handleSet(w http.ResponseWriter, r *http.Request) {
-	var req SetRequest
+	var req rpc.SetRequest
 	if err := decode(r, "set", &req); err != nil {
 		s.writeErr(w, err)
 		return
 	}
-	v, err := s.Engine.Set(r.PathValue("name"), vm.SetOptions{NAT: req.NAT})
+	p, err := policy(req.Egress)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	o := vm.SetOptions{NAT: req.NAT, Egress: p}
+	if req.WorkSize != "" {
+		n, err := parseWorkSize(req.WorkSize)
+		if err != nil {
+			s.writeErr(w, err)
+			return
+		}
+		o.WorkSize = n
+	}
+	v, err := s.Engine.Set(r.PathValue("name"), o)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	writeJSON(w, 200, s.view(r.Context(), v))
+}
+
+func (s *Server) handleAddPorts(w http.ResponseWriter, r *http.Request) {
+	var req rpc.PortsRequest
+	if err := decode(r, "publish", &req); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	sp, err := specs(req.Ports)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	v, err := s.Engine.AddPorts(r.PathValue("name"), sp)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	writeJSON(w, 200, s.view(r.Context(), v))
+}
+
+func (s *Server) handleRemovePorts(w http.ResponseWriter, r *http.Request) {
+	var req rpc.UnpublishRequest
+	if err := decode(r, "unpublish", &req); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	sels, err := selectors(req.Ports)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	v, err := s.Engine.RemovePorts(r.PathValue("name"), sels)
 	if err != nil {
 		s.writeErr(w, err)
 		return

@@ -3,6 +3,7 @@ package initrd
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -55,7 +56,9 @@ func ParseCmdline(s string) (Cmdline, error) {
 				continue
 			}
 			secs, err := strconv.ParseFloat(v, 64)
-			if err != nil || secs < 0 {
+			// !(secs >= 0) is also true of NaN; the bound keeps the
+			// Duration from overflowing.
+			if err != nil || !(secs >= 0 && secs < float64(math.MaxInt64/int64(time.Second))) {
 				return c, fmt.Errorf("parsing kernel command line: rootwait=%q is not a number of seconds", v)
 			}
 			c.RootWait = time.Duration(secs * float64(time.Second))

@@ -33,6 +33,11 @@ func TestParseCmdline(t *testing.T) {
 		{"root=PARTUUID=1234", Cmdline{}, "is not a /dev/ path"},
 		{"root=LABEL=", Cmdline{}, "is empty"},
 		{"root=/dev/vda rootwait=soon", Cmdline{}, `rootwait="soon"`},
+		// A wait that does not fit a Duration used to wrap around to a negative one.
+		{"root=/dev/vda rootwait=1e300", Cmdline{}, `rootwait="1e300"`},
+		{"root=/dev/vda rootwait=NaN", Cmdline{}, `rootwait="NaN"`},
+		{"root=/dev/vda rootwait=inf", Cmdline{}, `rootwait="inf"`},
+		{"root=/dev/vda rootwait=-1", Cmdline{}, `rootwait="-1"`},
 		{"root=/dev/vda init=sbin/init", Cmdline{}, "not an absolute path"},
 		{"root=/dev/vda rootfstype=", Cmdline{}, "rootfstype= is empty"},
 	}

@@ -68,6 +68,19 @@ type Backend struct {
 	byIP     map[netip.Addr]*Instance
 	starts   int
 	restores int
+	services map[string]func(guest netip.Addr, c net.Conn) // by "tcp/PORT", "udp/PORT"
+}
+
+// Serve runs fn for each connection to port of any running guest, as a
+// server inside the guest would: network "tcp" gets a stream, "udp" a
+// connection that keeps datagram boundaries. Port 22 is the guests' SSH.
+func (b *Backend) Serve(network string, port uint16, fn func(guest netip.Addr, c net.Conn)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.services == nil {
+		b.services = map[string]func(netip.Addr, net.Conn){}
+	}
+	b.services[fmt.Sprintf("%s/%d", network, port)] = fn
 }
 
 var (
@@ -255,7 +268,8 @@ func (b *Backend) Attach(_ context.Context, spec hypervisor.Spec) (hypervisor.In
 	return &adopted{inst}, nil
 }
 
-// Dial connects to a guest's TCP port: only port 22, its SSH server.
+// Dial connects to a port of a running guest: TCP port 22, its SSH
+// server, or a port Serve gave a server.
 func (b *Backend) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
@@ -263,15 +277,47 @@ func (b *Backend) Dial(ctx context.Context, network, addr string) (net.Conn, err
 	}
 	b.mu.Lock()
 	inst := b.byIP[ap.Addr()]
+	svc := b.services[fmt.Sprintf("%s/%d", network, ap.Port())]
 	b.mu.Unlock()
-	if inst == nil || inst.Exited() || ap.Port() != 22 || inst.behavior.NoSSH || inst.isPaused() {
-		return nil, &net.OpError{Op: "dial", Net: network, Err: syscall.ECONNREFUSED}
+	refused := &net.OpError{Op: "dial", Net: network, Err: syscall.ECONNREFUSED}
+	if inst == nil || inst.Exited() || inst.isPaused() {
+		return nil, refused
 	}
-	client, server, err := connPair()
+	if network == "tcp" && ap.Port() == 22 {
+		if inst.behavior.NoSSH {
+			return nil, refused
+		}
+		client, server, err := connPair()
+		if err != nil {
+			return nil, err
+		}
+		go inst.serveSSH(server)
+		return client, nil
+	}
+	if svc == nil || network != "tcp" && network != "udp" {
+		return nil, refused
+	}
+	typ := syscall.SOCK_STREAM
+	if network == "udp" {
+		typ = syscall.SOCK_DGRAM
+	}
+	client, server, err := socketPair(typ)
 	if err != nil {
 		return nil, err
 	}
-	go inst.serveSSH(server)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		svc(ap.Addr(), server)
+	}()
+	go func() {
+		// The guest's end goes when its server is done or the guest ends.
+		select {
+		case <-served:
+		case <-inst.done:
+		}
+		server.Close()
+	}()
 	return client, nil
 }
 
@@ -870,8 +916,11 @@ func (a *adopted) Exit() hypervisor.Exit {
 // connPair returns the two ends of a connected Unix stream socket. Unlike
 // net.Pipe its writes are buffered, as a TCP or vsock connection's are, so
 // both ends may write first (as SSH's version exchange does).
-func connPair() (net.Conn, net.Conn, error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+func connPair() (net.Conn, net.Conn, error) { return socketPair(syscall.SOCK_STREAM) }
+
+// socketPair returns the two ends of a connected Unix socket of type typ.
+func socketPair(typ int) (net.Conn, net.Conn, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, typ|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("socketpair: %w", err)
 	}

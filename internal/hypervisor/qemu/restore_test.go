@@ -167,7 +167,7 @@ func sshRun(t testing.TB, ns *vmtest.NS, keyPath, hostKey, script string) string
 	}
 	var lastErr error
 	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
-		out, err := sshOnce(ns, signer, pinned, script)
+		out, err := ns.SSH(guestIP+":22", signer, pinned, script)
 		if err == nil {
 			return out
 		}
@@ -179,38 +179,6 @@ func sshRun(t testing.TB, ns *vmtest.NS, keyPath, hostKey, script string) string
 	}
 	t.Fatalf("ssh %s: %v", guestIP, lastErr)
 	return ""
-}
-
-func sshOnce(ns *vmtest.NS, signer ssh.Signer, pinned ssh.PublicKey, script string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	conn, err := ns.Dial(ctx, "tcp", guestIP+":22")
-	if err != nil {
-		return "", err
-	}
-	conn.SetDeadline(time.Now().Add(time.Minute))
-	c, chans, reqs, err := ssh.NewClientConn(conn, guestIP+":22", &ssh.ClientConfig{
-		User:            "root",
-		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
-		HostKeyCallback: ssh.FixedHostKey(pinned),
-		Timeout:         20 * time.Second,
-	})
-	if err != nil {
-		conn.Close()
-		return "", err
-	}
-	client := ssh.NewClient(c, chans, reqs)
-	defer client.Close()
-	sess, err := client.NewSession()
-	if err != nil {
-		return "", err
-	}
-	defer sess.Close()
-	out, err := sess.CombinedOutput(script)
-	if err != nil {
-		return string(out), fmt.Errorf("%w: %s", err, out)
-	}
-	return string(out), nil
 }
 
 func sha(t testing.TB, path string) string {

@@ -15,8 +15,9 @@ import (
 // Make makes an ext4 image of size (e.g. "4G") at out, labelled label and
 // filled from dir with mkfs.ext4 -d: no loop mount. out is created by the
 // calling user first so that it keeps the caller's ownership. A root-owned
-// tree (an image's) can only be read as root: privileged says so.
-func Make(ctx context.Context, r runner.Runner, dir, label, out, size string, privileged bool) error {
+// tree (an image's) can only be read as root: privileged says so. extra are
+// more mkfs.ext4 options (its -T, -i, -b).
+func Make(ctx context.Context, r runner.Runner, dir, label, out, size string, privileged bool, extra ...string) error {
 	if _, err := runner.LookPath("mkfs.ext4"); err != nil {
 		return fmt.Errorf("making ext4 image %s: mkfs.ext4 is not installed: run 'apt-get install e2fsprogs'", out)
 	}
@@ -29,8 +30,8 @@ func Make(ctx context.Context, r runner.Runner, dir, label, out, size string, pr
 	if privileged {
 		run = r.RunPrivileged
 	}
-	if _, err := run(ctx, "mkfs.ext4", "-q", "-F", "-d", dir, "-L", label,
-		"-E", "root_owner=0:0", out, size); err != nil {
+	args := append([]string{"-q", "-F", "-d", dir, "-L", label, "-E", "root_owner=0:0"}, extra...)
+	if _, err := run(ctx, "mkfs.ext4", append(args, out, size)...); err != nil {
 		return fmt.Errorf("making ext4 image %s: %w", out, err)
 	}
 	return nil

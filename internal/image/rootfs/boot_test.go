@@ -3,12 +3,10 @@ package rootfs
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -51,7 +49,7 @@ func TestBootImages(t *testing.T) {
 		t.Fatal(err)
 	}
 	initBin := filepath.Join(dir, "banger-init")
-	goBuild(t, initBin, "github.com/banger/banger/cmd/banger-init")
+	vmtest.GoBuild(t, initBin, "github.com/banger/banger/cmd/banger-init")
 	mods, err := kernel.LoadOrder(kp.ModulesDir, initramfs.DefaultModules())
 	if err != nil {
 		t.Fatal(err)
@@ -198,7 +196,7 @@ func bootAndCheck(t *testing.T, kind Kind, vmlinux, initrd, rootImg, work string
 
 	var out string
 	for time.Now().Before(deadline) {
-		out, err = sshRun(ns, signer, pinned, sshScript(kind))
+		out, err = ns.SSH("172.30.0.2:22", signer, pinned, sshScript(kind))
 		if err == nil {
 			break
 		}
@@ -272,48 +270,6 @@ func sshScript(kind Kind) string {
 		s += `ps -N --ppid 2 -p 2 -o pid,comm`
 	}
 	return s
-}
-
-func sshRun(ns *vmtest.NS, signer ssh.Signer, hostKey ssh.PublicKey, script string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	conn, err := ns.Dial(ctx, "tcp", "172.30.0.2:22")
-	if err != nil {
-		return "", err
-	}
-	conn.SetDeadline(time.Now().Add(12 * time.Minute))
-	cfg := &ssh.ClientConfig{
-		User:            "root",
-		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
-		HostKeyCallback: ssh.FixedHostKey(hostKey),
-		Timeout:         20 * time.Second,
-	}
-	c, chans, reqs, err := ssh.NewClientConn(conn, "172.30.0.2:22", cfg)
-	if err != nil {
-		conn.Close()
-		return "", err
-	}
-	client := ssh.NewClient(c, chans, reqs)
-	defer client.Close()
-	sess, err := client.NewSession()
-	if err != nil {
-		return "", err
-	}
-	defer sess.Close()
-	b, err := sess.CombinedOutput(script)
-	if err != nil {
-		return string(b), fmt.Errorf("running script: %w: %s", err, b)
-	}
-	return string(b), nil
-}
-
-func goBuild(t *testing.T, out, pkg string) {
-	t.Helper()
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-trimpath", "-o", out, pkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v: %s", pkg, err, b)
-	}
 }
 
 func tail(s string, n int) string {

@@ -72,7 +72,7 @@ func needImageTools(t *testing.T) {
 func buildAgent(t *testing.T) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "banger-vsock-agent")
-	goBuild(t, out, "github.com/banger/banger/cmd/banger-vsock-agent")
+	vmtest.GoBuild(t, out, "github.com/banger/banger/cmd/banger-vsock-agent")
 	return out
 }
 

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -32,15 +31,6 @@ func requireVM(t *testing.T) {
 	vmtest.Require(t, "building a Void mirror from Debian packages and booting it", vmtest.Root(),
 		vmtest.Tool("qemu-system-x86_64", "qemu-system-x86"), vmtest.Tool("debootstrap", "debootstrap"), vmtest.Tool("dpkg-deb", "dpkg"),
 		vmtest.Tool("mkfs.ext4", "e2fsprogs"), vmtest.Tool("debugfs", "e2fsprogs"), vmtest.Tool("ssh-keygen", "openssh-client"), vmtest.Tool("depmod", "kmod"))
-}
-
-func goBuild(t *testing.T, out, pkg string) {
-	t.Helper()
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-trimpath", "-o", out, pkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build %s: %v: %s", pkg, err, b)
-	}
 }
 
 // TestVoidBoot is the proof of the Void path without Void's mirror: it
@@ -68,7 +58,7 @@ func TestVoidBoot(t *testing.T) {
 
 	bin := filepath.Join(dir, "bin")
 	for _, b := range []string{"banger", "banger-init", "banger-vsock-agent"} {
-		goBuild(t, filepath.Join(bin, b), "github.com/banger/banger/cmd/"+b)
+		vmtest.GoBuild(t, filepath.Join(bin, b), "github.com/banger/banger/cmd/"+b)
 	}
 	keyPath := filepath.Join(dir, "id_ed25519")
 	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", keyPath).CombinedOutput(); err != nil {
@@ -224,7 +214,7 @@ func boot(t *testing.T, km *KernelManifest, rootImg, work string, signer ssh.Sig
 
 	var out string
 	for time.Now().Before(deadline) {
-		if out, err = sshRun(ns, signer, pinned, guestScript); err == nil {
+		if out, err = ns.SSH("172.30.0.2:22", signer, pinned, guestScript); err == nil {
 			break
 		}
 		time.Sleep(500 * time.Millisecond)
@@ -322,39 +312,6 @@ func parseReport(out string) (map[string]string, error) {
 		r[k] = strings.TrimSpace(v)
 	}
 	return r, nil
-}
-
-func sshRun(ns *vmtest.NS, signer ssh.Signer, hostKey ssh.PublicKey, script string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	conn, err := ns.Dial(ctx, "tcp", "172.30.0.2:22")
-	if err != nil {
-		return "", err
-	}
-	conn.SetDeadline(time.Now().Add(12 * time.Minute))
-	cfg := &ssh.ClientConfig{
-		User:            "root",
-		Auth:            []ssh.AuthMethod{ssh.PublicKeys(signer)},
-		HostKeyCallback: ssh.FixedHostKey(hostKey),
-		Timeout:         20 * time.Second,
-	}
-	c, chans, reqs, err := ssh.NewClientConn(conn, "172.30.0.2:22", cfg)
-	if err != nil {
-		conn.Close()
-		return "", err
-	}
-	client := ssh.NewClient(c, chans, reqs)
-	defer client.Close()
-	sess, err := client.NewSession()
-	if err != nil {
-		return "", err
-	}
-	defer sess.Close()
-	b, err := sess.CombinedOutput(script)
-	if err != nil {
-		return string(b), fmt.Errorf("running script: %w: %s", err, b)
-	}
-	return string(b), nil
 }
 
 func tail(s string, n int) string {

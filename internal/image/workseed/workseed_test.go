@@ -32,6 +32,13 @@ func TestBuild(t *testing.T) {
 			t.Errorf("debugfs %q = %q, want it to contain %q", c.req, got, c.want)
 		}
 	}
+	// Made for the 16G it grows to: 4 KiB blocks, an inode per 8 KiB.
+	stats := debugfs(t, out, "stats")
+	for _, want := range []string{"Block size:               4096", "Inode count:              8192"} {
+		if !strings.Contains(stats, want) {
+			t.Errorf("seed stats lack %q:\n%s", want, stats)
+		}
+	}
 }
 
 func debugfs(t *testing.T, img, req string) string {

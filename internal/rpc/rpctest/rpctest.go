@@ -2,13 +2,16 @@
 package rpctest
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,8 +20,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger/banger/internal/bundle/bundletest"
+	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/image/ext4"
+	"github.com/banger/banger/internal/image/kernel"
+	"github.com/banger/banger/internal/portfwd"
 	"github.com/banger/banger/internal/rpc"
+	"github.com/banger/banger/internal/units"
 	"github.com/banger/banger/internal/vm"
 )
 
@@ -31,12 +39,13 @@ const (
 	defaultImage     = "docker" // marked Default in bundleImages
 	defaultVCPUs     = 2        // bangerd's built-in config
 	defaultMemoryMiB = 1024     // likewise
+	defaultWorkSize  = 16 << 30 // likewise
 )
 
 // bundleImages are the images of the fake's runtime bundle.
 var bundleImages = []rpc.Image{
-	{Name: "docker", Rootfs: bundleDir + "/rootfs-docker.ext4", WorkSeed: bundleDir + "/work-seed.ext4", Default: true, Managed: true, Size: 2 << 30, Warm: "none"},
-	{Name: "minimal", Rootfs: bundleDir + "/rootfs-minimal.ext4", WorkSeed: bundleDir + "/work-seed.ext4", Managed: true, Size: 300 << 20, Warm: "none"},
+	{Name: "docker", Rootfs: bundleDir + "/rootfs-docker.ext4", WorkSeed: bundleDir + "/work-seed.ext4", Default: true, Managed: true, Size: 2 << 30, KernelVersion: bundletest.KernelVersion, Warm: "none"},
+	{Name: "minimal", Rootfs: bundleDir + "/rootfs-minimal.ext4", WorkSeed: bundleDir + "/work-seed.ext4", Managed: true, Size: 300 << 20, KernelVersion: bundletest.KernelVersion, Warm: "none"},
 }
 
 // Fake is bangerd's API over state in memory: the same routes, status codes,
@@ -48,11 +57,14 @@ var bundleImages = []rpc.Image{
 // (0.4s), the stage "boot" with a log line "kernel up", then "done" with the
 // running VM; FailBoot, Hold and DelayStop change that for one VM. Created
 // VMs get the next free address from 172.30.0.2, and 2 vCPUs and 1024 MiB
-// unless asked otherwise. A running VM suspends at once; a resume, or a
-// start of a suspended VM, streams as a start does; a fork streams as a
-// create of the copy does; warming an image streams the stage "snapshot"
-// and makes it warm ("ready"). A VM's console log reads "console of NAME\n"
-// unless SetConsole says otherwise. A registered path must be what bangerd
+// unless asked otherwise, and a 16G /root. A running VM suspends at once;
+// a resume, or a start of a suspended VM, streams as a start does; a fork
+// streams as a create of the copy does; warming an image streams the stage
+// "snapshot" and makes it warm ("ready"). A VM's console log reads
+// "console of NAME\n" unless SetConsole says otherwise. Published ports
+// are checked as bangerd checks them (a host port that something on this
+// host listens on is busy) and listening while their VM runs, but nothing
+// is relayed. A registered path must be what bangerd
 // takes for an ext4 image (ext4.Check; ext4.WriteMagic makes one).
 //
 // Its methods are safe to call while it serves.
@@ -184,6 +196,9 @@ func (f *Fake) serve(ctx context.Context, ln net.Listener) error {
 // Add records vm as it is given, with an id and a creation time 5 minutes
 // ago if it has none.
 func (f *Fake) Add(vm rpc.VM) {
+	if vm.Egress == "" {
+		vm.Egress = "default"
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if vm.ID == "" {
@@ -290,7 +305,7 @@ func (f *Fake) handler() http.Handler {
 	mux.HandleFunc("POST /v1/shutdown", f.handleShutdown)
 	mux.HandleFunc("GET /v1/vms", f.handleList)
 	mux.HandleFunc("POST /v1/vms", f.handleCreate)
-	mux.HandleFunc("GET /v1/vms/{name}", f.withVM(func(vm *rpc.VM) any { return *vm }))
+	mux.HandleFunc("GET /v1/vms/{name}", f.withVM(func(vm *rpc.VM) any { return view(vm) }))
 	mux.HandleFunc("DELETE /v1/vms/{name}", f.withVM(func(vm *rpc.VM) any {
 		delete(f.vms, vm.Name)
 		return map[string]bool{"ok": true}
@@ -301,6 +316,8 @@ func (f *Fake) handler() http.Handler {
 	mux.HandleFunc("POST /v1/vms/{name}/suspend", f.handleSuspend)
 	mux.HandleFunc("POST /v1/vms/{name}/resume", f.handleResume)
 	mux.HandleFunc("POST /v1/vms/{name}/fork", f.handleFork)
+	mux.HandleFunc("POST /v1/vms/{name}/ports", f.handleAddPorts)
+	mux.HandleFunc("POST /v1/vms/{name}/ports/remove", f.handleRemovePorts)
 	mux.HandleFunc("GET /v1/vms/{name}/ssh", f.withVM(sshInfo))
 	mux.HandleFunc("GET /v1/vms/{name}/opencode", f.handleOpencode)
 	mux.HandleFunc("GET /v1/vms/{name}/logs", f.handleLogs)
@@ -334,16 +351,24 @@ func writeErr(w http.ResponseWriter, e *rpc.Error) { writeJSON(w, statusOf[e.Cod
 
 func writeOK(w http.ResponseWriter) { writeJSON(w, http.StatusOK, map[string]bool{"ok": true}) }
 
-// decode reads a JSON body, refusing unknown fields and trailing data as
-// bangerd does.
+// decode reads a JSON body that is one object, refusing unknown fields and
+// trailing data as bangerd does.
 func decode(r *http.Request, what string, v any) *rpc.Error {
 	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
 		return apiError(rpc.CodeInvalid, "decoding %s request: %v", what, err)
 	}
-	if dec.More() {
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return apiError(rpc.CodeInvalid, "decoding %s request: data after the JSON object", what)
+	}
+	if raw[0] != '{' {
+		return apiError(rpc.CodeInvalid, "decoding %s request: the body is not a JSON object", what)
+	}
+	strict := json.NewDecoder(bytes.NewReader(raw))
+	strict.DisallowUnknownFields()
+	if err := strict.Decode(v); err != nil {
+		return apiError(rpc.CodeInvalid, "decoding %s request: %v", what, err)
 	}
 	return nil
 }
@@ -408,7 +433,7 @@ func (f *Fake) handleList(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	out := []rpc.VM{}
 	for _, vm := range f.vms {
-		out = append(out, *vm)
+		out = append(out, view(vm))
 	}
 	f.mu.Unlock()
 	slices.SortFunc(out, func(a, b rpc.VM) int { return strings.Compare(a.Name, b.Name) })
@@ -443,6 +468,96 @@ func (f *Fake) create(req rpc.CreateRequest) *rpc.Error {
 	return e
 }
 
+// view is what the API answers for vm: its ports listen while it runs.
+func view(vm *rpc.VM) rpc.VM {
+	v := *vm
+	v.Ports = []rpc.Port{}
+	for _, p := range vm.Ports {
+		p.Listening = vm.State == "running" || vm.State == "starting"
+		v.Ports = append(v.Ports, p)
+	}
+	return v
+}
+
+// specs checks ports as bangerd's API does: proto "" is tcp, host_ip ""
+// is 127.0.0.1.
+func specs(ports []rpc.Port) ([]portfwd.Spec, *rpc.Error) {
+	if len(ports) > portfwd.MaxPerVM {
+		return nil, apiError(rpc.CodeInvalid, "publishing %d ports: a VM publishes at most %d", len(ports), portfwd.MaxPerVM)
+	}
+	var out []portfwd.Spec
+	for _, p := range ports {
+		s := portfwd.Spec{Proto: cmp.Or(p.Proto, portfwd.TCP), HostIP: portfwd.DefaultHostIP}
+		if p.HostIP != "" {
+			ip, err := netip.ParseAddr(p.HostIP)
+			if err != nil {
+				return nil, apiError(rpc.CodeInvalid, "invalid port: host_ip %q is not an IP address", p.HostIP)
+			}
+			s.HostIP = ip
+		}
+		if p.HostPort < 1 || p.HostPort > 65535 || p.GuestPort < 1 || p.GuestPort > 65535 {
+			return nil, apiError(rpc.CodeInvalid, "invalid port %d:%d: ports are 1 to 65535", p.HostPort, p.GuestPort)
+		}
+		s.HostPort, s.GuestPort = uint16(p.HostPort), uint16(p.GuestPort)
+		if err := s.Validate(); err != nil {
+			return nil, apiError(rpc.CodeInvalid, "%v", err)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// specsOf reads a VM's ports back.
+func specsOf(vm *rpc.VM) []portfwd.Spec {
+	out, _ := specs(vm.Ports)
+	return out
+}
+
+// checkPorts refuses add, wanted by the VM self ("" for a new one) on top
+// of have, as bangerd does, under f.mu: overlapping each other (invalid),
+// another VM's (exists), or busy on this host (exists, checked by
+// listening a moment).
+func (f *Fake) checkPorts(self string, have, add []portfwd.Spec) *rpc.Error {
+	if err := portfwd.Check(append(slices.Clone(have), add...)); err != nil {
+		return apiError(rpc.CodeInvalid, "%v", err)
+	}
+	for name, other := range f.vms {
+		if name == self {
+			continue
+		}
+		for _, s := range add {
+			for _, o := range specsOf(other) {
+				if s.Overlaps(o) {
+					return apiError(rpc.CodeExists, "host port %s/%s is published by VM %s already (as %s): pick another host port", s.Host(), s.Proto, name, o)
+				}
+			}
+		}
+	}
+	for _, s := range add {
+		if err := portfwd.Probe(s); err != nil {
+			code := rpc.CodeInvalid
+			if errors.Is(err, portfwd.ErrInUse) {
+				code = rpc.CodeExists
+			}
+			return apiError(code, "%v", err)
+		}
+	}
+	return nil
+}
+
+func portOf(s portfwd.Spec) rpc.Port {
+	return rpc.Port{Proto: s.Proto, HostIP: s.HostIP.String(), HostPort: int(s.HostPort), GuestPort: int(s.GuestPort)}
+}
+
+// workSize reads a /root size as bangerd does.
+func workSize(s string) (int64, *rpc.Error) {
+	n, err := units.ParseSize(s)
+	if err != nil || n <= 0 {
+		return 0, apiError(rpc.CodeInvalid, "invalid --work-size %q", s)
+	}
+	return n, nil
+}
+
 // planCreate checks a create request as bangerd does, under f.mu, and
 // returns the new VM.
 func (f *Fake) planCreate(req rpc.CreateRequest) (*rpc.VM, *rpc.Error) {
@@ -455,12 +570,62 @@ func (f *Fake) planCreate(req rpc.CreateRequest) (*rpc.VM, *rpc.Error) {
 	if vm, ok := f.vms[req.Name]; ok {
 		return nil, apiError(rpc.CodeExists, "a VM named %s already exists (%s): pick another name, or remove it with 'banger vm delete %s'", req.Name, vm.State, req.Name)
 	}
+	p, e := policy(req.Egress)
+	if e != nil {
+		return nil, e
+	}
 	image := cmp.Or(req.Image, defaultImage)
 	if _, ok := f.image(image); !ok {
 		return nil, apiError(rpc.CodeInvalid, "finding image %q in runtime bundle %s: no such image: use one of docker, minimal (or register one with 'banger image register --name %s --rootfs PATH')", image, bundleDir, image)
 	}
-	return &rpc.VM{ID: f.newID(), Name: req.Name, Image: image, State: "creating", Hypervisor: hypervisor, IP: f.freeIP(), NAT: req.NAT,
-		VCPUs: cmp.Or(req.VCPUs, defaultVCPUs), MemoryMiB: cmp.Or(req.MemoryMiB, defaultMemoryMiB), CreatedAt: time.Now()}, nil
+	work := int64(defaultWorkSize)
+	if req.WorkSize != "" {
+		var e *rpc.Error
+		if work, e = workSize(req.WorkSize); e != nil {
+			return nil, e
+		}
+		if work < 64<<20 {
+			return nil, apiError(rpc.CodeInvalid, "work size %s is smaller than the /root seed of image %s (64M): pick --work-size 64M or more", req.WorkSize, image)
+		}
+	}
+	sp, e := specs(req.Ports)
+	if e == nil {
+		e = f.checkPorts("", nil, sp)
+	}
+	if e != nil {
+		return nil, e
+	}
+	vm := &rpc.VM{ID: f.newID(), Name: req.Name, Image: image, State: "creating", Hypervisor: hypervisor, IP: f.freeIP(), NAT: req.NAT,
+		Egress: "default", VCPUs: cmp.Or(req.VCPUs, defaultVCPUs), MemoryMiB: cmp.Or(req.MemoryMiB, defaultMemoryMiB), WorkSizeBytes: work, CreatedAt: time.Now()}
+	for _, s := range sp {
+		vm.Ports = append(vm.Ports, portOf(s))
+	}
+	setPolicy(vm, p)
+	return vm, nil
+}
+
+// policy reads a wire egress policy as bangerd does; nil for none.
+func policy(w *rpc.Egress) (*egress.Policy, *rpc.Error) {
+	if w == nil {
+		return nil, nil
+	}
+	b, _ := json.Marshal(w)
+	var p egress.Policy
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, apiError(rpc.CodeInvalid, "invalid egress policy: %v", err)
+	}
+	return &p, nil
+}
+
+// setPolicy gives vm the policy p, which turns NAT on unless it is open.
+func setPolicy(vm *rpc.VM, p *egress.Policy) {
+	if p == nil {
+		return
+	}
+	vm.Egress = p.String()
+	if p.Effective() != egress.ModeOpen {
+		vm.NAT = true
+	}
 }
 
 // newID returns a new VM id, under f.mu.
@@ -489,7 +654,7 @@ func (f *Fake) handleStart(w http.ResponseWriter, r *http.Request) {
 	vm, e := f.find(r.PathValue("name"))
 	var cp rpc.VM
 	if e == nil {
-		cp = *vm
+		cp = view(vm)
 		switch vm.State {
 		case "stopped", "error", "suspended":
 			vm.State = "starting"
@@ -563,12 +728,12 @@ func (f *Fake) finishBoot(name string) (*rpc.VM, *rpc.Error) {
 	}
 	if msg := f.failBoot[name]; msg != "" {
 		vm.State, vm.Error = "error", msg
-		cp := *vm
+		cp := view(vm)
 		return &cp, apiError(rpc.CodeInternal, "%s", msg)
 	}
 	vm.State, vm.Error = "running", ""
 	vm.Stages = []rpc.Stage{{Name: "prepare", DurationMS: 400}, {Name: "boot", DurationMS: 3100}}
-	cp := *vm
+	cp := view(vm)
 	return &cp, nil
 }
 
@@ -590,7 +755,7 @@ func (f *Fake) handleStop(w http.ResponseWriter, r *http.Request) {
 	time.Sleep(delay)
 	f.withVM(func(vm *rpc.VM) any {
 		vm.State = "stopped"
-		return *vm
+		return view(vm)
 	})(w, r)
 }
 
@@ -698,19 +863,130 @@ func (f *Fake) handleWarmImage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (f *Fake) handleSet(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		NAT *bool `json:"nat"`
-	}
+	var req rpc.SetRequest
 	if e := decode(r, "set", &req); e != nil {
 		writeErr(w, e)
 		return
 	}
-	f.withVM(func(vm *rpc.VM) any {
+	p, e := policy(req.Egress)
+	if e != nil {
+		writeErr(w, e)
+		return
+	}
+	var size int64
+	if req.WorkSize != "" {
+		var e *rpc.Error
+		if size, e = workSize(req.WorkSize); e != nil {
+			writeErr(w, e)
+			return
+		}
+	}
+	f.change(w, r, func(vm *rpc.VM) *rpc.Error {
+		if size != 0 {
+			switch {
+			case vm.State != "stopped" && vm.State != "error":
+				return apiError(rpc.CodeInvalid, "VM %s is %s: /root grows only while the VM is stopped: stop it with 'banger vm stop %s', then run this again", vm.Name, vm.State, vm.Name)
+			case size < vm.WorkSizeBytes:
+				return apiError(rpc.CodeInvalid, "work size %s is smaller than the /root of %s: /root only grows", req.WorkSize, vm.Name)
+			}
+			vm.WorkSizeBytes = size
+		}
+		setPolicy(vm, p)
 		if req.NAT != nil {
 			vm.NAT = *req.NAT
 		}
-		return *vm
-	})(w, r)
+		return nil
+	})
+}
+
+// change answers the VM the path names after fn changed it, or fn's
+// refusal; fn runs under f.mu.
+func (f *Fake) change(w http.ResponseWriter, r *http.Request, fn func(*rpc.VM) *rpc.Error) {
+	f.mu.Lock()
+	vm, e := f.find(r.PathValue("name"))
+	var v rpc.VM
+	if e == nil {
+		if e = fn(vm); e == nil {
+			v = view(vm)
+		}
+	}
+	f.mu.Unlock()
+	if e != nil {
+		writeErr(w, e)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (f *Fake) handleAddPorts(w http.ResponseWriter, r *http.Request) {
+	var req rpc.PortsRequest
+	if e := decode(r, "publish", &req); e != nil {
+		writeErr(w, e)
+		return
+	}
+	sp, e := specs(req.Ports)
+	if e == nil && len(sp) == 0 {
+		e = apiError(rpc.CodeInvalid, "publishing ports: name at least one, as [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|/udp]")
+	}
+	if e != nil {
+		writeErr(w, e)
+		return
+	}
+	f.change(w, r, func(vm *rpc.VM) *rpc.Error {
+		if e := f.checkPorts(vm.Name, specsOf(vm), sp); e != nil {
+			return e
+		}
+		for _, s := range sp {
+			vm.Ports = append(vm.Ports, portOf(s))
+		}
+		return nil
+	})
+}
+
+func (f *Fake) handleRemovePorts(w http.ResponseWriter, r *http.Request) {
+	var req rpc.UnpublishRequest
+	if e := decode(r, "unpublish", &req); e != nil {
+		writeErr(w, e)
+		return
+	}
+	var sels []portfwd.Selector
+	for _, ref := range req.Ports {
+		sel := portfwd.Selector{Proto: cmp.Or(ref.Proto, portfwd.TCP)}
+		if ref.HostIP != "" {
+			ip, err := netip.ParseAddr(ref.HostIP)
+			if err != nil {
+				writeErr(w, apiError(rpc.CodeInvalid, "invalid port: host_ip %q is not an IP address", ref.HostIP))
+				return
+			}
+			sel.HostIP = ip
+		}
+		if (sel.Proto != portfwd.TCP && sel.Proto != portfwd.UDP) || ref.HostPort < 1 || ref.HostPort > 65535 {
+			writeErr(w, apiError(rpc.CodeInvalid, "invalid port %d/%s", ref.HostPort, ref.Proto))
+			return
+		}
+		sel.HostPort = uint16(ref.HostPort)
+		sels = append(sels, sel)
+	}
+	if len(sels) == 0 {
+		writeErr(w, apiError(rpc.CodeInvalid, "removing published ports: name at least one, as [HOSTIP:]HOSTPORT[/tcp|/udp]"))
+		return
+	}
+	f.change(w, r, func(vm *rpc.VM) *rpc.Error {
+		have := specsOf(vm)
+		for _, sel := range sels {
+			if !slices.ContainsFunc(have, sel.Matches) {
+				return apiError(rpc.CodeNotFound, "VM %s publishes no host port %s: see 'banger vm port list %s'", vm.Name, sel, vm.Name)
+			}
+		}
+		var keep []rpc.Port
+		for i, s := range have {
+			if !slices.ContainsFunc(sels, func(sel portfwd.Selector) bool { return sel.Matches(s) }) {
+				keep = append(keep, vm.Ports[i])
+			}
+		}
+		vm.Ports = keep
+		return nil
+	})
 }
 
 // handleLogs answers the console log; with ?follow it then keeps the
@@ -820,7 +1096,26 @@ func (f *Fake) register(req rpc.RegisterImageRequest) (rpc.Image, *rpc.Error) {
 			return rpc.Image{}, apiError(rpc.CodeInvalid, "%s %s: %v", p.flag, p.path, err)
 		}
 	}
-	img := rpc.Image{Name: req.Name, Rootfs: req.Rootfs, WorkSeed: req.WorkSeed, Size: 1 << 30, Warm: "none"}
+	img := rpc.Image{Name: req.Name, Rootfs: req.Rootfs, WorkSeed: req.WorkSeed, Size: 1 << 30, Kernel: req.Kernel, Initrd: req.Initrd, Modules: req.Modules, Warm: "none"}
+	switch {
+	case req.Kernel == "" && req.Initrd == "" && req.Modules == "":
+	case req.Kernel == "" || req.Initrd == "":
+		return rpc.Image{}, apiError(rpc.CodeInvalid, "an image's own kernel needs both --kernel and --initrd")
+	default:
+		if err := kernel.CheckKernel(req.Kernel); err != nil {
+			return rpc.Image{}, apiError(rpc.CodeInvalid, "--kernel %s: %v", req.Kernel, err)
+		}
+		if err := kernel.CheckInitrd(req.Initrd); err != nil {
+			return rpc.Image{}, apiError(rpc.CodeInvalid, "--initrd %s: %v", req.Initrd, err)
+		}
+		if req.Modules != "" {
+			rel, err := kernel.ModulesRelease(req.Modules)
+			if err != nil {
+				return rpc.Image{}, apiError(rpc.CodeInvalid, "--modules %s: %v", req.Modules, err)
+			}
+			img.KernelVersion = rel
+		}
+	}
 	f.images[img.Name] = img
 	return img, nil
 }
