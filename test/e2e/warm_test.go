@@ -70,7 +70,7 @@ type identity struct {
 
 func (e *env) identity(vm rpc.VM) identity {
 	e.t.Helper()
-	out := e.ssh(vm.Name, "sh", "-c", "'ip -o -4 addr show eth0; cat /sys/class/net/eth0/address; hostname; cat /etc/ssh/ssh_host_ed25519_key.pub; cat /etc/machine-id 2>/dev/null || echo none'")
+	out := e.ssh(vm.Name, "sh", "-c", "'ip -o -4 addr show eth0; cat /sys/class/net/eth0/address; hostname; cat /etc/ssh/ssh_host_ed25519_key.pub; m=$(cat /etc/machine-id 2>/dev/null); echo ${m:-none}'")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	if len(lines) != 5 {
 		e.t.Fatalf("identity of %s: %d lines, want 5:\n%s", vm.Name, len(lines), out)
