@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -495,4 +496,70 @@ func TestImageDeleteAndCollect(t *testing.T) {
 
 func authorizedLine(k ssh.PublicKey) string {
 	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
+}
+
+// TestWarmRawDisks: on a backend that takes raw files only (Firecracker),
+// a VM's disks are raw clones (a reflink where the filesystem has them,
+// else a sparse copy), and warm creates, forks, suspends and resumes work
+// on them as on overlays.
+func TestWarmRawDisks(t *testing.T) {
+	h := newTestHost(t)
+	h.fake.Qcow2, h.fake.MemoryFiles, h.autoWarm = false, false, true
+	e := h.engine()
+	first := h.mustCreate(e, "first")
+	if first.DiskFormat != "raw" || filepath.Base(RootDisk(first)) != "rootfs.ext4" {
+		t.Fatalf("disk format %q (%s), want raw clones", first.DiskFormat, RootDisk(first))
+	}
+	waitWarm(t, e, h, "minimal")
+	tmpl := e.latestTemplate("minimal")
+	v, pr, err := h.createWith(e, CreateOptions{Name: "warm1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h.instanceOf(v).Restored() || !slices.Contains(pr.stages, "restoring qemu") {
+		t.Fatalf("warm1 stages %v, want a restore", pr.stages)
+	}
+	for _, which := range []string{"root", "work"} {
+		p := filepath.Join(v.Dir, diskName(which, v.DiskFormat))
+		got, err := headOf(p)
+		want, werr := headOf(tmpl.disk(which))
+		if err != nil || werr != nil || got != want {
+			t.Errorf("warm1's %s disk %s: %v, %v; want a clone of the template's", which, p, err, werr)
+		}
+	}
+	h.instanceOf(v).SetFile("/root/work", "raw")
+	fp, err := e.PlanFork(context.Background(), "warm1", "copy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := e.Fork(fp, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cp.DiskFormat != "raw" || h.instanceOf(cp).Guest().Files["/root/work"] != "raw" {
+		t.Errorf("fork of warm1: format %s, files %v; want raw disks and warm1's file", cp.DiskFormat, h.instanceOf(cp).Guest().Files)
+	}
+	if _, err := e.Suspend("copy"); err != nil {
+		t.Fatal(err)
+	}
+	r, err := e.Resume("copy", nil)
+	if err != nil || r.State != StateRunning || h.instanceOf(r).Guest().Files["/root/work"] != "raw" {
+		t.Fatalf("resume of copy = %+v, %v; want it running with its file", r, err)
+	}
+}
+
+// headOf is the size of the file at path and its first KiB.
+func headOf(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	b := make([]byte, 1024)
+	n, _ := f.Read(b)
+	return fmt.Sprintf("%d:%x", fi.Size(), b[:n]), nil
 }
