@@ -55,6 +55,7 @@ func TestBenchCreate(t *testing.T) {
 			results[img][op] = s
 		}
 		s.total = append(s.total, ms(d))
+		t.Logf("%s: %s %.0f ms", img, op, ms(d))
 		if vm == nil {
 			return
 		}
@@ -116,6 +117,7 @@ func TestBenchCreate(t *testing.T) {
 					used += allocated(filepath.Join(vm.Dir, f))
 				}
 				usedDisk[img] = float64(used) / (1 << 20)
+				t.Logf("%s: a new warm VM's disks take %.2f MiB", img, usedDisk[img])
 			}
 			del(vm.Name)
 		}
@@ -164,6 +166,7 @@ func TestBenchCreate(t *testing.T) {
 		}
 	}
 	prep := prepareDisks(t, e, runtime, n)
+	t.Logf("preparing disks: 1 GiB image %v, 8 GiB image %v (ms)", prep[0], prep[1])
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nbench-create: %d runs each, QEMU microvm under TCG here; times to the first SSH login\n", n)
