@@ -83,6 +83,8 @@ func TestBenchCreate(t *testing.T) {
 			}
 		}
 	}
+	prep := prepareDisks(t, e, runtime, n)
+	t.Logf("preparing disks: 1 GiB image %v, 8 GiB image %v (ms)", prep[0], prep[1])
 	usedDisk := map[string]float64{}
 	var warmBuild []string
 	for _, img := range images {
@@ -165,8 +167,6 @@ func TestBenchCreate(t *testing.T) {
 			del("par0", "par1", "par2", "par3")
 		}
 	}
-	prep := prepareDisks(t, e, runtime, n)
-	t.Logf("preparing disks: 1 GiB image %v, 8 GiB image %v (ms)", prep[0], prep[1])
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nbench-create: %d runs each, QEMU microvm under TCG here; times to the first SSH login\n", n)
