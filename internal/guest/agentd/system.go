@@ -79,7 +79,9 @@ func (osSystem) Settled(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	// is-system-running exits non-zero for degraded: only its word counts.
+	netsetup.Commands.RLock()
 	out, _ := exec.CommandContext(ctx, "systemctl", "is-system-running").Output()
+	netsetup.Commands.RUnlock()
 	st := strings.TrimSpace(string(out))
 	return st == "running" || st == "degraded"
 }
@@ -301,7 +303,9 @@ func (osSystem) SetOpencodePassword(ctx context.Context, pw string) (bool, error
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 			defer cancel()
 			for i, argv := range argvs {
+				netsetup.Commands.RLock()
 				out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+				netsetup.Commands.RUnlock()
 				if err != nil && i == len(argvs)-1 {
 					slog.Error("restarting the opencode server", "argv", argv, "err", err, "output", clip(strings.TrimSpace(string(out)), 300))
 				}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -84,6 +85,12 @@ func reconfigureBatch(c guestconfig.Network, mac string) string {
 	return b.String()
 }
 
+// Commands is read-locked while a guest program of banger runs a command
+// and waits for it. An init that reaps every child (the minimal image's
+// PID 1) write-locks it to reap, so that it never takes an exit status
+// that exec.Cmd.Wait is waiting for ("waitid: no child processes").
+var Commands sync.RWMutex
+
 // Reconfigure moves a running guest's interface to c (address, MAC, route,
 // hostname, resolvers): what a guest restored from another machine's
 // snapshot needs. It runs one ip process.
@@ -94,7 +101,10 @@ func Reconfigure(ctx context.Context, c guestconfig.Network, mac string) error {
 	cmd := exec.CommandContext(ctx, ipBinary(), "-batch", "-")
 	cmd.Stdin = strings.NewReader(reconfigureBatch(c, mac))
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
-	if out, err := cmd.CombinedOutput(); err != nil {
+	Commands.RLock()
+	out, err := cmd.CombinedOutput()
+	Commands.RUnlock()
+	if err != nil {
 		return fmt.Errorf("configuring network %s: ip -batch: %w: %s", c.Device, err, clip(strings.TrimSpace(string(out)), 500))
 	}
 	if c.Hostname != "" {
