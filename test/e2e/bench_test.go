@@ -89,12 +89,8 @@ func TestBenchCreate(t *testing.T) {
 	var warmBuild []string
 	for _, img := range images {
 		for i := 0; i < n; i++ {
-			ns, err := vmtest.Create("bgb-")
-			if err != nil {
-				t.Fatal(err)
-			}
+			ns := vmtest.NewNS(t) // removed when the bench ends, even if it fails
 			d, _ := bareBoot(t, ns, runtime, img)
-			ns.Close()
 			record(img, "bare qemu boot", d, nil)
 		}
 		for i := 0; i < n; i++ {
