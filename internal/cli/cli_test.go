@@ -332,28 +332,35 @@ func TestSSHNotRunning(t *testing.T) {
 
 func TestUsageErrors(t *testing.T) {
 	isolate(t)
-	for _, args := range [][]string{
-		{"frobnicate"},
-		{"vm", "frobnicate"},
-		{"vm", "create"},
-		{"vm", "create", "a", "b"},
-		{"vm", "create", "a", "--name", "b"},
-		{"vm", "create", "a", "--memory", "lots"},
-		{"vm", "stop"},
-		{"vm", "show"},
-		{"vm", "show", "a", "b"},
-		{"vm", "set", "a"},
-		{"vm", "set", "--nat", "--no-nat", "a"},
-		{"vm", "ssh"},
-		{"vm", "list", "--bogus"},
-		{"daemon", "status", "extra"},
+	for _, tc := range []struct {
+		args []string
+		want string // in stderr, besides the --help hint
+	}{
+		{[]string{"frobnicate"}, ""},
+		{[]string{"vm", "frobnicate"}, ""},
+		{[]string{"vm", "create"}, ""},
+		{[]string{"vm", "create", "a", "b"}, ""},
+		{[]string{"vm", "create", "a", "--name", "b"}, ""},
+		{[]string{"vm", "create", "a", "--memory", "lots"}, ""},
+		{[]string{"vm", "create", "a", "--vcpus", "0"}, "--vcpus 0 is no VM"},
+		{[]string{"vm", "stop"}, ""},
+		{[]string{"vm", "show"}, ""},
+		{[]string{"vm", "show", "a", "b"}, ""},
+		{[]string{"vm", "set", "a"}, ""},
+		{[]string{"vm", "set", "--nat", "--no-nat", "a"}, ""},
+		{[]string{"vm", "ssh"}, ""},
+		{[]string{"vm", "list", "--bogus"}, ""},
+		{[]string{"daemon", "status", "extra"}, ""},
 	} {
-		r := run(t, args...)
+		r := run(t, tc.args...)
 		if r.code != 2 {
-			t.Errorf("banger %q = %d, want 2", args, r.code)
+			t.Errorf("banger %q = %d, want 2", tc.args, r.code)
 		}
 		if !strings.HasPrefix(r.stderr, "error: ") || strings.Count(r.stderr, "error:") != 1 || !strings.Contains(r.stderr, "--help' for usage") {
-			t.Errorf("banger %q stderr = %q, want one error line and a --help hint", args, r.stderr)
+			t.Errorf("banger %q stderr = %q, want one error line and a --help hint", tc.args, r.stderr)
+		}
+		if !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("banger %q stderr = %q, want %q in it", tc.args, r.stderr, tc.want)
 		}
 	}
 }

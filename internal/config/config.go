@@ -370,7 +370,11 @@ type Paths struct {
 // have made it first and put a socket of their own there. Otherwise (and for
 // an XDG_RUNTIME_DIR of someone else's) the runtime dir moves under the
 // state dir, which is in the user's home.
-func DefaultPaths() Paths {
+func DefaultPaths() Paths { return defaultPaths(os.Geteuid()) }
+
+// defaultPaths is DefaultPaths for the user uid; tests pass another uid
+// than theirs to play a non-root user when they run as root.
+func defaultPaths(uid int) Paths {
 	home, _ := os.UserHomeDir()
 	env := func(k, def string) string {
 		if v := os.Getenv(k); v != "" && filepath.IsAbs(v) {
@@ -386,7 +390,6 @@ func DefaultPaths() Paths {
 		StateDir:   filepath.Join(state, "banger"),
 		DataDir:    filepath.Join(data, "banger"),
 	}
-	uid := os.Geteuid()
 	rt := os.Getenv("XDG_RUNTIME_DIR")
 	if rt != "" && filepath.IsAbs(rt) {
 		os.MkdirAll(rt, 0o700) // made by us, or checked below

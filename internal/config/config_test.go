@@ -3,8 +3,11 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/banger/banger/internal/vmtest"
 )
 
 func TestLoad(t *testing.T) {
@@ -157,5 +160,70 @@ func TestDefaultPaths(t *testing.T) {
 	}
 	if p.DB != "/s/banger/banger.db" || p.Lock != "/s/banger/bangerd.lock" || strings.HasPrefix(p.DataDir, "relative") {
 		t.Fatalf("DefaultPaths() = %+v", p)
+	}
+}
+
+// Without XDG_RUNTIME_DIR a non-root user's runtime dir is
+// $TMPDIR/banger-UID only when that is a private directory of theirs;
+// one another user made (or left open to all) is never used, and the
+// runtime dir falls back under the state dir.
+func TestDefaultPathsTmpFallback(t *testing.T) {
+	uid, asRoot := os.Geteuid(), os.Geteuid() == 0
+	if asRoot {
+		uid = 4242 // play a non-root user: root can give it directories
+	}
+	own := func(t *testing.T, dir string) {
+		if asRoot {
+			if err := os.Lchown(dir, uid, uid); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		prep   func(t *testing.T, dir string) // dir: $TMPDIR/banger-UID, not made yet
+		used   bool                           // whether dir is used
+		asUser bool                           // needs to run as uid itself (not root)
+		asRoot bool                           // needs root (to make another user's dir)
+	}{
+		{"missing: made private and used", func(t *testing.T, dir string) {}, true, true, false},
+		{"private and the user's", func(t *testing.T, dir string) { os.Mkdir(dir, 0o700); own(t, dir) }, true, false, false},
+		{"the user's but 0777", func(t *testing.T, dir string) { os.Mkdir(dir, 0o700); os.Chmod(dir, 0o777); own(t, dir) }, false, false, false},
+		{"the user's but readable by others", func(t *testing.T, dir string) { os.Mkdir(dir, 0o700); os.Chmod(dir, 0o755); own(t, dir) }, false, false, false},
+		{"a symlink to a private dir of the user's", func(t *testing.T, dir string) {
+			real := dir + ".real"
+			os.Mkdir(real, 0o700)
+			own(t, real)
+			os.Symlink(real, dir)
+		}, false, false, false},
+		{"another user's, private", func(t *testing.T, dir string) { os.Mkdir(dir, 0o700); os.Lchown(dir, uid+1, uid+1) }, false, false, true},
+		{"another user's, 0777", func(t *testing.T, dir string) {
+			os.Mkdir(dir, 0o700)
+			os.Chmod(dir, 0o777)
+			os.Lchown(dir, uid+1, uid+1)
+		}, false, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.asRoot {
+				vmtest.RequireHost(t, "making a directory of another user's", vmtest.Root())
+			}
+			if tc.asUser && asRoot {
+				t.Skip("the directory DefaultPaths makes is its caller's: as root that is not uid 4242's; run the tests as a non-root user for this case")
+			}
+			tmp, state := t.TempDir(), t.TempDir()
+			t.Setenv("TMPDIR", tmp)
+			t.Setenv("XDG_RUNTIME_DIR", "")
+			t.Setenv("XDG_STATE_HOME", state)
+			dir := filepath.Join(tmp, "banger-"+strconv.Itoa(uid))
+			tc.prep(t, dir)
+			p := defaultPaths(uid)
+			want := filepath.Join(state, "banger", "run")
+			if tc.used {
+				want = filepath.Join(dir, "banger")
+			}
+			if p.RuntimeDir != want || p.Socket != filepath.Join(want, "bangerd.sock") {
+				t.Errorf("defaultPaths(%d).RuntimeDir, Socket = %s, %s; want under %s", uid, p.RuntimeDir, p.Socket, want)
+			}
+		})
 	}
 }

@@ -1,11 +1,13 @@
 package daemon_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -97,6 +99,7 @@ var contract = []struct {
 		{start("box"), "streamed; box running image=minimal vcpus=2 mem=1024 nat=true ip=.2"},
 		{start("box"), "streamed; box running image=minimal vcpus=2 mem=1024 nat=true ip=.2"},
 		{logs("box"), "logs ok"},
+		{logsTail("box", 64), "logs ok"},
 		{opencode("box"), "error 404 not_found"},
 		{del("box"), "ok"},
 		{get("box"), "error 404 not_found"},
@@ -128,6 +131,9 @@ var contract = []struct {
 		{setNAT("ghost", true), "error 404 not_found"},
 		{sshInfo("ghost"), "error 404 not_found"},
 		{logs("ghost"), "error 404 not_found"},
+		{logsTail("ghost", 64), "error 404 not_found"},
+		{logsTail("ghost", 0), "error 400 invalid"},
+		{logsTail("ghost", rpc.MaxTailBytes+1), "error 400 invalid"},
 		{del("ghost"), "error 404 not_found"},
 		{list, "list"},
 		{status, "status vms=0 running=0 hypervisor=qemu"},
@@ -321,7 +327,15 @@ func startFake(t *testing.T) *subject {
 	}}
 }
 
-func startDaemon(t *testing.T) *subject {
+func startDaemon(t *testing.T) *subject { return startDaemonWith(t, nil) }
+
+// startDaemonLog is startDaemon logging to log.
+func startDaemonLog(t *testing.T, log *slog.Logger) *subject {
+	return startDaemonWith(t, func(o *daemon.Options) { o.Log = log })
+}
+
+// startDaemonWith is startDaemon with options changed by opt (nil: none).
+func startDaemonWith(t *testing.T, opt func(*daemon.Options)) *subject {
 	dir := rpctest.TempDir(t)
 	rt := bundletest.Fake(t)
 	key := bundletest.AuthorizedKey(t, rt)
@@ -333,7 +347,7 @@ func startDaemon(t *testing.T) *subject {
 	names := cfg.Names(os.Geteuid())
 	fake := &hypervisortest.Backend{BackendName: "qemu", AuthorizedKey: key}
 	state := filepath.Join(dir, "state")
-	d, err := daemon.New(daemon.Options{
+	opts := daemon.Options{
 		Config: cfg,
 		Paths: config.Paths{StateDir: state, DataDir: filepath.Join(dir, "data"), RuntimeDir: filepath.Join(dir, "run"),
 			Socket: filepath.Join(dir, "bangerd.sock"), DB: filepath.Join(state, "banger.db"),
@@ -342,7 +356,11 @@ func startDaemon(t *testing.T) *subject {
 		Backends: map[string]hypervisor.Backend{"qemu": fake, "firecracker": &hypervisortest.Backend{BackendName: "firecracker"}},
 		NoHost:   true,
 		Dial:     fake.Dial,
-	})
+	}
+	if opt != nil {
+		opt(&opts)
+	}
+	d, err := daemon.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -528,6 +546,21 @@ func logs(name string) func(context.Context, *subject) string {
 	return func(ctx context.Context, s *subject) string {
 		if err := s.c.Logs(ctx, name, false, io.Discard); err != nil {
 			return errLine(err)
+		}
+		return "logs ok"
+	}
+}
+
+// logsTail reads the last n bytes of a console log: "logs ok" when no
+// more than n came.
+func logsTail(name string, n int64) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		var b bytes.Buffer
+		if err := s.c.LogsTail(ctx, name, n, &b); err != nil {
+			return errLine(err)
+		}
+		if int64(b.Len()) > n {
+			return fmt.Sprintf("logs of %d bytes, over the tail of %d", b.Len(), n)
 		}
 		return "logs ok"
 	}

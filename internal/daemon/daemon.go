@@ -56,6 +56,9 @@ type Options struct {
 	// Dial reaches guests' SSH servers; nil means a net.Dialer (tests: the
 	// fake hypervisor's guests).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// APITimeouts bound the API's connections (zero: the defaults; tests
+	// shorten them).
+	APITimeouts api.Timeouts
 }
 
 // Daemon is one running bangerd.
@@ -216,6 +219,7 @@ func New(opts Options) (*Daemon, error) {
 		Status:     d.status,
 		Shutdown:   func() { d.shutdownOnce.Do(func() { close(d.shutdown) }) },
 		KnownHosts: opts.Paths.KnownHosts,
+		Timeouts:   opts.APITimeouts,
 		KeyFile: func() (string, error) {
 			b, err := d.engine.Bundle()
 			if err != nil {
@@ -270,9 +274,9 @@ func (d *Daemon) Start(ctx context.Context) error {
 		}
 		return nil
 	})
-	// The API sets read and write deadlines per request (api.ReadTimeout,
-	// api.WriteTimeout): its streams run for minutes.
-	d.srv = &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	// The API sets read and write deadlines per request (api.Timeouts):
+	// its streams run for minutes.
+	d.srv = d.api.HTTPServer()
 	d.served = make(chan error, 1)
 	go func() { d.served <- d.srv.Serve(ln) }()
 	d.cleanup(func() error {

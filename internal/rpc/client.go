@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 )
 
@@ -243,9 +244,25 @@ func (c *Client) OpencodeAuth(ctx context.Context, name string) (*OpencodeAuth, 
 
 // Logs copies a VM's serial console log to w.
 func (c *Client) Logs(ctx context.Context, name string, follow bool, w io.Writer) error {
-	path := "/v1/vms/" + url.PathEscape(name) + "/logs"
+	q := url.Values{}
 	if follow {
-		path += "?follow=1"
+		q.Set("follow", "1")
+	}
+	return c.logs(ctx, name, q, w)
+}
+
+// LogsTail copies the last tailBytes of a VM's serial console log to w
+// (1 to MaxTailBytes; bangerd reads only those, from the first whole line).
+func (c *Client) LogsTail(ctx context.Context, name string, tailBytes int64, w io.Writer) error {
+	q := url.Values{}
+	q.Set("tail_bytes", strconv.FormatInt(tailBytes, 10))
+	return c.logs(ctx, name, q, w)
+}
+
+func (c *Client) logs(ctx context.Context, name string, q url.Values, w io.Writer) error {
+	path := "/v1/vms/" + url.PathEscape(name) + "/logs"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
 	}
 	resp, err := c.do(ctx, "GET", path, nil)
 	if err != nil {
@@ -283,4 +300,23 @@ func (c *Client) BuildImage(ctx context.Context, req BuildImageRequest, fn func(
 		return nil, err
 	}
 	return ev.Image, err
+}
+
+// MaxTailBytes bounds the tail_bytes of GET /v1/vms/{name}/logs.
+const MaxTailBytes = 4 << 20
+
+// ParseTailBytes reads the tail_bytes query parameter of a logs request:
+// "" is 0 (the whole log), otherwise a whole number from 1 to MaxTailBytes.
+func ParseTailBytes(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 1 || n > MaxTailBytes {
+		if len(s) > 20 {
+			s = s[:20] + "..."
+		}
+		return 0, fmt.Errorf("tail_bytes %q is not a whole number from 1 to %d: pass, for example, tail_bytes=65536", s, MaxTailBytes)
+	}
+	return n, nil
 }

@@ -38,6 +38,7 @@ type testHost struct {
 	consoleMax int64 // engine ConsoleLogMax; 0: the default
 	memoryMiB  int   // engine MemoryMiB; 0: 512
 	autoWarm   bool  // engine WarmAfterCreate
+	maxMemory  int   // engine MaxMemoryMiB; 0: no bound
 	t          *testing.T
 	dir        string
 	store      *store.Store
@@ -90,6 +91,7 @@ func (h *testHost) engine() *Engine {
 		Dial:            h.fake.Dial,
 		ConsoleLogMax:   h.consoleMax,
 		WarmAfterCreate: h.autoWarm,
+		MaxMemoryMiB:    h.maxMemory,
 	})
 	e.SetCapabilities(NewCapabilities(e, Host{
 		Runner: h.r, Net: netm, Names: names,
@@ -383,6 +385,29 @@ func TestBadInputChangesNothing(t *testing.T) {
 	}
 	if vms, _ := e.List(context.Background()); len(vms) != 0 || len(h.r.Calls()) != 0 {
 		t.Errorf("refused plans changed something: %d VMs, commands %q", len(vms), h.r.Calls())
+	}
+}
+
+// Plan bounds a VM's memory by the host's (Config.MaxMemoryMiB).
+func TestPlanBoundsMemoryByTheHost(t *testing.T) {
+	h := newTestHost(t)
+	h.maxMemory = 2048
+	e := h.engine()
+	for _, tt := range []struct {
+		mem  int
+		want string // in the error; "" for none
+	}{
+		{2048, ""},
+		{2049, "memory 2049 MiB is more than this host has (2048 MiB)"},
+		{1 << 20, "more than this host has (2048 MiB): use a smaller --memory"},
+	} {
+		_, err := e.Plan(context.Background(), CreateOptions{Name: "big", Image: "minimal", MemoryMiB: tt.mem})
+		if tt.want == "" && err != nil {
+			t.Errorf("Plan(memory %d) = %v, want no error", tt.mem, err)
+		}
+		if tt.want != "" && (!errors.Is(err, ErrInvalid) || !strings.Contains(fmt.Sprint(err), tt.want)) {
+			t.Errorf("Plan(memory %d) = %v, want %v with %q", tt.mem, err, ErrInvalid, tt.want)
+		}
 	}
 }
 
@@ -899,5 +924,52 @@ func TestGuestPeer(t *testing.T) {
 		if got := refuse(netip.MustParseAddr(tt.addr)); got != tt.want {
 			t.Errorf("guestPeer(%s) = %t, want %t", tt.addr, got, tt.want)
 		}
+	}
+}
+
+// An operation that waited on a VM's lock while the VM was deleted is told
+// so by the VM's name, not its id.
+func TestDeletedWhileWaitingOnTheLock(t *testing.T) {
+	h := newTestHost(t)
+	e := h.engine()
+	v := h.mustCreate(e, "box")
+	for _, op := range []struct {
+		name string
+		do   func() error
+	}{
+		{"stop", func() error { _, err := e.Stop("box"); return err }},
+		{"start", func() error { _, err := e.Start("box", nil); return err }},
+		{"delete", func() error { return e.Delete("box") }},
+	} {
+		t.Run(op.name, func(t *testing.T) {
+			if op.name != "stop" {
+				v = h.mustCreate(e, "box")
+			}
+			// The test holds the lock, as a delete does while it works.
+			unlock := e.locks.lock("box")
+			done := make(chan error, 1)
+			go func() { done <- op.do() }()
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+				e.locks.mu.Lock()
+				waiting := e.locks.m["box"] != nil && e.locks.m["box"].users == 2
+				e.locks.mu.Unlock()
+				if waiting {
+					break
+				}
+				if time.Now().After(deadline) {
+					unlock()
+					t.Fatalf("%s of box never waited on its lock", op.name)
+				}
+			}
+			if err := h.store.DeleteVM(context.Background(), v.ID); err != nil {
+				unlock()
+				t.Fatal(err)
+			}
+			unlock()
+			err := <-done
+			if !errors.Is(err, ErrNotFound) || !strings.Contains(fmt.Sprint(err), "VM box was deleted meanwhile") || strings.Contains(fmt.Sprint(err), v.ID) {
+				t.Errorf("%s of a VM deleted while it waited = %v, want %v: VM box was deleted meanwhile (no id %s)", op.name, err, ErrNotFound, v.ID)
+			}
+		})
 	}
 }

@@ -404,3 +404,52 @@ func TestURL(t *testing.T) {
 		}
 	}
 }
+
+// TestTimeouts: the UI closes a keep-alive connection that sends no
+// request, and a request whose body stalls.
+func TestTimeouts(t *testing.T) {
+	const short = 300 * time.Millisecond
+	_, s, _ := newTest(t)
+	s.timeouts = Timeouts{Idle: short, Read: short}.withDefaults()
+	base, _ := serve(t, s)
+	addr := strings.TrimPrefix(base, "http://")
+
+	t.Run("idle keep-alive", func(t *testing.T) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprint(c, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+		br := bufio.NewReader(c)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.Close {
+			t.Fatalf("GET / = %d with Connection: close, want a keep-alive answer to time out", resp.StatusCode)
+		}
+		start := time.Now()
+		if _, err := br.ReadByte(); !errors.Is(err, io.EOF) || time.Since(start) > 5*time.Second {
+			t.Errorf("an idle keep-alive connection: %v after %v, want EOF about %v after its last answer", err, time.Since(start), short)
+		}
+	})
+
+	t.Run("stalled body", func(t *testing.T) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprint(c, "POST /vms/beta/nat HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: "+base+"\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\nnat=o")
+		start := time.Now()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.Copy(io.Discard, c) // until the server hangs up
+		if err != nil || time.Since(start) > 5*time.Second {
+			t.Errorf("a stalled body held its connection for %v (%v), want it closed about %v in", time.Since(start), err, short)
+		}
+	})
+}

@@ -379,7 +379,10 @@ func within(root, p string) bool {
 
 // readable reports whether bangerd's user may read p (and, for a
 // directory, enter it): the picker never shows what its owner could not
-// read.
+// read. That is bangerd's user's access, not the browser's: every session
+// comes from a 'banger ui' link, which only someone who can read bangerd's
+// 0600 login key can make, for bangerd's own user or (as root, under sudo)
+// for the user who ran sudo, who can read what root reads anyway.
 func readable(p string, dir bool) bool {
 	mode := uint32(unix.R_OK)
 	if dir {

@@ -14,8 +14,12 @@ import (
 	"github.com/banger/banger/internal/units"
 )
 
-// consoleLines is how much of the serial console the VM page shows.
-const consoleLines = 200
+// consoleLines is how much of the serial console the VM page shows, read
+// from at most its last consoleTailBytes (bangerd seeks there).
+const (
+	consoleLines     = 200
+	consoleTailBytes = 256 << 10
+)
 
 // vmsPage is the VM list.
 type vmsPage struct {
@@ -95,13 +99,13 @@ func (s *Server) showVM(w http.ResponseWriter, r *http.Request) {
 	s.render(w, http.StatusOK, "vm", v)
 }
 
-// consoleTail returns the last lines of a VM's serial console, reading for
-// at most the server's log timeout.
+// consoleTail returns the last lines of a VM's serial console, reading its
+// tail only, for at most the server's log timeout.
 func (s *Server) consoleTail(ctx context.Context, name string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.logTimeout)
 	defer cancel()
 	tw := newTailWriter(consoleLines)
-	err := s.Client.Logs(ctx, name, false, tw)
+	err := s.Client.LogsTail(ctx, name, consoleTailBytes, tw)
 	if err != nil {
 		err = fmt.Errorf("reading the console log of vm %s: %w", name, err)
 	}

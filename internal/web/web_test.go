@@ -416,6 +416,28 @@ func TestStopDeleteNAT(t *testing.T) {
 	}
 }
 
+// A console log far past what the page reads shows its real last lines,
+// and only its tail is read.
+func TestVMPageReadsTheConsoleTail(t *testing.T) {
+	f, _, h := newTest(t)
+	var b strings.Builder
+	for i := 0; b.Len() < 8*consoleTailBytes; i++ {
+		fmt.Fprintf(&b, "filler %d\n", i)
+	}
+	for i := range 5 {
+		fmt.Fprintf(&b, "the end %d\n", i)
+	}
+	f.SetConsole("alpha", b.String())
+	w := do(t, h, request{method: "GET", target: "/vms/alpha", json: true})
+	j := decode[vmJSON](t, w)
+	if n := len(j.Console); n != consoleLines || j.Console[n-1] != "the end 4" || j.Console[n-5] != "the end 0" {
+		t.Errorf("console of a %d-byte log = %d lines ending %q, want %d ending with the end 0-4", b.Len(), n, j.Console[max(n-5, 0):], consoleLines)
+	}
+	if got := f.ConsoleBytesServed(); got > consoleTailBytes {
+		t.Errorf("the VM page read %d bytes of a %d-byte console log, want at most %d", got, b.Len(), consoleTailBytes)
+	}
+}
+
 func TestVMPage(t *testing.T) {
 	f, _, h := newTest(t)
 	var b strings.Builder

@@ -33,6 +33,8 @@ type Server struct {
 	KnownHosts string
 	// KeyFile is the private key banger logs into guests with.
 	KeyFile func() (string, error)
+	// Timeouts bound its connections; zero fields take the defaults.
+	Timeouts Timeouts
 }
 
 // Handler returns the API's routes.
@@ -60,32 +62,56 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/images/build", s.handleBuildImage)
 	mux.HandleFunc("DELETE /v1/images/{name}", s.handleDeleteImage)
 	mux.HandleFunc("POST /v1/images/{name}/warm", s.handleWarmImage)
-	return http.MaxBytesHandler(writeDeadline(mux), MaxBody)
+	return http.MaxBytesHandler(s.deadlines(mux), MaxBody)
 }
 
-// Deadlines of one request. ReadTimeout bounds reading its body: a body
-// that never arrives is refused. WriteTimeout bounds each write of the
-// answer: a client that stops reading is cut off, and a long stream
-// (create, logs -f) extends it before every write (extendWrite).
+// HTTPServer returns an http.Server of the API with its timeouts.
+func (s *Server) HTTPServer() *http.Server {
+	t := s.Timeouts.withDefaults()
+	return &http.Server{Handler: s.Handler(), ReadHeaderTimeout: t.ReadHeader, IdleTimeout: t.Idle}
+}
+
+// Timeouts bound the API's connections. Read bounds reading a request's
+// body: a body that never arrives is refused. Write bounds each write of
+// the answer: a client that stops reading is cut off, and a long stream
+// (create, logs -f) extends it before every write (extendWrite). Idle
+// closes a keep-alive connection with no request.
+type Timeouts struct {
+	ReadHeader time.Duration // default 10s
+	Read       time.Duration // default ReadTimeout
+	Write      time.Duration // default WriteTimeout
+	Idle       time.Duration // default 2m
+}
+
+// Default deadlines of one request.
 const (
 	ReadTimeout  = 30 * time.Second
 	WriteTimeout = time.Minute
 )
 
-// readTimeout is ReadTimeout; tests shorten it.
-var readTimeout = ReadTimeout
+func (t Timeouts) withDefaults() Timeouts {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&t.ReadHeader, 10*time.Second)
+	def(&t.Read, ReadTimeout)
+	def(&t.Write, WriteTimeout)
+	def(&t.Idle, 2*time.Minute)
+	return t
+}
 
-// writeDeadline gives every request its read and write deadlines. The
-// read deadline holds until the body has been read to its end. (A
-// server-wide ReadTimeout would also cut off long answers: its deadline
-// stays on the connection while the handler runs, and its expiry cancels
-// the request.)
-func writeDeadline(h http.Handler) http.Handler {
+// deadlines gives every request its read and write deadlines. The read
+// deadline holds until the body has been read to its end. (A server-wide
+// ReadTimeout would also cut off long answers: its deadline stays on the
+// connection while the handler runs, and its expiry cancels the request.)
+func (s *Server) deadlines(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		extendWrite(w)
+		s.extendWrite(w)
 		if r.Body != nil && r.Body != http.NoBody {
 			rc := http.NewResponseController(w)
-			rc.SetReadDeadline(time.Now().Add(readTimeout))
+			rc.SetReadDeadline(time.Now().Add(s.Timeouts.withDefaults().Read))
 			r.Body = &readAll{ReadCloser: r.Body, done: func() { rc.SetReadDeadline(time.Time{}) }}
 		}
 		h.ServeHTTP(w, r)
@@ -116,9 +142,9 @@ func longAnswer(w http.ResponseWriter) {
 	http.NewResponseController(w).SetReadDeadline(time.Time{})
 }
 
-// extendWrite moves w's write deadline WriteTimeout ahead.
-func extendWrite(w http.ResponseWriter) {
-	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(WriteTimeout))
+// extendWrite moves w's write deadline the write timeout ahead.
+func (s *Server) extendWrite(w http.ResponseWriter) {
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.Timeouts.withDefaults().Write))
 }
 
 func (s *Server) log() *slog.Logger {
@@ -218,7 +244,15 @@ func (s *Server) handleShutdown(w http.ResponseWriter, r *http.Request) {
 	s.Shutdown()
 }
 
+// handleLogs answers a VM's console log: all of it (its rotated generation
+// first), or with ?tail_bytes=N only its last N bytes, read by seeking;
+// with ?follow it then goes on with what the guest writes.
 func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
+	tail, err := rpc.ParseTailBytes(r.URL.Query().Get("tail_bytes"))
+	if err != nil {
+		s.writeErr(w, fmt.Errorf("reading the console log of VM %s: %w: %w", excerpt(r.PathValue("name")), errBadRequest, err))
+		return
+	}
 	v, err := s.Engine.Get(r.Context(), r.PathValue("name"))
 	if err != nil {
 		s.writeErr(w, err)
@@ -230,14 +264,26 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer f.Close()
-	longAnswer(w)
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	// The generation before the last rotation comes first.
-	if old, err := os.Open(vm.ConsoleLog(v) + logfile.RotatedSuffix); err == nil {
-		io.Copy(w, old)
-		old.Close()
+	if tail != 0 {
+		data, end, err := logfile.Last(f, vm.ConsoleLog(v)+logfile.RotatedSuffix, tail)
+		if err != nil {
+			s.writeErr(w, fmt.Errorf("reading the console log of VM %s: %w", v.Name, err))
+			return
+		}
+		f.Seek(end, io.SeekStart)
+		longAnswer(w)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write(data)
+	} else {
+		longAnswer(w)
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		// The generation before the last rotation comes first.
+		if old, err := os.Open(vm.ConsoleLog(v) + logfile.RotatedSuffix); err == nil {
+			io.Copy(w, old)
+			old.Close()
+		}
+		io.Copy(w, f)
 	}
-	io.Copy(w, f)
 	if r.URL.Query().Get("follow") == "" {
 		return
 	}
@@ -253,7 +299,7 @@ func (s *Server) handleLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		case <-time.After(250 * time.Millisecond):
 		}
-		extendWrite(w)
+		s.extendWrite(w)
 		// A log shorter than what was read was rotated (it is capped):
 		// go on from its new start.
 		if pos, err := f.Seek(0, io.SeekCurrent); err == nil {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"bufio"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -13,10 +14,7 @@ import (
 // TestSlowBody: a request body that never arrives is refused once the read
 // deadline passes, instead of holding a connection and a goroutine forever.
 func TestSlowBody(t *testing.T) {
-	old := readTimeout
-	readTimeout = 300 * time.Millisecond
-	t.Cleanup(func() { readTimeout = old })
-	srv := httptest.NewServer((&Server{}).Handler())
+	srv := httptest.NewServer((&Server{Timeouts: Timeouts{Read: 300 * time.Millisecond}}).Handler())
 	t.Cleanup(srv.Close)
 	c, err := net.Dial("tcp", srv.Listener.Addr().String())
 	if err != nil {
@@ -55,7 +53,8 @@ func TestBodyCap(t *testing.T) {
 			break
 		}
 	}
-	if resp.StatusCode != http.StatusBadRequest || b.Len() > 2048 {
-		t.Errorf("a %d-byte body: %d with a %d-byte answer, want 400 and a short one", len(big), resp.StatusCode, b.Len())
+	want := fmt.Sprintf("the body is over %d bytes", MaxBody)
+	if resp.StatusCode != http.StatusBadRequest || b.Len() > 2048 || !strings.Contains(b.String(), want) {
+		t.Errorf("a %d-byte body: %d with a %d-byte answer %.200q, want 400 and a short one saying %q", len(big), resp.StatusCode, b.Len(), b.String(), want)
 	}
 }

@@ -26,6 +26,8 @@ var requestTypes = []struct {
 	{"set", func() any { return new(rpc.SetRequest) }},
 	{"register", func() any { return new(rpc.RegisterImageRequest) }},
 	{"build", func() any { return new(rpc.BuildImageRequest) }},
+	{"publish", func() any { return new(rpc.PortsRequest) }},
+	{"unpublish", func() any { return new(rpc.UnpublishRequest) }},
 }
 
 // jsonFields are the JSON names of struct type t's fields.
@@ -53,6 +55,9 @@ func FuzzDecode(f *testing.F) {
 			`{"name":"x"} trailing`, `{"nmae":"x"}`, `{"NAME":"x"}`, `{"name":"x","name":"y"}`, `null`, `[]`, `"x"`, ``,
 			`{"vcpus":-1}`, `{"memory_mib":-5}`, `{"disk_size":"` + strings.Repeat("9", 300) + `T"}`, `{"vcpus":1e400}`,
 			`{"` + strings.Repeat("x", 300) + `":1}`, `{"nat":null}`, `{"name":"\ud800"}`, `{"name":"x"}]`,
+			`{"ports":[{"proto":"tcp","host_ip":"127.0.0.1","host_port":8080,"guest_port":80}]}`,
+			`{"ports":[{"host_port":8080}]}`, `{"ports":[{"host_port":8080,"extra":1}]}`, `{"ports":null}`,
+			`{"ports":[{"host_port":-1}]}`, `{"ports":[{"host_port":"8080"}]}`, `{"ports":{}}`,
 		} {
 			f.Add(uint8(i), []byte(s))
 		}

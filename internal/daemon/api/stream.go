@@ -114,7 +114,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, pr *progress, op
 	for {
 		select {
 		case ev, ok := <-events:
-			extendWrite(w)
+			s.extendWrite(w)
 			if !ok {
 				enc.Encode(<-final)
 				return

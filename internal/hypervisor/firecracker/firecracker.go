@@ -468,17 +468,22 @@ type instance struct {
 	p      *proc.Process
 
 	requested atomic.Bool
+	// cleaned is closed once cleanupAtExit has removed the sockets and the
+	// pid file: Wait, Shutdown and Kill return after it, so that a caller
+	// never sees an ended VM's files.
+	cleaned chan struct{}
 }
 
 var _ hypervisor.Instance = (*instance)(nil)
 
 func newInstance(log *slog.Logger, id string, p *proc.Process, paths paths) *instance {
-	return &instance{log: log, id: id, pid: p.PID(), paths: paths, client: NewClient(paths.api), p: p}
+	return &instance{log: log, id: id, pid: p.PID(), paths: paths, client: NewClient(paths.api), p: p, cleaned: make(chan struct{})}
 }
 
 // cleanupAtExit waits for the process to exit, then removes the sockets and
 // pid file, unless another process has taken the directory over since.
 func (i *instance) cleanupAtExit() {
+	defer close(i.cleaned)
 	<-i.p.Done()
 	i.log.Info("firecracker exited", "id", i.id, "pid", i.pid, "how", i.Exit().String())
 	if pid, err := proc.ReadPIDFile(i.paths.pid); err == nil && pid == i.pid {
@@ -516,7 +521,17 @@ func (i *instance) Wait(ctx context.Context) error {
 	if err := i.p.Wait(ctx); err != nil {
 		return fmt.Errorf("waiting for firecracker %s to exit: %w", i.id, ctx.Err())
 	}
-	return nil
+	return i.waitCleaned(ctx)
+}
+
+// waitCleaned waits for cleanupAtExit after the process has exited.
+func (i *instance) waitCleaned(ctx context.Context) error {
+	select {
+	case <-i.cleaned:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("removing firecracker %s's sockets: %w", i.id, ctx.Err())
+	}
 }
 
 // waitSocket waits until the API socket accepts connections, the process
@@ -552,18 +567,18 @@ func (i *instance) DialAgent(ctx context.Context) (net.Conn, error) {
 // the guest reboot, which ends Firecracker.
 func (i *instance) Shutdown(ctx context.Context) error {
 	if i.Exited() {
-		return nil
+		return i.waitCleaned(ctx)
 	}
 	i.requested.Store(true)
 	if err := i.client.Action(ctx, SendCtrlAltDel); err != nil {
 		if i.Exited() {
-			return nil
+			return i.waitCleaned(ctx)
 		}
 		return fmt.Errorf("firecracker: shutting down %s: %w", i.id, err)
 	}
 	select {
 	case <-i.p.Done():
-		return nil
+		return i.waitCleaned(ctx)
 	case <-ctx.Done():
 		return fmt.Errorf("firecracker: waiting for %s to shut down: %w (the guest ignored Ctrl-Alt-Del; kill the VM instead)", i.id, ctx.Err())
 	}
@@ -572,12 +587,14 @@ func (i *instance) Shutdown(ctx context.Context) error {
 // Kill implements hypervisor.Instance: SIGTERM, then SIGKILL.
 func (i *instance) Kill() error {
 	if i.Exited() {
+		<-i.cleaned
 		return nil
 	}
 	i.requested.Store(true)
 	if err := i.p.Kill(termGrace, killGrace); err != nil {
 		return fmt.Errorf("firecracker: killing %s: %w", i.id, err)
 	}
+	<-i.cleaned
 	return nil
 }
 

@@ -87,8 +87,10 @@ type Fake struct {
 	holds     map[string]*hold
 	stopDelay map[string]time.Duration
 	consoles  map[string]string
-	opencode  map[string]string // opencode passwords, by VM name
-	warm      map[string]string // images' warm states, by name
+	// consoleServed counts the console bytes answered.
+	consoleServed int
+	opencode      map[string]string // opencode passwords, by VM name
+	warm          map[string]string // images' warm states, by name
 
 	shutdown     chan struct{} // closed by POST /v1/shutdown
 	shutdownOnce sync.Once
@@ -281,6 +283,13 @@ func (f *Fake) SetConsole(name, text string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.consoles[name] = text
+}
+
+// ConsoleBytesServed returns how many console log bytes f has answered.
+func (f *Fake) ConsoleBytesServed() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.consoleServed
 }
 
 // hold is a boot waiting for release.
@@ -989,8 +998,6 @@ func (f *Fake) handleRemovePorts(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// handleLogs answers the console log; with ?follow it then keeps the
-// answer open, as bangerd does, until the client goes away.
 func (f *Fake) handleOpencode(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	vm, e := f.find(r.PathValue("name"))
@@ -1008,7 +1015,15 @@ func (f *Fake) handleOpencode(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, rpc.OpencodeAuth{URL: "http://" + vm.Name + ".vm:4096", User: "opencode", Password: pw})
 }
 
+// handleLogs answers the console log, or with ?tail_bytes=N its last N
+// bytes from the first whole line; with ?follow it then keeps the answer
+// open, as bangerd does, until the client goes away.
 func (f *Fake) handleLogs(w http.ResponseWriter, r *http.Request) {
+	tail, err := rpc.ParseTailBytes(r.URL.Query().Get("tail_bytes"))
+	if err != nil {
+		writeErr(w, apiError(rpc.CodeInvalid, "reading the console log of VM %s: bad request: %v", r.PathValue("name"), err))
+		return
+	}
 	f.mu.Lock()
 	vm, e := f.find(r.PathValue("name"))
 	var text string
@@ -1017,6 +1032,15 @@ func (f *Fake) handleLogs(w http.ResponseWriter, r *http.Request) {
 		if text, ok = f.consoles[vm.Name]; !ok {
 			text = "console of " + vm.Name + "\n"
 		}
+		if tail > 0 && int64(len(text)) > tail {
+			cut := text[len(text)-int(tail)-1:]
+			if i := strings.IndexByte(cut, '\n'); i >= 0 && i < len(cut)-1 {
+				text = cut[i+1:]
+			} else {
+				text = cut[1:]
+			}
+		}
+		f.consoleServed += len(text)
 	}
 	f.mu.Unlock()
 	if e != nil {
