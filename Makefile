@@ -16,7 +16,7 @@ BENCH_N ?= 5
 # golangci-lint is a Go module: pinned here, built and cached by go run.
 GOLANGCI_LINT ?= github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
 
-.PHONY: all build runtime-bundle dist test unit-test lint fuzz bench-create bench-cp bench-ports bench-mounts verify void-kernel rootfs-void verify-void void-fixture clean FORCE
+.PHONY: all build runtime-bundle dist test unit-test lint fuzz bench-create bench-coldboot bench-cp bench-ports bench-mounts verify void-kernel rootfs-void verify-void void-fixture clean FORCE
 
 all: build
 
@@ -116,6 +116,13 @@ fuzz:
 bench-create: runtime-bundle
 	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) BANGER_BENCH_N=$(BENCH_N) \
 		$(GO) test -count=1 -timeout 60m -run '^TestBenchCreate$$' -v ./test/e2e
+
+# Boots the floor (the docker image with a shell init that configures eth0 and
+# execs sshd) and cold-creates the docker image through bangerd, BENCH_N times
+# each, interleaved, and prints medians, p90s, the per-stage split and the ratio.
+bench-coldboot: runtime-bundle
+	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) BANGER_BENCH_N=$(BENCH_N) \
+		$(GO) test -count=1 -timeout 60m -run '^TestBenchColdBoot$$' -v ./test/e2e
 
 # Copies a 100 MiB file into a minimal VM and back BENCH_N times with
 # banger vm cp, beside plain ssh with each cipher, and prints the medians.

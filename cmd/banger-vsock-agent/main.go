@@ -15,15 +15,17 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/guest/agentd"
+	"github.com/banger/banger/internal/guest/hostkey"
 	"github.com/banger/banger/internal/guest/netsetup"
 	"github.com/banger/banger/internal/guest/pid1"
 	"github.com/banger/banger/internal/guest/tmux"
 )
 
-const usage = `usage: banger-vsock-agent serve|net-setup|init|tmux-save|tmux-restore [flags]
+const usage = `usage: banger-vsock-agent serve|net-setup|ssh-host-key|init|tmux-save|tmux-restore [flags]
 
   serve         answer host requests on vsock port 1024 and the virtio-serial port
   net-setup     configure the network from the ip= argument in /proc/cmdline
+  ssh-host-key  make sshd's ed25519 host key (` + hostkey.DefaultPath + `) unless it exists
   init          run as PID 1 of the minimal image (also when invoked as "init")
   tmux-save     save the running tmux server's sessions, windows and panes
                 (nothing is written when no server runs)
@@ -41,7 +43,7 @@ func main() {
 		mode = os.Args[1]
 	}
 	switch mode {
-	case "serve", "net-setup", "init", "tmux-save", "tmux-restore", "help", "-h", "--help":
+	case "serve", "net-setup", "ssh-host-key", "init", "tmux-save", "tmux-restore", "help", "-h", "--help":
 	default:
 		// The kernel starts init with leftover command-line words as arguments.
 		if filepath.Base(os.Args[0]) == "init" || os.Getpid() == 1 {
@@ -62,6 +64,19 @@ func main() {
 		}
 		if err := netsetup.Apply(string(b)); err != nil {
 			fail(err)
+		}
+	case "ssh-host-key":
+		if len(os.Args) > 2 {
+			fmt.Fprintf(os.Stderr, "banger-vsock-agent ssh-host-key: unexpected arguments %q\n%s", os.Args[2:], usage)
+			os.Exit(2)
+		}
+		cmdline, _ := os.ReadFile("/proc/cmdline")
+		wrote, err := hostkey.Ensure(hostkey.DefaultPath, hostkey.Comment(string(cmdline)))
+		if err != nil {
+			fail(err)
+		}
+		if wrote {
+			slog.Info("made ssh host key", "path", hostkey.DefaultPath)
 		}
 	case "init":
 		err := pid1.Run()

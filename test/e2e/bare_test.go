@@ -23,6 +23,13 @@ import (
 // SSH login with the bundle key, plus the output of "uname -r" run over it.
 func bareBoot(t testing.TB, ns *vmtest.NS, runtime, image string) (time.Duration, string) {
 	t.Helper()
+	return bareBootWith(t, ns, runtime, image, nil)
+}
+
+// bareBootWith is bareBoot with a hook: prepare, when not nil, may change
+// the spec (and the VM's disk clones it names) before qemu starts.
+func bareBootWith(t testing.TB, ns *vmtest.NS, runtime, image string, prepare func(*hypervisor.Spec)) (time.Duration, string) {
+	t.Helper()
 	b, err := bundle.Load(runtime)
 	if err != nil {
 		t.Fatal(err)
@@ -69,6 +76,9 @@ func bareBoot(t testing.TB, ns *vmtest.NS, runtime, image string) (time.Duration
 			{ID: "work", Path: filepath.Join(dir, "work.ext4")},
 		},
 		NICs: []hypervisor.NIC{{ID: "eth0", TAP: "tap0", MAC: "02:00:0a:4d:00:02"}},
+	}
+	if prepare != nil {
+		prepare(&spec)
 	}
 	be := &qemu.Backend{}
 	argv := be.Command(spec)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -410,14 +411,30 @@ func TestConcurrentCreate(t *testing.T) {
 	}
 }
 
-// TestDefaultImage boots the default docker image through the daemon and
-// reaches its opencode server from the host by name (dock.vm:4096) and
-// through a port published on the host's loopback (127.0.0.1:14096).
+// TestDefaultImage boots the default docker image through the daemon, runs
+// a container and reaches its opencode server from the host by name
+// (dock.vm:4096) and through a port published on the host's loopback
+// (127.0.0.1:14096), though both start after readiness, and checks that
+// they and the rest of boot did, with no failed unit.
 func TestDefaultImage(t *testing.T) {
 	e := newEnv(t)
 	vm := e.create("dock", "--publish", "14096:4096")
 	t.Logf("docker image ready, stages %+v", vm.Stages)
-	out := e.ssh("dock", "sh", "-c", "'docker --version && tmux -V && git --version && curl --version | head -n 1 && mise --version && opencode --version'")
+
+	// dockerd starts after readiness: wait for it (bounded), then run a
+	// container. The image's static agent binary, imported as a one-file
+	// image, runs in a container with no registry.
+	ready := time.Now()
+	if out := strings.TrimSpace(e.ssh("dock", "sh", "-c", "'timeout 300 sh -c \"until docker info >/dev/null 2>&1; do sleep 1; done\"; docker info --format {{.ServerVersion}}'")); out == "" || strings.ContainsAny(out, " \n") {
+		t.Errorf("docker info after readiness = %q, want the server version", out)
+	}
+	t.Logf("docker answered %v after readiness", time.Since(ready).Round(time.Millisecond))
+	out := e.ssh("dock", "sh", "-c", "'tar -C /usr/local/bin -c banger-vsock-agent | docker import - banger-e2e:agent >/dev/null && docker run --rm --network none banger-e2e:agent /banger-vsock-agent help'")
+	if !strings.Contains(out, "usage: banger-vsock-agent") {
+		t.Errorf("docker run of an imported image said %q, want the agent's usage", out)
+	}
+
+	out = e.ssh("dock", "sh", "-c", "'docker --version && tmux -V && git --version && curl --version | head -n 1 && mise --version && opencode --version'")
 	for _, want := range []string{"Docker version", "tmux", "git version", "curl", "2026.", "1."} {
 		if !strings.Contains(out, want) {
 			t.Errorf("default image tools: output %q lacks %q", out, want)
@@ -473,6 +490,27 @@ func TestDefaultImage(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusUnauthorized {
 			t.Errorf("opencode without the password answered %s, want 401", resp.Status)
+		}
+	}
+
+	// Boot finishes with every unit up, and what is not on the readiness
+	// path started after the agent.
+	if out := e.ssh("dock", "sh", "-c", "'timeout 300 systemctl is-system-running --wait; systemctl --failed --no-legend --plain'"); strings.TrimSpace(out) != "running" {
+		t.Errorf("systemctl is-system-running --wait and the failed units = %q, want running and none", out)
+	}
+	monotonic := func(unit, prop string) int64 {
+		out := strings.TrimSpace(e.ssh("dock", "systemctl", "show", "--value", "-p", prop, unit))
+		n, err := strconv.ParseInt(out, 10, 64)
+		if err != nil {
+			t.Fatalf("systemctl show -p %s %s = %q: %v", prop, unit, out, err)
+		}
+		return n
+	}
+	agentUp := monotonic("banger-agent.service", "ActiveEnterTimestampMonotonic")
+	for _, u := range []string{"docker.service", "containerd.service", "opencode-server.service", "banger-tmux.service",
+		"systemd-udev-trigger.service", "apparmor.service", "systemd-tmpfiles-setup.service", "serial-getty@ttyS0.service"} {
+		if began := monotonic(u, "InactiveExitTimestampMonotonic"); began < agentUp {
+			t.Errorf("%s began starting at %d µs, before the agent was up at %d µs", u, began, agentUp)
 		}
 	}
 

@@ -15,21 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger/banger/internal/guestconfig"
-	"github.com/banger/banger/internal/runner"
 )
-
-// ipCommands are the ip(8) invocations that apply c.
-func ipCommands(c guestconfig.Network) [][]string {
-	cmds := [][]string{
-		{"link", "set", "lo", "up"},
-		{"link", "set", c.Device, "up"},
-		{"addr", "replace", c.Prefix().String(), "dev", c.Device},
-	}
-	if c.Gateway.IsValid() {
-		cmds = append(cmds, []string{"route", "replace", "default", "via", c.Gateway.String(), "dev", c.Device})
-	}
-	return cmds
-}
 
 // resolvConf is the /etc/resolv.conf content for c.
 func resolvConf(c guestconfig.Network) string {
@@ -138,17 +124,14 @@ func clip(s string, n int) string {
 	return s
 }
 
-// Apply configures the guest network from the ip= argument of cmdline
-// with the guest's ip command: links, address, default route, hostname and
-// /etc/resolv.conf.
+// Apply configures the guest network from the ip= argument of cmdline:
+// links, address and default route (over rtnetlink), hostname,
+// /etc/hosts and /etc/resolv.conf.
 func Apply(cmdline string) error {
 	c, err := guestconfig.ParseNetwork(cmdline)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-
 	// The NIC's driver is a module the initramfs loaded; give it a moment.
 	dev := filepath.Join("/sys/class/net", c.Device)
 	for i := 0; i < 100; i++ {
@@ -157,11 +140,8 @@ func Apply(cmdline string) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	ip := ipBinary()
-	for _, args := range ipCommands(c) {
-		if _, err := runner.Default.Run(ctx, ip, args...); err != nil {
-			return fmt.Errorf("configuring network %s: %w", c.Device, err)
-		}
+	if err := configure(c); err != nil {
+		return fmt.Errorf("configuring network %s: %w", c.Device, err)
 	}
 	if c.Hostname != "" {
 		if err := SetHostname(c.Hostname); err != nil {

@@ -1,29 +1,133 @@
 package netsetup
 
 import (
-	"reflect"
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/banger/banger/internal/guestconfig"
+	"github.com/banger/banger/internal/vmtest"
 )
 
-func TestCommands(t *testing.T) {
+func TestResolvConf(t *testing.T) {
 	c, err := guestconfig.ParseNetwork("ip=172.16.0.2::172.16.0.1:255.255.255.0:vm1:eth0:off:172.16.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := [][]string{
-		{"link", "set", "lo", "up"},
-		{"link", "set", "eth0", "up"},
-		{"addr", "replace", "172.16.0.2/24", "dev", "eth0"},
-		{"route", "replace", "default", "via", "172.16.0.1", "dev", "eth0"},
-	}
-	if got := ipCommands(c); !reflect.DeepEqual(got, want) {
-		t.Errorf("Commands() = %q, want %q", got, want)
-	}
 	if got, want := resolvConf(c), "nameserver 172.16.0.1\n"; !strings.HasSuffix(got, want) {
-		t.Errorf("ResolvConf() = %q, want it to end %q", got, want)
+		t.Errorf("resolvConf() = %q, want it to end %q", got, want)
+	}
+}
+
+// TestMessages pins the rtnetlink requests byte for byte (little-endian
+// hosts: x86-64, the guests' architecture).
+func TestMessages(t *testing.T) {
+	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		t.Skip("the expected bytes are little-endian")
+	}
+	tests := []struct {
+		name string
+		got  []byte
+		want string
+	}{
+		{"linkUpMsg(2)", linkUpMsg(2),
+			// len 32, RTM_NEWLINK, REQUEST|ACK, seq 0, pid 0; ifinfomsg index 2, flags and change IFF_UP
+			"20000000 1000 0500 00000000 00000000 00000000 02000000 01000000 01000000"},
+		{"addrMsg(2, 172.16.0.2/24)", addrMsg(2, netip.MustParsePrefix("172.16.0.2/24")),
+			// len 40, RTM_NEWADDR, REQUEST|ACK|REPLACE|CREATE; AF_INET /24 scope universe index 2; IFA_LOCAL, IFA_ADDRESS
+			"28000000 1400 0505 00000000 00000000 02180000 02000000 0800 0200 ac100002 0800 0100 ac100002"},
+		{"defaultRouteMsg(2, 172.16.0.1)", defaultRouteMsg(2, netip.MustParseAddr("172.16.0.1")),
+			// len 44, RTM_NEWROUTE, REQUEST|ACK|REPLACE|CREATE; AF_INET dst/0 main boot universe unicast; RTA_GATEWAY, RTA_OIF 2
+			"2c000000 1800 0505 00000000 00000000 02000000 fe030001 00000000 0800 0500 ac100001 0800 0400 02000000"},
+	}
+	for _, tt := range tests {
+		want, err := hex.DecodeString(strings.ReplaceAll(tt.want, " ", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(tt.got, want) {
+			t.Errorf("%s = %x, want %x", tt.name, tt.got, want)
+		}
+	}
+}
+
+func TestAckOf(t *testing.T) {
+	ack := func(seq uint32, errno int32) []byte {
+		b := make([]byte, 36)
+		ne := binary.NativeEndian
+		ne.PutUint32(b[0:], 36)
+		ne.PutUint16(b[4:], unix.NLMSG_ERROR)
+		ne.PutUint32(b[8:], seq)
+		ne.PutUint32(b[16:], uint32(errno))
+		return b
+	}
+	tests := []struct {
+		name     string
+		b        []byte
+		seq      uint32
+		wantDone bool
+		wantErr  error
+	}{
+		{"ack", ack(3, 0), 3, true, nil},
+		{"error", ack(3, -int32(unix.EEXIST)), 3, true, unix.EEXIST},
+		{"another request's ack", ack(2, 0), 3, false, nil},
+		{"two messages", append(ack(2, 0), ack(3, -int32(unix.ENETUNREACH))...), 3, true, unix.ENETUNREACH},
+		{"truncated", ack(3, 0)[:20], 3, true, errBadLength},
+		{"empty", nil, 3, false, nil},
+	}
+	for _, tt := range tests {
+		done, err := ackOf(tt.b, tt.seq)
+		if done != tt.wantDone || !errors.Is(err, tt.wantErr) {
+			t.Errorf("ackOf(%s) = %v, %v; want %v, %v", tt.name, done, err, tt.wantDone, tt.wantErr)
+		}
+	}
+}
+
+// TestConfigure applies a network to a veth inside a throwaway namespace
+// over rtnetlink and reads it back with ip.
+func TestConfigure(t *testing.T) {
+	vmtest.RequireHost(t, "configuring a link in a network namespace", vmtest.Root(), vmtest.Tool("ip", "iproute2"))
+	ns := vmtest.NewNS(t)
+	if out, err := vmtest.Command("ip", "-n", ns.Name, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0").CombinedOutput(); err != nil {
+		t.Fatalf("ip link add: %v: %s", err, out)
+	}
+	if out, err := vmtest.Command("ip", "-n", ns.Name, "link", "set", "peer0", "up").CombinedOutput(); err != nil {
+		t.Fatalf("ip link set peer0 up: %v: %s", err, out)
+	}
+	c, err := guestconfig.ParseNetwork("ip=10.77.0.2::10.77.0.1:255.255.255.0:vm1:eth0:off:10.77.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Twice: a second boot replaces what the first set.
+	for i := 0; i < 2; i++ {
+		if err := ns.Do(func() error { return configure(c) }); err != nil {
+			t.Fatalf("configure #%d: %v", i+1, err)
+		}
+	}
+	for _, q := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-4", "-o", "addr", "show", "dev", "eth0"}, "inet 10.77.0.2/24 scope global eth0"},
+		{[]string{"link", "show", "eth0"}, "<BROADCAST,MULTICAST,UP,LOWER_UP>"},
+		{[]string{"link", "show", "lo"}, ",UP,"},
+		{[]string{"-4", "route", "show", "default"}, "default via 10.77.0.1 dev eth0 \n"},
+	} {
+		out, err := vmtest.Command("ip", append([]string{"-n", ns.Name}, q.args...)...).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), q.want) {
+			t.Errorf("ip %s after configure = %q, %v; want it to contain %q", strings.Join(q.args, " "), out, err, q.want)
+		}
+	}
+	bad := c
+	bad.Device = "nosuch0"
+	if err := ns.Do(func() error { return configure(bad) }); err == nil || !strings.Contains(err.Error(), "finding nosuch0") {
+		t.Errorf("configure on a missing device = %v, want an error naming it", err)
 	}
 }
 

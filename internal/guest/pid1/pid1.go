@@ -17,13 +17,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger/banger/internal/guest/agentd"
+	"github.com/banger/banger/internal/guest/hostkey"
 	"github.com/banger/banger/internal/guest/netsetup"
 )
 
-const (
-	sshHostKey = "/etc/ssh/ssh_host_ed25519_key"
-	sshd       = "/usr/sbin/sshd"
-)
+const sshd = "/usr/sbin/sshd"
 
 // Run is PID 1 of the minimal image: it mounts the API filesystems, mounts
 // /root, configures the network, supervises sshd, serves the agent protocol
@@ -48,10 +46,9 @@ func Run() error {
 	} else if err := netsetup.Apply(string(b)); err != nil {
 		log.Error("network setup", "err", err)
 	}
-	if _, err := os.Stat(sshHostKey); err != nil {
-		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", sshHostKey).CombinedOutput(); err != nil {
-			log.Error("generating ssh host key", "err", err, "output", strings.TrimSpace(string(out)))
-		}
+	host, _ := os.Hostname()
+	if _, err := hostkey.Ensure(hostkey.DefaultPath, "root@"+host); err != nil {
+		log.Error("making ssh host key", "err", err)
 	}
 	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
 		log.Error("creating /run/sshd", "err", err)

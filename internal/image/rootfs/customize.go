@@ -2,6 +2,8 @@ package rootfs
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"maps"
 	"os"
@@ -28,6 +30,13 @@ const fstab = `# Written by banger: vda is the image, vdb the VM's own /root dis
 /dev/vdb /root ext4 defaults,nofail 0 2
 `
 
+// dockerFstab leaves /root out: banger-root.service mounts it, without
+// waiting for udev to announce /dev/vdb (a mount from fstab would).
+const dockerFstab = `# Written by banger: vda is the image. vdb, the VM's own /root disk, is
+# mounted early by banger-root.service, not from here.
+/dev/vda / ext4 defaults 0 1
+`
+
 const hosts = `127.0.0.1	localhost
 ::1		localhost ip6-localhost ip6-loopback
 ff02::1		ip6-allnodes
@@ -36,11 +45,16 @@ ff02::2		ip6-allrouters
 
 const resolvConf = "# Written at boot by banger-vsock-agent net-setup from the kernel ip= argument.\n"
 
+// The docker image boots its readiness path first: banger-net, banger-root,
+// ssh and banger-agent start as soon as systemd has loaded its units, with
+// nothing of early boot before them (DefaultDependencies=no, and no
+// ordering after systemd-remount-fs: the initramfs mounts / read-write).
+// Everything else waits for the agent (afterAgentDropIn).
+
 const netUnit = `[Unit]
 Description=banger guest network from the kernel ip= argument
 DefaultDependencies=no
-After=systemd-remount-fs.service
-Before=network-pre.target ssh.service banger-agent.service
+Before=network-pre.target banger-agent.service
 Wants=network-pre.target
 
 [Service]
@@ -52,10 +66,31 @@ ExecStart=` + AgentPath + ` net-setup
 WantedBy=multi-user.target
 `
 
+// rootUnit mounts the VM's own /root disk (authorized_keys lives there)
+// from the device node the kernel made, where a mount unit would wait for
+// udev, which runs after readiness here. Its journal makes fsck needless.
+const rootUnit = `[Unit]
+Description=banger: mount the VM's own /root disk
+DefaultDependencies=no
+Before=ssh.service banger-agent.service
+ConditionPathExists=/dev/vdb
+ConditionPathIsMountPoint=!/root
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/mount -t ext4 -o defaults /dev/vdb /root
+
+[Install]
+WantedBy=multi-user.target
+`
+
+// agentUnit starts once sshd is ready (ssh.service is Type=notify), so an
+// agent that answers has the host keys and sshd accepts connections.
 const agentUnit = `[Unit]
 Description=banger guest agent (vsock and virtio-serial)
 DefaultDependencies=no
-After=systemd-remount-fs.service banger-net.service ssh.service
+After=banger-net.service banger-root.service ssh.service
 Conflicts=shutdown.target
 Before=shutdown.target
 
@@ -64,33 +99,58 @@ Type=simple
 ExecStart=` + AgentPath + ` serve
 Restart=always
 RestartSec=1
+StartupCPUWeight=10000
 
 [Install]
 WantedBy=multi-user.target
 `
 
-// sshDropIn starts sshd early (before basic.target) once the network and
-// /root (which holds authorized_keys) are ready, generating the host key on
-// first boot. Only ed25519 is generated: RSA generation costs seconds under TCG.
+// sshDropIn starts sshd at once, beside banger-net and banger-root (sshd
+// needs neither to start: it listens on every address and reads
+// authorized_keys at login; the agent, which says it is ready, waits for
+// all three). The host key is made on first boot by the agent binary, in
+// Go: a shell and ssh-keygen would cost about half a second under TCG.
+// Only ed25519: RSA generation costs seconds under TCG. Until boot
+// finishes, sshd (and so the host's first login, which is what makes the
+// VM ready) and the agent outweigh everything that starts after the agent
+// (StartupCPUWeight; the default weight is 100); afterwards all weigh the
+// same again.
 const sshDropIn = `# Written by banger.
 [Unit]
 DefaultDependencies=no
-After=systemd-remount-fs.service systemd-journald.socket banger-net.service root.mount
-Wants=banger-net.service
+After=systemd-journald.socket
 Conflicts=shutdown.target
 Before=shutdown.target
 
 [Service]
 ExecStartPre=
-ExecStartPre=/bin/sh -c 'test -s /etc/ssh/ssh_host_ed25519_key || exec /usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key'
+ExecStartPre=` + AgentPath + ` ssh-host-key
+StartupCPUWeight=10000
 `
 
-// containerdDropIn starts containerd (and so docker) once SSH and the agent
-// are up, so that they do not compete for the vCPUs during a TCG boot.
-const containerdDropIn = `# Written by banger.
+// afterAgentDropIn orders a unit of early boot after the agent. Every
+// ordinary service (docker, containerd, opencode, tmux restore, getty) is
+// after sysinit.target, which gets it too; the early units that run
+// before sysinit.target (udev, AppArmor, tmpfiles, sysctl...) get it one
+// by one (afterAgent). So nothing competes with the readiness path for the
+// vCPUs, and all of it still runs at every boot.
+const afterAgentDropIn = `# Written by banger: starts after the readiness path (network, /root,
+# sshd, the guest agent), so that it does not compete with it for the vCPUs.
 [Unit]
-After=ssh.service banger-agent.service
+After=banger-agent.service
 `
+
+// afterAgent are the units that get afterAgentDropIn: sysinit.target, and
+// the units of early boot the docker image runs before it.
+var afterAgent = []string{
+	"sysinit.target",
+	"systemd-udevd.service", "systemd-udev-trigger.service",
+	"apparmor.service",
+	"systemd-tmpfiles-setup.service", "systemd-tmpfiles-setup-dev.service", "kmod-static-nodes.service",
+	"systemd-modules-load.service", "systemd-sysctl.service", "systemd-sysusers.service",
+	"systemd-random-seed.service", "systemd-remount-fs.service",
+	"dev-mqueue.mount", "sys-fs-fuse-connections.mount",
+}
 
 // opencodeUnit runs the opencode server on opencode.Port. It starts after
 // SSH and the agent, and at a lower priority, so that it never delays
@@ -133,7 +193,7 @@ WantedBy=multi-user.target
 // restore starts lives in this unit (RemainAfterExit keeps it).
 const tmuxUnit = `[Unit]
 Description=banger: restore root's tmux sessions at boot, save them at shutdown
-After=banger-net.service ssh.service root.mount
+After=banger-net.service banger-root.service ssh.service root.mount
 RequiresMountsFor=/root
 
 [Service]
@@ -197,10 +257,25 @@ var masked = []string{
 	"getty@tty1.service", "getty-static.service", "systemd-logind.service", "systemd-pstore.service",
 	"systemd-journal-flush.service", "sys-kernel-debug.mount", "sys-kernel-tracing.mount", "dev-hugepages.mount",
 	"ssh.socket",
+	// Modules that load when first used anyway (their device nodes are
+	// static), and configfs, which nothing here uses.
+	"modprobe@configfs.service", "modprobe@dm_mod.service", "modprobe@fuse.service", "modprobe@loop.service",
+	"sys-kernel-config.mount",
 	// An empty machine-id makes every VM boot a "first boot", when systemd
 	// enables units by preset; these must stay off.
 	"systemd-networkd.service", "systemd-networkd.socket", "systemd-network-generator.service",
 	"systemd-networkd-wait-online.service", "systemd-firstboot.service",
+}
+
+// maskedGenerators are systemd generators for what a banger VM never has:
+// encrypted, integrity or verity volumes, hibernation, GPT partitions,
+// offline updates, SysV init scripts (every script here has a native unit)
+// and the systemd.debug_shell and systemd.run kernel arguments (banger
+// writes the command line). Each costs an exec at every boot.
+var maskedGenerators = []string{
+	"systemd-cryptsetup-generator", "systemd-integritysetup-generator", "systemd-veritysetup-generator",
+	"systemd-hibernate-resume-generator", "systemd-gpt-auto-generator", "systemd-system-update-generator",
+	"systemd-sysv-generator", "systemd-debug-generator", "systemd-run-generator",
 }
 
 // customize turns a copy of the debootstrap tree at root into a banger image.
@@ -254,13 +329,16 @@ func customize(ctx context.Context, r runner.Runner, opts Options, root string) 
 	return nil
 }
 
-// fillOverlay writes the image's files into o. bins maps tool names to
-// binaries installed as /usr/local/bin/<name>.
-func fillOverlay(o ext4.Tree, opts Options, root string, bins map[string]string) error {
-	files := []struct {
-		rel, content string
-		mode         os.FileMode
-	}{
+// imageFile is one file the overlay writes.
+type imageFile struct {
+	rel, content string
+	mode         os.FileMode
+}
+
+// imageFiles are the files of an image of kind, besides the agent, the npm
+// tools and the docker image's bash.bashrc (Debian's, with miseBashrc).
+func imageFiles(kind Kind) []imageFile {
+	files := []imageFile{
 		{"etc/ssh/sshd_config.d/banger.conf", sshdConfig, 0o644},
 		{"etc/fstab", fstab, 0o644},
 		{"etc/hostname", "", 0o644},
@@ -269,29 +347,96 @@ func fillOverlay(o ext4.Tree, opts Options, root string, bins map[string]string)
 		// Each VM gets its own machine id at boot.
 		{"etc/machine-id", "", 0o444},
 	}
+	if kind != KindDocker {
+		return files
+	}
+	files[1].content = dockerFstab
+	files = append(files,
+		imageFile{"etc/systemd/system/banger-net.service", netUnit, 0o644},
+		imageFile{"etc/systemd/system/banger-root.service", rootUnit, 0o644},
+		imageFile{"etc/systemd/system/banger-agent.service", agentUnit, 0o644},
+		imageFile{"etc/systemd/system/ssh.service.d/banger.conf", sshDropIn, 0o644},
+		imageFile{"etc/systemd/system/opencode-server.service", opencodeUnit, 0o644},
+		imageFile{"etc/systemd/system/banger-tmux.service", tmuxUnit, 0o644},
+		imageFile{"etc/systemd/system/banger-tmux-save.service", tmuxSaveUnit, 0o644},
+		imageFile{"etc/systemd/system/banger-tmux-save.timer", tmuxSaveTimer, 0o644},
+	)
+	for _, u := range afterAgent {
+		files = append(files, imageFile{"etc/systemd/system/" + u + ".d/banger.conf", afterAgentDropIn, 0o644})
+	}
+	return files
+}
+
+// imageLinks are the symlinks of an image of kind: {rel, target}.
+func imageLinks(kind Kind) [][2]string {
+	switch kind {
+	case KindMinimal:
+		// /sbin is /usr/sbin in bookworm; the agent runs as init when
+		// invoked as "init".
+		return [][2]string{{"usr/sbin/init", AgentPath}}
+	case KindDocker:
+		wants := "etc/systemd/system/multi-user.target.wants/"
+		links := [][2]string{
+			{"etc/systemd/system/default.target", "/lib/systemd/system/multi-user.target"},
+			{wants + "banger-net.service", "/etc/systemd/system/banger-net.service"},
+			{wants + "banger-root.service", "/etc/systemd/system/banger-root.service"},
+			{wants + "banger-agent.service", "/etc/systemd/system/banger-agent.service"},
+			{wants + "ssh.service", "/lib/systemd/system/ssh.service"},
+			{wants + "docker.service", "/lib/systemd/system/docker.service"},
+			{wants + "containerd.service", "/lib/systemd/system/containerd.service"},
+			{wants + "opencode-server.service", "/etc/systemd/system/opencode-server.service"},
+			{wants + "banger-tmux.service", "/etc/systemd/system/banger-tmux.service"},
+			{"etc/systemd/system/timers.target.wants/banger-tmux-save.timer", "/etc/systemd/system/banger-tmux-save.timer"},
+			{"etc/systemd/system/sockets.target.wants/docker.socket", "/lib/systemd/system/docker.socket"},
+			// Keep the kernel's eth0 name: net-setup configures eth0.
+			{"etc/systemd/network/99-default.link", "/dev/null"},
+		}
+		for _, u := range masked {
+			links = append(links, [2]string{"etc/systemd/system/" + u, "/dev/null"})
+		}
+		for _, g := range maskedGenerators {
+			links = append(links, [2]string{"etc/systemd/system-generators/" + g, "/dev/null"})
+		}
+		return links
+	}
+	return nil
+}
+
+// overlayKey identifies the files and links customize writes into an image
+// of kind, for the finished image's cache key: changing a unit rebuilds
+// the image.
+func overlayKey(kind Kind) string {
+	extra := ""
+	if kind == KindDocker {
+		extra = miseBashrc
+	}
+	return keyOf(imageFiles(kind), imageLinks(kind), extra)
+}
+
+// keyOf hashes files, links and extra, each with its length.
+func keyOf(files []imageFile, links [][2]string, extra string) string {
+	h := sha256.New()
+	for _, f := range files {
+		fmt.Fprintf(h, "file %d %s %o %d\n%s\n", len(f.rel), f.rel, f.mode, len(f.content), f.content)
+	}
+	for _, l := range links {
+		fmt.Fprintf(h, "link %d %s %d %s\n", len(l[0]), l[0], len(l[1]), l[1])
+	}
+	fmt.Fprintf(h, "extra %d\n%s\n", len(extra), extra)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// fillOverlay writes the image's files into o. bins maps tool names to
+// binaries installed as /usr/local/bin/<name>.
+func fillOverlay(o ext4.Tree, opts Options, root string, bins map[string]string) error {
+	files := imageFiles(opts.Kind)
 	if opts.Kind == KindDocker {
-		files = append(files, []struct {
-			rel, content string
-			mode         os.FileMode
-		}{
-			{"etc/systemd/system/banger-net.service", netUnit, 0o644},
-			{"etc/systemd/system/banger-agent.service", agentUnit, 0o644},
-			{"etc/systemd/system/ssh.service.d/banger.conf", sshDropIn, 0o644},
-			{"etc/systemd/system/containerd.service.d/banger.conf", containerdDropIn, 0o644},
-			{"etc/systemd/system/opencode-server.service", opencodeUnit, 0o644},
-			{"etc/systemd/system/banger-tmux.service", tmuxUnit, 0o644},
-			{"etc/systemd/system/banger-tmux-save.service", tmuxSaveUnit, 0o644},
-			{"etc/systemd/system/banger-tmux-save.timer", tmuxSaveTimer, 0o644},
-		}...)
 		bashrc, err := os.ReadFile(filepath.Join(root, "etc/bash.bashrc"))
 		if err != nil {
 			return fmt.Errorf("reading bash.bashrc: %w", err)
 		}
 		if !strings.Contains(string(bashrc), "mise activate") {
-			files = append(files, struct {
-				rel, content string
-				mode         os.FileMode
-			}{"etc/bash.bashrc", string(bashrc) + miseBashrc, 0o644})
+			files = append(files, imageFile{"etc/bash.bashrc", string(bashrc) + miseBashrc, 0o644})
 		}
 	}
 	for _, f := range files {
@@ -307,34 +452,7 @@ func fillOverlay(o ext4.Tree, opts Options, root string, bins map[string]string)
 			return fmt.Errorf("installing %s: %w", name, err)
 		}
 	}
-
-	var links [][2]string // rel, target
-	switch opts.Kind {
-	case KindMinimal:
-		// /sbin is /usr/sbin in bookworm; the agent runs as init when
-		// invoked as "init".
-		links = append(links, [2]string{"usr/sbin/init", AgentPath})
-	case KindDocker:
-		wants := "etc/systemd/system/multi-user.target.wants/"
-		links = append(links,
-			[2]string{"etc/systemd/system/default.target", "/lib/systemd/system/multi-user.target"},
-			[2]string{wants + "banger-net.service", "/etc/systemd/system/banger-net.service"},
-			[2]string{wants + "banger-agent.service", "/etc/systemd/system/banger-agent.service"},
-			[2]string{wants + "ssh.service", "/lib/systemd/system/ssh.service"},
-			[2]string{wants + "docker.service", "/lib/systemd/system/docker.service"},
-			[2]string{wants + "containerd.service", "/lib/systemd/system/containerd.service"},
-			[2]string{wants + "opencode-server.service", "/etc/systemd/system/opencode-server.service"},
-			[2]string{wants + "banger-tmux.service", "/etc/systemd/system/banger-tmux.service"},
-			[2]string{"etc/systemd/system/timers.target.wants/banger-tmux-save.timer", "/etc/systemd/system/banger-tmux-save.timer"},
-			[2]string{"etc/systemd/system/sockets.target.wants/docker.socket", "/lib/systemd/system/docker.socket"},
-			// Keep the kernel's eth0 name: net-setup configures eth0.
-			[2]string{"etc/systemd/network/99-default.link", "/dev/null"},
-		)
-		for _, u := range masked {
-			links = append(links, [2]string{"etc/systemd/system/" + u, "/dev/null"})
-		}
-	}
-	for _, l := range links {
+	for _, l := range imageLinks(opts.Kind) {
 		if t, err := os.Readlink(filepath.Join(root, l[0])); err == nil && t == l[1] {
 			continue
 		}

@@ -46,9 +46,10 @@ const AgentPath = "/usr/local/bin/banger-vsock-agent"
 // the other key fields do not capture; bumping it invalidates cached trees.
 const recipeVersion = "1"
 
-// customizationVersion changes whenever customize changes; bumping it
-// invalidates cached images but keeps the debootstrap trees.
-const customizationVersion = "2"
+// customizationVersion changes whenever what customize does changes in a
+// way overlayKey (the files and links it writes) does not capture; bumping
+// it invalidates cached images but keeps the debootstrap trees.
+const customizationVersion = "3"
 
 const variant = "minbase"
 
@@ -187,12 +188,10 @@ func Build(ctx context.Context, r runner.Runner, opts Options, out string) error
 	}
 	rkey := recipeKey(opts)
 	ih := sha256.New()
-	fmt.Fprintf(ih, "recipe=%s\nkind=%s\nagent=%s\ncustomization=%s\nsize=%s\nmodules=%s\n",
-		rkey, opts.Kind, agentSum, customizationVersion, opts.Size, modSum)
-	// The minimal image has no tools: its key stays as it was. The docker
-	// image's key covers the tools and the files that set them up.
+	fmt.Fprintf(ih, "recipe=%s\nkind=%s\nagent=%s\ncustomization=%s\nsize=%s\nmodules=%s\noverlay=%s\n",
+		rkey, opts.Kind, agentSum, customizationVersion, opts.Size, modSum, overlayKey(opts.Kind))
 	if tools := toolsFor(opts.Kind); len(tools) > 0 {
-		fmt.Fprintf(ih, "tools=%s\nextras=%x\n", toolsKey(tools), sha256.Sum256([]byte(opencodeUnit+miseBashrc+tmuxUnit+tmuxSaveUnit+tmuxSaveTimer)))
+		fmt.Fprintf(ih, "tools=%s\n", toolsKey(tools))
 	}
 	imgName := fmt.Sprintf("%s-%s.ext4", opts.Kind, hex.EncodeToString(ih.Sum(nil))[:24])
 	imgDir := filepath.Join(opts.CacheDir, "images")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -46,6 +47,41 @@ func TestRecipeKey(t *testing.T) {
 	}
 	if recipeKey(a) != recipeKey(a) {
 		t.Errorf("recipeKey is not stable")
+	}
+}
+
+// TestOverlayKey checks that the image key moves with every file and link
+// customize writes, so that a changed unit rebuilds the image.
+func TestOverlayKey(t *testing.T) {
+	if overlayKey(KindDocker) != overlayKey(KindDocker) {
+		t.Fatal("overlayKey is not stable")
+	}
+	if overlayKey(KindDocker) == overlayKey(KindMinimal) {
+		t.Error("overlayKey(docker) = overlayKey(minimal)")
+	}
+	files, links := imageFiles(KindDocker), imageLinks(KindDocker)
+	base := keyOf(files, links, miseBashrc)
+	for i, f := range files {
+		changed := slices.Clone(files)
+		changed[i].content += "#"
+		if keyOf(changed, links, miseBashrc) == base {
+			t.Errorf("keyOf ignores the content of %s", f.rel)
+		}
+		changed[i] = f
+		changed[i].mode ^= 0o100
+		if keyOf(changed, links, miseBashrc) == base {
+			t.Errorf("keyOf ignores the mode of %s", f.rel)
+		}
+	}
+	for i, l := range links {
+		changed := slices.Clone(links)
+		changed[i][1] += "x"
+		if keyOf(files, changed, miseBashrc) == base {
+			t.Errorf("keyOf ignores the target of %s", l[0])
+		}
+	}
+	if keyOf(files[1:], links, miseBashrc) == base || keyOf(files, links[1:], miseBashrc) == base || keyOf(files, links, "") == base {
+		t.Error("keyOf ignores a missing file, a missing link or the bashrc addition")
 	}
 }
 
@@ -115,7 +151,6 @@ func TestBuildImages(t *testing.T) {
 			}{
 				{"stat /usr/local/bin/banger-vsock-agent", "Mode:  0755"},
 				{"cat /etc/fstab", "/dev/vda / ext4 defaults 0 1"},
-				{"cat /etc/fstab", "/dev/vdb /root ext4 defaults,nofail 0 2"},
 				{"cat /etc/ssh/sshd_config.d/banger.conf", "HostKey /etc/ssh/ssh_host_ed25519_key"},
 				{"cat /etc/ssh/sshd_config.d/banger.conf", "PermitRootLogin prohibit-password"},
 				{"stat /usr/sbin/sshd", "Type: regular"},
@@ -130,7 +165,19 @@ func TestBuildImages(t *testing.T) {
 					{"stat /etc/systemd/system/multi-user.target.wants/docker.service", "Type: symlink"},
 					{"stat /etc/systemd/system/apt-daily.timer", "Fast link dest: \"/dev/null\""},
 					{"stat /etc/systemd/system/default.target", "multi-user.target"},
-					{"cat /etc/systemd/system/ssh.service.d/banger.conf", "ssh-keygen"},
+					{"cat /etc/systemd/system/ssh.service.d/banger.conf", "ExecStartPre=/usr/local/bin/banger-vsock-agent ssh-host-key"},
+					// /root is mounted by banger-root.service, not from fstab
+					// (which would wait for udev).
+					{"stat /etc/systemd/system/multi-user.target.wants/banger-root.service", "Fast link dest: \"/etc/systemd/system/banger-root.service\""},
+					{"cat /etc/systemd/system/banger-root.service", "ExecStart=/bin/mount -t ext4 -o defaults /dev/vdb /root"},
+					{"cat /etc/systemd/system/banger-agent.service", "After=banger-net.service banger-root.service ssh.service"},
+					// Early boot and every ordinary service wait for the agent.
+					{"cat /etc/systemd/system/sysinit.target.d/banger.conf", "After=banger-agent.service"},
+					{"cat /etc/systemd/system/systemd-udev-trigger.service.d/banger.conf", "After=banger-agent.service"},
+					{"cat /etc/systemd/system/apparmor.service.d/banger.conf", "After=banger-agent.service"},
+					{"stat /etc/systemd/system/modprobe@loop.service", "Fast link dest: \"/dev/null\""},
+					{"stat /etc/systemd/system-generators/systemd-gpt-auto-generator", "Fast link dest: \"/dev/null\""},
+					{"stat /etc/systemd/system/sockets.target.wants/docker.socket", "Type: symlink"},
 					{"stat /usr/sbin/dockerd", "Type: regular"},
 					{"stat /usr/lib/systemd/systemd", "Type: regular"},
 					{"stat /usr/local/bin/mise", "Type: regular    Mode:  0755"},
@@ -144,6 +191,7 @@ func TestBuildImages(t *testing.T) {
 				}...)
 			} else {
 				checks = append(checks, []struct{ req, want string }{
+					{"cat /etc/fstab", "/dev/vdb /root ext4 defaults,nofail 0 2"},
 					{"stat /usr/sbin/init", "Fast link dest: \"/usr/local/bin/banger-vsock-agent\""},
 					{"stat /usr/local/bin/mise", "not found"},
 					{"stat /usr/local/bin/opencode", "not found"},
