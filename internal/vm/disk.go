@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/banger/banger/internal/atomicfile"
+	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/guestconfig"
 	"github.com/banger/banger/internal/hypervisor"
@@ -28,10 +29,12 @@ import (
 //     a few hundred KiB, made in milliseconds whatever the image's size. An
 //     overlay reads from a read-only base until the guest writes. The bases
 //     are banger's own files under DataDir/bases: the image's rootfs and
-//     work-seed as they were when a VM first used them (a hard link to
-//     banger's own image files, which are only ever replaced by a rename,
-//     else a copy), so that rebuilding the bundle or an image, or deleting
-//     it, never changes a disk under a VM. A warm create's overlays are over
+//     work-seed as they were when a VM first used them or the image was
+//     registered (a hard link to banger's own image files, which are only
+//     ever replaced by a rename, else a copy), so that rebuilding the
+//     bundle or an image, or deleting it, never changes a disk under a VM.
+//     A current image's bases stay when no VM reads them: the next create
+//     would copy again otherwise. A warm create's overlays are over
 //     its template's disks instead.
 //   - Any other backend (Firecracker takes raw files only) gets raw clones:
 //     a reflink where the filesystem has them, else a sparse copy, which
@@ -119,25 +122,10 @@ type baseRecord struct {
 // so a changed src gets a new base and the old one stays for the VMs that
 // read it. Call it with d.mu held.
 func (d *disks) base(src string, link bool) (string, error) {
-	abs, err := filepath.Abs(src)
+	abs, fi, path, err := d.basePath(src)
 	if err != nil {
 		return "", err
 	}
-	fi, err := os.Stat(abs)
-	if err != nil {
-		return "", fmt.Errorf("reading image file %s: %w", src, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("image file %s is not a regular file", src)
-	}
-	st, _ := fi.Sys().(*syscall.Stat_t)
-	var dev, ino uint64
-	if st != nil {
-		dev, ino = st.Dev, st.Ino
-	}
-	sum := sha256.Sum256(fmt.Appendf(nil, "%s\x00%d\x00%d\x00%d\x00%d", abs, dev, ino, fi.Size(), fi.ModTime().UnixNano()))
-	name := strings.TrimSuffix(filepath.Base(abs), filepath.Ext(abs))
-	path := filepath.Join(d.basesDir(), name+"-"+hex.EncodeToString(sum[:8])+".base")
 	if _, err := os.Stat(path); err == nil {
 		return path, d.checkBase(path)
 	}
@@ -176,6 +164,31 @@ func (d *disks) base(src string, link bool) (string, error) {
 	}
 	d.log.Info("kept a base for VMs' disks", "source", abs, "base", path, "method", method)
 	return path, nil
+}
+
+// basePath is where the base of src is kept while src is what it is now
+// (its path and identity: device, inode, size, mtime), with src's
+// absolute path and file info.
+func (d *disks) basePath(src string) (string, os.FileInfo, string, error) {
+	abs, err := filepath.Abs(src)
+	if err != nil {
+		return "", nil, "", err
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return "", nil, "", fmt.Errorf("reading image file %s: %w", src, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", nil, "", fmt.Errorf("image file %s is not a regular file", src)
+	}
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	var dev, ino uint64
+	if st != nil {
+		dev, ino = st.Dev, st.Ino
+	}
+	sum := sha256.Sum256(fmt.Appendf(nil, "%s\x00%d\x00%d\x00%d\x00%d", abs, dev, ino, fi.Size(), fi.ModTime().UnixNano()))
+	name := strings.TrimSuffix(filepath.Base(abs), filepath.Ext(abs))
+	return abs, fi, filepath.Join(d.basesDir(), name+"-"+hex.EncodeToString(sum[:8])+".base"), nil
 }
 
 // checkBase refuses a base that is no longer what it was made as: one
@@ -256,6 +269,11 @@ func (d *disks) make(ctx context.Context, format string, specs []diskSpec) error
 	return nil
 }
 
+// ownFiles reports whether img's files are banger's own, which are
+// replaced by a rename, never edited: a hard link keeps what a VM reads.
+// A registered file is the user's, who may edit it in place: it is copied.
+func ownFiles(img *Image) bool { return !img.Registered || img.Managed }
+
 // forImage makes a VM's (or a template's) disks in dir from an image: its
 // rootfs at rootSize and its work-seed at workSize (0: the file's size).
 func (d *disks) forImage(ctx context.Context, dir, format string, img *Image, seed string, rootSize, workSize int64) error {
@@ -263,10 +281,7 @@ func (d *disks) forImage(ctx context.Context, dir, format string, img *Image, se
 	defer d.mu.Unlock()
 	root, work := img.Rootfs, seed
 	if format == string(hypervisor.DiskQcow2) {
-		// banger's own image files are replaced by a rename, never edited:
-		// a hard link keeps what a VM reads. A registered file is the
-		// user's, who may edit it in place: it is copied.
-		link := !img.Registered || img.Managed
+		link := ownFiles(img)
 		var err error
 		if root, err = d.base(img.Rootfs, link); err != nil {
 			return err
@@ -346,11 +361,20 @@ func subdirs(dir string, keep func(name string) bool) []string {
 }
 
 // collectBases removes the bases that no disk in vmDirs or tmplDirs reads
-// from. Call it with d.mu held.
-func (d *disks) collectBases(vmDirs, tmplDirs []string) error {
+// from, except the current bases of the image files in keep: the next
+// create of an image would otherwise copy a registered file all over
+// again, which costs what the image holds. A base of a file that has
+// changed since, or of an image that is gone, goes once no disk reads it.
+// Call it with d.mu held.
+func (d *disks) collectBases(vmDirs, tmplDirs, keep []string) error {
 	refs := map[string]bool{}
 	backings(vmDirs, refs)
 	backings(tmplDirs, refs)
+	for _, src := range keep {
+		if _, _, p, err := d.basePath(src); err == nil {
+			refs[p] = true
+		}
+	}
 	ents, err := os.ReadDir(d.basesDir())
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -378,6 +402,52 @@ func removeMissing(p string) error {
 		return err
 	}
 	return nil
+}
+
+// imageFiles lists the files of the catalogue's images that VMs' disks
+// are made from: each image's rootfs and work-seed.
+func (e *Engine) imageFiles(ctx context.Context, b *bundle.Bundle) []string {
+	imgs, err := e.cfg.Images.List(ctx, b)
+	if err != nil {
+		e.log.Warn("listing images to keep their bases", "err", err)
+		return nil
+	}
+	var out []string
+	for i := range imgs {
+		out = append(out, imgs[i].Rootfs)
+		if seed, err := e.cfg.Images.seedPath(b, &imgs[i]); err == nil && seed != "" {
+			out = append(out, seed)
+		}
+	}
+	return out
+}
+
+// RegisterImage registers an image (Images.Register) and, where new VMs
+// get qcow2 overlays, keeps the bases of its files at once, so that even
+// its first create only makes overlays. Keeping them is best effort: a
+// failure is logged, and the first create tries again.
+func (e *Engine) RegisterImage(ctx context.Context, b *bundle.Bundle, o RegisterOptions) (*Image, error) {
+	img, err := e.cfg.Images.Register(ctx, b, o)
+	if err != nil {
+		return nil, err
+	}
+	be, err := e.Backend(b)
+	if err != nil || diskFormatFor(be) != string(hypervisor.DiskQcow2) {
+		return img, nil
+	}
+	files := []string{img.Rootfs}
+	if seed, err := e.cfg.Images.seedPath(b, img); err == nil && seed != "" {
+		files = append(files, seed)
+	}
+	link := ownFiles(img)
+	e.disks.mu.Lock()
+	defer e.disks.mu.Unlock()
+	for _, f := range files {
+		if _, err := e.disks.base(f, link); err != nil {
+			e.log.Warn("keeping a base of a registered image; its first create will", "image", img.Name, "file", f, "err", err)
+		}
+	}
+	return img, nil
 }
 
 // diskCap gives each VM its root disk from its image's rootfs, grown to

@@ -668,7 +668,11 @@ func (e *Engine) collect(ctx context.Context, atStart bool) error {
 	for _, imgDir := range subdirs(root, func(string) bool { return true }) {
 		tmplDirs = append(tmplDirs, subdirs(imgDir, func(string) bool { return true })...)
 	}
-	errs = append(errs, e.disks.collectBases(vmDirs, tmplDirs))
+	var keep []string
+	if berr == nil {
+		keep = e.imageFiles(ctx, b)
+	}
+	errs = append(errs, e.disks.collectBases(vmDirs, tmplDirs, keep))
 	return errors.Join(errs...)
 }
 

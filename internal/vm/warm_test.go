@@ -484,13 +484,83 @@ func TestImageDeleteAndCollect(t *testing.T) {
 	if err := e.DeleteImage(ctx, h.bundle, "mine"); err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range []string{"templates", "bases", "vms"} {
+	for _, d := range []string{"templates", "vms"} {
 		if n := countDirs(filepath.Join(h.dir, "data", d)); n != 0 {
 			t.Errorf("data/%s holds %d entries after every VM and the image went, want none", d, n)
 		}
 	}
+	// The base of the bundle's work-seed stays for the bundle's images.
+	if got, _ := filepath.Glob(filepath.Join(h.dir, "data", "bases", "root-*")); len(got) != 0 {
+		t.Errorf("bases of the deleted image's rootfs = %q, want none", got)
+	}
 	if _, err := os.Stat(root); err != nil {
 		t.Errorf("the registered image's file: %v; banger never removes it", err)
+	}
+}
+
+// TestBaseKeptAcrossCreates: a registered image's base (a copy, which
+// costs what the image holds) is made once, at image register; deleting
+// the last VM over it keeps it, so every create makes only its overlays.
+func TestBaseKeptAcrossCreates(t *testing.T) {
+	h := newWarmHost(t)
+	h.autoWarm = false
+	e := h.engine()
+	ctx := context.Background()
+	root := filepath.Join(t.TempDir(), "big.ext4")
+	if err := ext4.WriteMagic(root, 8<<30); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.RegisterImage(ctx, h.bundle, RegisterOptions{Name: "big", Rootfs: root}); err != nil {
+		t.Fatal(err)
+	}
+	// The copy is made at register time: even the first create reuses it.
+	kept, _ := filepath.Glob(filepath.Join(h.dir, "data", "bases", "big-*.base"))
+	if len(kept) != 1 {
+		t.Fatalf("bases of image big after image register = %q, want one", kept)
+	}
+	bases := []string{kept[0]}
+	for i, name := range []string{"c1", "c2", "c3"} {
+		h.r.Reset()
+		v, _, err := h.createWith(e, CreateOptions{Name: name, Image: "big", Cold: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		base, err := disk.Backing(RootDisk(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if base != bases[0] {
+			t.Errorf("create %d's base = %s, want %s, the first create's", i+1, base, bases[0])
+		}
+		for _, c := range h.r.Calls() {
+			if strings.Contains(c, "e2fsck") || strings.Contains(c, "resize2fs") || strings.Contains(c, "qemu-img convert") {
+				t.Errorf("create %d ran %q, which costs what the image holds", i+1, c)
+			}
+		}
+		if err := e.Delete(name); err != nil {
+			t.Fatal(err)
+		}
+		// Still there, the next create reuses it instead of copying again.
+		if _, err := os.Stat(base); err != nil {
+			t.Errorf("base of image big after deleting its last VM: %v, want it kept", err)
+		}
+	}
+	// A changed file gets a new base; the old one, unread, goes.
+	if err := os.Chtimes(root, time.Now(), time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	v, _, err := h.createWith(e, CreateOptions{Name: "c4", Image: "big", Cold: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := disk.Backing(RootDisk(v)); b == bases[0] {
+		t.Errorf("base after the image file changed = %s, want a new one", b)
+	}
+	if err := e.Delete("c4"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(bases[0]); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Stat(%s) after its image file changed = %v, want it removed", bases[0], err)
 	}
 }
 

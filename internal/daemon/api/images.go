@@ -58,7 +58,7 @@ func (s *Server) handleRegisterImage(w http.ResponseWriter, r *http.Request) {
 		s.writeErr(w, err)
 		return
 	}
-	img, err := s.Engine.Images().Register(r.Context(), b, vm.RegisterOptions{Name: req.Name, Rootfs: req.Rootfs, WorkSeed: req.WorkSeed,
+	img, err := s.Engine.RegisterImage(r.Context(), b, vm.RegisterOptions{Name: req.Name, Rootfs: req.Rootfs, WorkSeed: req.WorkSeed,
 		Kernel: req.Kernel, Initrd: req.Initrd, Modules: req.Modules})
 	if err != nil {
 		s.writeErr(w, err)
