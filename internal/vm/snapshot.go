@@ -254,7 +254,7 @@ func (e *Engine) PlanFork(ctx context.Context, src, name string) (*ForkPlan, err
 		img = i
 	}
 	p := &Plan{Options: CreateOptions{Name: name, Image: sv.Image, VCPUs: sv.VCPUs, MemoryMiB: sv.MemoryMiB, NAT: sv.NAT},
-		Bundle: b, Image: img, backend: be, diskSize: sv.DiskSizeBytes, diskFormat: sv.DiskFormat, fork: sv}
+		Bundle: b, Image: img, backend: be, diskSize: sv.DiskSizeBytes, workSize: sv.WorkSizeBytes, diskFormat: sv.DiskFormat, fork: sv}
 	return &ForkPlan{src: sv, plan: p}, nil
 }
 
@@ -275,7 +275,11 @@ func (e *Engine) Fork(fp *ForkPlan, pr Progress) (*store.VM, error) {
 	id := newID()
 	dataDir, rtDir := e.vmDirs(id)
 	vm := &store.VM{ID: id, Name: name, Image: p.Image.Name, State: StateCreating, Hypervisor: p.backend.Name(),
-		VCPUs: p.Options.VCPUs, MemoryMiB: p.Options.MemoryMiB, DiskSizeBytes: p.diskSize, NAT: p.Options.NAT,
+		VCPUs: p.Options.VCPUs, MemoryMiB: p.Options.MemoryMiB, DiskSizeBytes: p.diskSize, WorkSizeBytes: p.workSize,
+		// The copy keeps what the source is held to (its egress policy)
+		// and what it boots (its image's own kernel); not its published
+		// ports, which are the source's host ports.
+		NAT: p.Options.NAT, Egress: fp.src.Egress, Kernel: fp.src.Kernel, Initrd: fp.src.Initrd,
 		Dir: dataDir, RuntimeDir: rtDir, DiskFormat: p.diskFormat}
 	net := e.cfg.Network
 	if err := e.cfg.Store.CreateVMWithLease(ctx, vm, net.GuestSubnet(), net.Gateway()); err != nil {

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger/banger/internal/disk"
+	"github.com/banger/banger/internal/egress"
 	"github.com/banger/banger/internal/hypervisor/hypervisortest"
 	"github.com/banger/banger/internal/image/ext4"
 	"github.com/banger/banger/internal/opencode"
@@ -347,7 +348,12 @@ func TestSuspendFailureKeepsRunning(t *testing.T) {
 func TestFork(t *testing.T) {
 	h := newWarmHost(t)
 	e := h.engine()
-	src := h.mustCreate(e, "src")
+	h.mustCreate(e, "src")
+	allow := egress.Policy{Mode: egress.ModeAllow, Allow: mustList(t, "192.0.2.0/24")}
+	src, err := e.Set("src", SetOptions{Egress: &allow})
+	if err != nil {
+		t.Fatal(err)
+	}
 	si := h.instanceOf(src)
 	si.SetFile("/root/work", "half done")
 	before := si.Guest()
@@ -359,6 +365,10 @@ func TestFork(t *testing.T) {
 	cp, err := e.Fork(fp, pr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cp.Egress != src.Egress || !cp.NAT || cp.WorkSizeBytes != src.WorkSizeBytes || cp.WorkSizeBytes == 0 || cp.Kernel != src.Kernel {
+		t.Errorf("the copy has egress %q, nat %v, /root %d, kernel %q; want the source's %q, true, %d, %q",
+			cp.Egress, cp.NAT, cp.WorkSizeBytes, cp.Kernel, src.Egress, src.WorkSizeBytes, src.Kernel)
 	}
 	ci := h.instanceOf(cp)
 	g := ci.Guest()
