@@ -77,8 +77,8 @@ QEMU (virtiofsd): with hypervisor = auto such VMs boot on QEMU.
 
 Warm creates: once an image has a snapshot of its VM taken when it was ready
 (bangerd takes one in the background after the first create of an image, or
-on demand with 'banger image warm'), a create with the default vCPUs, memory
-and disk size restores that snapshot instead of booting, and the guest agent
+on demand with 'banger image warm'), a create with the default vCPUs, memory,
+disk size and work size restores that snapshot instead of booting, and the guest agent
 gives the new VM its own address, MAC, name, machine-id, SSH host keys and
 opencode password. A snapshot that does not fit (other sizes, a changed
 kernel, image or hypervisor) is never restored: the create boots cold and

@@ -177,6 +177,8 @@ var contract = []struct {
 	{"host folders are kept with the VM and shown; bad ones are refused", []step{
 		{createMounts("mnt", "src:/root/src", "docs:/srv/docs:ro"), "streamed; mnt running mounts=src:/root/src,docs:/srv/docs:ro"},
 		{getMounts("mnt"), "mnt running mounts=src:/root/src,docs:/srv/docs:ro"},
+		{suspend("mnt"), "error 400 invalid"},
+		{fork("mnt", "mnt2"), "error 400 invalid"},
 		{stop("mnt"), "mnt stopped image=docker vcpus=2 mem=1024 nat=false ip=.2"},
 		{start("mnt"), "streamed; mnt running image=docker vcpus=2 mem=1024 nat=false ip=.2"},
 		{getMounts("mnt"), "mnt running mounts=src:/root/src,docs:/srv/docs:ro"},

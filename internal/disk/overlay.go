@@ -152,7 +152,7 @@ func GrowOverlay(ctx context.Context, r runner.Runner, path string, size int64) 
 		return fmt.Errorf("growing %s: it is %s, not qcow2 (grow a raw image with Grow)", path, info.Format)
 	}
 	if size < info.VirtualSize {
-		return fmt.Errorf("growing %s: disk size %s is smaller than the image (%s): pick --disk-size %s or more",
+		return fmt.Errorf("growing %s: size %s is smaller than the disk (%s): disks only grow, pick %s or more",
 			path, units.FormatSize(size), units.FormatSize(info.VirtualSize), units.RoundUp(info.VirtualSize))
 	}
 	if size == info.VirtualSize {

@@ -112,7 +112,7 @@ func TestOverlayRefuses(t *testing.T) {
 		{"smaller than the base", Overlay(ctx, r, base, FormatRaw, filepath.Join(dir, "small.qcow2"), 1<<20), "smaller than the image (64M): pick --disk-size 64M"},
 		{"unknown base format", Overlay(ctx, r, base, "vmdk", filepath.Join(dir, "x.qcow2"), 0), `base format "vmdk"`},
 		{"missing base", Overlay(ctx, r, filepath.Join(dir, "nope"), FormatRaw, filepath.Join(dir, "y.qcow2"), 0), "no such file"},
-		{"shrink", GrowOverlay(ctx, r, ov, 1<<20), "smaller than the image"},
+		{"shrink", GrowOverlay(ctx, r, ov, 1<<20), "smaller than the disk (64M): disks only grow"},
 		{"grow a raw file", GrowOverlay(ctx, r, base, 1<<30), "it is raw, not qcow2"},
 	}
 	for _, tt := range tests {

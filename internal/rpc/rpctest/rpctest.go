@@ -786,14 +786,16 @@ func (f *Fake) handleSuspend(w http.ResponseWriter, r *http.Request) {
 	vm, e := f.find(r.PathValue("name"))
 	var cp rpc.VM
 	if e == nil {
-		switch vm.State {
-		case "running":
-			vm.State = "suspended"
-		case "suspended":
-		default:
+		switch {
+		case vm.State == "suspended":
+		case vm.State != "running":
 			e = apiError(rpc.CodeInvalid, "VM %s is %s: only a running VM can be suspended", vm.Name, vm.State)
+		case len(vm.Mounts) > 0:
+			e = apiError(rpc.CodeInvalid, "VM %s has host folders, and QEMU cannot save their virtio-fs devices: stop it instead ('banger vm stop %s'); its folders come back at the next start", vm.Name, vm.Name)
+		default:
+			vm.State = "suspended"
 		}
-		cp = *vm
+		cp = view(vm)
 	}
 	f.mu.Unlock()
 	if e != nil {
@@ -808,7 +810,7 @@ func (f *Fake) handleResume(w http.ResponseWriter, r *http.Request) {
 	vm, e := f.find(r.PathValue("name"))
 	var cp rpc.VM
 	if e == nil {
-		cp = *vm
+		cp = view(vm)
 		switch vm.State {
 		case "suspended":
 			vm.State = "starting"
@@ -852,8 +854,11 @@ func (f *Fake) handleFork(w http.ResponseWriter, r *http.Request) {
 		if src.State != "running" {
 			return apiError(rpc.CodeInvalid, "VM %s is %s: only a running VM can be forked (start it with 'banger vm start %s')", src.Name, src.State, src.Name)
 		}
+		if len(src.Mounts) > 0 {
+			return apiError(rpc.CodeInvalid, "VM %s has host folders, and QEMU cannot snapshot their virtio-fs devices: it cannot be forked; create a VM with the same --mount flags instead", src.Name)
+		}
 		cp = &rpc.VM{ID: f.newID(), Name: req.Name, Image: src.Image, State: "creating", Hypervisor: hypervisor, IP: f.freeIP(), NAT: src.NAT,
-			VCPUs: src.VCPUs, MemoryMiB: src.MemoryMiB, CreatedAt: time.Now()}
+			Egress: src.Egress, VCPUs: src.VCPUs, MemoryMiB: src.MemoryMiB, WorkSizeBytes: src.WorkSizeBytes, CreatedAt: time.Now()}
 		f.vms[cp.Name] = cp
 		return nil
 	}()
