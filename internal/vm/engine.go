@@ -36,6 +36,14 @@ const (
 	StateSuspending = "suspending"
 )
 
+// hostLive reports whether vm's host side (NAT and egress rules, published
+// ports) is to be in place: its hypervisor runs, booting or running, or is
+// being suspended (a daemon that adopts it then resumes it or ends it, and
+// only the end releases them).
+func hostLive(vm *store.VM) bool {
+	return vm.PID != 0 && (vm.State == StateRunning || vm.State == StateStarting || vm.State == StateSuspending)
+}
+
 // Config is what an Engine is made of. Everything host-integrated comes in
 // through Capabilities, in the order they are prepared.
 type Config struct {
