@@ -531,9 +531,17 @@ func TestDefaultImage(t *testing.T) {
 	e.ssh("dock", "sh", "-c", "'mkdir -p /root/proj /var/tmp/logs && tmux new-session -d -s work -n edit -c /root/proj && tmux new-window -t work -n logs -c /var/tmp/logs && tmux split-window -t work:logs -c /root'")
 	e.must("vm", "stop", "dock")
 	e.must("vm", "start", "dock")
-	out = e.ssh("dock", "tmux", "list-panes", "-a", "-F", "'#{session_name}:#{window_name}:#{pane_current_path}'")
+	// banger-tmux.service restores after readiness (the agent and sshd
+	// boot first), so the sessions may come a little after ssh answers.
 	want := "work:edit:/root/proj\nwork:logs:/var/tmp/logs\nwork:logs:/root"
-	if got := strings.TrimSpace(out); got != want {
+	var got string
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(2 * time.Second) {
+		out, _, _ := e.banger(context.Background(), "vm", "ssh", "dock", "--", "tmux", "list-panes", "-a", "-F", "'#{session_name}:#{window_name}:#{pane_current_path}'")
+		if got = strings.TrimSpace(out); got == want || time.Now().After(deadline) {
+			break
+		}
+	}
+	if got != want {
 		t.Errorf("tmux panes after stop and start:\n%s\nwant:\n%s", got, want)
 	}
 }
