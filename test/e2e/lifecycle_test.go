@@ -420,6 +420,10 @@ func TestDefaultImage(t *testing.T) {
 	e := newEnv(t)
 	vm := e.create("dock", "--publish", "14096:4096")
 	t.Logf("docker image ready, stages %+v", vm.Stages)
+	// A file put in /tmp as soon as the VM is ready stays there: the boot's
+	// emptying of /tmp is over by then (checked below, once
+	// systemd-tmpfiles-setup, which runs after readiness, is done).
+	e.ssh("dock", "sh", "-c", "'echo early > /tmp/banger-e2e-early'")
 
 	// dockerd starts after readiness: wait for it (bounded), then run a
 	// container. The image's static agent binary, imported as a one-file
@@ -512,6 +516,9 @@ func TestDefaultImage(t *testing.T) {
 		if began := monotonic(u, "InactiveExitTimestampMonotonic"); began < agentUp {
 			t.Errorf("%s began starting at %d µs, before the agent was up at %d µs", u, began, agentUp)
 		}
+	}
+	if out := strings.TrimSpace(e.ssh("dock", "sh", "-c", "'timeout 120 sh -c \"until systemctl is-active -q systemd-tmpfiles-setup.service; do sleep 1; done\"; cat /tmp/banger-e2e-early'")); out != "early" {
+		t.Errorf("a file written to /tmp at readiness reads %q after systemd-tmpfiles-setup ran, want it kept", out)
 	}
 
 	// The same server through the published port, with and without its

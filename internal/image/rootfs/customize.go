@@ -85,6 +85,31 @@ ExecStart=/bin/mount -t ext4 -o defaults /dev/vdb /root
 WantedBy=multi-user.target
 `
 
+// tmpUnit empties /tmp at boot before sshd starts, which Debian leaves to
+// systemd-tmpfiles-setup ("D /tmp"). That unit runs after readiness here
+// (afterAgent), so it would empty /tmp under a user who is logged in, and
+// delete the tmux sessions' sockets; tmpConf keeps it from touching /tmp.
+const tmpUnit = `[Unit]
+Description=banger: empty /tmp at boot, before anyone can log in
+DefaultDependencies=no
+Before=ssh.service banger-agent.service banger-tmux.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=-/usr/bin/find /tmp -mindepth 1 -xdev -delete
+
+[Install]
+WantedBy=multi-user.target
+`
+
+// tmpConf replaces Debian's tmpfiles.d/tmp.conf: /tmp is made, not emptied
+// (tmpUnit empties it, earlier).
+const tmpConf = `# Written by banger: banger-tmp.service empties /tmp at boot, before sshd
+# starts; systemd-tmpfiles-setup runs after readiness and must not.
+d /tmp 1777 root root -
+`
+
 // agentUnit starts once sshd is ready (ssh.service is Type=notify), so an
 // agent that answers has the host keys and sshd accepts connections.
 const agentUnit = `[Unit]
@@ -354,6 +379,8 @@ func imageFiles(kind Kind) []imageFile {
 	files = append(files,
 		imageFile{"etc/systemd/system/banger-net.service", netUnit, 0o644},
 		imageFile{"etc/systemd/system/banger-root.service", rootUnit, 0o644},
+		imageFile{"etc/systemd/system/banger-tmp.service", tmpUnit, 0o644},
+		imageFile{"etc/tmpfiles.d/tmp.conf", tmpConf, 0o644},
 		imageFile{"etc/systemd/system/banger-agent.service", agentUnit, 0o644},
 		imageFile{"etc/systemd/system/ssh.service.d/banger.conf", sshDropIn, 0o644},
 		imageFile{"etc/systemd/system/opencode-server.service", opencodeUnit, 0o644},
@@ -380,6 +407,7 @@ func imageLinks(kind Kind) [][2]string {
 			{"etc/systemd/system/default.target", "/lib/systemd/system/multi-user.target"},
 			{wants + "banger-net.service", "/etc/systemd/system/banger-net.service"},
 			{wants + "banger-root.service", "/etc/systemd/system/banger-root.service"},
+			{wants + "banger-tmp.service", "/etc/systemd/system/banger-tmp.service"},
 			{wants + "banger-agent.service", "/etc/systemd/system/banger-agent.service"},
 			{wants + "ssh.service", "/lib/systemd/system/ssh.service"},
 			{wants + "docker.service", "/lib/systemd/system/docker.service"},

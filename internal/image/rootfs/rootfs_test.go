@@ -171,6 +171,10 @@ func TestBuildImages(t *testing.T) {
 					{"stat /etc/systemd/system/multi-user.target.wants/banger-root.service", "Fast link dest: \"/etc/systemd/system/banger-root.service\""},
 					{"cat /etc/systemd/system/banger-root.service", "ExecStart=/bin/mount -t ext4 -o defaults /dev/vdb /root"},
 					{"cat /etc/systemd/system/banger-agent.service", "After=banger-net.service banger-root.service ssh.service"},
+					// /tmp is emptied before sshd starts, never after readiness.
+					{"stat /etc/systemd/system/multi-user.target.wants/banger-tmp.service", "Fast link dest: \"/etc/systemd/system/banger-tmp.service\""},
+					{"cat /etc/systemd/system/banger-tmp.service", "Before=ssh.service"},
+					{"cat /etc/tmpfiles.d/tmp.conf", "d /tmp 1777 root root -"},
 					// Early boot and every ordinary service wait for the agent.
 					{"cat /etc/systemd/system/sysinit.target.d/banger.conf", "After=banger-agent.service"},
 					{"cat /etc/systemd/system/systemd-udev-trigger.service.d/banger.conf", "After=banger-agent.service"},
