@@ -107,8 +107,10 @@ fuzz:
 	@GO='$(GO)' FUZZTIME='$(FUZZTIME)' FUZZ_PARALLEL='$(FUZZ_PARALLEL)' FUZZ='$(FUZZ)' \
 		scripts/fuzz.sh $(FUZZ_TARGETS)
 
-# Creates BENCH_N VMs to first SSH and prints medians and p90s per stage,
-# beside the same image booted by the bare hypervisor.
+# For the minimal and the docker image (BANGER_BENCH_IMAGES), BENCH_N times
+# each: bare hypervisor boot, cold create, warm create, fork, suspend,
+# resume and 4 warm creates in parallel, to first SSH; prints medians, p90s,
+# the per-stage split and the warm/cold, resume/cold and disk ratios.
 bench-create: runtime-bundle
 	BANGER_VM_TESTS=1 BANGER_RUNTIME=$(abspath $(RUNTIME)) BANGER_BIN=$(abspath $(BIN)) BANGER_BENCH_N=$(BENCH_N) \
 		$(GO) test -count=1 -timeout 60m -run '^TestBenchCreate$$' -v ./test/e2e

@@ -13,12 +13,31 @@ import (
 	"unicode"
 )
 
-// Health is the guest's answer to a health request.
+// Health is the guest's answer to a health or identity request.
 type Health struct {
 	OK          bool     `json:"ok"`
 	Hostname    string   `json:"hostname"`
 	UptimeMS    int64    `json:"uptime_ms"`
 	SSHHostKeys []string `json:"ssh_host_keys"`
+	// Ops are the operations the agent answers; an agent older than the
+	// list answers none.
+	Ops       []string `json:"ops,omitempty"`
+	MachineID string   `json:"machine_id,omitempty"`
+	// Settled and SSHListening are set by HealthDetail.
+	Settled      bool `json:"settled,omitempty"`
+	SSHListening bool `json:"ssh_listening,omitempty"`
+	// Applied is what an identity request changed.
+	Applied []string `json:"applied,omitempty"`
+}
+
+// Answers reports whether the agent answers op.
+func (h *Health) Answers(op string) bool {
+	for _, o := range h.Ops {
+		if o == op {
+			return true
+		}
+	}
+	return false
 }
 
 // Client talks to a guest agent. Every call dials a fresh stream.
@@ -32,7 +51,26 @@ var nextID atomic.Uint64
 
 // Health asks the guest for its hostname, uptime and SSH host keys.
 func (c *Client) Health(ctx context.Context) (*Health, error) {
-	resp, err := c.call(ctx, OpHealth)
+	return c.health(ctx, Request{Op: OpHealth})
+}
+
+// HealthDetail is Health with the boot's progress: whether the guest's
+// init has settled and sshd listens.
+func (c *Client) HealthDetail(ctx context.Context) (*Health, error) {
+	return c.health(ctx, Request{Op: OpHealth, Detail: true})
+}
+
+// Identity makes the guest the machine id describes and returns its health
+// after the change (its new host keys among it).
+func (c *Client) Identity(ctx context.Context, id Identity) (*Health, error) {
+	if err := id.Validate(); err != nil {
+		return nil, fmt.Errorf("agent %s: %w", OpIdentity, err)
+	}
+	return c.health(ctx, Request{Op: OpIdentity, Identity: &id})
+}
+
+func (c *Client) health(ctx context.Context, req Request) (*Health, error) {
+	resp, err := c.call(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -40,28 +78,25 @@ func (c *Client) Health(ctx context.Context) (*Health, error) {
 	if keys == nil {
 		keys = []string{}
 	}
-	return &Health{OK: resp.OK, Hostname: resp.Hostname, UptimeMS: resp.UptimeMS, SSHHostKeys: keys}, nil
+	return &Health{OK: resp.OK, Hostname: resp.Hostname, UptimeMS: resp.UptimeMS, SSHHostKeys: keys,
+		Ops: resp.Ops, MachineID: resp.MachineID, Settled: resp.Settled, SSHListening: resp.SSHListening, Applied: resp.Applied}, nil
 }
 
 // Shutdown asks the guest to sync and reboot, which ends the VM. It returns
 // once the guest has acknowledged; the caller waits for the process to exit.
 func (c *Client) Shutdown(ctx context.Context) error {
-	_, err := c.call(ctx, OpShutdown)
+	_, err := c.call(ctx, Request{Op: OpShutdown})
 	return err
 }
 
 // Mount asks the guest to mount host folders, and returns once they are
 // mounted (or were already).
 func (c *Client) Mount(ctx context.Context, ms []Mount) error {
-	_, err := c.do(ctx, Request{Op: OpMount, Mounts: ms})
+	_, err := c.call(ctx, Request{Op: OpMount, Mounts: ms})
 	return err
 }
 
-func (c *Client) call(ctx context.Context, op string) (*Response, error) {
-	return c.do(ctx, Request{Op: op})
-}
-
-func (c *Client) do(ctx context.Context, req Request) (*Response, error) {
+func (c *Client) call(ctx context.Context, req Request) (*Response, error) {
 	op := req.Op
 	if c.Dial == nil {
 		return nil, fmt.Errorf("agent %s: client has no Dial function", op)

@@ -378,6 +378,7 @@ func TestHelpHasExamples(t *testing.T) {
 	for _, args := range [][]string{
 		{"--help"}, {"vm", "--help"}, {"vm", "create", "--help"}, {"vm", "ssh", "--help"},
 		{"vm", "stop", "-h"}, {"daemon", "stop", "--help"}, {"help", "vm", "list"}, {"vm"}, {"ui", "--help"},
+		{"vm", "suspend", "--help"}, {"vm", "resume", "--help"}, {"vm", "fork", "--help"}, {"image", "warm", "--help"},
 	} {
 		r := run(t, args...)
 		if r.code != 0 || !strings.Contains(r.stdout, "Examples:") {
@@ -456,6 +457,9 @@ func TestCompletion(t *testing.T) {
 		{[]string{"vm", "stop", ""}, []string{"web", "worker"}},
 		{[]string{"vm", "stop", "web", "w"}, []string{"worker"}},
 		{[]string{"vm", "start", ""}, []string{"db"}},
+		{[]string{"vm", "suspend", ""}, []string{"web", "worker"}},
+		{[]string{"vm", "fork", ""}, []string{"web", "worker"}},
+		{[]string{"vm", "fork", "web", ""}, nil},
 		{[]string{"vm", "show", "d"}, []string{"db"}},
 		{[]string{"vm", "show", "db", ""}, nil},
 	} {

@@ -23,7 +23,7 @@ func (a *app) newImageCmd() *cobra.Command {
 		Args:    subcommandArgs,
 		RunE:    showHelp,
 	}
-	cmd.AddCommand(a.newImageListCmd(), a.newImageBuildCmd(), a.newImageRegisterCmd(), a.newImageDeleteCmd())
+	cmd.AddCommand(a.newImageListCmd(), a.newImageBuildCmd(), a.newImageRegisterCmd(), a.newImageWarmCmd(), a.newImageDeleteCmd())
 	return cmd
 }
 
@@ -137,6 +137,50 @@ boot and never changes them.`,
 	return cmd
 }
 
+func (a *app) newImageWarmCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "warm NAME",
+		Short: "Snapshot an image's VM so that creates restore it instead of booting",
+		Long: `Boot a VM of the image with the default vCPUs, memory and disk size, wait
+until it is ready and its boot has settled, and snapshot it: later creates
+with those sizes restore the snapshot (a warm create, under a second where a
+cold boot takes many) and the guest agent gives each new VM its own identity.
+
+bangerd does this by itself in the background after the first cold create of
+an image (config warm_after_create), and again when the snapshot no longer
+fits: after a rebuild of the bundle, the kernel or the image, a hypervisor
+upgrade, or a change of the default sizes. 'banger image list' shows each
+image's state (WARM: ready, building, stale, none). A snapshot that fits is
+kept, and this command then only says so.
+
+The snapshot lives under banger's data directory (templates/NAME): its disks
+cost what the boot wrote, its memory what the guest used of its RAM. It is
+removed with the image.`,
+		Example: `  banger image warm docker
+  banger image list`,
+		Args:              cobra.ExactArgs(1),
+		ValidArgsFunction: a.completeImageNames,
+		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, args []string) error {
+			start := time.Now()
+			p := newProgress(a.stderr, isTerminal(a.stderr))
+			img, err := c.WarmImage(ctx, args[0], p.Event)
+			if err != nil {
+				p.Close(failed)
+				return fmt.Errorf("warming image %s: %w", args[0], err)
+			}
+			p.Close(succeeded)
+			if asJSON {
+				return printJSON(a.stdout, img)
+			}
+			fmt.Fprintf(a.stdout, "image %s is warm (%s): creates with the default sizes restore its snapshot\n", img.Name, units.Duration(time.Since(start)))
+			return nil
+		}),
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the image as JSON")
+	return cmd
+}
+
 func (a *app) newImageDeleteCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:               "delete NAME",
@@ -188,15 +232,25 @@ func (a *app) newImageListCmd() *cobra.Command {
 				return nil
 			}
 			tw := newTable(a.stdout)
-			fmt.Fprintln(tw, "NAME\tDEFAULT\tSIZE\tKERNEL\tROOTFS")
+			fmt.Fprintln(tw, "NAME\tDEFAULT\tSIZE\tKERNEL\tWARM\tROOTFS")
+			var stale []string
 			for _, img := range imgs {
 				def := ""
 				if img.Default {
 					def = "*"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Name, def, units.Bytes(img.Size), kernelOf(img), orDash(img.Rootfs))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", img.Name, def, units.Bytes(img.Size), kernelOf(img), orDash(img.Warm), orDash(img.Rootfs))
+				if img.WarmReason != "" {
+					stale = append(stale, fmt.Sprintf("%s: %s", img.Name, img.WarmReason))
+				}
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			for _, s := range stale {
+				fmt.Fprintln(a.stdout, "stale snapshot of "+s)
+			}
+			return nil
 		}),
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the images as a JSON array")

@@ -31,7 +31,8 @@ func (a *app) newVMCmd() *cobra.Command {
 	}
 	cmd.AddCommand(
 		a.newVMCreateCmd(), a.newVMListCmd(), a.newVMShowCmd(),
-		a.newVMStartCmd(), a.newVMStopCmd(), a.newVMDeleteCmd(), a.newVMSetCmd(),
+		a.newVMStartCmd(), a.newVMStopCmd(), a.newVMSuspendCmd(), a.newVMResumeCmd(), a.newVMForkCmd(),
+		a.newVMDeleteCmd(), a.newVMSetCmd(),
 		a.newVMSSHCmd(), a.newVMCpCmd(), a.newVMLogsCmd(), a.newVMPortCmd(),
 	)
 	return cmd
@@ -72,7 +73,16 @@ you may, and files it makes are yours; other guest users cannot create files.
 GUESTDIR is an absolute path such as /root/src or /srv/data, not a system
 folder (/, /root, /etc, /usr, /proc...). HOSTDIR must exist; it may not be
 / or hold banger's own files (so not your whole home). Host folders need
-QEMU (virtiofsd): with hypervisor = auto such VMs boot on QEMU.`,
+QEMU (virtiofsd): with hypervisor = auto such VMs boot on QEMU.
+
+Warm creates: once an image has a snapshot of its VM taken when it was ready
+(bangerd takes one in the background after the first create of an image, or
+on demand with 'banger image warm'), a create with the default vCPUs, memory,
+disk size and work size restores that snapshot instead of booting, and the guest agent
+gives the new VM its own address, MAC, name, machine-id, SSH host keys and
+opencode password. A snapshot that does not fit (other sizes, a changed
+kernel, image or hypervisor) is never restored: the create boots cold and
+says why. --cold boots cold anyway, and so does a VM with host folders.`,
 		Example: `  # A VM with the default image
   banger vm create testbox
 
@@ -89,7 +99,10 @@ QEMU (virtiofsd): with hypervisor = auto such VMs boot on QEMU.`,
   banger vm create agent1 --egress-allow 'github.com,*.github.com,registry.npmjs.org'
 
   # Work on a checkout from the host, with reference docs read-only
-  banger vm create dev --mount ./myproject:/root/myproject --mount ~/docs:/srv/docs:ro`,
+  banger vm create dev --mount ./myproject:/root/myproject --mount ~/docs:/srv/docs:ro
+
+  # A cold boot even where a snapshot of the image fits
+  banger vm create fresh --cold`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 1 {
 				return usagef(cmd, "vm create takes one NAME, got %d: %s", len(args), strings.Join(args, " "))
@@ -151,6 +164,7 @@ QEMU (virtiofsd): with hypervisor = auto such VMs boot on QEMU.`,
 	eg.add(f, false)
 	f.Var(mountValue{&req.Mounts}, "mount", "share a host folder at a guest folder, :ro for read-only (repeatable), for example ./src:/root/src")
 	f.BoolVar(&req.NoWait, "no-wait", false, "return once the VM boots, without waiting for ssh")
+	f.BoolVar(&req.Cold, "cold", false, "boot the kernel even when a snapshot of the image fits (see below)")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON on stdout")
 	cmd.RegisterFlagCompletionFunc("image", a.completeImages)
 	cmd.RegisterFlagCompletionFunc("memory", cobra.FixedCompletions([]string{"512M", "1G", "2G", "4G", "8G"}, cobra.ShellCompDirectiveNoFileComp))
@@ -285,7 +299,11 @@ func (a *app) printVM(vm *rpc.VM) error {
 	row("hypervisor", orDash(vm.Hypervisor))
 	row("vcpus", fmt.Sprint(vm.VCPUs))
 	row("memory", units.MiB(vm.MemoryMiB))
-	row("disk", units.Bytes(vm.DiskSizeBytes))
+	disk := units.Bytes(vm.DiskSizeBytes)
+	if vm.DiskFormat == "qcow2" {
+		disk += " (copy-on-write overlays)"
+	}
+	row("disk", disk)
 	row("/root disk", units.Bytes(vm.WorkSizeBytes))
 	row("ip", orDash(vm.IP))
 	row("mac", orDash(vm.MAC))
@@ -395,6 +413,106 @@ were. Several VMs stop in parallel; banger exits 1 if any failed.`,
 		}),
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the per-VM results as JSON")
+	return cmd
+}
+
+func (a *app) newVMSuspendCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "suspend NAME...",
+		Short: "Save running VMs' memory to disk and free their RAM",
+		Long: `Suspend running VMs: each guest is paused, its memory and devices are saved
+into the VM's directory, and its hypervisor ends, so the VM takes no RAM or
+CPU. 'banger vm resume' (or 'banger vm start') brings it back as it was:
+its processes, tmux sessions and containers running, its clock set again.
+A suspended VM stays suspended across a bangerd restart; 'banger vm stop'
+discards its saved memory (like pulling the power: the disks stay, and the
+next start boots).
+
+The saved memory takes what the guest uses of its RAM (a few hundred MiB for
+the docker image). Several VMs suspend in parallel; banger exits 1 if any
+failed, and a VM whose suspend failed keeps running.`,
+		Example: `  banger vm suspend testbox
+  banger vm suspend $(banger vm ls --json | jq -r '.[] | select(.state == "running") | .name')`,
+		Args:              nameArgs,
+		ValidArgsFunction: a.completeVMs(0, func(vm rpc.VM) bool { return vm.State == "running" }),
+		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, args []string) error {
+			return a.fanOut(ctx, args, asJSON, fanAction{
+				verb: "suspending",
+				call: c.SuspendVM,
+				ok:   func(r rpc.Result) string { return r.Name + " suspended" },
+			})
+		}),
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the per-VM results as JSON")
+	return cmd
+}
+
+func (a *app) newVMResumeCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "resume NAME...",
+		Short: "Bring suspended VMs back, processes and all",
+		Long: `Resume suspended VMs: each is restored from the memory saved in its
+directory, with everything that ran in it, and is ready when it answers ssh
+again. 'banger vm start' does the same for a suspended VM. A VM whose resume
+fails stays suspended, with its saved memory. Several VMs resume in
+parallel; with one, its stages are shown as they run.`,
+		Example: `  banger vm resume testbox
+  banger vm resume web db`,
+		Args:              nameArgs,
+		ValidArgsFunction: a.completeVMs(0, func(vm rpc.VM) bool { return vm.State == "suspended" }),
+		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, args []string) error {
+			defer a.refreshSSHConfig(ctx, c)
+			names := dedupe(args)
+			if len(names) == 1 && !asJSON {
+				return a.streamVM(ctx, names[0], "resuming", false, false, func(ctx context.Context, fn func(rpc.Event)) (*rpc.VM, error) {
+					return c.ResumeVM(ctx, names[0], fn)
+				})
+			}
+			return a.fanOut(ctx, names, asJSON, fanAction{
+				verb: "resuming",
+				call: func(ctx context.Context, name string) (*rpc.VM, error) { return c.ResumeVM(ctx, name, nil) },
+				ok:   func(r rpc.Result) string { return r.Name + " resumed" },
+			})
+		}),
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the per-VM results as JSON")
+	return cmd
+}
+
+func (a *app) newVMForkCmd() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "fork SRC NEW",
+		Short: "Copy a running VM, processes and all, into a new one",
+		Long: `Fork a running VM: SRC is paused for a moment while its memory, devices and
+disks are copied, then goes on running. The copy, NEW, runs what SRC ran
+(its processes, tmux sessions, containers, files) as a machine of its own:
+its own address, MAC, name, machine-id, SSH host keys and opencode password,
+given by the guest agent before anything reaches it. NEW keeps SRC's image,
+vCPUs, memory, disk size and NAT setting.
+
+The copy's disks cost what SRC wrote to its own (copy-on-write over the same
+image), and its memory is read from a snapshot that is removed once it runs.
+Open network connections of SRC's do not follow into the copy.`,
+		Example: `  banger vm fork testbox testbox-try
+  banger vm fork build1 build2 --json | jq -r .ip`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 2 {
+				return usagef(cmd, "vm fork takes SRC and NEW, got %d argument(s): for example banger vm fork testbox testbox-copy", len(args))
+			}
+			return nil
+		},
+		ValidArgsFunction: a.completeVMs(1, func(vm rpc.VM) bool { return vm.State == "running" }),
+		RunE: a.withClient(func(ctx context.Context, c *rpc.Client, args []string) error {
+			defer a.refreshSSHConfig(ctx, c)
+			return a.streamVM(ctx, args[1], "forking "+args[0]+" into", asJSON, false, func(ctx context.Context, fn func(rpc.Event)) (*rpc.VM, error) {
+				return c.ForkVM(ctx, args[0], args[1], fn)
+			})
+		}),
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the new VM as JSON on stdout")
 	return cmd
 }
 

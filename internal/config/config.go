@@ -72,6 +72,10 @@ type Config struct {
 	// rotates to console.log.1, so a guest flooding its serial console
 	// cannot fill the host's disk.
 	ConsoleLogMax string `toml:"console_log_max"`
+	// WarmAfterCreate snapshots an image's VM in the background after a
+	// cold create of it, so that later creates restore the snapshot (warm
+	// creates); false leaves that to 'banger image warm'.
+	WarmAfterCreate bool `toml:"warm_after_create"`
 	// GuestPrivatePorts are guest TCP ports that other guests on the bridge
 	// cannot reach (the host still can): by default the opencode server's
 	// 4096, which runs commands for whoever talks to it. An empty list
@@ -128,6 +132,7 @@ func DefaultsFor(uid int) Config {
 		ResolvedSplitDNS:    true,
 		TAPPoolSize:         2,
 		ConsoleLogMax:       "8M",
+		WarmAfterCreate:     true,
 		GuestPrivatePorts:   []int{4096},
 		WebListenAddr:       "127.0.0.1:7777",
 		WebAuth:             "owner",

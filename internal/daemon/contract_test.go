@@ -177,6 +177,8 @@ var contract = []struct {
 	{"host folders are kept with the VM and shown; bad ones are refused", []step{
 		{createMounts("mnt", "src:/root/src", "docs:/srv/docs:ro"), "streamed; mnt running mounts=src:/root/src,docs:/srv/docs:ro"},
 		{getMounts("mnt"), "mnt running mounts=src:/root/src,docs:/srv/docs:ro"},
+		{suspend("mnt"), "error 400 invalid"},
+		{fork("mnt", "mnt2"), "error 400 invalid"},
 		{stop("mnt"), "mnt stopped image=docker vcpus=2 mem=1024 nat=false ip=.2"},
 		{start("mnt"), "streamed; mnt running image=docker vcpus=2 mem=1024 nat=false ip=.2"},
 		{getMounts("mnt"), "mnt running mounts=src:/root/src,docs:/srv/docs:ro"},
@@ -191,6 +193,49 @@ var contract = []struct {
 		{list, "list mnt:running"},
 		{del("mnt"), "ok"},
 		{list, "list"},
+	}},
+	{"suspend and resume: the saved VM comes back, a stop discards it", []step{
+		{create("box", "minimal"), "streamed; box running image=minimal vcpus=2 mem=1024 nat=false ip=.2"},
+		{suspend("box"), "box suspended image=minimal vcpus=2 mem=1024 nat=false ip=.2"},
+		{suspend("box"), "box suspended image=minimal vcpus=2 mem=1024 nat=false ip=.2"},
+		{list, "list box:suspended"},
+		{status, "status vms=1 running=0 hypervisor=qemu"},
+		{resume("box"), "streamed; box running image=minimal vcpus=2 mem=1024 nat=false ip=.2"},
+		{resume("box"), "streamed; box running image=minimal vcpus=2 mem=1024 nat=false ip=.2"},
+		{suspend("box"), "box suspended image=minimal vcpus=2 mem=1024 nat=false ip=.2"},
+		{start("box"), "streamed; box running image=minimal vcpus=2 mem=1024 nat=false ip=.2"},
+		{suspend("box"), "box suspended image=minimal vcpus=2 mem=1024 nat=false ip=.2"},
+		{stop("box"), "box stopped image=minimal vcpus=2 mem=1024 nat=false ip=.2"},
+		{suspend("box"), "error 400 invalid"},
+		{resume("box"), "error 500 invalid"},
+		{resume("ghost"), "error 404 not_found"},
+		{suspend("ghost"), "error 404 not_found"},
+		{start("box"), "streamed; box running image=minimal vcpus=2 mem=1024 nat=false ip=.2"},
+		{del("box"), "ok"},
+		{list, "list"},
+	}},
+	{"fork: a copy of a running VM, refused for anything else", []step{
+		{createWith(rpc.CreateRequest{Name: "src", Image: "minimal", VCPUs: 4, MemoryMiB: 512, NAT: true}), "streamed; src running image=minimal vcpus=4 mem=512 nat=true ip=.2"},
+		{fork("src", "copy"), "streamed; copy running image=minimal vcpus=4 mem=512 nat=true ip=.3"},
+		{get("src"), "src running image=minimal vcpus=4 mem=512 nat=true ip=.2"},
+		{fork("src", "copy"), "error 409 exists"},
+		{fork("ghost", "x"), "error 404 not_found"},
+		{fork("src", "Bad"), "error 400 invalid"},
+		{raw("POST", "/v1/vms/src/fork", `{"name":"x","extra":1}`), "400 invalid"},
+		{stop("src"), "src stopped image=minimal vcpus=4 mem=512 nat=true ip=.2"},
+		{fork("src", "again"), "error 400 invalid"},
+		{list, "list copy:running src:stopped"},
+		{del("copy"), "ok"},
+		{del("src"), "ok"},
+	}},
+	{"warm an image on demand", []step{
+		{warm("minimal"), "image minimal warm=ready"},
+		{warmState("minimal"), "warm minimal ready"},
+		{warm("nope"), "error 400 invalid"},
+		{create("w", "minimal"), "streamed; w running image=minimal vcpus=2 mem=1024 nat=false ip=.2"},
+		{createWith(rpc.CreateRequest{Name: "c", Image: "minimal", Cold: true}), "streamed; c running image=minimal vcpus=2 mem=1024 nat=false ip=.3"},
+		{del("w"), "ok"},
+		{del("c"), "ok"},
 	}},
 	{"an image with its own kernel", []step{
 		{registerKernel("own", "vmlinux", "initrd.img", "6.12.68_1"), "image own(-,own 6.12.68_1)"},
@@ -474,6 +519,59 @@ func start(name string) func(context.Context, *subject) string {
 
 func get(name string) func(context.Context, *subject) string {
 	return func(ctx context.Context, s *subject) string { return vmLine(s.c.GetVM(ctx, name)) }
+}
+
+func suspend(name string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string { return vmLine(s.c.SuspendVM(ctx, name)) }
+}
+
+func resume(name string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		var evs []rpc.Event
+		v, err := s.c.ResumeVM(ctx, name, func(ev rpc.Event) { evs = append(evs, ev) })
+		return streamLine(evs, v, err)
+	}
+}
+
+func fork(src, name string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		var evs []rpc.Event
+		v, err := s.c.ForkVM(ctx, src, name, func(ev rpc.Event) { evs = append(evs, ev) })
+		return streamLine(evs, v, err)
+	}
+}
+
+func warm(image string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		img, err := s.c.WarmImage(ctx, image, nil)
+		if err != nil {
+			return errLine(err)
+		}
+		return "image " + img.Name + " warm=" + img.Warm
+	}
+}
+
+// warmState waits out a snapshot being built in the background and gives
+// the image's warm state.
+func warmState(image string) func(context.Context, *subject) string {
+	return func(ctx context.Context, s *subject) string {
+		for {
+			imgs, err := s.c.ListImages(ctx)
+			if err != nil {
+				return errLine(err)
+			}
+			for _, img := range imgs {
+				if img.Name == image && img.Warm != "building" {
+					return "warm " + image + " " + img.Warm
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return "warm " + image + ": " + ctx.Err().Error()
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
 }
 
 func stop(name string) func(context.Context, *subject) string {

@@ -1,13 +1,17 @@
 package disk
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"unicode/utf8"
 
 	"github.com/banger/banger/internal/runner"
 	"github.com/banger/banger/internal/units"
@@ -148,7 +152,7 @@ func GrowOverlay(ctx context.Context, r runner.Runner, path string, size int64) 
 		return fmt.Errorf("growing %s: it is %s, not qcow2 (grow a raw image with Grow)", path, info.Format)
 	}
 	if size < info.VirtualSize {
-		return fmt.Errorf("growing %s: disk size %s is smaller than the image (%s): pick --disk-size %s or more",
+		return fmt.Errorf("growing %s: size %s is smaller than the disk (%s): disks only grow, pick %s or more",
 			path, units.FormatSize(size), units.FormatSize(info.VirtualSize), units.RoundUp(info.VirtualSize))
 	}
 	if size == info.VirtualSize {
@@ -167,4 +171,55 @@ func syncPath(path string) error {
 	}
 	defer f.Close()
 	return f.Sync()
+}
+
+// qcow2 header fields Backing reads (all big-endian).
+const (
+	qcow2Magic        = 0x514649fb // "QFI\xfb"
+	qcow2HeaderSize   = 72         // version 2; version 3 adds fields after it
+	maxBackingNameLen = 1023       // QEMU's own limit
+	maxBackingOffset  = 1 << 16    // the name follows the header, inside its first cluster
+)
+
+// Backing reads the base a qcow2 file at path is an overlay over, from its
+// header, without running qemu-img: "" when it has none. A file that is not
+// qcow2 is an error. Only qemu-img writes these headers (a guest writes
+// data clusters, never the header), so this is banger's own record of
+// which base a VM's disk needs.
+func Backing(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("reading the base of %s: %w", path, err)
+	}
+	defer f.Close()
+	hdr := make([]byte, qcow2HeaderSize)
+	if _, err := io.ReadFull(f, hdr); err != nil {
+		return "", fmt.Errorf("reading the base of %s: %w", path, err)
+	}
+	return parseBacking(hdr, f, path)
+}
+
+func parseBacking(hdr []byte, r io.ReaderAt, path string) (string, error) {
+	if binary.BigEndian.Uint32(hdr[0:4]) != qcow2Magic {
+		return "", fmt.Errorf("reading the base of %s: it is not a qcow2 file", path)
+	}
+	if v := binary.BigEndian.Uint32(hdr[4:8]); v != 2 && v != 3 {
+		return "", fmt.Errorf("reading the base of %s: qcow2 version %d", path, v)
+	}
+	off := binary.BigEndian.Uint64(hdr[8:16])
+	n := binary.BigEndian.Uint32(hdr[16:20])
+	if off == 0 || n == 0 {
+		return "", nil
+	}
+	if off < qcow2HeaderSize || off > maxBackingOffset || n > maxBackingNameLen {
+		return "", fmt.Errorf("reading the base of %s: a backing file name of %d bytes at %d is not qemu-img's", path, n, off)
+	}
+	name := make([]byte, n)
+	if _, err := r.ReadAt(name, int64(off)); err != nil {
+		return "", fmt.Errorf("reading the base of %s: %w", path, err)
+	}
+	if bytes.IndexByte(name, 0) >= 0 || !utf8.Valid(name) {
+		return "", fmt.Errorf("reading the base of %s: the backing file name is not a path", path)
+	}
+	return string(name), nil
 }

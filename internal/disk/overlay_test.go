@@ -112,7 +112,7 @@ func TestOverlayRefuses(t *testing.T) {
 		{"smaller than the base", Overlay(ctx, r, base, FormatRaw, filepath.Join(dir, "small.qcow2"), 1<<20), "smaller than the image (64M): pick --disk-size 64M"},
 		{"unknown base format", Overlay(ctx, r, base, "vmdk", filepath.Join(dir, "x.qcow2"), 0), `base format "vmdk"`},
 		{"missing base", Overlay(ctx, r, filepath.Join(dir, "nope"), FormatRaw, filepath.Join(dir, "y.qcow2"), 0), "no such file"},
-		{"shrink", GrowOverlay(ctx, r, ov, 1<<20), "smaller than the image"},
+		{"shrink", GrowOverlay(ctx, r, ov, 1<<20), "smaller than the disk (64M): disks only grow"},
 		{"grow a raw file", GrowOverlay(ctx, r, base, 1<<30), "it is raw, not qcow2"},
 	}
 	for _, tt := range tests {
@@ -125,5 +125,75 @@ func TestOverlayRefuses(t *testing.T) {
 	hidden, _ := filepath.Glob(filepath.Join(dir, ".*"))
 	if len(names) != 2 || len(hidden) != 0 {
 		t.Errorf("files after the refusals = %q %q, want only base.raw and vm.qcow2", names, hidden)
+	}
+}
+
+func TestBacking(t *testing.T) {
+	needQemuImg(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.raw")
+	makeSparse(t, base)
+	ov := filepath.Join(dir, "vm.qcow2")
+	if err := Overlay(ctx, runner.Default, base, FormatRaw, ov, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Backing(ov); err != nil || got != base {
+		t.Errorf("Backing(overlay) = %q, %v; want %q", got, err, base)
+	}
+	alone := filepath.Join(dir, "alone.qcow2")
+	if b, err := vmtest.Command(QemuImg, "create", "-q", "-f", "qcow2", alone, "1M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v: %s", err, b)
+	}
+	if got, err := Backing(alone); err != nil || got != "" {
+		t.Errorf("Backing(qcow2 without a base) = %q, %v; want none", got, err)
+	}
+	if _, err := Backing(base); err == nil || !strings.Contains(err.Error(), "not a qcow2 file") {
+		t.Errorf("Backing(raw) = %v, want not a qcow2 file", err)
+	}
+}
+
+func TestParseBacking(t *testing.T) {
+	header := func(version uint32, off uint64, n uint32, name string) ([]byte, *bytes.Reader) {
+		b := make([]byte, 512)
+		copy(b, "QFI\xfb")
+		b[7] = byte(version)
+		for i := range 8 {
+			b[8+i] = byte(off >> (56 - 8*i))
+		}
+		for i := range 4 {
+			b[16+i] = byte(n >> (24 - 8*i))
+		}
+		copy(b[off:], name)
+		return b[:qcow2HeaderSize], bytes.NewReader(b)
+	}
+	for _, tt := range []struct {
+		name    string
+		version uint32
+		off     uint64
+		n       uint32
+		file    string
+		want    string
+		wantErr string
+	}{
+		{"v3 with a base", 3, 104, 9, "/base.raw", "/base.raw", ""},
+		{"v2 with a base", 2, 72, 9, "/base.raw", "/base.raw", ""},
+		{"no base", 3, 0, 0, "", "", ""},
+		{"version 4", 4, 104, 9, "/base.raw", "", "version 4"},
+		{"name inside the header", 3, 8, 9, "/base.raw", "", "not qemu-img's"},
+		{"too long", 3, 104, 2000, "/base.raw", "", "not qemu-img's"},
+		{"a NUL inside", 3, 104, 9, "/ba\x00e.raw", "", "not a path"},
+	} {
+		hdr, r := header(tt.version, tt.off, tt.n, tt.file)
+		got, err := parseBacking(hdr, r, "x.qcow2")
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("parseBacking(%s) = %q, %v; want an error with %q", tt.name, got, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("parseBacking(%s) = %q, %v; want %q", tt.name, got, err, tt.want)
+		}
 	}
 }

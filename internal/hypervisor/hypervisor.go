@@ -92,6 +92,28 @@ func (f DiskFormat) Valid() bool {
 	return f == "" || f == DiskRaw || f == DiskQcow2
 }
 
+// FormatTaker is implemented by backends that open disk files of formats
+// other than raw.
+type FormatTaker interface {
+	TakesFormat(f DiskFormat) bool
+}
+
+// TakesFormat reports whether be opens disk files of format f: every
+// backend takes raw files, a FormatTaker says which others.
+func TakesFormat(be Backend, f DiskFormat) bool {
+	if f == "" || f == DiskRaw {
+		return true
+	}
+	ft, ok := be.(FormatTaker)
+	return ok && ft.TakesFormat(f)
+}
+
+// MemoryFiler is implemented by backends that can keep a guest's RAM in
+// Spec.MemoryFile.
+type MemoryFiler interface {
+	TakesMemoryFile() bool
+}
+
 // NIC is one virtio network device backed by a host TAP.
 type NIC struct {
 	ID  string

@@ -262,6 +262,22 @@ func (m *Manager) CreateTAP(ctx context.Context, name string, uid, gid int) erro
 	return nil
 }
 
+// SetTAPUp brings a TAP device's link up or down. A TAP that is down
+// carries no frame either way, while the hypervisor keeps it open.
+func (m *Manager) SetTAPUp(ctx context.Context, name string, up bool) error {
+	if err := validIfName(name); err != nil {
+		return fmt.Errorf("setting tap %s: %w", name, err)
+	}
+	state := "down"
+	if up {
+		state = "up"
+	}
+	if _, err := m.runner().RunPrivileged(ctx, "ip", "link", "set", "dev", name, state); err != nil {
+		return fmt.Errorf("setting tap %s %s: %w", name, state, err)
+	}
+	return nil
+}
+
 // DeleteTAP removes a TAP device; one that is already gone is not an error.
 func (m *Manager) DeleteTAP(ctx context.Context, name string) error {
 	return m.deleteLink(ctx, "tap", name)

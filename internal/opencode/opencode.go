@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/image/ext4"
 	"github.com/banger/banger/internal/runner"
 )
@@ -23,7 +24,7 @@ const User = "opencode"
 // EnvFile is the file, in a VM's root disk, that bangerd writes with the
 // VM's OPENCODE_SERVER_PASSWORD. An image's service reads it and does not
 // start without it, so a server never runs open by mistake.
-const EnvFile = "/etc/banger/opencode.env"
+const EnvFile = agent.OpencodeEnvFile
 
 // Where images start the server: a systemd unit (Debian) or a runit
 // service (Void). Either one takes a per-VM password when it names EnvFile.
@@ -60,9 +61,7 @@ func NewPassword() (string, error) {
 }
 
 // Env is the content of EnvFile for password pw.
-func Env(pw string) []byte {
-	return []byte("# Written by bangerd: the opencode server's basic-auth password (user " + User + ").\nOPENCODE_SERVER_PASSWORD=" + pw + "\n")
-}
+func Env(pw string) []byte { return agent.OpencodeEnv(pw) }
 
 // Install gives the VM whose root disk is root and whose directory is dir
 // its own password: written into the disk's EnvFile (debugfs, no mount)
@@ -71,6 +70,13 @@ func Install(ctx context.Context, r runner.Runner, root, dir, pw string) error {
 	if err := ext4.PutFile(ctx, r, root, EnvFile, Env(pw), 0o600); err != nil {
 		return err
 	}
+	return Keep(dir, pw)
+}
+
+// Keep records pw as the password of the VM whose directory is dir, for a
+// guest that gets it from its agent (a disk bangerd cannot write into: a
+// qcow2 overlay, or the copy of a running guest's).
+func Keep(dir, pw string) error {
 	return os.WriteFile(filepath.Join(dir, PasswordFile), []byte(pw+"\n"), 0o600)
 }
 

@@ -170,6 +170,35 @@ func (c *Client) StartVM(ctx context.Context, name string, fn func(Event)) (*VM,
 	return c.stream(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/start", nil, fn)
 }
 
+// SuspendVM saves a running VM's memory and devices to its directory and
+// ends its hypervisor.
+func (c *Client) SuspendVM(ctx context.Context, name string) (*VM, error) {
+	var vm VM
+	return &vm, c.call(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/suspend", nil, &vm)
+}
+
+// ResumeVM restores a suspended VM and streams progress to fn until it is
+// ready.
+func (c *Client) ResumeVM(ctx context.Context, name string, fn func(Event)) (*VM, error) {
+	return c.stream(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/resume", nil, fn)
+}
+
+// ForkVM copies running VM src into a new VM named name and streams
+// progress to fn until the copy is ready.
+func (c *Client) ForkVM(ctx context.Context, src, name string, fn func(Event)) (*VM, error) {
+	return c.stream(ctx, "POST", "/v1/vms/"+url.PathEscape(src)+"/fork", ForkRequest{Name: name}, fn)
+}
+
+// WarmImage snapshots an image's VM for warm creates, unless a snapshot
+// that fits exists, streaming progress to fn.
+func (c *Client) WarmImage(ctx context.Context, name string, fn func(Event)) (*Image, error) {
+	ev, err := c.streamEvents(ctx, "POST", "/v1/images/"+url.PathEscape(name)+"/warm", nil, fn)
+	if ev == nil {
+		return nil, err
+	}
+	return ev.Image, err
+}
+
 // StopVM stops a VM, keeping its disks.
 func (c *Client) StopVM(ctx context.Context, name string) (*VM, error) {
 	var vm VM

@@ -28,9 +28,13 @@ type VM struct {
 	// fills it, for a running NAT VM with a policy in force.
 	EgressStats *EgressStats `json:"egress_stats,omitempty"`
 	// Mounts are the host folders the VM mounts.
-	Mounts     []Mount `json:"mounts,omitempty"`
-	Dir        string  `json:"dir"`
-	ConsoleLog string  `json:"console_log"`
+	Mounts []Mount `json:"mounts,omitempty"`
+	Dir    string  `json:"dir"`
+	// DiskFormat is the format of the VM's disk files in Dir: "qcow2"
+	// (root.qcow2 and work.qcow2, copy-on-write over banger's read-only
+	// bases) or "raw" (rootfs.ext4 and work.ext4).
+	DiskFormat string `json:"disk_format,omitempty"`
+	ConsoleLog string `json:"console_log"`
 	// OpencodePassword is the basic-auth password (user "opencode") of the
 	// guest's opencode server. bangerd's VM views never carry it, so lists
 	// and the web UI do not show it; 'banger vm show' fills it in from
@@ -119,6 +123,13 @@ type CreateRequest struct {
 	Ports []Port `json:"ports,omitempty"`
 	// NoWait returns as soon as the hypervisor is up.
 	NoWait bool `json:"no_wait,omitempty"`
+	// Cold boots the VM even when a snapshot of its image fits.
+	Cold bool `json:"cold,omitempty"`
+}
+
+// ForkRequest names the copy of POST /v1/vms/{name}/fork.
+type ForkRequest struct {
+	Name string `json:"name"`
 }
 
 // SetRequest is the body of POST /v1/vms/{name}/set: nil fields are left
@@ -225,6 +236,12 @@ type Image struct {
 	Default  bool   `json:"default"`
 	Managed  bool   `json:"managed"`
 	Size     int64  `json:"size_bytes"`
+	// Warm says whether creates with the default sizes restore a snapshot
+	// of the image: "ready", "building", "stale" (WarmReason says why it no
+	// longer fits) or "none".
+	Warm       string     `json:"warm"`
+	WarmReason string     `json:"warm_reason,omitempty"`
+	WarmSince  *time.Time `json:"warm_since,omitempty"`
 	// Kernel and Initrd are the image's own kernel and initramfs; empty
 	// when its VMs boot the bundle's. Modules is its modules dir.
 	Kernel  string `json:"kernel,omitempty"`

@@ -66,3 +66,12 @@ func (s *Store) queryStages(ctx context.Context, query string, args ...any) ([]S
 	}
 	return stages, rows.Err()
 }
+
+// ClearStages forgets the recorded stages of VM vmID, before the stages of
+// its next boot are recorded.
+func (s *Store) ClearStages(ctx context.Context, vmID string) error {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM vm_stages WHERE vm_id = ?`, vmID); err != nil {
+		return fmt.Errorf("clearing stages of vm %s: %w", vmID, err)
+	}
+	return nil
+}

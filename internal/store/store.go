@@ -105,6 +105,10 @@ var migrations = []string{
 		read_only INTEGER NOT NULL DEFAULT 0,
 		PRIMARY KEY (vm_id, idx)
 	);`,
+	// 7: the format of a VM's disk files: raw clones, or qcow2 overlays over
+	// banger's read-only bases. Never guessed from the files: a guest
+	// controls a raw disk's bytes.
+	`ALTER TABLE vms ADD COLUMN disk_format TEXT NOT NULL DEFAULT 'raw';`,
 }
 
 // Store is an open state database. It is safe for concurrent use.

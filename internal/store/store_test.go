@@ -112,15 +112,18 @@ func TestVMCRUD(t *testing.T) {
 		t.Errorf("GetVM(nope) = %v, want ErrNotFound", err)
 	}
 
-	vm.State, vm.PID, vm.Error = StateRunning, 1234, ""
+	if vm.DiskFormat != "raw" {
+		t.Errorf("CreateVM without a disk format recorded %q, want raw", vm.DiskFormat)
+	}
+	vm.State, vm.PID, vm.Error, vm.DiskFormat = StateSuspended, 1234, "", "qcow2"
 	time.Sleep(time.Millisecond)
 	before := vm.UpdatedAt
 	if err := s.UpdateVM(ctx, vm); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := s.GetVM(ctx, vm.ID)
-	if got.State != StateRunning || got.PID != 1234 || !got.UpdatedAt.After(before) {
-		t.Errorf("after UpdateVM: state %q pid %d updated %v, want running 1234 after %v", got.State, got.PID, got.UpdatedAt, before)
+	if got.State != StateSuspended || got.PID != 1234 || got.DiskFormat != "qcow2" || !got.UpdatedAt.After(before) {
+		t.Errorf("after UpdateVM: state %q pid %d format %q updated %v, want suspended 1234 qcow2 after %v", got.State, got.PID, got.DiskFormat, got.UpdatedAt, before)
 	}
 	if err := s.UpdateVM(ctx, &VM{ID: "missing", Name: "m"}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("UpdateVM(missing) = %v, want ErrNotFound", err)
@@ -400,6 +403,13 @@ func TestStages(t *testing.T) {
 	if err := s.RecordStage(ctx, "ghost", "x", time.Second); err == nil {
 		t.Error("RecordStage(unknown vm) = nil, want a foreign key error")
 	}
+	if err := s.ClearStages(ctx, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.StageDurations(ctx, b.ID); len(got) != 0 {
+		t.Errorf("StageDurations(b) after ClearStages = %+v, want none", got)
+	}
+	s.RecordStage(ctx, b.ID, "clone", 20*time.Millisecond)
 	if err := s.DeleteVM(ctx, a.ID); err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,9 @@ const (
 	StateRunning  = "running"
 	StateStopped  = "stopped"
 	StateError    = "error"
+	// StateSuspended: the guest's memory and devices are saved in its
+	// directory and no hypervisor runs.
+	StateSuspended = "suspended"
 )
 
 // VM is one microVM's persisted state.
@@ -44,9 +47,11 @@ type VM struct {
 	Kernel, Initrd string
 	Dir            string // data dir holding the VM's disks
 	RuntimeDir     string
-	Error          string
-	CreatedAt      time.Time
-	UpdatedAt      time.Time
+	// DiskFormat is the format of the VM's disk files: "raw" or "qcow2".
+	DiskFormat string
+	Error      string
+	CreatedAt  time.Time
+	UpdatedAt  time.Time
 	// Ports are the ports the VM publishes on the host, in the order they
 	// were added. UpdateVM leaves them alone: SetVMPorts changes them.
 	Ports []Port
@@ -77,7 +82,7 @@ const MinCID = 3
 
 const vmColumns = `id, name, image, state, hypervisor, vcpus, memory_mib, disk_size_bytes,
 	ip, mac, tap, pid, cid, nat, dir, runtime_dir, error, created_at, updated_at, egress, kernel, initrd,
-	work_size_bytes`
+	work_size_bytes, disk_format`
 
 type querier interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
@@ -137,16 +142,17 @@ func prepareVM(vm *VM) error {
 	if vm.State == "" {
 		vm.State = StateCreating
 	}
+	vm.DiskFormat = diskFormat(vm.DiskFormat)
 	return nil
 }
 
 func insertVM(ctx context.Context, q querier, vm *VM) error {
 	_, err := q.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		vm.ID, vm.Name, vm.Image, vm.State, vm.Hypervisor, vm.VCPUs, vm.MemoryMiB, vm.DiskSizeBytes,
 		nullString(vm.IP), vm.MAC, nullString(vm.TAP), vm.PID, nullCID(vm.CID), vm.NAT,
 		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(vm.CreatedAt), formatTime(vm.UpdatedAt), vm.Egress, vm.Kernel, vm.Initrd,
-		vm.WorkSizeBytes)
+		vm.WorkSizeBytes, diskFormat(vm.DiskFormat))
 	return conflict(err)
 }
 
@@ -307,10 +313,10 @@ func (s *Store) UpdateVM(ctx context.Context, vm *VM) error {
 	updated := time.Now().UTC()
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name = ?, image = ?, state = ?, hypervisor = ?,
 		vcpus = ?, memory_mib = ?, disk_size_bytes = ?, ip = ?, mac = ?, tap = ?, pid = ?, cid = ?,
-		nat = ?, dir = ?, runtime_dir = ?, error = ?, updated_at = ?, egress = ?, work_size_bytes = ? WHERE id = ?`,
+		nat = ?, dir = ?, runtime_dir = ?, error = ?, updated_at = ?, egress = ?, work_size_bytes = ?, disk_format = ? WHERE id = ?`,
 		vm.Name, vm.Image, vm.State, vm.Hypervisor, vm.VCPUs, vm.MemoryMiB, vm.DiskSizeBytes,
 		nullString(vm.IP), vm.MAC, nullString(vm.TAP), vm.PID, nullCID(vm.CID), vm.NAT,
-		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(updated), vm.Egress, vm.WorkSizeBytes, vm.ID)
+		vm.Dir, vm.RuntimeDir, vm.Error, formatTime(updated), vm.Egress, vm.WorkSizeBytes, diskFormat(vm.DiskFormat), vm.ID)
 	if err != nil {
 		return fmt.Errorf("updating vm %s: %w", vm.Name, conflict(err))
 	}
@@ -354,7 +360,7 @@ func (s *Store) queryVMs(ctx context.Context, query string, args ...any) ([]VM, 
 		if err := rows.Scan(&vm.ID, &vm.Name, &vm.Image, &vm.State, &vm.Hypervisor, &vm.VCPUs,
 			&vm.MemoryMiB, &vm.DiskSizeBytes, &ip, &vm.MAC, &tap, &vm.PID, &cid, &vm.NAT,
 			&vm.Dir, &vm.RuntimeDir, &vm.Error, &created, &updated, &vm.Egress, &vm.Kernel, &vm.Initrd,
-			&vm.WorkSizeBytes); err != nil {
+			&vm.WorkSizeBytes, &vm.DiskFormat); err != nil {
 			return nil, err
 		}
 		vm.IP, vm.TAP, vm.CID = ip.String, tap.String, uint32(cid.Int64)
@@ -434,6 +440,14 @@ func (s *Store) loadMounts(ctx context.Context, vms []VM) error {
 		}
 	}
 	return rows.Err()
+}
+
+// diskFormat is how a VM's disk format is stored: raw unless said.
+func diskFormat(f string) string {
+	if f == "" {
+		return "raw"
+	}
+	return f
 }
 
 func nullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }

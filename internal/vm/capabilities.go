@@ -58,7 +58,7 @@ func NewCapabilities(e *Engine, h Host) []Capability {
 		ports.closeAll()
 	})
 	return []Capability{
-		&diskCap{images: h.Images, r: h.Runner},
+		&diskCap{images: h.Images, disks: e.disks},
 		&opencodeCap{r: h.Runner, log: h.Log},
 		&tapCap{net: h.Net, pool: h.Pool, names: h.Names, uid: os.Getuid(), gid: os.Getgid(), refill: refill, log: h.Log.With("capability", "network device")},
 		&dnsCap{gateway: func() netip.Addr { return h.Net.Gateway() }, served: h.DNSServed, upstreams: h.Upstreams},

@@ -23,7 +23,13 @@ type Capability interface {
 	// Prepare runs before every boot: it readies what the hypervisor needs
 	// on the host and adds to the guest's configuration.
 	Prepare(ctx context.Context, vm *store.VM, g *guestconfig.Config) error
-	// Ready runs when the guest agent first answers, before the SSH check.
+	// Restoring runs after Prepare when the hypervisor is to restore
+	// another machine's snapshot (a template, a fork's source): until the
+	// agent gives the guest its own identity, it runs with that machine's
+	// address and MAC.
+	Restoring(ctx context.Context, vm *store.VM) error
+	// Ready runs when the guest agent first answers (after a restore, once
+	// the guest has its own identity), before the SSH check.
 	Ready(ctx context.Context, vm *store.VM, h *agent.Health) error
 	// Release undoes Prepare once the hypervisor has ended (stop, failed
 	// boot, guest poweroff, delete). It must be idempotent.
@@ -47,6 +53,7 @@ type NoCapability struct{}
 
 func (NoCapability) Create(context.Context, *store.VM, *Plan) error                { return nil }
 func (NoCapability) Prepare(context.Context, *store.VM, *guestconfig.Config) error { return nil }
+func (NoCapability) Restoring(context.Context, *store.VM) error                    { return nil }
 func (NoCapability) Ready(context.Context, *store.VM, *agent.Health) error         { return nil }
 func (NoCapability) Release(context.Context, *store.VM) error                      { return nil }
 func (NoCapability) Destroy(context.Context, *store.VM) error                      { return nil }
@@ -71,6 +78,17 @@ func (cs capabilities) prepare(ctx context.Context, vm *store.VM, g *guestconfig
 	for _, c := range cs {
 		if err := c.Prepare(ctx, vm, g); err != nil {
 			return fmt.Errorf("preparing VM %s: %s: %w", vm.Name, c.Name(), err)
+		}
+	}
+	return nil
+}
+
+// restoring runs every Restoring hook in order, stopping at the first
+// failure; the caller then releases everything.
+func (cs capabilities) restoring(ctx context.Context, vm *store.VM) error {
+	for _, c := range cs {
+		if err := c.Restoring(ctx, vm); err != nil {
+			return fmt.Errorf("restoring VM %s: %s: %w", vm.Name, c.Name(), err)
 		}
 	}
 	return nil

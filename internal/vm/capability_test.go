@@ -44,6 +44,7 @@ func (c *recordingCap) Prepare(_ context.Context, _ *store.VM, g *guestconfig.Co
 	g.Network.Hostname += c.name // each sees what the ones before it added
 	return c.hook("prepare")
 }
+func (c *recordingCap) Restoring(context.Context, *store.VM) error            { return c.hook("restoring") }
 func (c *recordingCap) Ready(context.Context, *store.VM, *agent.Health) error { return c.hook("ready") }
 func (c *recordingCap) Release(context.Context, *store.VM) error              { return c.hook("release") }
 func (c *recordingCap) Destroy(context.Context, *store.VM) error              { return c.hook("destroy") }

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"time"
 
+	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/bundle"
 	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/doctor"
@@ -36,6 +38,8 @@ type CreateOptions struct {
 	// 0 means the engine's default.
 	WorkSize int64
 	NAT      bool
+	// Cold boots the VM even when a snapshot of its image fits.
+	Cold bool
 	// Egress is the VM's egress policy; nil is the default. A policy other
 	// than open is for outbound traffic, so it turns NAT on.
 	Egress *egress.Policy
@@ -65,8 +69,21 @@ type Plan struct {
 	backend  hypervisor.Backend
 	diskSize int64
 	mounts   []store.Mount // validated, host folders resolved
-	workSize int64
+	// workSize is the /root disk's size; diskFormat the disks' format.
+	workSize   int64
+	diskFormat string
+	// warm is the template the VM is restored from; nil: it boots cold,
+	// and coldReason says why when a snapshot could not be used.
+	warm       *template
+	coldReason string
+	// fork is the running VM a fork copies (its disks, paused, and its
+	// memory, from a snapshot).
+	fork *store.VM
 }
+
+// Warm reports whether the VM will be restored from its image's snapshot,
+// and otherwise why not ("" when it was not asked or there is none yet).
+func (p *Plan) Warm() (bool, string) { return p.warm != nil, p.coldReason }
 
 // Plan validates a create and resolves its image, bundle and backend.
 func (e *Engine) Plan(ctx context.Context, o CreateOptions) (*Plan, error) {
@@ -140,7 +157,7 @@ func (e *Engine) Plan(ctx context.Context, o CreateOptions) (*Plan, error) {
 	if err != nil {
 		return nil, unavailable(fmt.Errorf("image %s: %w (rebuild the bundle with 'make runtime-bundle')", img.Name, err))
 	}
-	p := &Plan{Options: o, Bundle: b, Image: img, backend: be, diskSize: imgSize, mounts: mounts}
+	p := &Plan{Options: o, Bundle: b, Image: img, backend: be, diskSize: imgSize, mounts: mounts, diskFormat: diskFormatFor(be)}
 	if o.DiskSize != 0 {
 		if o.DiskSize < imgSize {
 			return nil, invalid("disk size %s is smaller than image %s (%s): pick --disk-size %s or more",
@@ -157,6 +174,7 @@ func (e *Engine) Plan(ctx context.Context, o CreateOptions) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	p.warm, p.coldReason = e.pickWarm(ctx, p)
 	return p, nil
 }
 
@@ -226,6 +244,27 @@ func (e *Engine) planWorkSize(img *Image, asked int64) (int64, error) {
 	return asked, nil
 }
 
+// pickWarm returns the template a create restores, or why it boots cold.
+func (e *Engine) pickWarm(ctx context.Context, p *Plan) (*template, string) {
+	if p.Options.Cold {
+		return nil, ""
+	}
+	if _, ok := p.backend.(hypervisor.Restorer); !ok {
+		return nil, ""
+	}
+	t := e.latestTemplate(p.Image.Name)
+	if t != nil && len(p.mounts) > 0 {
+		return nil, "host folders need a fresh boot: the snapshot of image " + p.Image.Name + " has no file-sharing devices"
+	}
+	if t == nil {
+		return nil, ""
+	}
+	if why := e.warmFit(ctx, t, p); why != "" {
+		return nil, why
+	}
+	return t, ""
+}
+
 func newID() string {
 	b := make([]byte, 6)
 	rand.Read(b)
@@ -234,7 +273,10 @@ func newID() string {
 
 // Create makes and boots a planned VM, and waits until it is ready, under
 // the VM's name lock and the engine's lifetime. A VM whose readiness checks
-// fail is kept in the error state with its disks.
+// fail is kept in the error state with its disks. A warm create whose
+// restore fails before its guest ran boots cold instead, and says why.
+// After a cold create of an image whose snapshot is missing or stale, the
+// snapshot is (re)built in the background.
 func (e *Engine) Create(p *Plan, pr Progress) (*store.VM, error) {
 	ctx := e.ctx
 	unlock := e.locks.lock(p.Options.Name)
@@ -244,6 +286,52 @@ func (e *Engine) Create(p *Plan, pr Progress) (*store.VM, error) {
 	}
 
 	st := newStages(pr)
+	if p.warm != nil {
+		if _, err := readTemplate(p.warm.dir); err != nil {
+			p = p.cold(fmt.Sprintf("the snapshot of image %s went away: %v", p.Image.Name, err))
+		}
+	}
+	if p.coldReason != "" {
+		e.say(st, p.Options.Name, "cold boot: "+p.coldReason)
+	}
+	vm, h, err := e.create(ctx, p, st, &unlock)
+	if rf := (*restoreFailed)(nil); errors.As(err, &rf) {
+		p = p.cold(fmt.Sprintf("restoring the snapshot of image %s failed: %v", p.Image.Name, rf.err))
+		e.say(st, p.Options.Name, "cold boot: "+p.coldReason)
+		vm, h, err = e.create(ctx, p, newStages(pr), &unlock)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if e.cfg.WarmAfterCreate && p.warm == nil && !p.Options.Cold && h != nil && h.Answers(agent.OpIdentity) {
+		e.warmLater(p)
+	}
+	return vm, nil
+}
+
+// cold is p booting cold, for reason.
+func (p *Plan) cold(reason string) *Plan {
+	c := *p
+	c.warm, c.coldReason = nil, reason
+	return &c
+}
+
+// say reports a line of a VM's operation to its progress and the log.
+func (e *Engine) say(st *stages, name, msg string) {
+	st.pr.Log(msg)
+	e.log.Info(msg, "vm", name)
+}
+
+// restoreFailed is a warm create whose restore failed before its guest
+// ran: everything of it is undone, and the create may boot cold.
+type restoreFailed struct{ err error }
+
+func (r *restoreFailed) Error() string { return r.err.Error() }
+func (r *restoreFailed) Unwrap() error { return r.err }
+
+// create records, makes and boots one VM of p and waits until it is ready,
+// returning the guest's last health.
+func (e *Engine) create(ctx context.Context, p *Plan, st *stages, unlock *func()) (*store.VM, *agent.Health, error) {
 	id := newID()
 	dataDir, rtDir := e.vmDirs(id)
 	vm := &store.VM{
@@ -262,17 +350,18 @@ func (e *Engine) Create(p *Plan, pr Progress) (*store.VM, error) {
 		Initrd:        p.Image.Initrd,
 		Dir:           dataDir,
 		RuntimeDir:    rtDir,
+		DiskFormat:    p.diskFormat,
 	}
 	if p.Options.Egress != nil {
 		if err := SetPolicy(vm, *p.Options.Egress); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	for _, s := range p.Options.Ports {
 		vm.Ports = append(vm.Ports, portOf(s))
 	}
 	if err := e.record(ctx, vm); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	ip, _ := netip.ParseAddr(vm.IP)
 	vm.MAC = network.MAC(ip)
@@ -292,17 +381,25 @@ func (e *Engine) Create(p *Plan, pr Progress) (*store.VM, error) {
 	}
 	if err != nil {
 		undo()
-		return nil, err
+		return nil, nil, err
 	}
-	inst, err := e.boot(ctx, vm, p.Bundle, p.backend, st)
+	m := bootMode{kind: coldBoot}
+	if p.warm != nil {
+		m = bootMode{kind: restoreNew, snapshot: p.warm.snapshot()}
+	}
+	inst, bs, err := e.boot(ctx, vm, p.Bundle, p.backend, st, m)
 	if err != nil {
 		undo()
-		return nil, err
+		if m.kind != coldBoot {
+			return nil, nil, &restoreFailed{err}
+		}
+		return nil, nil, err
 	}
-	if err := e.finishBoot(ctx, vm, p.Bundle, inst, st, &unlock); err != nil {
-		return nil, err
+	h, err := e.finishBoot(ctx, vm, p.Bundle, inst, st, unlock, bs)
+	if err != nil {
+		return nil, nil, err
 	}
-	return vm, nil
+	return vm, h, nil
 }
 
 // record writes a new VM with its leases. Another VM may have published
@@ -328,14 +425,47 @@ func (e *Engine) record(ctx context.Context, vm *store.VM) error {
 	return nil
 }
 
-// boot brings up vm's network device and hypervisor. On success the
-// hypervisor runs, the VM is recorded as starting with its pid, and its
-// instance is watched; on failure everything of this boot is released.
-func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hypervisor.Backend, st *stages) (hypervisor.Instance, error) {
+// bootKind says how a boot brings up its guest.
+type bootKind int
+
+const (
+	// coldBoot boots the kernel from the VM's disks.
+	coldBoot bootKind = iota
+	// restoreNew restores another machine's snapshot (a template, a fork's
+	// source): the guest then gets this VM's own identity.
+	restoreNew
+	// restoreSame restores the VM's own snapshot (resume): it keeps its
+	// identity, and gets the clock and a reseeded RNG.
+	restoreSame
+)
+
+// bootMode is how one boot brings up its guest: kind, and the snapshot
+// directory of a restore.
+type bootMode struct {
+	kind     bootKind
+	snapshot string
+}
+
+// bootState is what one boot's readiness checks need of it.
+type bootState struct {
+	bootMode
+	guest guestconfig.Config
+}
+
+// identityPending marks, in a VM's directory, a restored guest that still
+// has another machine's identity: a daemon that restarts meanwhile gives
+// it its own before anything else.
+const identityPending = "identity-pending"
+
+// boot brings up vm's network device and hypervisor, booting or restoring
+// as m says. On success the hypervisor runs, the VM is recorded as starting
+// with its pid, and its instance is watched; on failure everything of this
+// boot is released.
+func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hypervisor.Backend, st *stages, m bootMode) (hypervisor.Instance, *bootState, error) {
 	// The capabilities fill in the guest's configuration as they ready the
 	// host for it (TAP device and address, resolver, NAT); the hypervisor
 	// spec is built after them, since they change the VM (its TAP device).
-	g := guestconfig.Config{BaseArgs: b.BootArgs, Root: "/dev/vda"}
+	bs := &bootState{bootMode: m, guest: guestconfig.Config{BaseArgs: b.BootArgs, Root: "/dev/vda"}}
 	release := func() {
 		// The cause is in the error returned; what releasing fails on
 		// (often the same cause) goes to the log, not to the user again.
@@ -345,39 +475,65 @@ func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 	}
 	if err := checkBootFiles(vm); err != nil {
 		release()
-		return nil, err
+		return nil, nil, err
 	}
 	var cmdline string
 	err := st.run("network", func() error {
-		if err := e.caps.prepare(ctx, vm, &g); err != nil {
+		if err := e.caps.prepare(ctx, vm, &bs.guest); err != nil {
 			return err
 		}
+		if m.kind == restoreNew {
+			if err := e.caps.restoring(ctx, vm); err != nil {
+				return err
+			}
+		}
 		var err error
-		cmdline, err = g.Cmdline()
+		cmdline, err = bs.guest.Cmdline()
 		return err
 	})
 	if err != nil {
 		release()
-		return nil, err
+		return nil, nil, err
 	}
 	if err := os.MkdirAll(vm.RuntimeDir, 0o700); err != nil {
 		release()
-		return nil, fmt.Errorf("creating %s: %w", vm.RuntimeDir, err)
+		return nil, nil, fmt.Errorf("creating %s: %w", vm.RuntimeDir, err)
+	}
+	pending := filepath.Join(vm.Dir, identityPending)
+	if m.kind == restoreNew {
+		if err := markPending(vm, bs.guest.Network); err != nil {
+			release()
+			return nil, nil, err
+		}
 	}
 	var inst hypervisor.Instance
-	err = st.run("booting "+be.Name(), func() error {
+	stage := "booting " + be.Name()
+	if m.kind != coldBoot {
+		stage = "restoring " + be.Name()
+	}
+	err = st.run(stage, func() error {
 		sctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
 		spec := e.spec(vm)
 		spec.Kernel, spec.Initrd = bootFiles(vm, b)
 		spec.Cmdline = cmdline
+		if m.kind == coldBoot {
+			var err error
+			inst, err = be.Start(sctx, spec)
+			return err
+		}
+		r, ok := be.(hypervisor.Restorer)
+		if !ok {
+			return fmt.Errorf("the %s backend cannot restore snapshots", be.Name())
+		}
 		var err error
-		inst, err = be.Start(sctx, spec)
+		inst, err = r.Restore(sctx, spec, m.snapshot)
 		return err
 	})
 	if err != nil {
+		os.Remove(pending)
 		release()
-		return nil, err
+		return nil, nil, err
 	}
 	vm.PID = inst.PID()
 	vm.State = StateStarting
@@ -386,27 +542,28 @@ func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 	if err := e.cfg.Store.UpdateVM(ctx, vm); err != nil {
 		// Without its pid on record a restarted daemon could not adopt it.
 		inst.Kill()
+		os.Remove(pending)
 		release()
 		vm.PID = 0
-		return nil, fmt.Errorf("recording the hypervisor of %s: %w", vm.Name, err)
+		return nil, nil, fmt.Errorf("recording the hypervisor of %s: %w", vm.Name, err)
 	}
 	e.track(vm, inst)
 	st.pr.Booted(vm)
-	return inst, nil
+	return inst, bs, nil
 }
 
 // finishBoot runs the readiness checks of a started VM and records the
 // outcome. The VM's name lock (*unlock) is released during the wait and
 // taken again before the outcome is recorded, so a stop or delete of a VM
 // that boots slowly is not stuck behind it: they cancel the wait instead.
-func (e *Engine) finishBoot(ctx context.Context, vm *store.VM, b *bundle.Bundle, inst hypervisor.Instance, st *stages, unlock *func()) error {
+func (e *Engine) finishBoot(ctx context.Context, vm *store.VM, b *bundle.Bundle, inst hypervisor.Instance, st *stages, unlock *func(), bs *bootState) (*agent.Health, error) {
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	e.mu.Lock()
 	e.booting[vm.ID] = cancel
 	e.mu.Unlock()
 	(*unlock)()
-	err := e.waitReady(rctx, vm, b, inst, st)
+	h, err := e.waitReady(rctx, vm, b, inst, st, bs)
 	*unlock = e.locks.lock(vm.Name)
 	e.mu.Lock()
 	delete(e.booting, vm.ID)
@@ -415,23 +572,24 @@ func (e *Engine) finishBoot(ctx context.Context, vm *store.VM, b *bundle.Bundle,
 	if e.ctx.Err() != nil {
 		// bangerd is shutting down: the VM keeps booting, and the next
 		// daemon finishes its readiness checks.
-		return fmt.Errorf("bangerd stopped while %s was booting: %w", vm.Name, e.ctx.Err())
+		return nil, fmt.Errorf("bangerd stopped while %s was booting: %w", vm.Name, e.ctx.Err())
 	}
 	cur, gerr := e.cfg.Store.GetVM(ctx, vm.ID)
 	if gerr != nil || cur.PID != vm.PID || cur.State != StateStarting {
-		return fmt.Errorf("%s was stopped or deleted while it booted", vm.Name)
+		return nil, fmt.Errorf("%s was stopped or deleted while it booted", vm.Name)
 	}
 	if err != nil {
-		return e.failBoot(vm, inst, err)
+		return nil, e.failBoot(vm, inst, err)
 	}
 	vm.State = StateRunning
 	if err := e.cfg.Store.UpdateVM(ctx, vm); err != nil {
-		return err
+		return nil, err
 	}
+	e.cfg.Store.ClearStages(ctx, vm.ID)
 	for _, s := range st.list() {
 		e.cfg.Store.RecordStage(ctx, vm.ID, s.Stage, s.Duration)
 	}
-	return nil
+	return h, nil
 }
 
 // cancelBoot ends the readiness wait of vm, if one runs.

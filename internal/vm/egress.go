@@ -99,7 +99,7 @@ func (c *egressCap) Reconcile(ctx context.Context, vms []store.VM) error {
 	var want []egress.VM
 	for i := range vms {
 		vm := &vms[i]
-		if !vm.NAT || vm.PID == 0 || (vm.State != StateRunning && vm.State != StateStarting) {
+		if !vm.NAT || !hostLive(vm) {
 			continue
 		}
 		p, err := PolicyOf(vm)

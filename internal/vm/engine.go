@@ -28,7 +28,21 @@ const (
 	StateStopping = "stopping"
 	StateStopped  = "stopped"
 	StateError    = "error"
+	// StateSuspended: the guest's memory and devices are saved in the VM's
+	// directory, and no hypervisor runs (suspend); resume restores them.
+	StateSuspended = "suspended"
+	// StateSuspending: a suspend is under way; a daemon that finds a VM in
+	// it finishes or undoes it (Adopt).
+	StateSuspending = "suspending"
 )
+
+// hostLive reports whether vm's host side (NAT and egress rules, published
+// ports) is to be in place: its hypervisor runs, booting or running, or is
+// being suspended (a daemon that adopts it then resumes it or ends it, and
+// only the end releases them).
+func hostLive(vm *store.VM) bool {
+	return vm.PID != 0 && (vm.State == StateRunning || vm.State == StateStarting || vm.State == StateSuspending)
+}
 
 // Config is what an Engine is made of. Everything host-integrated comes in
 // through Capabilities, in the order they are prepared.
@@ -64,6 +78,9 @@ type Config struct {
 	// ConsoleLogMax caps each running VM's console log, rotating it past
 	// that (logfile.Rotate); 0 means 8 MiB.
 	ConsoleLogMax int64
+	// WarmAfterCreate snapshots an image's VM in the background after a
+	// cold create of it whose image has no snapshot that fits.
+	WarmAfterCreate bool
 	// Requirements checks the host tools and sudo an operation needs
 	// (doctor.Require); nil checks nothing.
 	Requirements func(ctx context.Context, ops ...string) error
@@ -90,10 +107,14 @@ type Engine struct {
 	// portsMu serialises the checks and records of published ports across
 	// VMs, whose name locks do not exclude each other.
 	portsMu sync.Mutex
+	tlocks  keyedLocks // template builds, by image name
+	disks   *disks
 
-	mu        sync.Mutex
-	instances map[string]hypervisor.Instance // by VM id
-	booting   map[string]context.CancelFunc  // readiness waits, by VM id
+	mu         sync.Mutex
+	instances  map[string]hypervisor.Instance // by VM id
+	booting    map[string]context.CancelFunc  // readiness waits, by VM id
+	building   map[string]bool                // template builds under way, by image
+	warmFailed map[string]time.Time           // the last failed template build, by image
 }
 
 // New returns an engine; Adopt it to the VMs on record before use.
@@ -121,7 +142,9 @@ func New(cfg Config) *Engine {
 		cfg.Requirements = func(context.Context, ...string) error { return nil }
 	}
 	e := &Engine{cfg: cfg, log: cfg.Log, caps: cfg.Capabilities,
-		instances: map[string]hypervisor.Instance{}, booting: map[string]context.CancelFunc{}}
+		instances: map[string]hypervisor.Instance{}, booting: map[string]context.CancelFunc{},
+		building: map[string]bool{}, warmFailed: map[string]time.Time{},
+		disks: &disks{dataDir: cfg.DataDir, r: cfg.Runner, log: cfg.Log}}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	return e
 }
@@ -298,8 +321,8 @@ func (e *Engine) spec(vm *store.VM) hypervisor.Spec {
 		ConsoleLog: ConsoleLog(vm),
 		AgentCID:   vm.CID,
 		Disks: []hypervisor.Disk{
-			{ID: "root", Path: RootDisk(vm), Root: true},
-			{ID: "work", Path: WorkDisk(vm)},
+			{ID: "root", Path: RootDisk(vm), Root: true, Format: hypervisor.DiskFormat(vm.DiskFormat)},
+			{ID: "work", Path: WorkDisk(vm), Format: hypervisor.DiskFormat(vm.DiskFormat)},
 		},
 		NICs:   []hypervisor.NIC{{ID: "eth0", TAP: vm.TAP, MAC: vm.MAC}},
 		Shares: hypervisorShares(vm),
@@ -317,9 +340,7 @@ func (e *Engine) agentFor(vm *store.VM) (*agent.Client, error) {
 	return &agent.Client{Dial: inst.DialAgent}, nil
 }
 
-// A VM's files in its data directory.
-func RootDisk(vm *store.VM) string   { return filepath.Join(vm.Dir, "rootfs.ext4") }
-func WorkDisk(vm *store.VM) string   { return filepath.Join(vm.Dir, "work.ext4") }
+// ConsoleLog is the file of vm's serial console.
 func ConsoleLog(vm *store.VM) string { return filepath.Join(vm.Dir, "console.log") }
 
 // removeRuntime deletes a VM's runtime directory.

@@ -2,6 +2,7 @@ package vm
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,6 +36,8 @@ import (
 // plays ip, nft and debugfs.
 type testHost struct {
 	consoleMax int64 // engine ConsoleLogMax; 0: the default
+	memoryMiB  int   // engine MemoryMiB; 0: 512
+	autoWarm   bool  // engine WarmAfterCreate
 	maxMemory  int   // engine MaxMemoryMiB; 0: no bound
 	t          *testing.T
 	dir        string
@@ -85,11 +88,12 @@ func (h *testHost) engine() *Engine {
 		DataDir:     filepath.Join(h.dir, "data"),
 		RuntimeDir:  filepath.Join(h.dir, "run"),
 		PrivateDirs: []string{h.dir},
-		VCPUs:       2, MemoryMiB: 512,
-		ReadyTimeout:  5 * time.Second,
-		Dial:          h.fake.Dial,
-		ConsoleLogMax: h.consoleMax,
-		MaxMemoryMiB:  h.maxMemory,
+		VCPUs:       2, MemoryMiB: cmp.Or(h.memoryMiB, 512),
+		ReadyTimeout:    5 * time.Second,
+		Dial:            h.fake.Dial,
+		ConsoleLogMax:   h.consoleMax,
+		WarmAfterCreate: h.autoWarm,
+		MaxMemoryMiB:    h.maxMemory,
 	})
 	e.SetCapabilities(NewCapabilities(e, Host{
 		Runner: h.r, Net: netm, Names: names,

@@ -443,6 +443,23 @@ func (im *Images) SeedFor(ctx context.Context, b *bundle.Bundle, img *Image) (st
 	return b.Path(def.WorkSeed), nil
 }
 
+// seedPath is the work-seed a VM of img clones its /root from, without
+// refreshing a stale one: "" when a managed image's seed is still to be
+// built.
+func (im *Images) seedPath(b *bundle.Bundle, img *Image) (string, error) {
+	if im.SeedStale(img, b) {
+		return "", nil
+	}
+	if img.WorkSeed != "" {
+		return img.WorkSeed, nil
+	}
+	def, err := b.Image("")
+	if err != nil {
+		return "", err
+	}
+	return b.Path(def.WorkSeed), nil
+}
+
 // Size is the apparent size of an image's rootfs (0 when unreadable).
 func (img *Image) Size() int64 {
 	n, _ := disk.Size(img.Rootfs)

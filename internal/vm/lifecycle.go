@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/banger/banger/internal/agent"
@@ -40,6 +41,9 @@ func (e *Engine) Start(nameOrID string, pr Progress) (*store.VM, error) {
 		}
 		return nil, invalid("VM %s is %s and its hypervisor (pid %d) still runs: stop it first with 'banger vm stop %s'", vm.Name, vm.State, inst.PID(), vm.Name)
 	}
+	if vm.State == StateSuspended {
+		return e.resume(vm, &unlock, pr)
+	}
 	if vm.State != StateStopped && vm.State != StateError {
 		return nil, invalid("VM %s is %s: wait for it to finish, or delete it", vm.Name, vm.State)
 	}
@@ -62,11 +66,11 @@ func (e *Engine) Start(nameOrID string, pr Progress) (*store.VM, error) {
 		return nil, unavailable(err)
 	}
 	st := newStages(pr)
-	inst, err = e.boot(ctx, vm, b, be, st)
+	inst, bs, err := e.boot(ctx, vm, b, be, st, bootMode{kind: coldBoot})
 	if err != nil {
 		return nil, err
 	}
-	if err := e.finishBoot(ctx, vm, b, inst, st, &unlock); err != nil {
+	if _, err := e.finishBoot(ctx, vm, b, inst, st, &unlock, bs); err != nil {
 		if errors.Is(err, context.Canceled) {
 			e.log.Warn("start interrupted", "vm", vm.Name, "err", err)
 		} else {
@@ -87,6 +91,16 @@ func (e *Engine) Stop(nameOrID string) (*store.VM, error) {
 	defer unlock()
 	if inst == nil && vm.State == StateStopped {
 		return vm, nil
+	}
+	if inst == nil && vm.State == StateSuspended {
+		// Like a power cut: the saved memory goes, the disks stay, and the
+		// next start boots cold (ext4 replays its journal).
+		if err := os.RemoveAll(filepath.Join(vm.Dir, suspendDir)); err != nil {
+			return nil, fmt.Errorf("discarding the saved memory of %s: %w", vm.Name, err)
+		}
+		e.log.Info("stopped a suspended VM: its saved memory is discarded", "vm", vm.Name)
+		vm.State = StateStopped
+		return vm, e.cfg.Store.UpdateVM(ctx, vm)
 	}
 	// Releasing the VM's TAP device and rules needs them: refuse before
 	// the guest is stopped, not halfway.
@@ -172,7 +186,15 @@ func (e *Engine) Delete(nameOrID string) error {
 	e.mu.Lock()
 	delete(e.instances, vm.ID)
 	e.mu.Unlock()
-	return e.cfg.Store.DeleteVM(ctx, vm.ID)
+	if err := e.cfg.Store.DeleteVM(ctx, vm.ID); err != nil {
+		return err
+	}
+	// What only this VM's disks read from (an old snapshot's disks, a
+	// base) goes with it.
+	if err := e.collect(ctx, false); err != nil {
+		e.log.Warn("removing unused templates and bases", "err", err)
+	}
+	return nil
 }
 
 // SetOptions change a VM's settings; nil or zero fields stay as they are.
@@ -233,7 +255,7 @@ func (e *Engine) Set(nameOrID string, o SetOptions) (*store.VM, error) {
 		}
 	}
 	if grow {
-		if err := disk.Grow(ctx, e.cfg.Runner, WorkDisk(vm), o.WorkSize); err != nil {
+		if err := growDisk(ctx, e.cfg.Runner, WorkDisk(vm), vm.DiskFormat, o.WorkSize); err != nil {
 			return nil, fmt.Errorf("growing /root of %s to %s: %w", vm.Name, units.FormatSize(o.WorkSize), err)
 		}
 		e.log.Info("grew /root", "vm", vm.Name, "from", units.FormatSize(vm.WorkSizeBytes), "to", units.FormatSize(o.WorkSize))
@@ -279,6 +301,9 @@ func (e *Engine) checkGrowWork(ctx context.Context, vm *store.VM, size int64) (b
 	cur, err := disk.Size(WorkDisk(vm))
 	if err != nil {
 		return false, fmt.Errorf("VM %s: its /root disk: %w", vm.Name, err)
+	}
+	if vm.DiskFormat == string(hypervisor.DiskQcow2) {
+		cur = vm.WorkSizeBytes // the overlay's file is not its disk's size
 	}
 	if size < cur {
 		return false, invalid("work size %s is smaller than the /root of %s (%s): /root only grows: pick --work-size %s or more",
@@ -367,7 +392,7 @@ func (e *Engine) Adopt(ctx context.Context) error {
 	}
 	for i := range vms {
 		vm := &vms[i]
-		if vm.WorkSizeBytes == 0 {
+		if vm.WorkSizeBytes == 0 && vm.DiskFormat != string(hypervisor.DiskQcow2) {
 			// Recorded before banger kept /root's size.
 			if n, err := disk.Size(WorkDisk(vm)); err == nil {
 				vm.WorkSizeBytes = n
@@ -376,7 +401,7 @@ func (e *Engine) Adopt(ctx context.Context) error {
 				}
 			}
 		}
-		if vm.State == StateStopped || (vm.State == StateError && vm.PID == 0) {
+		if vm.State == StateStopped || vm.State == StateSuspended || (vm.State == StateError && vm.PID == 0) {
 			continue
 		}
 		be, ok := e.backend(vm.Hypervisor, nil)
@@ -400,6 +425,8 @@ func (e *Engine) Adopt(ctx context.Context) error {
 				e.Go(func() { e.Stop(name) })
 			case StateCreating, StateStarting:
 				e.Go(func() { e.resumeReadiness(name) })
+			case StateSuspending:
+				e.Go(func() { e.finishSuspend(name) })
 			}
 			continue
 		}
@@ -407,11 +434,14 @@ func (e *Engine) Adopt(ctx context.Context) error {
 		if err := e.caps.release(ctx, vm); err != nil {
 			e.log.Warn("releasing host resources of a stopped VM", "vm", vm.Name, "err", err)
 		}
-		switch vm.State {
-		case StateCreating:
+		switch {
+		case vm.State == StateCreating:
 			vm.State = StateError
 			vm.Error = "bangerd stopped while this VM was being created"
-		case StateError:
+		case vm.State == StateError:
+		case vm.State == StateSuspending && suspended(vm):
+			// The daemon died after the snapshot, as the hypervisor ended.
+			vm.State = StateSuspended
 		default:
 			vm.State = StateStopped
 		}
@@ -430,7 +460,7 @@ func (e *Engine) Reconcile(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listing VMs to reconcile the host: %w", err)
 	}
-	return e.caps.reconcile(ctx, vms)
+	return errors.Join(e.reapTemplateVMs(ctx), e.caps.reconcile(ctx, vms), e.collect(ctx, true))
 }
 
 // resumeReadiness finishes the readiness checks of a VM whose create or start
@@ -460,7 +490,16 @@ func (e *Engine) resumeReadiness(name string) {
 		vm.State = StateStarting
 		e.cfg.Store.UpdateVM(e.ctx, vm)
 	}
-	if err := e.finishBoot(e.ctx, vm, b, inst, newStages(nil), &unlock); err != nil {
+	// A guest restored from another machine's snapshot that may not have
+	// its own identity yet gets it now, its TAP device held down until then.
+	bs := pendingBoot(vm)
+	if bs.kind == restoreNew {
+		if err := e.caps.restoring(e.ctx, vm); err != nil {
+			e.failBoot(vm, inst, err)
+			return
+		}
+	}
+	if _, err := e.finishBoot(e.ctx, vm, b, inst, newStages(nil), &unlock, bs); err != nil {
 		e.log.Warn("resuming readiness", "vm", vm.Name, "err", err)
 	}
 }

@@ -34,7 +34,7 @@ func folders(t *testing.T) (src, docs, link string) {
 	return src, docs, link
 }
 
-func (h *testHost) createWith(e *Engine, o CreateOptions) (*store.VM, error) {
+func (h *testHost) createOpts(e *Engine, o CreateOptions) (*store.VM, error) {
 	h.t.Helper()
 	p, err := e.Plan(context.Background(), o)
 	if err != nil {
@@ -70,7 +70,7 @@ func TestMountsLifecycle(t *testing.T) {
 	h := newTestHost(t)
 	e := h.engine()
 	src, docs, link := folders(t)
-	v, err := h.createWith(e, CreateOptions{Name: "box", Image: "minimal", Mounts: []store.Mount{
+	v, err := h.createOpts(e, CreateOptions{Name: "box", Image: "minimal", Mounts: []store.Mount{
 		{Host: src, Guest: "/root/src"},
 		{Host: link, Guest: "/srv/docs", ReadOnly: true},
 	}})
@@ -145,7 +145,7 @@ func TestMountsReconcileStopsLeftovers(t *testing.T) {
 	h := newTestHost(t)
 	e := h.engine()
 	src, _, _ := folders(t)
-	v, err := h.createWith(e, CreateOptions{Name: "box", Image: "minimal", Mounts: []store.Mount{{Host: src, Guest: "/root/src"}}})
+	v, err := h.createOpts(e, CreateOptions{Name: "box", Image: "minimal", Mounts: []store.Mount{{Host: src, Guest: "/root/src"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +172,7 @@ func TestMountsFailures(t *testing.T) {
 	e := h.engine()
 	src, _, _ := folders(t)
 	h.shares.FailStart = errors.New("virtiofsd exploded")
-	_, err := h.createWith(e, CreateOptions{Name: "box", Image: "minimal", Mounts: []store.Mount{{Host: src, Guest: "/root/src"}}})
+	_, err := h.createOpts(e, CreateOptions{Name: "box", Image: "minimal", Mounts: []store.Mount{{Host: src, Guest: "/root/src"}}})
 	if err == nil || !strings.Contains(err.Error(), "virtiofsd exploded") {
 		t.Fatalf("create with a failing file server = %v, want its error", err)
 	}
@@ -183,7 +183,7 @@ func TestMountsFailures(t *testing.T) {
 
 	// A server that exits once the hypervisor connects fails the boot.
 	h.shares.DieOnConnect = true
-	_, err = h.createWith(e, CreateOptions{Name: "box", Image: "minimal", Mounts: []store.Mount{{Host: src, Guest: "/root/src"}}})
+	_, err = h.createOpts(e, CreateOptions{Name: "box", Image: "minimal", Mounts: []store.Mount{{Host: src, Guest: "/root/src"}}})
 	if err == nil || !strings.Contains(err.Error(), "the file server of host folder "+src+" exited") {
 		t.Fatalf("create with a server that dies = %v, want it named", err)
 	}
@@ -195,7 +195,7 @@ func TestMountsFailures(t *testing.T) {
 	}
 	h.shares.DieOnConnect = false
 
-	if _, err := h.createWith(e, CreateOptions{Name: "box", Image: "minimal", Mounts: []store.Mount{{Host: src, Guest: "/root/src"}}}); err != nil {
+	if _, err := h.createOpts(e, CreateOptions{Name: "box", Image: "minimal", Mounts: []store.Mount{{Host: src, Guest: "/root/src"}}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.Stop("box"); err != nil {

@@ -65,7 +65,7 @@ func (c *natCap) Release(ctx context.Context, vm *store.VM) error {
 func (c *natCap) Reconcile(ctx context.Context, vms []store.VM) error {
 	want := map[string]netip.Addr{}
 	for _, vm := range vms {
-		if vm.NAT && vm.PID != 0 && (vm.State == StateRunning || vm.State == StateStarting) {
+		if vm.NAT && hostLive(&vm) {
 			if ip, err := netip.ParseAddr(vm.IP); err == nil {
 				want[vm.ID] = ip
 			}

@@ -81,7 +81,7 @@ func (c *portsCap) Reconcile(_ context.Context, vms []store.VM) error {
 	keep := map[string]bool{}
 	for i := range vms {
 		vm := &vms[i]
-		if !(vm.PID != 0 && (vm.State == StateRunning || vm.State == StateStarting)) || len(vm.Ports) == 0 {
+		if !hostLive(vm) || len(vm.Ports) == 0 {
 			continue
 		}
 		keep[vm.ID] = true

@@ -19,40 +19,59 @@ import (
 )
 
 // waitReady runs the readiness checks in order: agent health over the agent
-// channel (which also yields the SSH host keys to pin), then one SSH
-// handshake with the bundle key.
-func (e *Engine) waitReady(ctx context.Context, vm *store.VM, b *bundle.Bundle, inst hypervisor.Instance, st *stages) error {
+// channel; for a restored guest (and for what a cold one needs of it) the
+// identity the host gives it, whose answer carries the SSH host keys to
+// pin; then one SSH handshake with the bundle key against them. It returns
+// the guest's last health.
+func (e *Engine) waitReady(ctx context.Context, vm *store.VM, b *bundle.Bundle, inst hypervisor.Instance, st *stages, bs *bootState) (*agent.Health, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.ReadyTimeout)
 	defer cancel()
 	var h *agent.Health
 	err := st.run("waiting for agent", func() error {
 		var err error
-		h, err = e.waitAgent(ctx, vm, inst)
+		h, err = e.waitAgent(ctx, vm.Name, ConsoleLog(vm), inst)
+		if err == nil && bs.kind == coldBoot {
+			h, err = e.giveIdentity(ctx, vm, inst, bs, h)
+		}
 		return err
 	})
 	if err != nil {
-		return err
+		return nil, err
+	}
+	if bs.kind != coldBoot {
+		stage := "new identity"
+		if bs.kind == restoreSame {
+			stage = "clock and entropy"
+		}
+		if err := st.run(stage, func() error {
+			var err error
+			h, err = e.giveIdentity(ctx, vm, inst, bs, h)
+			return err
+		}); err != nil {
+			return nil, err
+		}
 	}
 	if err := e.caps.ready(ctx, vm, h); err != nil {
-		return err
+		return nil, err
 	}
 	keys, err := ParseHostKeys(h.SSHHostKeys)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return st.run("waiting for ssh", func() error {
+	return h, st.run("waiting for ssh", func() error {
 		return e.waitSSH(ctx, vm, b, keys, inst)
 	})
 }
 
 // waitAgent polls the guest agent until it answers health with the guest's
-// SSH host keys.
-func (e *Engine) waitAgent(ctx context.Context, vm *store.VM, inst hypervisor.Instance) (*agent.Health, error) {
+// SSH host keys. name and console name the guest and its console log in
+// errors.
+func (e *Engine) waitAgent(ctx context.Context, name, console string, inst hypervisor.Instance) (*agent.Health, error) {
 	c := &agent.Client{Dial: inst.DialAgent}
 	var last error
 	for {
 		if inst.Exited() {
-			return nil, fmt.Errorf("the hypervisor of %s exited during boot (%s)%s", vm.Name, inst.Exit(), consoleTail(vm))
+			return nil, fmt.Errorf("the hypervisor of %s exited during boot (%s)%s", name, inst.Exit(), consoleTail(console))
 		}
 		hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		h, err := c.Health(hctx)
@@ -67,7 +86,7 @@ func (e *Engine) waitAgent(ctx context.Context, vm *store.VM, inst hypervisor.In
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("waiting for the guest agent of %s: %w (last: %w)%s", vm.Name, ctx.Err(), last, consoleTail(vm))
+			return nil, fmt.Errorf("waiting for the guest agent of %s: %w (last: %w)%s", name, ctx.Err(), last, consoleTail(console))
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
@@ -115,7 +134,7 @@ func (e *Engine) waitSSH(ctx context.Context, vm *store.VM, b *bundle.Bundle, pi
 	handshake := 15 * time.Second
 	for {
 		if inst.Exited() {
-			return fmt.Errorf("the hypervisor of %s exited during boot (%s)%s", vm.Name, inst.Exit(), consoleTail(vm))
+			return fmt.Errorf("the hypervisor of %s exited during boot (%s)%s", vm.Name, inst.Exit(), consoleTail(ConsoleLog(vm)))
 		}
 		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		conn, err := e.cfg.Dial(dctx, "tcp", addr)
@@ -139,16 +158,16 @@ func (e *Engine) waitSSH(ctx context.Context, vm *store.VM, b *bundle.Bundle, pi
 		last = err
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for ssh on %s (%s): %w (last: %w)%s", vm.Name, addr, ctx.Err(), last, consoleTail(vm))
+			return fmt.Errorf("waiting for ssh on %s (%s): %w (last: %w)%s", vm.Name, addr, ctx.Err(), last, consoleTail(ConsoleLog(vm)))
 		case <-time.After(300 * time.Millisecond):
 		}
 	}
 }
 
-// consoleTail returns the last lines of vm's console log, for errors: read
-// by seeking, bounded and cleaned (the guest wrote it).
-func consoleTail(vm *store.VM) string {
-	lines := logfile.Tail(ConsoleLog(vm), 0, 8, 16<<10)
+// consoleTail returns the last lines of a console log, for errors: read by
+// seeking, bounded and cleaned (the guest wrote it).
+func consoleTail(path string) string {
+	lines := logfile.Tail(path, 0, 8, 16<<10)
 	if len(lines) == 0 {
 		return ""
 	}

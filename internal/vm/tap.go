@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 
+	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/guestconfig"
 	"github.com/banger/banger/internal/network"
 	"github.com/banger/banger/internal/store"
@@ -22,6 +24,9 @@ type tapCap struct {
 	uid, gid int
 	refill   func() // refills the pool in the background
 	log      *slog.Logger
+
+	mu   sync.Mutex
+	down map[string]string // TAP devices held down until Ready, by VM id
 	// adopted is set once Reconcile took the pool's existing devices back:
 	// until then the pool is not refilled, or a release during Adopt
 	// would fill it beside the devices Reconcile is about to adopt, past
@@ -67,7 +72,39 @@ func (c *tapCap) Prepare(ctx context.Context, vm *store.VM, g *guestconfig.Confi
 	return nil
 }
 
+// Restoring holds the VM's TAP device down while its guest still has the
+// snapshotted machine's address and MAC: a fork's copy would otherwise
+// answer for its source, whose connections it carries, on the bridge.
+func (c *tapCap) Restoring(ctx context.Context, vm *store.VM) error {
+	if err := c.net.SetTAPUp(ctx, vm.TAP, false); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	if c.down == nil {
+		c.down = map[string]string{}
+	}
+	c.down[vm.ID] = vm.TAP
+	c.mu.Unlock()
+	return nil
+}
+
+// Ready brings up a TAP device Restoring held down: the guest has its own
+// identity now.
+func (c *tapCap) Ready(ctx context.Context, vm *store.VM, _ *agent.Health) error {
+	c.mu.Lock()
+	tap, ok := c.down[vm.ID]
+	delete(c.down, vm.ID)
+	c.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return c.net.SetTAPUp(ctx, tap, true)
+}
+
 func (c *tapCap) Release(ctx context.Context, vm *store.VM) error {
+	c.mu.Lock()
+	delete(c.down, vm.ID)
+	c.mu.Unlock()
 	if vm.TAP == "" {
 		return nil
 	}

@@ -78,7 +78,7 @@ func stateClass(state string) string {
 	switch state {
 	case "running":
 		return "running"
-	case "stopped", "":
+	case "stopped", "suspended", "":
 		return "stopped"
 	case "error", "failed":
 		return "error"

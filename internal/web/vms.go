@@ -194,6 +194,15 @@ func (s *Server) stopVM(w http.ResponseWriter, r *http.Request) {
 	s.done(w, r, back(r), name+" stopped", err, vm)
 }
 
+func (s *Server) suspendVM(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	vm, err := s.Client.SuspendVM(r.Context(), name)
+	if err != nil {
+		err = fmt.Errorf("suspending vm %s: %w", name, err)
+	}
+	s.done(w, r, back(r), name+" suspended", err, vm)
+}
+
 func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	to := back(r)

@@ -174,6 +174,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /vms/{name}", s.showVM)
 	mux.HandleFunc("POST /vms/{name}/start", s.startVM)
 	mux.HandleFunc("POST /vms/{name}/stop", s.stopVM)
+	mux.HandleFunc("POST /vms/{name}/suspend", s.suspendVM)
 	mux.HandleFunc("POST /vms/{name}/delete", s.deleteVM)
 	mux.HandleFunc("POST /vms/{name}/nat", s.setNAT)
 	mux.HandleFunc("GET /images", s.listImages)

@@ -166,7 +166,8 @@ func mustContain(t *testing.T, body string, wants ...string) {
 }
 
 func TestListPage(t *testing.T) {
-	_, _, h := newTest(t)
+	f, _, h := newTest(t)
+	f.Add(rpc.VM{Name: "zeta", State: "suspended", Image: "minimal", IP: "172.30.0.9", VCPUs: 1, MemoryMiB: 512})
 	w := do(t, h, request{method: "GET", target: "/"})
 	if w.Code != 200 {
 		t.Fatalf("GET / = %d, want 200: %s", w.Code, w.Body)
@@ -175,6 +176,7 @@ func TestListPage(t *testing.T) {
 	mustContain(t, body,
 		`<a href="/vms/alpha">alpha</a>`, `badge-running">running`, `badge-stopped">stopped`,
 		"172.30.0.3", "512M", `action="/vms/alpha/stop"`, `action="/vms/beta/start"`,
+		`action="/vms/alpha/suspend"`, `badge-stopped">suspended`, `action="/vms/zeta/start"><button class="primary" title="Restore it from its saved memory, processes and all">Resume`,
 		`action="/vms/alpha/delete"`, `name="force"`, `<option value="minimal">minimal</option>`,
 		`action="/vms"`, `name="disk_size"`)
 	if strings.Index(body, "alpha") > strings.Index(body, "beta") {
@@ -371,6 +373,15 @@ func TestStopDeleteNAT(t *testing.T) {
 	// The next page shows the flash once.
 	w = do(t, h, request{method: "GET", target: "/", cookies: w.Result().Cookies()})
 	mustContain(t, w.Body.String(), `<div class="flash flash-ok" role="status">alpha stopped</div>`, `badge-stopped">stopped`)
+
+	f.Add(rpc.VM{Name: "delta", State: "running"})
+	w = do(t, h, request{method: "POST", target: "/vms/delta/suspend", form: url.Values{"back": {"/"}}})
+	if fl := flashOf(t, w); w.Code != http.StatusSeeOther || fl == nil || *fl != (flash{"ok", "delta suspended"}) {
+		t.Errorf("POST suspend = %d flash %+v, want 303 with delta suspended", w.Code, fl)
+	}
+	if vm, _ := f.VM("delta"); vm.State != "suspended" {
+		t.Errorf("after POST suspend delta is %s, want suspended", vm.State)
+	}
 
 	f.Add(rpc.VM{Name: "gamma", State: "running"})
 	w = do(t, h, request{method: "POST", target: "/vms/gamma/delete", form: url.Values{}})

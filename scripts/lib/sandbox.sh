@@ -40,8 +40,9 @@ sandbox_start() {
   ip netns add "$ns"
   ip -n "$ns" link set lo up
   mkdir -p "$state/config/banger"
-  # Keep DNS forwarding inside the namespaces; no web UI for a throwaway daemon.
-  printf 'dns_upstreams = []\nweb_listen_addr = ""\n' >"$state/config/banger/config.toml"
+  # Keep DNS forwarding inside the namespaces; no web UI for a throwaway
+  # daemon, and no image snapshot built behind the smoke test's back.
+  printf 'dns_upstreams = []\nweb_listen_addr = ""\nwarm_after_create = false\n' >"$state/config/banger/config.toml"
   export XDG_CONFIG_HOME=$state/config XDG_STATE_HOME=$state/state XDG_DATA_HOME=$state/data
   export XDG_RUNTIME_DIR=$state/run BANGER_RUNTIME=$runtime BANGER_SOCKET=$sock
   ip netns exec "$ns" "$bin/bangerd" --socket "$sock" >>"$state/bangerd.log" 2>&1 &

@@ -113,11 +113,18 @@ func bareBootWith(t testing.TB, ns *vmtest.NS, runtime, image string, prepare fu
 		client, err := sshDial(ctx, ns, "10.77.0.2:22", cfg, 300*time.Millisecond)
 		if err == nil {
 			d := time.Since(start)
-			defer client.Close()
 			sess, err := client.NewSession()
 			if err != nil {
-				t.Fatalf("ssh session: %v", err)
+				// An sshd still starting can take a login and drop it;
+				// the first session that opens counts.
+				client.Close()
+				if ctx.Err() != nil {
+					t.Fatalf("ssh session: %v", err)
+				}
+				time.Sleep(100 * time.Millisecond)
+				continue
 			}
+			defer client.Close()
 			defer sess.Close()
 			out, err := sess.CombinedOutput("uname -r")
 			if err != nil {

@@ -168,7 +168,7 @@ func wantReach(t *testing.T, phase string, got map[string]bool, reachable ...str
 // the internet and a LAN, and walks its egress policy through default,
 // allow, open and deny, each applied to the running VM at once.
 func TestEgress(t *testing.T) {
-	e := newEnvConfig(t, "dns_upstreams = [\"192.0.2.1:53\"]\n")
+	e := newEnvConfig(t, "dns_upstreams = [\"192.0.2.1:53\"]\nwarm_after_create = false\n")
 	up := newEgressNet(t, e)
 	v := e.create("eg", "--image", "minimal", "--nat")
 	allowed, denied, lan, meta, host := allowedIP+":80", deniedIP+":80", lanIP+":80", metadataIP+":80", "192.0.2.2:"+hostPort

@@ -56,8 +56,10 @@ type envOpts struct {
 }
 
 // defaultConfig keeps the daemon's DNS forwarding inside the test: no
-// upstream resolvers unless a test names one in its namespaces.
-const defaultConfig = "dns_upstreams = []\n"
+// upstream resolvers unless a test names one in its namespaces. No image
+// is snapshotted in the background after a create (a template VM would
+// run beside the test's): the warm tests turn it on.
+const defaultConfig = "dns_upstreams = []\nwarm_after_create = false\n"
 
 func newEnv(t testing.TB) *env {
 	return newEnvWith(t, envOpts{})
@@ -307,6 +309,38 @@ func (e *env) hypervisorPIDs() []int {
 		}
 	}
 	return pids
+}
+
+// diskFiles are the names of vm's disk files in its directory.
+func diskFiles(vm rpc.VM) []string {
+	if vm.DiskFormat == "qcow2" {
+		return []string{"root.qcow2", "work.qcow2"}
+	}
+	return []string{"rootfs.ext4", "work.ext4"}
+}
+
+// virtualSize is the size of the disk in the file at path: a qcow2
+// overlay's virtual size, a raw file's size.
+func virtualSize(t testing.TB, path string) int64 {
+	t.Helper()
+	if !strings.HasSuffix(path, ".qcow2") {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	out, err := exec.Command("qemu-img", "info", "--force-share", "--output=json", path).Output()
+	if err != nil {
+		t.Fatalf("qemu-img info %s: %v", path, err)
+	}
+	var info struct {
+		VirtualSize int64 `json:"virtual-size"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil {
+		t.Fatalf("qemu-img info %s: %v", path, err)
+	}
+	return info.VirtualSize
 }
 
 func contains(list []string, s string) bool {

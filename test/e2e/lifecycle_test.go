@@ -107,7 +107,7 @@ func TestLifecycle(t *testing.T) {
 		if contains(e.links(), vm.TAP) {
 			t.Errorf("tap %s still present after stop", vm.TAP)
 		}
-		for _, f := range []string{"rootfs.ext4", "work.ext4"} {
+		for _, f := range diskFiles(vm) {
 			if _, err := os.Stat(filepath.Join(vm.Dir, f)); err != nil {
 				t.Errorf("disk %s after stop: %v", f, err)
 			}
@@ -204,7 +204,7 @@ func TestLifecycle(t *testing.T) {
 		if vm.State != "error" || vm.PID != 0 {
 			t.Fatalf("failed VM state = %s pid %d, want error, 0", vm.State, vm.PID)
 		}
-		for _, f := range []string{"rootfs.ext4", "work.ext4", "console.log"} {
+		for _, f := range append(diskFiles(vm), "console.log") {
 			if _, err := os.Stat(filepath.Join(vm.Dir, f)); err != nil {
 				t.Errorf("%s of the failed VM: %v", f, err)
 			}

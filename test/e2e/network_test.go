@@ -132,7 +132,7 @@ func natRules(t *testing.T, e *env) string {
 // stands in for the upstream network, and checks NAT, its cleanup, the .vm
 // DNS zone, guest-to-guest resolution, upstream forwarding and the TAP pool.
 func TestNetworking(t *testing.T) {
-	e := newEnvConfig(t, "dns_upstreams = [\"192.0.2.1:53\"]\ntap_pool_size = 2\n")
+	e := newEnvConfig(t, "dns_upstreams = [\"192.0.2.1:53\"]\ntap_pool_size = 2\nwarm_after_create = false\n")
 	up := newUpstream(t, e)
 
 	var wg sync.WaitGroup

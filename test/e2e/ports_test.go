@@ -207,7 +207,7 @@ func TestRoomAndPorts(t *testing.T) {
 	if want := "127.0.0.1:18080:8080/tcp(true) 127.0.0.1:15353:5353/udp(true)"; portsOf(vm) != want || vm.WorkSizeBytes != 16<<30 {
 		t.Fatalf("created with ports %q and /root %d, want %q and 16G", portsOf(vm), vm.WorkSizeBytes, want)
 	}
-	work := filepath.Join(vm.Dir, "work.ext4")
+	work := filepath.Join(vm.Dir, diskFiles(vm)[1])
 	e.startGuestServer("pub", server)
 	hello := "hello from pub\n"
 	answers := func(t *testing.T, when string) {
@@ -251,8 +251,8 @@ func TestRoomAndPorts(t *testing.T) {
 		if err := syscall.Stat(work, &st); err != nil {
 			t.Fatal(err)
 		}
-		if st.Size != 16<<30 || st.Blocks*512 < 1<<30 || st.Blocks*512 > 3<<30 {
-			t.Errorf("host file %s: %d bytes, %d allocated; want 16G, sparse, with the 1 GiB in it", work, st.Size, st.Blocks*512)
+		if size := virtualSize(t, work); size != 16<<30 || st.Blocks*512 < 1<<30 || st.Blocks*512 > 3<<30 {
+			t.Errorf("host file %s: a %d-byte disk, %d allocated; want 16G, sparse, with the 1 GiB in it", work, size, st.Blocks*512)
 		}
 	})
 	marker := strings.Fields(e.ssh("pub", "sha256sum", "/root/marker"))[0]
@@ -333,8 +333,8 @@ func TestRoomAndPorts(t *testing.T) {
 			t.Errorf("ports of the stopped VM = %q", got)
 		}
 		e.fails(1, "/root only grows: pick --work-size 16G or more", "vm", "set", "--work-size", "8G", "pub")
-		if fi, _ := os.Stat(work); fi.Size() != 16<<30 {
-			t.Errorf("a refused shrink changed the disk to %d bytes", fi.Size())
+		if size := virtualSize(t, work); size != 16<<30 {
+			t.Errorf("a refused shrink changed the disk to %d bytes", size)
 		}
 		if out := e.must("vm", "set", "--work-size", "24G", "pub"); out != "pub: /root 24G\n" {
 			t.Errorf("vm set --work-size 24G = %q", out)

@@ -162,7 +162,7 @@ func TestOrdinaryUser(t *testing.T) {
 	rootLinks := rootEnv.links()
 
 	up := newUpstreamIn(t, rootEnv.ns)
-	e := newEnvWith(t, envOpts{ns: rootEnv.ns, user: u, config: "dns_upstreams = []\ntap_pool_size = 2\n"})
+	e := newEnvWith(t, envOpts{ns: rootEnv.ns, user: u, config: "dns_upstreams = []\ntap_pool_size = 2\nwarm_after_create = false\n"})
 
 	if out, errOut, err := e.banger(context.Background(), "doctor"); err != nil || !strings.Contains(out, "[ok  ] sudo") {
 		t.Errorf("banger doctor as %s: %v\n%s\n%s", u.Name, err, out, errOut)

@@ -49,6 +49,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/vms/{name}/start", s.handleStart)
 	mux.HandleFunc("POST /v1/vms/{name}/stop", s.handleStop)
 	mux.HandleFunc("POST /v1/vms/{name}/set", s.handleSet)
+	mux.HandleFunc("POST /v1/vms/{name}/suspend", s.handleSuspend)
+	mux.HandleFunc("POST /v1/vms/{name}/resume", s.handleResume)
+	mux.HandleFunc("POST /v1/vms/{name}/fork", s.handleFork)
 	mux.HandleFunc("POST /v1/vms/{name}/ports", s.handleAddPorts)
 	mux.HandleFunc("POST /v1/vms/{name}/ports/remove", s.handleRemovePorts)
 	mux.HandleFunc("GET /v1/vms/{name}/ssh", s.handleSSH)
@@ -58,6 +61,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/images", s.handleRegisterImage)
 	mux.HandleFunc("POST /v1/images/build", s.handleBuildImage)
 	mux.HandleFunc("DELETE /v1/images/{name}", s.handleDeleteImage)
+	mux.HandleFunc("POST /v1/images/{name}/warm", s.handleWarmImage)
 	return http.MaxBytesHandler(s.deadlines(mux), MaxBody)
 }
 

@@ -41,6 +41,7 @@ func View(ctx context.Context, e *vm.Engine, v *store.VM) *rpc.VM {
 		NAT:           v.NAT,
 		Egress:        egressLine(v),
 		Dir:           v.Dir,
+		DiskFormat:    v.DiskFormat,
 		ConsoleLog:    vm.ConsoleLog(v),
 		Error:         v.Error,
 		CreatedAt:     v.CreatedAt,
@@ -133,7 +134,7 @@ func (s *Server) handleShow(w http.ResponseWriter, r *http.Request) {
 
 // createOptions turns a create request into the engine's options.
 func createOptions(req rpc.CreateRequest) (vm.CreateOptions, error) {
-	o := vm.CreateOptions{Name: req.Name, Image: req.Image, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, NAT: req.NAT}
+	o := vm.CreateOptions{Name: req.Name, Image: req.Image, VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, NAT: req.NAT, Cold: req.Cold}
 	for _, m := range req.Mounts {
 		o.Mounts = append(o.Mounts, store.Mount{Host: m.Host, Guest: m.Guest, ReadOnly: m.ReadOnly})
 	}
@@ -284,6 +285,54 @@ func (s *Server) handleStart(w http.ResponseWriter, r *http.Request) {
 			return rpc.Event{}, err
 		}
 		s.log().Info("started VM", "vm", v.Name, "ip", v.IP)
+		return rpc.Event{VM: s.view(s.Engine.Context(), v)}, nil
+	})
+}
+
+func (s *Server) handleSuspend(w http.ResponseWriter, r *http.Request) {
+	v, err := s.Engine.Suspend(r.PathValue("name"))
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	writeJSON(w, 200, s.view(r.Context(), v))
+}
+
+func (s *Server) handleResume(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if _, err := s.Engine.Get(r.Context(), name); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	pr := &progress{}
+	s.stream(w, r, pr, func() (rpc.Event, error) {
+		v, err := s.Engine.Resume(name, pr)
+		if err != nil {
+			return rpc.Event{}, err
+		}
+		return rpc.Event{VM: s.view(s.Engine.Context(), v)}, nil
+	})
+}
+
+func (s *Server) handleFork(w http.ResponseWriter, r *http.Request) {
+	var req rpc.ForkRequest
+	if err := decode(r, "fork", &req); err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	plan, err := s.Engine.PlanFork(r.Context(), r.PathValue("name"), req.Name)
+	if err != nil {
+		s.writeErr(w, err)
+		return
+	}
+	pr := &progress{}
+	s.stream(w, r, pr, func() (rpc.Event, error) {
+		v, err := s.Engine.Fork(plan, pr)
+		if err != nil {
+			s.log().Error("fork failed", "vm", req.Name, "err", err)
+			return rpc.Event{}, err
+		}
+		s.log().Info("forked VM", "vm", v.Name, "from", r.PathValue("name"), "ip", v.IP)
 		return rpc.Event{VM: s.view(s.Engine.Context(), v)}, nil
 	})
 }

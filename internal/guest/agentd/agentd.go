@@ -3,15 +3,16 @@ package agentd
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -34,8 +35,24 @@ type Server struct {
 	// Mount mounts one host folder for OpMount, once the whole request
 	// passed agent.CheckMounts; default MountVirtiofs.
 	Mount func(agent.Mount) error
+	// System is the machine the agent reads and changes; nil means the
+	// guest itself (with HostKeyGlob).
+	System System
 
 	once sync.Once
+	mu   sync.Mutex // one identity change at a time
+}
+
+// system returns s.System, or the guest itself.
+func (s *Server) system() System {
+	if s.System != nil {
+		return s.System
+	}
+	glob := s.HostKeyGlob
+	if glob == "" {
+		glob = "/etc/ssh/ssh_host_*_key.pub"
+	}
+	return osSystem{hostKeyGlob: glob}
 }
 
 func (s *Server) log() *slog.Logger {
@@ -185,8 +202,8 @@ func (s *Server) ServeConn(rw io.ReadWriter) error {
 		}
 		var req agent.Request
 		var resp agent.Response
-		if err := json.Unmarshal([]byte(line), &req); err != nil {
-			resp = agent.Response{Error: fmt.Sprintf("decoding request: %v", err)}
+		if err := decodeRequest([]byte(line), &req); err != nil {
+			resp = agent.Response{Error: err.Error()}
 		} else {
 			resp = s.handle(req)
 			resp.ID = req.ID
@@ -216,41 +233,50 @@ func (s *Server) ServeConn(rw io.ReadWriter) error {
 	return nil
 }
 
+// decodeRequest reads one request strictly: one JSON object, no unknown
+// fields, nothing after it.
+func decodeRequest(line []byte, req *agent.Request) error {
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(req); err != nil {
+		return fmt.Errorf("decoding request: %w", err)
+	}
+	if dec.More() {
+		return errors.New("decoding request: data after the object")
+	}
+	return nil
+}
+
 func (s *Server) handle(req agent.Request) agent.Response {
 	switch req.Op {
 	case agent.OpHealth:
-		return s.health()
+		return s.health(req.Detail)
 	case agent.OpShutdown:
 		return agent.Response{OK: true}
 	case agent.OpMount:
 		return s.mount(req.Mounts)
+	case agent.OpIdentity:
+		return s.identity(req.Identity)
 	default:
-		return agent.Response{Error: fmt.Sprintf("unknown op %q: use %q, %q or %q", req.Op, agent.OpHealth, agent.OpShutdown, agent.OpMount)}
+		return agent.Response{Error: fmt.Sprintf("unknown op %q: use one of %s", clip(req.Op, 32), strings.Join(agent.Ops, ", "))}
 	}
 }
 
-func (s *Server) health() agent.Response {
-	host, err := os.Hostname()
+func (s *Server) health(detail bool) agent.Response {
+	sys := s.system()
+	host, err := sys.Hostname()
 	if err != nil {
 		return agent.Response{Error: fmt.Sprintf("reading hostname: %v", err)}
 	}
-	glob := s.HostKeyGlob
-	if glob == "" {
-		glob = "/etc/ssh/ssh_host_*_key.pub"
+	resp := agent.Response{OK: true, Hostname: host, UptimeMS: sys.UptimeMS(), SSHHostKeys: sys.HostKeys(),
+		Ops: agent.Ops, MachineID: sys.MachineID()}
+	if detail {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		resp.Settled = sys.Settled(ctx)
+		cancel()
+		resp.SSHListening = sys.SSHListening()
 	}
-	paths, _ := filepath.Glob(glob)
-	sort.Strings(paths)
-	keys := []string{}
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		if k := strings.TrimSpace(string(b)); k != "" {
-			keys = append(keys, k)
-		}
-	}
-	return agent.Response{OK: true, Hostname: host, UptimeMS: uptimeMS(), SSHHostKeys: keys}
+	return resp
 }
 
 func uptimeMS() int64 {

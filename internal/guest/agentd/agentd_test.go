@@ -81,8 +81,11 @@ func TestServeConnLines(t *testing.T) {
 	tests := []struct {
 		in, want string
 	}{
-		{`{"op":"reboot-now"}`, `{"ok":false,"error":"unknown op \"reboot-now\": use \"health\", \"shutdown\" or \"mount\""}`},
+		{`{"op":"reboot-now"}`, `{"ok":false,"error":"unknown op \"reboot-now\": use one of health, shutdown, identity, mount"}`},
 		{`not json`, `"ok":false`},
+		{`{"op":"health","surprise":1}`, `unknown field`},
+		{`{"op":"health"} {"op":"shutdown"}`, `data after the object`},
+		{`{"op":"identity"}`, `carries no identity`},
 		{`{"op":"health","id":7}`, `"id":7`},
 		{`{"op":"shutdown"}`, `{"ok":true}`},
 	}

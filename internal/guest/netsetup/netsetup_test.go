@@ -144,3 +144,22 @@ func TestHostsWithName(t *testing.T) {
 }
 
 // TestVsockLoopback serves over a real AF_VSOCK socket through the host's
+
+func TestReconfigureBatch(t *testing.T) {
+	c, err := guestconfig.ParseNetwork("ip=172.30.0.7::172.30.0.1:255.255.255.0:box7:eth0:off:172.30.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "link set dev eth0 down\n" +
+		"link set dev eth0 address 02:ba:ac:1e:00:07\n" +
+		"addr flush dev eth0\n" +
+		"addr add 172.30.0.7/24 dev eth0\n" +
+		"link set dev eth0 up\n" +
+		"route replace default via 172.30.0.1 dev eth0\n"
+	if got := reconfigureBatch(c, "02:ba:ac:1e:00:07"); got != want {
+		t.Errorf("reconfigureBatch() = %q, want %q", got, want)
+	}
+	if got := reconfigureBatch(c, ""); strings.Contains(got, "address") {
+		t.Errorf("reconfigureBatch() without a MAC = %q, want no address change", got)
+	}
+}

@@ -121,6 +121,9 @@ func (s *supervisor) start() {
 
 // reap collects every exited child and restarts sshd when it was one.
 func (s *supervisor) reap() {
+	// Not while a command of the agent runs: its exit status is its own.
+	netsetup.Commands.Lock()
+	defer netsetup.Commands.Unlock()
 	for {
 		var st unix.WaitStatus
 		pid, err := unix.Wait4(-1, &st, unix.WNOHANG, nil)

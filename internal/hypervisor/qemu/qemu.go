@@ -66,7 +66,18 @@ type Backend struct {
 	ver, verKey string
 }
 
-var _ hypervisor.Backend = (*Backend)(nil)
+var (
+	_ hypervisor.Backend     = (*Backend)(nil)
+	_ hypervisor.FormatTaker = (*Backend)(nil)
+	_ hypervisor.MemoryFiler = (*Backend)(nil)
+)
+
+// TakesMemoryFile implements hypervisor.MemoryFiler.
+func (b *Backend) TakesMemoryFile() bool { return true }
+
+// TakesFormat implements hypervisor.FormatTaker: raw files and qcow2
+// overlays.
+func (b *Backend) TakesFormat(f hypervisor.DiskFormat) bool { return f.Valid() }
 
 // Name implements hypervisor.Backend.
 func (b *Backend) Name() string { return "qemu" }

@@ -45,8 +45,8 @@ const (
 
 // bundleImages are the images of the fake's runtime bundle.
 var bundleImages = []rpc.Image{
-	{Name: "docker", Rootfs: bundleDir + "/rootfs-docker.ext4", WorkSeed: bundleDir + "/work-seed.ext4", Default: true, Managed: true, Size: 2 << 30, KernelVersion: bundletest.KernelVersion},
-	{Name: "minimal", Rootfs: bundleDir + "/rootfs-minimal.ext4", WorkSeed: bundleDir + "/work-seed.ext4", Managed: true, Size: 300 << 20, KernelVersion: bundletest.KernelVersion},
+	{Name: "docker", Rootfs: bundleDir + "/rootfs-docker.ext4", WorkSeed: bundleDir + "/work-seed.ext4", Default: true, Managed: true, Size: 2 << 30, KernelVersion: bundletest.KernelVersion, Warm: "none"},
+	{Name: "minimal", Rootfs: bundleDir + "/rootfs-minimal.ext4", WorkSeed: bundleDir + "/work-seed.ext4", Managed: true, Size: 300 << 20, KernelVersion: bundletest.KernelVersion, Warm: "none"},
 }
 
 // Fake is bangerd's API over state in memory: the same routes, status codes,
@@ -58,7 +58,10 @@ var bundleImages = []rpc.Image{
 // (0.4s), the stage "boot" with a log line "kernel up", then "done" with the
 // running VM; FailBoot, Hold and DelayStop change that for one VM. Created
 // VMs get the next free address from 172.30.0.2, and 2 vCPUs and 1024 MiB
-// unless asked otherwise, and a 16G /root. A VM's console log reads
+// unless asked otherwise, and a 16G /root. A running VM suspends at once;
+// a resume, or a start of a suspended VM, streams as a start does; a fork
+// streams as a create of the copy does; warming an image streams the stage
+// "snapshot" and makes it warm ("ready"). A VM's console log reads
 // "console of NAME\n" unless SetConsole says otherwise. Published ports
 // are checked as bangerd checks them (a host port that something on this
 // host listens on is busy) and listening while their VM runs, but nothing
@@ -88,6 +91,7 @@ type Fake struct {
 	// consoleServed counts the console bytes answered.
 	consoleServed int
 	opencode      map[string]string // opencode passwords, by VM name
+	warm          map[string]string // images' warm states, by name
 
 	shutdown     chan struct{} // closed by POST /v1/shutdown
 	shutdownOnce sync.Once
@@ -104,6 +108,7 @@ func New() *Fake {
 		stopDelay: map[string]time.Duration{},
 		consoles:  map[string]string{},
 		opencode:  map[string]string{},
+		warm:      map[string]string{},
 		shutdown:  make(chan struct{}),
 	}
 }
@@ -318,6 +323,9 @@ func (f *Fake) handler() http.Handler {
 	mux.HandleFunc("POST /v1/vms/{name}/start", f.handleStart)
 	mux.HandleFunc("POST /v1/vms/{name}/stop", f.handleStop)
 	mux.HandleFunc("POST /v1/vms/{name}/set", f.handleSet)
+	mux.HandleFunc("POST /v1/vms/{name}/suspend", f.handleSuspend)
+	mux.HandleFunc("POST /v1/vms/{name}/resume", f.handleResume)
+	mux.HandleFunc("POST /v1/vms/{name}/fork", f.handleFork)
 	mux.HandleFunc("POST /v1/vms/{name}/ports", f.handleAddPorts)
 	mux.HandleFunc("POST /v1/vms/{name}/ports/remove", f.handleRemovePorts)
 	mux.HandleFunc("GET /v1/vms/{name}/ssh", f.withVM(sshInfo))
@@ -326,6 +334,7 @@ func (f *Fake) handler() http.Handler {
 	mux.HandleFunc("GET /v1/images", f.handleImages)
 	mux.HandleFunc("POST /v1/images", f.handleRegisterImage)
 	mux.HandleFunc("DELETE /v1/images/{name}", f.handleDeleteImage)
+	mux.HandleFunc("POST /v1/images/{name}/warm", f.handleWarmImage)
 	return mux
 }
 
@@ -669,7 +678,7 @@ func (f *Fake) handleStart(w http.ResponseWriter, r *http.Request) {
 	if e == nil {
 		cp = view(vm)
 		switch vm.State {
-		case "stopped", "error":
+		case "stopped", "error", "suspended":
 			vm.State = "starting"
 		case "running":
 		default:
@@ -770,6 +779,114 @@ func (f *Fake) handleStop(w http.ResponseWriter, r *http.Request) {
 		vm.State = "stopped"
 		return view(vm)
 	})(w, r)
+}
+
+func (f *Fake) handleSuspend(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	vm, e := f.find(r.PathValue("name"))
+	var cp rpc.VM
+	if e == nil {
+		switch {
+		case vm.State == "suspended":
+		case vm.State != "running":
+			e = apiError(rpc.CodeInvalid, "VM %s is %s: only a running VM can be suspended", vm.Name, vm.State)
+		case len(vm.Mounts) > 0:
+			e = apiError(rpc.CodeInvalid, "VM %s has host folders, and QEMU cannot save their virtio-fs devices: stop it instead ('banger vm stop %s'); its folders come back at the next start", vm.Name, vm.Name)
+		default:
+			vm.State = "suspended"
+		}
+		cp = view(vm)
+	}
+	f.mu.Unlock()
+	if e != nil {
+		writeErr(w, e)
+		return
+	}
+	writeJSON(w, http.StatusOK, cp)
+}
+
+func (f *Fake) handleResume(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	vm, e := f.find(r.PathValue("name"))
+	var cp rpc.VM
+	if e == nil {
+		cp = view(vm)
+		switch vm.State {
+		case "suspended":
+			vm.State = "starting"
+		case "running":
+		default:
+			e = apiError(rpc.CodeInvalid, "VM %s is %s, not suspended: start a stopped VM with 'banger vm start %s'", vm.Name, vm.State, vm.Name)
+		}
+	}
+	f.mu.Unlock()
+	switch {
+	case e != nil && e.Code == rpc.CodeNotFound:
+		writeErr(w, e)
+	case e != nil:
+		events(w)(rpc.Event{Type: "error", Error: e.Message, Code: e.Code})
+	case cp.State == "running":
+		events(w)(rpc.Event{Type: "done", VM: &cp})
+	default:
+		f.boot(w, r, cp.Name)
+	}
+}
+
+func (f *Fake) handleFork(w http.ResponseWriter, r *http.Request) {
+	var req rpc.ForkRequest
+	if e := decode(r, "fork", &req); e != nil {
+		writeErr(w, e)
+		return
+	}
+	f.mu.Lock()
+	var cp *rpc.VM
+	e := func() *rpc.Error {
+		if err := vm.ValidateName(req.Name); err != nil {
+			return apiError(rpc.CodeInvalid, "%v", err)
+		}
+		if v, ok := f.vms[req.Name]; ok {
+			return apiError(rpc.CodeExists, "a VM named %s already exists (%s): pick another name, or remove it with 'banger vm delete %s'", req.Name, v.State, req.Name)
+		}
+		src, e := f.find(r.PathValue("name"))
+		if e != nil {
+			return e
+		}
+		if src.State != "running" {
+			return apiError(rpc.CodeInvalid, "VM %s is %s: only a running VM can be forked (start it with 'banger vm start %s')", src.Name, src.State, src.Name)
+		}
+		if len(src.Mounts) > 0 {
+			return apiError(rpc.CodeInvalid, "VM %s has host folders, and QEMU cannot snapshot their virtio-fs devices: it cannot be forked; create a VM with the same --mount flags instead", src.Name)
+		}
+		cp = &rpc.VM{ID: f.newID(), Name: req.Name, Image: src.Image, State: "creating", Hypervisor: hypervisor, IP: f.freeIP(), NAT: src.NAT,
+			Egress: src.Egress, VCPUs: src.VCPUs, MemoryMiB: src.MemoryMiB, WorkSizeBytes: src.WorkSizeBytes, CreatedAt: time.Now()}
+		f.vms[cp.Name] = cp
+		return nil
+	}()
+	f.mu.Unlock()
+	if e != nil {
+		writeErr(w, e)
+		return
+	}
+	f.boot(w, r, cp.Name)
+}
+
+func (f *Fake) handleWarmImage(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	f.mu.Lock()
+	img, ok := f.image(name)
+	if ok {
+		f.warm[name] = "ready"
+		img.Warm = "ready"
+	}
+	f.mu.Unlock()
+	if !ok {
+		writeErr(w, apiError(rpc.CodeInvalid, "no image named %q: see 'banger image list'", name))
+		return
+	}
+	send := events(w)
+	send(rpc.Event{Type: "stage", Stage: "snapshot"})
+	send(rpc.Event{Type: "stage_done", Stage: "snapshot", DurationMS: 900})
+	send(rpc.Event{Type: "done", Image: &img})
 }
 
 func (f *Fake) handleSet(w http.ResponseWriter, r *http.Request) {
@@ -981,9 +1098,13 @@ func (f *Fake) handleImages(w http.ResponseWriter, r *http.Request) {
 	for _, img := range f.images {
 		reg = append(reg, img)
 	}
-	f.mu.Unlock()
 	slices.SortFunc(reg, func(a, b rpc.Image) int { return strings.Compare(a.Name, b.Name) })
-	writeJSON(w, http.StatusOK, append(slices.Clone(bundleImages), reg...))
+	all := append(slices.Clone(bundleImages), reg...)
+	for i := range all {
+		all[i].Warm = cmp.Or(f.warm[all[i].Name], "none")
+	}
+	f.mu.Unlock()
+	writeJSON(w, http.StatusOK, all)
 }
 
 func (f *Fake) handleRegisterImage(w http.ResponseWriter, r *http.Request) {
@@ -1017,7 +1138,7 @@ func (f *Fake) register(req rpc.RegisterImageRequest) (rpc.Image, *rpc.Error) {
 			return rpc.Image{}, apiError(rpc.CodeInvalid, "%s %s: %v", p.flag, p.path, err)
 		}
 	}
-	img := rpc.Image{Name: req.Name, Rootfs: req.Rootfs, WorkSeed: req.WorkSeed, Size: 1 << 30, Kernel: req.Kernel, Initrd: req.Initrd, Modules: req.Modules}
+	img := rpc.Image{Name: req.Name, Rootfs: req.Rootfs, WorkSeed: req.WorkSeed, Size: 1 << 30, Kernel: req.Kernel, Initrd: req.Initrd, Modules: req.Modules, Warm: "none"}
 	switch {
 	case req.Kernel == "" && req.Initrd == "" && req.Modules == "":
 	case req.Kernel == "" || req.Initrd == "":
@@ -1046,6 +1167,9 @@ func (f *Fake) handleDeleteImage(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	_, ok := f.images[name]
 	delete(f.images, name)
+	if ok {
+		delete(f.warm, name)
+	}
 	f.mu.Unlock()
 	_, inBundle := bundleImage(name)
 	switch {
