@@ -267,11 +267,11 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	return errors.Join(err, d.Close())
 }
 
-// Start serves the API on the unix socket, adopts the VMs on record,
-// reconciles the host (the capabilities' bridge, pool, tables and pins,
-// image directories, DNS) and starts the web UI. A part of the host that
-// cannot be reconciled is logged, and reported by 'banger doctor'; only a
-// socket that cannot be served is an error.
+// Start listens on the unix socket, adopts the VMs on record, reconciles
+// the host (the capabilities' bridge, pool, tables and pins, image
+// directories, DNS), starts the web UI and then serves the API. A part of
+// the host that cannot be reconciled is logged, and reported by 'banger
+// doctor'; only a socket that cannot be served is an error.
 func (d *Daemon) Start(ctx context.Context) error {
 	ln, err := listenSocket(d.paths.Socket)
 	if err != nil {
@@ -283,21 +283,6 @@ func (d *Daemon) Start(ctx context.Context) error {
 		}
 		return nil
 	})
-	// The API sets read and write deadlines per request (api.Timeouts):
-	// its streams run for minutes.
-	d.srv = d.api.HTTPServer()
-	d.served = make(chan error, 1)
-	go func() { d.served <- d.srv.Serve(ln) }()
-	d.cleanup(func() error {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := d.srv.Shutdown(sctx); err != nil {
-			d.srv.Close()
-			return fmt.Errorf("shutting down the API: %w", err)
-		}
-		return nil
-	})
-
 	if err := d.engine.Adopt(ctx); err != nil {
 		d.log.Error("adopting VMs", "err", err)
 	}
@@ -314,6 +299,23 @@ func (d *Daemon) Start(ctx context.Context) error {
 			d.cleanup(web.Close)
 		}
 	}
+	// Requests are answered only now, with the host reconciled and DNS
+	// serving: a VM created earlier would boot with no resolver, as its
+	// guest config reads what the host serves (clients that connected
+	// meanwhile wait in the socket's backlog). The API sets read and write
+	// deadlines per request (api.Timeouts): its streams run for minutes.
+	d.srv = d.api.HTTPServer()
+	d.served = make(chan error, 1)
+	go func() { d.served <- d.srv.Serve(ln) }()
+	d.cleanup(func() error {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := d.srv.Shutdown(sctx); err != nil {
+			d.srv.Close()
+			return fmt.Errorf("shutting down the API: %w", err)
+		}
+		return nil
+	})
 	d.log.Info("bangerd serving", "socket", d.paths.Socket, "version", Version, "pid", os.Getpid())
 	return nil
 }
