@@ -169,8 +169,9 @@ func Load(path string) (Config, error) {
 	}
 	// The TOML decoder matches keys without regard to case; banger's keys
 	// are spelled one way, so that what is set is what IsDefined sees.
+	names := keyNames()
 	for _, k := range md.Keys() {
-		if name := k.String(); !slices.Contains(keyNames(), name) {
+		if name := k.String(); !slices.Contains(names, name) {
 			return c, fmt.Errorf("reading config %s: unknown key %.64q: keys are lower case, such as %.64q: check its spelling", path, name, strings.ToLower(name))
 		}
 	}

@@ -21,7 +21,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 	"unsafe"
@@ -30,6 +29,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger/banger/internal/agent"
+	"github.com/banger/banger/internal/atomicfile"
 	"github.com/banger/banger/internal/guest/netsetup"
 	"github.com/banger/banger/internal/guestconfig"
 )
@@ -180,7 +180,7 @@ func (osSystem) SetMachineID(id string) error {
 		if i > 0 && (err != nil || !fi.Mode().IsRegular()) {
 			continue // D-Bus's is a link to /etc/machine-id, or absent
 		}
-		err = writeAtomic(p, []byte(id+"\n"), 0o444)
+		err = atomicfile.Write(p, []byte(id+"\n"), 0o444)
 		if errors.Is(err, unix.EBUSY) {
 			// A mount point (systemd's transient id): write through it,
 			// else into what is bound there.
@@ -261,13 +261,10 @@ func writeHostKey(priv, kind string) error {
 	}
 	line := bytes.TrimSpace(ssh.MarshalAuthorizedKey(pub))
 	line = append(line, []byte(" root@"+host+"\n")...)
-	if err := writeAtomic(priv, pem.EncodeToMemory(block), 0o600); err != nil {
-		return fmt.Errorf("writing host key %s: %w", priv, err)
+	if err := atomicfile.Write(priv, pem.EncodeToMemory(block), 0o600); err != nil {
+		return err
 	}
-	if err := writeAtomic(priv+".pub", line, 0o644); err != nil {
-		return fmt.Errorf("writing host key %s.pub: %w", priv, err)
-	}
-	return nil
+	return atomicfile.Write(priv+".pub", line, 0o644)
 }
 
 // OpencodeUnit is the systemd unit of banger's opencode server.
@@ -285,8 +282,8 @@ func (osSystem) SetOpencodePassword(ctx context.Context, pw string) (bool, error
 	if err := os.MkdirAll(filepath.Dir(agent.OpencodeEnvFile), 0o700); err != nil {
 		return false, err
 	}
-	if err := writeAtomic(agent.OpencodeEnvFile, want, 0o600); err != nil {
-		return false, fmt.Errorf("writing %s: %w", agent.OpencodeEnvFile, err)
+	if err := atomicfile.Write(agent.OpencodeEnvFile, want, 0o600); err != nil {
+		return false, err
 	}
 	// The restart runs after the answer: the server takes a while to come
 	// up, and the host waits for ssh, not for it. Its failure is logged.
@@ -418,33 +415,6 @@ func parseSuperblock(sb []byte) (blocks, blockSize uint64, err error) {
 		blocks |= uint64(binary.LittleEndian.Uint32(sb[sbBlocksHi:])) << 32
 	}
 	return blocks, 1024 << logBS, nil
-}
-
-// writeAtomic replaces path with data (mode perm) through a temporary file
-// in its directory.
-func writeAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp := path + ".banger-tmp." + strconv.Itoa(os.Getpid())
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, perm)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(perm)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }
 
 func exists(path string) bool {

@@ -9,10 +9,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/banger/banger/internal/atomicfile"
 	"github.com/banger/banger/internal/guestconfig"
 )
 
@@ -47,7 +47,7 @@ func Ensure(path, comment string) (bool, error) {
 		if err != nil {
 			return false, fmt.Errorf("reading ssh host key %s to derive its public key: %w", path, err)
 		}
-		if err := write(pubPath, publicLine(key.PublicKey(), comment), 0o644); err != nil {
+		if err := atomicfile.Write(pubPath, publicLine(key.PublicKey(), comment), 0o644); err != nil {
 			return false, err
 		}
 		return true, nil
@@ -68,10 +68,10 @@ func Ensure(path, comment string) (bool, error) {
 	}
 	// The public key first: a key without its .pub is repaired above, a
 	// .pub whose key is missing is replaced with the new pair.
-	if err := write(pubPath, publicLine(sshPub, comment), 0o644); err != nil {
+	if err := atomicfile.Write(pubPath, publicLine(sshPub, comment), 0o644); err != nil {
 		return false, err
 	}
-	if err := write(path, pem.EncodeToMemory(block), 0o600); err != nil {
+	if err := atomicfile.Write(path, pem.EncodeToMemory(block), 0o600); err != nil {
 		return false, err
 	}
 	return true, nil
@@ -84,31 +84,4 @@ func publicLine(k ssh.PublicKey, comment string) []byte {
 		return line
 	}
 	return append(line[:len(line)-1], []byte(" "+comment+"\n")...)
-}
-
-// write replaces path with data, synced, through a temporary file beside it.
-func write(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return nil
 }
