@@ -1,6 +1,8 @@
 package vm
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -59,8 +61,66 @@ func (e *Engine) waitReady(ctx context.Context, vm *store.VM, b *bundle.Bundle, 
 		return nil, err
 	}
 	return h, st.run("waiting for ssh", func() error {
+		if bs.kind != coldBoot {
+			return e.waitBanner(ctx, vm, inst)
+		}
 		return e.waitSSH(ctx, vm, b, keys, inst)
 	})
+}
+
+// waitBanner is the readiness check of a restored guest. Its agent has just
+// answered with the host keys to pin (new ones, for a restore of another
+// machine's snapshot), and its sshd was running when the snapshot was
+// taken, so sshd answering with its version line says enough; the full
+// handshake, about half a second under TCG, is what a cold boot proves.
+func (e *Engine) waitBanner(ctx context.Context, vm *store.VM, inst hypervisor.Instance) error {
+	addr := net.JoinHostPort(vm.IP, "22")
+	var last error
+	for {
+		if inst.Exited() {
+			return fmt.Errorf("the hypervisor of %s exited during its restore (%s)%s", vm.Name, inst.Exit(), consoleTail(ConsoleLog(vm)))
+		}
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		conn, err := e.cfg.Dial(dctx, "tcp", addr)
+		cancel()
+		if err == nil {
+			err = readBanner(conn, 10*time.Second)
+			conn.Close()
+			if err == nil {
+				return nil
+			}
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for sshd on %s (%s): %w (last: %w)%s", vm.Name, addr, ctx.Err(), last, consoleTail(ConsoleLog(vm)))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// maxBannerLines bounds the lines an SSH server may send before its version
+// line (RFC 4253 4.2 allows some); each line is at most maxBannerLine bytes.
+const (
+	maxBannerLines = 16
+	maxBannerLine  = 512
+)
+
+// readBanner reads what the guest's sshd sends first until its version
+// line, within d. The guest is untrusted: what it sends is bounded.
+func readBanner(c net.Conn, d time.Duration) error {
+	c.SetDeadline(time.Now().Add(d))
+	r := bufio.NewReaderSize(c, maxBannerLine)
+	for range maxBannerLines {
+		line, err := r.ReadSlice('\n')
+		if err != nil {
+			return fmt.Errorf("reading the ssh version line: %w", err)
+		}
+		if bytes.HasPrefix(line, []byte("SSH-2.0-")) || bytes.HasPrefix(line, []byte("SSH-1.99-")) {
+			return nil
+		}
+	}
+	return fmt.Errorf("no ssh version line in the first %d lines", maxBannerLines)
 }
 
 // waitAgent polls the guest agent until it answers health with the guest's
