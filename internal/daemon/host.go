@@ -120,15 +120,10 @@ func (d *Daemon) bridgeUp() bool {
 
 // lookupName answers <name>.vm with the VM's address.
 func (d *Daemon) lookupName(name string) (netip.Addr, bool) {
-	vms, err := d.store.ListVMs(d.engine.Context())
-	if err != nil {
+	ip, err := d.store.VMIP(d.engine.Context(), name)
+	if err != nil || ip == "" {
 		return netip.Addr{}, false
 	}
-	for _, v := range vms {
-		if v.Name == name {
-			ip, err := netip.ParseAddr(v.IP)
-			return ip, err == nil
-		}
-	}
-	return netip.Addr{}, false
+	addr, err := netip.ParseAddr(ip)
+	return addr, err == nil
 }

@@ -653,3 +653,27 @@ func TestPorts(t *testing.T) {
 		t.Errorf("%d ports of a deleted VM left", n)
 	}
 }
+
+// TestVMIP: the DNS server's lookup answers by exact name only, never by
+// an ID or its prefix, and says "" for a VM without an address.
+func TestVMIP(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	for _, vm := range []*VM{{ID: "abc1", Name: "web", IP: "172.30.0.5"}, {ID: "abc2", Name: "noaddr"}} {
+		if err := s.CreateVM(ctx, vm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []struct{ name, want string }{
+		{"web", "172.30.0.5"},
+		{"noaddr", ""},
+		{"abc1", ""}, // an ID is not a name
+		{"we", ""},
+		{"WEB", ""},
+		{"", ""},
+	} {
+		if got, err := s.VMIP(ctx, tt.name); err != nil || got != tt.want {
+			t.Errorf("VMIP(%q) = %q, %v; want %q", tt.name, got, err, tt.want)
+		}
+	}
+}

@@ -299,6 +299,21 @@ func (s *Store) GetVM(ctx context.Context, nameOrID string) (*VM, error) {
 	return &vms[0], nil
 }
 
+// VMIP returns the address of the VM named name, or "" when there is no
+// such VM or it has none. It is one indexed read: the DNS server asks it for
+// every .vm query.
+func (s *Store) VMIP(ctx context.Context, name string) (string, error) {
+	var ip sql.NullString
+	err := s.db.QueryRowContext(ctx, `SELECT ip FROM vms WHERE name = ?`, name).Scan(&ip)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading the address of vm %s: %w", name, err)
+	}
+	return ip.String, nil
+}
+
 // ListVMs returns every VM ordered by name.
 func (s *Store) ListVMs(ctx context.Context) ([]VM, error) {
 	vms, err := s.queryVMs(ctx, `SELECT `+vmColumns+` FROM vms ORDER BY name`)
@@ -382,19 +397,26 @@ func (s *Store) queryVMs(ctx context.Context, query string, args ...any) ([]VM, 
 	return vms, s.loadMounts(ctx, vms)
 }
 
-// loadPorts fills the Ports of vms.
-func (s *Store) loadPorts(ctx context.Context, vms []VM) error {
-	if len(vms) == 0 {
-		return nil
-	}
+// byIDs indexes vms (not empty) by ID for the queries of their ports and
+// mounts: the index, the IDs as query arguments and their placeholders.
+func byIDs(vms []VM) (map[string]*VM, []any, string) {
 	byID := make(map[string]*VM, len(vms))
 	args := make([]any, len(vms))
 	for i := range vms {
 		byID[vms[i].ID] = &vms[i]
 		args[i] = vms[i].ID
 	}
+	return byID, args, "?" + strings.Repeat(", ?", len(vms)-1)
+}
+
+// loadPorts fills the Ports of vms.
+func (s *Store) loadPorts(ctx context.Context, vms []VM) error {
+	if len(vms) == 0 {
+		return nil
+	}
+	byID, args, in := byIDs(vms)
 	rows, err := s.db.QueryContext(ctx, `SELECT vm_id, proto, host_ip, host_port, guest_port FROM vm_ports
-		WHERE vm_id IN (?`+strings.Repeat(", ?", len(vms)-1)+`) ORDER BY rowid`, args...)
+		WHERE vm_id IN (`+in+`) ORDER BY rowid`, args...)
 	if err != nil {
 		return fmt.Errorf("reading ports: %w", err)
 	}
@@ -417,14 +439,9 @@ func (s *Store) loadMounts(ctx context.Context, vms []VM) error {
 	if len(vms) == 0 {
 		return nil
 	}
-	byID := make(map[string]*VM, len(vms))
-	args := make([]any, len(vms))
-	for i := range vms {
-		byID[vms[i].ID] = &vms[i]
-		args[i] = vms[i].ID
-	}
+	byID, args, in := byIDs(vms)
 	rows, err := s.db.QueryContext(ctx, `SELECT vm_id, host, guest, read_only FROM vm_mounts
-		WHERE vm_id IN (?`+strings.Repeat(", ?", len(vms)-1)+`) ORDER BY vm_id, idx`, args...)
+		WHERE vm_id IN (`+in+`) ORDER BY vm_id, idx`, args...)
 	if err != nil {
 		return fmt.Errorf("reading mounts: %w", err)
 	}
