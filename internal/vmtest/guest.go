@@ -15,14 +15,17 @@ import (
 
 // SSH runs script as root in the guest at addr ("172.30.0.2:22"), reached
 // from inside ns, logging in with signer and trusting only hostKey; it
-// gives the combined output. The session may run for up to 12 minutes.
-func (ns *NS) SSH(addr string, signer ssh.Signer, hostKey ssh.PublicKey, script string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+// gives the combined output. The session may run for up to 12 minutes,
+// and ends at once when ctx does (a guest that is gone sends no FIN).
+func (ns *NS) SSH(ctx context.Context, addr string, signer ssh.Signer, hostKey ssh.PublicKey, script string) (string, error) {
+	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	conn, err := ns.Dial(ctx, "tcp", addr)
+	conn, err := ns.Dial(dctx, "tcp", addr)
 	if err != nil {
 		return "", err
 	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
 	conn.SetDeadline(time.Now().Add(12 * time.Minute))
 	cfg := &ssh.ClientConfig{
 		User:            "root",

@@ -167,7 +167,7 @@ func sshRun(t testing.TB, ns *vmtest.NS, keyPath, hostKey, script string) string
 	}
 	var lastErr error
 	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
-		out, err := ns.SSH(guestIP+":22", signer, pinned, script)
+		out, err := ns.SSH(context.Background(), guestIP+":22", signer, pinned, script)
 		if err == nil {
 			return out
 		}

@@ -196,7 +196,7 @@ func bootAndCheck(t *testing.T, kind Kind, vmlinux, initrd, rootImg, work string
 
 	var out string
 	for time.Now().Before(deadline) {
-		out, err = ns.SSH("172.30.0.2:22", signer, pinned, sshScript(kind))
+		out, err = ns.SSH(context.Background(), "172.30.0.2:22", signer, pinned, sshScript(kind))
 		if err == nil {
 			break
 		}
