@@ -39,3 +39,26 @@ func TestWrite(t *testing.T) {
 		t.Errorf("Write into a missing directory = %v, want an error naming the file", err)
 	}
 }
+
+// TestWriteUnsynced: the same replacement, without the syncs.
+func TestWriteUnsynced(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "machine-id")
+	for _, data := range []string{"old\n", "new\n"} {
+		if err := WriteUnsynced(path, []byte(data), 0o444); err != nil {
+			t.Fatalf("WriteUnsynced(%q): %v", data, err)
+		}
+		if got, err := os.ReadFile(path); err != nil || string(got) != data {
+			t.Fatalf("after WriteUnsynced(%q): read %q, %v", data, got, err)
+		}
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o444 {
+		t.Errorf("mode = %v, want 0444", fi.Mode().Perm())
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("directory holds %d entries, want only the file", len(ents))
+	}
+	if err := WriteUnsynced(filepath.Join(dir, "nosuch", "f"), nil, 0o600); err == nil || !strings.Contains(err.Error(), "nosuch") {
+		t.Errorf("WriteUnsynced into a missing directory = %v, want an error naming it", err)
+	}
+}

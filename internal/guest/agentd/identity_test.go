@@ -53,6 +53,7 @@ func (r *recorder) SetNetwork(_ context.Context, n guestconfig.Network, mac stri
 func (r *recorder) SetMachineID(string) error             { return r.step("machine-id") }
 func (r *recorder) NewHostKeys(context.Context) error     { return r.step("host-keys") }
 func (r *recorder) GrowFilesystems(context.Context) error { return r.step("filesystems") }
+func (r *recorder) Sync() error                           { return r.step("sync") }
 func (r *recorder) SetOpencodePassword(context.Context, string) (bool, error) {
 	return true, r.step("opencode-password")
 }
@@ -80,8 +81,8 @@ func TestIdentityOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"clock", "entropy", "network", "machine-id", "host-keys", "opencode-password", "filesystems"}
-	if len(rec.calls) != len(want) || rec.calls[0] != "clock" || rec.calls[1] != "entropy" || !reflect.DeepEqual(h.Applied, want) {
-		t.Errorf("identity ran %v and reported %v, want clock, entropy, then the rest of %v", rec.calls, h.Applied, want)
+	if len(rec.calls) != len(want)+1 || rec.calls[0] != "clock" || rec.calls[1] != "entropy" || rec.calls[len(want)] != "sync" || !reflect.DeepEqual(h.Applied, want) {
+		t.Errorf("identity ran %v and reported %v, want clock, entropy, the rest of %v, then one sync", rec.calls, h.Applied, want)
 	}
 	if rec.net.Client.String() != "172.30.0.3" || rec.net.PrefixLen != 24 || rec.net.Hostname != "box2" || rec.mac != "02:ba:ac:1e:00:03" || len(rec.net.DNS) != 1 {
 		t.Errorf("network = %+v mac %s, want 172.30.0.3/24 box2 with the MAC and one resolver", rec.net, rec.mac)

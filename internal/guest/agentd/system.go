@@ -116,6 +116,20 @@ func listensOn(path string, port int) bool {
 	return false
 }
 
+// Sync syncs the root filesystem, where the identity's files are (the
+// steps write them with atomicfile.WriteUnsynced).
+func (osSystem) Sync() error {
+	f, err := os.Open("/")
+	if err != nil {
+		return fmt.Errorf("syncing /: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("syncing /: %w", err)
+	}
+	return nil
+}
+
 func (osSystem) SetClock(t time.Time) error {
 	ts := unix.NsecToTimespec(t.UnixNano())
 	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
@@ -180,7 +194,7 @@ func (osSystem) SetMachineID(id string) error {
 		if i > 0 && (err != nil || !fi.Mode().IsRegular()) {
 			continue // D-Bus's is a link to /etc/machine-id, or absent
 		}
-		err = atomicfile.Write(p, []byte(id+"\n"), 0o444)
+		err = atomicfile.WriteUnsynced(p, []byte(id+"\n"), 0o444)
 		if errors.Is(err, unix.EBUSY) {
 			// A mount point (systemd's transient id): write through it,
 			// else into what is bound there.
@@ -261,10 +275,10 @@ func writeHostKey(priv, kind string) error {
 	}
 	line := bytes.TrimSpace(ssh.MarshalAuthorizedKey(pub))
 	line = append(line, []byte(" root@"+host+"\n")...)
-	if err := atomicfile.Write(priv, pem.EncodeToMemory(block), 0o600); err != nil {
+	if err := atomicfile.WriteUnsynced(priv, pem.EncodeToMemory(block), 0o600); err != nil {
 		return err
 	}
-	return atomicfile.Write(priv+".pub", line, 0o644)
+	return atomicfile.WriteUnsynced(priv+".pub", line, 0o644)
 }
 
 // OpencodeUnit is the systemd unit of banger's opencode server.
@@ -282,7 +296,7 @@ func (osSystem) SetOpencodePassword(ctx context.Context, pw string) (bool, error
 	if err := os.MkdirAll(filepath.Dir(agent.OpencodeEnvFile), 0o700); err != nil {
 		return false, err
 	}
-	if err := atomicfile.Write(agent.OpencodeEnvFile, want, 0o600); err != nil {
+	if err := atomicfile.WriteUnsynced(agent.OpencodeEnvFile, want, 0o600); err != nil {
 		return false, err
 	}
 	// The restart runs after the answer: the server takes a while to come

@@ -52,6 +52,72 @@ func configure(c guestconfig.Network) error {
 	return nil
 }
 
+// reconfigure moves the configured interface c.Device to c's address and
+// route and, unless mac is nil, to MAC address mac, over rtnetlink, as this
+// ip -batch script would: "link set DEV down", "link set DEV address MAC",
+// "addr flush dev DEV", "addr add ADDR/LEN dev DEV", "link set DEV up",
+// "route replace default via GW dev DEV". The link is down while its MAC
+// changes: not every driver takes a change while up.
+func reconfigure(c guestconfig.Network, mac net.HardwareAddr) error {
+	dev, err := net.InterfaceByName(c.Device)
+	if err != nil {
+		return fmt.Errorf("finding %s: %w", c.Device, err)
+	}
+	old, err := dev.Addrs()
+	if err != nil {
+		return fmt.Errorf("listing the addresses of %s: %w", c.Device, err)
+	}
+	s, err := openRTNL()
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	type req struct {
+		what string
+		msg  []byte
+		// gone is an error that means the request has nothing to do.
+		gone unix.Errno
+	}
+	reqs := []req{{what: "setting " + c.Device + " down", msg: linkMsg(dev.Index, false, nil)}}
+	if mac != nil {
+		reqs = append(reqs, req{what: "setting the MAC address of " + c.Device + " to " + mac.String(), msg: linkMsg(dev.Index, false, mac)})
+	}
+	for _, a := range old {
+		p, ok := prefixOf(a)
+		if !ok {
+			continue
+		}
+		// Removing a primary address removes its secondaries with it.
+		reqs = append(reqs, req{what: "removing address " + p.String() + " from " + c.Device, msg: delAddrMsg(dev.Index, p), gone: unix.EADDRNOTAVAIL})
+	}
+	reqs = append(reqs,
+		req{what: "adding address " + c.Prefix().String() + " to " + c.Device, msg: addrMsg(dev.Index, c.Prefix())},
+		req{what: "setting " + c.Device + " up", msg: linkUpMsg(dev.Index)})
+	if c.Gateway.IsValid() {
+		reqs = append(reqs, req{what: "adding default route via " + c.Gateway.String(), msg: defaultRouteMsg(dev.Index, c.Gateway)})
+	}
+	for _, r := range reqs {
+		if err := s.do(r.msg); err != nil && (r.gone == 0 || !errors.Is(err, r.gone)) {
+			return fmt.Errorf("%s: %w", r.what, err)
+		}
+	}
+	return nil
+}
+
+// prefixOf is the address and prefix length of an interface address.
+func prefixOf(a net.Addr) (netip.Prefix, bool) {
+	n, ok := a.(*net.IPNet)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ip, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	bits, _ := n.Mask.Size()
+	return netip.PrefixFrom(ip.Unmap(), bits), true
+}
+
 // Sizes of the rtnetlink structures (linux/netlink.h, rtnetlink.h,
 // if_addr.h, if_link.h).
 const (
@@ -97,14 +163,37 @@ func (m *message) bytes() []byte {
 }
 
 // linkUpMsg is RTM_NEWLINK setting IFF_UP on the interface index.
-func linkUpMsg(index int) []byte {
+func linkUpMsg(index int) []byte { return linkMsg(index, true, nil) }
+
+// linkMsg is RTM_NEWLINK setting the interface index up or down and, when
+// mac is not nil, giving it MAC address mac.
+func linkMsg(index int, up bool, mac net.HardwareAddr) []byte {
 	body := make([]byte, sizeofIfinfomsg)
 	body[0] = unix.AF_UNSPEC
 	ne := binary.NativeEndian
 	ne.PutUint32(body[4:], uint32(index))
-	ne.PutUint32(body[8:], unix.IFF_UP)  // flags
+	if up {
+		ne.PutUint32(body[8:], unix.IFF_UP) // flags
+	}
 	ne.PutUint32(body[12:], unix.IFF_UP) // change mask
-	return newMessage(unix.RTM_NEWLINK, 0, body).bytes()
+	m := newMessage(unix.RTM_NEWLINK, 0, body)
+	if mac != nil {
+		m.attr(unix.IFLA_ADDRESS, mac)
+	}
+	return m.bytes()
+}
+
+// delAddrMsg is RTM_DELADDR removing p (IPv4 or IPv6) from the interface
+// index.
+func delAddrMsg(index int, p netip.Prefix) []byte {
+	body := make([]byte, sizeofIfaddrmsg)
+	body[0] = unix.AF_INET
+	if p.Addr().Is6() {
+		body[0] = unix.AF_INET6
+	}
+	body[1] = byte(p.Bits())
+	binary.NativeEndian.PutUint32(body[4:], uint32(index))
+	return newMessage(unix.RTM_DELADDR, 0, body).attr(unix.IFA_LOCAL, p.Addr().AsSlice()).bytes()
 }
 
 // addrMsg is RTM_NEWADDR creating or replacing p on the interface index.

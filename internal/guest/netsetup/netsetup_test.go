@@ -2,9 +2,11 @@ package netsetup
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -42,6 +44,15 @@ func TestMessages(t *testing.T) {
 		{"addrMsg(2, 172.16.0.2/24)", addrMsg(2, netip.MustParsePrefix("172.16.0.2/24")),
 			// len 40, RTM_NEWADDR, REQUEST|ACK|REPLACE|CREATE; AF_INET /24 scope universe index 2; IFA_LOCAL, IFA_ADDRESS
 			"28000000 1400 0505 00000000 00000000 02180000 02000000 0800 0200 ac100002 0800 0100 ac100002"},
+		{"linkMsg(2, down, 02:ba:ac:1e:00:07)", linkMsg(2, false, net.HardwareAddr{2, 0xba, 0xac, 0x1e, 0, 7}),
+			// len 44, RTM_NEWLINK, REQUEST|ACK; ifinfomsg index 2, flags 0, change IFF_UP; IFLA_ADDRESS (padded)
+			"2c000000 1000 0500 00000000 00000000 00000000 02000000 00000000 01000000 0a00 0100 02baac1e0007 0000"},
+		{"delAddrMsg(2, 172.16.0.2/24)", delAddrMsg(2, netip.MustParsePrefix("172.16.0.2/24")),
+			// len 32, RTM_DELADDR, REQUEST|ACK; AF_INET /24 index 2; IFA_LOCAL
+			"20000000 1500 0500 00000000 00000000 02180000 02000000 0800 0200 ac100002"},
+		{"delAddrMsg(2, fd00::2/64)", delAddrMsg(2, netip.MustParsePrefix("fd00::2/64")),
+			// len 44, RTM_DELADDR; AF_INET6 /64 index 2; IFA_LOCAL of 16 bytes
+			"2c000000 1500 0500 00000000 00000000 0a400000 02000000 1400 0200 fd000000000000000000000000000002"},
 		{"defaultRouteMsg(2, 172.16.0.1)", defaultRouteMsg(2, netip.MustParseAddr("172.16.0.1")),
 			// len 44, RTM_NEWROUTE, REQUEST|ACK|REPLACE|CREATE; AF_INET dst/0 main boot universe unicast; RTA_GATEWAY, RTA_OIF 2
 			"2c000000 1800 0505 00000000 00000000 02000000 fe030001 00000000 0800 0500 ac100001 0800 0400 02000000"},
@@ -145,21 +156,76 @@ func TestHostsWithName(t *testing.T) {
 
 // TestVsockLoopback serves over a real AF_VSOCK socket through the host's
 
-func TestReconfigureBatch(t *testing.T) {
-	c, err := guestconfig.ParseNetwork("ip=172.30.0.7::172.30.0.1:255.255.255.0:box7:eth0:off:172.30.0.1")
+// TestReconfigure moves a configured veth, with a secondary and an IPv6
+// address besides, to a new address, MAC and route inside a throwaway
+// namespace, and reads the result back with ip.
+func TestReconfigure(t *testing.T) {
+	vmtest.RequireHost(t, "configuring a link in a network namespace", vmtest.Root(), vmtest.Tool("ip", "iproute2"))
+	ns := vmtest.NewNS(t)
+	for _, args := range [][]string{
+		{"link", "add", "eth0", "type", "veth", "peer", "name", "peer0"},
+		{"link", "set", "peer0", "up"},
+	} {
+		if out, err := vmtest.Command("ip", append([]string{"-n", ns.Name}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	first, err := guestconfig.ParseNetwork("ip=10.77.0.2::10.77.0.1:255.255.255.0:tmpl:eth0:off:10.77.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "link set dev eth0 down\n" +
-		"link set dev eth0 address 02:ba:ac:1e:00:07\n" +
-		"addr flush dev eth0\n" +
-		"addr add 172.30.0.7/24 dev eth0\n" +
-		"link set dev eth0 up\n" +
-		"route replace default via 172.30.0.1 dev eth0\n"
-	if got := reconfigureBatch(c, "02:ba:ac:1e:00:07"); got != want {
-		t.Errorf("reconfigureBatch() = %q, want %q", got, want)
+	if err := ns.Do(func() error { return configure(first) }); err != nil {
+		t.Fatalf("configure: %v", err)
 	}
-	if got := reconfigureBatch(c, ""); strings.Contains(got, "address") {
-		t.Errorf("reconfigureBatch() without a MAC = %q, want no address change", got)
+	for _, args := range [][]string{
+		{"addr", "add", "10.77.0.9/24", "dev", "eth0"},
+		{"addr", "add", "fd00::2/64", "dev", "eth0", "nodad"},
+	} {
+		if out, err := vmtest.Command("ip", append([]string{"-n", ns.Name}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+	}
+	next, err := guestconfig.ParseNetwork("ip=10.78.0.7::10.78.0.1:255.255.255.0:box7:eth0:off:10.78.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac, _ := net.ParseMAC("02:ba:ac:1e:00:07")
+	// Twice: a second move to the same place changes nothing.
+	for i := 0; i < 2; i++ {
+		if err := ns.Do(func() error { return reconfigure(next, mac) }); err != nil {
+			t.Fatalf("reconfigure #%d: %v", i+1, err)
+		}
+	}
+	for _, q := range []struct {
+		args      []string
+		want, not string
+	}{
+		{[]string{"-4", "-o", "addr", "show", "dev", "eth0"}, "inet 10.78.0.7/24 scope global eth0", "10.77."},
+		{[]string{"-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"}, "", "fd00::2"},
+		{[]string{"link", "show", "eth0"}, "link/ether 02:ba:ac:1e:00:07", "NO-CARRIER,BROADCAST,MULTICAST>"},
+		{[]string{"link", "show", "eth0"}, ",UP,", ""},
+		{[]string{"-4", "route", "show", "default"}, "default via 10.78.0.1 dev eth0 \n", "10.77."},
+	} {
+		out, err := vmtest.Command("ip", append([]string{"-n", ns.Name}, q.args...)...).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), q.want) || (q.not != "" && strings.Contains(string(out), q.not)) {
+			t.Errorf("ip %s after reconfigure = %q, %v; want it to contain %q and not %q", strings.Join(q.args, " "), out, err, q.want, q.not)
+		}
+	}
+	bad := next
+	bad.Device = "nosuch0"
+	if err := ns.Do(func() error { return reconfigure(bad, nil) }); err == nil || !strings.Contains(err.Error(), "finding nosuch0") {
+		t.Errorf("reconfigure on a missing device = %v, want an error naming it", err)
+	}
+}
+
+func TestReconfigureRefusesABadMAC(t *testing.T) {
+	c, err := guestconfig.ParseNetwork("ip=10.78.0.7::10.78.0.1:255.255.255.0:box7:eth0:off:10.78.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mac := range []string{"nonsense", "02:00:00:00:00:00:00:01", "00:00:00:00:fe:80:00:00:00:00:00:00:02:00:5e:10:00:00:00:01"} {
+		if err := Reconfigure(context.Background(), c, mac); err == nil || !strings.Contains(err.Error(), "not an Ethernet one") {
+			t.Errorf("Reconfigure(MAC %q) = %v, want a refusal before any change", mac, err)
+		}
 	}
 }
