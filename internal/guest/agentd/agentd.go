@@ -39,8 +39,16 @@ type Server struct {
 	// guest itself (with HostKeyGlob).
 	System System
 
-	once sync.Once
-	mu   sync.Mutex // one identity change at a time
+	once   sync.Once
+	mu     sync.Mutex // one identity change at a time
+	growMu sync.Mutex // one grow of the filesystems at a time
+}
+
+// growFilesystems grows / and /root to their devices, one grow at a time.
+func (s *Server) growFilesystems(ctx context.Context) error {
+	s.growMu.Lock()
+	defer s.growMu.Unlock()
+	return s.system().GrowFilesystems(ctx)
 }
 
 // system returns s.System, or the guest itself.
@@ -64,7 +72,19 @@ func (s *Server) log() *slog.Logger {
 
 // Serve listens on vsock port agent.Port (when the guest has
 // AF_VSOCK) and on the virtio-serial port (when it appears) until ctx ends.
+//
+// It also grows / and /root to their devices at once, in the background:
+// a new VM's overlays are larger than the image's filesystems, and under
+// emulation the grow takes about half a second, which the identity step of
+// a cold boot (agent.Identity.GrowFilesystems) would otherwise spend after
+// the guest is up. That step then waits for this grow and finds nothing
+// left to do.
 func (s *Server) Serve(ctx context.Context) error {
+	go func() {
+		if err := s.growFilesystems(ctx); err != nil {
+			s.log().Warn("growing the filesystems at start", "err", err)
+		}
+	}()
 	var wg sync.WaitGroup
 	ln, err := listenVsock(agent.Port)
 	if err != nil {

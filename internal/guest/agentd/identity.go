@@ -100,7 +100,7 @@ func (s *Server) identity(id *agent.Identity) agent.Response {
 				}
 				return err
 			}},
-			{"filesystems", id.GrowFilesystems, func() error { return sys.GrowFilesystems(ctx) }},
+			{"filesystems", id.GrowFilesystems, func() error { return s.growFilesystems(ctx) }},
 		},
 	}
 	var applied, took []string

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -231,5 +232,33 @@ func TestListensOn(t *testing.T) {
 	os.WriteFile(path, []byte(table), 0o600)
 	if !listensOn(path, 22) || listensOn(path, 4096) {
 		t.Errorf("listensOn: want port 22 listening and 4096 not")
+	}
+}
+
+// TestServeGrowsAtStart: the agent grows the filesystems as soon as it
+// starts, before any request asks it to.
+func TestServeGrowsAtStart(t *testing.T) {
+	rec := &recorder{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		(&Server{System: rec}).Serve(ctx)
+		close(done)
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		rec.mu.Lock()
+		calls := slices.Clone(rec.calls)
+		rec.mu.Unlock()
+		if slices.Equal(calls, []string{"filesystems"}) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a started agent made %v, want one grow of the filesystems", calls)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
