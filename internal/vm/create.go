@@ -385,7 +385,7 @@ func (e *Engine) create(ctx context.Context, p *Plan, st *stages, unlock *func()
 	}
 	m := bootMode{kind: coldBoot}
 	if p.warm != nil {
-		m = bootMode{kind: restoreNew, snapshot: p.warm.snapshot()}
+		m = bootMode{kind: restoreNew, snapshot: p.warm.snapshot(), hostKeys: p.warm.HostKeys}
 	}
 	inst, bs, err := e.boot(ctx, vm, p.Bundle, p.backend, st, m)
 	if err != nil {
@@ -444,6 +444,10 @@ const (
 type bootMode struct {
 	kind     bootKind
 	snapshot string
+	// hostKeys are the SSH host keys of the machine a restoreNew snapshot
+	// is of, when they are known (a template's): the restore then sends
+	// the new identity at once, without a health request first.
+	hostKeys []string
 }
 
 // bootState is what one boot's readiness checks need of it.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -29,16 +30,17 @@ func (e *Engine) waitReady(ctx context.Context, vm *store.VM, b *bundle.Bundle, 
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.ReadyTimeout)
 	defer cancel()
 	var h *agent.Health
-	err := st.run("waiting for agent", func() error {
-		var err error
-		h, err = e.waitAgent(ctx, vm.Name, ConsoleLog(vm), inst)
-		if err == nil && bs.kind == coldBoot {
-			h, err = e.giveIdentity(ctx, vm, inst, bs, h)
+	if !identityFirst(bs) {
+		if err := st.run("waiting for agent", func() error {
+			var err error
+			h, err = e.waitAgent(ctx, vm.Name, ConsoleLog(vm), inst)
+			if err == nil && bs.kind == coldBoot {
+				h, err = e.giveIdentity(ctx, vm, inst, bs, h)
+			}
+			return err
+		}); err != nil {
+			return nil, err
 		}
-		return err
-	})
-	if err != nil {
-		return nil, err
 	}
 	if bs.kind != coldBoot {
 		stage := "new identity"
@@ -47,7 +49,7 @@ func (e *Engine) waitReady(ctx context.Context, vm *store.VM, b *bundle.Bundle, 
 		}
 		if err := st.run(stage, func() error {
 			var err error
-			h, err = e.giveIdentity(ctx, vm, inst, bs, h)
+			h, err = e.restoredIdentity(ctx, vm, inst, bs, h)
 			return err
 		}); err != nil {
 			return nil, err
@@ -67,6 +69,48 @@ func (e *Engine) waitReady(ctx context.Context, vm *store.VM, b *bundle.Bundle, 
 		return e.waitSSH(ctx, vm, b, keys, inst)
 	})
 }
+
+// identityFirst says whether a restored guest gets its identity request
+// before any health request. Its agent was serving when the snapshot was
+// taken, so the identity request can go first when what the host checks
+// its answer against is known: a resume checks nothing of the guest
+// before, and a template's restore checks the template's recorded host
+// keys. A fork's restore (whose source's keys the host does not keep)
+// asks the agent's health first, as a boot does.
+func identityFirst(bs *bootState) bool {
+	return bs.kind == restoreSame || (bs.kind == restoreNew && len(bs.hostKeys) > 0)
+}
+
+// restoredIdentity gives a restored guest its identity (its own, or the
+// clock and entropy of a resume), h being its agent's health, or nil when
+// identityFirst: the request then goes at once, and if it is refused (an
+// older agent) or unanswered, the agent's health comes first after all.
+func (e *Engine) restoredIdentity(ctx context.Context, vm *store.VM, inst hypervisor.Instance, bs *bootState, h *agent.Health) (*agent.Health, error) {
+	if h != nil {
+		return e.giveIdentity(ctx, vm, inst, bs, h)
+	}
+	known := &agent.Health{OK: true, SSHHostKeys: bs.hostKeys, Ops: []string{agent.OpIdentity}}
+	ictx, cancel := context.WithTimeout(ctx, firstIdentityTimeout)
+	nh, err := e.giveIdentity(ictx, vm, inst, bs, known)
+	cancel()
+	if err == nil || ctx.Err() != nil {
+		return nh, err
+	}
+	e.log.Debug("restored guest: the first identity request failed; waiting for its agent", "vm", vm.Name, "err", err)
+	h, err = e.waitAgent(ctx, vm.Name, ConsoleLog(vm), inst)
+	if err != nil {
+		return nil, err
+	}
+	// The new keys must differ from the snapshot's too, not only from what
+	// the first request may have left.
+	h.SSHHostKeys = append(slices.Clip(h.SSHHostKeys), bs.hostKeys...)
+	return e.giveIdentity(ctx, vm, inst, bs, h)
+}
+
+// firstIdentityTimeout bounds the identity request sent to a restored
+// guest before anything else: its agent answers in well under a second
+// under TCG, and one that does not is waited for as after a boot.
+const firstIdentityTimeout = 20 * time.Second
 
 // waitBanner is the readiness check of a restored guest. Its agent has just
 // answered with the host keys to pin (new ones, for a restore of another

@@ -98,6 +98,10 @@ type template struct {
 	// snapshot.
 	BootMS     int64 `json:"boot_ms"`
 	SnapshotMS int64 `json:"snapshot_ms"`
+	// HostKeys are the template guest's SSH host keys, as its agent
+	// reported them: a restore's new identity must replace every one, and
+	// knowing them spares the restore a health request before it.
+	HostKeys []string `json:"host_keys,omitempty"`
 }
 
 // disk is the path of the template's root or work disk.
@@ -520,7 +524,12 @@ func (e *Engine) buildTemplate(ctx context.Context, p *Plan, st *stages) (_ *tem
 			return fmt.Errorf("image %s's guest agent is older than this banger and cannot give a restored guest its own identity: rebuild the image (make runtime-bundle, or banger image build)", name)
 		}
 		// The filesystems at the disks' sizes, once, for every VM after.
-		_, err = c.Identity(rctx, agent.Identity{GrowFilesystems: p.diskFormat == string(hypervisor.DiskQcow2)})
+		nh, err := c.Identity(rctx, agent.Identity{GrowFilesystems: p.diskFormat == string(hypervisor.DiskQcow2)})
+		if err == nil {
+			if _, err = ParseHostKeys(nh.SSHHostKeys); err == nil {
+				t.HostKeys = nh.SSHHostKeys
+			}
+		}
 		return err
 	}); err != nil {
 		return nil, err
