@@ -126,10 +126,9 @@ const (
 )
 
 var (
-	macRE       = regexp.MustCompile(`^[0-9a-f]{2}(:[0-9a-f]{2}){5}$`)
-	deviceRE    = regexp.MustCompile(`^[a-z][a-z0-9]{0,14}$`)
-	machineIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
-	passwordRE  = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+	macRE      = regexp.MustCompile(`^[0-9a-f]{2}(:[0-9a-f]{2}){5}$`)
+	deviceRE   = regexp.MustCompile(`^[a-z][a-z0-9]{0,14}$`)
+	passwordRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 )
 
 // Validate checks every field that is set; the guest applies nothing of an
@@ -149,7 +148,7 @@ func (id *Identity) Validate() error {
 		}
 	}
 	if id.MachineID != "" {
-		if !machineIDRE.MatchString(id.MachineID) || id.MachineID == "00000000000000000000000000000000" {
+		if !guestconfig.ValidMachineID(id.MachineID) {
 			return errors.New("identity: the machine id must be 32 lowercase hex digits, not all zero")
 		}
 	}

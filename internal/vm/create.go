@@ -469,7 +469,7 @@ func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 	// The capabilities fill in the guest's configuration as they ready the
 	// host for it (TAP device and address, resolver, NAT); the hypervisor
 	// spec is built after them, since they change the VM (its TAP device).
-	bs := &bootState{bootMode: m, guest: guestconfig.Config{BaseArgs: b.BootArgs, Root: "/dev/vda"}}
+	bs := &bootState{bootMode: m, guest: guestconfig.Config{BaseArgs: b.BootArgs, Root: "/dev/vda", MachineID: machineIDOf(vm.ID)}}
 	release := func() {
 		// The cause is in the error returned; what releasing fails on
 		// (often the same cause) goes to the log, not to the user again.

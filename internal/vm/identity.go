@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -97,6 +98,14 @@ func (e *Engine) giveIdentity(ctx context.Context, vm *store.VM, inst hypervisor
 	}
 	e.log.Debug("guest identity", "vm", vm.Name, "what", id.String(), "applied", nh.Applied)
 	return nh, nil
+}
+
+// machineIDOf is the machine id a VM's cold boots offer an image that has
+// none (guestconfig.Config.MachineID): made from the VM's id, so that every
+// VM has its own and each of its boots offers the same.
+func machineIDOf(vmID string) string {
+	sum := sha256.Sum256([]byte("banger machine-id\x00" + vmID))
+	return hex.EncodeToString(sum[:16])
 }
 
 // markPending records, before a restore of another machine's snapshot,

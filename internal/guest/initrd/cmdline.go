@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/banger/banger/internal/guestconfig"
 )
 
 // DefaultRootWait is how long /init waits for the root device unless rootwait=<seconds> says otherwise.
@@ -26,6 +28,9 @@ type Cmdline struct {
 	Init string
 	// RootWait is how long to wait for the root device.
 	RootWait time.Duration
+	// MachineID is banger.machine_id=: the id /init writes into a root
+	// whose /etc/machine-id is empty (seedMachineID).
+	MachineID string
 }
 
 // ParseCmdline parses a kernel command line such as the contents of /proc/cmdline.
@@ -50,6 +55,11 @@ func ParseCmdline(s string) (Cmdline, error) {
 			c.ReadOnly = false
 		case "init":
 			c.Init = v
+		case guestconfig.MachineIDArg:
+			if !guestconfig.ValidMachineID(v) {
+				return c, fmt.Errorf("parsing kernel command line: %s=%q is not 32 lowercase hex digits, not all zero", guestconfig.MachineIDArg, v)
+			}
+			c.MachineID = v
 		case "rootwait":
 			if !hasValue {
 				c.RootWait = DefaultRootWait

@@ -2,6 +2,8 @@ package initrd
 
 import (
 	"encoding/binary"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -40,6 +42,10 @@ func TestParseCmdline(t *testing.T) {
 		{"root=/dev/vda rootwait=-1", Cmdline{}, `rootwait="-1"`},
 		{"root=/dev/vda init=sbin/init", Cmdline{}, "not an absolute path"},
 		{"root=/dev/vda rootfstype=", Cmdline{}, "rootfstype= is empty"},
+		{"root=/dev/vda banger.machine_id=0123456789abcdef0123456789abcdef",
+			with(func(c *Cmdline) { c.MachineID = "0123456789abcdef0123456789abcdef" }), ""},
+		{"root=/dev/vda banger.machine_id=00000000000000000000000000000000", Cmdline{}, "banger.machine_id"},
+		{"root=/dev/vda banger.machine_id=../../etc/shadow", Cmdline{}, "banger.machine_id"},
 	}
 	for _, tt := range tests {
 		got, err := ParseCmdline(tt.in)
@@ -115,5 +121,42 @@ func TestMatchesRoot(t *testing.T) {
 		if got := matchesRoot(tt.root, tt.label, tt.uuid); got != tt.want {
 			t.Errorf("matchesRoot(%q, %q, %q) = %v, want %v", tt.root, tt.label, tt.uuid, got, tt.want)
 		}
+	}
+}
+
+func TestSeedMachineID(t *testing.T) {
+	const id = "0123456789abcdef0123456789abcdef"
+	for _, tt := range []struct {
+		name  string
+		make  func(path string) error
+		wrote bool
+		want  string // the file's content after; "" for no file
+	}{
+		{"empty file", func(p string) error { return os.WriteFile(p, nil, 0o644) }, true, id + "\n"},
+		{"an id already", func(p string) error { return os.WriteFile(p, []byte("fedcba9876543210fedcba9876543210\n"), 0o444) }, false, "fedcba9876543210fedcba9876543210\n"},
+		{"no file", func(string) error { return nil }, false, ""},
+		{"a link", func(p string) error { return os.Symlink("/run/machine-id", p) }, false, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			root := t.TempDir()
+			if err := os.Mkdir(filepath.Join(root, "etc"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(root, "etc", "machine-id")
+			if err := tt.make(path); err != nil {
+				t.Fatal(err)
+			}
+			wrote, err := seedMachineID(root, id)
+			if err != nil || wrote != tt.wrote {
+				t.Fatalf("seedMachineID = %v, %v; want %v", wrote, err, tt.wrote)
+			}
+			got, _ := os.ReadFile(path)
+			if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+				got = nil
+			}
+			if string(got) != tt.want {
+				t.Errorf("etc/machine-id after = %q, want %q", got, tt.want)
+			}
+		})
 	}
 }

@@ -91,6 +91,13 @@ func run() error {
 		mode = "ro"
 	}
 	logf("mounted %s (%s, %s) on %s (%v)", dev, cl.FSType, mode, newRoot, since())
+	if cl.MachineID != "" && !cl.ReadOnly {
+		if wrote, err := seedMachineID(newRoot, cl.MachineID); err != nil {
+			logf("not writing the machine id: %v", err)
+		} else if wrote {
+			logf("wrote the machine id %s: the image had none", cl.MachineID)
+		}
+	}
 	for _, m := range []string{"/dev", "/proc", "/sys"} {
 		if err := moveMount(m); err != nil {
 			return err
@@ -266,6 +273,34 @@ func moveMount(m string) error {
 		return fmt.Errorf("moving %s to %s: %w", m, target, err)
 	}
 	return nil
+}
+
+// seedMachineID writes id into root's etc/machine-id when that is an empty
+// file, as an image built for many machines ships it: systemd would make
+// one up at boot and treat the boot as its first, applying every unit's
+// preset. An id already there (a VM's later boots), a link, or no such
+// file (an image without systemd's convention) is left alone.
+func seedMachineID(root, id string) (bool, error) {
+	path := filepath.Join(root, "etc", "machine-id")
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if !fi.Mode().IsRegular() || fi.Size() != 0 {
+		return false, nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return false, err
+	}
+	if _, err := f.WriteString(id + "\n"); err != nil {
+		f.Close()
+		return false, err
+	}
+	return true, f.Close()
 }
 
 // switchRoot makes newRoot the root like busybox switch_root: free the
