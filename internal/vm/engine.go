@@ -191,6 +191,23 @@ func (e *Engine) Backend(b *bundle.Bundle) (hypervisor.Backend, error) {
 	return hypervisor.Select(e.cfg.Hypervisor, fc, q)
 }
 
+// bootBackend is the bundle and the backend that boot or restore vm: its
+// hypervisor's, which must be available on this host.
+func (e *Engine) bootBackend(vm *store.VM) (*bundle.Bundle, hypervisor.Backend, error) {
+	b, err := e.Bundle()
+	if err != nil {
+		return nil, nil, err
+	}
+	be, ok := e.backend(vm.Hypervisor, b)
+	if !ok {
+		return nil, nil, fmt.Errorf("VM %s uses unknown hypervisor %q", vm.Name, vm.Hypervisor)
+	}
+	if err := be.Available(); err != nil {
+		return nil, nil, unavailable(fmt.Errorf("VM %s needs %s: %w", vm.Name, be.Name(), err))
+	}
+	return b, be, nil
+}
+
 // backend returns the named backend. Firecracker's binary may come with
 // the bundle (b, when given): a Backend that implements WithBundle says how.
 func (e *Engine) backend(name string, b *bundle.Bundle) (hypervisor.Backend, bool) {

@@ -47,16 +47,9 @@ func (e *Engine) Start(nameOrID string, pr Progress) (*store.VM, error) {
 	if vm.State != StateStopped && vm.State != StateError {
 		return nil, invalid("VM %s is %s: wait for it to finish, or delete it", vm.Name, vm.State)
 	}
-	b, err := e.Bundle()
+	b, be, err := e.bootBackend(vm)
 	if err != nil {
 		return nil, err
-	}
-	be, ok := e.backend(vm.Hypervisor, b)
-	if !ok {
-		return nil, fmt.Errorf("VM %s uses unknown hypervisor %q", vm.Name, vm.Hypervisor)
-	}
-	if err := be.Available(); err != nil {
-		return nil, unavailable(fmt.Errorf("VM %s needs %s: %w", vm.Name, be.Name(), err))
 	}
 	ops := bootOps(vm)
 	if len(vm.Mounts) > 0 {

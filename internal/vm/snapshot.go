@@ -177,16 +177,9 @@ func (e *Engine) resume(vm *store.VM, unlock *func(), pr Progress) (*store.VM, e
 	if !suspended(vm) {
 		return nil, fmt.Errorf("VM %s is suspended but its saved memory is gone: 'banger vm stop %s' marks it stopped, then 'banger vm start %s' boots it cold", vm.Name, vm.Name, vm.Name)
 	}
-	b, err := e.Bundle()
+	b, be, err := e.bootBackend(vm)
 	if err != nil {
 		return nil, err
-	}
-	be, ok := e.backend(vm.Hypervisor, b)
-	if !ok {
-		return nil, fmt.Errorf("VM %s uses unknown hypervisor %q", vm.Name, vm.Hypervisor)
-	}
-	if err := be.Available(); err != nil {
-		return nil, unavailable(fmt.Errorf("VM %s needs %s: %w", vm.Name, be.Name(), err))
 	}
 	if err := e.cfg.Requirements(ctx, bootOps(vm)...); err != nil {
 		return nil, unavailable(err)
@@ -235,13 +228,9 @@ func (e *Engine) PlanFork(ctx context.Context, src, name string) (*ForkPlan, err
 	if len(sv.Mounts) > 0 {
 		return nil, invalid("VM %s has host folders, and QEMU cannot snapshot their virtio-fs devices: it cannot be forked; create a VM with the same --mount flags instead", sv.Name)
 	}
-	b, err := e.Bundle()
+	b, be, err := e.bootBackend(sv)
 	if err != nil {
 		return nil, err
-	}
-	be, ok := e.backend(sv.Hypervisor, b)
-	if !ok {
-		return nil, fmt.Errorf("VM %s uses unknown hypervisor %q", sv.Name, sv.Hypervisor)
 	}
 	if _, ok := be.(hypervisor.Restorer); !ok {
 		return nil, invalid("the %s backend cannot snapshot and restore VMs: VM %s cannot be forked", be.Name(), sv.Name)
