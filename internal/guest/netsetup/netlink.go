@@ -30,22 +30,30 @@ func configure(c guestconfig.Network) error {
 		return err
 	}
 	defer s.close()
-	reqs := []struct {
-		what string
-		msg  []byte
-	}{
-		{"setting lo up", linkUpMsg(lo.Index)},
-		{"setting " + c.Device + " up", linkUpMsg(dev.Index)},
-		{"adding address " + c.Prefix().String() + " to " + c.Device, addrMsg(dev.Index, c.Prefix())},
+	reqs := []request{
+		{what: "setting lo up", msg: linkUpMsg(lo.Index)},
+		{what: "setting " + c.Device + " up", msg: linkUpMsg(dev.Index)},
+		{what: "adding address " + c.Prefix().String() + " to " + c.Device, msg: addrMsg(dev.Index, c.Prefix())},
 	}
 	if c.Gateway.IsValid() {
-		reqs = append(reqs, struct {
-			what string
-			msg  []byte
-		}{"adding default route via " + c.Gateway.String(), defaultRouteMsg(dev.Index, c.Gateway)})
+		reqs = append(reqs, request{what: "adding default route via " + c.Gateway.String(), msg: defaultRouteMsg(dev.Index, c.Gateway)})
 	}
+	return s.run(reqs)
+}
+
+// request is one rtnetlink request of a sequence.
+type request struct {
+	what string
+	msg  []byte
+	// gone is an error that means the request has nothing to do.
+	gone unix.Errno
+}
+
+// run sends reqs in order, each once the previous one is acknowledged, and
+// stops at the first that fails (an error naming what it did).
+func (s *rtnl) run(reqs []request) error {
 	for _, r := range reqs {
-		if err := s.do(r.msg); err != nil {
+		if err := s.do(r.msg); err != nil && (r.gone == 0 || !errors.Is(err, r.gone)) {
 			return fmt.Errorf("%s: %w", r.what, err)
 		}
 	}
@@ -72,15 +80,9 @@ func reconfigure(c guestconfig.Network, mac net.HardwareAddr) error {
 		return err
 	}
 	defer s.close()
-	type req struct {
-		what string
-		msg  []byte
-		// gone is an error that means the request has nothing to do.
-		gone unix.Errno
-	}
-	reqs := []req{{what: "setting " + c.Device + " down", msg: linkMsg(dev.Index, false, nil)}}
+	reqs := []request{{what: "setting " + c.Device + " down", msg: linkMsg(dev.Index, false, nil)}}
 	if mac != nil {
-		reqs = append(reqs, req{what: "setting the MAC address of " + c.Device + " to " + mac.String(), msg: linkMsg(dev.Index, false, mac)})
+		reqs = append(reqs, request{what: "setting the MAC address of " + c.Device + " to " + mac.String(), msg: linkMsg(dev.Index, false, mac)})
 	}
 	for _, a := range old {
 		p, ok := prefixOf(a)
@@ -88,20 +90,15 @@ func reconfigure(c guestconfig.Network, mac net.HardwareAddr) error {
 			continue
 		}
 		// Removing a primary address removes its secondaries with it.
-		reqs = append(reqs, req{what: "removing address " + p.String() + " from " + c.Device, msg: delAddrMsg(dev.Index, p), gone: unix.EADDRNOTAVAIL})
+		reqs = append(reqs, request{what: "removing address " + p.String() + " from " + c.Device, msg: delAddrMsg(dev.Index, p), gone: unix.EADDRNOTAVAIL})
 	}
 	reqs = append(reqs,
-		req{what: "adding address " + c.Prefix().String() + " to " + c.Device, msg: addrMsg(dev.Index, c.Prefix())},
-		req{what: "setting " + c.Device + " up", msg: linkUpMsg(dev.Index)})
+		request{what: "adding address " + c.Prefix().String() + " to " + c.Device, msg: addrMsg(dev.Index, c.Prefix())},
+		request{what: "setting " + c.Device + " up", msg: linkUpMsg(dev.Index)})
 	if c.Gateway.IsValid() {
-		reqs = append(reqs, req{what: "adding default route via " + c.Gateway.String(), msg: defaultRouteMsg(dev.Index, c.Gateway)})
+		reqs = append(reqs, request{what: "adding default route via " + c.Gateway.String(), msg: defaultRouteMsg(dev.Index, c.Gateway)})
 	}
-	for _, r := range reqs {
-		if err := s.do(r.msg); err != nil && (r.gone == 0 || !errors.Is(err, r.gone)) {
-			return fmt.Errorf("%s: %w", r.what, err)
-		}
-	}
-	return nil
+	return s.run(reqs)
 }
 
 // prefixOf is the address and prefix length of an interface address.
