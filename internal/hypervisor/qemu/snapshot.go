@@ -642,8 +642,13 @@ func sameFile(what, path string, rec *snapshotFile) error {
 }
 
 // restoreLayout is the machine Restore starts: the snapshot's, with spec's
-// name, directory, disks, TAPs and console. The guest keeps what it has in
-// memory: its kernel command line and its MACs (the agent changes them).
+// name, directory, disks, TAPs, MACs and console. The guest keeps what it
+// has in memory: its kernel command line and its MACs (the device's MAC
+// comes back from the migration stream; the agent changes it). The NICs'
+// configured MACs are spec's, not the snapshot's: QEMU announces the
+// configured MAC (RARP) for a while after an incoming migration, and the
+// snapshot's is another VM's (a fork's source runs on with it) whose
+// traffic the host's bridge would then send to this VM.
 func (m snapshotMeta) restoreLayout(b *Backend, spec hypervisor.Spec, dir string) layout {
 	l := b.layoutOf(spec)
 	l.Cmdline = m.Cmdline
@@ -652,9 +657,6 @@ func (m snapshotMeta) restoreLayout(b *Backend, spec hypervisor.Spec, dir string
 	}
 	if m.Initrd != nil && spec.Initrd == "" {
 		l.Initrd = m.Initrd.Path
-	}
-	for k := range l.NICs {
-		l.NICs[k].MAC = m.NICs[k].MAC
 	}
 	if m.Agent == agentVsock {
 		l.CID = m.AgentCID

@@ -202,7 +202,7 @@ func TestRestoreLayout(t *testing.T) {
 	spec.Kernel = ""
 	l := m.restoreLayout(&Backend{Accel: "tcg", vsock: func() bool { return false }}, spec, "/snap")
 	want := map[string]any{
-		"name": "vm2", "tap": "tap-vm2", "mac": "02:aa:00:00:00:01", "cmdline": "console=ttyS0 ip=old",
+		"name": "vm2", "tap": "tap-vm2", "mac": "02:fc:00:00:00:02", "cmdline": "console=ttyS0 ip=old",
 		"kernel": m.Kernel.Path, "memfile": "/snap/memory.ram", "shared": false, "incoming": true,
 	}
 	got := map[string]any{
