@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -47,6 +48,12 @@ func TestMessages(t *testing.T) {
 		{"linkMsg(2, down, 02:ba:ac:1e:00:07)", linkMsg(2, false, net.HardwareAddr{2, 0xba, 0xac, 0x1e, 0, 7}),
 			// len 44, RTM_NEWLINK, REQUEST|ACK; ifinfomsg index 2, flags 0, change IFF_UP; IFLA_ADDRESS (padded)
 			"2c000000 1000 0500 00000000 00000000 00000000 02000000 00000000 01000000 0a00 0100 02baac1e0007 0000"},
+		{"linkAddrMsg(2, 02:ba:ac:1e:00:07)", linkAddrMsg(2, net.HardwareAddr{2, 0xba, 0xac, 0x1e, 0, 7}),
+			// len 44, RTM_NEWLINK, REQUEST|ACK; ifinfomsg index 2, flags and change 0 (left as they are); IFLA_ADDRESS (padded)
+			"2c000000 1000 0500 00000000 00000000 00000000 02000000 00000000 00000000 0a00 0100 02baac1e0007 0000"},
+		{"linkLocalMsg(2, fe80::ba:acff:fe1e:7/64)", linkLocalMsg(2, netip.MustParsePrefix("fe80::ba:acff:fe1e:7/64")),
+			// len 44, RTM_NEWADDR, REQUEST|ACK|REPLACE|CREATE; AF_INET6 /64 flags 0 scope link index 2; IFA_LOCAL of 16 bytes
+			"2c000000 1400 0505 00000000 00000000 0a4000fd 02000000 1400 0200 fe8000000000000000baacfffe1e0007"},
 		{"delAddrMsg(2, 172.16.0.2/24)", delAddrMsg(2, netip.MustParsePrefix("172.16.0.2/24")),
 			// len 32, RTM_DELADDR, REQUEST|ACK; AF_INET /24 index 2; IFA_LOCAL
 			"20000000 1500 0500 00000000 00000000 02180000 02000000 0800 0200 ac100002"},
@@ -158,63 +165,85 @@ func TestHostsWithName(t *testing.T) {
 
 // TestReconfigure moves a configured veth, with a secondary and an IPv6
 // address besides, to a new address, MAC and route inside a throwaway
-// namespace, and reads the result back with ip.
+// namespace, and reads the result back with ip: with the link kept up
+// (veth takes a live MAC change), and taken down as for a driver that
+// refuses one.
 func TestReconfigure(t *testing.T) {
 	vmtest.RequireHost(t, "configuring a link in a network namespace", vmtest.Root(), vmtest.Tool("ip", "iproute2"))
-	ns := vmtest.NewNS(t)
-	for _, args := range [][]string{
-		{"link", "add", "eth0", "type", "veth", "peer", "name", "peer0"},
-		{"link", "set", "peer0", "up"},
+	for _, live := range []bool{true, false} {
+		t.Run(fmt.Sprintf("live=%v", live), func(t *testing.T) {
+			ns := vmtest.NewNS(t)
+			ip := func(args ...string) string {
+				t.Helper()
+				out, err := vmtest.Command("ip", append([]string{"-n", ns.Name}, args...)...).CombinedOutput()
+				if err != nil {
+					t.Fatalf("ip %v: %v: %s", args, err, out)
+				}
+				return string(out)
+			}
+			ip("link", "add", "eth0", "type", "veth", "peer", "name", "peer0")
+			ip("link", "set", "peer0", "up")
+			first, err := guestconfig.ParseNetwork("ip=10.77.0.2::10.77.0.1:255.255.255.0:tmpl:eth0:off:10.77.0.1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := ns.Do(func() error { return configure(first) }); err != nil {
+				t.Fatalf("configure: %v", err)
+			}
+			ip("addr", "add", "10.77.0.9/24", "dev", "eth0")
+			ip("addr", "add", "fd00::2/64", "dev", "eth0", "nodad")
+			if !strings.Contains(ip("-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"), "inet6 fe80::") {
+				t.Fatal("the veth has no link-local address to move")
+			}
+			next, err := guestconfig.ParseNetwork("ip=10.78.0.7::10.78.0.1:255.255.255.0:box7:eth0:off:10.78.0.1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			mac, _ := net.ParseMAC("02:ba:ac:1e:00:07")
+			// Twice: a second move to the same place changes nothing.
+			for i := 0; i < 2; i++ {
+				if err := ns.Do(func() error { return reconfigureLink(next, mac, live) }); err != nil {
+					t.Fatalf("reconfigure #%d: %v", i+1, err)
+				}
+			}
+			for _, q := range []struct {
+				args      []string
+				want, not string
+			}{
+				{[]string{"-4", "-o", "addr", "show", "dev", "eth0"}, "inet 10.78.0.7/24 scope global eth0", "10.77."},
+				{[]string{"-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"}, "", "fd00::2"},
+				{[]string{"link", "show", "eth0"}, "link/ether 02:ba:ac:1e:00:07", "NO-CARRIER,BROADCAST,MULTICAST>"},
+				{[]string{"link", "show", "eth0"}, ",UP,", ""},
+				{[]string{"-4", "route", "show", "default"}, "default via 10.78.0.1 dev eth0 \n", "10.77."},
+			} {
+				out := ip(q.args...)
+				if !strings.Contains(out, q.want) || (q.not != "" && strings.Contains(out, q.not)) {
+					t.Errorf("ip %s after reconfigure = %q; want it to contain %q and not %q", strings.Join(q.args, " "), out, q.want, q.not)
+				}
+			}
+			// The old MAC's link-local address is gone, the new one's there.
+			ll := strings.TrimSpace(ip("-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"))
+			if !strings.Contains(ll, "inet6 fe80::ba:acff:fe1e:7/64 scope link") || strings.Count(ll, "\n") != 0 {
+				t.Errorf("link-local addresses after reconfigure = %q, want only fe80::ba:acff:fe1e:7/64", ll)
+			}
+			bad := next
+			bad.Device = "nosuch0"
+			if err := ns.Do(func() error { return reconfigure(bad, nil) }); err == nil || !strings.Contains(err.Error(), "finding nosuch0") {
+				t.Errorf("reconfigure on a missing device = %v, want an error naming it", err)
+			}
+		})
+	}
+}
+
+func TestEUI64LinkLocal(t *testing.T) {
+	for _, tt := range []struct{ mac, want string }{
+		{"02:ba:ac:1e:00:07", "fe80::ba:acff:fe1e:7/64"},
+		{"52:54:00:12:34:56", "fe80::5054:ff:fe12:3456/64"},
 	} {
-		if out, err := vmtest.Command("ip", append([]string{"-n", ns.Name}, args...)...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v: %s", args, err, out)
+		mac, _ := net.ParseMAC(tt.mac)
+		if got := eui64LinkLocal(mac).String(); got != tt.want {
+			t.Errorf("eui64LinkLocal(%s) = %s, want %s", tt.mac, got, tt.want)
 		}
-	}
-	first, err := guestconfig.ParseNetwork("ip=10.77.0.2::10.77.0.1:255.255.255.0:tmpl:eth0:off:10.77.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ns.Do(func() error { return configure(first) }); err != nil {
-		t.Fatalf("configure: %v", err)
-	}
-	for _, args := range [][]string{
-		{"addr", "add", "10.77.0.9/24", "dev", "eth0"},
-		{"addr", "add", "fd00::2/64", "dev", "eth0", "nodad"},
-	} {
-		if out, err := vmtest.Command("ip", append([]string{"-n", ns.Name}, args...)...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v: %s", args, err, out)
-		}
-	}
-	next, err := guestconfig.ParseNetwork("ip=10.78.0.7::10.78.0.1:255.255.255.0:box7:eth0:off:10.78.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mac, _ := net.ParseMAC("02:ba:ac:1e:00:07")
-	// Twice: a second move to the same place changes nothing.
-	for i := 0; i < 2; i++ {
-		if err := ns.Do(func() error { return reconfigure(next, mac) }); err != nil {
-			t.Fatalf("reconfigure #%d: %v", i+1, err)
-		}
-	}
-	for _, q := range []struct {
-		args      []string
-		want, not string
-	}{
-		{[]string{"-4", "-o", "addr", "show", "dev", "eth0"}, "inet 10.78.0.7/24 scope global eth0", "10.77."},
-		{[]string{"-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"}, "", "fd00::2"},
-		{[]string{"link", "show", "eth0"}, "link/ether 02:ba:ac:1e:00:07", "NO-CARRIER,BROADCAST,MULTICAST>"},
-		{[]string{"link", "show", "eth0"}, ",UP,", ""},
-		{[]string{"-4", "route", "show", "default"}, "default via 10.78.0.1 dev eth0 \n", "10.77."},
-	} {
-		out, err := vmtest.Command("ip", append([]string{"-n", ns.Name}, q.args...)...).CombinedOutput()
-		if err != nil || !strings.Contains(string(out), q.want) || (q.not != "" && strings.Contains(string(out), q.not)) {
-			t.Errorf("ip %s after reconfigure = %q, %v; want it to contain %q and not %q", strings.Join(q.args, " "), out, err, q.want, q.not)
-		}
-	}
-	bad := next
-	bad.Device = "nosuch0"
-	if err := ns.Do(func() error { return reconfigure(bad, nil) }); err == nil || !strings.Contains(err.Error(), "finding nosuch0") {
-		t.Errorf("reconfigure on a missing device = %v, want an error naming it", err)
 	}
 }
 
