@@ -224,14 +224,47 @@ func TestMountDevice(t *testing.T) {
 	}
 }
 
-func TestListensOn(t *testing.T) {
+func TestListenersIn(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "tcp")
-	table := "  sl  local_address rem_address   st tx_queue rx_queue\n" +
-		"   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000\n" +
-		"   1: 0100007F:1000 0100007F:0016 01 00000000:00000000 00:00000000 00000000\n"
+	// Real lines of /proc/net/tcp: a listener on 22, a connection to it,
+	// and a listener on 4096.
+	table := "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n" +
+		"   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 11873 1 0000000000000000 100 0 0 10 0\n" +
+		"   1: 0100007F:1000 0100007F:0016 01 00000000:00000000 00:00000000 00000000     0        0 14231 1 0000000000000000 20 4 30 10 -1\n" +
+		"   2: 00000000:1000 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12001 1 0000000000000000 100 0 0 10 0\n" +
+		"   3: 00000000:0016 00000000:0000 0A short\n"
 	os.WriteFile(path, []byte(table), 0o600)
-	if !listensOn(path, 22) || listensOn(path, 4096) {
-		t.Errorf("listensOn: want port 22 listening and 4096 not")
+	for _, tt := range []struct {
+		port int
+		want []string
+	}{{22, []string{"11873"}}, {4096, []string{"12001"}}, {80, nil}} {
+		if got := listenersIn(path, tt.port); !slices.Equal(got, tt.want) {
+			t.Errorf("listenersIn(port %d) = %v, want %v", tt.port, got, tt.want)
+		}
+	}
+	if got := listenersIn(filepath.Join(t.TempDir(), "none"), 22); got != nil {
+		t.Errorf("listenersIn(a missing table) = %v, want none", got)
+	}
+}
+
+func TestSSHDWithoutReexec(t *testing.T) {
+	for _, tt := range []struct {
+		cmdline string
+		want    bool
+	}{
+		{"/usr/sbin/sshd\x00-D\x00-r\x00", true},
+		{"sshd: /usr/sbin/sshd -D -r [listener] 0 of 10-100 startups", true},
+		{"/usr/sbin/sshd\x00-Dr\x00", true},
+		{"/usr/sbin/sshd\x00-D\x00-e\x00", false},
+		{"sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups", false},
+		{"/usr/sbin/sshd\x00-f\x00/etc/ssh/r\x00-D\x00", false},
+		{"/usr/sbin/sshd\x00-oForwarding=r\x00", false},
+		{"/bin/sleep\x00-r\x00", false},
+		{"", false},
+	} {
+		if got := sshdWithoutReexec(tt.cmdline); got != tt.want {
+			t.Errorf("sshdWithoutReexec(%q) = %v, want %v", tt.cmdline, got, tt.want)
+		}
 	}
 }
 

@@ -92,7 +92,9 @@ func Run() error {
 	}
 }
 
-// supervisor keeps sshd running.
+// supervisor keeps sshd running, with -r: it forks for each connection
+// without re-executing itself, which would cost a few hundred milliseconds
+// of each login under TCG (the agent reloads it for new host keys).
 type supervisor struct {
 	log      *slog.Logger
 	mu       sync.Mutex
@@ -106,7 +108,7 @@ func (s *supervisor) start() {
 	if s.stopping {
 		return
 	}
-	cmd := exec.Command(sshd, "-D", "-e")
+	cmd := exec.Command(sshd, "-D", "-e", "-r")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
