@@ -26,8 +26,15 @@ import (
 const DefaultBinary = "qemu-system-x86_64"
 
 // TCGCmdline is appended to the kernel command line under TCG: without an
-// early TSC frequency the guest kernel hangs calibrating the TSC.
-const TCGCmdline = "tsc_early_khz=2000000"
+// early TSC frequency the guest kernel hangs calibrating the TSC. And
+// mitigations=off: the kernel takes the emulated Intel CPU for one that
+// speculates (Meltdown, Spectre, MDS) and would isolate its page tables and
+// clear buffers at every system call, which costs TCG a TLB flush each
+// time (a process start took about 100 ms more). TCG does not reproduce
+// the hardware behaviour they defend against (it checks every access's
+// page permissions in software, per privilege level), so they protect
+// nothing there; under KVM the guest runs on the real CPU and keeps them.
+const TCGCmdline = "tsc_early_khz=2000000 mitigations=off"
 
 // TCGCPU is the CPU model under TCG. Guests need x86-64-v2 (SSE4.2, POPCNT:
 // the docker image's opencode dies on SIGILL without them), which QEMU's

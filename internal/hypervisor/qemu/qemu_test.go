@@ -65,7 +65,7 @@ func TestCommand(t *testing.T) {
 			want: [][]string{
 				{"qemu-system-x86_64", "-name", "vm1", "-accel", "tcg", "-M", "microvm,pit=on,pic=on,rtc=on,acpi=on,auto-kernel-cmdline=off", "-cpu", "Nehalem", "-m", "1024", "-smp", "2"},
 				{"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-device", "i8042"},
-				{"-kernel", "/b/vmlinux", "-initrd", "/b/initrd.img", "-append", "console=ttyS0 root=/dev/vda rw tsc_early_khz=2000000"},
+				{"-kernel", "/b/vmlinux", "-initrd", "/b/initrd.img", "-append", "console=ttyS0 root=/dev/vda rw tsc_early_khz=2000000 mitigations=off"},
 				{"-chardev", "file,id=con,path=/var/lib/banger/vm1/console.log,append=on", "-serial", "chardev:con"},
 				{"-drive", "id=root,file=/var/lib/banger/vm1/root.ext4,format=raw,if=none,cache=writeback,aio=threads,discard=unmap", "-device", "virtio-blk-device,drive=root"},
 				{"-netdev", "tap,id=net0,ifname=tap-vm1,script=no,downscript=no", "-device", "virtio-net-device,netdev=net0,mac=02:fc:00:00:00:01"},
