@@ -295,3 +295,46 @@ func TestServeGrowsAtStart(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestRestartsOnFailure(t *testing.T) {
+	for _, tt := range []struct {
+		unit string
+		want bool
+	}{
+		{"[Service]\nExecStart=/x\nRestart=on-failure\nRestartSec=2\n", true},
+		{"[Service]\nRestart=always\n", true},
+		{"[Service]\nRestart=no\n", false},
+		{"[Service]\nRestart=on-failure\nRestart=no\n", false},
+		{"[Service]\nExecStart=/x\n", false},
+		{"[Service]\n  Restart = on-failure\n", true},
+		{"[Service]\nRestartSec=on-failure\n", false},
+		{"[Service]\n  Restart=on-abnormal\n", true},
+	} {
+		if got := restartsOnFailure(tt.unit); got != tt.want {
+			t.Errorf("restartsOnFailure(%q) = %v, want %v", tt.unit, got, tt.want)
+		}
+	}
+}
+
+func TestMainPID(t *testing.T) {
+	if got := parentPID(os.Getpid()); got != os.Getppid() {
+		t.Errorf("parentPID(self) = %d, want %d", got, os.Getppid())
+	}
+	if got := parentPID(1 << 30); got != 0 {
+		t.Errorf("parentPID(no such process) = %d, want 0", got)
+	}
+	// This test's process and a gone one: neither is a child of PID 1
+	// (unless the test itself runs as one, which it then skips).
+	if os.Getppid() == 1 {
+		t.Skip("the test runs as a child of PID 1")
+	}
+	if got := mainPID([]int{os.Getpid(), 1 << 30}); got != 0 {
+		t.Errorf("mainPID(no child of PID 1) = %d, want 0", got)
+	}
+	if got := mainPID(nil); got != 0 {
+		t.Errorf("mainPID(none) = %d, want 0", got)
+	}
+	if got := unitProcs("banger-no-such-unit.service"); got != nil {
+		t.Errorf("unitProcs(an inactive unit) = %v, want none", got)
+	}
+}

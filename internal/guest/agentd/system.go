@@ -351,6 +351,14 @@ func writeHostKey(priv, kind string) error {
 	return atomicfile.WriteUnsynced(priv+".pub", line, 0o644)
 }
 
+// opencodeStartDelay puts off a server's start by systemctl until the
+// host's readiness check is likely done (it takes well under a second
+// after the identity): the server's start costs seconds of CPU under TCG,
+// which would slow that check and the sshd reload before it. Only for a
+// unit with no process: nothing serves the old password meanwhile (a
+// template's server never runs, for it never has a password).
+const opencodeStartDelay = 1500 * time.Millisecond
+
 // OpencodeUnit is the systemd unit of banger's opencode server.
 const OpencodeUnit = "opencode-server.service"
 
@@ -372,15 +380,22 @@ func (osSystem) SetOpencodePassword(ctx context.Context, pw string) (bool, error
 	// The restart runs after the answer: the server takes a while to come
 	// up, and the host waits for ssh, not for it. Its failure is logged.
 	var argvs [][]string
+	var delay time.Duration
 	switch {
+	case systemdRunning() && exists("/etc/systemd/system/"+OpencodeUnit) && killForRestart(OpencodeUnit):
+		// systemd starts it again RestartSec later, with the new file.
 	case systemdRunning() && exists("/etc/systemd/system/"+OpencodeUnit):
 		// Starts without the file failed: clear them, or systemd refuses.
 		argvs = [][]string{{"systemctl", "reset-failed", OpencodeUnit}, {"systemctl", "--no-block", "restart", OpencodeUnit}}
+		if len(unitProcs(OpencodeUnit)) == 0 {
+			delay = opencodeStartDelay // nothing serves the old password meanwhile
+		}
 	case runitRunning() && exists("/etc/sv/opencode-server"):
 		argvs = [][]string{{"sv", "restart", "opencode-server"}}
 	}
 	if len(argvs) > 0 {
 		go func() {
+			time.Sleep(delay)
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 			defer cancel()
 			for i, argv := range argvs {
@@ -394,6 +409,98 @@ func (osSystem) SetOpencodePassword(ctx context.Context, pw string) (bool, error
 		}()
 	}
 	return true, nil
+}
+
+// killForRestart ends the running main process of the systemd service
+// unit with SIGKILL when the unit restarts on failure (banger's opencode
+// unit does, RestartSec=2 later), and says whether it did. Nothing is
+// spawned: under TCG each systemctl costs a few hundred milliseconds of a
+// warm create, and the server's own start (seconds of CPU) then comes
+// after readiness rather than during it. The old process, which knows the
+// old password, is gone at once.
+func killForRestart(unit string) bool {
+	b, err := os.ReadFile("/etc/systemd/system/" + unit)
+	if err != nil || !restartsOnFailure(string(b)) {
+		return false
+	}
+	pid := mainPID(unitProcs(unit))
+	if pid <= 1 {
+		return false
+	}
+	if err := unix.Kill(pid, unix.SIGKILL); err != nil {
+		return false
+	}
+	slog.Info("restarting a service by ending its main process", "unit", unit, "pid", pid)
+	return true
+}
+
+// restartsOnFailure says whether the unit file text has systemd restart
+// its service after a SIGKILL.
+func restartsOnFailure(unit string) bool {
+	on := false
+	for _, line := range strings.Split(unit, "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && strings.TrimSpace(k) == "Restart" {
+			switch strings.TrimSpace(v) {
+			case "on-failure", "on-abnormal", "on-abort", "always":
+				on = true
+			default:
+				on = false
+			}
+		}
+	}
+	return on
+}
+
+// unitProcs are the processes of the systemd service unit, from its
+// cgroup (the unified hierarchy's; none when the unit is inactive).
+func unitProcs(unit string) []int {
+	b, err := os.ReadFile("/sys/fs/cgroup/system.slice/" + unit + "/cgroup.procs")
+	if err != nil || len(b) > 64<<10 {
+		return nil
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		if pid, err := strconv.Atoi(f); err == nil && pid > 1 {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// mainPID is the one process of pids whose parent is PID 1 (systemd starts
+// a simple service's main process itself), 0 when there is none or more
+// than one.
+func mainPID(pids []int) int {
+	found := 0
+	for _, pid := range pids {
+		if parentPID(pid) != 1 {
+			continue
+		}
+		if found != 0 {
+			return 0
+		}
+		found = pid
+	}
+	return found
+}
+
+// parentPID is the parent of process pid from /proc/PID/stat, 0 when unknown.
+func parentPID(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	fields := strings.Fields(string(b[i+1:]))
+	if len(fields) < 2 {
+		return 0
+	}
+	ppid, _ := strconv.Atoi(fields[1])
+	return ppid
 }
 
 // ext4 online resize (EXT4_IOC_RESIZE_FS, _IOW('f', 16, __u64)).
