@@ -23,10 +23,10 @@ type Capability interface {
 	// Prepare runs before every boot: it readies what the hypervisor needs
 	// on the host and adds to the guest's configuration.
 	Prepare(ctx context.Context, vm *store.VM, g *guestconfig.Config) error
-	// Restoring runs after Prepare when the hypervisor is to restore
-	// another machine's snapshot (a template, a fork's source): until the
-	// agent gives the guest its own identity, it runs with that machine's
-	// address and MAC.
+	// Restoring runs after Prepare when the hypervisor is to restore the
+	// snapshot of another machine that still runs (a fork's source): until
+	// the agent gives the guest its own identity, it runs with that
+	// machine's address and MAC.
 	Restoring(ctx context.Context, vm *store.VM) error
 	// Ready runs when the guest agent first answers (after a restore, once
 	// the guest has its own identity), before the SSH check.

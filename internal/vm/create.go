@@ -385,7 +385,7 @@ func (e *Engine) create(ctx context.Context, p *Plan, st *stages, unlock *func()
 	}
 	m := bootMode{kind: coldBoot}
 	if p.warm != nil {
-		m = bootMode{kind: restoreNew, snapshot: p.warm.snapshot(), hostKeys: p.warm.HostKeys}
+		m = bootMode{kind: restoreNew, snapshot: p.warm.snapshot(), hostKeys: p.warm.HostKeys, sourceGone: true}
 	}
 	inst, bs, err := e.boot(ctx, vm, p.Bundle, p.backend, st, m)
 	if err != nil {
@@ -448,6 +448,13 @@ type bootMode struct {
 	// is of, when they are known (a template's): the restore then sends
 	// the new identity at once, without a health request first.
 	hostKeys []string
+	// sourceGone says that the machine a restoreNew snapshot is of no
+	// longer runs (a template's, which ended with its snapshot): its
+	// address and MAC are nobody's on the bridge, so the TAP device need
+	// not be held down until the guest has its own. Bringing a TAP up
+	// costs the guest's first packets up to a second (the kernel
+	// activates a device's queue when its link watcher runs).
+	sourceGone bool
 }
 
 // bootState is what one boot's readiness checks need of it.
@@ -486,7 +493,7 @@ func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 		if err := e.caps.prepare(ctx, vm, &bs.guest); err != nil {
 			return err
 		}
-		if m.kind == restoreNew {
+		if m.kind == restoreNew && !m.sourceGone {
 			if err := e.caps.restoring(ctx, vm); err != nil {
 				return err
 			}

@@ -161,10 +161,11 @@ func TestWarmCreate(t *testing.T) {
 				t.Errorf("%s's %s disk reads from %q, %v; want the template's", name, which, base, err)
 			}
 		}
-		calls := strings.Join(h.r.Calls(), "\n")
-		down, up := strings.Index(calls, "ip link set dev "+v.TAP+" down"), strings.Index(calls, "ip link set dev "+v.TAP+" up")
-		if down < 0 || up < down {
-			t.Errorf("%s's TAP device was not held down until the guest had its identity:\n%s", name, calls)
+		// The template's machine is gone: nothing to hide the guest from
+		// until it has its own identity, and a TAP brought up late costs
+		// its first packets.
+		if calls := strings.Join(h.r.Calls(), "\n"); strings.Contains(calls, "ip link set dev "+v.TAP+" down") {
+			t.Errorf("%s's TAP device was held down: want it up from the start of a template's restore:\n%s", name, calls)
 		}
 		g := inst.Guest()
 		if g.Hostname != name || g.IP.String() != v.IP || g.MAC != v.MAC || g.Grown == 0 || g.Clock.IsZero() || len(g.Entropy) != 1 {
@@ -394,8 +395,10 @@ func TestFork(t *testing.T) {
 			t.Errorf("the copy's %s disk reads from %q, the source's from %q: want the same base", which, b, a)
 		}
 	}
-	if si.Exited() || !strings.Contains(strings.Join(h.r.Calls(), "\n"), "ip link set dev "+cp.TAP+" up") {
-		t.Errorf("source exited %v, or the copy's TAP device never came up", si.Exited())
+	calls := strings.Join(h.r.Calls(), "\n")
+	down, up := strings.Index(calls, "ip link set dev "+cp.TAP+" down"), strings.Index(calls, "ip link set dev "+cp.TAP+" up")
+	if si.Exited() || down < 0 || up < down {
+		t.Errorf("source exited %v, or the copy's TAP device was not held down until the copy had its identity:\n%s", si.Exited(), calls)
 	}
 	if sg := si.Guest(); sg.Hostname != "src" || sg.IP.String() != src.IP || sg.MachineID != before.MachineID {
 		t.Errorf("the source changed: %+v", sg)
