@@ -114,8 +114,10 @@ const firstIdentityTimeout = 20 * time.Second
 
 // waitBanner is the readiness check of a restored guest. Its agent has just
 // answered with the host keys to pin (new ones, for a restore of another
-// machine's snapshot), and its sshd was running when the snapshot was
-// taken, so sshd answering with its version line says enough; the full
+// machine's snapshot; an sshd that reads them only at its start has closed
+// its old sockets by then, and is coming up again), and its sshd was
+// running when the snapshot was taken, so sshd answering with its version
+// line says enough; the full
 // handshake, about half a second under TCG, is what a cold boot proves.
 func (e *Engine) waitBanner(ctx context.Context, vm *store.VM, inst hypervisor.Instance) error {
 	addr := net.JoinHostPort(vm.IP, "22")
@@ -138,10 +140,15 @@ func (e *Engine) waitBanner(ctx context.Context, vm *store.VM, inst hypervisor.I
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for sshd on %s (%s): %w (last: %w)%s", vm.Name, addr, ctx.Err(), last, consoleTail(ConsoleLog(vm)))
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(bannerRetry):
 		}
 	}
 }
+
+// bannerRetry is the pause between a restored guest's SSH attempts: its
+// sshd may be coming up again for new host keys (a refused connection
+// costs nothing), and every pause adds to a warm create.
+const bannerRetry = 20 * time.Millisecond
 
 // maxBannerLines bounds the lines an SSH server may send before its version
 // line (RFC 4253 4.2 allows some); each line is at most maxBannerLine bytes.
