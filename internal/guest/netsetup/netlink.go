@@ -141,7 +141,7 @@ func reconfigureLink(c guestconfig.Network, mac net.HardwareAddr, live bool) err
 	}
 	if newMAC && !down && hasLinkLocal(olds) {
 		ll := eui64LinkLocal(mac)
-		reqs = append(reqs, request{what: "adding address " + ll.String() + " to " + c.Device, msg: linkLocalMsg(dev.Index, ll)})
+		reqs = append(reqs, request{what: "adding address " + ll.String() + " to " + c.Device, msg: addrMsg(dev.Index, ll)})
 	}
 	reqs = append(reqs, request{what: "setting " + c.Device + " up", msg: linkUpMsg(dev.Index)})
 	if c.Gateway.IsValid() {
@@ -261,39 +261,34 @@ func linkAddrMsg(index int, mac net.HardwareAddr) []byte {
 // delAddrMsg is RTM_DELADDR removing p (IPv4 or IPv6) from the interface
 // index.
 func delAddrMsg(index int, p netip.Prefix) []byte {
+	return newMessage(unix.RTM_DELADDR, 0, ifaddrBody(index, p, unix.RT_SCOPE_UNIVERSE)).attr(unix.IFA_LOCAL, p.Addr().AsSlice()).bytes()
+}
+
+// addrMsg is RTM_NEWADDR creating or replacing p on the interface index:
+// an IPv4 address of global scope, or an IPv6 link-local one (duplicate
+// address detection then runs as for the kernel's own).
+func addrMsg(index int, p netip.Prefix) []byte {
+	if p.Addr().Is6() {
+		return newMessage(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, ifaddrBody(index, p, unix.RT_SCOPE_LINK)).
+			attr(unix.IFA_LOCAL, p.Addr().AsSlice()).bytes()
+	}
+	a := p.Addr().AsSlice()
+	return newMessage(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, ifaddrBody(index, p, unix.RT_SCOPE_UNIVERSE)).
+		attr(unix.IFA_LOCAL, a).attr(unix.IFA_ADDRESS, a).bytes()
+}
+
+// ifaddrBody is the ifaddrmsg of p (its family and prefix length) on the
+// interface index, with scope.
+func ifaddrBody(index int, p netip.Prefix, scope byte) []byte {
 	body := make([]byte, sizeofIfaddrmsg)
 	body[0] = unix.AF_INET
 	if p.Addr().Is6() {
 		body[0] = unix.AF_INET6
 	}
 	body[1] = byte(p.Bits())
+	body[3] = scope
 	binary.NativeEndian.PutUint32(body[4:], uint32(index))
-	return newMessage(unix.RTM_DELADDR, 0, body).attr(unix.IFA_LOCAL, p.Addr().AsSlice()).bytes()
-}
-
-// addrMsg is RTM_NEWADDR creating or replacing p on the interface index.
-func addrMsg(index int, p netip.Prefix) []byte {
-	body := make([]byte, sizeofIfaddrmsg)
-	body[0] = unix.AF_INET
-	body[1] = byte(p.Bits())
-	body[3] = unix.RT_SCOPE_UNIVERSE
-	binary.NativeEndian.PutUint32(body[4:], uint32(index))
-	a := p.Addr().As4()
-	return newMessage(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, body).
-		attr(unix.IFA_LOCAL, a[:]).attr(unix.IFA_ADDRESS, a[:]).bytes()
-}
-
-// linkLocalMsg is RTM_NEWADDR creating the IPv6 link-local address p on
-// the interface index; duplicate address detection runs as for the
-// kernel's own.
-func linkLocalMsg(index int, p netip.Prefix) []byte {
-	body := make([]byte, sizeofIfaddrmsg)
-	body[0] = unix.AF_INET6
-	body[1] = byte(p.Bits())
-	body[3] = unix.RT_SCOPE_LINK
-	binary.NativeEndian.PutUint32(body[4:], uint32(index))
-	a := p.Addr().As16()
-	return newMessage(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_REPLACE, body).attr(unix.IFA_LOCAL, a[:]).bytes()
+	return body
 }
 
 // defaultRouteMsg is RTM_NEWROUTE creating or replacing the main table's

@@ -51,7 +51,7 @@ func TestMessages(t *testing.T) {
 		{"linkAddrMsg(2, 02:ba:ac:1e:00:07)", linkAddrMsg(2, net.HardwareAddr{2, 0xba, 0xac, 0x1e, 0, 7}),
 			// len 44, RTM_NEWLINK, REQUEST|ACK; ifinfomsg index 2, flags and change 0 (left as they are); IFLA_ADDRESS (padded)
 			"2c000000 1000 0500 00000000 00000000 00000000 02000000 00000000 00000000 0a00 0100 02baac1e0007 0000"},
-		{"linkLocalMsg(2, fe80::ba:acff:fe1e:7/64)", linkLocalMsg(2, netip.MustParsePrefix("fe80::ba:acff:fe1e:7/64")),
+		{"addrMsg(2, fe80::ba:acff:fe1e:7/64)", addrMsg(2, netip.MustParsePrefix("fe80::ba:acff:fe1e:7/64")),
 			// len 44, RTM_NEWADDR, REQUEST|ACK|REPLACE|CREATE; AF_INET6 /64 flags 0 scope link index 2; IFA_LOCAL of 16 bytes
 			"2c000000 1400 0505 00000000 00000000 0a4000fd 02000000 1400 0200 fe8000000000000000baacfffe1e0007"},
 		{"delAddrMsg(2, 172.16.0.2/24)", delAddrMsg(2, netip.MustParsePrefix("172.16.0.2/24")),
