@@ -385,12 +385,14 @@ func (osSystem) SetOpencodePassword(ctx context.Context, pw string) (bool, error
 	var argvs [][]string
 	var delay time.Duration
 	switch {
-	case systemdRunning() && exists("/etc/systemd/system/"+OpencodeUnit) && killForRestart(OpencodeUnit):
-		// systemd starts it again RestartSec later, with the new file.
 	case systemdRunning() && exists("/etc/systemd/system/"+OpencodeUnit):
+		procs := unitProcs(OpencodeUnit)
+		if killForRestart(OpencodeUnit, procs) {
+			break // systemd starts it again RestartSec later, with the new file
+		}
 		// Starts without the file failed: clear them, or systemd refuses.
 		argvs = [][]string{{"systemctl", "reset-failed", OpencodeUnit}, {"systemctl", "--no-block", "restart", OpencodeUnit}}
-		if len(unitProcs(OpencodeUnit)) == 0 {
+		if len(procs) == 0 {
 			delay = opencodeStartDelay // nothing serves the old password meanwhile
 		}
 	case runitRunning() && exists("/etc/sv/opencode-server"):
@@ -415,18 +417,18 @@ func (osSystem) SetOpencodePassword(ctx context.Context, pw string) (bool, error
 }
 
 // killForRestart ends the running main process of the systemd service
-// unit with SIGKILL when the unit restarts on failure (banger's opencode
+// unit, among its processes procs, with SIGKILL when the unit restarts on failure (banger's opencode
 // unit does, RestartSec=2 later), and says whether it did. Nothing is
 // spawned: under TCG each systemctl costs a few hundred milliseconds of a
 // warm create, and the server's own start (seconds of CPU) then comes
 // after readiness rather than during it. The old process, which knows the
 // old password, is gone at once.
-func killForRestart(unit string) bool {
+func killForRestart(unit string, procs []int) bool {
 	b, err := os.ReadFile("/etc/systemd/system/" + unit)
 	if err != nil || !restartsOnFailure(string(b)) {
 		return false
 	}
-	pid := mainPID(unitProcs(unit))
+	pid := mainPID(procs)
 	if pid <= 1 {
 		return false
 	}
