@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
+	"syscall"
 	"unicode/utf8"
 
 	"github.com/banger/banger/internal/runner"
@@ -76,6 +78,11 @@ func qemuImgHint(err error) string {
 // unchanged for as long as an overlay uses it (QEMU opens it read-only).
 // The overlay is made under a temporary name and renamed, mode 0600; an
 // existing file at overlay is replaced.
+//
+// qemu-img writes the same bytes for the same base, format and size (a
+// new overlay holds only its header and empty tables), so Overlay keeps
+// the file it made last over an unchanged base and writes a copy of it
+// the next time, without running qemu-img twice (about 25 ms per disk).
 func Overlay(ctx context.Context, r runner.Runner, base, baseFormat, overlay string, size int64) error {
 	fail := func(err error) error { return fmt.Errorf("making overlay %s over %s: %w", overlay, base, err) }
 	if baseFormat != FormatRaw && baseFormat != FormatQcow2 {
@@ -91,6 +98,13 @@ func Overlay(ctx context.Context, r runner.Runner, base, baseFormat, overlay str
 	}
 	if !fi.Mode().IsRegular() {
 		return fail(errors.New("the base is not a regular file"))
+	}
+	key := overlayKey{base: abs, format: baseFormat, size: size, id: fileIdentity(fi)}
+	if data := overlays.get(key); data != nil {
+		if err := writeOverlay(overlay, data); err != nil {
+			return fail(err)
+		}
+		return nil
 	}
 	baseSize := fi.Size()
 	if baseFormat == FormatQcow2 {
@@ -125,6 +139,9 @@ func Overlay(ctx context.Context, r runner.Runner, base, baseFormat, overlay str
 	if err := os.Chmod(tmp.Name(), 0o600); err != nil {
 		return fail(err)
 	}
+	if data, err := os.ReadFile(tmp.Name()); err == nil && len(data) <= maxCachedOverlay {
+		overlays.put(key, data)
+	}
 	if err := syncPath(tmp.Name()); err != nil {
 		return fail(err)
 	}
@@ -136,6 +153,119 @@ func Overlay(ctx context.Context, r runner.Runner, base, baseFormat, overlay str
 		return fail(fmt.Errorf("syncing directory: %w", err))
 	}
 	return nil
+}
+
+// maxCachedOverlay bounds the size of a new overlay Overlay keeps: a few
+// hundred KiB of header and tables for the largest disks banger makes.
+const maxCachedOverlay = 4 << 20
+
+// maxCachedOverlays bounds how many Overlay keeps (one per disk of each
+// image and template in use, in practice).
+const maxCachedOverlays = 64
+
+// overlayKey is what a new overlay's bytes depend on: its base, named by
+// path and identified by its inode and change time, the base's format
+// and the size asked for.
+type overlayKey struct {
+	base, format string
+	size         int64
+	id           string
+}
+
+// fileIdentity names a file's content as the filesystem knows it: device,
+// inode, size and modification and change times.
+func fileIdentity(fi os.FileInfo) string {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("%d:%d:%d:%d.%d:%d.%d", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec)
+}
+
+// overlayCache holds the bytes of the overlays qemu-img made, by what they
+// depend on.
+type overlayCache struct {
+	mu   sync.Mutex
+	byID map[overlayKey][]byte
+}
+
+var overlays overlayCache
+
+func (c *overlayCache) get(k overlayKey) []byte {
+	if k.id == "" {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.byID[k]
+}
+
+func (c *overlayCache) put(k overlayKey, data []byte) {
+	if k.id == "" {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byID == nil || len(c.byID) >= maxCachedOverlays {
+		c.byID = map[overlayKey][]byte{} // rarely full: start again
+	}
+	c.byID[k] = data
+}
+
+// writeOverlay writes data (a new overlay qemu-img made) at path as
+// Overlay does: under a temporary name, mode 0600, synced, renamed, its
+// zero blocks left as holes.
+func writeOverlay(path string, data []byte) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err := f.Chmod(0o600); err != nil {
+		return err
+	}
+	const block = 4096
+	for off := 0; off < len(data); off += block {
+		chunk := data[off:min(off+block, len(data))]
+		if isZero(chunk) {
+			continue
+		}
+		if _, err := f.WriteAt(chunk, int64(off)); err != nil {
+			return err
+		}
+	}
+	if err := f.Truncate(int64(len(data))); err != nil {
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	if err := syncDir(dir); err != nil {
+		return fmt.Errorf("syncing directory: %w", err)
+	}
+	return nil
+}
+
+// isZero reports whether b holds only zero bytes.
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // GrowOverlay enlarges the virtual disk of the qcow2 file at path to size

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/banger/banger/internal/runner"
 	"github.com/banger/banger/internal/vmtest"
@@ -194,6 +195,77 @@ func TestParseBacking(t *testing.T) {
 		}
 		if err != nil || got != tt.want {
 			t.Errorf("parseBacking(%s) = %q, %v; want %q", tt.name, got, err, tt.want)
+		}
+	}
+}
+
+// countingRunner counts the commands it runs for real.
+type countingRunner struct {
+	runner.Runner
+	n int
+}
+
+func (c *countingRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	c.n++
+	return c.Runner.Run(ctx, name, args...)
+}
+
+// TestOverlayCached: a second overlay over an unchanged base is qemu-img's
+// own bytes, written without running it; a changed base or another size
+// runs it again.
+func TestOverlayCached(t *testing.T) {
+	needQemuImg(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	base := filepath.Join(dir, "base.raw")
+	want := makeSparse(t, base)
+	r := &countingRunner{Runner: runner.Default}
+	first, second := filepath.Join(dir, "a.qcow2"), filepath.Join(dir, "b.qcow2")
+	if err := Overlay(ctx, r, base, FormatRaw, first, 128<<20); err != nil {
+		t.Fatal(err)
+	}
+	ran := r.n
+	if err := Overlay(ctx, r, base, FormatRaw, second, 128<<20); err != nil {
+		t.Fatal(err)
+	}
+	if r.n != ran {
+		t.Errorf("the second overlay over the same base ran %d commands, want none", r.n-ran)
+	}
+	a, _ := os.ReadFile(first)
+	b, _ := os.ReadFile(second)
+	if len(a) == 0 || !bytes.Equal(a, b) {
+		t.Errorf("the second overlay (%d bytes) differs from qemu-img's (%d bytes)", len(b), len(a))
+	}
+	if fi, err := os.Stat(second); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("second overlay: %v, %v; want mode 0600", fi, err)
+	}
+	if got := rawView(t, second); !bytes.Equal(got[:len(want)], want) || len(got) != 128<<20 {
+		t.Error("the second overlay does not read as its base")
+	}
+	if hidden, _ := filepath.Glob(filepath.Join(dir, ".*")); len(hidden) > 0 {
+		t.Errorf("temporary files left: %v", hidden)
+	}
+
+	for _, tt := range []struct {
+		name   string
+		change func()
+		size   int64
+	}{
+		{"another size", func() {}, 256 << 20},
+		{"a changed base", func() {
+			later := time.Now().Add(time.Minute)
+			if err := os.Chtimes(base, later, later); err != nil {
+				t.Fatal(err)
+			}
+		}, 128 << 20},
+	} {
+		tt.change()
+		ran := r.n
+		if err := Overlay(ctx, r, base, FormatRaw, filepath.Join(dir, "c.qcow2"), tt.size); err != nil {
+			t.Fatal(err)
+		}
+		if r.n == ran {
+			t.Errorf("an overlay over %s ran no qemu-img", tt.name)
 		}
 	}
 }
