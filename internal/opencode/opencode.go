@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 
 	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/image/ext4"
@@ -39,16 +41,47 @@ const PasswordFile = "opencode-password"
 // Takes reports whether the image in the ext4 file root runs an opencode
 // server that reads its password from EnvFile.
 func Takes(ctx context.Context, r runner.Runner, root string) (bool, error) {
+	key := fileKey(root)
+	if v, ok := takes.Load(key); ok && key != "" {
+		return v.(bool), nil
+	}
 	for _, p := range []string{SystemdUnit, RunitRun} {
 		b, err := ext4.ReadFile(ctx, r, root, p)
 		if err != nil {
 			return false, fmt.Errorf("reading %s from %s: %w", p, root, err)
 		}
 		if strings.Contains(string(b), EnvFile) {
+			takes.Store(key, true)
 			return true, nil
 		}
 	}
+	takes.Store(key, false)
 	return false, nil
+}
+
+// takes holds Takes's answers by image file (fileKey): a create reads its
+// image's answer without running debugfs (twice for an image without a
+// server), which would cost each create a few milliseconds, more on a
+// larger filesystem.
+var takes sync.Map
+
+// fileKey names the content of the file at path as the filesystem knows
+// it (path, device, inode, size, modification and change times), "" when
+// it cannot be read.
+func fileKey(path string) string {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return ""
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return ""
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	return fmt.Sprintf("%s\x00%d:%d:%d:%d.%d:%d.%d", abs, st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec)
 }
 
 // NewPassword returns a fresh random password.

@@ -1,0 +1,77 @@
+package opencode
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/vmtest"
+)
+
+// countingRunner counts the commands it runs for real.
+type countingRunner struct {
+	runner.Runner
+	n int
+}
+
+func (c *countingRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	c.n++
+	return c.Runner.Run(ctx, name, args...)
+}
+
+// ext4With makes an ext4 image holding files (path in the image: content).
+func ext4With(t *testing.T, files map[string]string) string {
+	t.Helper()
+	root := t.TempDir()
+	for p, content := range files {
+		full := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img := filepath.Join(t.TempDir(), "root.ext4")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", root, img, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	return img
+}
+
+// TestTakes: an image whose unit names EnvFile takes a password, one
+// without a server does not; an unchanged image's answer is read again
+// without debugfs, a changed one's is not.
+func TestTakes(t *testing.T) {
+	vmtest.RequireHost(t, "reading ext4 images", vmtest.Tool("mkfs.ext4", "e2fsprogs"), vmtest.Tool("debugfs", "e2fsprogs"))
+	ctx := context.Background()
+	with := ext4With(t, map[string]string{SystemdUnit: "[Service]\nEnvironmentFile=" + EnvFile + "\n"})
+	without := ext4With(t, map[string]string{"etc/hostname": "x\n"})
+	r := &countingRunner{Runner: runner.Default}
+	for _, tt := range []struct {
+		img  string
+		want bool
+	}{{with, true}, {without, false}} {
+		got, err := Takes(ctx, r, tt.img)
+		if err != nil || got != tt.want {
+			t.Fatalf("Takes(%s) = %v, %v; want %v", tt.img, got, err, tt.want)
+		}
+		ran := r.n
+		if got, err := Takes(ctx, r, tt.img); err != nil || got != tt.want || r.n != ran {
+			t.Errorf("Takes(%s) again = %v, %v after %d more commands; want %v from what it read", tt.img, got, err, r.n-ran, tt.want)
+		}
+	}
+	// The same file changed: read again.
+	later := time.Now().Add(time.Minute)
+	if err := os.Chtimes(with, later, later); err != nil {
+		t.Fatal(err)
+	}
+	ran := r.n
+	if got, err := Takes(ctx, r, with); err != nil || !got || r.n == ran {
+		t.Errorf("Takes(changed image) = %v, %v after %d commands; want true, read again", got, err, r.n-ran)
+	}
+}
