@@ -99,7 +99,7 @@ func Overlay(ctx context.Context, r runner.Runner, base, baseFormat, overlay str
 	if !fi.Mode().IsRegular() {
 		return fail(errors.New("the base is not a regular file"))
 	}
-	key := overlayKey{base: abs, format: baseFormat, size: size, id: fileIdentity(fi)}
+	key := overlayKey{base: abs, format: baseFormat, size: size, id: FileIdentity(fi)}
 	if data := overlays.get(key); data != nil {
 		if err := writeOverlay(overlay, data); err != nil {
 			return fail(err)
@@ -172,9 +172,10 @@ type overlayKey struct {
 	id           string
 }
 
-// fileIdentity names a file's content as the filesystem knows it: device,
-// inode, size and modification and change times.
-func fileIdentity(fi os.FileInfo) string {
+// FileIdentity names a file's content as the filesystem knows it: device,
+// inode, size and modification and change times ("" without them). A file
+// rewritten in place or replaced gets another.
+func FileIdentity(fi os.FileInfo) string {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
 		return ""

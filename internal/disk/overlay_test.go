@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/runner/runnertest"
 	"github.com/banger/banger/internal/vmtest"
 )
 
@@ -199,17 +200,6 @@ func TestParseBacking(t *testing.T) {
 	}
 }
 
-// countingRunner counts the commands it runs for real.
-type countingRunner struct {
-	runner.Runner
-	n int
-}
-
-func (c *countingRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	c.n++
-	return c.Runner.Run(ctx, name, args...)
-}
-
 // TestOverlayCached: a second overlay over an unchanged base is qemu-img's
 // own bytes, written without running it; a changed base or another size
 // runs it again.
@@ -219,17 +209,17 @@ func TestOverlayCached(t *testing.T) {
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.raw")
 	want := makeSparse(t, base)
-	r := &countingRunner{Runner: runner.Default}
+	r := &runnertest.Runner{Fallback: runner.Default}
 	first, second := filepath.Join(dir, "a.qcow2"), filepath.Join(dir, "b.qcow2")
 	if err := Overlay(ctx, r, base, FormatRaw, first, 128<<20); err != nil {
 		t.Fatal(err)
 	}
-	ran := r.n
+	ran := len(r.Calls())
 	if err := Overlay(ctx, r, base, FormatRaw, second, 128<<20); err != nil {
 		t.Fatal(err)
 	}
-	if r.n != ran {
-		t.Errorf("the second overlay over the same base ran %d commands, want none", r.n-ran)
+	if len(r.Calls()) != ran {
+		t.Errorf("the second overlay over the same base ran %d commands, want none", len(r.Calls())-ran)
 	}
 	a, _ := os.ReadFile(first)
 	b, _ := os.ReadFile(second)
@@ -260,11 +250,11 @@ func TestOverlayCached(t *testing.T) {
 		}, 128 << 20},
 	} {
 		tt.change()
-		ran := r.n
+		ran := len(r.Calls())
 		if err := Overlay(ctx, r, base, FormatRaw, filepath.Join(dir, "c.qcow2"), tt.size); err != nil {
 			t.Fatal(err)
 		}
-		if r.n == ran {
+		if len(r.Calls()) == ran {
 			t.Errorf("an overlay over %s ran no qemu-img", tt.name)
 		}
 	}

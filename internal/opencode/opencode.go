@@ -10,9 +10,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/banger/banger/internal/agent"
+	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/image/ext4"
 	"github.com/banger/banger/internal/runner"
 )
@@ -77,11 +77,11 @@ func fileKey(path string) string {
 	if err != nil {
 		return ""
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
+	id := disk.FileIdentity(fi)
+	if id == "" {
 		return ""
 	}
-	return fmt.Sprintf("%s\x00%d:%d:%d:%d.%d:%d.%d", abs, st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec)
+	return abs + "\x00" + id
 }
 
 // NewPassword returns a fresh random password.

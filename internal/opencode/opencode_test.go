@@ -9,19 +9,9 @@ import (
 	"time"
 
 	"github.com/banger/banger/internal/runner"
+	"github.com/banger/banger/internal/runner/runnertest"
 	"github.com/banger/banger/internal/vmtest"
 )
-
-// countingRunner counts the commands it runs for real.
-type countingRunner struct {
-	runner.Runner
-	n int
-}
-
-func (c *countingRunner) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	c.n++
-	return c.Runner.Run(ctx, name, args...)
-}
 
 // ext4With makes an ext4 image holding files (path in the image: content).
 func ext4With(t *testing.T, files map[string]string) string {
@@ -51,7 +41,7 @@ func TestTakes(t *testing.T) {
 	ctx := context.Background()
 	with := ext4With(t, map[string]string{SystemdUnit: "[Service]\nEnvironmentFile=" + EnvFile + "\n"})
 	without := ext4With(t, map[string]string{"etc/hostname": "x\n"})
-	r := &countingRunner{Runner: runner.Default}
+	r := &runnertest.Runner{Fallback: runner.Default}
 	for _, tt := range []struct {
 		img  string
 		want bool
@@ -60,9 +50,9 @@ func TestTakes(t *testing.T) {
 		if err != nil || got != tt.want {
 			t.Fatalf("Takes(%s) = %v, %v; want %v", tt.img, got, err, tt.want)
 		}
-		ran := r.n
-		if got, err := Takes(ctx, r, tt.img); err != nil || got != tt.want || r.n != ran {
-			t.Errorf("Takes(%s) again = %v, %v after %d more commands; want %v from what it read", tt.img, got, err, r.n-ran, tt.want)
+		ran := len(r.Calls())
+		if got, err := Takes(ctx, r, tt.img); err != nil || got != tt.want || len(r.Calls()) != ran {
+			t.Errorf("Takes(%s) again = %v, %v after %d more commands; want %v from what it read", tt.img, got, err, len(r.Calls())-ran, tt.want)
 		}
 	}
 	// The same file changed: read again.
@@ -70,8 +60,8 @@ func TestTakes(t *testing.T) {
 	if err := os.Chtimes(with, later, later); err != nil {
 		t.Fatal(err)
 	}
-	ran := r.n
-	if got, err := Takes(ctx, r, with); err != nil || !got || r.n == ran {
-		t.Errorf("Takes(changed image) = %v, %v after %d commands; want true, read again", got, err, r.n-ran)
+	ran := len(r.Calls())
+	if got, err := Takes(ctx, r, with); err != nil || !got || len(r.Calls()) == ran {
+		t.Errorf("Takes(changed image) = %v, %v after %d commands; want true, read again", got, err, len(r.Calls())-ran)
 	}
 }
