@@ -164,8 +164,7 @@ const maxCachedOverlay = 4 << 20
 const maxCachedOverlays = 64
 
 // overlayKey is what a new overlay's bytes depend on: its base, named by
-// path and identified by its inode and change time, the base's format
-// and the size asked for.
+// path and by its FileIdentity, the base's format and the size asked for.
 type overlayKey struct {
 	base, format string
 	size         int64

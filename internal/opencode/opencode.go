@@ -42,8 +42,14 @@ const PasswordFile = "opencode-password"
 // server that reads its password from EnvFile.
 func Takes(ctx context.Context, r runner.Runner, root string) (bool, error) {
 	key := fileKey(root)
-	if v, ok := takes.Load(key); ok && key != "" {
+	if v, ok := takes.Load(key); ok {
 		return v.(bool), nil
+	}
+	remember := func(v bool) bool {
+		if key != "" {
+			takes.Store(key, v)
+		}
+		return v
 	}
 	for _, p := range []string{SystemdUnit, RunitRun} {
 		b, err := ext4.ReadFile(ctx, r, root, p)
@@ -51,12 +57,10 @@ func Takes(ctx context.Context, r runner.Runner, root string) (bool, error) {
 			return false, fmt.Errorf("reading %s from %s: %w", p, root, err)
 		}
 		if strings.Contains(string(b), EnvFile) {
-			takes.Store(key, true)
-			return true, nil
+			return remember(true), nil
 		}
 	}
-	takes.Store(key, false)
-	return false, nil
+	return remember(false), nil
 }
 
 // takes holds Takes's answers by image file (fileKey): a create reads its
