@@ -100,47 +100,54 @@ func Overlay(ctx context.Context, r runner.Runner, base, baseFormat, overlay str
 		return fail(errors.New("the base is not a regular file"))
 	}
 	key := overlayKey{base: abs, format: baseFormat, size: size, id: FileIdentity(fi)}
-	if data := overlays.get(key); data != nil {
-		if err := writeOverlay(overlay, data); err != nil {
-			return fail(err)
+	cached := overlays.get(key) // its size was checked when qemu-img made it
+	if cached == nil {
+		baseSize := fi.Size()
+		if baseFormat == FormatQcow2 {
+			info, err := ReadInfo(ctx, r, abs)
+			if err != nil {
+				return fail(err)
+			}
+			baseSize = info.VirtualSize
 		}
-		return nil
-	}
-	baseSize := fi.Size()
-	if baseFormat == FormatQcow2 {
-		info, err := ReadInfo(ctx, r, abs)
-		if err != nil {
-			return fail(err)
+		if size == 0 {
+			size = baseSize
 		}
-		baseSize = info.VirtualSize
-	}
-	if size == 0 {
-		size = baseSize
-	}
-	if size < baseSize {
-		return fail(fmt.Errorf("disk size %s is smaller than the image (%s): pick --disk-size %s or more",
-			units.FormatSize(size), units.FormatSize(baseSize), units.RoundUp(baseSize)))
+		if size < baseSize {
+			return fail(fmt.Errorf("disk size %s is smaller than the image (%s): pick --disk-size %s or more",
+				units.FormatSize(size), units.FormatSize(baseSize), units.RoundUp(baseSize)))
+		}
 	}
 	dir := filepath.Dir(overlay)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(overlay)+".tmp-*")
 	if err != nil {
 		return fail(err)
 	}
-	tmp.Close()
 	done := false
 	defer func() {
 		if !done {
 			os.Remove(tmp.Name())
 		}
 	}()
-	if _, err := r.Run(ctx, QemuImg, "create", "-q", "-f", FormatQcow2, "-b", abs, "-F", baseFormat, tmp.Name(), fmt.Sprint(size)); err != nil {
-		return fail(fmt.Errorf("%w%s", err, qemuImgHint(err)))
+	if cached != nil {
+		err = writeSparse(tmp, cached)
+		if cerr := tmp.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fail(err)
+		}
+	} else {
+		tmp.Close()
+		if _, err := r.Run(ctx, QemuImg, "create", "-q", "-f", FormatQcow2, "-b", abs, "-F", baseFormat, tmp.Name(), fmt.Sprint(size)); err != nil {
+			return fail(fmt.Errorf("%w%s", err, qemuImgHint(err)))
+		}
+		if data, err := os.ReadFile(tmp.Name()); err == nil && len(data) <= maxCachedOverlay {
+			overlays.put(key, data)
+		}
 	}
 	if err := os.Chmod(tmp.Name(), 0o600); err != nil {
 		return fail(err)
-	}
-	if data, err := os.ReadFile(tmp.Name()); err == nil && len(data) <= maxCachedOverlay {
-		overlays.put(key, data)
 	}
 	if err := syncPath(tmp.Name()); err != nil {
 		return fail(err)
@@ -212,60 +219,20 @@ func (c *overlayCache) put(k overlayKey, data []byte) {
 	c.byID[k] = data
 }
 
-// writeOverlay writes data (a new overlay qemu-img made) at path as
-// Overlay does: under a temporary name, mode 0600, synced, renamed, its
-// zero blocks left as holes.
-func writeOverlay(path string, data []byte) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil {
-		return err
-	}
+// writeSparse writes data into the empty file f, its zero blocks left as
+// holes.
+func writeSparse(f *os.File, data []byte) error {
 	const block = 4096
 	for off := 0; off < len(data); off += block {
 		chunk := data[off:min(off+block, len(data))]
-		if isZero(chunk) {
+		if allZero(chunk) {
 			continue
 		}
 		if _, err := f.WriteAt(chunk, int64(off)); err != nil {
 			return err
 		}
 	}
-	if err := f.Truncate(int64(len(data))); err != nil {
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	if err := syncDir(dir); err != nil {
-		return fmt.Errorf("syncing directory: %w", err)
-	}
-	return nil
-}
-
-// isZero reports whether b holds only zero bytes.
-func isZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
+	return f.Truncate(int64(len(data)))
 }
 
 // GrowOverlay enlarges the virtual disk of the qcow2 file at path to size
