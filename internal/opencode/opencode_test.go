@@ -3,32 +3,28 @@ package opencode
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/banger/banger/internal/image/ext4"
 	"github.com/banger/banger/internal/runner"
 	"github.com/banger/banger/internal/runner/runnertest"
 	"github.com/banger/banger/internal/vmtest"
 )
 
-// ext4With makes an ext4 image holding files (path in the image: content).
+// ext4With makes an ext4 image holding files (absolute path in the
+// image: content), written with ext4.PutFile.
 func ext4With(t *testing.T, files map[string]string) string {
 	t.Helper()
-	root := t.TempDir()
-	for p, content := range files {
-		full := filepath.Join(root, p)
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
 	img := filepath.Join(t.TempDir(), "root.ext4")
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-d", root, img, "16M").CombinedOutput(); err != nil {
+	if out, err := vmtest.Command("mkfs.ext4", "-q", "-F", img, "16M").CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	for name, content := range files {
+		if err := ext4.PutFile(context.Background(), runner.Default, img, name, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return img
 }
@@ -40,7 +36,7 @@ func TestTakes(t *testing.T) {
 	vmtest.RequireHost(t, "reading ext4 images", vmtest.Tool("mkfs.ext4", "e2fsprogs"), vmtest.Tool("debugfs", "e2fsprogs"))
 	ctx := context.Background()
 	with := ext4With(t, map[string]string{SystemdUnit: "[Service]\nEnvironmentFile=" + EnvFile + "\n"})
-	without := ext4With(t, map[string]string{"etc/hostname": "x\n"})
+	without := ext4With(t, map[string]string{"/etc/hostname": "x\n"})
 	r := &runnertest.Runner{Fallback: runner.Default}
 	for _, tt := range []struct {
 		img  string
