@@ -32,11 +32,15 @@ const (
 	// what a guest restored from another machine's snapshot must change
 	// before anyone talks to it.
 	OpIdentity = "identity"
+	// OpTemplate readies a guest whose snapshot is about to be a template:
+	// what each restore's identity would start again (sshd, for its new
+	// host keys) starts as far as it can without them.
+	OpTemplate = "template"
 )
 
 // Ops are the operations this version of the agent answers; health lists
 // them, so the host knows what an older agent in an image lacks.
-var Ops = []string{OpHealth, OpShutdown, OpIdentity, OpMount}
+var Ops = []string{OpHealth, OpShutdown, OpIdentity, OpMount, OpTemplate}
 
 // MaxLine bounds one protocol line, both ways.
 const MaxLine = 1 << 20
@@ -253,6 +257,18 @@ func clip(s string, n int) string {
 	}
 	return s
 }
+
+// SSHDParkDir is a directory on the guest's tmpfs, empty at boot, whose
+// *.conf banger's sshd configuration includes (SSHDParkInclude): the agent
+// parks sshd there for a template's snapshot (OpTemplate).
+const SSHDParkDir = "/run/banger-agent/sshd_config.d"
+
+// SSHDParkInclude is the line of banger's sshd drop-in (SSHDDropIn) that
+// includes SSHDParkDir.
+const SSHDParkInclude = "Include " + SSHDParkDir + "/*.conf"
+
+// SSHDDropIn is banger's sshd configuration in its Debian images.
+const SSHDDropIn = "/etc/ssh/sshd_config.d/banger.conf"
 
 // OpencodeEnvFile is the guest file holding the opencode server's
 // password (OPENCODE_SERVER_PASSWORD=...): the image's unit reads it and

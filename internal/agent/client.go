@@ -82,6 +82,12 @@ func (c *Client) health(ctx context.Context, req Request) (*Health, error) {
 		Ops: resp.Ops, MachineID: resp.MachineID, Settled: resp.Settled, SSHListening: resp.SSHListening, Applied: resp.Applied}, nil
 }
 
+// Template readies the guest for the snapshot of a template (OpTemplate).
+func (c *Client) Template(ctx context.Context) error {
+	_, err := c.call(ctx, Request{Op: OpTemplate})
+	return err
+}
+
 // Shutdown asks the guest to sync and reboot, which ends the VM. It returns
 // once the guest has acknowledged; the caller waits for the process to exit.
 func (c *Client) Shutdown(ctx context.Context) error {

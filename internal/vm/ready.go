@@ -114,8 +114,9 @@ const firstIdentityTimeout = 20 * time.Second
 
 // waitBanner is the readiness check of a restored guest. Its agent has just
 // answered with the host keys to pin (new ones, for a restore of another
-// machine's snapshot; an sshd that reads them only at its start has closed
-// its old sockets by then, and is coming up again), and its sshd was
+// machine's snapshot; an sshd that reads them only at its start is either
+// a template's parked one, let go on to read them, or has closed its old
+// sockets by then and is coming up again), and its sshd was
 // running when the snapshot was taken, so sshd answering with its version
 // line says enough; the full
 // handshake, about half a second under TCG, is what a cold boot proves.

@@ -515,8 +515,10 @@ func (e *Engine) buildTemplate(ctx context.Context, p *Plan, st *stages) (_ *tem
 	rctx, cancel := context.WithTimeout(ctx, e.cfg.ReadyTimeout)
 	defer cancel()
 	c := &agent.Client{Dial: inst.DialAgent}
+	var h *agent.Health
 	if err := st.run("waiting for agent", func() error {
-		h, err := e.waitAgent(rctx, "the template VM of image "+name, spec.ConsoleLog, inst)
+		var err error
+		h, err = e.waitAgent(rctx, "the template VM of image "+name, spec.ConsoleLog, inst)
 		if err != nil {
 			return err
 		}
@@ -535,7 +537,19 @@ func (e *Engine) buildTemplate(ctx context.Context, p *Plan, st *stages) (_ *tem
 		return nil, err
 	}
 	if err := st.run("waiting for the boot to settle", func() error {
-		return waitSettled(rctx, c, inst)
+		if err := waitSettled(rctx, c, inst); err != nil {
+			return err
+		}
+		if !h.Answers(agent.OpTemplate) {
+			return nil
+		}
+		// What each restore's identity starts again starts now, as far as
+		// it can; a guest that cannot is snapshotted as it is, and its
+		// restores reload sshd instead.
+		if err := c.Template(rctx); err != nil {
+			e.log.Warn("readying the template VM's guest for its snapshot", "image", name, "err", err)
+		}
+		return nil
 	}); err != nil {
 		return nil, err
 	}

@@ -136,6 +136,10 @@ func TestWarmCreate(t *testing.T) {
 	if len(tmpl.HostKeys) != 1 || !strings.HasPrefix(tmpl.HostKeys[0], "ssh-ed25519 ") {
 		t.Errorf("template host keys = %q, want the template guest's one key", tmpl.HostKeys)
 	}
+	// Its sshd waits for the new host keys of each restore's identity.
+	if parked, err := hypervisortest.SnapshotSSHParked(tmpl.snapshot()); err != nil || !parked {
+		t.Errorf("the template's snapshot has sshd parked = %v, %v; want it parked", parked, err)
+	}
 
 	type seen struct {
 		vm *store.VM
@@ -170,6 +174,9 @@ func TestWarmCreate(t *testing.T) {
 		g := inst.Guest()
 		if g.Hostname != name || g.IP.String() != v.IP || g.MAC != v.MAC || g.Grown == 0 || g.Clock.IsZero() || len(g.Entropy) != 1 {
 			t.Errorf("%s's guest = %+v, want its own name, address %s, MAC %s, grown disks, a set clock and a reseeded RNG", name, g, v.IP, v.MAC)
+		}
+		if g.SSHParked {
+			t.Errorf("%s's sshd is still parked after its identity", name)
 		}
 		if g.OpencodePassword == "" || g.OpencodePassword != opencode.Password(v.Dir) {
 			t.Errorf("%s's opencode password in the guest %q, on the host %q: want the VM's own", name, g.OpencodePassword, opencode.Password(v.Dir))

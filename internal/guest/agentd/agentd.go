@@ -277,6 +277,8 @@ func (s *Server) handle(req agent.Request) agent.Response {
 		return s.mount(req.Mounts)
 	case agent.OpIdentity:
 		return s.identity(req.Identity)
+	case agent.OpTemplate:
+		return s.template()
 	default:
 		return agent.Response{Error: fmt.Sprintf("unknown op %q: use one of %s", clip(req.Op, 32), strings.Join(agent.Ops, ", "))}
 	}

@@ -81,7 +81,7 @@ func TestServeConnLines(t *testing.T) {
 	tests := []struct {
 		in, want string
 	}{
-		{`{"op":"reboot-now"}`, `{"ok":false,"error":"unknown op \"reboot-now\": use one of health, shutdown, identity, mount"}`},
+		{`{"op":"reboot-now"}`, `{"ok":false,"error":"unknown op \"reboot-now\": use one of health, shutdown, identity, mount, template"}`},
 		{`not json`, `"ok":false`},
 		{`{"op":"health","surprise":1}`, `unknown field`},
 		{`{"op":"health"} {"op":"shutdown"}`, `data after the object`},

@@ -44,6 +44,9 @@ type System interface {
 	// restarts the server when the file changed; changed says whether it did.
 	SetOpencodePassword(ctx context.Context, pw string) (changed bool, err error)
 	GrowFilesystems(ctx context.Context) error
+	// ParkSSHD readies sshd for a template's snapshot: NewHostKeys of each
+	// restore then only hands it the rest of its start.
+	ParkSSHD(ctx context.Context) error
 	// Sync makes durable what the steps above wrote: they write their
 	// files unsynced, and one sync of the filesystem costs less than each
 	// file's own.
@@ -156,6 +159,22 @@ func (s *Server) identity(id *agent.Identity) agent.Response {
 	resp := s.health(false)
 	resp.Applied = applied
 	return resp
+}
+
+// templateTimeout bounds a template request in the guest.
+const templateTimeout = time.Minute
+
+// template readies the guest for the snapshot of a template (ParkSSHD).
+func (s *Server) template() agent.Response {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), templateTimeout)
+	defer cancel()
+	if err := s.system().ParkSSHD(ctx); err != nil {
+		s.log().Error("readying the template failed", "err", err)
+		return agent.Response{Error: "template: " + err.Error()}
+	}
+	return agent.Response{OK: true}
 }
 
 // errUnchanged marks a step that found nothing to change.

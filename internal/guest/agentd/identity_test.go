@@ -54,6 +54,7 @@ func (r *recorder) SetNetwork(_ context.Context, n guestconfig.Network, mac stri
 func (r *recorder) SetMachineID(string) error             { return r.step("machine-id") }
 func (r *recorder) NewHostKeys(context.Context) error     { return r.step("host-keys") }
 func (r *recorder) GrowFilesystems(context.Context) error { return r.step("filesystems") }
+func (r *recorder) ParkSSHD(context.Context) error        { return r.step("park-sshd") }
 func (r *recorder) Sync() error                           { return r.step("sync") }
 func (r *recorder) SetOpencodePassword(context.Context, string) (bool, error) {
 	return true, r.step("opencode-password")

@@ -1,7 +1,6 @@
 package agentd
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto"
@@ -14,13 +13,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -86,107 +83,6 @@ func (osSystem) Settled(ctx context.Context) bool {
 	netsetup.Commands.RUnlock()
 	st := strings.TrimSpace(string(out))
 	return st == "running" || st == "degraded"
-}
-
-// SSHListening reads the kernel's socket tables for a listener on port 22.
-func (osSystem) SSHListening() bool { return len(listeners(22)) > 0 }
-
-// listeners are the inodes of the TCP sockets listening on port, from the
-// kernel's IPv4 and IPv6 socket tables.
-func listeners(port int) []string {
-	var inodes []string
-	for _, p := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
-		inodes = append(inodes, listenersIn(p, port)...)
-	}
-	return inodes
-}
-
-// listenersIn are the inodes of the sockets in the LISTEN state on port in
-// the /proc/net/tcp-format table at path.
-func listenersIn(path string, port int) []string {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	want := fmt.Sprintf(":%04X", port)
-	var inodes []string
-	sc := bufio.NewScanner(io.LimitReader(f, 4<<20))
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		// sl local_address rem_address st tx:rx tr:when retrnsmt uid
-		// timeout inode ...; 0A is TCP_LISTEN.
-		if len(fields) > 9 && strings.HasSuffix(fields[1], want) && fields[3] == "0A" {
-			inodes = append(inodes, fields[9])
-		}
-	}
-	return inodes
-}
-
-// sshdPIDFile is where sshd writes its listener's pid (its default
-// PidFile on Debian).
-const sshdPIDFile = "/run/sshd.pid"
-
-// sshdReloadTimeout bounds the wait for sshd to close its old sockets
-// after a reload.
-const sshdReloadTimeout = 15 * time.Second
-
-// reloadSSHD makes a running sshd that does not re-execute itself for
-// each connection (its -r flag, which banger's Debian images use: the
-// re-exec costs a few hundred milliseconds of each login under TCG) read
-// the host keys again: SIGHUP makes the listener close its sockets and
-// re-execute itself, which reads them. It returns once the old sockets are
-// closed, so whatever answers on port 22 from then on has the new keys;
-// the new listener comes up meanwhile (about 300 ms under TCG), while the
-// identity's other steps run and the host dials. An sshd without -r reads
-// the keys at each connection and is left alone, as is a guest without
-// sshd.
-func reloadSSHD(ctx context.Context) error {
-	b, err := os.ReadFile(sshdPIDFile)
-	if err != nil || len(b) > 32 {
-		return nil
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 1 {
-		return nil
-	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil || !sshdWithoutReexec(string(cmdline)) {
-		return nil
-	}
-	old := listeners(22)
-	if err := unix.Kill(pid, unix.SIGHUP); err != nil {
-		return fmt.Errorf("reloading sshd (pid %d) for its new host keys: %w", pid, err)
-	}
-	ctx, cancel := context.WithTimeout(ctx, sshdReloadTimeout)
-	defer cancel()
-	for {
-		now := listeners(22)
-		if !slices.ContainsFunc(now, func(ino string) bool { return slices.Contains(old, ino) }) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("reloading sshd (pid %d) for its new host keys: it still listens with its old keys: %w", pid, ctx.Err())
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
-}
-
-// sshdWithoutReexec says whether cmdline (a /proc/PID/cmdline: NUL-separated
-// arguments, or the one line a listener's process title makes of them) is
-// sshd's with -r, alone or among other flags without a value ("-Dr").
-func sshdWithoutReexec(cmdline string) bool {
-	args := strings.FieldsFunc(cmdline, func(r rune) bool { return r == 0 || r == ' ' })
-	if len(args) == 0 || !strings.HasPrefix(filepath.Base(strings.TrimSuffix(args[0], ":")), "sshd") {
-		return false
-	}
-	for _, a := range args[1:] {
-		if len(a) > 1 && a[0] == '-' && strings.Trim(a[1:], "46DdeiqrtTGV") == "" && strings.ContainsRune(a, 'r') {
-			return true
-		}
-	}
-	return false
 }
 
 // Sync syncs the root filesystem, where the identity's files are (the
@@ -286,8 +182,9 @@ func (osSystem) SetMachineID(id string) error {
 // NewHostKeys makes a fresh key for each host key file whose type it knows
 // (ed25519; ecdsa and rsa, which banger's images do not use), ed25519 when
 // there is none, and writes each pair under a temporary name before
-// renaming it over the old one; then it reloads an sshd that reads host
-// keys only at its start (reloadSSHD).
+// renaming it over the old one; then it lets a parked sshd go on
+// (sshdPark), or reloads an sshd that reads host keys only at its start
+// (reloadSSHD).
 func (o osSystem) NewHostKeys(ctx context.Context) error {
 	pubs, _ := filepath.Glob(o.hostKeyGlob)
 	sort.Strings(pubs)
@@ -306,6 +203,10 @@ func (o osSystem) NewHostKeys(ctx context.Context) error {
 		if err := writeHostKey(priv, kind); err != nil {
 			return err
 		}
+	}
+	if theSSHDPark.parked() {
+		theSSHDPark.unpark(ctx)
+		return nil
 	}
 	return reloadSSHD(ctx)
 }

@@ -292,7 +292,7 @@ func (b *Backend) Dial(ctx context.Context, network, addr string) (net.Conn, err
 		return nil, refused
 	}
 	if network == "tcp" && ap.Port() == 22 {
-		if inst.behavior.NoSSH {
+		if inst.behavior.NoSSH || inst.Guest().SSHParked {
 			return nil, refused
 		}
 		client, server, err := connPair()
@@ -347,7 +347,10 @@ type Guest struct {
 	Entropy []string
 	Grown   int
 	Files   map[string]string
-	hostKey ed25519.PrivateKey
+	// SSHParked is a template's sshd, waiting for an identity's new host
+	// keys (agentd.System's ParkSSHD): it refuses connections until then.
+	SSHParked bool
+	hostKey   ed25519.PrivateKey
 }
 
 // HostKey is the guest's SSH host public key.
@@ -619,6 +622,21 @@ type guestRecord struct {
 	OpencodePassword string            `json:"opencode_password"`
 	Files            map[string]string `json:"files"`
 	HostKey          string            `json:"host_key"`
+	SSHParked        bool              `json:"ssh_parked"`
+}
+
+// SnapshotSSHParked says whether the guest in the snapshot at dir was
+// taken with its sshd parked (System's ParkSSHD).
+func SnapshotSSHParked(dir string) (bool, error) {
+	data, err := os.ReadFile(filepath.Join(dir, snapshotFile))
+	if err != nil {
+		return false, err
+	}
+	var s snapshot
+	if err := json.Unmarshal(data, &s); err != nil {
+		return false, fmt.Errorf("fake: reading the snapshot in %s: %w", dir, err)
+	}
+	return s.Guest.SSHParked, nil
 }
 
 func identify(path string) fileID {
@@ -672,7 +690,7 @@ func (i *Instance) Snapshot(_ context.Context, dir string) error {
 		NICs:  ids(i.spec.NICs, func(n hypervisor.NIC) string { return n.ID }),
 		Guest: guestRecord{Hostname: i.guest.Hostname, IP: i.guest.IP.String(), MAC: i.guest.MAC, MachineID: i.guest.MachineID,
 			BootID: i.guest.BootID, Booted: i.guest.Booted, OpencodePassword: i.guest.OpencodePassword,
-			Files: i.guest.Files, HostKey: string(pem.EncodeToMemory(keyPEM))}}
+			Files: i.guest.Files, HostKey: string(pem.EncodeToMemory(keyPEM)), SSHParked: i.guest.SSHParked}}
 	if i.memoryFile != "" {
 		if err := os.Rename(i.memoryFile, filepath.Join(dir, memoryName)); err != nil {
 			return fail(err)
@@ -764,7 +782,7 @@ func (b *Backend) Restore(_ context.Context, spec hypervisor.Spec, dir string) (
 		return nil, err
 	}
 	g := Guest{Hostname: s.Guest.Hostname, IP: ip, MAC: s.Guest.MAC, MachineID: s.Guest.MachineID, BootID: s.Guest.BootID,
-		Booted: s.Guest.Booted, OpencodePassword: s.Guest.OpencodePassword, Files: s.Guest.Files, hostKey: *ed}
+		Booted: s.Guest.Booted, OpencodePassword: s.Guest.OpencodePassword, Files: s.Guest.Files, SSHParked: s.Guest.SSHParked, hostKey: *ed}
 	if g.Files == nil {
 		g.Files = map[string]string{}
 	}
@@ -825,7 +843,7 @@ func (s *system) HostKeys() []string        { return []string{authorizedLine(s.i
 func (s *system) Settled(context.Context) bool {
 	return true
 }
-func (s *system) SSHListening() bool { return !s.i.behavior.NoSSH }
+func (s *system) SSHListening() bool { return !s.i.behavior.NoSSH && !s.i.Guest().SSHParked }
 
 func (s *system) update(fn func(g *Guest)) {
 	s.i.mu.Lock()
@@ -876,6 +894,7 @@ func (s *system) SetMachineID(id string) error {
 }
 
 func (s *system) NewHostKeys(context.Context) error {
+	s.update(func(g *Guest) { g.SSHParked = false })
 	if s.i.behavior.KeepHostKeys {
 		return nil
 	}
@@ -891,6 +910,11 @@ func (s *system) SetOpencodePassword(_ context.Context, pw string) (bool, error)
 	changed := false
 	s.update(func(g *Guest) { changed, g.OpencodePassword = g.OpencodePassword != pw, pw })
 	return changed, nil
+}
+
+func (s *system) ParkSSHD(context.Context) error {
+	s.update(func(g *Guest) { g.SSHParked = true })
+	return nil
 }
 
 func (s *system) GrowFilesystems(context.Context) error {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/image/ext4"
 	"github.com/banger/banger/internal/opencode"
 	"github.com/banger/banger/internal/runner"
@@ -23,6 +24,8 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 HostKey /etc/ssh/ssh_host_ed25519_key
 UseDNS no
+# Empty, but for the pipe the agent parks sshd at in a snapshot whose restores get new host keys.
+` + agent.SSHDParkInclude + `
 `
 
 const fstab = `# Written by banger: vda is the image, vdb the VM's own /root disk.
@@ -141,8 +144,9 @@ WantedBy=multi-user.target
 // (StartupCPUWeight; the default weight is 100); afterwards all weigh the
 // same again. sshd runs with -r: it forks for each connection without
 // re-executing itself, which would cost a few hundred milliseconds of each
-// login under TCG (and of readiness); the agent reloads it when it gives a
-// restored guest new host keys.
+// login under TCG (and of readiness); the agent parks it in a template
+// (agent.SSHDParkInclude) or reloads it when it gives a restored guest new
+// host keys.
 const sshDropIn = `# Written by banger.
 [Unit]
 DefaultDependencies=no
@@ -369,7 +373,7 @@ type imageFile struct {
 // tools and the docker image's bash.bashrc (Debian's, with miseBashrc).
 func imageFiles(kind Kind) []imageFile {
 	files := []imageFile{
-		{"etc/ssh/sshd_config.d/banger.conf", sshdConfig, 0o644},
+		{strings.TrimPrefix(agent.SSHDDropIn, "/"), sshdConfig, 0o644},
 		{"etc/fstab", fstab, 0o644},
 		{"etc/hostname", "", 0o644},
 		{"etc/hosts", hosts, 0o644},
