@@ -461,6 +461,11 @@ type bootMode struct {
 type bootState struct {
 	bootMode
 	guest guestconfig.Config
+	// watch and relaunch are a cold boot's: its console, for a kernel that
+	// stops in early boot, and how to kill its hypervisor and start
+	// another in its place.
+	watch    *consoleWatch
+	relaunch func(ctx context.Context, old hypervisor.Instance) (hypervisor.Instance, error)
 }
 
 // identityPending marks, in a VM's directory, a restored guest that still
@@ -522,13 +527,14 @@ func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 	if m.kind != coldBoot {
 		stage = "restoring " + be.Name()
 	}
+	spec := e.spec(vm)
+	spec.Kernel, spec.Initrd = bootFiles(vm, b)
+	spec.Cmdline = cmdline
 	err = st.run(stage, func() error {
 		sctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
-		spec := e.spec(vm)
-		spec.Kernel, spec.Initrd = bootFiles(vm, b)
-		spec.Cmdline = cmdline
 		if m.kind == coldBoot {
+			bs.watch = newConsoleWatch(spec.ConsoleLog, spec.Cmdline, e.cfg.EarlyStall, time.Now())
 			var err error
 			inst, err = be.Start(sctx, spec)
 			return err
@@ -546,6 +552,36 @@ func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 		release()
 		return nil, nil, err
 	}
+	if err := e.recordHypervisor(ctx, vm, be, inst); err != nil {
+		os.Remove(pending)
+		release()
+		return nil, nil, err
+	}
+	if m.kind == coldBoot {
+		bs.relaunch = func(ctx context.Context, old hypervisor.Instance) (hypervisor.Instance, error) {
+			if err := old.Kill(); err != nil {
+				return nil, fmt.Errorf("ending the stalled hypervisor of %s: %w", vm.Name, err)
+			}
+			sctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			inst, err := be.Start(sctx, spec)
+			if err != nil {
+				return nil, err
+			}
+			if err := e.recordHypervisor(ctx, vm, be, inst); err != nil {
+				return nil, err
+			}
+			return inst, nil
+		}
+	}
+	st.pr.Booted(vm)
+	return inst, bs, nil
+}
+
+// recordHypervisor records inst as vm's running hypervisor (the VM
+// starting, with its pid) and watches it; when the record fails, it kills
+// inst.
+func (e *Engine) recordHypervisor(ctx context.Context, vm *store.VM, be hypervisor.Backend, inst hypervisor.Instance) error {
 	vm.PID = inst.PID()
 	vm.State = StateStarting
 	vm.Hypervisor = be.Name()
@@ -553,14 +589,11 @@ func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 	if err := e.cfg.Store.UpdateVM(ctx, vm); err != nil {
 		// Without its pid on record a restarted daemon could not adopt it.
 		inst.Kill()
-		os.Remove(pending)
-		release()
 		vm.PID = 0
-		return nil, nil, fmt.Errorf("recording the hypervisor of %s: %w", vm.Name, err)
+		return fmt.Errorf("recording the hypervisor of %s: %w", vm.Name, err)
 	}
 	e.track(vm, inst)
-	st.pr.Booted(vm)
-	return inst, bs, nil
+	return nil
 }
 
 // finishBoot runs the readiness checks of a started VM and records the
@@ -574,7 +607,7 @@ func (e *Engine) finishBoot(ctx context.Context, vm *store.VM, b *bundle.Bundle,
 	e.booting[vm.ID] = cancel
 	e.mu.Unlock()
 	(*unlock)()
-	h, err := e.waitReady(rctx, vm, b, inst, st, bs)
+	h, inst, err := e.waitReady(rctx, vm, b, inst, st, bs)
 	*unlock = e.locks.lock(vm.Name)
 	e.mu.Lock()
 	delete(e.booting, vm.ID)

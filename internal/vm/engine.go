@@ -75,6 +75,10 @@ type Config struct {
 	// MaxMemoryMiB bounds a VM's memory (the host's); 0: no bound.
 	MaxMemoryMiB int
 	ReadyTimeout time.Duration
+	// EarlyStall is how long a cold boot's console may say nothing before
+	// its kernel has started init: then the boot is tried once more
+	// (consoleWatch). 0 means DefaultEarlyStall; negative, never.
+	EarlyStall time.Duration
 	// ConsoleLogMax caps each running VM's console log, rotating it past
 	// that (logfile.Rotate); 0 means 8 MiB.
 	ConsoleLogMax int64
@@ -130,6 +134,9 @@ func New(cfg Config) *Engine {
 	}
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 5 * time.Minute
+	}
+	if cfg.EarlyStall == 0 {
+		cfg.EarlyStall = DefaultEarlyStall
 	}
 	if cfg.WorkSize == 0 {
 		cfg.WorkSize = DefaultWorkSize

@@ -254,6 +254,55 @@ func TestFailuresLeaveTheErrorStateOrNothing(t *testing.T) {
 	}
 }
 
+// TestKernelStallBootsAgain: a cold boot whose kernel stops before init
+// (its console silent for EarlyStall) is booted once more, and says so; a
+// second stall is the boot's error, with the VM kept in the error state
+// and no hypervisor left.
+func TestKernelStallBootsAgain(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		stalls  int
+		wantErr string
+	}{
+		{"one stall", 1, ""},
+		{"two stalls", 2, "stopped in early boot"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newTestHost(t)
+			e := h.engine()
+			e.cfg.EarlyStall = 200 * time.Millisecond
+			h.fake.Misbehave(hypervisortest.Behavior{StallBoots: tt.stalls})
+			v, pr, err := h.createWith(e, CreateOptions{Name: "stally"})
+			if h.fake.Starts() != 2 {
+				t.Errorf("starts = %d, want 2 (the boot and one more)", h.fake.Starts())
+			}
+			if !strings.Contains(pr.text(), "stopped in early boot") || !strings.Contains(pr.text(), "booting it again") {
+				t.Errorf("progress = %q, want it to say the kernel stalled and the VM boots again", pr.text())
+			}
+			running := h.fake.Running()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("create = %v, want an error with %q", err, tt.wantErr)
+				}
+				got, gerr := e.Get(context.Background(), "stally")
+				if gerr != nil || got.State != StateError || got.PID != 0 {
+					t.Errorf("after two stalls: %+v, %v; want the error state and no pid", got, gerr)
+				}
+				if len(running) != 0 {
+					t.Errorf("%d hypervisors left running", len(running))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("create after one stall: %v", err)
+			}
+			if v.State != StateRunning || len(running) != 1 || running[0].PID() != v.PID {
+				t.Errorf("after one stall: state %s, pid %d, running %d; want the second hypervisor running and on record", v.State, v.PID, len(running))
+			}
+		})
+	}
+}
+
 // TestAdoptAfterDaemonCrash: a second engine (a restarted bangerd) adopts
 // the running VM, marks a VM whose hypervisor died stopped, and reconciles.
 func TestAdoptAfterDaemonCrash(t *testing.T) {

@@ -26,20 +26,32 @@ import (
 // identity the host gives it, whose answer carries the SSH host keys to
 // pin; then one SSH handshake with the bundle key against them. It returns
 // the guest's last health.
-func (e *Engine) waitReady(ctx context.Context, vm *store.VM, b *bundle.Bundle, inst hypervisor.Instance, st *stages, bs *bootState) (*agent.Health, error) {
+func (e *Engine) waitReady(ctx context.Context, vm *store.VM, b *bundle.Bundle, inst hypervisor.Instance, st *stages, bs *bootState) (*agent.Health, hypervisor.Instance, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.ReadyTimeout)
 	defer cancel()
 	var h *agent.Health
 	if !identityFirst(bs) {
 		if err := st.run("waiting for agent", func() error {
 			var err error
-			h, err = e.waitAgent(ctx, vm.Name, ConsoleLog(vm), inst)
+			h, err = e.waitAgent(ctx, vm.Name, ConsoleLog(vm), inst, bs.watch)
+			var stall *kernelStall
+			if errors.As(err, &stall) && bs.relaunch != nil {
+				// Once: a second stall is the error.
+				st.pr.Log(fmt.Sprintf("the guest kernel of %s stopped in early boot (its console said nothing for %v before init); booting it again", vm.Name, stall.quiet))
+				e.log.Warn("guest kernel stalled in early boot; booting it again", "vm", vm.Name, "quiet", stall.quiet)
+				relaunch := bs.relaunch
+				bs.relaunch = nil
+				bs.watch = bs.watch.again(time.Now())
+				if inst, err = relaunch(ctx, inst); err == nil {
+					h, err = e.waitAgent(ctx, vm.Name, ConsoleLog(vm), inst, bs.watch)
+				}
+			}
 			if err == nil && bs.kind == coldBoot {
 				h, err = e.giveIdentity(ctx, vm, inst, bs, h)
 			}
 			return err
 		}); err != nil {
-			return nil, err
+			return nil, inst, err
 		}
 	}
 	if bs.kind != coldBoot {
@@ -52,17 +64,17 @@ func (e *Engine) waitReady(ctx context.Context, vm *store.VM, b *bundle.Bundle, 
 			h, err = e.restoredIdentity(ctx, vm, inst, bs, h)
 			return err
 		}); err != nil {
-			return nil, err
+			return nil, inst, err
 		}
 	}
 	if err := e.caps.ready(ctx, vm, h); err != nil {
-		return nil, err
+		return nil, inst, err
 	}
 	keys, err := ParseHostKeys(h.SSHHostKeys)
 	if err != nil {
-		return nil, err
+		return nil, inst, err
 	}
-	return h, st.run("waiting for ssh", func() error {
+	return h, inst, st.run("waiting for ssh", func() error {
 		if bs.kind != coldBoot {
 			return e.waitBanner(ctx, vm, inst)
 		}
@@ -97,7 +109,7 @@ func (e *Engine) restoredIdentity(ctx context.Context, vm *store.VM, inst hyperv
 		return nh, err
 	}
 	e.log.Debug("restored guest: the first identity request failed; waiting for its agent", "vm", vm.Name, "err", err)
-	h, err = e.waitAgent(ctx, vm.Name, ConsoleLog(vm), inst)
+	h, err = e.waitAgent(ctx, vm.Name, ConsoleLog(vm), inst, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -177,13 +189,17 @@ func readBanner(c net.Conn, d time.Duration) error {
 
 // waitAgent polls the guest agent until it answers health with the guest's
 // SSH host keys. name and console name the guest and its console log in
-// errors.
-func (e *Engine) waitAgent(ctx context.Context, name, console string, inst hypervisor.Instance) (*agent.Health, error) {
+// errors. With watch (a cold boot's), a kernel that stops before init ends
+// the wait with a *kernelStall.
+func (e *Engine) waitAgent(ctx context.Context, name, console string, inst hypervisor.Instance, watch *consoleWatch) (*agent.Health, error) {
 	c := &agent.Client{Dial: inst.DialAgent}
 	var last error
 	for {
 		if inst.Exited() {
 			return nil, fmt.Errorf("the hypervisor of %s exited during boot (%s)%s", name, inst.Exit(), consoleTail(console))
+		}
+		if watch.stalled(time.Now()) {
+			return nil, &kernelStall{name: name, quiet: watch.quiet, tail: consoleTail(console)}
 		}
 		hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		h, err := c.Health(hctx)

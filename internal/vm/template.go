@@ -498,6 +498,9 @@ func (e *Engine) buildTemplate(ctx context.Context, p *Plan, st *stages) (_ *tem
 		spec.MemoryFile = filepath.Join(build, "memory.ram")
 	}
 	var inst hypervisor.Instance
+	// A template whose kernel stops in early boot fails (its image's next
+	// cold create tries again).
+	watch := newConsoleWatch(spec.ConsoleLog, spec.Cmdline, e.cfg.EarlyStall, time.Now())
 	if err := st.run("booting "+p.backend.Name(), func() error {
 		sctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
@@ -518,7 +521,7 @@ func (e *Engine) buildTemplate(ctx context.Context, p *Plan, st *stages) (_ *tem
 	var h *agent.Health
 	if err := st.run("waiting for agent", func() error {
 		var err error
-		h, err = e.waitAgent(rctx, "the template VM of image "+name, spec.ConsoleLog, inst)
+		h, err = e.waitAgent(rctx, "the template VM of image "+name, spec.ConsoleLog, inst, watch)
 		if err != nil {
 			return err
 		}

@@ -45,6 +45,10 @@ type Behavior struct {
 	// KeepHostKeys makes the agent answer an identity request without
 	// changing the host keys (a broken guest).
 	KeepHostKeys bool
+	// StallBoots makes that many of the next guests Start boots stop in
+	// early kernel boot, before init: their console ends with a kernel
+	// line and their agent never answers. Later starts boot.
+	StallBoots int
 }
 
 // Backend is a fake hypervisor. Its "processes" live in the Backend, not
@@ -191,6 +195,12 @@ func (b *Backend) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.I
 		b.mu.Unlock()
 		return nil, fmt.Errorf("fake: vm %s already runs as pid %d", spec.ID, old.pid)
 	}
+	console := "fake console of %s: Run /init as init process"
+	if b.next.StallBoots > 0 {
+		b.next.StallBoots--
+		bh.NoAgent = true
+		console = "[    0.912345] smp: Brought up 1 node, 2 CPUs (the fake kernel of %s stops here)"
+	}
 	b.mu.Unlock()
 	if bh.FailStart != nil {
 		return nil, bh.FailStart
@@ -221,7 +231,7 @@ func (b *Backend) Start(ctx context.Context, spec hypervisor.Spec) (hypervisor.I
 		f.Truncate(int64(spec.MemoryMiB) << 20)
 		f.Close()
 	}
-	if err := appendConsole(spec, "fake console of "+net.Hostname); err != nil {
+	if err := appendConsole(spec, fmt.Sprintf(console, net.Hostname)); err != nil {
 		return nil, err
 	}
 	key, err := newHostKey()
