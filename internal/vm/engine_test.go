@@ -303,6 +303,36 @@ func TestKernelStallBootsAgain(t *testing.T) {
 	}
 }
 
+// TestKernelStallThenStartFails: when the second start after a stall
+// fails, the boot fails with its error and the VM is kept in the error
+// state, with nothing running.
+func TestKernelStallThenStartFails(t *testing.T) {
+	h := newTestHost(t)
+	e := h.engine()
+	e.cfg.EarlyStall = 300 * time.Millisecond
+	h.fake.Misbehave(hypervisortest.Behavior{StallBoots: 1})
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := h.createWith(e, CreateOptions{Name: "stally"})
+		done <- err
+	}()
+	for h.fake.Starts() == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	h.fake.Misbehave(hypervisortest.Behavior{FailStart: errors.New("no more qemu")})
+	err := <-done
+	if err == nil || !strings.Contains(err.Error(), "no more qemu") {
+		t.Fatalf("create = %v, want the second start's error", err)
+	}
+	v, gerr := e.Get(context.Background(), "stally")
+	if gerr != nil || v.State != StateError || v.PID != 0 {
+		t.Errorf("after the failed second start: %+v, %v; want the error state and no pid", v, gerr)
+	}
+	if n := len(h.fake.Running()); n != 0 {
+		t.Errorf("%d hypervisors left running", n)
+	}
+}
+
 // TestAdoptAfterDaemonCrash: a second engine (a restarted bangerd) adopts
 // the running VM, marks a VM whose hypervisor died stopped, and reconciles.
 func TestAdoptAfterDaemonCrash(t *testing.T) {

@@ -42,9 +42,12 @@ func (e *Engine) waitReady(ctx context.Context, vm *store.VM, b *bundle.Bundle, 
 				relaunch := bs.relaunch
 				bs.relaunch = nil
 				bs.watch = bs.watch.again(time.Now())
-				if inst, err = relaunch(ctx, inst); err == nil {
-					h, err = e.waitAgent(ctx, vm.Name, ConsoleLog(vm), inst, bs.watch)
+				next, rerr := relaunch(ctx, inst)
+				if rerr != nil {
+					return rerr // inst, ended, is still the one to fail
 				}
+				inst = next
+				h, err = e.waitAgent(ctx, vm.Name, ConsoleLog(vm), inst, bs.watch)
 			}
 			if err == nil && bs.kind == coldBoot {
 				h, err = e.giveIdentity(ctx, vm, inst, bs, h)
