@@ -568,6 +568,11 @@ func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 			if err != nil {
 				return nil, err
 			}
+			if err := ctx.Err(); err != nil {
+				// Stopped or deleted meanwhile: its record is theirs.
+				inst.Kill()
+				return nil, err
+			}
 			if err := e.recordHypervisor(ctx, vm, be, inst); err != nil {
 				return nil, err
 			}
