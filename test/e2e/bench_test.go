@@ -229,7 +229,7 @@ func prepareDisks(t *testing.T, e *env, runtime string, n int) [2][]float64 {
 	}
 	e.must("image", "register", "--name", "big", "--rootfs", big, "--work-seed", filepath.Join(runtime, "work-seed.ext4"))
 	var out [2][]float64
-	rounds := max(n, 5)
+	rounds := max(n, 15) // each is a few milliseconds: many rounds steady the median
 	for i := -1; i < rounds; i++ {
 		if i == 0 {
 			t.Logf("preparing disks, first create (which makes the base): 1 GiB image %.1f ms, 8 GiB image %.1f ms", out[0][0], out[1][0])
