@@ -15,7 +15,7 @@ import (
 )
 
 // needQemuImg skips without qemu-img, or fails under BANGER_VM_TESTS=1.
-func needQemuImg(t *testing.T) {
+func needQemuImg(t testing.TB) {
 	t.Helper()
 	vmtest.RequireHost(t, "making qcow2 overlays", vmtest.Tool(QemuImg, "qemu-utils"), vmtest.Tool("qemu-io", "qemu-utils"))
 }
