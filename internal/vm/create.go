@@ -13,6 +13,7 @@ import (
 
 	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/bundle"
+	"github.com/banger/banger/internal/console"
 	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/egress"
@@ -464,7 +465,7 @@ type bootState struct {
 	// watch and relaunch are a cold boot's: its console, for a kernel that
 	// stops in early boot, and how to kill its hypervisor and start
 	// another in its place.
-	watch    *consoleWatch
+	watch    *console.Watch
 	relaunch func(ctx context.Context, old hypervisor.Instance) (hypervisor.Instance, error)
 }
 
@@ -534,7 +535,7 @@ func (e *Engine) boot(ctx context.Context, vm *store.VM, b *bundle.Bundle, be hy
 		sctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
 		if m.kind == coldBoot {
-			bs.watch = newConsoleWatch(spec.ConsoleLog, spec.Cmdline, e.cfg.EarlyStall, time.Now())
+			bs.watch = console.New(spec.ConsoleLog, spec.Cmdline, e.cfg.EarlyStall, time.Now())
 			var err error
 			inst, err = be.Start(sctx, spec)
 			return err

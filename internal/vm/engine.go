@@ -77,7 +77,7 @@ type Config struct {
 	ReadyTimeout time.Duration
 	// EarlyStall is how long a cold boot's console may say nothing before
 	// its kernel has started init: then the boot is tried once more
-	// (consoleWatch). 0 means DefaultEarlyStall; negative, never.
+	// (console.Watch). 0 means DefaultEarlyStall; negative, never.
 	EarlyStall time.Duration
 	// ConsoleLogMax caps each running VM's console log, rotating it past
 	// that (logfile.Rotate); 0 means 8 MiB.

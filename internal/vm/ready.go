@@ -16,6 +16,7 @@ import (
 
 	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/bundle"
+	"github.com/banger/banger/internal/console"
 	"github.com/banger/banger/internal/hypervisor"
 	"github.com/banger/banger/internal/logfile"
 	"github.com/banger/banger/internal/store"
@@ -41,7 +42,7 @@ func (e *Engine) waitReady(ctx context.Context, vm *store.VM, b *bundle.Bundle, 
 				e.log.Warn("guest kernel stalled in early boot; booting it again", "vm", vm.Name, "quiet", stall.quiet)
 				relaunch := bs.relaunch
 				bs.relaunch = nil
-				bs.watch = bs.watch.again(time.Now())
+				bs.watch = bs.watch.Again(time.Now())
 				next, rerr := relaunch(ctx, inst)
 				if rerr != nil {
 					return rerr // inst, ended, is still the one to fail
@@ -194,15 +195,15 @@ func readBanner(c net.Conn, d time.Duration) error {
 // SSH host keys. name and console name the guest and its console log in
 // errors. With watch (a cold boot's), a kernel that stops before init ends
 // the wait with a *kernelStall.
-func (e *Engine) waitAgent(ctx context.Context, name, console string, inst hypervisor.Instance, watch *consoleWatch) (*agent.Health, error) {
+func (e *Engine) waitAgent(ctx context.Context, name, console string, inst hypervisor.Instance, watch *console.Watch) (*agent.Health, error) {
 	c := &agent.Client{Dial: inst.DialAgent}
 	var last error
 	for {
 		if inst.Exited() {
 			return nil, fmt.Errorf("the hypervisor of %s exited during boot (%s)%s", name, inst.Exit(), consoleTail(console))
 		}
-		if watch.stalled(time.Now()) {
-			return nil, &kernelStall{name: name, quiet: watch.quiet, tail: consoleTail(console)}
+		if watch.Stalled(time.Now()) {
+			return nil, &kernelStall{name: name, quiet: watch.Quiet(), tail: consoleTail(console)}
 		}
 		hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		h, err := c.Health(hctx)

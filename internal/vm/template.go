@@ -17,6 +17,7 @@ import (
 	"github.com/banger/banger/internal/agent"
 	"github.com/banger/banger/internal/atomicfile"
 	"github.com/banger/banger/internal/bundle"
+	"github.com/banger/banger/internal/console"
 	"github.com/banger/banger/internal/disk"
 	"github.com/banger/banger/internal/doctor"
 	"github.com/banger/banger/internal/guestconfig"
@@ -500,7 +501,7 @@ func (e *Engine) buildTemplate(ctx context.Context, p *Plan, st *stages) (_ *tem
 	var inst hypervisor.Instance
 	// A template whose kernel stops in early boot fails (its image's next
 	// cold create tries again).
-	watch := newConsoleWatch(spec.ConsoleLog, spec.Cmdline, e.cfg.EarlyStall, time.Now())
+	watch := console.New(spec.ConsoleLog, spec.Cmdline, e.cfg.EarlyStall, time.Now())
 	if err := st.run("booting "+p.backend.Name(), func() error {
 		sctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()

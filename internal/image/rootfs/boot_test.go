@@ -14,6 +14,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/banger/banger/internal/agent"
+	"github.com/banger/banger/internal/console"
 	"github.com/banger/banger/internal/hypervisor/qemu"
 	"github.com/banger/banger/internal/image/ext4"
 	"github.com/banger/banger/internal/image/initramfs"
@@ -118,47 +119,60 @@ func bootAndCheck(t *testing.T, kind Kind, vmlinux, initrd, rootImg, work string
 		"ip=172.30.0.2::172.30.0.1:255.255.255.0:smoke-" + string(kind) + ":eth0:off:172.30.0.1 tsc_early_khz=2000000"
 	qctx, qcancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer qcancel()
-	cmd := ns.Command(qctx, "qemu-system-x86_64",
+	qemuArgs := []string{
 		"-accel", "tcg", "-M", "microvm,pit=on,pic=on,rtc=on", "-m", "1024", "-smp", "2",
 		// opencode (a Bun binary, baseline build) needs x86-64-v2 (SSE4.2,
 		// POPCNT); QEMU's default TCG CPU, qemu64, lacks it and the binary
 		// dies of SIGILL. "-cpu max" hangs the kernel's TSC calibration.
 		"-cpu", qemu.TCGCPU,
 		"-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
-		"-serial", "file:"+consoleLog,
+		"-serial", "file:" + consoleLog,
 		"-kernel", vmlinux, "-initrd", initrd, "-append", cmdline,
-		"-drive", "id=root,file="+rootImg+",format=raw,if=none", "-device", "virtio-blk-device,drive=root",
-		"-drive", "id=work,file="+work+",format=raw,if=none", "-device", "virtio-blk-device,drive=work",
+		"-drive", "id=root,file=" + rootImg + ",format=raw,if=none", "-device", "virtio-blk-device,drive=root",
+		"-drive", "id=work,file=" + work + ",format=raw,if=none", "-device", "virtio-blk-device,drive=work",
 		"-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no", "-device", "virtio-net-device,netdev=n0,mac=02:00:ac:1e:00:02",
 		"-device", "virtio-serial-device",
-		"-chardev", "socket,id=agent,path="+agentSock+",server=on,wait=off",
+		"-chardev", "socket,id=agent,path=" + agentSock + ",server=on,wait=off",
 		"-device", "virtserialport,chardev=agent,name=org.banger.agent",
 		"-object", "rng-random,id=rng,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng",
-	)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting qemu: %v", err)
 	}
-	exited := make(chan struct{})
-	var waitErr error
-	go func() {
-		waitErr = cmd.Wait()
-		close(exited)
-	}()
+	var stderr bytes.Buffer
+	type run struct {
+		cmd    *exec.Cmd
+		exited chan struct{}
+		err    error
+	}
+	launch := func() *run {
+		cmd := ns.Command(qctx, "qemu-system-x86_64", qemuArgs...)
+		cmd.Stderr = &stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("starting qemu: %v", err)
+		}
+		q := &run{cmd: cmd, exited: make(chan struct{})}
+		go func() {
+			q.err = cmd.Wait()
+			close(q.exited)
+		}()
+		return q
+	}
+	stop := func(q *run) {
+		select {
+		case <-q.exited:
+		default:
+			q.cmd.Process.Kill()
+			<-q.exited
+		}
+	}
+	// A kernel that stops in early boot (TCG SMP guests sometimes do) is
+	// booted once more, as bangerd does.
+	watch := console.New(consoleLog, cmdline, console.DefaultQuiet, time.Now())
+	start := time.Now()
+	q := launch()
 	dumpConsole := func() {
 		b, _ := os.ReadFile(consoleLog)
 		t.Logf("qemu stderr: %s\nconsole:\n%s", stderr.String(), b)
 	}
-	defer func() {
-		select {
-		case <-exited:
-		default:
-			cmd.Process.Kill()
-			<-exited
-		}
-	}()
+	defer func() { stop(q) }()
 
 	client := &agent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
 		var d net.Dialer
@@ -173,10 +187,19 @@ func bootAndCheck(t *testing.T, kind Kind, vmlinux, initrd, rootImg, work string
 		if h != nil && len(h.SSHHostKeys) > 0 {
 			break
 		}
-		select {
-		case <-exited:
+		if watch != nil && watch.Stalled(time.Now()) {
 			dumpConsole()
-			t.Fatalf("qemu exited before the agent answered: %v", waitErr)
+			t.Logf("%s: the guest kernel stopped in early boot; booting it again", kind)
+			stop(q)
+			watch = nil
+			q = launch()
+			deadline = time.Now().Add(3 * time.Minute)
+			continue
+		}
+		select {
+		case <-q.exited:
+			dumpConsole()
+			t.Fatalf("qemu exited before the agent answered: %v", q.err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -229,7 +252,7 @@ func bootAndCheck(t *testing.T, kind Kind, vmlinux, initrd, rootImg, work string
 		t.Fatalf("agent shutdown: %v", err)
 	}
 	select {
-	case <-exited:
+	case <-q.exited:
 		t.Logf("%s: qemu exited %v after the shutdown request", kind, time.Since(stopAt).Round(time.Millisecond))
 	case <-time.After(60 * time.Second):
 		dumpConsole()

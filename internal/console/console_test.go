@@ -1,4 +1,4 @@
-package vm
+package console
 
 import (
 	"os"
@@ -7,7 +7,7 @@ import (
 	"time"
 )
 
-func TestConsoleWatch(t *testing.T) {
+func TestWatch(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
 	type step struct {
@@ -35,7 +35,7 @@ func TestConsoleWatch(t *testing.T) {
 			if tt.before != "" {
 				os.WriteFile(path, []byte(tt.before), 0o600)
 			}
-			w := newConsoleWatch(path, "console=ttyS0 panic=1", 10*time.Second, t0)
+			w := New(path, "console=ttyS0 panic=1", 10*time.Second, t0)
 			for i, s := range tt.steps {
 				if s.rewrite {
 					os.WriteFile(path, []byte(s.write), 0o600)
@@ -47,14 +47,14 @@ func TestConsoleWatch(t *testing.T) {
 					f.WriteString(s.write)
 					f.Close()
 				}
-				if got := w.stalled(at(s.at)); got != s.stalled {
+				if got := w.Stalled(at(s.at)); got != s.stalled {
 					t.Fatalf("step %d (at %vs): stalled = %v, want %v", i, s.at, got, s.stalled)
 				}
 			}
 		})
 	}
 	for _, cmdline := range []string{"console=ttyS0 quiet", "loglevel=3 console=ttyS0"} {
-		if w := newConsoleWatch(filepath.Join(t.TempDir(), "c"), cmdline, time.Second, t0); w != nil || w.stalled(t0.Add(time.Hour)) {
+		if w := New(filepath.Join(t.TempDir(), "c"), cmdline, time.Second, t0); w != nil || w.Stalled(t0.Add(time.Hour)) {
 			t.Errorf("a watch of a kernel with %q: %+v; want none", cmdline, w)
 		}
 	}
